@@ -1,0 +1,56 @@
+# R1 pipeline. `make pipeline` runs the whole recipe; `make test` runs the suite.
+# Both install first when needed. Per-step targets wrap `r1 run CONFIG --only STEP`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+R1     := $(BIN)/r1
+STAMP  := $(VENV)/.setup-stamp
+CONFIG ?= configs/pipeline/r1.yaml
+RUN    ?=
+RUN_FLAG := $(if $(RUN),--run $(RUN),)
+ARGS   ?=
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup pipeline test test-fast cold-start reasoning-rl rejection-sampling sft all-domain-rl distill eval inspect report clean-venv help
+
+help:
+	@echo "make pipeline | test | setup | cold-start | reasoning-rl | rejection-sampling | sft | all-domain-rl | distill | eval | inspect | report"
+	@echo "variables: CONFIG=$(CONFIG) RUN=<run name> ARGS='extra r1 flags'"
+
+# The stamp depends on the files that define the install: a second `make setup` with nothing
+# changed does nothing.
+setup: $(STAMP)
+$(STAMP): pyproject.toml requirements/cpu.lock scripts/setup.sh
+	PYTHON=$(PYTHON) bash scripts/setup.sh
+	touch $(STAMP)
+
+pipeline: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# One target per R1 step of the pipeline file (step names of configs/pipeline/r1.yaml).
+cold-start: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only cold_start_data --only cold_start_sft $(ARGS)
+reasoning-rl: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only reasoning_rl $(ARGS)
+rejection-sampling: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only rejection_sampling $(ARGS)
+sft: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only sft $(ARGS)
+all-domain-rl: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only all_domain_rl $(ARGS)
+distill: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only distill $(ARGS)
+eval: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only eval $(ARGS)
+inspect: $(STAMP)
+	$(R1) inspect rejection_sampling --config $(CONFIG) $(RUN_FLAG) $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,317 @@
+"""Pipelines: a YAML list of steps, each an instance of a stage kind, run in order.
+
+``configs/pipeline/r1.yaml`` is the R1 recipe. A step is
+``{name, config_file?, config?}``: the stage config file (which names its ``kind``) merged
+with inline values. A field listed in a stage's ``input_fields`` may name an earlier step;
+the runner resolves it to that step's output folder, records input hashes in the manifest
+and skips a step whose manifest already matches its config and inputs.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+import stages
+from pipeline import store
+from pipeline.config import ConfigError, StrictModel, apply_overrides, deep_merge, parse, read_yaml
+from pipeline.stage import StageConfig, StepContext, StepResult
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+
+
+class StepSpec(StrictModel):
+    """One step of a pipeline file."""
+
+    name: str
+    config_file: str | None = None  # relative to the repo root or absolute
+    config: dict[str, Any] = {}
+
+
+class PipelineConfig(StrictModel):
+    """A pipeline file (``configs/pipeline/*.yaml``)."""
+
+    name: str
+    description: str = ""
+    run: str  # default run folder name under the artifact root
+    seed: int = 0
+    steps: list[StepSpec]
+
+
+@dataclass
+class Step:
+    name: str
+    config: StageConfig
+    raw: dict
+
+
+@dataclass
+class Pipeline:
+    config: PipelineConfig
+    steps: list[Step]
+    source: str = ""
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no step {name!r}; steps: {', '.join(s.name for s in self.steps)}")
+
+
+def _find_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return REPO / p
+
+
+def parse_stage_config(data: dict, source: str) -> StageConfig:
+    """Validate a stage config mapping (must contain ``kind``) into its typed config."""
+    kind = data.get("kind")
+    if kind is None:
+        raise ConfigError(f"{source}: missing required key 'kind'; valid kinds: {', '.join(stages.kinds())}")
+    try:
+        module = stages.get(kind)
+    except KeyError as err:
+        raise ConfigError(f"{source}: key 'kind': {err.args[0]}") from None
+    return parse(module.Config, data, source)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Load and validate a pipeline file and every step config in it.
+
+    ``overrides`` are ``STEP.key=value`` (or top-level ``key=value``) strings.
+
+    Raises:
+        ConfigError: unknown/mistyped keys (file and key named), duplicate step names, or an
+            input that names a later step.
+    """
+    path = _find_file(str(path))
+    data = read_yaml(path)
+    step_overrides: dict[str, list[str]] = {}
+    top: list[str] = []
+    names = [s.get("name") for s in data.get("steps", []) if isinstance(s, dict)]
+    for item in overrides or []:
+        head = item.split("=", 1)[0].split(".", 1)[0]
+        if head in names and "." in item.split("=", 1)[0]:
+            step_overrides.setdefault(head, []).append(item.split(".", 1)[1])
+        else:
+            top.append(item)
+    data = apply_overrides(data, top)
+    config = parse(PipelineConfig, data, str(path))
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(config.steps):
+        if spec.name in seen:
+            raise ConfigError(f"{path}: duplicate step name {spec.name!r} (steps.{i})")
+        source = f"{path} (step {spec.name})"
+        raw: dict = {}
+        if spec.config_file:
+            file = _find_file(spec.config_file)
+            raw = read_yaml(file)
+            source = f"{file} (step {spec.name})"
+        raw = deep_merge(raw, spec.config)
+        raw = apply_overrides(raw, step_overrides.get(spec.name))
+        stage_config = parse_stage_config(raw, source)
+        all_names = {s.name for s in config.steps}
+        for key, ref in stage_config.inputs().items():
+            if ref in all_names and ref not in seen:
+                raise ConfigError(f"{source}: input '{key}' names step {ref!r}, which does not run before it")
+        steps.append(Step(spec.name, stage_config, raw))
+        seen.add(spec.name)
+    return Pipeline(config, steps, str(path))
+
+
+def single_step_pipeline(config_file: str | Path, overrides: list[str] | None, run: str,
+                         step: str | None = None) -> Pipeline:
+    """A one-step pipeline from a stage config file (what ``r1 sft FILE`` runs)."""
+    raw = apply_overrides(read_yaml(_find_file(str(config_file))), overrides)
+    stage_config = parse_stage_config(raw, str(config_file))
+    name = step or f"{stage_config.kind}"
+    pc = PipelineConfig(name=name, run=run, steps=[StepSpec(name=name, config=raw)])
+    return Pipeline(pc, [Step(name, stage_config, raw)], str(config_file))
+
+
+class Resolver:
+    """Turns references into paths. Order: a step of this run, a model alias, a local path,
+    else a hub id / dataset name passed through unchanged (for users with network)."""
+
+    def __init__(self, run_dir: Path, step_names: set[str]):
+        self.run_dir = run_dir
+        # Finished steps of the same run count too, so `r1 sft FILE --run R` can name them.
+        finished = {p.name for p in run_dir.iterdir() if (p / store.MANIFEST).exists()} if run_dir.is_dir() else set()
+        self.step_names = set(step_names) | finished
+
+    def _step_output(self, ref: str, what: str) -> Path:
+        final = self.run_dir / ref
+        if store.read_manifest(final) is None:
+            raise RuntimeError(f"input {ref!r} is a step of this run that has not finished "
+                               f"(no {final}/manifest.json); run it first")
+        return final / what
+
+    def model(self, ref: str) -> str:
+        if ref in self.step_names:
+            return str(self._step_output(ref, "model"))
+        from pipeline import models  # local: models imports transformers lazily too
+
+        return models.resolve(ref)
+
+    def dataset(self, ref: str) -> str:
+        if ref in self.step_names:
+            return str(self._step_output(ref, "dataset"))
+        return str(Path(ref).resolve()) if Path(ref).exists() else ref
+
+    def input_hash(self, ref: str) -> str:
+        """Content hash of an input: an upstream manifest's output hash, a local file/folder's
+        hash, or ``hub:<id>`` for names that only a hub knows."""
+        if ref in self.step_names:
+            manifest = store.read_manifest(self.run_dir / ref)
+            return manifest["output_hash"] if manifest else "missing"
+        from pipeline import models
+
+        if ref in models.ALIASES:
+            path = models.prepared_path(ref)
+            return store.hash_tree(path) if path.exists() else f"alias:{ref}:unprepared"
+        if Path(ref).exists():
+            return store.hash_tree(ref)
+        return f"hub:{ref}"
+
+
+@dataclass
+class StepRecord:
+    name: str
+    kind: str
+    status: str
+    wall_time_s: float = 0.0
+    inputs: dict = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
+
+
+def _input_block(step: Step, resolver: Resolver) -> dict:
+    return {key: {"ref": ref, "hash": resolver.input_hash(ref)} for key, ref in step.config.inputs().items()}
+
+
+def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | None = None,
+                 from_step: str | None = None, force: bool = False) -> list[StepRecord]:
+    """Run (or skip, when up to date) the selected steps in order; write ``summary.md``.
+
+    Raises:
+        ConfigError: an unknown step name in ``only``/``from_step``.
+        Exception: whatever a stage raised; its partial folder is kept for resume.
+    """
+    run = run or pipeline.config.run
+    run_dir = store.runs_root() / run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    names = [s.name for s in pipeline.steps]
+    for name in (only or []) + ([from_step] if from_step else []):
+        if name not in names:
+            raise ConfigError(f"no step {name!r} in {pipeline.source}; steps: {', '.join(names)}")
+    selected = names
+    if from_step:
+        selected = names[names.index(from_step):]
+    if only:
+        selected = [n for n in names if n in only]
+    resolver = Resolver(run_dir, set(names))
+    records: list[StepRecord] = []
+    for step in pipeline.steps:
+        if step.name not in selected:
+            manifest = store.read_manifest(run_dir / step.name)
+            if manifest:
+                records.append(_record_from_manifest(step, manifest, "done earlier"))
+            continue
+        records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force))
+    write_summary(run_dir, records)
+    return records
+
+
+def _record_from_manifest(step: Step, manifest: dict, status: str) -> StepRecord:
+    return StepRecord(step.name, step.config.kind, status, manifest.get("wall_time_s", 0.0),
+                      manifest.get("inputs", {}), manifest.get("result", {}))
+
+
+def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int, force: bool) -> StepRecord:
+    """Run one step unless its manifest already matches its config and inputs."""
+    config_dict = step.config.model_dump(mode="json")
+    config_hash = store.canonical_hash(config_dict)
+    inputs = _input_block(step, resolver)
+    folders = store.StepFolders(run_dir, step.name)
+    manifest = store.read_manifest(folders.final)
+    if (not force and manifest and manifest.get("config_hash") == config_hash
+            and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}):
+        console.print(f"[green]✓ {step.name}[/] up to date (manifest matches config and inputs); skipped")
+        return _record_from_manifest(step, manifest, "skipped (up to date)")
+
+    console.rule(f"[bold]{step.name}[/] ({step.config.kind})")
+    fingerprint = store.canonical_hash({"config": config_hash, "inputs": inputs})
+    work = folders.prepare_partial(fingerprint)
+    (work / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    for key, block in inputs.items():
+        ref = block["ref"]
+        block["path"] = resolver.model(ref) if step.config.input_type(key) == "model" else resolver.dataset(ref)
+    ctx = StepContext(run=run, step=step.name, run_dir=run_dir, work_dir=work, resolver=resolver, seed=seed)
+    started = time.time()
+    module = stages.get(step.config.kind)
+    try:
+        result: StepResult = module.run(step.config, ctx)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: {step.name} kept its partial work in {work}; rerun to resume[/]")
+        raise
+    except Exception:
+        console.print(f"[red]step {step.name} failed; partial work kept in {work}[/]")
+        traceback.print_exc()
+        raise
+    wall = time.time() - started
+    result_dict = {"outputs": result.outputs, "counts": result.counts, "metrics": result.metrics,
+                   "summary": result.summary}
+    manifest = {
+        "step": step.name, "kind": step.config.kind, "run": run,
+        "inputs": inputs, "config_hash": config_hash, "config": config_dict,
+        "output_hash": store.hash_tree(work), "result": result_dict,
+        "packages": store.package_versions(), "git_commit": store.git_commit(),
+        "started": started, "wall_time_s": round(wall, 2),
+    }
+    folders.finalize(manifest)
+    console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
+    return StepRecord(step.name, step.config.kind, "ran", round(wall, 2), inputs, result_dict)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def summary_rows(records: list[StepRecord]) -> list[list[str]]:
+    rows = []
+    for r in records:
+        ins = ", ".join(f"{k}={v['ref']}" for k, v in r.inputs.items())
+        outs = ", ".join(r.result.get("outputs", {}).keys())
+        counts = ", ".join(f"{k}={v}" for k, v in r.result.get("counts", {}).items())
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in r.result.get("metrics", {}).items())
+        rows.append([r.name, r.kind, r.status, f"{r.wall_time_s:.1f}", ins, outs, counts, metrics])
+    return rows
+
+
+HEADERS = ["step", "kind", "status", "wall s", "inputs", "outputs", "counts", "metrics"]
+
+
+def write_summary(run_dir: Path, records: list[StepRecord]) -> None:
+    """Print the rich summary table and save it as ``<run_dir>/summary.md``."""
+    table = Table(title=f"run {run_dir.name}", show_lines=True)
+    for h in HEADERS:
+        table.add_column(h, overflow="fold")
+    rows = summary_rows(records)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    md = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    (run_dir / "summary.md").write_text(f"# Run {run_dir.name}\n\n" + "\n".join(md) + "\n")

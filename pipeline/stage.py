@@ -1,0 +1,99 @@
+"""What every stage kind shares: its config base, the context it runs in, and its result.
+
+A stage module in ``stages/`` defines ``Config`` (a :class:`StageConfig`) and
+``run(config, ctx) -> StepResult``. It imports heavy libraries (torch, trl, vllm) inside
+``run`` so that listing and validating configs stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pipeline.config import StrictModel
+
+
+class StageConfig(StrictModel):
+    """Base of every stage's typed config.
+
+    ``input_fields`` maps the fields holding references (a step name of the same run, a model
+    alias, a local path or a hub id) to what they reference, ``"model"`` or ``"dataset"``;
+    the runner resolves them, records their content hashes in the manifest and checks
+    that a referenced step runs earlier.
+    """
+
+    kind: str
+    input_fields: ClassVar[dict[str, str]] = {}
+
+    def inputs(self) -> dict[str, str]:
+        """Input name -> reference, for the fields in ``input_fields`` that are set.
+
+        A list-valued field (e.g. eval ``models``) gives ``name.0``, ``name.1``, ...
+        """
+        out: dict[str, str] = {}
+        for name in self.input_fields:
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    out[f"{name}.{i}"] = v
+            elif value:
+                out[name] = value
+        return out
+
+    def input_type(self, input_name: str) -> str:
+        """``"model"`` or ``"dataset"`` for an input name returned by :meth:`inputs`."""
+        return self.input_fields[input_name.split(".")[0]]
+
+
+@dataclass
+class StepResult:
+    """What a finished step reports.
+
+    ``outputs``: output name -> folder relative to the step folder (``model`` or ``dataset``).
+    ``counts``: integers for the summary (rows sampled, kept, ...). ``metrics``: floats
+    (reward at start/end, pass@1, ...). ``summary``: one short human line for the table.
+    """
+
+    outputs: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+@dataclass
+class StepContext:
+    """Where a step runs and how it finds its inputs.
+
+    ``work_dir`` is the step's temporary folder: write every output there. It survives an
+    interruption (so ``work_dir/checkpoints`` and shards let a rerun resume) and is renamed
+    into ``runs/<run>/<step>/`` only after the manifest is written.
+    """
+
+    run: str
+    step: str
+    run_dir: Path
+    work_dir: Path
+    resolver: Any  # pipeline.runner.Resolver; typed loosely to keep this module import-light
+    seed: int = 0
+    _metrics_file: Path | None = None
+
+    def resolve_model(self, ref: str) -> str:
+        """Local folder (or hub id) for a model reference; see ``Resolver.model``."""
+        return self.resolver.model(ref)
+
+    def resolve_dataset(self, ref: str) -> str:
+        """Local folder/file (or hub name) for a dataset reference; see ``Resolver.dataset``."""
+        return self.resolver.dataset(ref)
+
+    def log_metrics(self, record: dict) -> None:
+        """Append one JSON line (with a wall-clock ``time``) to ``work_dir/metrics.jsonl``."""
+        path = self.work_dir / "metrics.jsonl"
+        with path.open("a") as fh:
+            fh.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work_dir / "checkpoints"
