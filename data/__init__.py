@@ -1,0 +1,32 @@
+"""Prompt data for the R1 pipeline: sources, templates, mixing, decontamination.
+
+    from data import load_prompts
+    ds = load_prompts([{"source": "reasoning_gym", "task": "chain_sum", "n_train": 100, "n_test": 10},
+                       {"source": "humaneval"}], split="train", template="chat")
+
+Row schema: `data.schema`; sources: `data.sources`; templates: `data.prompts` and
+`data/templates/*.jinja`; user guide: `docs/data.md`.
+"""
+
+from data.decontam import decontaminate, ngram_overlap
+from data.load import LoadReport, load_prompts, load_prompts_with_report
+from data.mix import mix
+from data.prompts import TEMPLATES, question_of, render_prompt, system_prompt
+from data.schema import DOMAINS, PROMPT_COLUMNS, SPLITS, PromptRowError, validate_prompt_row
+from data.sources import (
+    SOURCE_KINDS,
+    BadRowError,
+    FileSource,
+    HubSource,
+    HumanEvalSource,
+    PromptSource,
+    ReasoningGymSource,
+    parse_source,
+)
+
+__all__ = [
+    "DOMAINS", "PROMPT_COLUMNS", "SOURCE_KINDS", "SPLITS", "TEMPLATES", "BadRowError", "FileSource",
+    "HubSource", "HumanEvalSource", "LoadReport", "PromptRowError", "PromptSource", "ReasoningGymSource",
+    "decontaminate", "load_prompts", "load_prompts_with_report", "mix", "ngram_overlap", "parse_source",
+    "question_of", "render_prompt", "system_prompt", "validate_prompt_row",
+]

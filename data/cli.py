@@ -1,0 +1,96 @@
+"""`r1 data …` commands (typer app `app`, mounted by the pipeline CLI).
+
+    r1 data preview reasoning_gym:countdown -n 3 --split test --seed 1
+    r1 data preview humaneval --template r1_zero
+    r1 data preview my_prompts.jsonl
+    r1 data preview openai/gsm8k:main        # hub name[:subset]; `hub:` prefix optional
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pydantic
+import typer
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from data.load import load_prompts
+from data.prompts import TEMPLATES
+from data.schema import SPLITS
+from data.sources import FileSource, HubSource, HumanEvalSource, ReasoningGymSource, SourceConfig
+from data.sources.files import SUFFIXES
+
+app = typer.Typer(help="Inspect prompt datasets (sources, templates).", no_args_is_help=True)
+console = Console()
+MAX_FIELD_CHARS = 400  # longer verification/prompt text is cut in the preview
+
+
+@app.callback()
+def _group() -> None:
+    """Prompt data commands."""  # a callback keeps `preview` a named subcommand
+
+
+def source_from_spec(spec: str, n: int, seed: int = 0) -> SourceConfig:
+    """Build a source config from a short spec (see the module docstring), sized for `n` rows
+    per split.
+
+    Raises:
+        pydantic.ValidationError: e.g. an unknown reasoning-gym task.
+    """
+    if spec.startswith("reasoning_gym:"):
+        return ReasoningGymSource(task=spec.split(":", 1)[1], n_train=n, n_test=n, seed=seed)
+    if spec == "humaneval":
+        return HumanEvalSource(limit=n)
+    if Path(spec).suffix in SUFFIXES:
+        return FileSource(path=Path(spec), limit=n)
+    name, _, subset = spec.removeprefix("hub:").partition(":")
+    return HubSource(name=name, subset=subset or None, splits={s: s for s in SPLITS}, limit=n)
+
+
+@app.command()
+def preview(
+    source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | <file.jsonl|.parquet> | [hub:]<name>[:<subset>]")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to show")] = 5,
+    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    seed: Annotated[int, typer.Option(help="seed (reasoning-gym sources)")] = 0,
+    template: Annotated[str, typer.Option(help="chat or r1_zero")] = "chat",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines instead of panels")] = False,
+) -> None:
+    """Show the first N prompt rows of a source."""
+    if split not in SPLITS or template not in TEMPLATES:
+        raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}")
+    try:
+        rows = load_prompts([source_from_spec(source, n, seed)], split=split, template=template).to_list()[:n]
+    except (pydantic.ValidationError, ValueError, OSError) as error:  # OSError: missing file, no network
+        console.print(Text(f"error: {error}", style="bold red"))
+        raise typer.Exit(1) from None
+    for row in rows:
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            console.print(_panel(row))
+    if not as_json:
+        console.print(f"{len(rows)} row(s) of {source} [{split}]", style="dim")
+
+
+def _panel(row: dict) -> Panel:
+    table = Table.grid(padding=(0, 1))
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for key in ("data_source", "domain", "split", "answer"):
+        table.add_row(key, Text(repr(row[key]) if key == "answer" else row[key]))
+    prompt = row["prompt"]
+    messages = [("prompt", prompt)] if isinstance(prompt, str) else [(m["role"], m["content"]) for m in prompt]
+    for role, content in messages:
+        table.add_row(role, Text(_cut(content)))
+    table.add_row("verification", Text(_cut(row["verification"]), style="dim"))
+    return Panel(Group(table), title=Text(row["id"]), title_align="left")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + f"… (+{len(text) - MAX_FIELD_CHARS} chars)"

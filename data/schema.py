@@ -1,0 +1,130 @@
+"""The prompt-row schema every data source produces, and its validator.
+
+A prompt row is one question for a policy to answer (GRPO, rejection sampling, eval):
+
+| column         | type                | meaning                                                      |
+|----------------|---------------------|--------------------------------------------------------------|
+| `id`           | str                 | unique, stable across runs, e.g. `humaneval/HumanEval/12`    |
+| `data_source`  | str                 | where it came from; rewards dispatch on it                   |
+| `domain`       | str                 | one of `DOMAINS`                                             |
+| `prompt`       | list[message] / str | chat messages (template `chat`) or one string (`r1_zero`)    |
+| `answer`       | str                 | short gold final answer; "" when there is none (code)        |
+| `verification` | str (JSON object)   | how to check a completion; `"{}"` for plain answer matching  |
+| `split`        | str                 | one of `SPLITS`                                              |
+
+A message is `{"role": "system" | "user" | "assistant", "content": str}`. A prompt in messages form
+ends with a user message. `verification` kinds written by this package:
+`{"kind": "python_tests", "test": str, "entry_point": str, "prompt": str}` (HumanEval) and
+`{"kind": "reasoning_gym", "task": str, "entry": {"question", "answer", "metadata"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, get_args
+
+import datasets
+
+Domain = Literal["math", "code", "logic", "general"]
+Split = Literal["train", "test"]
+DOMAINS: tuple[str, ...] = get_args(Domain)
+SPLITS: tuple[str, ...] = get_args(Split)
+ROLES = ("system", "user", "assistant")
+PROMPT_COLUMNS = ("id", "data_source", "domain", "prompt", "answer", "verification", "split")
+
+# Keys each verification kind must carry, with their types.
+VERIFICATION_KEYS: dict[str, dict[str, type]] = {
+    "python_tests": {"test": str, "entry_point": str, "prompt": str},
+    "reasoning_gym": {"task": str, "entry": dict},
+}
+
+
+class PromptRowError(ValueError):
+    """A row breaks the prompt-row schema; `field` names the offending column."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def validate_prompt_row(row: dict[str, Any]) -> None:
+    """Check one row against the prompt-row schema (see the module docstring).
+
+    Args:
+        row: a mapping with exactly the columns in `PROMPT_COLUMNS`.
+
+    Raises:
+        PromptRowError: on the first problem found (missing or unknown column, wrong type, empty
+            id or prompt, unknown domain/split/role, verification not a JSON object or missing the
+            keys of its kind); `.field` names the column.
+    """
+    if not isinstance(row, dict):
+        raise PromptRowError("<row>", f"expected a dict, got {type(row).__name__}")
+    for column in PROMPT_COLUMNS:
+        if column not in row:
+            raise PromptRowError(column, "missing")
+    extra = sorted(set(row) - set(PROMPT_COLUMNS))
+    if extra:
+        raise PromptRowError(extra[0], f"unknown column; valid columns: {list(PROMPT_COLUMNS)}")
+    for column in ("id", "data_source", "domain", "answer", "verification", "split"):
+        if not isinstance(row[column], str):
+            raise PromptRowError(column, f"expected a string, got {type(row[column]).__name__}")
+    for column in ("id", "data_source"):
+        if not row[column].strip():
+            raise PromptRowError(column, "empty")
+    if row["domain"] not in DOMAINS:
+        raise PromptRowError("domain", f"{row['domain']!r} is not one of {list(DOMAINS)}")
+    if row["split"] not in SPLITS:
+        raise PromptRowError("split", f"{row['split']!r} is not one of {list(SPLITS)}")
+    _check_prompt(row["prompt"])
+    _check_verification(row["verification"])
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise PromptRowError("prompt", "empty")
+        return
+    if not isinstance(prompt, list):
+        raise PromptRowError("prompt", f"expected a list of messages or a string, got {type(prompt).__name__}")
+    if not prompt:
+        raise PromptRowError("prompt", "empty")
+    for i, message in enumerate(prompt):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise PromptRowError("prompt", f"message {i} must be a dict with exactly 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise PromptRowError("prompt", f"message {i} has role {message['role']!r}, not one of {list(ROLES)}")
+        if not isinstance(message["content"], str) or not message["content"].strip():
+            raise PromptRowError("prompt", f"message {i} has empty or non-string content")
+    if prompt[-1]["role"] != "user":
+        raise PromptRowError("prompt", "the last message must be the user's question")
+
+
+def _check_verification(text: str) -> None:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise PromptRowError("verification", f"not valid JSON ({error})") from None
+    if not isinstance(spec, dict):
+        raise PromptRowError("verification", "must be a JSON object")
+    if not spec:
+        return
+    kind = spec.get("kind")
+    if kind not in VERIFICATION_KEYS:
+        # Unknown kinds are allowed (a user's own reward may read them) but must name themselves.
+        if not isinstance(kind, str):
+            raise PromptRowError("verification", "a non-empty verification needs a string 'kind'")
+        return
+    for key, expected in VERIFICATION_KEYS[kind].items():
+        if not isinstance(spec.get(key), expected):
+            raise PromptRowError("verification", f"kind {kind!r} needs {key!r} of type {expected.__name__}")
+
+
+def prompt_features(template: str = "chat") -> datasets.Features:
+    """The `datasets.Features` of prompt rows: `prompt` is a list of messages for template
+    `chat` and a plain string for `r1_zero`."""
+    text = datasets.Value("string")
+    message = {"role": text, "content": text}
+    prompt = text if template == "r1_zero" else datasets.List(message)
+    return datasets.Features({c: prompt if c == "prompt" else text for c in PROMPT_COLUMNS})
