@@ -1,0 +1,412 @@
+"""sft: supervised fine-tuning on chat conversations, with the loss on the assistant's tokens only.
+
+The R1 recipe runs this stage for the **cold-start SFT** (base model on a few hundred long
+chain-of-thought answers), for the **SFT on rejection-sampled data** (the base model again, on
+the RL checkpoint's filtered samples) and, through ``stages/distill.py``, for **data
+distillation** into smaller students. It is TRL's ``SFTTrainer`` with every option that changes
+results set explicitly from the config below.
+
+What is trained: each assistant turn's content and its closing end-of-turn token
+(``<|im_end|>`` for SmolLM2), so the model learns to stop; system and user turns, role headers
+and padding are masked with -100. TRL builds that mask from ``{% generation %}`` markers in the
+chat template; models' own templates rarely have them, so training uses a template from
+``stages/templates/`` that renders byte-for-byte what the model's template renders (checked
+before training) and the saved model keeps its original template for serving. Padding with
+``<|im_end|>`` (SmolLM2's pad token) does not hide the final ``<|im_end|>`` from the loss: TRL
+pads labels with -100 by position, not by token id.
+
+Departures from the paper: conversations longer than ``max_length`` tokens are dropped (not
+truncated) by default, since a truncated answer never shows its end-of-turn token.
+
+Inputs: ``model`` (step name, alias, folder or hub id); ``dataset`` (a step's ``dataset/``
+folder of parquet files, a local ``.parquet``/``.jsonl`` file, or a hub dataset name) with a
+``messages`` column (list of ``{role, content}``; other columns are ignored).
+Outputs: ``model/`` (safetensors, tokenizer with the serving chat template, generation config
+stopping at the end-of-turn token); ``checkpoints/`` (trainer state: a rerun resumes from the
+last one); ``metrics.jsonl`` (loss, learning rate, grad norm, tokens per logging step).
+
+Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml`` (the same file works under
+``accelerate launch``: no device code here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import model_validator
+
+from pipeline.stage import StageConfig, StepContext, StepResult
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+
+
+class TrainingFields(StageConfig):
+    """The SFT options shared by ``sft`` and ``distill`` (``distill`` trains with this code)."""
+
+    dataset: str  # dataset reference with a `messages` column (see the module docstring)
+    dataset_split: str = "train"  # split to read from a hub dataset or a file
+    max_rows: int | None = None  # use only the first N rows (after loading, before dropping)
+    max_length: int = 1024  # tokens per conversation (template included)
+    overlong: Literal["drop", "truncate"] = "drop"  # conversations over max_length: drop, or keep the start
+    training_template: str = "auto"  # "auto", a name in stages/templates/ (e.g. "chatml_train") or a .jinja path
+    epochs: float = 1.0  # passes over the data; ignored when max_steps > 0
+    max_steps: int = -1  # optimizer steps; > 0 overrides epochs
+    learning_rate: float = 2e-5  # peak AdamW learning rate
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.03  # fraction of the optimizer steps spent warming up linearly from 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
+    batch_size: int = 8  # conversations per device per forward pass
+    grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum * devices)
+    bf16: bool = True  # bf16 autocast, float32 master weights; on CPUs with AMX this is the fast path
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    packing: bool = False  # pack conversations into max_length blocks; needs flash-attention (GPU) to keep them apart
+    group_by_length: bool = True  # batch conversations of similar length together: less padding
+    logging_steps: int = 5  # optimizer steps between metrics lines
+    save_steps: int = 50  # optimizer steps between checkpoints (resume granularity)
+    save_total_limit: int = 2  # checkpoints kept
+    seed: int = 0  # model init (distill students), data order, dropout
+
+    @model_validator(mode="after")
+    def _check(self):
+        # Each is a mistake that would otherwise surface minutes into a run, or never.
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if min(self.batch_size, self.grad_accum, self.max_length, self.logging_steps, self.save_steps) < 1:
+            raise ValueError("batch_size, grad_accum, max_length, logging_steps and save_steps must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        return self
+
+
+class Config(TrainingFields):
+    """Config of the sft stage."""
+
+    kind: Literal["sft"] = "sft"
+    input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
+    model: str  # model reference: the model to fine-tune
+
+
+def run(config: Config, ctx: StepContext) -> StepResult:
+    """Fine-tune ``config.model`` on ``config.dataset``; write ``model/`` into ``ctx.work_dir``."""
+    model_path = ctx.resolve_model(config.model)
+    model, tokenizer = load_model(model_path)
+    return train(model, tokenizer, config, ctx, summary_prefix=f"SFT of {config.model}")
+
+
+# ---------------------------------------------------------------------------- shared pieces
+
+
+def load_model(path: str):
+    """``(model, tokenizer)`` from a folder or hub id; weights in float32 (master copy for training)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def load_messages(ref: str, split: str = "train", max_rows: int | None = None):
+    """A ``datasets.Dataset`` with one column, ``messages``, from a resolved dataset reference.
+
+    ``ref``: a folder (every ``*.parquet`` in it, sorted by name; else every ``*.jsonl``), a
+    ``.parquet`` or ``.jsonl`` file, or a hub dataset name (``split`` is read). Local files are
+    read into memory (nothing written to the datasets cache). Messages stored as JSON strings
+    are parsed.
+
+    Raises:
+        ValueError: no ``messages`` column, or a folder with no data files.
+    """
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(ref)
+    files = (sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise ValueError(f"{path}: no *.parquet or *.jsonl files")
+    if path.exists():
+        if files[0].suffix == ".parquet":
+            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+            ds = datasets.Dataset(table)
+        else:
+            rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+            ds = datasets.Dataset.from_list(rows)
+    else:
+        ds = datasets.load_dataset(ref, split=split)
+    if "messages" not in ds.column_names:
+        raise ValueError(f"{ref}: no 'messages' column (columns: {', '.join(ds.column_names)})")
+    ds = ds.select_columns(["messages"])
+    if max_rows is not None:
+        ds = ds.select(range(min(max_rows, len(ds))))
+    if len(ds) and isinstance(ds[0]["messages"], str):
+        ds = ds.map(lambda row: {"messages": json.loads(row["messages"])})
+    return ds
+
+
+_PROBES = [
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "<think>\n2+2=4\n</think>\n4"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+]
+
+
+def _renders_like(tokenizer, template: str) -> bool:
+    """True when ``template`` renders the probe conversations exactly like the tokenizer's own."""
+    for messages in _PROBES:
+        for agp in (False, True):
+            own = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp)
+            new = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp,
+                                                chat_template=template)
+            if own != new:
+                return False
+    return True
+
+
+def training_template(tokenizer, choice: str = "auto") -> str:
+    """The chat template (with ``{% generation %}`` markers) to train ``tokenizer``'s model with.
+
+    ``auto``: the model's own template if it has markers; else the first file in
+    ``stages/templates/`` that renders like it; else TRL's built-in training template for it.
+    A name or path is used if it renders like the model's template (or the model has none).
+
+    Raises:
+        ValueError: no suitable template, or the chosen one renders differently from the model's.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    own = tokenizer.chat_template
+    if choice != "auto":
+        path = Path(choice) if choice.endswith(".jinja") else TEMPLATES_DIR / f"{choice}.jinja"
+        if not path.is_file():
+            names = sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
+            raise ValueError(f"training_template {choice!r}: no such file; templates: {', '.join(names)}")
+        template = path.read_text()
+        if own and not _renders_like(tokenizer, template):
+            raise ValueError(f"training_template {path} renders conversations differently from the model's "
+                             "chat template; training and serving would disagree")
+        return template
+    if own is None:
+        raise ValueError("the model has no chat template; set training_template to a .jinja file")
+    if has_generation_markers(own):
+        return own
+    for path in sorted(TEMPLATES_DIR.glob("*.jinja")):
+        template = path.read_text()
+        if has_generation_markers(template) and _renders_like(tokenizer, template):
+            return template
+    try:
+        return get_training_chat_template(tokenizer) or own
+    except ValueError:
+        raise ValueError("no training template (with {% generation %} markers) renders like this model's chat "
+                         f"template; add one to {TEMPLATES_DIR}") from None
+
+
+def stop_token_id(tokenizer, template: str) -> int:
+    """The token that ends an assistant turn: the last trained token of a rendered assistant turn."""
+    out = tokenizer.apply_chat_template(_PROBES[0], chat_template=template, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    if not trained:
+        raise ValueError("the training template marks no assistant tokens")
+    return trained[-1]
+
+
+def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
+    """Add token counts, drop overlong / assistant-less rows. Returns ``(dataset, stats)``."""
+
+    def count(row):
+        out = tokenizer.apply_chat_template(row["messages"], chat_template=template, tokenize=True,
+                                            return_dict=True, return_assistant_tokens_mask=True)
+        mask = out["assistant_masks"][:max_length]
+        return {"_tokens": min(len(out["input_ids"]), max_length), "_trained": sum(mask),
+                "_overlong": len(out["input_ids"]) > max_length}
+
+    dataset = dataset.map(count, desc="counting tokens")
+    rows = len(dataset)
+    no_assistant = sum(1 for n in dataset["_trained"] if n == 0)
+    keep = [i for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
+            if n > 0 and not (over and overlong == "drop")]
+    overlong_rows = sum(dataset["_overlong"])
+    dataset = dataset.select(keep)
+    stats = {"rows_in": rows, "rows": len(dataset), "rows_no_assistant": no_assistant,
+             "rows_overlong": overlong_rows, "tokens_per_epoch": sum(dataset["_tokens"]),
+             "assistant_tokens_per_epoch": sum(dataset["_trained"])}
+    return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
+
+
+def sft_arguments(config: TrainingFields, output_dir: Path):
+    """TRL ``SFTConfig`` from our config; every option that changes results is set here."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        # data
+        max_length=config.max_length,
+        truncation_mode="keep_start",
+        packing=config.packing,
+        padding_free=False,
+        assistant_only_loss=True,
+        completion_only_loss=None,
+        dataset_num_proc=None,
+        shuffle_dataset=False,  # the sampler shuffles every epoch (seeded)
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        remove_unused_columns=True,
+        # optimisation
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        loss_type="nll",
+        # precision and device
+        bf16=config.bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        # logging and checkpoints
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        save_only_model=False,  # optimizer + scheduler + RNG state, so a resume continues exactly
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def _metrics_callback(ctx: StepContext):
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        """Copies every trainer log line (loss, lr, grad norm, tokens) to ``ctx.log_metrics``."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                ctx.log_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
+
+    return MetricsCallback()
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``folder`` that holds a trainer state, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext):
+    """The ``SFTTrainer`` for ``model`` on ``config.dataset``; returns ``(trainer, stats)``.
+
+    Picks the training template, makes the end-of-turn token the eos, loads and measures the
+    dataset (``stats``: rows kept/dropped, tokens and assistant tokens per epoch) and leaves the
+    training template on ``tokenizer`` (:func:`train` restores the serving one before saving).
+
+    Raises:
+        ValueError: bad dataset (no ``messages``, no usable rows) or no training template.
+    """
+    from trl import SFTTrainer
+
+    template = training_template(tokenizer, config.training_template)
+    _set_stop_token(model, tokenizer, stop_token_id(tokenizer, template))
+    dataset = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows)
+    dataset, stats = _measure(dataset, tokenizer, template, config.max_length, config.overlong)
+    if stats["rows"] == 0:
+        raise ValueError(f"{config.dataset}: no usable rows ({stats})")
+    tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
+    trainer = SFTTrainer(model=model, args=sft_arguments(config, ctx.checkpoints), train_dataset=dataset,
+                         processing_class=tokenizer, callbacks=[_metrics_callback(ctx)])
+    return trainer, stats
+
+
+def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT") -> StepResult:
+    """Train ``model`` on ``config.dataset`` (assistant tokens only) and save it to ``work_dir/model``.
+
+    Resumes from the last checkpoint in ``ctx.checkpoints``. Counts: rows trained on, dropped
+    rows, tokens (prompt + answer, per epoch), assistant tokens trained (all epochs), optimizer
+    steps, the step resumed from. Metrics: first and last logged loss (mean cross-entropy per
+    assistant token, nats), wall time and tokens (prompt + answer) per second of the training loop.
+
+    Raises:
+        ValueError: see :func:`build_trainer`.
+    """
+    serving_template = tokenizer.chat_template
+    trainer, stats = build_trainer(model, tokenizer, config, ctx)
+    resume = last_checkpoint(ctx.checkpoints)
+    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
+    started = time.time()
+    output = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - started
+
+    out_dir = ctx.work_dir / "model"
+    trainer.save_model(str(out_dir))  # weights, config, generation config (and the training tokenizer)
+    tokenizer.chat_template = serving_template or tokenizer.chat_template  # serve with the model's own template
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(out_dir)
+
+    state = trainer.state
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    tokens_run = _tokens_seen(state.log_history) - _tokens_seen(state.log_history, upto=resumed_from)
+    dropped = config.overlong == "drop"
+    counts = {
+        "rows": stats["rows"],
+        "rows_dropped_overlong": stats["rows_overlong"] if dropped else 0,
+        "rows_truncated": 0 if dropped else stats["rows_overlong"],
+        "rows_no_assistant": stats["rows_no_assistant"],
+        "tokens_per_epoch": stats["tokens_per_epoch"],
+        "assistant_tokens_trained": round(stats["assistant_tokens_per_epoch"] * (state.epoch or 0)),
+        "steps": state.global_step,
+        "resumed_from_step": resumed_from,
+    }
+    metrics = {
+        "loss_first": losses[0] if losses else math.nan,
+        "loss_last": losses[-1] if losses else math.nan,
+        "train_loss": output.training_loss,
+        "train_wall_s": round(wall, 1),
+        "tokens_per_s": round(tokens_run / wall, 1) if wall > 0 and tokens_run else math.nan,
+    }
+    summary = (f"{summary_prefix}: {counts['rows']} conversations, {state.global_step} steps, "
+               f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
+    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
+
+
+def _tokens_seen(log_history: list[dict[str, Any]], upto: int | None = None) -> float:
+    """TRL's cumulative ``num_tokens`` (all input tokens, padding excluded) at the last log <= upto."""
+    seen = 0.0
+    for entry in log_history:
+        if "num_tokens" in entry and (upto is None or entry.get("step", 0) <= upto):
+            seen = entry["num_tokens"]
+    return seen
+
+
+def _set_stop_token(model, tokenizer, stop_id: int) -> None:
+    """Make generation stop at the template's end-of-turn token; pad with the tokenizer's pad.
+
+    The tokenizer's eos becomes the end-of-turn token (TRL and vLLM read it from there) and the
+    generation config keeps any other eos ids it had.
+    """
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    model.generation_config.eos_token_id = stop_id if not eos or eos == [stop_id] else [stop_id, *[e for e in eos if e != stop_id]]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = stop_id
+    model.config.pad_token_id = tokenizer.pad_token_id
