@@ -289,29 +289,69 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# Counts/metrics worth a column in the summary; the rest stay in the manifests.
+_KEY_COUNTS = ("prompts", "sampled", "kept", "rows", "steps", "questions", "models")
+_KEY_METRICS = ("acceptance_rate", "reward_start", "reward_end", "loss_first", "loss_last",
+                "completion_length_start", "completion_length_end")
+
+
 def summary_rows(records: list[StepRecord]) -> list[list[str]]:
+    """One row per step: name, kind, status, wall time, inputs, outputs, key numbers."""
     rows = []
     for r in records:
         ins = ", ".join(f"{k}={v['ref']}" for k, v in r.inputs.items())
         outs = ", ".join(r.result.get("outputs", {}).keys())
-        counts = ", ".join(f"{k}={v}" for k, v in r.result.get("counts", {}).items())
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in r.result.get("metrics", {}).items())
-        rows.append([r.name, r.kind, r.status, f"{r.wall_time_s:.1f}", ins, outs, counts, metrics])
+        counts = r.result.get("counts", {})
+        metrics = r.result.get("metrics", {})
+        numbers = [f"{k}={counts[k]}" for k in _KEY_COUNTS if k in counts]
+        numbers += [f"{k}={_fmt(metrics[k])}" for k in _KEY_METRICS if k in metrics]
+        rows.append([r.name, r.kind, r.status, f"{r.wall_time_s:.0f}", ins, outs, ", ".join(numbers)])
     return rows
 
 
-HEADERS = ["step", "kind", "status", "wall s", "inputs", "outputs", "counts", "metrics"]
+def eval_rows(records: list[StepRecord]) -> tuple[list[str], list[list[str]]]:
+    """The eval table: one row per evaluated model (from every eval step's metrics)."""
+    headers, rows = ["eval step", "model"], []
+    for r in records:
+        if r.kind != "eval":
+            continue
+        per_model: dict[str, dict] = {}
+        for key, value in r.result.get("metrics", {}).items():
+            model, _, metric = key.rpartition("/")
+            per_model.setdefault(model, {})[metric] = value
+        for model, values in per_model.items():
+            for metric in values:
+                if metric not in headers:
+                    headers.append(metric)
+            rows.append([r.name, model] + [_fmt(values.get(h, "")) for h in headers[2:]])
+    return headers, [row + [""] * (len(headers) - len(row)) for row in rows]
+
+
+HEADERS = ["step", "kind", "status", "wall s", "inputs", "outputs", "key numbers"]
+
+
+def _markdown(headers: list[str], rows: list[list[str]]) -> list[str]:
+    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return md + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
 
 
 def write_summary(run_dir: Path, records: list[StepRecord]) -> None:
-    """Print the rich summary table and save it as ``<run_dir>/summary.md``."""
+    """Print the step table (and the eval table) and save both as ``<run_dir>/summary.md``."""
+    rows = summary_rows(records)
     table = Table(title=f"run {run_dir.name}", show_lines=True)
     for h in HEADERS:
         table.add_column(h, overflow="fold")
-    rows = summary_rows(records)
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    md = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    (run_dir / "summary.md").write_text(f"# Run {run_dir.name}\n\n" + "\n".join(md) + "\n")
+    md = [f"# Run {run_dir.name}", "", *_markdown(HEADERS, rows), ""]
+    eval_headers, eval_table = eval_rows(records)
+    if eval_table:
+        t = Table(title="held-out eval", show_lines=False)
+        for h in eval_headers:
+            t.add_column(h, overflow="fold")
+        for row in eval_table:
+            t.add_row(*row)
+        console.print(t)
+        md += ["## Eval", "", *_markdown(eval_headers, eval_table), ""]
+    (run_dir / "summary.md").write_text("\n".join(md))
