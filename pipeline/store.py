@@ -38,7 +38,8 @@ def canonical_hash(obj) -> str:
 
 def _file_sha256(path: Path, cache: dict) -> str:
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    # ctime and inode too: `cp -p`/`rsync -t` can restore size and mtime, never ctime.
+    key = f"{path.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     if key not in cache:
         h = hashlib.sha256()
         with path.open("rb") as fh:
