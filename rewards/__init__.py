@@ -1,0 +1,21 @@
+"""Rule-based rewards for R1-style reasoning RL, rejection sampling and evaluation.
+
+Every reward has TRL's signature ``fn(prompts, completions, **columns) -> list[float | None]``
+(None = cannot be judged) and is built by name from the flat registry::
+
+    from rewards import get
+    accuracy = get("accuracy")            # math / code / reasoning-gym dispatcher
+    steps = get("reasoning_steps", min_steps=3)
+
+`available()` lists names, parameters and semantics; ``r1 rewards list`` prints them.
+Families live in small modules: `format` (format, tag_count, reasoning_steps), `math`, `code`
+(code, code_binary), `rgym` (reasoning_gym), `accuracy`, `language`, `length` (cosine_length,
+overlong), `repetition`.
+"""
+
+from rewards.registry import REGISTRY, available, get, register
+
+# Importing the families fills the registry.
+from rewards import accuracy, code, format, language, length, math, repetition, rgym  # noqa: E402,F401
+
+__all__ = ["REGISTRY", "available", "get", "register"]

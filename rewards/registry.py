@@ -1,0 +1,119 @@
+"""The flat reward registry: name -> factory.
+
+A factory is a `Reward` subclass (or any callable) whose keyword arguments are the reward's
+parameters; `get(name, **params)` builds the reward function. Names are registered next to
+their code with `@register("name")`, so the registry cannot drift from the modules, and a
+duplicate name is refused. A dotted import path `pkg.mod:attr` also works, for experiments
+that live outside this package.
+
+>>> fn = get("format")
+>>> fn.__name__
+'format'
+>>> get("no_such_reward")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+rewards.registry.UnknownRewardError: unknown reward 'no_such_reward'; valid names: accuracy, code, ...
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from typing import Any, Callable
+
+#: name -> factory. Filled by the `@register` decorators when `rewards` is imported.
+REGISTRY: dict[str, Callable[..., Callable]] = {}
+
+
+class UnknownRewardError(KeyError, ValueError):
+    """Raised by `get` for a name that is neither registered nor a `module:attr` path."""
+
+    def __str__(self) -> str:  # KeyError would print the message inside quotes
+        return str(self.args[0])
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator adding a factory to `REGISTRY` under `name`.
+
+    Raises:
+        ValueError: if `name` is already registered (two rewards must never share a log name).
+    """
+
+    def decorator(factory: type) -> type:
+        if name in REGISTRY:
+            raise ValueError(f"reward name {name!r} is already registered by {REGISTRY[name]!r}")
+        factory.name = name
+        REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    # The registry is filled by importing the family modules; `rewards/__init__` does that.
+    importlib.import_module("rewards")
+
+
+def get(name: str, **params: Any) -> Callable:
+    """Build the reward function registered as `name` with `params`.
+
+    `name` may also be a dotted path `package.module:attr`. If `attr` is a class it is
+    instantiated with `params`; if it is a function and `params` are given, they are bound
+    with `functools.partial` (TRL reads the name through the partial).
+
+    Raises:
+        UnknownRewardError (a KeyError and ValueError): unknown name; the message lists the
+            valid names.
+        TypeError: a parameter the reward does not take; the message lists the valid ones.
+    """
+    _ensure_loaded()
+    if name in REGISTRY:
+        factory = REGISTRY[name]
+        _check_params(name, factory, params)
+        return factory(**params)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        obj = getattr(importlib.import_module(module_name), attr)
+        if inspect.isclass(obj):
+            return obj(**params)
+        return functools.partial(obj, **params) if params else obj
+    raise UnknownRewardError(f"unknown reward {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
+
+
+def _check_params(name: str, factory: Callable, params: dict[str, Any]) -> None:
+    accepted = _parameters(factory)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        valid = ", ".join(accepted) or "(none)"
+        raise TypeError(f"reward {name!r} takes no parameter {', '.join(unknown)}; valid parameters: {valid}")
+
+
+def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:
+    signature = inspect.signature(factory)
+    return {
+        p.name: p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def available() -> list[tuple[str, str, str]]:
+    """List every registered reward as `(name, parameters, semantics)`.
+
+    `parameters` reads like a signature (`ngram=3, max_penalty=-1.0`); `semantics` is the
+    first line of the factory's docstring.
+
+    >>> ("format", "assume_think_open=False") in [(n, p) for n, p, _ in available()]
+    True
+    """
+    _ensure_loaded()
+    rows = []
+    for name in sorted(REGISTRY):
+        factory = REGISTRY[name]
+        params = ", ".join(
+            p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in _parameters(factory).values()
+        )
+        doc = inspect.getdoc(factory) or ""
+        rows.append((name, params, doc.splitlines()[0] if doc else ""))
+    return rows

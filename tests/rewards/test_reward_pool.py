@@ -1,0 +1,62 @@
+"""The killable worker pool: deadlines, crashes, memory limits, threads, restarts."""
+
+import threading
+import time
+
+import pytest
+
+from rewards._pool import WorkerPool
+
+
+@pytest.fixture(scope="module")
+def pool():
+    pool = WorkerPool(size=2, memory_mb=1024)
+    yield pool
+    pool.close()
+
+
+def test_results_come_back_in_order(pool):
+    outcomes = pool.map("operator:add", [(i, 1) for i in range(20)], timeout=10)
+    assert [o.value for o in outcomes] == list(range(1, 21))
+    assert {o.status for o in outcomes} == {"ok"}
+
+
+def test_a_hung_task_times_out_and_its_worker_is_replaced(pool):
+    kills = pool.kills
+    started = time.monotonic()
+    outcomes = pool.map("time:sleep", [(30,), (0,), (30,), (0,)], timeout=1.0)
+    assert [o.status for o in outcomes] == ["timeout", "ok", "timeout", "ok"]
+    assert time.monotonic() - started < 5
+    assert pool.kills == kills + 2
+    assert pool.map("operator:mul", [(6, 7)], timeout=5)[0].value == 42  # replacements work
+
+
+def test_errors_crashes_and_memory_limit(pool):
+    outcomes = pool.map("builtins:int", [("x",)], timeout=5)
+    assert outcomes[0].status == "error" and "ValueError" in outcomes[0].value
+    outcomes = pool.map("os:_exit", [(3,)], timeout=5)  # the worker dies mid-task
+    assert outcomes[0].status == "error"
+    outcomes = pool.map("builtins:bytearray", [(4 * 1024**3,)], timeout=5)  # over the 1 GiB limit
+    assert outcomes[0].status == "error" and "MemoryError" in outcomes[0].value
+    assert pool.map("operator:add", [(1, 1)], timeout=5)[0].value == 2
+
+
+def test_two_threads_share_the_pool(pool):
+    results = {}
+
+    def run(k):
+        results[k] = [o.value for o in pool.map("operator:add", [(k, i) for i in range(10)], timeout=10)]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (100, 200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {k: [k + i for i in range(10)] for k in (100, 200)}
+
+
+def test_warmup_runs_outside_the_deadline(pool):
+    # rewards.rgym:warm_worker imports reasoning-gym (about 1.5 s); the task deadline is 0.5 s.
+    outcomes = pool.map("rewards.rgym:score_entry", [("chain_sum", "3", {"answer": "3", "metadata": {}})],
+                        timeout=0.5, warmup="rewards.rgym:warm_worker")
+    assert outcomes[0].status == "ok" and outcomes[0].value == 1.0
