@@ -110,7 +110,9 @@ def test_first_run_executes_and_writes_manifests(tmp_path):
     pipeline = load_pipeline(path)
     cfg_b = pipeline.step("b").config
     assert b["step"] == "b" and b["kind"] == "fake" and b["run"] == "t"
-    assert b["config_hash"] == store.canonical_hash(cfg_b.model_dump(mode="json"))
+    # the pipeline seed reaches stages through ctx.seed, so it is part of the config identity
+    assert b["config_hash"] == store.canonical_hash({"config": cfg_b.model_dump(mode="json"),
+                                                     "pipeline_seed": pipeline.config.seed})
     assert b["config"] == cfg_b.model_dump(mode="json")
     # inputs: the reference, the upstream's output hash, and the resolved path
     assert b["inputs"] == {"source": {"ref": "a", "hash": a["output_hash"],
