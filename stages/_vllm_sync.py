@@ -9,7 +9,8 @@ the first sync fails with ``'Parameter' object has no attribute 'weight_loader'`
 
 The fix: hand every parameter, in **one** call, to the worker's ``reload_weights(weights_iterator=...)``
 (vLLM's in-place reload: it restores the checkpoint-format layers, loads the new tensors and
-re-runs the post-load processing, i.e. the CPU repacking). One call, not one per parameter:
+re-runs the post-load processing, i.e. the CPU repacking), then re-packs the LM head, which a
+tied-embedding model's reload skips (see :func:`_repack_vocab_layers`). One call, not one per parameter:
 the reload processes a layer once all of its tensors arrived (q/k/v are fused into one
 ``qkv_proj``), and a call per tensor would rebuild every layer from a partial load. It costs
 ~0.5 s for a 135M model.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -64,8 +66,27 @@ def reload_weights(llm: Any, named_tensors: Iterable[tuple[str, Any]]) -> None:
     """
     # CPUWorker.reload_weights -> GPUWorker.reload_weights: sets the current vLLM config, then
     # model_runner.reload_weights(weights_iterator=...) (vllm.model_executor.model_loader.reload).
-    driver_worker(llm).reload_weights(weights_iterator=named_tensors)
+    worker = driver_worker(llm)
+    worker.reload_weights(weights_iterator=named_tensors)
+    _repack_vocab_layers(worker.model_runner.get_model())
     llm.reset_prefix_cache()
+
+
+def _repack_vocab_layers(model: Any) -> None:
+    """Re-pack the CPU GEMM copy of every embedding / LM-head layer from its current weight.
+
+    On the CPU backend these layers keep their ``weight`` and compute logits with a packed
+    copy made at load time (``layer.cpu_linear``). A tied LM head (SmolLM2, Llama-3.2, Qwen2.5
+    small models) shares ``embed_tokens.weight`` but receives no tensor of its own during a
+    reload, so the in-place reload never re-packs it: the engine would keep computing logits
+    with the *initial* output embedding while everything else trains. Re-packing costs one
+    copy of the vocabulary matrix.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and hasattr(module, "cpu_linear"):
+            module.quant_method.process_weights_after_loading(module)
 
 
 def _sync_weights_cpu(self) -> None:
@@ -96,14 +117,16 @@ def install_cpu_weight_sync(vllm_generation: Any) -> bool:
 
 
 @contextlib.contextmanager
-def engine_options(**llm_kwargs: Any) -> Iterator[None]:
+def engine_options(cpu_kv_cache_gib: int | None = None, **llm_kwargs: Any) -> Iterator[None]:
     """Extra ``vllm.LLM`` keyword arguments for the colocated engines TRL builds in this block.
 
-    TRL 1.16 builds the colocated engine itself (``VLLMGeneration._init_vllm``) and does not
-    expose ``dtype``, ``enforce_eager`` or ``kv_cache_memory_bytes``, which decide speed and
-    memory on a CPU: the checkpoint's dtype (float32 for our models) runs ~3x slower than
-    bfloat16, and graph compilation costs ~1 min of start-up per run. Keys TRL passes itself
-    are refused rather than silently overridden.
+    TRL 1.16 builds the colocated engine itself (``VLLMGeneration._init_vllm``) and exposes
+    neither ``dtype`` nor ``enforce_eager``, which decide speed on a CPU: the checkpoint's dtype
+    (float32 for our models) decodes ~3x slower than bfloat16, and graph compilation costs
+    about a minute of start-up per run. ``cpu_kv_cache_gib`` sizes the KV cache of the CPU
+    backend (GiB); it is passed as ``VLLM_CPU_KVCACHE_SPACE``, which the CPU backend reads in
+    preference to any engine argument, and the previous value is restored afterwards. Keys
+    TRL passes itself are refused rather than silently overridden.
 
     Raises:
         ValueError: a key TRL already sets (e.g. ``max_model_len``, ``seed``).
@@ -117,8 +140,30 @@ def engine_options(**llm_kwargs: Any) -> Iterator[None]:
     if clash:
         raise ValueError(f"TRL sets {clash} itself; use the matching GRPOConfig fields")
     original = trl_vllm.LLM
+    env_before = os.environ.get(_KV_ENV)
     trl_vllm.LLM = functools.partial(original, **llm_kwargs)
+    if cpu_kv_cache_gib is not None:
+        os.environ[_KV_ENV] = str(int(cpu_kv_cache_gib))
     try:
         yield
     finally:
         trl_vllm.LLM = original
+        if cpu_kv_cache_gib is not None:
+            if env_before is None:
+                os.environ.pop(_KV_ENV, None)
+            else:
+                os.environ[_KV_ENV] = env_before
+
+
+_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
+
+
+def shutdown(vllm_generation: Any) -> None:
+    """Stop a colocated engine and drop it, so its memory is free for the next step's engine."""
+    llm = getattr(vllm_generation, "llm", None)
+    if llm is None:
+        return
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del vllm_generation.llm

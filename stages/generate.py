@@ -2,30 +2,44 @@
 
 The R1 recipe uses this stage twice: for **cold-start data** (a model that does not yet reason
 in the `<think>…</think><answer>…</answer>` layout is shown few-shot exemplars and its correct,
-well-formatted samples are kept) and for **rejection sampling** (sample the RL policy, keep
-correct and readable answers). Both write an SFT dataset.
+well-formatted samples are kept) and for **rejection sampling** (R1 phase 3: sample the RL
+policy, keep correct and readable answers, mix in non-reasoning SFT data). Both write an SFT
+dataset. The filters (correctness, format, language mixing, long paragraphs, stray code
+blocks, length in tokens, exact and near duplicates, pass-rate band, selection per prompt)
+live in :mod:`stages._filters`; the user guide is ``docs/rejection_sampling.md``.
 
-Inputs: ``model`` (step name, alias, folder or hub id); prompt sources (``data/``).
+Inputs: ``model`` (step name, alias, folder or hub id); prompt sources (``data/``); optional
+evaluation prompt sources to decontaminate against; optional extra SFT datasets to mix in.
 Outputs: ``dataset/`` — ``data.parquet`` in the SFT-row schema (id, messages, data_source,
-domain, rewards, source_model, meta) and ``README.md``, the dataset card (how it was made,
-every filter with kept/dropped counts, sizes per domain and source).
+domain, rewards, source_model, meta), ``README.md`` (the dataset card: source model, sampling
+parameters, rewards, every filter with its kept/dropped counts, sizes per domain and source)
+and ``card.json`` (the same facts for ``r1 inspect``); ``samples.parquet`` next to it holds
+every sampled response with the filter that dropped it (``dropped_by``, null = kept).
 Resume: prompts are processed in shards written to ``shards/``; a rerun samples only the
 missing shards, and per-prompt seeds make the result identical to an uninterrupted run.
+Filters run once over all shards at the end, so their counts never depend on interruptions.
 
-Launch: ``r1 generate configs/generate/smollm2-135m/cold_start.yaml``
+Launch: ``r1 generate configs/generate/smollm2-135m/rejection_sampling.yaml --run r1-demo``
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from pydantic import model_validator
+
 from data import PromptSource
 from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult
+from stages._filters import FILTERS, Filters, Sample, funnel, verdicts
 from stages._sampling import SamplingConfig
+
+SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
+FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
 
 
 class FewShot(StrictModel):
@@ -35,15 +49,29 @@ class FewShot(StrictModel):
     response: str  # the full assistant text: <think>…</think> then <answer>…</answer>
 
 
-class Filters(StrictModel):
-    """Which samples survive, applied in this order; each one's drop count goes in the card."""
+class Decontamination(StrictModel):
+    """Drop training prompts sharing a word n-gram with any evaluation prompt (``data.decontaminate``)."""
 
-    drop_truncated: bool = True  # stopped at max_tokens instead of EOS: unfinished reasoning
-    require_correct: bool = True  # the `accuracy` reward must be 1.0
-    keep_unverifiable: bool = False  # keep samples whose correctness is None (cannot be judged)
-    require_format: bool = True  # the `format` reward must be 1.0
-    dedupe: bool = True  # drop exact duplicate responses of the same prompt
-    max_per_prompt: int = 2  # keep at most N samples per prompt (first N by sample index)
+    eval_prompts: list[PromptSource]  # the evaluation sets, as prompt sources
+    split: Literal["train", "test"] | None = "test"  # which split of them is evaluated on
+    ngram: int = 8  # n-gram length in words (R1 / open-r1: 8)
+
+
+class MixSource(StrictModel):
+    """An extra SFT dataset mixed in as is (R1's non-reasoning data: writing, factual QA, ...)."""
+
+    dataset: str  # a step name, a folder of parquet/JSONL, a .parquet/.jsonl file, or a hub name
+    split: str = "train"  # split of a hub dataset
+    share: float | None = None  # fraction of the final dataset made of this source; None = all rows
+    max_rows: int | None = None  # at most this many rows from it
+    data_source: str | None = None  # label for rows without `data_source`; None = file stem / hub name
+    domain: str = "general"  # domain for rows without one
+
+    @model_validator(mode="after")
+    def _check(self) -> "MixSource":
+        if self.share is not None and not 0.0 < self.share < 1.0:
+            raise ValueError(f"share must be in (0, 1), got {self.share}")
+        return self
 
 
 class Config(StageConfig):
@@ -58,11 +86,26 @@ class Config(StageConfig):
     sampling: SamplingConfig = SamplingConfig()
     rewards: list[str] = ["accuracy", "format"]  # scored on every sample, stored per row
     filters: Filters = Filters()
+    decontaminate: Decontamination | None = None  # None = no decontamination
+    mix: list[MixSource] = []  # extra SFT datasets mixed into the output
     shard_size: int = 32  # prompts per shard (resume granularity)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        missing = self.filters.needed_rewards() - set(self.rewards)
+        if missing:
+            raise ValueError(f"the filters read reward(s) {sorted(missing)}, which `rewards` does not "
+                             f"score; add them to rewards: {self.rewards}")
+        total = sum(m.share or 0.0 for m in self.mix)
+        if total >= 1.0:
+            raise ValueError(f"mix shares add up to {total}; they must leave room for the sampled rows (< 1)")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        return self
 
-FILTER_ORDER = ("truncated", "incorrect", "unverifiable", "bad_format", "duplicate", "over_max_per_prompt")
+
+# ----------------------------------------------------------------------------- sampling
 
 
 def _with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
@@ -84,147 +127,259 @@ def score(reward_names: list[str], rows: list[dict], completions: list[str]) -> 
     return {name: list(registry.get(name)(prompts, completions, **columns)) for name in reward_names}
 
 
-def _filter_prompt(samples: list[dict], f: Filters) -> tuple[list[dict], Counter]:
-    """Apply the filters to one prompt's samples; return the kept ones and drop counts."""
-    dropped: Counter = Counter()
-    kept, seen = [], set()
-    for s in samples:
-        acc = s["rewards"].get("accuracy")
-        if f.drop_truncated and s["truncated"]:
-            dropped["truncated"] += 1
-        elif f.require_correct and acc is None and not f.keep_unverifiable:
-            dropped["unverifiable"] += 1
-        elif f.require_correct and acc is not None and acc < 1.0:
-            dropped["incorrect"] += 1
-        elif f.require_format and (s["rewards"].get("format") or 0.0) < 1.0:
-            dropped["bad_format"] += 1
-        elif f.dedupe and s["text"].strip() in seen:
-            dropped["duplicate"] += 1
-        elif len(kept) >= f.max_per_prompt:
-            dropped["over_max_per_prompt"] += 1
-        else:
-            kept.append(s)
-            seen.add(s["text"].strip())
-    return kept, dropped
+def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
+    """Tokens of the reasoning and of the rest (the answer part) of each completion."""
+    from stages._filters import reasoning_of
+
+    reasoning = [reasoning_of(t) if "<think>" in t or "</think>" in t else "" for t in texts]
+    answers = [t.rpartition("</think>")[2] if "</think>" in t else ("" if "<think>" in t else t) for t in texts]
+    count = lambda xs: [len(ids) for ids in tokenizer(xs, add_special_tokens=False)["input_ids"]] if xs else []
+    return count(reasoning), count(answers)
 
 
-def _sample_shard(sampler, cfg: Config, rows: list[dict], model_ref: str) -> list[dict]:
-    """Sample, score and filter one shard; returns its records (kept and dropped, flagged)."""
+def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
+    """Sample and score one shard: one record per sample (the SFT columns plus ``prompt_id``)."""
     prompts = [_with_few_shot(list(r["prompt"]), cfg.few_shot) if cfg.few_shot else r["prompt"] for r in rows]
     completions = sampler.sample(prompts, [r["id"] for r in rows])
     flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
     flat = [c for cs in completions for c in cs]
     scores = score(cfg.rewards, flat_rows, [c.text for c in flat])
+    reasoning_tokens, answer_tokens = _part_tokens(sampler.tokenizer, [c.text for c in flat])
     records, i = [], 0
     for row, cs in zip(rows, completions):
-        samples = []
+        correct = [scores["accuracy"][i + j] == 1.0 for j in range(len(cs))] if "accuracy" in scores else []
         for j, c in enumerate(cs):
-            samples.append({"text": c.text, "num_tokens": c.num_tokens, "truncated": c.truncated, "index": j,
-                            "rewards": {name: scores[name][i] for name in cfg.rewards}})
-            i += 1
-        kept, _ = _filter_prompt(samples, cfg.filters)
-        kept_ids = {id(s) for s in kept}
-        correct = [s["rewards"].get("accuracy") == 1.0 for s in samples]
-        for s in samples:
+            prompt = [dict(m) for m in row["prompt"]] if isinstance(row["prompt"], list) else \
+                [{"role": "user", "content": row["prompt"]}]
             records.append({
-                "id": f"{row['id']}#{s['index']}", "prompt_id": row["id"], "kept": id(s) in kept_ids,
-                "messages": [dict(m) for m in row["prompt"]] + [{"role": "assistant", "content": s["text"]}],
+                "id": f"{row['id']}#{j}", "prompt_id": row["id"],
+                "messages": prompt + [{"role": "assistant", "content": c.text}],
                 "data_source": row["data_source"], "domain": row["domain"],
-                "rewards": json.dumps(s["rewards"]), "source_model": model_ref,
-                "meta": json.dumps({"sample_index": s["index"], "num_tokens": s["num_tokens"],
-                                    "truncated": s["truncated"], "prompt_pass_rate": sum(correct) / len(correct)}),
+                "rewards": json.dumps({name: scores[name][i] for name in cfg.rewards}),
+                "source_model": cfg.model,
+                "meta": json.dumps({"sample_index": j, "num_tokens": c.num_tokens, "truncated": c.truncated,
+                                    "reasoning_tokens": reasoning_tokens[i], "answer_tokens": answer_tokens[i],
+                                    "prompt_pass_rate": sum(correct) / len(correct) if correct else None}),
             })
+            i += 1
     return records
 
 
-def _counts(all_records: list[dict], cfg: Config) -> dict[str, int]:
-    """Recompute drop counts per filter from stored records (so a resumed run counts the same)."""
-    by_prompt: dict[str, list[dict]] = {}
-    for r in all_records:
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    total: Counter = Counter()
-    for recs in by_prompt.values():
-        samples = [{"text": r["messages"][-1]["content"], "truncated": json.loads(r["meta"])["truncated"],
-                    "rewards": json.loads(r["rewards"])} for r in recs]
-        _, dropped = _filter_prompt(samples, cfg.filters)
-        total += dropped
-    return {k: total.get(k, 0) for k in FILTER_ORDER}
+def open_sampler(model_path: str, sampling: SamplingConfig, seed: int):
+    """The engine :func:`run` samples with (a seam: tests share one engine between runs)."""
+    from stages._sampling import Sampler
+
+    return Sampler(model_path, sampling, seed=seed)
 
 
-def write_card(path: Path, cfg: Config, model_ref: str, counts: dict, sampled: int, kept_rows: list[dict]) -> None:
-    """The dataset card: how the data was made, the filter funnel, and sizes per domain/source."""
-    domains = Counter(r["domain"] for r in kept_rows)
-    sources = Counter(r["data_source"] for r in kept_rows)
-    s = cfg.sampling
+def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path, ctx: StepContext) -> list[dict]:
+    """Sample every shard not yet on disk, then return the records of all shards in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rich.progress import Progress
+
+    shard_dir.mkdir(exist_ok=True)
+    shards = [rows[i:i + cfg.shard_size] for i in range(0, len(rows), cfg.shard_size)]
+    path = lambda i: shard_dir / f"shard-{i:05d}.parquet"
+    todo = [i for i in range(len(shards)) if not path(i).exists()]
+    if todo:
+        with open_sampler(model_path, cfg.sampling, cfg.seed) as sampler, Progress() as progress:
+            task = progress.add_task(f"sampling {len(rows)} prompts x {cfg.sampling.num_samples}", total=len(rows),
+                                     completed=sum(len(shards[i]) for i in range(len(shards)) if i not in todo))
+            for i in todo:
+                records = _sample_shard(sampler, cfg, shards[i])
+                tmp = shard_dir / f".shard-{i:05d}.tmp"
+                pq.write_table(pa.Table.from_pylist(records), tmp)
+                tmp.rename(path(i))  # a shard exists only when complete
+                progress.advance(task, len(shards[i]))
+                ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
+    records: list[dict] = []
+    for i in range(len(shards)):
+        records += pq.read_table(path(i)).to_pylist()
+    return records
+
+
+# ----------------------------------------------------------------------------- prompts and mixing
+
+
+def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> tuple[list[dict], list[dict]]:
+    """Rows of the extra SFT datasets and one report per source (label, rows, share, hash).
+
+    A source with ``share`` s contributes ``round(s * T)`` rows, where T is the final size
+    implied by the sampled rows and the share-less sources; rows are a seeded sample of it.
+    Mixed rows whose user message overlaps an evaluation prompt (same 8-gram rule) are dropped.
+    """
+    from pipeline import store
+    from pipeline.inspect import load_sft_rows
+
+    loaded = []
+    for m in cfg.mix:
+        ref = ctx.resolve_dataset(m.dataset)
+        label = m.data_source or (Path(ref).stem if Path(ref).exists() else ref)
+        rows = load_sft_rows(ref, split=m.split, data_source=label, domain=m.domain)
+        removed = 0
+        if eval_set is not None:
+            rows, removed = _decontaminate_messages(rows, eval_set, cfg.decontaminate.ngram)
+        rows = random.Random(f"{cfg.seed}:{label}").sample(rows, len(rows))
+        if m.max_rows is not None:
+            rows = rows[:m.max_rows]
+        content = store.hash_tree(ref) if Path(ref).exists() else f"hub:{ref}"
+        loaded.append((m, label, rows, removed, content))
+    fixed = reasoning_rows + sum(len(rows) for m, _, rows, _, _ in loaded if m.share is None)
+    total_share = sum(m.share or 0.0 for m in cfg.mix)
+    final_size = fixed / (1.0 - total_share)
+    out, report = [], []
+    for m, label, rows, removed, content in loaded:
+        take = rows if m.share is None else rows[:round(m.share * final_size)]
+        for r in take:
+            meta = json.loads(r["meta"] or "{}")
+            r["meta"] = json.dumps({**meta, "mixed_from": label})
+        out += take
+        report.append({"label": label, "dataset": m.dataset, "available": len(rows), "rows": len(take),
+                       "share_asked": m.share, "decontaminated": removed, "content_hash": content})
+    for item in report:
+        item["share"] = item["rows"] / (reasoning_rows + len(out)) if reasoning_rows + len(out) else 0.0
+    return out, report
+
+
+def _decontaminate_messages(rows: list[dict], eval_set, n: int) -> tuple[list[dict], int]:
+    """Drop SFT rows whose last user message shares a word ``n``-gram with an eval prompt."""
+    from data import ngram_overlap, question_of
+
+    users = {str(i): next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
+             for i, r in enumerate(rows)}
+    bad = set(ngram_overlap(users, (question_of(p) for p in eval_set["prompt"]), n=n))
+    return [r for i, r in enumerate(rows) if str(i) not in bad], len(bad)
+
+
+# ----------------------------------------------------------------------------- the card
+
+
+def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records: list[dict],
+               verdict_list: list, mix_report: list[dict], final_rows: list[dict]) -> dict:
+    """The facts of the dataset card (also saved as ``card.json`` for ``r1 inspect``)."""
+    reward_means = {}
+    for name in cfg.rewards:
+        vals = [json.loads(r["rewards"]).get(name) for r in records]
+        vals = [v for v in vals if v is not None]
+        reward_means[name] = sum(vals) / len(vals) if vals else None
+    kept = sum(v is None for v in verdict_list)
+    return {
+        "source_model": cfg.model,
+        "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
+        "few_shot_exemplars": len(cfg.few_shot),
+        "rewards": list(cfg.rewards),
+        "reward_means_sampled": reward_means,
+        "prompts": {"loaded": prompts_loaded, "decontaminated": len(removed_ids),
+                    "sampled": prompts_loaded - len(removed_ids)},
+        "decontamination": None if cfg.decontaminate is None else {
+            "ngram": cfg.decontaminate.ngram, "split": cfg.decontaminate.split,
+            "eval_sources": [s.label for s in cfg.decontaminate.eval_prompts],
+            "removed": len(removed_ids), "removed_ids": removed_ids[:50]},
+        "filter_config": cfg.filters.model_dump(mode="json"),
+        "sampled": len(records),
+        "funnel": funnel(verdict_list),
+        "kept_sampled": kept,
+        "mix": mix_report,
+        "rows": len(final_rows),
+        "per_domain": dict(sorted(Counter(r["domain"] for r in final_rows).items())),
+        "per_source": dict(sorted(Counter(r["data_source"] for r in final_rows).items())),
+    }
+
+
+def render_card(card: dict) -> str:
+    """The dataset card (``README.md``) as markdown, from :func:`build_card`'s facts."""
+    s, p = card["sampling"], card["prompts"]
     lines = [
-        "# SFT dataset", "",
-        f"Made by the `generate` stage from model `{model_ref}`: {s.num_samples} samples per prompt "
-        f"({s.backend}, temperature {s.temperature}, top-p {s.top_p}, max {s.max_tokens} new tokens, seed {cfg.seed}), "
-        f"few-shot exemplars: {len(cfg.few_shot)}.", "",
-        f"Rewards scored on every sample: {', '.join(cfg.rewards)}.", "",
-        "## Filter funnel", "", "| filter | dropped | remaining |", "|---|---|---|",
-        f"| sampled | 0 | {sampled} |",
+        "# SFT dataset (generate stage)", "",
+        f"Made from model `{card['source_model']}`: {s['num_samples']} samples per prompt with {s['backend']} "
+        f"(temperature {s['temperature']}, top-p {s['top_p']}, at most {s['max_tokens']} new tokens, "
+        f"seed {s['seed']}, per-prompt seeds), {card['few_shot_exemplars']} few-shot exemplars.", "",
+        f"Rewards scored on every sample: {', '.join(card['rewards'])} (mean over all samples: "
+        + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in card["reward_means_sampled"].items())
+        + ").", "",
+        "## Prompts", "",
+        f"{p['loaded']} prompts loaded, {p['decontaminated']} removed by decontamination, {p['sampled']} sampled.",
     ]
-    remaining = sampled
-    for name in FILTER_ORDER:
-        remaining -= counts[name]
-        lines.append(f"| {name} | {counts[name]} | {remaining} |")
-    lines += ["", f"Kept: **{len(kept_rows)}** of {sampled} sampled.", "",
-              "## Rows per domain", "", *[f"- {d}: {n}" for d, n in sorted(domains.items())], "",
-              "## Rows per source", "", *[f"- {d}: {n}" for d, n in sorted(sources.items())], "",
-              "## Columns", "",
+    d = card["decontamination"]
+    if d:
+        lines += ["", f"Decontamination: word {d['ngram']}-gram overlap with the `{d['split']}` split of "
+                  f"{', '.join(d['eval_sources'])}; {d['removed']} prompts removed"
+                  + (f" (e.g. {', '.join(d['removed_ids'][:5])})" if d["removed_ids"] else "") + "."]
+    lines += ["", "## Filter funnel", "",
+              f"Each sample is counted under the first filter that drops it; settings: "
+              f"`{json.dumps(card['filter_config'])}`.", "",
+              "| filter | dropped | remaining |", "|---|---:|---:|", f"| sampled | 0 | {card['sampled']} |"]
+    lines += [f"| {row['filter']} | {row['dropped']} | {row['remaining']} |" for row in card["funnel"]]
+    lines += ["", f"Kept **{card['kept_sampled']}** of {card['sampled']} sampled responses."]
+    if card["mix"]:
+        lines += ["", "## Mixed-in SFT data", "", "| source | dataset | rows | share of final | share asked | "
+                  "decontaminated |", "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {m['label']} | `{m['dataset']}` | {m['rows']} | {m['share']:.3f} | "
+                  f"{m['share_asked'] if m['share_asked'] is not None else 'all'} | {m['decontaminated']} |"
+                  for m in card["mix"]]
+    lines += ["", f"## Final size: {card['rows']} rows", "", "| domain | rows |", "|---|---:|",
+              *[f"| {k} | {v} |" for k, v in card["per_domain"].items()], "",
+              "| data_source | rows |", "|---|---:|", *[f"| {k} | {v} |" for k, v in card["per_source"].items()],
+              "", "## Columns", "",
               "id, messages (system/user/assistant; assistant = `<think>…</think>` then `<answer>…</answer>`), "
-              "data_source, domain, rewards (JSON name -> value), source_model, meta (JSON).", "",
-              "## Load", "", "```python", "import datasets",
-              f"ds = datasets.load_dataset('parquet', data_files='{path.name}/data.parquet')['train']", "```", ""]
-    (path / "README.md").write_text("\n".join(lines))
+              "data_source, domain, rewards (JSON name -> value), source_model, meta (JSON: sample_index, "
+              "num_tokens, reasoning_tokens, answer_tokens (tokens of the source model), truncated, "
+              "prompt_pass_rate; `mixed_from` for mixed-in rows).", "",
+              "## Load and look", "", "```python", "import datasets",
+              "ds = datasets.load_dataset('parquet', data_files='dataset/data.parquet')['train']", "```", "",
+              "`r1 inspect dataset/ --html report.html` summarises it; `samples.parquet` next to this folder "
+              "holds every sampled response with the filter that dropped it.", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _sample_view(record: dict) -> Sample:
+    meta = json.loads(record["meta"])
+    return Sample(prompt_id=record["prompt_id"], index=meta["sample_index"], domain=record["domain"],
+                  text=record["messages"][-1]["content"], num_tokens=meta["num_tokens"],
+                  truncated=meta["truncated"], rewards=json.loads(record["rewards"]))
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from rich.progress import Progress
 
-    from data import load_prompts
-    from stages._sampling import Sampler
+    from data import decontaminate, load_prompts
 
     model_path = ctx.resolve_model(config.model)
     prompts = load_prompts(list(config.prompts), split=config.split)
+    loaded = len(prompts)
+    removed_ids: list[str] = []
+    eval_set = None
+    if config.decontaminate is not None:
+        d = config.decontaminate
+        eval_set = load_prompts(list(d.eval_prompts), split=d.split)
+        prompts, removed_ids = decontaminate(prompts, [eval_set], n=d.ngram)
     rows = [dict(r) for r in prompts]
-    shard_dir = ctx.work_dir / "shards"
-    shard_dir.mkdir(exist_ok=True)
-    shards = [rows[i:i + config.shard_size] for i in range(0, len(rows), config.shard_size)]
-    todo = [i for i in range(len(shards)) if not (shard_dir / f"shard-{i:05d}.parquet").exists()]
-    if todo:
-        with Sampler(model_path, config.sampling, seed=config.seed) as sampler, Progress() as progress:
-            task = progress.add_task(f"sampling {len(rows)} prompts x {config.sampling.num_samples}",
-                                     total=len(rows), completed=(len(shards) - len(todo)) * config.shard_size)
-            for i in todo:
-                records = _sample_shard(sampler, config, shards[i], config.model)
-                tmp = shard_dir / f".shard-{i:05d}.tmp"
-                pq.write_table(pa.Table.from_pylist(records), tmp)
-                tmp.rename(shard_dir / f"shard-{i:05d}.parquet")  # a shard exists only when complete
-                progress.advance(task, len(shards[i]))
-                ctx.log_metrics({"shard": i, "kept": sum(r["kept"] for r in records), "sampled": len(records)})
-    all_records = []
-    for i in range(len(shards)):
-        all_records += pq.read_table(shard_dir / f"shard-{i:05d}.parquet").to_pylist()
-    kept = [{k: r[k] for k in ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")}
-            for r in all_records if r["kept"]]
+
+    records = _sample_all(config, model_path, rows, ctx.work_dir / "shards", ctx)
+    verdict_list = verdicts([_sample_view(r) for r in records], config.filters)
+    kept = [{k: r[k] for k in SFT_COLUMNS} for r, v in zip(records, verdict_list) if v is None]
+    mixed, mix_report = _mix_rows(config, ctx, len(kept), eval_set)
+    final = kept + [{k: r[k] for k in SFT_COLUMNS} for r in mixed]
+
     out = ctx.work_dir / "dataset"
     out.mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(kept), out / "data.parquet")
-    counts = _counts(all_records, config)
-    write_card(out, config, config.model, counts, len(all_records), kept)
-    rewards_mean = {}
-    for name in config.rewards:
-        vals = [json.loads(r["rewards"])[name] for r in all_records]
-        vals = [v for v in vals if v is not None]
-        rewards_mean[f"{name}_mean"] = sum(vals) / len(vals) if vals else 0.0
-    sampled = len(all_records)
-    return StepResult(
-        outputs={"dataset": "dataset"},
-        counts={"prompts": len(rows), "sampled": sampled, "kept": len(kept), **{f"dropped_{k}": v for k, v in counts.items()}},
-        metrics={"acceptance_rate": len(kept) / sampled if sampled else 0.0, **rewards_mean},
-        summary=f"kept {len(kept)}/{sampled} samples from {len(rows)} prompts",
-    )
+    pq.write_table(pa.Table.from_pylist(final), out / "data.parquet")
+    pq.write_table(pa.Table.from_pylist([{**r, "dropped_by": v} for r, v in zip(records, verdict_list)]),
+                   ctx.work_dir / "samples.parquet")
+    card = build_card(config, loaded, removed_ids, records, verdict_list, mix_report, final)
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    (out / "README.md").write_text(render_card(card))
+
+    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids), "sampled": len(records),
+              "kept": len(kept), "mixed_in": len(mixed), "rows": len(final),
+              **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
+    metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
+               **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None}}
+    return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
+                      summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
+                              + (f" + {len(mixed)} mixed-in rows" if mixed else ""))

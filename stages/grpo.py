@@ -1,0 +1,376 @@
+"""grpo: reinforcement learning with rule rewards (GRPO), rollouts by vLLM colocated in the trainer.
+
+The R1 recipe runs this stage twice: **reasoning-oriented RL** (math and logic prompts, accuracy
++ format rewards) and **all-scenario RL** (adds code prompts judged by their tests). It is TRL's
+``GRPOTrainer``: per prompt, ``num_generations`` (G) completions are sampled; each completion's
+reward is the weighted sum of the reward functions; its advantage is (reward - group mean),
+divided by the group std when ``scale_rewards = "group"``; every token of a completion gets its
+completion's advantage in a clipped surrogate loss (ratio to the policy that sampled it), plus
+``beta`` x KL(policy || reference) (k3 estimator) when ``beta > 0``.
+
+Every option whose TRL default changed between releases is set explicitly here (the defaults
+below are ours, not TRL's):
+- ``beta = 0.0``: no KL term, hence no reference model in memory and no reference forward pass
+  (about a third of the training compute on a CPU). DAPO, Dr. GRPO and most R1 reproductions
+  train without it; R1 itself used 0.001. Set it > 0 for long runs that drift.
+- ``loss_type = "dapo"``: token-level aggregation over the batch, no length bias (``grpo``
+  averages per sequence first, which favours short correct and long wrong answers).
+- ``epsilon = 0.2``, ``epsilon_high = 0.28``: DAPO's clip-higher, room for rare tokens to grow.
+- ``mask_truncated_completions = False``: with short completion budgets most early completions
+  are cut off; masking them would hide exactly the negative signal that teaches the model to
+  finish (DAPO masks them, with 16k-token budgets).
+
+Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
+on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
+(TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start
+``trl vllm-serve --model <path>`` on other GPUs first); ``use_vllm: false`` samples with
+transformers ``generate`` (slower, no extra process or memory).
+
+Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
+``max_prompt_length`` tokens (chat template included) are dropped and counted. TRL 1.16 has no
+dynamic sampling (drop all-equal groups and refill), so there is no option for it; the share of
+such groups is logged as ``frac_reward_zero_std``.
+
+Inputs: ``model`` (step name, alias, folder or hub id). Prompts come from ``prompts`` (data
+sources, train split; see ``docs/data.md``).
+Outputs: ``model/`` (policy in float32 safetensors, tokenizer with the model's chat template,
+generation config stopping at the end-of-turn token); ``checkpoints/`` (a rerun resumes from
+the last one); ``metrics.jsonl`` (one line per logged step: reward and each reward function's
+mean/std, KL, entropy, completion lengths, clip ratios, ``frac_reward_zero_std``, reward
+None/timeout counters, seconds per step).
+
+Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml`` (``accelerate launch`` works too:
+no device code here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import model_validator
+
+from data import PromptSource
+from data.prompts import Template
+from pipeline.config import StrictModel
+from pipeline.stage import StageConfig, StepContext, StepResult
+
+
+class RewardSpec(StrictModel):
+    """One reward function of the total reward: ``weight * rewards.get(name, **params)``."""
+
+    name: str  # a name of `r1 rewards list`, or a dotted path `package.module:attr`
+    weight: float = 1.0
+    params: dict[str, Any] = {}
+
+
+class Config(StageConfig):
+    """Config of the grpo stage. Batch arithmetic: one optimizer step uses
+    ``per_device_train_batch_size * gradient_accumulation_steps * devices`` completions, that is
+    that number / ``num_generations`` prompts, all sampled in one generation call."""
+
+    kind: Literal["grpo"] = "grpo"
+    input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    model: str  # model reference: the initial policy
+    prompts: list[PromptSource]  # data sources; their train split is used
+    template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
+    rewards: list[RewardSpec]  # summed with their weights into the reward of a completion
+    # objective
+    beta: float = 0.0  # KL weight to the reference model (0: none loaded)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
+    epsilon: float = 0.2  # lower clip of the ratio: 1 - epsilon
+    epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
+    num_iterations: int = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
+    mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
+    # rollouts
+    num_generations: int = 8  # G: completions per prompt (the group)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_length: int = 512  # tokens, chat template included; longer prompts are dropped
+    max_completion_length: int = 256  # tokens generated per completion
+    # optimisation
+    learning_rate: float = 1e-6  # peak AdamW learning rate
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
+    warmup_ratio: float = 0.05  # fraction of max_steps warming up linearly from 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
+    per_device_train_batch_size: int = 8  # completions per forward/backward pass
+    gradient_accumulation_steps: int = 4  # passes per optimizer step
+    max_steps: int = 40  # optimizer steps
+    bf16: bool = True  # bf16 autocast, float32 master weights (AMX CPUs and GPUs)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    seed: int = 0  # data order, sampling, dropout
+    # generation backend
+    use_vllm: bool = True  # false: transformers generate
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` on other GPUs
+    vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
+    vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
+    vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
+    vllm_dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"  # engine weights; auto = checkpoint's
+    vllm_enforce_eager: bool = True  # skip graph compilation (~1 min start-up on CPU)
+    # logging and checkpoints
+    logging_steps: int = 1  # optimizer steps between metrics lines
+    save_steps: int = 10  # optimizer steps between checkpoints (resume granularity)
+    save_total_limit: int = 2  # checkpoints kept
+
+    @model_validator(mode="after")
+    def _check(self):
+        # Each is a mistake that would otherwise surface minutes into a run.
+        if not self.rewards:
+            raise ValueError("rewards: give at least one reward function")
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rewards: duplicate names {names}; TRL logs them by name")
+        from rewards import REGISTRY  # light: the registry, no scoring workers
+
+        unknown = [n for n in names if n not in REGISTRY and ":" not in n]
+        if unknown:
+            raise ValueError(f"rewards: unknown {unknown}; valid names: {', '.join(sorted(REGISTRY))}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: a group of one has no advantage")
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
+                             f"multiple of num_generations ({self.num_generations}): whole groups per step")
+        if min(self.max_steps, self.logging_steps, self.save_steps, self.max_prompt_length,
+               self.max_completion_length, self.num_iterations) < 1:
+            raise ValueError("max_steps, logging_steps, save_steps, max_prompt_length, max_completion_length "
+                             "and num_iterations must be >= 1")
+        if self.epsilon_high < self.epsilon:
+            raise ValueError("epsilon_high must be >= epsilon")
+        if self.vllm_mode == "server" and not self.use_vllm:
+            raise ValueError("vllm_mode: server needs use_vllm: true")
+        return self
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Prompts per optimizer step on one device."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
+
+
+def run(config: Config, ctx: StepContext) -> StepResult:
+    """Train ``config.model`` with GRPO on ``config.prompts``; write ``model/`` into ``ctx.work_dir``."""
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer
+
+    from rewards import registry
+    from stages import _vllm_sync
+
+    model_path = ctx.resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset, dropped = load_prompt_rows(config, tokenizer)
+    reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
+    callback = metrics_callback(ctx, reward_funcs)
+
+    engine = config.use_vllm and config.vllm_mode == "colocate"
+    on_cpu = engine and _vllm_sync.on_cpu_platform()
+    options = _vllm_sync.engine_options(
+        cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
+        dtype=config.vllm_dtype, enforce_eager=config.vllm_enforce_eager) if engine else contextlib.nullcontext()
+    with options:
+        trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=grpo_arguments(config, ctx.checkpoints),
+                              train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+    if on_cpu:
+        _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
+
+    resume = last_checkpoint(ctx.checkpoints)
+    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
+    try:
+        started = time.time()
+        trainer.train(resume_from_checkpoint=resume)
+        wall = time.time() - started
+        out_dir = ctx.work_dir / "model"
+        trainer.save_model(str(out_dir))  # weights, config, generation config
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(out_dir)  # the model's own chat template, for serving
+        steps = trainer.state.global_step
+    finally:
+        if engine:
+            _vllm_sync.shutdown(trainer.vllm_generation)
+        del trainer
+        gc.collect()
+
+    logged = [e for e in callback.history if "reward" in e]
+    counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
+              "resumed_from_step": resumed_from,
+              "completions": (steps - resumed_from) * config.prompts_per_step * config.num_generations}
+    metrics = {
+        "reward_start": _mean([e["reward"] for e in logged[:3]]),
+        "reward_end": _mean([e["reward"] for e in logged[-3:]]),
+        "completion_length_start": _mean([e["completions/mean_length"] for e in logged[:3]]),
+        "completion_length_end": _mean([e["completions/mean_length"] for e in logged[-3:]]),
+        "train_wall_s": round(wall, 1),
+        "seconds_per_step": round(wall / (steps - resumed_from), 2) if steps > resumed_from else math.nan,
+    }
+    summary = (f"GRPO of {config.model}: {steps} steps x {config.prompts_per_step} prompts x G={config.num_generations}, "
+               f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
+    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def load_prompt_rows(config: Config, tokenizer):
+    """The train split of ``config.prompts`` without prompts over ``max_prompt_length`` tokens.
+
+    Returns ``(dataset, dropped)``. Every prompt-row column stays: TRL passes the columns to
+    the reward functions (``answer``, ``verification``, ``data_source``, ...).
+
+    Raises:
+        ValueError: no prompt left.
+    """
+    from data import load_prompts
+
+    dataset = load_prompts(config.prompts, split="train", template=config.template)
+
+    def length(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            return {"_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"])}
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return {"_tokens": len(ids["input_ids"])}
+
+    dataset = dataset.map(length, desc="counting prompt tokens")
+    keep = [i for i, n in enumerate(dataset["_tokens"]) if n <= config.max_prompt_length]
+    dropped = len(dataset) - len(keep)
+    dataset = dataset.select(keep).remove_columns("_tokens")
+    if len(dataset) == 0:
+        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {len(keep) + dropped} rows")
+    return dataset, dropped
+
+
+def grpo_arguments(config: Config, output_dir: Path):
+    """TRL ``GRPOConfig`` from our config; every option that changes results is set here."""
+    import torch
+    from trl import GRPOConfig
+
+    cuda = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        # policy and data
+        model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
+        disable_dropout=True,  # the sampled and the trained log-probs must come from one function
+        remove_unused_columns=False,  # reward functions read answer, verification, ...
+        shuffle_dataset=True,
+        # objective
+        beta=config.beta,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        delta=None,
+        num_iterations=config.num_iterations,
+        mask_truncated_completions=config.mask_truncated_completions,
+        reward_weights=[r.weight for r in config.rewards],
+        multi_objective_aggregation="sum_then_normalize",
+        importance_sampling_level="token",
+        top_entropy_quantile=1.0,
+        entropy_coef=0.0,
+        # rollouts
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
+        generation_batch_size=None,  # = one optimizer step's completions, sampled in one call
+        steps_per_generation=None,
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+        vllm_server_base_url=config.vllm_server_base_url,
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_max_model_length=config.max_prompt_length + config.max_completion_length,
+        vllm_tensor_parallel_size=1,
+        vllm_enable_sleep_mode=False,
+        vllm_model_impl="vllm",
+        # vLLM samples in bf16, the trainer scores in float32: correct the small mismatch
+        vllm_importance_sampling_correction=True,
+        vllm_importance_sampling_mode="sequence_mask",
+        vllm_importance_sampling_clip_max=3.0,
+        # optimisation
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_steps=config.max_steps,
+        # precision and device
+        bf16=config.bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        # logging and checkpoints
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        log_completions=False,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        save_only_model=False,  # optimizer, scheduler and RNG state: a resume continues exactly
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=False,  # progress bar with ETA
+    )
+
+
+def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
+    """A ``TrainerCallback`` that keeps every trainer log line (``.history``) and appends it to
+    ``ctx.log_metrics``, with ``seconds_per_step`` since the previous line and each reward's
+    cumulative counters (``reward_stats/<name>/none_count``, ``timeout_count``, ...) when the
+    reward keeps ``fn.stats``."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self):
+            self.history: list[dict] = []
+            self._last = (time.time(), 0)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._last = (time.time(), state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            record = {"step": state.global_step, **logs}
+            now, step = time.time(), state.global_step
+            if "reward" in logs and step > self._last[1]:
+                record["seconds_per_step"] = round((now - self._last[0]) / (step - self._last[1]), 2)
+                self._last = (now, step)
+            for fn in reward_funcs:
+                stats = getattr(fn, "stats", None)
+                if hasattr(stats, "as_dict"):
+                    stats = stats.as_dict()
+                if isinstance(stats, dict):
+                    name = getattr(fn, "__name__", type(fn).__name__)
+                    record.update({f"reward_stats/{name}/{k}": v for k, v in stats.items()})
+            self.history.append(record)
+            if state.is_world_process_zero:
+                ctx.log_metrics(record)
+
+    return MetricsCallback()
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``folder``, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def _mean(values: list[float | None]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,66 @@
+"""Shared fixtures: an isolated artifact root per test session and a tiny model.
+
+``R1_HOME`` points at a session temp folder so tests never touch ``runs/``; a prepared
+model alias found in the developer's cache (``$R1_HOME/models`` or ``<repo>/runs/models``) is
+symlinked into it, so the 1-minute GGUF conversion happens once per machine, not per session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long tests (still run by make test)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def r1_home(tmp_path_factory) -> Path:
+    """A fresh ``R1_HOME`` for the session, reusing already-prepared model aliases."""
+    home = tmp_path_factory.mktemp("r1_home")
+    cache = Path(os.environ.get("R1_HOME") or REPO / "runs") / "models"
+    if cache.is_dir():
+        (home / "models").mkdir()
+        for folder in cache.iterdir():
+            if (folder / "manifest.json").is_file():  # complete conversions only
+                (home / "models" / folder.name).symlink_to(folder.resolve(), target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("R1_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")  # tests must never reach a hub
+        yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(r1_home, tmp_path_factory) -> Path:
+    """Folder of a random 2-layer Llama (head_dim 32) with the real SmolLM2 tokenizer."""
+    from pipeline.models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def sft_dataset(tmp_path_factory) -> Path:
+    """A ``dataset/`` folder (``data.parquet``, SFT-row schema) of 24 short R1-style answers."""
+    import json
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(24):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        rows.append({
+            "id": f"toy/{i}", "data_source": "toy_addition", "domain": "math",
+            "messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                         {"role": "assistant", "content": f"<think>\n{a} + {b} = {a + b}\n</think>\n{a + b}"}],
+            "rewards": json.dumps({"accuracy": 1.0}), "source_model": "toy", "meta": "{}",
+        })
+    folder = tmp_path_factory.mktemp("sft_dataset")
+    pd.DataFrame(rows).to_parquet(folder / "data.parquet")
+    return folder

@@ -1,0 +1,138 @@
+"""The sft stage on the tiny model: masking, training, saving, resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.config import ConfigError, parse
+from pipeline.runner import Resolver
+from pipeline.stage import StepContext
+from stages import sft
+
+FAST = dict(batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, bf16=True)
+
+
+def make_ctx(tmp_path: Path, cls=StepContext) -> StepContext:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    return cls(run="test", step="sft", run_dir=tmp_path, work_dir=work, resolver=Resolver(tmp_path, set()))
+
+
+@pytest.fixture(scope="module")
+def dataset_with_bad_rows(sft_dataset, tmp_path_factory) -> Path:
+    """The toy dataset plus a row with no assistant turn and a row over 128 tokens."""
+    rows = pd.read_parquet(sft_dataset / "data.parquet").to_dict("records")
+    rows.append({**rows[0], "id": "no-answer", "messages": [{"role": "user", "content": "Hello?"}]})
+    rows.append({**rows[0], "id": "too-long", "messages": [
+        {"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join(["one"] * 300)}]})
+    folder = tmp_path_factory.mktemp("sft_bad_rows")
+    pd.DataFrame(rows).to_parquet(folder / "data.parquet")
+    return folder
+
+
+def test_labels_mask_everything_but_assistant_turns(tiny_model, sft_dataset, tmp_path):
+    """Prompt, headers and padding are -100; the answer and its closing <|im_end|> are trained,
+    even though the pad token is also <|im_end|>."""
+    model, tokenizer = sft.load_model(str(tiny_model))
+    config = sft.Config(model=str(tiny_model), dataset=str(sft_dataset), max_steps=1, **FAST)
+    trainer, stats = sft.build_trainer(model, tokenizer, config, make_ctx(tmp_path))
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(examples)
+    raw = sft.load_messages(str(sft_dataset))
+    for i, example in enumerate(examples):
+        labels = batch["labels"][i].tolist()
+        ids = batch["input_ids"][i].tolist()
+        trained = [t for t, label in zip(ids, labels) if label != -100]
+        assert all(label in (-100, t) for t, label in zip(ids, labels))
+        answer = raw[i]["messages"][-1]["content"]
+        assert tokenizer.decode(trained) == answer + "<|im_end|>"
+        n = len(example["input_ids"])
+        assert all(label == -100 for label in labels[n:])  # padding
+        assert labels[n - 2] == tokenizer.eos_token_id  # final <|im_end|> (the "\n" after it is not trained)
+    assert stats["rows"] == 24 and stats["assistant_tokens_per_epoch"] > 0
+
+
+def test_sft_trains_saves_and_generates(tiny_model, dataset_with_bad_rows, tmp_path):
+    config = sft.Config(model=str(tiny_model), dataset=str(dataset_with_bad_rows), max_steps=6, **FAST)
+    ctx = make_ctx(tmp_path)
+    result = sft.run(config, ctx)
+
+    assert result.counts["rows"] == 24
+    assert result.counts["rows_dropped_overlong"] == 1 and result.counts["rows_no_assistant"] == 1
+    assert result.counts["steps"] == 6 and result.counts["assistant_tokens_trained"] > 0
+    assert math.isfinite(result.metrics["loss_first"]) and math.isfinite(result.metrics["loss_last"])
+    assert result.metrics["loss_last"] < result.metrics["loss_first"]
+    logged = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "learning_rate", "grad_norm", "num_tokens"} <= set(logged[0])
+
+    out = ctx.work_dir / "model"
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    original = AutoTokenizer.from_pretrained(tiny_model)
+    assert tokenizer.chat_template == original.chat_template  # serving template, no generation markers
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+class _CrashAfterStep3(StepContext):
+    """Simulates an interruption: fails when step 3 logs, after checkpoint-2 was written."""
+
+    def log_metrics(self, record: dict) -> None:
+        super().log_metrics(record)
+        if record.get("step") == 3 and "loss" in record:
+            raise RuntimeError("simulated crash")
+
+
+def test_sft_resumes_from_the_last_checkpoint(tiny_model, sft_dataset, tmp_path):
+    config = sft.Config(model=str(tiny_model), dataset=str(sft_dataset), max_steps=4, save_steps=2, **FAST)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sft.run(config, make_ctx(tmp_path, _CrashAfterStep3))
+    ctx = make_ctx(tmp_path)
+    assert Path(sft.last_checkpoint(ctx.checkpoints)).name == "checkpoint-2"
+
+    result = sft.run(config, ctx)
+    assert result.counts["resumed_from_step"] == 2 and result.counts["steps"] == 4
+    steps = [json.loads(line)["step"] for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:3] == [1, 2, 3] and steps[3:5] == [3, 4]  # the rerun starts after step 2
+    assert (ctx.work_dir / "model" / "model.safetensors").is_file()
+
+
+def test_training_template_choice(tiny_model, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    assert sft.training_template(tokenizer) == (sft.TEMPLATES_DIR / "chatml_train.jinja").read_text()
+    different = tmp_path / "other.jinja"
+    different.write_text("{% for m in messages %}{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}")
+    with pytest.raises(ValueError, match="renders conversations differently"):
+        sft.training_template(tokenizer, str(different))
+    with pytest.raises(ValueError, match="templates: chatml_train"):
+        sft.training_template(tokenizer, "no_such_template")
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown key 'learning_rat'.*valid keys"):
+        parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "learning_rat": 1e-5})
+    with pytest.raises(ConfigError, match="epochs > 0 or max_steps > 0"):
+        parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "epochs": 0})
+    assert sft.Config.input_fields == {"model": "model", "dataset": "dataset"}
+
+
+def test_load_messages_reads_jsonl_and_json_strings(tmp_path):
+    rows = [{"id": "a", "messages": json.dumps([{"role": "user", "content": "hi"},
+                                                {"role": "assistant", "content": "hello"}])}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = sft.load_messages(str(tmp_path / "d.jsonl"))
+    assert ds.column_names == ["messages"] and ds[0]["messages"][1]["content"] == "hello"
+    with pytest.raises(ValueError, match="no 'messages' column"):
+        (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+        sft.load_messages(str(tmp_path / "bad.jsonl"))
