@@ -246,9 +246,22 @@ def _record_from_manifest(step: Step, manifest: dict, status: str) -> StepRecord
                       manifest.get("inputs", {}), manifest.get("result", {}))
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a killed `r1 run` must not
+    leave a step training on in the background). No-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step_names: list[str],
            seed: int, work_dir: str) -> None:
     """Entry of an isolated step's process: rebuild config and context, run, save the result."""
+    _die_with_parent()
     module = stages.get(kind)
     config = module.Config.model_validate(config_dict)
     ctx = StepContext(run=run, step=step, run_dir=Path(run_dir), work_dir=Path(work_dir),
