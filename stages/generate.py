@@ -131,9 +131,12 @@ def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
     """Tokens of the reasoning and of the rest (the answer part) of each completion."""
     from stages._filters import reasoning_of
 
+    def count(parts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]] if parts else []
+
+    # No think block: all answer. An unclosed one: all reasoning.
     reasoning = [reasoning_of(t) if "<think>" in t or "</think>" in t else "" for t in texts]
     answers = [t.rpartition("</think>")[2] if "</think>" in t else ("" if "<think>" in t else t) for t in texts]
-    count = lambda xs: [len(ids) for ids in tokenizer(xs, add_special_tokens=False)["input_ids"]] if xs else []
     return count(reasoning), count(answers)
 
 
@@ -180,7 +183,9 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
 
     shard_dir.mkdir(exist_ok=True)
     shards = [rows[i:i + cfg.shard_size] for i in range(0, len(rows), cfg.shard_size)]
-    path = lambda i: shard_dir / f"shard-{i:05d}.parquet"
+    def path(i: int) -> Path:
+        return shard_dir / f"shard-{i:05d}.parquet"
+
     todo = [i for i in range(len(shards)) if not path(i).exists()]
     if todo:
         with open_sampler(model_path, cfg.sampling, cfg.seed) as sampler, Progress() as progress:
@@ -258,10 +263,10 @@ def _decontaminate_messages(rows: list[dict], eval_set, n: int) -> tuple[list[di
 def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records: list[dict],
                verdict_list: list, mix_report: list[dict], final_rows: list[dict]) -> dict:
     """The facts of the dataset card (also saved as ``card.json`` for ``r1 inspect``)."""
+    scored = [json.loads(r["rewards"]) for r in records]
     reward_means = {}
     for name in cfg.rewards:
-        vals = [json.loads(r["rewards"]).get(name) for r in records]
-        vals = [v for v in vals if v is not None]
+        vals = [v[name] for v in scored if v.get(name) is not None]
         reward_means[name] = sum(vals) / len(vals) if vals else None
     kept = sum(v is None for v in verdict_list)
     return {
@@ -304,7 +309,7 @@ def render_card(card: dict) -> str:
     d = card["decontamination"]
     if d:
         lines += ["", f"Decontamination: word {d['ngram']}-gram overlap with the `{d['split']}` split of "
-                  f"{', '.join(d['eval_sources'])}; {d['removed']} prompts removed"
+                  f"{', '.join(d['eval_sources'])}; prompts removed: {d['removed']}"
                   + (f" (e.g. {', '.join(d['removed_ids'][:5])})" if d["removed_ids"] else "") + "."]
     lines += ["", "## Filter funnel", "",
               f"Each sample is counted under the first filter that drops it; settings: "

