@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml requirements/cpu.lock scripts/setup.sh
 	PYTHON=$(PYTHON) bash scripts/setup.sh
 	touch $(STAMP)
 
+# `r1 run` ends by writing the run report (runs/<run>/report/report.md and report.html).
 pipeline: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) $(ARGS)
 
@@ -51,6 +52,9 @@ eval: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only eval $(ARGS)
 inspect: $(STAMP)
 	$(R1) inspect rejection_sampling --config $(CONFIG) $(RUN_FLAG) $(ARGS)
+# make report [RUN=r1-demo]: the run report of RUN (default: the `run` of CONFIG).
+report: $(STAMP)
+	$(R1) report $(if $(RUN),$(RUN),--config $(CONFIG)) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -55,19 +55,24 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True)
         finally:  # also after a failed step: the report shows what finished and what did not
-            _write_report(store.runs_root() / (run_name or pipeline.config.run), [s.name for s in pipeline.steps])
+            _write_report(store.runs_root() / (run_name or pipeline.config.run), pipeline)
     except ConfigError as err:
         _fail(str(err))
 
 
-def _write_report(run_dir: Path, order: list[str] | None = None) -> None:
+def _plan(pipeline: Pipeline) -> tuple[list[str], dict]:
+    """Step order and (kind, inputs) of a pipeline, for the report's steps not run yet."""
+    return [s.name for s in pipeline.steps], {s.name: (s.config.kind, s.config.inputs()) for s in pipeline.steps}
+
+
+def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
     """Write the run report; a report error is printed, never hides the run's own outcome."""
     if not run_dir.is_dir():
         return
     try:
         from pipeline.report import write_report
 
-        md, page = write_report(run_dir, order)
+        md, page = write_report(run_dir, *(_plan(pipeline) if pipeline else (None, None)))
         console.print(f"report: {escape(str(page))} (and {escape(md.name)})")
     except Exception as err:  # noqa: BLE001 - the steps' results stand; say how to retry
         console.print(f"[yellow]report not written ({escape(type(err).__name__)}: {escape(str(err))}); "
@@ -206,14 +211,19 @@ def eval_compare(
 def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
            config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order.")) -> None:
     """Write the run report: report.md, a self-contained report.html and PNG figures in <run>/report/."""
-    order = None
-    try:
-        if config is not None:
+    order, planned = None, None
+    if config is not None:
+        try:
             pipeline = load_pipeline(config)
-            order = [s.name for s in pipeline.steps]
+            order, planned = _plan(pipeline)
             run = run or pipeline.config.run
-    except ConfigError as err:
-        _fail(str(err))
+        except ConfigError:  # e.g. a step's config file is missing: step names are enough here
+            try:
+                data = read_yaml(config)
+            except ConfigError as err:
+                _fail(str(err))
+            order = [s.get("name") for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name")]
+            run = run or data.get("run")
     if not run:
         _fail("give a run name (or --config PIPELINE.yaml)")
     run_dir = store.runs_root() / run
@@ -223,7 +233,7 @@ def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HO
         _fail(f"no run folder {run_dir}")
     from pipeline.report import write_report
 
-    md, page = write_report(run_dir, order)
+    md, page = write_report(run_dir, order, planned)
     console.print(f"wrote {escape(str(md))}\nwrote {escape(str(page))}")
 
 

@@ -67,9 +67,11 @@ class StepInfo:
     config: dict = field(default_factory=dict)
 
 
-def collect_steps(run_dir: Path, order: list[str] | None = None) -> list[StepInfo]:
+def collect_steps(run_dir: Path, order: list[str] | None = None,
+                  planned: dict[str, tuple[str, dict[str, str]]] | None = None) -> list[StepInfo]:
     """Every step of the run folder (finished and unfinished), in ``order`` when given (a
-    pipeline's step names; steps absent from the folder become ``not run``), else by start time."""
+    pipeline's step names; steps absent from the folder become ``not run``, with their kind and
+    inputs from ``planned``: name -> (kind, input name -> reference)), else by start time."""
     import yaml
 
     steps: dict[str, StepInfo] = {}
@@ -77,6 +79,7 @@ def collect_steps(run_dir: Path, order: list[str] | None = None) -> list[StepInf
         cfg_file = folder / "config.yaml"
         cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
         steps[folder.name] = StepInfo(folder.name, cfg.get("kind", "?"), "unfinished", folder, config=cfg,
+                                      inputs=_config_inputs(cfg),
                                       started=cfg_file.stat().st_mtime if cfg_file.is_file() else math.inf)
     for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         m = store.read_manifest(folder)
@@ -91,9 +94,29 @@ def collect_steps(run_dir: Path, order: list[str] | None = None) -> list[StepInf
             result.get("counts", {}), result.get("metrics", {}), result.get("summary", ""),
             m.get("started", math.inf), m.get("config", {}))
     if order:
-        listed = [steps.pop(n) if n in steps else StepInfo(n, "?", "not run", run_dir / n) for n in order]
+        planned = planned or {}
+        listed = [steps.pop(n) if n in steps else
+                  StepInfo(n, planned.get(n, ("?", {}))[0], "not run", run_dir / n, inputs=dict(planned.get(n, ("?", {}))[1]))
+                  for n in order]
         return listed + sorted(steps.values(), key=lambda s: (s.started, s.name))
     return sorted(steps.values(), key=lambda s: (s.started, s.name))
+
+
+def _config_inputs(cfg: dict) -> dict[str, str]:
+    """Input name -> reference of a step config that has no manifest yet (its stage's
+    ``input_fields``); {} for an unknown kind."""
+    import stages
+
+    try:
+        fields = stages.get(cfg.get("kind", "")).Config.input_fields
+    except KeyError:
+        return {}
+    out = {}
+    for name in fields:
+        value = cfg.get(name)
+        for i, ref in enumerate(value if isinstance(value, list) else [value] if value else []):
+            out[f"{name}.{i}" if isinstance(value, list) else name] = str(ref)
+    return out
 
 
 def read_metrics(folder: Path) -> list[dict]:
@@ -143,6 +166,9 @@ class Doc:
     def p(self, text: str) -> None:
         self.blocks.append(("p", text))
 
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("ul", items))
+
     def missing(self, text: str) -> None:
         """A "not in this run" line: what is absent and why, instead of an empty panel."""
         self.blocks.append(("missing", text))
@@ -151,12 +177,14 @@ class Doc:
         self.blocks.append(("table", headers, [[str(c) for c in r] for r in rows]))
 
     def figure(self, fig, name: str, alt: str) -> None:
-        fig.savefig(self.out_dir / name, dpi=100, bbox_inches="tight")
+        # Figures lay themselves out (constrained layout or fixed axes): no bbox_inches="tight",
+        # which would draw every figure twice.
+        fig.savefig(self.out_dir / name, dpi=100)
         self.blocks.append(("img", name, alt))
 
-    def samples(self, title: str, columns: list[tuple[str, str, str]]) -> None:
-        """Side-by-side completions: (model, one-line facts, text) per column."""
-        self.blocks.append(("samples", title, columns))
+    def samples(self, title: str, question: str, columns: list[tuple[str, str, str]]) -> None:
+        """Side-by-side completions of one question: (model, one-line facts, text) per column."""
+        self.blocks.append(("samples", title, question, columns))
 
     # -- Markdown
 
@@ -167,6 +195,8 @@ class Doc:
                 out += ["#" * b[1] + " " + b[2], ""]
             elif b[0] == "p":
                 out += [b[1], ""]
+            elif b[0] == "ul":
+                out += [f"- {item}" for item in b[1]] + [""]
             elif b[0] == "missing":
                 out += [f"> **Not in this run:** {b[1]}", ""]
             elif b[0] == "table":
@@ -176,8 +206,8 @@ class Doc:
             elif b[0] == "img":
                 out += [f"![{b[2]}]({b[1]})", ""]
             elif b[0] == "samples":
-                out += [f"**{b[1]}**", ""]
-                for model, facts, text in b[2]:
+                out += [f"**{b[1]}**", "", *[f"> {line}" for line in b[2].splitlines()], ""]
+                for model, facts, text in b[3]:
                     fence = "~" * max(3, 1 + max((len(run) for run in text.split() if set(run) == {"~"}), default=0))
                     out += [f"*{model}* — {facts}", "", fence, text, fence, ""]
         return "\n".join(out)
@@ -192,6 +222,8 @@ class Doc:
                 body.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
             elif b[0] == "p":
                 body.append(f"<p>{_inline_code(e(b[1]))}</p>")
+            elif b[0] == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline_code(e(i))}</li>" for i in b[1]) + "</ul>")
             elif b[0] == "missing":
                 body.append(f'<p class="missing"><b>Not in this run:</b> {_inline_code(e(b[1]))}</p>')
             elif b[0] == "table":
@@ -204,8 +236,8 @@ class Doc:
                             f"<figcaption>{e(b[2])}</figcaption></figure>")
             elif b[0] == "samples":
                 cols = "".join(f'<div class="sample"><div class="model">{e(m)}</div><div class="facts">{e(f)}</div>'
-                               f"<pre>{e(t)}</pre></div>" for m, f, t in b[2])
-                body.append(f'<div class="question">{e(b[1])}</div><div class="samples">{cols}</div>')
+                               f"<pre>{e(t)}</pre></div>" for m, f, t in b[3])
+                body.append(f'<div class="question"><b>{e(b[1])}</b><br>{e(b[2])}</div><div class="samples">{cols}</div>')
         return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
                 f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
 
@@ -222,7 +254,7 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}th,td{border:1px sol
 th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}.scroll{overflow-x:auto}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:.85em}
 .missing{background:#fff6e0;border-left:4px solid #e0a800;padding:.4em .8em}
-code{background:#f3f3f3;padding:0 3px}.question{font-weight:600;margin-top:1em;white-space:pre-wrap}
+code{background:#f3f3f3;padding:0 3px}.question{margin-top:1em;white-space:pre-wrap}
 .samples{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:.6em}
 .sample{border:1px solid #ddd;border-radius:4px;padding:.4em;min-width:0}.model{font-weight:600}
 .facts{color:#666;font-size:.85em}pre{white-space:pre-wrap;word-break:break-word;font-size:.8em;max-height:24em;overflow:auto}
@@ -246,9 +278,38 @@ def _ci(value, ci) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
+def section_glance(doc: Doc, steps: list[StepInfo]) -> None:
+    """The few numbers a reader wants first; each line only when the run has its data."""
+    lines = [f"{sum(s.status.startswith('done') for s in steps)} of {len(steps)} steps done, "
+             f"{sum(s.wall_time_s or 0 for s in steps) / 60:.1f} min of step wall time."]
+    for s in steps:
+        if s.kind == "grpo" and s.status != "not run":
+            log = read_metrics(s.folder)
+            parts = []
+            for key, label, digits in (("reward", "reward", 3), ("completions/mean_length", "mean length (tokens)", 0)):
+                _, ys = _series(log, key)
+                if ys:
+                    parts.append(f"{label} {ys[0]:.{digits}f} -> {ys[-1]:.{digits}f}")
+            if parts:
+                state = "" if s.status.startswith("done") else f", {s.status}"
+                lines.append(f"RL `{s.name}` ({len(_series(log, 'reward')[0])} logged steps{state}): {', '.join(parts)}.")
+        elif s.kind == "generate" and "sampled" in s.counts and s.counts["sampled"]:
+            lines.append(f"`{s.name}` kept {s.counts.get('kept', 0)} of {s.counts['sampled']} samples "
+                         f"({s.counts.get('kept', 0) / s.counts['sampled']:.0%}).")
+        elif s.kind == "eval" and s.status.startswith("done"):
+            models = (_eval_results(s) or {}).get("models", {})
+            ranked = sorted(models.items(), key=lambda m: -m[1]["overall"].get("pass@1", -1))
+            if ranked:
+                lines.append(f"`{s.name}` pass@1: " + "; ".join(
+                    f"{ref} {_ci(m['overall'].get('pass@1'), m['overall'].get('pass@1_ci'))}" for ref, m in ranked) + ".")
+    doc.h(2, "At a glance")
+    doc.bullets(lines)
+
+
 def section_steps(doc: Doc, steps: list[StepInfo]) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.path import Path as Curve
 
     doc.h(2, "Steps")
     if not steps:
@@ -269,15 +330,26 @@ def section_steps(doc: Doc, steps: list[StepInfo]) -> None:
         pos[name] = (d * 2.6, -column_rows.get(d, 0) * 1.3)
         column_rows[d] = column_rows.get(d, 0) + 1
     width, height = max(d for _, d in nodes) + 1, max(column_rows.values())
-    fig = Figure(figsize=(max(6.0, 2.3 * width), max(2.0, 1.2 * height + 0.6)))
-    ax = fig.subplots()
-    colours = {"done": "#d4edda", "unfinished": "#ffe8a3", "not run": "#eeeeee"}
+    # An edge to the next column is straight; one that skips columns rises in the gap after its
+    # source, runs in its own lane above the rows it passes (boxes reach 0.45 above their row)
+    # and comes down in the gap before its target.
+    edges, lane = [], 0
     for s in steps:
         for ref in s.inputs.values():
             (x0, y0), (x1, y1) = pos[ref], pos[s.name]
-            rad = 0.0 if abs(x1 - x0) <= 2.6 and y0 == y1 else -0.25
-            ax.add_patch(FancyArrowPatch((x0 + 1.0, y0), (x1 - 1.0, y1), arrowstyle="-|>", mutation_scale=12,
-                                         connectionstyle=f"arc3,rad={rad}", color="#555", lw=1))
+            if x1 - x0 < 2.7:  # 2.6 = one column
+                edges.append(Curve([(x0 + 1.0, y0), (x1 - 1.0, y1)], [Curve.MOVETO, Curve.LINETO]))
+            else:
+                y = 0.65 + 0.18 * lane
+                lane += 1
+                edges.append(Curve([(x0 + 1.0, y0), (x0 + 1.3, y), (x1 - 1.3, y), (x1 - 1.0, y1)],
+                                   [Curve.MOVETO, Curve.LINETO, Curve.LINETO, Curve.LINETO]))
+    top = 0.75 + 0.18 * lane
+    fig = Figure(figsize=(max(6.0, 2.3 * width), max(2.0, 0.9 * ((height - 1) * 1.3 + 0.7 + top))))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+    colours = {"done": "#d4edda", "unfinished": "#ffe8a3", "not run": "#eeeeee"}
+    for path in edges:
+        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=12, color="#555", lw=1))
     info = {s.name: s for s in steps}
     for name, (x, y) in pos.items():
         s = info.get(name)
@@ -287,7 +359,7 @@ def section_steps(doc: Doc, steps: list[StepInfo]) -> None:
         ax.add_patch(FancyBboxPatch((x - 1.0, y - 0.45), 2.0, 0.9, boxstyle="round,pad=0.02", fc=colour, ec="#666"))
         ax.text(x, y, label, ha="center", va="center", fontsize=7.5)
     ax.set_xlim(-1.2, (width - 1) * 2.6 + 1.2)
-    ax.set_ylim(-(height - 1) * 1.3 - 0.7, 0.7)
+    ax.set_ylim(-(height - 1) * 1.3 - 0.7, top)
     ax.axis("off")
     doc.figure(fig, "steps.png", "Step graph: arrows run from an input to the step that reads it "
                                  "(blue: models or data from outside the run)")
@@ -297,9 +369,6 @@ def section_steps(doc: Doc, steps: list[StepInfo]) -> None:
         rows.append([s.name, s.kind, s.status, _fmt(s.wall_time_s, 0) if s.wall_time_s is not None else "–",
                      ins, ", ".join(s.outputs) or "–", s.summary or "–"])
     doc.table(["step", "kind", "status", "wall s", "inputs", "outputs", "summary"], rows)
-    total = sum(s.wall_time_s or 0 for s in steps)
-    doc.p(f"{sum(s.status.startswith('done') for s in steps)} of {len(steps)} steps done; "
-          f"{total / 60:.1f} min of step wall time.")
 
 
 def _short(ref: str) -> str:
@@ -324,7 +393,10 @@ def section_training(doc: Doc, steps: list[StepInfo]) -> None:
             continue
         cols = min(3, len(panels))
         rows = math.ceil(len(panels) / cols)
-        fig = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="constrained")
+        # Fixed margins, not constrained layout: a 3x3 grid lays out in a tenth of the time.
+        fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.5 / (2.8 * rows), top=1 - 0.35 / (2.8 * rows),
+                            wspace=0.28, hspace=0.55)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (title, keys) in zip(axes, panels):
             for key in keys:
@@ -421,6 +493,7 @@ def section_eval(doc: Doc, steps: list[StepInfo]) -> None:
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, ncols=min(3, len(models)))
         doc.figure(fig, f"eval_{s.name}.png", f"{s.name}: pass@1 per model and data source, bars = 95% intervals")
+        _paired(doc, s, list(models))
         _samples(doc, s)
 
 
@@ -438,6 +511,22 @@ def _protocol_line(p: dict) -> str:
             f"max {p.get('max_tokens')} new tokens, seed {p.get('seed')}, split {p.get('split')}, template "
             f"{p.get('template')} (sha256 {str(p.get('template_sha256', ''))[:12]}), eval set sha256 "
             f"{str(p.get('eval_set_sha256', ''))[:12]}; {versions}. Contamination: {contamination}.")
+
+
+def _paired(doc: Doc, step: StepInfo, models: list[str]) -> None:
+    """Each model against the first one, question by question (``stages.eval.compare``)."""
+    if len(models) < 2 or not (step.folder / "samples.parquet").is_file():
+        return
+    from stages.eval import PAIRED_TEST, compare, load_records
+
+    base = load_records(step.folder, models[0])[0]
+    rows = []
+    for model in models[1:]:
+        o = compare(load_records(step.folder, model)[0], base)["overall"]
+        rows.append([model, o["questions"], f"{o['diff']:+.3f} [{o['diff_ci'][0]:+.3f}, {o['diff_ci'][1]:+.3f}]",
+                     o["wins"], o["losses"], o["ties"], f"{o['p_value']:.3g}"])
+    doc.p(f"Each model against `{models[0]}`, question by question ({PAIRED_TEST}):")
+    doc.table(["model", "questions", "pass@1 difference [95% CI]", "better on", "worse on", "tied", "p"], rows)
 
 
 def _samples(doc: Doc, step: StepInfo) -> None:
@@ -474,7 +563,8 @@ def _samples(doc: Doc, step: StepInfo) -> None:
             facts = (f"{'correct' if s.get('correct') else 'wrong'} · {s['num_tokens']} tokens"
                      f"{' · truncated' if s['truncated'] else ''} · pass@1 {r['pass@1']:.2f} over k={r['k']}")
             columns.append((m, facts, text))
-        doc.samples(f"{q} — gold: {first['gold'] or '(tests)'}\n{first['question'][:600]}", columns)
+        question = first["question"] if len(first["question"]) <= 600 else first["question"][:600] + " …[cut]"
+        doc.samples(f"{q} — gold: {first['gold'] or '(tests)'}", question, columns)
 
 
 def section_funnel(doc: Doc, steps: list[StepInfo]) -> None:
@@ -508,10 +598,12 @@ def section_funnel(doc: Doc, steps: list[StepInfo]) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def write_report(run_dir: str | Path, order: list[str] | None = None) -> tuple[Path, Path]:
+def write_report(run_dir: str | Path, order: list[str] | None = None,
+                 planned: dict[str, tuple[str, dict[str, str]]] | None = None) -> tuple[Path, Path]:
     """Write ``<run_dir>/report/report.md``, ``report.html`` and the PNG figures.
 
-    ``order``: the pipeline's step names (lists steps not run yet); default: steps by start time.
+    ``order``: the pipeline's step names (lists steps not run yet); default: steps by start
+    time. ``planned``: step name -> (kind, inputs) of the pipeline, shown for steps not run yet.
 
     Returns:
         (Markdown path, HTML path).
@@ -526,11 +618,12 @@ def write_report(run_dir: str | Path, order: list[str] | None = None) -> tuple[P
     out.mkdir(exist_ok=True)
     for old in out.glob("*.png"):
         old.unlink()
-    steps = collect_steps(run_dir, order)
+    steps = collect_steps(run_dir, order, planned)
     doc = Doc(out)
     doc.h(1, f"Run {run_dir.name}")
     commits = sorted({str(store.read_manifest(s.folder).get("git_commit")) for s in steps if s.status.startswith("done")})
     doc.p(f"Report of `{run_dir}` written {time.strftime('%Y-%m-%d %H:%M')}; code: {', '.join(commits) or 'unknown'}.")
+    section_glance(doc, steps)
     section_steps(doc, steps)
     section_training(doc, steps)
     section_eval(doc, steps)

@@ -29,6 +29,10 @@ Outputs: ``results.json`` (protocol + metrics) and ``samples.parquet`` (one row 
 question: id, gold, the k samples with their rewards and extracted answers), which
 ``r1 eval compare A B`` pairs question by question (``compare``: exact sign test).
 
+Resume: each model's results are kept in the step's partial folder as soon as it is done, so
+a rerun after an interruption evaluates only the remaining models (per-question seeds make the
+result identical to an uninterrupted run).
+
 Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 ``r1 eval --model reasoning_rl --run r1-demo --data reasoning_gym:countdown --protocol r1``
 """
@@ -40,6 +44,7 @@ import json
 import math
 import platform
 import re
+import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -48,7 +53,7 @@ from typing import ClassVar, Literal
 from pydantic import field_validator, model_validator
 
 from data import PromptSource
-from data.prompts import Template
+from data.prompts import Template, question_of
 from pipeline.stage import StageConfig, StepContext, StepResult
 from stages._sampling import SamplingConfig
 
@@ -56,7 +61,7 @@ CI_METHOD = "95% percentile bootstrap over questions (1000 resamples, resampling
 PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
                "when k = 1) + 95% paired bootstrap interval of the pass@1 difference")
 # DeepSeek-R1 report, sec. 3 ("Evaluation Setup"): k per benchmark, T = 0.6, top-p 0.95, 32768 tokens.
-R1_K = {"aime": 64, "math500": 4, "gpqa": 8, "livecodebench": 16, "lcb": 16}
+R1_K = {"aime": 64, "math 500": 4, "gpqa": 8, "livecodebench": 16, "lcb": 16}
 R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
 EVAL_SAMPLING = {"num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 256}  # CPU-sized defaults
 
@@ -74,7 +79,7 @@ class Config(StageConfig):
     protocol: Literal["config", "r1"] = "config"  # r1: the report's sampling and k per benchmark (module doc)
     sampling: SamplingConfig = SamplingConfig(**EVAL_SAMPLING)  # a partial mapping starts from these values
     k_per_source: dict[str, int] = {}  # data_source -> k, overriding sampling.num_samples and protocol r1
-    pass_k: list[int] = []  # j of the reported pass@j; [] = powers of 2 up to k, and k
+    pass_k: list[int] = []  # j of the reported pass@j (j <= k); [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
     seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
@@ -203,8 +208,6 @@ def question_record(model: str, row: dict, samples: list[dict], correctness: str
     for s, key, ok in zip(samples, keys, correct):
         s["answer"], s["correct"] = key, ok
     maj_answer, maj_correct = majority_vote(keys, correct)
-    from data.prompts import question_of
-
     return {
         "model": model, "question_id": row["id"], "data_source": row["data_source"], "domain": row["domain"],
         "question": question_of(row["prompt"]), "gold": row["answer"], "k": len(samples),
@@ -259,14 +262,16 @@ def summarize_model(records: list[dict], pass_k: list[int]) -> dict:
 
 
 def r1_k(data_source: str) -> int | None:
-    """The R1 report's k for a benchmark recognised in ``data_source`` (AIME 64, MATH-500 4,
-    GPQA 8, LiveCodeBench 16), else None.
+    """The R1 report's k for a benchmark named in ``data_source`` (AIME 64, MATH-500 4, GPQA 8,
+    LiveCodeBench 16), else None. Names are matched as whole words (letters and digits split:
+    ``aime24`` -> ``aime 24``), so ``file:claimed`` is not AIME.
 
-    >>> r1_k("HuggingFaceH4/MATH-500"), r1_k("file:aime24"), r1_k("reasoning_gym/countdown")
-    (4, 64, None)
+    >>> r1_k("HuggingFaceH4/MATH-500"), r1_k("file:aime24"), r1_k("file:claimed"), r1_k("reasoning_gym/countdown")
+    (4, 64, None, None)
     """
-    name = "".join(ch for ch in data_source.lower() if ch.isalnum())
-    return next((k for key, k in R1_K.items() if key in name), None)
+    words = re.findall(r"[a-z]+|\d+", data_source.lower())
+    pairs = {" ".join(words[i:i + 2]) for i in range(len(words))}
+    return next((k for key, k in R1_K.items() if key in words or key in pairs), None)
 
 
 def k_plan(config: Config, sources: list[str]) -> dict[str, tuple[int, str]]:
@@ -347,7 +352,6 @@ def training_prompts(run_dir: Path) -> tuple[dict[str, tuple[str, str]], list[st
     import yaml
 
     from data import load_prompts
-    from data.prompts import question_of
     from pipeline import store
 
     configs = {}
@@ -421,8 +425,6 @@ def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8
     ``id`` (same id); ``exact`` (same question after lower-casing and collapsing whitespace:
     short arithmetic questions have no 8-gram); ``ngram`` (a shared word n-gram of content
     words, ``content_ngrams``; templates are learnt from both sets, ``template_ngrams``)."""
-    from data.prompts import question_of
-
     def norm(text: str) -> str:
         return " ".join(text.lower().split())
 
@@ -515,49 +517,70 @@ def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, co
     return records
 
 
-def run(config: Config, ctx: StepContext) -> StepResult:
-    from data import load_prompts
+def max_prompt_tokens(tokenizer, rows: list[dict]) -> int:
+    """Tokens of the longest prompt as the engine sees it (chat template applied to messages)."""
+    def length(prompt) -> int:
+        if isinstance(prompt, str):
+            return len(tokenizer(prompt)["input_ids"])
+        return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"])
 
-    rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
-    rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
+    return max(map(length, (r["prompt"] for r in rows)), default=0)
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+
+def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int]) -> tuple[dict, list[dict]]:
+    """One model: its protocol block (hashes, sampling actually used) and question records."""
     from transformers import AutoTokenizer
 
     from pipeline import store
     from stages._sampling import Sampler
 
+    prompt_tokens = max_prompt_tokens(AutoTokenizer.from_pretrained(path), rows)
+    sampling, departures = effective_sampling(config, path, prompt_tokens)
+    print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
+    with Sampler(path, sampling, seed=config.seed) as sampler:
+        rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
+        records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
+        chat_template = sampler.tokenizer.chat_template or ""
+    protocol = {"model_path": path, "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
+                "sampling": sampling.model_dump(), "departures": departures,
+                "chat_template_sha256": sha256_text(chat_template), "rendered_prompts_sha256": sha256_text(rendered),
+                "max_prompt_tokens": prompt_tokens}
+    return protocol, records
+
+
+def run(config: Config, ctx: StepContext) -> StepResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data import load_prompts
+
+    rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
+    rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
+    if config.models and not rows:
+        raise ValueError(f"no questions to evaluate: the {config.split} split of the sources is empty"
+                         + (f" after dropping {contamination['overlapping']} overlapping" if contamination["overlapping"] else ""))
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
     results, records = {}, []
-    for ref in config.models:
-        path = ctx.resolve_model(ref)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        prompt_tokens = max([len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
-                                                               return_dict=True)["input_ids"])
-                             if isinstance(r["prompt"], list) else len(tokenizer(r["prompt"])["input_ids"])
-                             for r in rows], default=0)
-        sampling, departures = effective_sampling(config, path, prompt_tokens)
-        print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
-        with Sampler(path, sampling, seed=config.seed) as sampler:
-            rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
-            model_records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
-            chat_template = sampler.tokenizer.chat_template or ""
+    done_dir = ctx.work_dir / "per_model"  # resume: a model evaluated before an interruption is kept
+    done_dir.mkdir(exist_ok=True)
+    for i, ref in enumerate(config.models):
+        done = done_dir / f"{i}-{sha256_text(ref)[:12]}.json"
+        if done.is_file():
+            model_protocol, model_records = json.loads(done.read_text())
+        else:
+            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks)
+            done.write_text(json.dumps([model_protocol, model_records]))
         records += model_records
-        results[ref] = {
-            "protocol": {"model_path": path, "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
-                         "sampling": sampling.model_dump(), "departures": departures,
-                         "chat_template_sha256": sha256_text(chat_template), "rendered_prompts_sha256": sha256_text(rendered),
-                         "max_prompt_tokens": prompt_tokens},
-            **summarize_model(model_records, config.pass_k),
-        }
+        results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
         ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
+    r1 = config.protocol == "r1"
     protocol = {
         "name": config.protocol, "k": {s: {"k": k, "from": why} for s, (k, why) in plan.items()},
-        "temperature": config.sampling.temperature if config.protocol != "r1" else R1_SAMPLING["temperature"],
-        "top_p": config.sampling.top_p if config.protocol != "r1" else R1_SAMPLING["top_p"],
-        "max_tokens": config.sampling.max_tokens if config.protocol != "r1" else R1_SAMPLING["max_tokens"],
+        "temperature": R1_SAMPLING["temperature"] if r1 else config.sampling.temperature,
+        "top_p": R1_SAMPLING["top_p"] if r1 else config.sampling.top_p,
+        "max_tokens": R1_SAMPLING["max_tokens"] if r1 else config.sampling.max_tokens,  # requested; per model: sampling
         "seed": config.seed, "split": config.split, "template": config.template, "template_sha256": template_hash(),
         "eval_set_sha256": eval_set_hash(rows), "questions": len(rows),
         "questions_per_source": dict(sorted(Counter(r["data_source"] for r in rows).items())),
@@ -571,6 +594,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
                         ("maj_correct", pa.bool_()), ("unverifiable", pa.int64()), ("samples", pa.string())])
     pq.write_table(pa.Table.from_pylist(records, schema=schema), ctx.work_dir / "samples.parquet")
+    shutil.rmtree(done_dir)  # everything it held is in samples.parquet and results.json now
     metrics = {}
     for ref, r in results.items():
         o = r["overall"]
@@ -578,11 +602,11 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/pass@1_hi": o["pass@1_ci"][1], f"{ref}/maj@k": o["maj@k"],
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
-    best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else "-"
+    best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
     return StepResult(outputs={"results": "results.json", "samples": "samples.parquet"},
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
-                      summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'}); "
-                              f"best pass@1: {best}")
+                      summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
+                              + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
 
 
 # ----------------------------------------------------------------------------- compare

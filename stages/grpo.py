@@ -332,27 +332,31 @@ def grpo_arguments(config: Config, output_dir: Path):
 
 def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
     """A ``TrainerCallback`` that keeps every trainer log line (``.history``) and appends it to
-    ``ctx.log_metrics``, with ``seconds_per_step`` since the previous line and each reward's
-    cumulative counters (``reward_stats/<name>/none_count``, ``timeout_count``, ...) when the
-    reward keeps ``fn.stats``."""
+    ``ctx.log_metrics``, adding ``seconds_per_step`` (wall) and ``cpu_seconds_per_step`` since
+    the previous line, and each reward's cumulative counters (``reward_stats/<name>/none_count``,
+    ``timeout_count``, ...) when the reward keeps ``fn.stats``."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
         def __init__(self):
             self.history: list[dict] = []
-            self._last = (time.time(), 0)
+            self._last = (time.time(), time.process_time(), 0)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._last = (time.time(), state.global_step)
+            self._last = (time.time(), time.process_time(), state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs:
                 return
             record = {"step": state.global_step, **logs}
-            now, step = time.time(), state.global_step
-            if "reward" in logs and step > self._last[1]:
-                record["seconds_per_step"] = round((now - self._last[0]) / (step - self._last[1]), 2)
-                self._last = (now, step)
+            now, cpu, step = time.time(), time.process_time(), state.global_step
+            if "reward" in logs and step > self._last[2]:
+                steps = step - self._last[2]
+                record["seconds_per_step"] = round((now - self._last[0]) / steps, 2)
+                # CPU seconds of this process (all threads): far below wall x threads means
+                # the machine is shared with other work.
+                record["cpu_seconds_per_step"] = round((cpu - self._last[1]) / steps, 2)
+                self._last = (now, cpu, step)
             for fn in reward_funcs:
                 stats = getattr(fn, "stats", None)
                 if hasattr(stats, "as_dict"):

@@ -66,6 +66,19 @@ def test_distill_trains_a_derived_student(teacher, sft_dataset, tmp_path):
     assert generated.shape[1] > 2
 
 
+def test_distill_into_a_named_student(tiny_model, sft_dataset, tmp_path):
+    """Any model reference works as the student; it keeps its own architecture and tokenizer."""
+    config = distill.Config(teacher=str(tiny_model), student=str(tiny_model), dataset=str(sft_dataset),
+                            max_steps=1, **FAST)
+    assert config.inputs()["student"] == str(tiny_model)
+    ctx = StepContext(run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / "work",
+                      resolver=Resolver(tmp_path, set()))
+    ctx.work_dir.mkdir()
+    result = distill.run(config, ctx)
+    assert result.counts["student_layers"] == 2 and "teacher_layers_kept" not in result.metrics
+    assert (ctx.work_dir / "model" / "model.safetensors").is_file()
+
+
 def test_config_checks():
     named = parse(distill.Config, {"kind": "distill", "teacher": "t", "dataset": "d", "student": "some/model"})
     assert named.inputs() == {"teacher": "t", "dataset": "d", "student": "some/model"}

@@ -247,6 +247,27 @@ def test_the_stage_refuses_an_overlapping_eval_set_before_sampling(tmp_path):
         ev.run(cfg, ctx)
 
 
+def test_a_rerun_keeps_the_models_evaluated_before_an_interruption(tmp_path):
+    """Models finished before an interruption are read back, not sampled again (the model
+    named here does not exist: reaching the sampler would fail)."""
+    from pipeline.runner import Resolver
+    from pipeline.stage import StepContext
+
+    source = {"source": "reasoning_gym", "task": "chain_sum", "n_train": 8, "n_test": 3, "seed": 2}
+    rows = _eval_rows([source])
+    stored = [ev.question_record("no/such-model", r, [{"text": "<think>x</think><answer>1</answer>", "num_tokens": 5,
+                                                      "truncated": False, "rewards": {"accuracy": 1.0, "format": 1.0}}],
+                                 "accuracy") for r in rows]
+    (tmp_path / "per_model").mkdir()
+    (tmp_path / "per_model" / f"0-{ev.sha256_text('no/such-model')[:12]}.json").write_text(
+        json.dumps([{"model_sha256": "m"}, stored]))
+    ctx = StepContext(run="r", step="ev", run_dir=tmp_path / "run", work_dir=tmp_path, resolver=Resolver(tmp_path, set()))
+    result = ev.run(ev.Config(models=["no/such-model"], prompts=[source], sampling={"num_samples": 1}), ctx)
+    assert result.metrics["no/such-model/pass@1"] == 1.0 and result.counts == {"models": 1, "questions": 3}
+    assert not (tmp_path / "per_model").exists()  # folded into samples.parquet and results.json
+    assert len(pq.read_table(tmp_path / "samples.parquet")) == 3
+
+
 # ----------------------------------------------------------------------------- CLI wiring
 
 
@@ -390,3 +411,14 @@ def test_compare_finds_a_model_by_name_in_the_run_and_fails_helpfully(stage_run)
     missing = runner.invoke(app, ["eval", "compare", "nope", "seed11", "--run", "eval-e2e"])
     out = _flat(missing.output)
     assert missing.exit_code == 2 and "no eval results for 'nope'" in out and "seed11#" in out
+
+
+def test_docstring_examples():
+    import doctest
+
+    import pipeline.report
+
+    for module in (ev, pipeline.report):
+        result = doctest.testmod(module)
+        assert result.failed == 0
+    assert doctest.testmod(ev).attempted >= 8

@@ -120,10 +120,17 @@ def test_plain_messages_jsonl_and_save_to_disk_folder(tmp_path):
     assert inspect_mod.inspect(str(folder), sample=0)["rows"] == 3
 
 
-def test_missing_dataset_and_unloadable_hub_name(tmp_path):
+def test_missing_dataset_and_unloadable_hub_name(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "no dataset at" in _flat(missing.output)
-    hub = runner.invoke(app, ["inspect", "no-such-owner/no-such-dataset"])  # tests run with HF_HUB_OFFLINE=1
+    # datasets read HF_HUB_OFFLINE when first imported (maybe before conftest set it): force it,
+    # so the lookup fails at once instead of waiting for network timeouts.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub = runner.invoke(app, ["inspect", "no-such-owner/no-such-dataset"])
     assert hub.exit_code == 2 and "hub dataset" in _flat(hub.output)
 
 

@@ -1,7 +1,7 @@
 """The run report, built from synthetic run folders (manifests, metrics.jsonl, eval results
 written here), and rendered by headless Chromium to check that every figure loads.
 
-The screenshot of the full report is saved as ``test-artifacts/report.png`` (gitignored).
+The screenshot of the full report is saved as ``test-artifacts/run_report.png`` (gitignored).
 """
 
 from __future__ import annotations
@@ -167,7 +167,9 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert "| model | overall | humaneval | reasoning_gym/chain_sum |" in md
     assert "| truncated | 20 | 44 |" in md and "| over_max_per_prompt | 2 | 10 |" in md
     assert page.count('class="samples"') == 3 and page.count('class="sample"') == 6
-    assert "Not in this run" not in md.replace("did not log", "")  # nothing else is missing
+    assert md.count("Not in this run") == 2  # KL of the two RL steps; nothing else is missing
+    assert "- `eval` pass@1: reasoning_rl 0.583 [" in md  # at a glance: models ranked, with intervals
+    assert re.search(r"\| reasoning_rl \| 12 \| \+0\.292 \[\+0\.\d{3}, \+0\.\d{3}\] \| 12 \| 0 \| 0 \| 0\.000488 \|", md)
 
     probe = html_path.with_name("probe.html")  # the report plus a probe and one broken image
     probe.write_text(page.replace("</body>", '<img src="missing.png" alt="negative control">' + PROBE + "</body>"))
@@ -177,7 +179,7 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert flags.group(1) == "1" * len(pngs) + "0"  # every figure decoded; the broken one is caught
 
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report.png"
+    shot = ARTIFACTS / "run_report.png"
     shot.unlink(missing_ok=True)
     done = _chromium(chromium, tmp_path, "--hide-scrollbars", "--window-size=1280,7000", f"--screenshot={shot}",
                      html_path.as_uri())
@@ -185,24 +187,29 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert shot.stat().st_size > 50_000  # a rendered page, not a blank one
 
 
-def test_missing_pieces_say_not_in_this_run(tmp_path):
-    """An SFT-only run: no RL, eval or funnel figures are drawn, each section says so."""
-    run_dir = store.runs_root() / f"sft-only-{tmp_path.name}"
+def sft_only_run(name: str) -> Path:
+    run_dir = store.runs_root() / name
     _step(run_dir, "sft", "sft", {"model": "smollm2-135m-instruct", "dataset": "data.parquet"}, 1.0,
           {"outputs": {"model": "model"}, "counts": {}, "metrics": {}, "summary": "done"},
           metrics=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])  # no learning rate logged
-    md_path, html_path = write_report(run_dir, order=["sft", "eval"])
+    return run_dir
+
+
+def test_missing_pieces_say_not_in_this_run(tmp_path):
+    """An SFT-only run: no RL, eval or funnel figures are drawn, each section says so."""
+    run_dir = sft_only_run(f"sft-only-{tmp_path.name}")
+    md_path, html_path = write_report(run_dir, order=["sft", "eval"], planned={"eval": ("eval", {"models.0": "sft"})})
     md = md_path.read_text()
     assert sorted(p.name for p in (run_dir / "report").glob("*.png")) == ["curves_sft.png", "steps.png"]
     for absent in ("no RL (grpo) step", "no finished eval step", "no finished generate step",
                    "`sft` did not log: learning rate"):
         assert f"**Not in this run:** {absent}" in md
-    assert "| eval | ? | not run |" in md  # a planned step that never ran
+    assert "| eval | eval | not run | – | models.0=sft |" in md  # a planned step that never ran
     assert "Not in this run:</b> no RL (grpo) step" in html_path.read_text()
 
 
 def test_report_command_and_rerun_replace_old_figures(tmp_path):
-    run_dir = full_run(f"cli-{tmp_path.name}")
+    run_dir = sft_only_run(f"cli-{tmp_path.name}")
     (run_dir / "report").mkdir()
     (run_dir / "report" / "stale.png").write_bytes(b"old")
     result = runner.invoke(app, ["report", run_dir.name])
