@@ -147,6 +147,16 @@ _BWRAP_BASE = [
 ]
 
 
+def _interpreter_binds() -> list[str]:
+    """``--ro-bind`` arguments that put back the interpreter when it lives under /tmp (a
+    project cloned there, as CI may do): the fresh tmpfs on /tmp would otherwise hide it."""
+    binds: list[str] = []
+    for prefix in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}):
+        if prefix == "/tmp" or prefix.startswith("/tmp/"):
+            binds += ["--ro-bind", prefix, prefix]
+    return binds
+
+
 def bwrap_works() -> bool:
     """True if ``bwrap`` is installed and can create its namespaces here (probed once)."""
     with _bwrap_lock:
@@ -218,6 +228,7 @@ def run_tests(program: str, tests: str, entry_point: str | None, n_asserts: int,
         if _use_bwrap(sandbox):
             tmp_bytes = str(limits.file_mb << 20)
             cmd = [_bwrap_state["path"], *_BWRAP_BASE, "--size", tmp_bytes, "--tmpfs", "/tmp",
+                   *_interpreter_binds(),
                    "--ro-bind", str(src), "/tmp/src", "--dir", "/tmp/work", "--chdir", "/tmp/work", "--clearenv"]
             for key, value in {**env, "HOME": "/tmp/work"}.items():
                 cmd += ["--setenv", key, value]

@@ -98,7 +98,11 @@ HOSTILE = {
 
 
 def test_hostile_programs_score_zero_within_the_deadline(tmp_path):
-    outside = Path(__file__).resolve().parents[2] / f"r1-sandbox-escape-{time.time_ns()}"
+    repo = Path(__file__).resolve().parents[2]
+    # The sandbox's /tmp is a fresh tmpfs, so a repo cloned under /tmp (as CI may do) would
+    # make this path a harmless write into that tmpfs; aim at the real disk instead.
+    base = Path("/var/tmp") if str(repo).startswith("/tmp/") else repo
+    outside = base / f"r1-sandbox-escape-{time.time_ns()}"
     programs = {k: p.replace("{outside}", str(outside)) for k, p in HOSTILE.items()}
     fn = get("code", timeout=3.0)
     started = time.monotonic()
