@@ -158,7 +158,7 @@ def eval_run(
                             [Step(name, stage_config, raw)], str(config or "r1 eval"))
         run_pipeline(pipeline, force=force, isolate=True)
         console.print(f"results: {escape(str(store.runs_root() / run_name / name))}/results.json, samples.parquet")
-    except ConfigError as err:
+    except ValueError as err:  # ConfigError, or a --data spec that is not valid YAML
         _fail(str(err))
 
 

@@ -354,6 +354,10 @@ def print_summary(s: dict) -> None:
         console.print(f"made by: model [bold]{card.get('source_model')}[/]"
                       + (f", {smp.get('num_samples')} samples/prompt, T={smp.get('temperature')}, "
                          f"top-p {smp.get('top_p')}, max {smp.get('max_tokens')} tokens" if smp else ""))
+        if card.get("decontamination"):
+            console.print(f"decontamination: {_decontamination_line(card['decontamination'])}")
+        for m in card.get("mix") or []:
+            console.print(f"mixed in: {m['label']}: {m['rows']} rows ({m['share']:.1%} of the dataset)")
     console.print(_count_table("rows per domain", "domain", s["per_domain"], s["rows"]))
     console.print(_count_table("rows per data_source", "data_source", s["per_source"], s["rows"]))
     if card and card.get("funnel"):
@@ -532,6 +536,13 @@ window.addEventListener('load', () => {
 """
 
 
+def _decontamination_line(d: dict | None) -> str:
+    if not d:
+        return "none"
+    return (f"{d['removed']} prompts removed: word {d['ngram']}-gram overlap with the {d['split']} split of "
+            f"{', '.join(d['eval_sources'])}" + (f" (e.g. {', '.join(d['removed_ids'][:3])})" if d["removed_ids"] else ""))
+
+
 def _html_table(headers: list[str], rows: list[list[Any]], caption: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(
@@ -556,7 +567,8 @@ def render_html(df, s: dict, seed: int = 0) -> str:
             ["field", "value"],
             [["source model", card.get("source_model")], ["rewards", ", ".join(card.get("rewards") or [])],
              *[[f"sampling.{k}", v] for k, v in smp.items()],
-             ["prompts", json.dumps(card.get("prompts"))], ["decontamination", json.dumps(card.get("decontamination"))],
+             ["prompts", ", ".join(f"{k}: {v}" for k, v in (card.get("prompts") or {}).items())],
+             ["decontamination", _decontamination_line(card.get("decontamination"))],
              ["mixed-in sources", ", ".join(f"{m['label']}: {m['rows']} rows ({m['share']:.1%})"
                                             for m in card.get("mix") or []) or "none"]]))
         if card.get("funnel"):

@@ -102,7 +102,9 @@ class Sample:
     """One sampled response, as the filters see it.
 
     ``text`` is the completion (assistant text); ``num_tokens`` counts its generated tokens;
-    ``rewards`` maps reward name -> value (None = cannot be judged).
+    ``rewards`` maps reward name -> value (None = cannot be judged). ``prompt_text`` (optional)
+    is the prompt as shown to the model: two prompt ids with the same text (procedural
+    generators repeat questions) are one prompt for duplicate detection.
     """
 
     prompt_id: str
@@ -112,6 +114,7 @@ class Sample:
     num_tokens: int = 0
     truncated: bool = False
     rewards: dict[str, float | None] = field(default_factory=dict)
+    prompt_text: str = ""
 
 
 # ----------------------------------------------------------------------------- per-sample rules
@@ -281,8 +284,9 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
     ``samples`` are all samples of all prompts (a prompt's samples need not be adjacent);
     the result is aligned with it. Steps: per-sample rules (:func:`sample_verdict`), the
     pass-rate band per prompt (computed on **all** of its samples), exact then near
-    duplicates (within ``dedupe_scope``; the first occurrence in input order survives), and
-    selection per prompt (``select``, ``max_per_prompt``). Deterministic.
+    duplicates (within ``dedupe_scope``: samples of prompts with the same ``prompt_text``, or
+    the whole dataset; the first occurrence in input order survives), and selection per
+    prompt (``select``, ``max_per_prompt``). Deterministic.
     """
     out: list[str | None] = [sample_verdict(s, f) for s in samples]
     by_prompt: dict[str, list[int]] = {}
@@ -296,11 +300,15 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
                 for i in idx:
                     out[i] = out[i] or "pass_rate"
 
+    by_text: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_text.setdefault(s.prompt_text or "\0" + s.prompt_id, []).append(i)
+
     def groups() -> list[list[int]]:
         alive = [i for i in range(len(samples)) if out[i] is None]
         if f.dedupe_scope == "dataset":
             return [alive]
-        return [[i for i in idx if out[i] is None] for idx in by_prompt.values()]
+        return [[i for i in idx if out[i] is None] for idx in by_text.values()]
 
     if f.dedupe:
         for group in groups():

@@ -1,4 +1,5 @@
-"""Policy -> vLLM weight sync for GRPO with vLLM colocated on vLLM's **CPU** backend.
+"""TRL's colocated vLLM engine on vLLM's **CPU** backend: the policy -> engine weight sync fix,
+the engine options TRL does not expose (:func:`engine_options`), and engine shutdown.
 
 The bug: TRL 1.16 syncs a colocated engine in ``VLLMGeneration.sync_weights`` (called by
 ``GRPOTrainer`` before each generation whose optimizer step is new) with one
@@ -10,8 +11,9 @@ the first sync fails with ``'Parameter' object has no attribute 'weight_loader'`
 The fix: hand every parameter, in **one** call, to the worker's ``reload_weights(weights_iterator=...)``
 (vLLM's in-place reload: it restores the checkpoint-format layers, loads the new tensors and
 re-runs the post-load processing, i.e. the CPU repacking), then re-packs the LM head, which a
-tied-embedding model's reload skips (see :func:`_repack_vocab_layers`). One call, not one per parameter:
-the reload processes a layer once all of its tensors arrived (q/k/v are fused into one
+tied-embedding model's reload skips (see :func:`_repack_vocab_layers`; without it the engine
+samples with the *initial* output embedding forever). One call, not one per parameter: the
+reload processes a layer once all of its tensors arrived (q/k/v are fused into one
 ``qkv_proj``), and a call per tensor would rebuild every layer from a partial load. It costs
 ~0.5 s for a 135M model.
 
@@ -30,6 +32,8 @@ import os
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB of KV cache; the CPU backend prefers it to engine args
 
 
 def on_cpu_platform() -> bool:
@@ -153,9 +157,6 @@ def engine_options(cpu_kv_cache_gib: int | None = None, **llm_kwargs: Any) -> It
                 os.environ.pop(_KV_ENV, None)
             else:
                 os.environ[_KV_ENV] = env_before
-
-
-_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 def shutdown(vllm_generation: Any) -> None:

@@ -64,9 +64,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     """Build (or load) the student and SFT it on ``config.dataset``; write ``model/``."""
     from stages import sft
 
-    teacher_path = ctx.resolve_model(config.teacher)
     if config.student == DERIVED:
-        teacher, tokenizer = sft.load_model(teacher_path)
+        teacher, tokenizer = sft.load_model(ctx.resolve_model(config.teacher))
         n_teacher = teacher.config.num_hidden_layers
         keep = layer_indices(n_teacher, config.student_layers or max(1, round(n_teacher / 3)))
         student = derive_student(teacher, keep)
@@ -75,7 +74,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     else:
         student, tokenizer = sft.load_model(ctx.resolve_model(config.student))
         keep = []
-        name = f"student {config.student}"
+        name = f"student {config.student}"  # the teacher only made the data
     result = sft.train(student, tokenizer, config, ctx, summary_prefix=f"distill into {name}")
     result.counts["student_layers"] = student.config.num_hidden_layers
     result.counts["student_params"] = sum(p.numel() for p in student.parameters())

@@ -693,13 +693,19 @@ def source_from_spec(spec: str) -> dict:
 
     >>> source_from_spec("reasoning_gym:countdown")["n_test"], source_from_spec("x.jsonl")["split"]
     (50, 'test')
+
+    Raises:
+        ValueError: a ``{...}`` spec that is not valid YAML.
     """
     import yaml
 
     from data.sources.files import SUFFIXES
 
     if spec.lstrip().startswith("{"):
-        return yaml.safe_load(spec)
+        try:
+            return yaml.safe_load(spec)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--data {spec!r}: not a YAML mapping ({err.problem})") from None
     if spec == "humaneval":
         return {"source": "humaneval"}
     if spec.startswith("reasoning_gym:"):

@@ -345,7 +345,8 @@ def _sample_view(record: dict) -> Sample:
     meta = json.loads(record["meta"])
     return Sample(prompt_id=record["prompt_id"], index=meta["sample_index"], domain=record["domain"],
                   text=record["messages"][-1]["content"], num_tokens=meta["num_tokens"],
-                  truncated=meta["truncated"], rewards=json.loads(record["rewards"]))
+                  truncated=meta["truncated"], rewards=json.loads(record["rewards"]),
+                  prompt_text=json.dumps(record["messages"][:-1]))
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:

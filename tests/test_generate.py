@@ -103,6 +103,9 @@ def test_exact_and_near_duplicates_within_a_prompt():
     assert verdicts(samples, Filters(max_per_prompt=None)) == [None, "duplicate", "near_duplicate", None, None]
     assert verdicts(samples, Filters(max_per_prompt=None, near_duplicate_threshold=None)) == [None, "duplicate", None, None, None]
     assert verdicts(samples, Filters(max_per_prompt=None, dedupe_scope="dataset"))[4] == "duplicate"
+    # two prompt ids with the same question text (generators repeat questions) are one prompt here
+    same = [_s(GOOD, prompt="a", prompt_text="Calculate 2 + 3."), _s(GOOD, prompt="b", prompt_text="Calculate 2 + 3.")]
+    assert verdicts(same, Filters()) == [None, "duplicate"]
 
 
 def test_near_duplicates_across_a_large_set_use_minhash_lsh():
@@ -424,3 +427,12 @@ def test_interrupted_run_resumes_to_the_same_bytes(shared_engine, tmp_path, monk
     assert card["sampled"] == result.counts["sampled"] == sum(r["dropped"] for r in card["funnel"]) + card["kept_sampled"]
     meta = json.loads(pd.read_parquet(part / "dataset" / "data.parquet")["meta"].iloc[0])
     assert {"reasoning_tokens", "answer_tokens", "num_tokens", "truncated"} <= set(meta)
+
+
+def test_filter_docstring_examples():
+    import doctest
+
+    import stages._filters
+
+    result = doctest.testmod(stages._filters)
+    assert result.attempted >= 7 and result.failed == 0
