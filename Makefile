@@ -50,8 +50,9 @@ distill: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only distill $(ARGS)
 eval: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only eval $(ARGS)
+HTML ?= rejection_sampling_report.html
 inspect: $(STAMP)
-	$(R1) inspect rejection_sampling --config $(CONFIG) $(RUN_FLAG) $(ARGS)
+	$(R1) inspect rejection_sampling --config $(CONFIG) $(RUN_FLAG) --html $(HTML) $(ARGS)
 # make report [RUN=r1-demo]: the run report of RUN (default: the `run` of CONFIG).
 report: $(STAMP)
 	$(R1) report $(if $(RUN),$(RUN),--config $(CONFIG)) $(ARGS)
