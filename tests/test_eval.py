@@ -70,6 +70,11 @@ def test_sign_test_equals_the_two_sided_binomial(wins, losses):
     expected = min(1.0, sum(p for p in probs if p <= observed + 1e-15))  # two-sided: as or less likely
     assert ev.sign_test(wins, losses) == pytest.approx(expected)
     assert ev.sign_test(wins, losses) == ev.sign_test(losses, wins)
+    try:  # scipy is optional for the project; when present it must agree
+        from scipy.stats import binomtest
+    except ImportError:
+        return
+    assert ev.sign_test(wins, losses) == pytest.approx(binomtest(wins, n, 0.5).pvalue)
 
 
 def test_bootstrap_interval_is_deterministic_and_narrows_with_more_questions():
