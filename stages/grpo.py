@@ -112,7 +112,7 @@ class Config(StageConfig):
     vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
     vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
     vllm_dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"  # engine weights; auto = checkpoint's
-    vllm_enforce_eager: bool = True  # skip graph compilation (~1 min start-up on CPU)
+    vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
     # Reweight tokens by p_policy / p_vLLM (the engine samples in bf16, the trainer scores in
     # float32 + autocast). Costs one extra forward pass over every rollout per step (~20% of a
     # CPU step); off = treat the rollouts as exactly on-policy.
@@ -177,7 +177,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     on_cpu = engine and _vllm_sync.on_cpu_platform()
     options = _vllm_sync.engine_options(
         cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
-        dtype=config.vllm_dtype, enforce_eager=config.vllm_enforce_eager) if engine else contextlib.nullcontext()
+        dtype=config.vllm_dtype,
+        enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+    ) if engine else contextlib.nullcontext()
     with options:
         trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=grpo_arguments(config, ctx.checkpoints),
                               train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
