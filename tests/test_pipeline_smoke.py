@@ -25,7 +25,11 @@ pytestmark = pytest.mark.slow
 
 
 def _r1(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "R1_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # Earlier in-process tests (GRPO with vLLM colocated) leave MASTER_PORT in os.environ while
+    # their gloo store still listens on it; a user's shell has no such leftovers.
+    dist = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in dist}
+    env.update({"R1_HOME": str(home), "HF_HUB_OFFLINE": "1"})
     return subprocess.run([*R1, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
 
 
