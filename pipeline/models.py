@@ -14,9 +14,8 @@ weights are no longer quantized) and load the state dict into a fresh model befo
 We store **float32**: Q4_1 dequantizes to ``d * q + m`` with fp16 ``d, m``, which float32 holds
 exactly and bfloat16 (8-bit mantissa) does not (measured: the float32 checkpoint's logits equal
 the GGUF loader's bit for bit; with the weights rounded to bfloat16 they move by up to 0.16,
-mean KL 6e-5 per token), and trainers keep
-float32 master weights anyway; inference engines cast to bf16 at load time. Cost: 540 MB on
-disk instead of 270 MB.
+mean KL 6e-5 per token), and trainers keep float32 master weights anyway; inference engines
+cast to bf16 at load time. Cost: 540 MB on disk instead of 270 MB.
 
 :func:`make_tiny_model` builds a randomly initialised 2-layer Llama with the real SmolLM2
 tokenizer and chat template in seconds: what every test trains and samples from.
