@@ -183,8 +183,9 @@ class Resolver:
         from pipeline import models
 
         if ref in models.ALIASES:
-            path = models.prepared_path(ref)
-            return store.hash_tree(path) if path.exists() else f"alias:{ref}:unprepared"
+            # Prepare first (a no-op once done): hashing "unprepared" on the first run and the
+            # folder on the next would make every run redo the steps that read the alias.
+            return store.hash_tree(models.resolve(ref))
         if Path(ref).exists():
             return store.hash_tree(ref)
         return f"hub:{ref}"
