@@ -105,6 +105,10 @@ class Config(StageConfig):
     bf16: bool = True  # bf16 autocast, float32 master weights (AMX CPUs and GPUs)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     seed: int = 0  # data order, sampling, dropout
+    # Intra-op CPU threads for training and the colocated engine; None = torch's default (every
+    # core). On a machine shared with other jobs, 1 is several times faster: OpenMP threads
+    # spin-wait for each other whenever one of them is descheduled.
+    torch_threads: int | None = None
     # generation backend
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` on other GPUs
@@ -142,9 +146,10 @@ class Config(StageConfig):
             raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
                              f"multiple of num_generations ({self.num_generations}): whole groups per step")
         if min(self.max_steps, self.logging_steps, self.save_steps, self.max_prompt_length,
-               self.max_completion_length, self.num_iterations) < 1:
-            raise ValueError("max_steps, logging_steps, save_steps, max_prompt_length, max_completion_length "
-                             "and num_iterations must be >= 1")
+               self.max_completion_length, self.num_iterations,
+               1 if self.torch_threads is None else self.torch_threads) < 1:
+            raise ValueError("max_steps, logging_steps, save_steps, max_prompt_length, max_completion_length, "
+                             "num_iterations and torch_threads must be >= 1")
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
         if self.vllm_mode == "server" and not self.use_vllm:
@@ -159,12 +164,15 @@ class Config(StageConfig):
 
 def run(config: Config, ctx: StepContext) -> StepResult:
     """Train ``config.model`` with GRPO on ``config.prompts``; write ``model/`` into ``ctx.work_dir``."""
+    import torch
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
 
     from rewards import registry
     from stages import _vllm_sync
 
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
