@@ -1,10 +1,19 @@
-"""Sampling k completions per prompt: the vLLM offline engine, or HF ``generate`` as fallback.
+"""Sampling k completions per prompt: the vLLM offline engine, a separate vLLM server, or HF
+``generate`` as fallback.
 
 Shared by the ``generate`` and ``eval`` stages. One engine is started per call of
 :func:`open_sampler` (vLLM start-up costs ~25-35 s on a 2-core CPU, so a stage starts it once
 and feeds it every prompt). Each prompt gets its own sampling seed derived from the run seed
 and the prompt id, so a prompt's samples do not depend on which other prompts share its batch
 (what makes resumed rejection sampling reproduce an uninterrupted run).
+
+``backend: server`` sends the same requests to a running vLLM server (its OpenAI-compatible
+``/v1/completions``; ``docs/eval.md`` has the command): one request per prompt carrying all k
+samples (``n=k``) and the prompt's seed, ``max_concurrency`` requests in flight. The prompt is
+rendered here (chat template of the local tokenizer) and sent as text, so the server does not
+template it again; with the same model and dtype the completions equal the offline engine's
+(``tests/test_vllm_server.py``). The config's model must still resolve to a local folder (or
+hub id) for the tokenizer, and the server must serve that same model.
 """
 
 from __future__ import annotations
@@ -14,14 +23,22 @@ import hashlib
 import os
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import model_serializer, model_validator
 
 from pipeline.config import StrictModel
 
 
 class SamplingConfig(StrictModel):
-    """How completions are sampled (documented once here; used by generate and eval)."""
+    """How completions are sampled (documented once here; used by generate and eval).
 
-    backend: Literal["vllm", "hf"] = "vllm"  # hf = transformers generate, the explicit fallback
+    ``max_model_len``, ``dtype`` and ``enforce_eager`` configure the in-process engines; with
+    ``backend: server`` the server's command line sets them (``docs/eval.md``)."""
+
+    # vllm = offline engine in this process; server = a running vLLM server (server_url);
+    # hf = transformers generate, the explicit fallback
+    backend: Literal["vllm", "hf", "server"] = "vllm"
     num_samples: int = 4  # k completions per prompt
     temperature: float = 0.8
     top_p: float = 0.95
@@ -30,6 +47,35 @@ class SamplingConfig(StrictModel):
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     enforce_eager: bool = True  # vLLM: skip graph compilation (start-up cost > gain for short runs)
     batch_size: int = 64  # prompts per engine call (progress granularity; vLLM batches inside)
+    server_url: str | None = None  # backend server: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    server_model: str | None = None  # backend server: served model name; None = the one model the server lists
+    max_concurrency: int = 32  # backend server: requests in flight (one request = one prompt's k samples)
+    request_timeout: float = 600.0  # backend server: seconds one request may take
+
+    @model_validator(mode="after")
+    def _check_server(self) -> "SamplingConfig":
+        if self.backend == "server" and not self.server_url:
+            raise ValueError("backend 'server' needs `server_url`, the base URL of a running vLLM server's "
+                             "OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)")
+        if self.max_concurrency < 1 or self.request_timeout <= 0:
+            raise ValueError(f"max_concurrency must be >= 1 and request_timeout > 0, got "
+                             f"{self.max_concurrency} and {self.request_timeout}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # The server keys are left out of other backends' dumps while at their defaults, so the
+        # config hash of every step that does not use a server is what it was before they
+        # existed (a finished step stays finished; the runner hashes this dump).
+        data = handler(self)
+        if self.backend != "server":
+            for name in SERVER_KEYS:
+                if getattr(self, name) == type(self).model_fields[name].default:
+                    data.pop(name, None)
+        return data
+
+
+SERVER_KEYS = ("server_url", "server_model", "max_concurrency", "request_timeout")
 
 
 @dataclass
@@ -58,7 +104,9 @@ class Sampler:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        if cfg.backend == "vllm":
+        if cfg.backend == "server":
+            self.server = ServerClient(cfg)
+        elif cfg.backend == "vllm":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; plenty for <1B models
             # In-process engine ("uni" executor, no engine-core subprocess): start-up falls from
             # ~65 s to ~25 s on 2 cores, and no __main__ guard is needed in callers.
@@ -100,6 +148,8 @@ class Sampler:
         texts = [self.render(p) for p in prompts]
         if self.cfg.backend == "vllm":
             return self._sample_vllm(texts, ids)
+        if self.cfg.backend == "server":
+            return self.server.sample(texts, [prompt_seed(self.seed, i) for i in ids], self.cfg, self.tokenizer)
         return [self._sample_hf(t, i) for t, i in zip(texts, ids)]
 
     def _sample_vllm(self, texts: list[str], ids: list[str]) -> list[list[Completion]]:
@@ -134,7 +184,9 @@ class Sampler:
 
     def close(self) -> None:
         """Stop the engine and free its memory (the next model's engine needs it)."""
-        if self.cfg.backend == "vllm":
+        if self.cfg.backend == "server":
+            self.server.close()
+        elif self.cfg.backend == "vllm":
             engine = getattr(self.llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
@@ -149,3 +201,129 @@ class Sampler:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SamplingServerError(RuntimeError):
+    """The sampling server could not be reached or refused a request (the message names its URL)."""
+
+
+def server_base_url(url: str) -> str:
+    """The API base URL: trailing slashes dropped, ``/v1`` added to a bare ``http://host:port``.
+
+    >>> server_base_url("http://127.0.0.1:8000"), server_base_url("http://h:1/v1/")
+    ('http://127.0.0.1:8000/v1', 'http://h:1/v1')
+    """
+    url = url.rstrip("/")
+    return url + "/v1" if urlsplit(url).path in ("", "/") else url
+
+
+class ServerClient:
+    """Completions from a running vLLM server through its OpenAI-compatible API.
+
+    One ``/v1/completions`` request per prompt asks for all k samples (``n=k``) with the
+    prompt's seed; vLLM then seeds sample j with ``seed + j``, exactly as the offline engine
+    does for ``SamplingParams(n=k, seed=seed)``. Requests run on a thread pool of
+    ``max_concurrency`` threads (the server batches whatever is in flight). Sampling
+    parameters the offline engine leaves at vLLM's neutral defaults (top-k, min-p, penalties)
+    are sent explicitly: the server would otherwise fill them from the model's
+    ``generation_config.json``. The API key, if the server was started with ``--api-key``, is
+    read from ``$R1_SERVER_API_KEY``.
+    """
+
+    def __init__(self, cfg: SamplingConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            import openai
+        except ImportError:  # a client-only install without vLLM (which pulls it in)
+            raise ImportError("sampling.backend 'server' needs the `openai` package: pip install openai") from None
+
+        self.url = server_base_url(cfg.server_url or "")
+        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get("R1_SERVER_API_KEY") or "EMPTY",
+                                    timeout=cfg.request_timeout, max_retries=2)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="r1-sampling")
+        self.model = cfg.server_model or self._only_model()
+        self._checked_tokenizer = False
+
+    def _error(self, err: Exception, what: str) -> SamplingServerError:
+        import openai
+
+        if isinstance(err, openai.APITimeoutError):
+            return SamplingServerError(f"sampling server {self.url}: {what} took longer than request_timeout")
+        if isinstance(err, openai.APIConnectionError):
+            return SamplingServerError(f"sampling server {self.url} is unreachable ({err.__cause__ or err}); "
+                                       "start it (docs/eval.md, 'backend: server') or fix sampling.server_url")
+        if isinstance(err, openai.APIStatusError):
+            return SamplingServerError(f"sampling server {self.url} answered HTTP {err.status_code} to {what}: "
+                                       f"{err.message}")
+        return SamplingServerError(f"sampling server {self.url}: {what} failed: {err!r}")
+
+    def _only_model(self) -> str:
+        import openai
+
+        try:
+            served = [m.id for m in self.client.models.list().data]
+        except openai.OpenAIError as err:
+            raise self._error(err, "GET /models") from err
+        if len(served) != 1:
+            raise SamplingServerError(f"sampling server {self.url} serves {len(served)} models "
+                                      f"({', '.join(served) or 'none'}); name one in sampling.server_model")
+        return served[0]
+
+    def _request(self, text: str, seed: int, cfg: SamplingConfig, tokenizer) -> list[Completion]:
+        import openai
+
+        try:
+            response = self.client.completions.create(
+                model=self.model, prompt=text, n=cfg.num_samples, max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, presence_penalty=0.0,
+                frequency_penalty=0.0,
+                extra_body={"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                            "add_special_tokens": True, "skip_special_tokens": True, "return_token_ids": True})
+        except openai.OpenAIError as err:
+            raise self._error(err, f"POST /completions (model {self.model!r})") from err
+        choices = sorted(response.choices, key=lambda c: c.index)
+        if len(choices) != cfg.num_samples:
+            raise SamplingServerError(f"sampling server {self.url} returned {len(choices)} completions, "
+                                      f"asked for n={cfg.num_samples}")
+        if not self._checked_tokenizer:
+            self._check_tokenizer(text, getattr(choices[0], "prompt_token_ids", None), tokenizer)
+        out = []
+        for c in choices:
+            token_ids = getattr(c, "token_ids", None)  # vLLM's extra field (return_token_ids)
+            n = len(token_ids) if token_ids is not None else \
+                len(tokenizer(c.text, add_special_tokens=False)["input_ids"])  # other servers: re-tokenized
+            out.append(Completion(c.text, n, c.finish_reason == "length"))
+        return out
+
+    def _check_tokenizer(self, text: str, server_ids, tokenizer) -> None:
+        """The server's tokens of the first prompt must equal the local tokenizer's: a server
+        running another model (or tokenizer) fails here instead of producing silent nonsense."""
+        self._checked_tokenizer = True
+        if server_ids is None:
+            return
+        local = tokenizer(text)["input_ids"]
+        if list(server_ids) != list(local):
+            raise SamplingServerError(
+                f"sampling server {self.url} (model {self.model!r}) tokenizes the prompt differently from the "
+                f"local tokenizer ({len(server_ids)} vs {len(local)} tokens): it must serve the same model as "
+                "the config's `model`")
+
+    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer) -> list[list[Completion]]:
+        """k completions per text (in order, samples sorted by choice index), many requests at once."""
+        if texts and not self._checked_tokenizer:  # the first request alone, so the check runs once
+            first = [self._request(texts[0], seeds[0], cfg, tokenizer)]
+            texts, seeds = texts[1:], seeds[1:]
+        else:
+            first = []
+        futures = [self.pool.submit(self._request, t, s, cfg, tokenizer) for t, s in zip(texts, seeds)]
+        try:
+            return first + [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.client.close()

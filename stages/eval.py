@@ -96,6 +96,10 @@ class Config(StageConfig):
         # A k of 0 or a pass@j above k would otherwise fail after minutes of sampling.
         if min([self.sampling.num_samples, *self.k_per_source.values(), *self.pass_k], default=1) < 1:
             raise ValueError("sampling.num_samples, k_per_source and pass_k must be >= 1")
+        # A server serves one model: several models would all be answered by it, under their names.
+        if self.sampling.backend == "server" and len(self.models) > 1:
+            raise ValueError(f"sampling.backend 'server' samples the one model behind server_url, but `models` "
+                             f"lists {len(self.models)}; evaluate one model per eval step (and server)")
         return self
 
 
