@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 import stages
 from data.cli import app as data_app
-from pipeline import models
+from pipeline import distributed, models
 from pipeline.config import ConfigError, read_yaml
 from pipeline import store
 from pipeline.runner import (Pipeline, PipelineConfig, Step, StepSpec, load_pipeline, parse_stage_config,
@@ -38,7 +38,8 @@ SetOpt = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (r
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/] {escape(msg)}")
+    if distributed.is_main():  # every rank of a launch fails alike; say it once
+        console.print(f"[red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
 
 
@@ -66,8 +67,11 @@ def _plan(pipeline: Pipeline) -> tuple[list[str], dict]:
 
 
 def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
-    """Write the run report; a report error is printed, never hides the run's own outcome."""
-    if not run_dir.is_dir():
+    """Write the run report; a report error is printed, never hides the run's own outcome.
+
+    Under a multi-process launch only rank 0 writes it (the others would race on the files).
+    """
+    if not run_dir.is_dir() or not distributed.is_main():
         return
     try:
         from pipeline.report import write_report

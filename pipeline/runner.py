@@ -10,6 +10,7 @@ and skips a step whose manifest already matches its config and inputs.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import stages
-from pipeline import store
+from pipeline import distributed, store
 from pipeline.config import ConfigError, StrictModel, apply_overrides, deep_merge, parse, read_yaml
 from pipeline.stage import StageConfig, StepContext, StepResult
 
@@ -213,8 +214,14 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
     backend pins the OpenMP threads of the process that hosts it, and a step's engine and
     model memory are only reliably returned when its process ends.
 
+    Under a multi-process launch (``accelerate launch``, ``torchrun``; see
+    ``pipeline.distributed``) every rank calls this: steps run in the launched processes
+    (``isolate`` is ignored), only rank 0 writes the store, and only stage kinds that declare
+    ``DISTRIBUTED = True`` may be selected.
+
     Raises:
-        ConfigError: an unknown step name in ``only``/``from_step``.
+        ConfigError: an unknown step name in ``only``/``from_step``, or a selected step of a
+            single-process kind under a multi-process launch.
         Exception: whatever a stage raised; its partial folder is kept for resume.
     """
     run = run or pipeline.config.run
@@ -229,6 +236,9 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
         selected = names[names.index(from_step):]
     if only:
         selected = [n for n in names if n in only]
+    if distributed.launched():
+        _check_distributed_kinds(pipeline, selected)
+        isolate = False  # the launcher already made one process per rank (pipeline.distributed)
     resolver = Resolver(run_dir, set(names))
     records: list[StepRecord] = []
     for step in pipeline.steps:
@@ -238,8 +248,26 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
                 records.append(_record_from_manifest(step, manifest, "done earlier"))
             continue
         records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force, isolate))
-    write_summary(run_dir, records)
+    if distributed.is_main():
+        write_summary(run_dir, records)
     return records
+
+
+def _check_distributed_kinds(pipeline: Pipeline, selected: list[str]) -> None:
+    """Refuse, before any work, selected steps whose stage cannot run on several processes.
+
+    A stage opts in with a module-level ``DISTRIBUTED = True`` (every rank calls its ``run``;
+    it writes shared files from the main process only). The others (generate, eval) would
+    have every rank sample the same prompts and write the same files.
+    """
+    single = [f"{s.name} ({s.config.kind})" for s in pipeline.steps
+              if s.name in selected and not getattr(stages.get(s.config.kind), "DISTRIBUTED", False)]
+    if single:
+        able = sorted(k for k in stages.kinds() if getattr(stages.get(k), "DISTRIBUTED", False))
+        raise ConfigError(
+            f"{pipeline.source}: launched with {distributed.world_size()} processes (WORLD_SIZE), but step(s) "
+            f"{', '.join(single)} run in one process; under `accelerate launch` select only steps of kinds "
+            f"{', '.join(able)} (e.g. --only STEP) and run the others without the launcher")
 
 
 def _record_from_manifest(step: Step, manifest: dict, status: str) -> StepRecord:
@@ -296,22 +324,42 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
 
 def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int, force: bool,
              isolate: bool = False) -> StepRecord:
-    """Run one step unless its manifest already matches its config and inputs."""
+    """Run one step unless its manifest already matches its config and inputs.
+
+    Under a multi-process launch every rank calls this with the same arguments; rank 0 alone
+    writes the partial folder, the manifest and the final folder, with barriers between
+    (see ``pipeline.distributed``).
+    """
+    main = distributed.is_main()
     config_dict = step.config.model_dump(mode="json")
     # The pipeline seed reaches the stage through ctx.seed, so it is part of the config identity.
     config_hash = store.canonical_hash({"config": config_dict, "pipeline_seed": seed})
-    inputs = _input_block(step, resolver)
+    with distributed.main_first():  # rank 0 prepares an alias once; the others then find it done
+        inputs = _input_block(step, resolver)
     folders = store.StepFolders(run_dir, step.name)
     manifest = store.read_manifest(folders.final)
     if (not force and manifest and manifest.get("config_hash") == config_hash
             and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}):
-        console.print(f"[green]✓ {step.name}[/] up to date (manifest matches config and inputs); skipped")
+        if main:
+            console.print(f"[green]✓ {step.name}[/] up to date (manifest matches config and inputs); skipped")
         return _record_from_manifest(step, manifest, "skipped (up to date)")
 
-    console.rule(f"[bold]{step.name}[/] ({step.config.kind})")
+    preflight = getattr(stages.get(step.config.kind), "preflight", None)
+    if preflight is not None:  # refusals that depend on the machine, before any folder or process
+        try:
+            preflight(step.config)
+        except ConfigError as err:
+            raise ConfigError(f"step {step.name} ({step.config.kind}): {err}") from None
+    if main:
+        console.rule(f"[bold]{step.name}[/] ({step.config.kind})")
     fingerprint = store.canonical_hash({"config": config_hash, "inputs": inputs})
-    work = folders.prepare_partial(fingerprint)
-    (work / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+    if main:  # may discard a stale partial folder: no other rank may be using it yet
+        work = folders.prepare_partial(fingerprint)
+        (work / "config.yaml").write_text(yaml.safe_dump(config_dict, sort_keys=False))
+        # Weight digests describe one attempt's final weights; a resumed attempt writes its own.
+        shutil.rmtree(work / distributed.DIGEST_DIR, ignore_errors=True)
+    distributed.barrier()
+    work = folders.partial
     for key, block in inputs.items():
         ref = block["ref"]
         block["path"] = resolver.model(ref) if step.config.input_type(key) == "model" else resolver.dataset(ref)
@@ -330,15 +378,24 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     wall = time.time() - started
     result_dict = {"outputs": result.outputs, "counts": result.counts, "metrics": result.metrics,
                    "summary": result.summary}
-    manifest = {
-        "step": step.name, "kind": step.config.kind, "run": run,
-        "inputs": inputs, "config_hash": config_hash, "config": config_dict,
-        "output_hash": store.hash_tree(work), "result": result_dict,
-        "packages": store.package_versions(), "git_commit": store.git_commit(),
-        "started": started, "wall_time_s": round(wall, 2),
-    }
-    folders.finalize(manifest)
-    console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
+    distributed.barrier()  # every rank has returned (and written its files) before rank 0 finalizes
+    if main:
+        manifest = {
+            "step": step.name, "kind": step.config.kind, "run": run,
+            "inputs": inputs, "config_hash": config_hash, "config": config_dict,
+            "output_hash": store.hash_tree(work), "result": result_dict,
+            "packages": store.package_versions(), "git_commit": store.git_commit(),
+            "started": started, "wall_time_s": round(wall, 2),
+        }
+        ranks = distributed.digest_summary(work)
+        if ranks is not None:
+            manifest["distributed"] = ranks
+            if ranks["weights_identical"] is False:
+                console.print(f"[red]warning: the {ranks['world_size']} processes of {step.name} ended with "
+                              f"different weights (see {work / distributed.DIGEST_DIR}); the saved model is rank 0's[/]")
+        folders.finalize(manifest)
+        console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
+    distributed.barrier()  # no rank reads the store (next step, exit) before the final folder exists
     return StepRecord(step.name, step.config.kind, "ran", round(wall, 2), inputs, result_dict)
 
 

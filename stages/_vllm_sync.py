@@ -160,11 +160,49 @@ def engine_options(cpu_kv_cache_gib: int | None = None, **llm_kwargs: Any) -> It
 
 
 def shutdown(vllm_generation: Any) -> None:
-    """Stop a colocated engine and drop it, so its memory is free for the next step's engine."""
+    """Stop a colocated engine and drop it, so its memory is free for the next step's engine.
+
+    Under a multi-process launch the launcher's default process group survives (see
+    :func:`_keep_default_process_group`): the trainer and ``pipeline.runner`` still need it.
+    """
     llm = getattr(vllm_generation, "llm", None)
     if llm is None:
         return
     core = getattr(llm.llm_engine, "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+        with _keep_default_process_group():
+            core.shutdown()
     del vllm_generation.llm
+
+
+@contextlib.contextmanager
+def _keep_default_process_group() -> Iterator[None]:
+    """Ignore requests to destroy the default (WORLD) process group in this block when it
+    spans several processes.
+
+    A colocated engine (``external_launcher`` executor) joins the process group that the
+    launcher and accelerate created, and its shutdown
+    (``EngineCore.shutdown`` -> ``cleanup_dist_env_and_memory`` ->
+    ``destroy_distributed_environment``) ends with ``torch.distributed.destroy_process_group()``:
+    the group of the whole launch, so every later barrier or collective of the run (the
+    runner's finalize barrier, the next step's trainer) fails with "Default process group has
+    not been initialized". vLLM's own subgroups are still destroyed. With one process the
+    engine's teardown is left exactly as vLLM does it.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        yield
+        return
+    original = dist.destroy_process_group
+
+    def destroy(group=None):
+        if group is None or group is dist.group.WORLD:
+            return  # the launcher's group: still in use after the engine is gone
+        original(group)
+
+    dist.destroy_process_group = destroy
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = original

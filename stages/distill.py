@@ -20,7 +20,9 @@ Inputs: ``teacher`` (model reference), ``dataset`` (SFT rows with ``messages``),
 when it is a model reference.
 Outputs: ``model/`` (the trained student, like ``sft``), ``checkpoints/``, ``metrics.jsonl``.
 
-Launch: ``r1 distill configs/distill/smollm2-135m/derived_student.yaml``
+Launch: ``r1 distill configs/distill/smollm2-135m/derived_student.yaml`` (several processes:
+``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli distill FILE``,
+as for ``sft``; see ``docs/distributed.md``)
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from pipeline.stage import StepContext, StepResult
 from stages.sft import TrainingFields
 
 DERIVED = "derived"
+# Runs under `accelerate launch` with several processes, like sft (whose training code it uses):
+# every rank derives the same student from the teacher, then trains its share of each batch.
+DISTRIBUTED = True
 
 
 class Config(TrainingFields):

@@ -23,8 +23,9 @@ below are ours, not TRL's):
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
 on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
 (TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start
-``trl vllm-serve --model <path>`` on other GPUs first); ``use_vllm: false`` samples with
-transformers ``generate`` (slower, no extra process or memory).
+``trl vllm-serve --model <path>`` on other GPUs first); without CUDA it is refused at start-up
+(:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
+with transformers ``generate`` (slower, no extra process or memory).
 
 Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
 ``max_prompt_length`` tokens (chat template included) are dropped and counted. TRL 1.16 has no
@@ -39,8 +40,10 @@ the last one); ``metrics.jsonl`` (one line per logged step: reward and each rewa
 mean/std, KL, entropy, completion lengths, clip ratios, ``frac_reward_zero_std``, reward
 None/timeout counters, seconds per step).
 
-Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml`` (``accelerate launch`` works too:
-no device code here).
+Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
+``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
+(no device code here; each process samples and trains on its own prompts, with its own
+colocated engine; see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -56,8 +59,14 @@ from pydantic import model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline.config import StrictModel
+from pipeline import distributed
+from pipeline.config import ConfigError, StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult
+
+
+# Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
+# samples and trains on its share of each generation batch; rank 0 writes model/.
+DISTRIBUTED = True
 
 
 class RewardSpec(StrictModel):
@@ -162,8 +171,37 @@ class Config(StageConfig):
         return self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
 
 
+def preflight(config: Config) -> None:
+    """Refuse what this machine cannot run, before the step's folder or process exists.
+
+    ``vllm_mode: server`` needs CUDA: TRL pushes the policy's weights to the ``trl vllm-serve``
+    process after every optimizer step through vLLM's NCCL weight-transfer engine
+    (``trl.generation.vllm_client.VLLMClient.init_communicator`` raises NotImplementedError for
+    a non-CUDA device), and NCCL exists only on NVIDIA GPUs. Not a config check: the same
+    file is valid, and runs, on a GPU machine. (The runner calls this; ``run`` does too, for
+    callers that skip the runner.)
+
+    Raises:
+        ConfigError: server mode on a machine without CUDA (names the alternatives).
+    """
+    if not (config.use_vllm and config.vllm_mode == "server"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "vllm_mode: server needs CUDA: TRL syncs the policy weights into the `trl vllm-serve` process over "
+            "NCCL, which does not exist on a machine without NVIDIA GPUs (torch.cuda.is_available() is False "
+            "here). Use `vllm_mode: colocate` (vLLM inside each training process; works on CPUs, also under "
+            "accelerate launch) or `use_vllm: false` (transformers generate).")
+
+
 def run(config: Config, ctx: StepContext) -> StepResult:
-    """Train ``config.model`` with GRPO on ``config.prompts``; write ``model/`` into ``ctx.work_dir``."""
+    """Train ``config.model`` with GRPO on ``config.prompts``; write ``model/`` into ``ctx.work_dir``.
+
+    Raises:
+        ConfigError: see :func:`preflight`.
+    """
     import torch
     from transformers import AutoTokenizer
     from trl import GRPOTrainer
@@ -171,6 +209,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from rewards import registry
     from stages import _vllm_sync
 
+    preflight(config)
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
@@ -204,7 +243,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         trainer.save_model(str(out_dir))  # weights, config, generation config
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(out_dir)  # the model's own chat template, for serving
+        distributed.write_weights_digest(ctx.work_dir, trainer)  # several processes: each rank's final weights
         steps = trainer.state.global_step
+        processes = trainer.accelerator.num_processes
     finally:
         if engine:
             _vllm_sync.shutdown(trainer.vllm_generation)
@@ -212,9 +253,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         gc.collect()
 
     logged = [e for e in callback.history if "reward" in e]
+    prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
     counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
-              "resumed_from_step": resumed_from,
-              "completions": (steps - resumed_from) * config.prompts_per_step * config.num_generations}
+              "resumed_from_step": resumed_from, "processes": processes,
+              "completions": (steps - resumed_from) * prompts_per_step * config.num_generations}
     metrics = {
         "reward_start": _mean([e["reward"] for e in logged[:3]]),
         "reward_end": _mean([e["reward"] for e in logged[-3:]]),
@@ -223,7 +265,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "train_wall_s": round(wall, 1),
         "seconds_per_step": round(wall / (steps - resumed_from), 2) if steps > resumed_from else math.nan,
     }
-    summary = (f"GRPO of {config.model}: {steps} steps x {config.prompts_per_step} prompts x G={config.num_generations}, "
+    summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
     return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
 
@@ -323,6 +365,9 @@ def grpo_arguments(config: Config, output_dir: Path):
         fp16=False,
         use_cpu=not cuda,
         gradient_checkpointing=config.gradient_checkpointing,
+        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
+        # parameter search (transformers turns it on by default: an extra graph walk per step).
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=cuda,
         seed=config.seed,
         data_seed=config.seed,

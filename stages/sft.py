@@ -31,8 +31,10 @@ Outputs: ``model/`` (safetensors, tokenizer with the serving chat template, gene
 stopping at the end-of-turn token); ``checkpoints/`` (trainer state: a rerun resumes from the
 last one); ``metrics.jsonl`` (loss, learning rate, grad norm, tokens per logging step).
 
-Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml`` (the same file works under
-``accelerate launch``: no device code here).
+Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml``; on several processes
+``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli sft FILE``
+(no device code here; every rank calls :func:`run`, rank 0 writes ``model/``, each rank
+writes its weights digest to ``distributed/rank-<r>.json``; see ``docs/distributed.md``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
+from pipeline import distributed
 from pipeline.stage import StageConfig, StepContext, StepResult
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
+# trains; shared files are written by the main process (TRL/transformers save on rank 0).
+DISTRIBUTED = True
 
 
 class TrainingFields(StageConfig):
@@ -282,6 +288,9 @@ def sft_arguments(config: TrainingFields, output_dir: Path):
         fp16=False,
         use_cpu=not cuda,
         gradient_checkpointing=config.gradient_checkpointing,
+        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
+        # parameter search (transformers turns it on by default: an extra graph walk per step).
+        ddp_find_unused_parameters=False,
         dataloader_pin_memory=cuda,
         seed=config.seed,
         data_seed=config.seed,
@@ -404,6 +413,7 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir)
         (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the step's config.yaml says it all
+    distributed.write_weights_digest(ctx.work_dir, trainer)  # several processes: each rank's final weights
 
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
@@ -419,6 +429,7 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
         "assistant_tokens_trained": round(stats["assistant_tokens_per_epoch"] * (state.epoch or 0)),
         "steps": state.global_step,
         "resumed_from_step": resumed_from,
+        "processes": trainer.accelerator.num_processes,
     }
     metrics = {
         "loss_first": losses[0] if losses else math.nan,
