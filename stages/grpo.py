@@ -252,7 +252,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         del trainer
         gc.collect()
 
-    logged = [e for e in callback.history if "reward" in e]
+    logged = logged_steps(ctx.work_dir / "metrics.jsonl") or [e for e in callback.history if "reward" in e]
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
     counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
               "resumed_from_step": resumed_from, "processes": processes,
@@ -424,6 +424,26 @@ def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
                 ctx.log_metrics(record)
 
     return MetricsCallback()
+
+
+def logged_steps(path: Path) -> list[dict]:
+    """The reward lines of ``metrics.jsonl``, one per optimizer step, in step order.
+
+    A resumed run appends to the file of the interrupted one, and may log again the steps
+    after its last checkpoint: the last line of each step wins. This (not the trainer's
+    in-memory history, which starts at the resume point) gives the whole run's reward at its
+    start and end.
+    """
+    import json
+
+    if not path.exists():
+        return []
+    by_step: dict[int, dict] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if "reward" in entry and "step" in entry:
+            by_step[entry["step"]] = entry
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def last_checkpoint(folder: Path) -> str | None:

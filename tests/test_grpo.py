@@ -114,6 +114,19 @@ def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_mo
     assert result.counts["steps"] == 3
     assert [m["step"] for m in _metrics(resumed.work_dir) if "reward" in m] == [1, 2, 3]
     assert (resumed.work_dir / "model" / "model.safetensors").is_file()
+    # The run's start reward counts the steps logged before the interruption, not only the resumed one.
+    first = [m["reward"] for m in _metrics(resumed.work_dir) if "reward" in m][:3]
+    assert result.metrics["reward_start"] == pytest.approx(sum(first) / 3)
+
+
+def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
+    # A resumed run re-logs the steps after its last checkpoint; the later line wins.
+    lines = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}, {"step": 3, "reward": 0.3},
+             {"step": 3, "loss": 1.0}, {"step": 3, "reward": 0.35}, {"step": 4, "reward": 0.4}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [(e["step"], e["reward"]) for e in grpo.logged_steps(path)] == [(1, 0.1), (2, 0.2), (3, 0.35), (4, 0.4)]
+    assert grpo.logged_steps(tmp_path / "missing.jsonl") == []
 
 
 @pytest.mark.parametrize("change, message", [
