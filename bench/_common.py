@@ -304,3 +304,16 @@ def print_table(title: str, columns: list[str], rows: list[list[str]], caption: 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_sides(text: str, valid: tuple[str, ...] | list[str]) -> list[str]:
+    """The comma-separated ``--sides`` value as a list, in the given order.
+
+    Raises:
+        SystemExit: a side not in ``valid`` (the message lists the valid ones).
+    """
+    sides = [s for s in text.split(",") if s]
+    unknown = set(sides) - set(valid)
+    if unknown:
+        raise SystemExit(f"unknown sides {sorted(unknown)}; choose from {list(valid)}")
+    return sides

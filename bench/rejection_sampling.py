@@ -70,9 +70,7 @@ def main() -> None:
         args.config = args.config or "configs/generate/tiny/smoke.yaml"
     args.config = args.config or "configs/generate/smollm2-135m/rejection_sampling.yaml"
     model_ref = args.model or "smollm2-135m-instruct"
-    sides = [s for s in args.sides.split(",") if s]
-    if set(sides) - set(SIDES):
-        raise SystemExit(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {SIDES}")
+    sides = C.parse_sides(args.sides, SIDES)
 
     from pipeline.config import parse, read_yaml
     from pipeline.models import resolve

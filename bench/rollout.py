@@ -142,10 +142,7 @@ def main() -> None:
     model_ref = args.model or "smollm2-135m-instruct"
     k = args.k or config.num_generations
     max_tokens = args.max_tokens or config.max_completion_length
-    sides = [s for s in args.sides.split(",") if s]
-    unknown = set(sides) - set(SIDES)
-    if unknown:
-        raise SystemExit(f"unknown sides {sorted(unknown)}; choose from {SIDES}")
+    sides = C.parse_sides(args.sides, SIDES)
     model_path = resolve(model_ref)
     prompts = load_prompts(config, args.prompts)
     ids, messages = [p[0] for p in prompts], [p[1] for p in prompts]

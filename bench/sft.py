@@ -199,9 +199,7 @@ def main() -> None:
         return
 
     started = time.time()
-    sides = [s for s in args.sides.split(",") if s]
-    if set(sides) - set(SIDES):
-        raise SystemExit(f"unknown sides {sorted(set(sides) - set(SIDES))}; choose from {SIDES}")
+    sides = C.parse_sides(args.sides, SIDES)
     tmp = None
     dataset = args.dataset
     if dataset is None:
