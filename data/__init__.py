@@ -10,7 +10,7 @@ Row schema: `data.schema`; sources: `data.sources`; templates: `data.prompts` an
 
 from data.decontam import decontaminate, ngram_overlap
 from data.load import LoadReport, load_prompts, load_prompts_with_report
-from data.mix import mix
+from data.mix import mix, stratify
 from data.prompts import TEMPLATES, question_of, render_prompt, system_prompt
 from data.schema import DOMAINS, PROMPT_COLUMNS, SPLITS, PromptRowError, validate_prompt_row
 from data.sources import (
@@ -28,5 +28,6 @@ __all__ = [
     "DOMAINS", "PROMPT_COLUMNS", "SOURCE_KINDS", "SPLITS", "TEMPLATES", "BadRowError", "FileSource",
     "HubSource", "HumanEvalSource", "LoadReport", "PromptRowError", "PromptSource", "ReasoningGymSource",
     "decontaminate", "load_prompts", "load_prompts_with_report", "mix", "ngram_overlap", "parse_source",
+    "stratify",
     "question_of", "render_prompt", "system_prompt", "validate_prompt_row",
 ]

@@ -64,3 +64,29 @@ def mix(
         taken.append(part.select(range(n)))
     mixed = datasets.concatenate_datasets(taken)
     return mixed.shuffle(seed=seed) if shuffle else mixed
+
+
+def stratify(dataset: datasets.Dataset, column: str = "data_source", seed: int = 0) -> datasets.Dataset:
+    """Reorder rows round-robin over the values of ``column`` (each group shuffled with ``seed``).
+
+    Any ``k`` consecutive rows then hold ``k`` different groups while at least ``k`` groups have
+    rows left, so a training step that takes the next ``k >= groups`` prompts sees every source
+    once: step-to-step changes of the reward measure learning, not which tasks were drawn.
+    Groups appear in order of first occurrence; a group that runs out drops out of the rotation
+    (no row repeated: datasets' ``all_exhausted_without_replacement``).
+
+    >>> ds = datasets.Dataset.from_dict({"data_source": list("aaabbc"), "i": list(range(6))})
+    >>> stratify(ds, seed=0)["data_source"][:]
+    ['a', 'b', 'c', 'a', 'b', 'a']
+
+    Raises:
+        KeyError: ``column`` is not a column of ``dataset``.
+    """
+    if column not in dataset.column_names:
+        raise KeyError(f"stratify: no column {column!r}; columns: {dataset.column_names}")
+    values = dataset[column][:]
+    groups = list(dict.fromkeys(values))
+    if len(groups) < 2:
+        return dataset.shuffle(seed=seed)
+    parts = [dataset.select([i for i, v in enumerate(values) if v == g]).shuffle(seed=seed) for g in groups]
+    return datasets.interleave_datasets(parts, stopping_strategy="all_exhausted_without_replacement")

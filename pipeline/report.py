@@ -32,6 +32,7 @@ TRAINING_KINDS = ("sft", "grpo", "distill")
 PANELS = [
     ("loss", ["loss"], TRAINING_KINDS),
     ("reward (mean of each function)", "rewards/*/mean", ("grpo",)),
+    ("held-out reward (same prompts each time)", ["eval_reward"], ("grpo",)),
     ("KL to the reference model", ["kl"], ("grpo",)),
     ("entropy (nats/token)", ["entropy"], ("grpo",)),
     ("learning rate", ["learning_rate"], TRAINING_KINDS),
@@ -40,6 +41,8 @@ PANELS = [
     ("truncated completions", ["completions/clipped_ratio"], ("grpo",)),
     ("mean response length (tokens)", ["completions/mean_length"], ("grpo",)),
 ]
+# Panels of what a step logs only when configured (grpo `eval_prompts`): not reported as missing.
+OPTIONAL_PANELS = {"held-out reward (same prompts each time)"}
 SAMPLE_CHARS = 1500  # a sample completion is cut after this many characters in the report
 SAMPLE_QUESTIONS = 3
 
@@ -286,7 +289,8 @@ def section_glance(doc: Doc, steps: list[StepInfo]) -> None:
         if s.kind == "grpo" and s.status != "not run":
             log = read_metrics(s.folder)
             parts = []
-            for key, label, digits in (("reward", "reward", 3), ("completions/mean_length", "mean length (tokens)", 0)):
+            for key, label, digits in (("reward", "reward", 3), ("eval_reward", "held-out reward", 3),
+                                       ("completions/mean_length", "mean length (tokens)", 0)):
                 _, ys = _series(log, key)
                 if ys:
                     parts.append(f"{label} {ys[0]:.{digits}f} -> {ys[-1]:.{digits}f}")
@@ -386,7 +390,7 @@ def section_training(doc: Doc, steps: list[StepInfo]) -> None:
         records = read_metrics(s.folder)
         doc.h(3, f"{s.name} ({s.kind})")
         panels = [(title, _panel_keys(rule, records)) for title, rule, kinds in PANELS if s.kind in kinds]
-        absent = [title for title, keys in panels if not keys]
+        absent = [title for title, keys in panels if not keys and title not in OPTIONAL_PANELS]
         panels = [(t, k) for t, k in panels if k]
         if not panels:
             doc.missing(f"`{s.name}` logged no metrics (`metrics.jsonl` is empty or absent)")

@@ -407,7 +407,8 @@ def _fmt(value: Any) -> str:
 
 # Counts/metrics worth a column in the summary; the rest stay in the manifests.
 _KEY_COUNTS = ("prompts", "sampled", "kept", "rows", "steps", "questions", "models")
-_KEY_METRICS = ("acceptance_rate", "reward_start", "reward_end", "loss_first", "loss_last",
+_KEY_METRICS = ("acceptance_rate", "reward_start", "reward_end", "eval_reward_start", "eval_reward_end",
+                "loss_first", "loss_last",
                 "completion_length_start", "completion_length_end")
 
 

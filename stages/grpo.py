@@ -87,7 +87,19 @@ class Config(StageConfig):
     model: str  # model reference: the initial policy
     prompts: list[PromptSource]  # data sources; their train split is used
     template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
+    # Order in which steps take prompts. shuffled: TRL's sampler shuffles all rows with `seed`.
+    # stratified: rows round-robin over data sources (each shuffled with `seed`), taken in that
+    # order, so a step with prompts_per_step >= sources sees every source once and the reward
+    # curve is not dominated by which tasks a step happened to draw (data.mix.stratify).
+    prompt_order: Literal["shuffled", "stratified"] = "shuffled"
     rewards: list[RewardSpec]  # summed with their weights into the reward of a completion
+    # Held-out reward curve: the test split of these sources is sampled (eval_num_generations
+    # completions per prompt, the training sampling settings) and scored with `rewards` before
+    # the first step and every eval_steps steps. The training reward of a step depends on which
+    # prompts it drew; the same prompts every time make the start-vs-end comparison meaningful.
+    eval_prompts: list[PromptSource] = []
+    eval_steps: int = 4  # optimizer steps between two held-out reward measurements
+    eval_num_generations: int = 4  # completions per held-out prompt
     # objective
     beta: float = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
@@ -155,10 +167,10 @@ class Config(StageConfig):
             raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
                              f"multiple of num_generations ({self.num_generations}): whole groups per step")
         if min(self.max_steps, self.logging_steps, self.save_steps, self.max_prompt_length,
-               self.max_completion_length, self.num_iterations,
+               self.max_completion_length, self.num_iterations, self.eval_steps, self.eval_num_generations,
                1 if self.torch_threads is None else self.torch_threads) < 1:
             raise ValueError("max_steps, logging_steps, save_steps, max_prompt_length, max_completion_length, "
-                             "num_iterations and torch_threads must be >= 1")
+                             "num_iterations, eval_steps, eval_num_generations and torch_threads must be >= 1")
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
         if self.vllm_mode == "server" and not self.use_vllm:
@@ -204,12 +216,12 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     """
     import torch
     from transformers import AutoTokenizer
-    from trl import GRPOTrainer
 
     from rewards import registry
     from stages import _vllm_sync
 
     preflight(config)
+    reserve_rendezvous_port()
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
@@ -217,6 +229,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset, dropped = load_prompt_rows(config, tokenizer)
+    eval_dataset = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
     callback = metrics_callback(ctx, reward_funcs)
 
@@ -228,8 +241,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
     with options:
-        trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=grpo_arguments(config, ctx.checkpoints),
-                              train_dataset=dataset, processing_class=tokenizer, callbacks=[callback])
+        trainer = _trainer_class()(
+            model=model_path, reward_funcs=reward_funcs,
+            args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0),
+            train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
 
     resume = last_checkpoint(ctx.checkpoints)
     resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
@@ -253,6 +268,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         gc.collect()
 
     logged = logged_steps(ctx.work_dir / "metrics.jsonl") or [e for e in callback.history if "reward" in e]
+    evals = logged_steps(ctx.work_dir / "metrics.jsonl", key="eval_reward")
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
     counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
               "resumed_from_step": resumed_from, "processes": processes,
@@ -260,17 +276,45 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     metrics = {
         "reward_start": _mean([e["reward"] for e in logged[:3]]),
         "reward_end": _mean([e["reward"] for e in logged[-3:]]),
+        "reward_slope_per_step": _slope([e["step"] for e in logged], [e["reward"] for e in logged]),
         "completion_length_start": _mean([e["completions/mean_length"] for e in logged[:3]]),
         "completion_length_end": _mean([e["completions/mean_length"] for e in logged[-3:]]),
         "train_wall_s": round(wall, 1),
+        **({"eval_reward_start": evals[0]["eval_reward"], "eval_reward_end": evals[-1]["eval_reward"],
+            "eval_reward_first_step": evals[0]["step"], "eval_reward_last_step": evals[-1]["step"]} if evals else {}),
         "seconds_per_step": round(wall / (steps - resumed_from), 2) if steps > resumed_from else math.nan,
     }
     summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
+    if evals:
+        counts["eval_prompts"] = len(eval_dataset) if eval_dataset is not None else 0
+        summary += (f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
+                    f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
+                    f"{evals[-1]['eval_reward']:.3f} at step {evals[-1]['step']}")
     return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
 
 
 # ---------------------------------------------------------------------------- pieces
+
+
+def reserve_rendezvous_port() -> None:
+    """Give a single-process run its own ``MASTER_PORT`` for the colocated engine's process group.
+
+    vLLM builds a one-process torch.distributed group over TCP on ``MASTER_PORT``. TRL 1.16 fills
+    an unset port with the first free one of a fixed list (29500, 23456, ...), so two runs that
+    start within the same seconds on one machine both pick 29500 and the second dies with
+    EADDRINUSE. An OS-assigned ephemeral port makes such a collision practically impossible.
+    A launcher's port (``accelerate launch``, ``torchrun``, or one the user set) is kept.
+    """
+    import os
+    import socket
+
+    if distributed.launched() or os.environ.get("MASTER_PORT", "").strip().lower() not in {"", "0", "auto"}:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 
 
 def load_prompt_rows(config: Config, tokenizer):
@@ -285,6 +329,18 @@ def load_prompt_rows(config: Config, tokenizer):
     from data import load_prompts
 
     dataset = load_prompts(config.prompts, split="train", template=config.template)
+    dataset, dropped = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
+    if len(dataset) == 0:
+        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {dropped} rows")
+    if config.prompt_order == "stratified":  # and grpo_arguments turns TRL's shuffling off
+        from data import stratify
+
+        dataset = stratify(dataset, "data_source", seed=config.seed)
+    return dataset, dropped
+
+
+def _drop_long_prompts(dataset, tokenizer, max_tokens: int):
+    """``(rows of at most max_tokens prompt tokens, chat template included; number dropped)``."""
 
     def length(row):
         prompt = row["prompt"]
@@ -293,17 +349,58 @@ def load_prompt_rows(config: Config, tokenizer):
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
         return {"_tokens": len(ids["input_ids"])}
 
+    if len(dataset) == 0:  # map() adds no column to an empty dataset
+        return dataset, 0
     dataset = dataset.map(length, desc="counting prompt tokens")
-    keep = [i for i, n in enumerate(dataset["_tokens"]) if n <= config.max_prompt_length]
-    dropped = len(dataset) - len(keep)
-    dataset = dataset.select(keep).remove_columns("_tokens")
+    keep = [i for i, n in enumerate(dataset["_tokens"]) if n <= max_tokens]
+    return dataset.select(keep).remove_columns("_tokens"), len(dataset) - len(keep)
+
+
+def load_eval_rows(config: Config, tokenizer, train):
+    """The test split of ``config.eval_prompts`` (None when there are none), prompts over
+    ``max_prompt_length`` tokens dropped.
+
+    Raises:
+        ValueError: an eval prompt id is also a training prompt id (a held-out curve must not
+            be measured on prompts the policy trains on), or no eval prompt is left.
+    """
+    if not config.eval_prompts:
+        return None
+    from data import load_prompts
+
+    dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
+    shared = set(dataset["id"][:]) & set(train["id"][:])
+    if shared:
+        raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
+                         f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds")
+    dataset, _ = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
-        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {len(keep) + dropped} rows")
-    return dataset, dropped
+        raise ValueError(f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
+                         "(the test split is used: give the sources n_test > 0)")
+    return dataset
 
 
-def grpo_arguments(config: Config, output_dir: Path):
-    """TRL ``GRPOConfig`` from our config; every option that changes results is set here."""
+def _trainer_class():
+    """TRL's ``GRPOTrainer`` whose evaluation samples and scores the eval prompts, nothing else.
+
+    TRL's ``prediction_step`` also computes the GRPO loss of the eval completions: a forward
+    pass over every one of them (as long as sampling them, on a CPU) for a number that means
+    nothing (the advantages of fresh samples average zero). The rewards, which are the point,
+    are logged by the sampling itself (``eval_reward``, ``eval_rewards/<name>/mean``, ...).
+    """
+    from trl import GRPOTrainer
+
+    class Trainer(GRPOTrainer):
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            self._prepare_inputs(inputs)  # samples, scores, records the eval metrics
+            return None, None, None
+
+    return Trainer
+
+
+def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0):
+    """TRL ``GRPOConfig`` from our config; every option that changes results is set here.
+    ``eval_prompts``: the number of held-out prompts (0: no held-out reward curve)."""
     import torch
     from trl import GRPOConfig
 
@@ -314,7 +411,7 @@ def grpo_arguments(config: Config, output_dir: Path):
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function
         remove_unused_columns=False,  # reward functions read answer, verification, ...
-        shuffle_dataset=True,
+        shuffle_dataset=config.prompt_order == "shuffled",  # stratified: load_prompt_rows ordered them
         # objective
         beta=config.beta,
         loss_type=config.loss_type,
@@ -379,7 +476,12 @@ def grpo_arguments(config: Config, output_dir: Path):
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         save_only_model=False,  # optimizer, scheduler and RNG state: a resume continues exactly
-        eval_strategy="no",
+        eval_strategy="steps" if eval_prompts else "no",
+        eval_steps=config.eval_steps,
+        eval_on_start=bool(eval_prompts),  # the curve's first point: the policy before any update
+        num_generations_eval=config.eval_num_generations,
+        # One batch per evaluation up to 32 prompts: one generation call samples them all.
+        per_device_eval_batch_size=config.eval_num_generations * max(1, min(eval_prompts, 32)),
         report_to="none",
         disable_tqdm=False,  # progress bar with ETA
     )
@@ -426,8 +528,9 @@ def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
     return MetricsCallback()
 
 
-def logged_steps(path: Path) -> list[dict]:
-    """The reward lines of ``metrics.jsonl``, one per optimizer step, in step order.
+def logged_steps(path: Path, key: str = "reward") -> list[dict]:
+    """The lines of ``metrics.jsonl`` that hold ``key`` (``reward``: one per optimizer step;
+    ``eval_reward``: the held-out measurements), in step order.
 
     A resumed run appends to the file of the interrupted one, and may log again the steps
     after its last checkpoint: the last line of each step wins. This (not the trainer's
@@ -441,7 +544,7 @@ def logged_steps(path: Path) -> list[dict]:
     by_step: dict[int, dict] = {}
     for line in path.read_text().splitlines():
         entry = json.loads(line)
-        if "reward" in entry and "step" in entry:
+        if key in entry and "step" in entry:
             by_step[entry["step"]] = entry
     return [by_step[k] for k in sorted(by_step)]
 
@@ -456,3 +559,14 @@ def last_checkpoint(folder: Path) -> str | None:
 def _mean(values: list[float | None]) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return sum(values) / len(values) if values else math.nan
+
+
+def _slope(steps: list[int], rewards: list[float | None]) -> float:
+    """Least-squares slope of the reward per optimizer step (reward units per step); NaN for
+    fewer than two logged steps. Less sensitive to one lucky step than start-vs-end means."""
+    import statistics
+
+    points = [(s, r) for s, r in zip(steps, rewards) if r is not None and not math.isnan(r)]
+    if len({s for s, _ in points}) < 2:
+        return math.nan
+    return statistics.linear_regression([s for s, _ in points], [r for _, r in points]).slope

@@ -11,6 +11,7 @@ groups the reward spread that makes advantages, and updates, non-zero.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,10 @@ CHANGES = {
     "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
     "max_completion_length": 12,
     "learning_rate": 1e-3,
+    # held-out reward curve: 4 test-split prompts x 2 completions, before step 1 and after each step
+    "eval_prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 4, "seed": 0}],
+    "eval_steps": 1,
+    "eval_num_generations": 2,
 }
 
 
@@ -101,6 +106,39 @@ def test_metrics_have_every_reward_and_trl_diagnostics(vllm_run):
     assert result.metrics["completion_length_end"] > 0
 
 
+def test_held_out_reward_is_measured_before_training_and_every_eval_steps(vllm_run):
+    ctx, result = vllm_run
+    evals = [m for m in _metrics(ctx.work_dir) if "eval_reward" in m]
+    assert [m["step"] for m in evals] == [0, 1, 2]
+    for m in evals:
+        for name in ("accuracy", "format", "vowel_share"):
+            assert f"eval_rewards/{name}/mean" in m
+        assert 0.0 <= m["eval_rewards/vowel_share/mean"] <= 1.0
+        assert "eval_loss" not in m  # the GRPO loss pass over eval completions is skipped
+    assert result.counts["eval_prompts"] == 4
+    assert (result.metrics["eval_reward_start"], result.metrics["eval_reward_end"]) == \
+        (evals[0]["eval_reward"], evals[-1]["eval_reward"])
+    assert "held-out reward (4 prompts x 2)" in result.summary
+    # Training lines are unaffected: one per optimizer step.
+    assert [m["step"] for m in _metrics(ctx.work_dir) if "reward" in m] == [1, 2]
+
+
+def test_eval_prompts_must_be_held_out(tiny_model):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m"}, "test")
+    held_out = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
+    assert len(held_out) == 4 and set(held_out["split"][:]) == {"test"}
+    with pytest.raises(ValueError, match="1 prompt\\(s\\) are also training prompts"):
+        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": [held_out["id"][0]]}))
+    no_test = {**CHANGES["eval_prompts"][0], "n_test": 0}
+    config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "eval_prompts": [no_test]}, "test")
+    with pytest.raises(ValueError, match="n_test > 0"):
+        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
+
+
 def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_model, tmp_path):
     ctx, _ = vllm_run
     # A copy of the partial step folder: the trainer resumes from checkpoints/checkpoint-2.
@@ -140,3 +178,61 @@ def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
 def test_config_mistakes_fail_at_validation(change, message):
     with pytest.raises(ConfigError, match=message):
         parse(grpo.Config, {**SMOKE, "model": "m", **change}, "test")
+
+
+FOUR_SOURCES = [{"source": "reasoning_gym", "task": t, "n_train": n, "n_test": 0, "seed": i}
+                for i, (t, n) in enumerate([("basic_arithmetic", 12), ("chain_sum", 12), ("countdown", 6),
+                                            ("knights_knaves", 6)])]
+
+
+@pytest.mark.parametrize("order", ["stratified", "shuffled"])
+def test_prompt_order_decides_which_sources_each_step_sees(order, tiny_model, tmp_path):
+    # What TRL's sampler hands the trainer, step by step: with `stratified` every step of 4
+    # prompts has one prompt of each of the 4 sources; TRL's shuffling mixes them at random.
+    from transformers import AutoTokenizer
+    from trl.trainer.utils import RepeatSampler
+
+    config = parse(grpo.Config, {**SMOKE, "model": "m", "prompts": FOUR_SOURCES, "prompt_order": order,
+                                 "num_generations": 2, "per_device_train_batch_size": 8}, "test")
+    assert config.prompts_per_step == 4
+    dataset, dropped = grpo.load_prompt_rows(config, AutoTokenizer.from_pretrained(tiny_model))
+    assert (dropped, len(dataset)) == (0, 36)
+    args = grpo.grpo_arguments(config, tmp_path)
+    assert args.shuffle_dataset is (order == "shuffled")
+    sampler = RepeatSampler(data_source=dataset, mini_repeat_count=config.num_generations,
+                            batch_size=config.prompts_per_step, repeat_count=1, shuffle=args.shuffle_dataset,
+                            seed=config.seed)
+    indices = list(sampler)
+    per_step = config.prompts_per_step * config.num_generations
+    steps = [{dataset[i]["data_source"] for i in indices[s:s + per_step]} for s in range(0, len(indices), per_step)]
+    full = [len(sources) == 4 for sources in steps[:6]]  # the 6 steps before the small sources run out
+    if order == "stratified":
+        assert all(full)
+        assert len(steps) == 9 and len({i for i in indices}) == 36  # every prompt once, none repeated
+    else:
+        assert not all(full)
+
+
+def test_reward_slope_is_the_least_squares_fit():
+    assert grpo._slope([1, 2, 3, 4], [0.1, 0.3, 0.2, 0.4]) == pytest.approx(0.08)
+    assert grpo._slope([1, 2], [0.5, None]) != grpo._slope([1, 2], [0.5, None])  # NaN: one usable point
+    assert grpo._slope([3], [0.5]) != grpo._slope([3], [0.5])
+
+
+def test_single_process_runs_get_their_own_rendezvous_port(monkeypatch):
+    # TRL 1.16 would give every concurrent run 29500 (its first free candidate): EADDRINUSE.
+    for name in ("MASTER_PORT", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    grpo.reserve_rendezvous_port()
+    first = int(os.environ["MASTER_PORT"])
+    monkeypatch.delenv("MASTER_PORT")
+    grpo.reserve_rendezvous_port()
+    second = int(os.environ["MASTER_PORT"])
+    assert first not in (29500, 23456, 12355, 12345) and second not in (29500, 23456, 12355, 12345)
+    monkeypatch.setenv("MASTER_PORT", "12345")  # the user's or a launcher's choice is kept
+    grpo.reserve_rendezvous_port()
+    assert os.environ["MASTER_PORT"] == "12345"
+    monkeypatch.setenv("MASTER_PORT", "")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under a launcher: not ours to set
+    grpo.reserve_rendezvous_port()
+    assert os.environ["MASTER_PORT"] == ""

@@ -97,7 +97,7 @@ def full_run(name: str) -> Path:
           metrics=[{"step": s, "loss": 2.0 / s, "learning_rate": 2e-5 * (1 - s / 10)} for s in range(1, 10)])
     _step(run_dir, "reasoning_rl", "grpo", {"model": "cold_start_sft"}, 3.0,
           {"outputs": {"model": "model"}, "counts": {"steps": 8}, "metrics": {}, "summary": "reward 0.25 -> 0.6"},
-          wall=420.0, metrics=_grpo_log(8))
+          wall=420.0, metrics=_grpo_log(8) + [{"step": s, "eval_reward": 0.3 + 0.025 * s} for s in (0, 4, 8)])
     evaluated = _step(run_dir, "eval", "eval", {"models.0": "smollm2-135m-instruct", "models.1": "reasoning_rl"}, 5.0,
                       {"outputs": {"results": "results.json"}, "counts": {"models": 2, "questions": 12}, "metrics": {},
                        "summary": "2 models on 12 questions"})
@@ -168,6 +168,8 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert "| truncated | 20 | 44 |" in md and "| over_max_per_prompt | 2 | 10 |" in md
     assert page.count('class="samples"') == 3 and page.count('class="sample"') == 6
     assert md.count("Not in this run") == 2  # KL of the two RL steps; nothing else is missing
+    # the held-out reward curve of the step that measured one (all_domain_rl did not: not "missing")
+    assert "RL `reasoning_rl` (8 logged steps): reward 0.250 -> 0.600, held-out reward 0.300 -> 0.500," in md
     assert "- `eval` pass@1: reasoning_rl 0.583 [" in md  # at a glance: models ranked, with intervals
     assert re.search(r"\| reasoning_rl \| 12 \| \+0\.292 \[\+0\.\d{3}, \+0\.\d{3}\] \| 12 \| 0 \| 0 \| 0\.000488 \|", md)
 
