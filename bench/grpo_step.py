@@ -71,11 +71,16 @@ def _config(args):
     from stages import grpo
 
     raw = read_yaml(Path(args.config))
-    raw.update({"max_steps": args.warmup + args.steps, "save_steps": 10**6})
+    raw.update({"max_steps": args.warmup + args.steps, "save_steps": 10**6,
+                # TRL's shuffled order on both sides (same seed): both train on the same prompts
+                "prompt_order": "shuffled", "eval_prompts": []})
     if args.model:
         raw["model"] = args.model
     if args.max_completion_length:
         raw["max_completion_length"] = args.max_completion_length
+    if args.prompts_per_step:  # the step shape, whatever the config's (both sides use it)
+        raw["gradient_accumulation_steps"] = (args.prompts_per_step * raw["num_generations"]
+                                              // raw["per_device_train_batch_size"])
     return parse(grpo.Config, raw, args.config)
 
 
@@ -263,6 +268,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/grpo/smollm2-135m/reasoning.yaml")
     parser.add_argument("--model", default=None, help="override the config's model (tiny-random-llama with --quick)")
     parser.add_argument("--max-completion-length", type=int, default=None, help="override the config's")
+    parser.add_argument("--prompts-per-step", type=int, default=2,
+                        help="prompts per optimizer step (sets gradient_accumulation_steps; 2 = the shape of the "
+                             "recorded results; 0 = the config's)")
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per process")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps excluded at the start of a process")
     parser.add_argument("--reps", type=int, default=3, help="processes per side, alternating")
@@ -287,7 +295,8 @@ def main() -> None:
 
     started = time.time()
     sides = C.parse_sides(args.sides, SIDES)
-    forward = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    forward = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--prompts-per-step", str(args.prompts_per_step)]
     if args.model:
         forward += ["--model", args.model]
     if args.max_completion_length:

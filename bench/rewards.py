@@ -11,6 +11,9 @@ against golds of several kinds (integers, fractions, roots, pi multiples, pairs 
 - *pool*: `rewards.math` checks through the worker pool (`--workers`, default the CPU count),
   batches of 64 as GRPO sends them. Latency = dispatch to reply of one check (queueing excluded).
   Both are warmed first on 200 other completions (imports, sympy caches);
+- *ceiling*: the same checks split over `--workers` independent processes forked from this
+  (warmed) one, started together, no deadline and no messages: the most any pool of that many
+  processes gets from this machine (two vCPUs need not deliver twice one vCPU's work);
 - *reward*: the `accuracy` reward end to end on another 1,000 completions (fresh texts, so
   math-verify's caches do not flatter it).
 Code: HumanEval canonical solutions and a broken variant of each, run by the `code` reward in
@@ -89,6 +92,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _ceiling_child(tasks, barrier, out) -> None:
+    barrier.wait()
+    started = time.perf_counter()
+    for task in tasks:
+        grade(*task)
+    out.put((started, time.perf_counter()))
+
+
+def parallel_ceiling(tasks: list[tuple], workers: int) -> float:
+    """Checks per second of `workers` forked processes grading ``tasks[i::workers]`` each,
+    serially, all started at one barrier: wall time from the first start to the last finish."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # children inherit this process's warm caches
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    children = [ctx.Process(target=_ceiling_child, args=(tasks[i::workers], barrier, out)) for i in range(workers)]
+    for child in children:
+        child.start()
+    spans = [out.get() for _ in children]
+    for child in children:
+        child.join()
+    return len(tasks) / (max(end for _, end in spans) - min(start for start, _ in spans))
+
+
 def bench_math(n: int, workers: int) -> dict:
     rows = math_rows(n)
     tasks = [math_task("", completion, gold) for completion, gold in rows]
@@ -111,6 +138,7 @@ def bench_math(n: int, workers: int) -> dict:
         scores.append(grade(gold_candidate, prediction))
         latencies.append(time.perf_counter() - t)
     serial_seconds = time.perf_counter() - started
+    ceiling = parallel_ceiling(tasks, workers)
 
     accuracy = get("accuracy")
     batch = 64
@@ -137,6 +165,7 @@ def bench_math(n: int, workers: int) -> dict:
                    "p99_ms": 1000 * percentile(latencies, 0.99)},
         "pool": {"checks_per_s": n / pool_seconds, "p50_ms": 1000 * percentile(pool_latencies, 0.5),
                  "p99_ms": 1000 * percentile(pool_latencies, 0.99)},
+        "ceiling_checks_per_s": ceiling,
         "reward_per_s": n / reward_seconds,
     }
 
@@ -196,9 +225,15 @@ def render(math: dict, code: dict, command: str) -> str:
         "| mode | checks/s | p50 latency | p99 latency |",
         "|---|---|---|---|",
         f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} | {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
+        f"| {math['workers']} independent processes, no deadline (this machine's ceiling) "
+        f"| {math['ceiling_checks_per_s']:.0f} | | |",
         f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
         f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
         f"| {math['reward_per_s']:.0f} | | |",
+        "",
+        f"Pool / serial: **{p['checks_per_s'] / s['checks_per_s']:.2f}x**; ceiling / serial: "
+        f"{math['ceiling_checks_per_s'] / s['checks_per_s']:.2f}x; the pool reaches "
+        f"{p['checks_per_s'] / math['ceiling_checks_per_s']:.0%} of the ceiling.",
         "",
         f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
         f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "

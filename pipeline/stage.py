@@ -8,12 +8,16 @@ A stage module in ``stages/`` defines ``Config`` (a :class:`StageConfig`) and
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pipeline.config import StrictModel
+
+log = logging.getLogger(__name__)
 
 
 class StageConfig(StrictModel):
@@ -97,3 +101,28 @@ class StepContext:
     @property
     def checkpoints(self) -> Path:
         return self.work_dir / "checkpoints"
+
+
+#: Written last into a transformers checkpoint folder (after weights, optimizer, scheduler, RNG).
+_CHECKPOINT_COMPLETE = "trainer_state.json"
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest *complete* ``checkpoint-N`` folder in ``folder`` (None if there is none).
+
+    A run killed while saving (a full disk, a second Ctrl-C, a lost machine) leaves a
+    ``checkpoint-N`` folder without its trainer state; transformers' ``get_last_checkpoint``
+    would pick it and the resume would fail on the missing files. The Trainer writes
+    ``trainer_state.json`` after everything else, so its presence marks a complete checkpoint.
+    """
+    if not folder.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    complete = [(n, p) for n, p in steps if (p / _CHECKPOINT_COMPLETE).is_file()]
+    newest = max(complete) if complete else None
+    incomplete = sorted(n for n, p in steps if newest is None or n > newest[0])
+    if incomplete:
+        log.warning("%s: checkpoint(s) %s are incomplete (no %s): ignored; resuming from %s", folder, incomplete,
+                    _CHECKPOINT_COMPLETE, newest[1].name if newest else "the start")
+    return str(newest[1]) if newest else None

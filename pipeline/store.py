@@ -1,8 +1,8 @@
 """The artifact store: ``$R1_HOME/<run>/<step>/`` folders, content hashes and manifests.
 
-Layout of a finished step (``runs/<run>/<step>/``): ``model/`` or ``dataset/``,
-``checkpoints/`` (trainer state, kept for inspection), ``metrics.jsonl``, ``config.yaml``
-and ``manifest.json``. A step is written into ``runs/<run>/.partial/<step>/`` and renamed
+Layout of a finished step (``runs/<run>/<step>/``): ``model/`` or ``dataset/``, ``metrics.jsonl``,
+``config.yaml`` and ``manifest.json`` (plus ``checkpoints/``, the trainer's resume state, only
+with ``--keep-checkpoints``: the runner removes it when the step finishes). A step is written into ``runs/<run>/.partial/<step>/`` and renamed
 into place after its manifest is written, so a folder with a manifest is always complete
 and an interrupted step leaves only a partial folder that the next run resumes from.
 """

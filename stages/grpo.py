@@ -32,6 +32,14 @@ Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
 dynamic sampling (drop all-equal groups and refill), so there is no option for it; the share of
 such groups is logged as ``frac_reward_zero_std``.
 
+Reading the reward curve: a step's training reward depends on which prompts it drew as much
+as on the policy (on the demo's tasks one step's mean swings by 0.4 with the task mix).
+``prompt_order: stratified`` gives every step one prompt per source in turn, and
+``eval_prompts`` (the test split of other sources) measures the reward of the same held-out
+prompts before the first step and every ``eval_steps`` steps (``eval_reward`` lines in
+``metrics.jsonl``; ``eval_reward_start`` / ``eval_reward_end`` in the manifest): that curve,
+not the training reward, says whether RL is improving the policy.
+
 Inputs: ``model`` (step name, alias, folder or hub id). Prompts come from ``prompts`` (data
 sources, train split; see ``docs/data.md``).
 Outputs: ``model/`` (policy in float32 safetensors, tokenizer with the model's chat template,
@@ -61,7 +69,7 @@ from data import PromptSource
 from data.prompts import Template
 from pipeline import distributed
 from pipeline.config import ConfigError, StrictModel
-from pipeline.stage import StageConfig, StepContext, StepResult
+from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
 
 
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
@@ -547,13 +555,6 @@ def logged_steps(path: Path, key: str = "reward") -> list[dict]:
         if key in entry and "step" in entry:
             by_step[entry["step"]] = entry
     return [by_step[k] for k in sorted(by_step)]
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``folder``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def _mean(values: list[float | None]) -> float:

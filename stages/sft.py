@@ -48,7 +48,7 @@ from typing import ClassVar, Literal
 from pydantic import model_validator
 
 from pipeline import distributed
-from pipeline.stage import StageConfig, StepContext, StepResult
+from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
@@ -355,13 +355,6 @@ def _metrics_callback(ctx: StepContext):
                 ctx.log_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
 
     return MetricsCallback()
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``folder`` that holds a trainer state, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext):

@@ -77,7 +77,7 @@ def _check_ranks_agree(step_dir: Path) -> str:
 # ----------------------------------------------------------------------------- SFT
 
 SFT_ARGS = ["sft", "configs/sft/tiny/cold_start.yaml", "--run", "ddp-sft", "--set", "max_steps=4",
-            "--set", "save_steps=2"]
+            "--set", "save_steps=2", "--keep-checkpoints"]  # the resume test rewinds to checkpoint-2
 
 
 @pytest.fixture(scope="module")

@@ -128,8 +128,37 @@ def test_first_run_executes_and_writes_manifests(tmp_path):
     # the rest of the step folder
     assert yaml.safe_load((run_dir / "b" / "config.yaml").read_text()) == cfg_b.model_dump(mode="json")
     assert json.loads((run_dir / "b" / "metrics.jsonl").read_text())["loss"] == 1.0
-    assert (run_dir / "b" / "checkpoints" / "state.txt").exists()  # kept for inspection
+    # resume state is dropped once the step is complete (a 135M GRPO step: ~3 GB of it)
+    assert not (run_dir / "b" / "checkpoints").exists() and b["checkpoints"] == "none"
     assert not (run_dir / ".partial" / "a").exists() and not (run_dir / ".partial" / "b").exists()
+
+
+def test_keep_checkpoints_keeps_the_resume_state(tmp_path):
+    _run(_two_steps(tmp_path), keep_checkpoints=True)
+    assert (_run_dir() / "b" / "checkpoints" / "state.txt").read_text() == "half done"
+    assert store.read_manifest(_run_dir() / "b")["checkpoints"] == "kept"
+
+
+def test_resume_ignores_a_checkpoint_cut_off_while_being_written(tmp_path, caplog):
+    from pipeline.stage import last_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    assert last_checkpoint(folder) is None
+    for n, files in ((4, ["model.safetensors", "optimizer.pt", "trainer_state.json"]),
+                     (8, ["model.safetensors", "optimizer.pt", "trainer_state.json"]),
+                     (12, ["config.json"])):  # a full disk stopped the save of checkpoint-12
+        (folder / f"checkpoint-{n}").mkdir(parents=True)
+        for name in files:
+            (folder / f"checkpoint-{n}" / name).write_text("x")
+    (folder / "README.md").write_text("not a checkpoint")
+    with caplog.at_level("WARNING"):
+        assert Path(last_checkpoint(folder)).name == "checkpoint-8"
+    assert "[12] are incomplete" in caplog.text
+    (folder / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert Path(last_checkpoint(folder)).name == "checkpoint-12"
+    for n in (4, 8, 12):
+        (folder / f"checkpoint-{n}" / "trainer_state.json").unlink()
+    assert last_checkpoint(folder) is None
 
 
 def test_summary_has_one_row_per_step(tmp_path):
