@@ -81,3 +81,24 @@ def test_mix_counts(sizes, weights, total, expected):
 def test_mix_counts_errors(sizes, weights, total, message):
     with pytest.raises(ValueError, match=message):
         mix_counts(sizes, weights, total)
+
+
+def test_stratify_round_robins_sources_without_repeats():
+    import doctest
+    import importlib
+
+    from data import stratify
+
+    assert doctest.testmod(importlib.import_module("data.mix")).failed == 0  # `data.mix` is the function
+    ds = load_prompts([{"source": "reasoning_gym", "task": "chain_sum", "n_train": 5, "n_test": 0, "seed": 1},
+                       {"source": "reasoning_gym", "task": "countdown", "n_train": 3, "n_test": 0, "seed": 2}],
+                      split="train")
+    ordered = stratify(ds, seed=7)
+    sources = [s.split("/")[1] for s in ordered["data_source"][:]]
+    assert sources == ["chain_sum", "countdown"] * 3 + ["chain_sum"] * 2
+    assert sorted(ordered["id"][:]) == sorted(ds["id"][:])  # every row once
+    assert ordered["id"][:] == stratify(ds, seed=7)["id"][:]  # deterministic per seed
+    other = stratify(ds, seed=8)["id"][:]
+    assert other != ordered["id"][:] and [i.split("/")[1] for i in other] == sources  # same rotation, other rows
+    with pytest.raises(KeyError, match="no column 'task'"):
+        stratify(ds, "task")
