@@ -131,6 +131,9 @@ def bench_math(n: int, workers: int) -> dict:
     pool = _pool.get_pool()
     pool.map("rewards.math:grade", warm, timeout=30)
 
+    # Before the serial run: forked after it, the children would inherit sympy's caches of these
+    # very checks and finish them faster than any process that sees them first.
+    ceiling = parallel_ceiling(tasks, workers)
     latencies, scores = [], []
     started = time.perf_counter()
     for gold_candidate, prediction in tasks:
@@ -138,7 +141,6 @@ def bench_math(n: int, workers: int) -> dict:
         scores.append(grade(gold_candidate, prediction))
         latencies.append(time.perf_counter() - t)
     serial_seconds = time.perf_counter() - started
-    ceiling = parallel_ceiling(tasks, workers)
 
     accuracy = get("accuracy")
     batch = 64

@@ -344,6 +344,14 @@ def load_prompt_rows(config: Config, tokenizer):
         from data import stratify
 
         dataset = stratify(dataset, "data_source", seed=config.seed)
+        sources = len(set(dataset["data_source"][:]))
+        if config.prompts_per_step % sources:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "prompt_order: stratified with %d prompts per step over %d sources: consecutive steps see "
+                "different sources, so their rewards differ by task as much as by learning; use a multiple "
+                "of %d prompts per step to compare steps", config.prompts_per_step, sources, sources)
     return dataset, dropped
 
 
