@@ -3,14 +3,16 @@
     python bench/rewards.py                 # prints a table and rewrites the numbers in docs/rewards.md
     python bench/rewards.py --no-write-docs --n 200
 
-Math: 1,000 R1-style completions (think block of 300-2,000 characters, then an answer in one of
-several forms: \\boxed{}, <answer> block, fraction, decimal, expression, set; about 60% right)
-against golds of several kinds (integers, fractions, roots, pi multiples, pairs of roots).
+Math: 3 sets (`--reps`) of 1,000 R1-style completions (think block of 300-2,000 characters,
+then an answer in one of several forms: \\boxed{}, <answer> block, fraction, decimal,
+expression, set; about 60% right) against golds of several kinds (integers, fractions, roots,
+pi multiples, pairs of roots).
 - *serial*: math-verify in this process, one check after another, no deadline (what a reward
   without isolation does; unusable off the main thread with math-verify's own timeouts);
 - *pool*: `rewards.math` checks through the worker pool (`--workers`, default the CPU count),
   batches of 64 as GRPO sends them. Latency = dispatch to reply of one check (queueing excluded).
-  Both are warmed first on 200 other completions (imports, sympy caches);
+  Both are warmed first on 200 other completions (imports, sympy caches); each set is new to
+  every side, and each mode's checks/s is the median over the sets;
 - *ceiling*: the same checks split over `--workers` independent processes forked from this
   (warmed) one, started together, no deadline and no messages: the most any pool of that many
   processes gets from this machine (two vCPUs need not deliver twice one vCPU's work);
@@ -116,11 +118,12 @@ def parallel_ceiling(tasks: list[tuple], workers: int) -> float:
     return len(tasks) / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
-def bench_math(n: int, workers: int) -> dict:
-    rows = math_rows(n)
-    tasks = [math_task("", completion, gold) for completion, gold in rows]
-
+def bench_math(n: int, workers: int, reps: int = 3) -> dict:
+    """Serial, ceiling and pool on `reps` sets of `n` new completions each (one set per rep, so
+    no side meets a check twice); throughputs are the median over reps, the speed-up the
+    median of the reps' pool/serial ratios (one run of each on this shared host varies by ~15%)."""
     import logging
+    import statistics
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     # Warm both sides the same way (imports, sympy's caches) on other texts before timing.
@@ -131,43 +134,46 @@ def bench_math(n: int, workers: int) -> dict:
     pool = _pool.get_pool()
     pool.map("rewards.math:grade", warm, timeout=30)
 
-    # Before the serial run: forked after it, the children would inherit sympy's caches of these
-    # very checks and finish them faster than any process that sees them first.
-    ceiling = parallel_ceiling(tasks, workers)
-    latencies, scores = [], []
-    started = time.perf_counter()
-    for gold_candidate, prediction in tasks:
-        t = time.perf_counter()
-        scores.append(grade(gold_candidate, prediction))
-        latencies.append(time.perf_counter() - t)
-    serial_seconds = time.perf_counter() - started
+    batch = 64
+    serial_rates, pool_rates, ceilings, latencies, pool_latencies, correct = [], [], [], [], [], 0
+    for rep in range(reps):
+        tasks = [math_task("", completion, gold) for completion, gold in math_rows(n, seed=100 + rep)]
+        # Before the serial run: forked after it, the children would inherit sympy's caches of
+        # these very checks and finish them faster than any process that sees them first.
+        ceilings.append(parallel_ceiling(tasks, workers))
+        scores = []
+        started = time.perf_counter()
+        for gold_candidate, prediction in tasks:
+            t = time.perf_counter()
+            scores.append(grade(gold_candidate, prediction))
+            latencies.append(time.perf_counter() - t)
+        serial_rates.append(n / (time.perf_counter() - started))
+        pool_scores: list = []
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            outcomes = pool.map("rewards.math:grade", tasks[i:i + batch], timeout=5.0)
+            pool_latencies += [o.seconds for o in outcomes]
+            pool_scores += [o.value for o in outcomes]
+        pool_rates.append(n / (time.perf_counter() - started))
+        assert pool_scores == scores, "pool and serial disagree"
+        correct += sum(s == 1.0 for s in scores)
 
     accuracy = get("accuracy")
-    batch = 64
-    pool_latencies: list[float] = []
-    pool_scores: list = []
-    started = time.perf_counter()
-    for i in range(0, n, batch):
-        chunk = tasks[i:i + batch]
-        outcomes = pool.map("rewards.math:grade", chunk, timeout=5.0)
-        pool_latencies += [o.seconds for o in outcomes]
-        pool_scores += [o.value for o in outcomes]
-    pool_seconds = time.perf_counter() - started
-    assert pool_scores == scores, "pool and serial disagree"
-
-    fresh = math_rows(n, seed=1)  # new texts: math-verify's caches in the workers are warm for `rows`
+    fresh = math_rows(n, seed=1)  # texts no process has seen
     started = time.perf_counter()
     for i in range(0, n, batch):
         chunk = fresh[i:i + batch]
         accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
     reward_seconds = time.perf_counter() - started
     return {
-        "n": n, "workers": workers, "correct": sum(s == 1.0 for s in scores),
-        "serial": {"checks_per_s": n / serial_seconds, "p50_ms": 1000 * percentile(latencies, 0.5),
-                   "p99_ms": 1000 * percentile(latencies, 0.99)},
-        "pool": {"checks_per_s": n / pool_seconds, "p50_ms": 1000 * percentile(pool_latencies, 0.5),
-                 "p99_ms": 1000 * percentile(pool_latencies, 0.99)},
-        "ceiling_checks_per_s": ceiling,
+        "n": n, "reps": reps, "workers": workers, "correct": correct,
+        "serial": {"checks_per_s": statistics.median(serial_rates), "p50_ms": 1000 * percentile(latencies, 0.5),
+                   "p99_ms": 1000 * percentile(latencies, 0.99), "per_rep": serial_rates},
+        "pool": {"checks_per_s": statistics.median(pool_rates), "p50_ms": 1000 * percentile(pool_latencies, 0.5),
+                 "p99_ms": 1000 * percentile(pool_latencies, 0.99), "per_rep": pool_rates},
+        "ceiling_checks_per_s": statistics.median(ceilings),
+        "speedup_per_rep": [p / s for p, s in zip(pool_rates, serial_rates)],
+        "speedup": statistics.median(p / s for p, s in zip(pool_rates, serial_rates)),
         "reward_per_s": n / reward_seconds,
     }
 
@@ -222,7 +228,8 @@ def render(math: dict, code: dict, command: str) -> str:
         START,
         f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
         "",
-        f"**Math accuracy**, {math['n']} completions ({math['correct']} correct), {math['workers']} workers:",
+        f"**Math accuracy**, {math['reps']} x {math['n']} completions ({math['correct']} correct), "
+        f"{math['workers']} workers; checks/s are medians over the {math['reps']} sets:",
         "",
         "| mode | checks/s | p50 latency | p99 latency |",
         "|---|---|---|---|",
@@ -233,7 +240,8 @@ def render(math: dict, code: dict, command: str) -> str:
         f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
         f"| {math['reward_per_s']:.0f} | | |",
         "",
-        f"Pool / serial: **{p['checks_per_s'] / s['checks_per_s']:.2f}x**; ceiling / serial: "
+        f"Pool / serial: **{math['speedup']:.2f}x** (median; per set: "
+        f"{', '.join(f'{x:.2f}x' for x in math['speedup_per_rep'])}); ceiling / serial: "
         f"{math['ceiling_checks_per_s'] / s['checks_per_s']:.2f}x; the pool reaches "
         f"{p['checks_per_s'] / math['ceiling_checks_per_s']:.0%} of the ceiling.",
         "",
@@ -247,14 +255,15 @@ def render(math: dict, code: dict, command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="math completions")
+    parser.add_argument("--n", type=int, default=1000, help="math completions per set")
+    parser.add_argument("--reps", type=int, default=3, help="sets of math completions (medians over them)")
     parser.add_argument("--code-problems", type=int, default=40, help="HumanEval problems (2 completions each)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-write-docs", action="store_true")
     args = parser.parse_args()
     command = "python bench/rewards.py" + "".join(
         f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
-    math = bench_math(args.n, args.workers)
+    math = bench_math(args.n, args.workers, args.reps)
     code = bench_code(args.code_problems, args.workers)
     text = render(math, code, command)
     print(text)
