@@ -107,22 +107,32 @@ class StepContext:
 _CHECKPOINT_COMPLETE = "trainer_state.json"
 
 
+def _complete(checkpoint: Path) -> bool:
+    try:
+        state = json.loads((checkpoint / _CHECKPOINT_COMPLETE).read_text())
+    except (OSError, ValueError):  # absent, a folder, or cut off mid-write (truncated JSON)
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
 def last_checkpoint(folder: Path) -> str | None:
     """The newest *complete* ``checkpoint-N`` folder in ``folder`` (None if there is none).
 
     A run killed while saving (a full disk, a second Ctrl-C, a lost machine) leaves a
-    ``checkpoint-N`` folder without its trainer state; transformers' ``get_last_checkpoint``
-    would pick it and the resume would fail on the missing files. The Trainer writes
-    ``trainer_state.json`` after everything else, so its presence marks a complete checkpoint.
+    ``checkpoint-N`` folder without its trainer state, or with a truncated one;
+    transformers' ``get_last_checkpoint`` would pick it and the resume would fail on the
+    missing files. The Trainer writes ``trainer_state.json`` after everything else, so a
+    checkpoint counts as complete when that file parses as a trainer state (a JSON object
+    with ``global_step``).
     """
     if not folder.is_dir():
         return None
     steps = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    complete = [(n, p) for n, p in steps if (p / _CHECKPOINT_COMPLETE).is_file()]
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-([0-9]+)", p.name))]
+    complete = [(n, p) for n, p in steps if _complete(p)]
     newest = max(complete) if complete else None
     incomplete = sorted(n for n, p in steps if newest is None or n > newest[0])
     if incomplete:
-        log.warning("%s: checkpoint(s) %s are incomplete (no %s): ignored; resuming from %s", folder, incomplete,
-                    _CHECKPOINT_COMPLETE, newest[1].name if newest else "the start")
+        log.warning("%s: checkpoint(s) %s are incomplete (no readable %s): ignored; resuming from %s", folder,
+                    incomplete, _CHECKPOINT_COMPLETE, newest[1].name if newest else "the start")
     return str(newest[1]) if newest else None

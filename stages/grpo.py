@@ -58,12 +58,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
@@ -71,6 +72,8 @@ from pipeline import distributed
 from pipeline.config import ConfigError, StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
 
+
+log = logging.getLogger(__name__)
 
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
 # samples and trains on its share of each generation batch; rank 0 writes model/.
@@ -106,22 +109,22 @@ class Config(StageConfig):
     # the first step and every eval_steps steps. The training reward of a step depends on which
     # prompts it drew; the same prompts every time make the start-vs-end comparison meaningful.
     eval_prompts: list[PromptSource] = []
-    eval_steps: int = 4  # optimizer steps between two held-out reward measurements
-    eval_num_generations: int = 4  # completions per held-out prompt
+    eval_steps: PositiveInt = 4  # optimizer steps between two held-out reward measurements
+    eval_num_generations: PositiveInt = 4  # completions per held-out prompt
     # objective
     beta: float = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
     epsilon: float = 0.2  # lower clip of the ratio: 1 - epsilon
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
-    num_iterations: int = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
+    num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
     mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
     temperature: float = 1.0
     top_p: float = 1.0
-    max_prompt_length: int = 512  # tokens, chat template included; longer prompts are dropped
-    max_completion_length: int = 256  # tokens generated per completion
+    max_prompt_length: PositiveInt = 512  # tokens, chat template included; longer prompts are dropped
+    max_completion_length: PositiveInt = 256  # tokens generated per completion
     # optimisation
     learning_rate: float = 1e-6  # peak AdamW learning rate
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
@@ -130,14 +133,14 @@ class Config(StageConfig):
     max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
     per_device_train_batch_size: int = 8  # completions per forward/backward pass
     gradient_accumulation_steps: int = 4  # passes per optimizer step
-    max_steps: int = 40  # optimizer steps
+    max_steps: PositiveInt = 40  # optimizer steps
     bf16: bool = True  # bf16 autocast, float32 master weights (AMX CPUs and GPUs)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     seed: int = 0  # data order, sampling, dropout
     # Intra-op CPU threads for training and the colocated engine; None = torch's default (every
     # core). On a machine shared with other jobs, 1 is several times faster: OpenMP threads
     # spin-wait for each other whenever one of them is descheduled.
-    torch_threads: int | None = None
+    torch_threads: PositiveInt | None = None
     # generation backend
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` on other GPUs
@@ -151,8 +154,8 @@ class Config(StageConfig):
     # CPU step); off = treat the rollouts as exactly on-policy.
     vllm_importance_sampling_correction: bool = True
     # logging and checkpoints
-    logging_steps: int = 1  # optimizer steps between metrics lines
-    save_steps: int = 10  # optimizer steps between checkpoints (resume granularity)
+    logging_steps: PositiveInt = 1  # optimizer steps between metrics lines
+    save_steps: PositiveInt = 10  # optimizer steps between checkpoints (resume granularity)
     save_total_limit: int = 2  # checkpoints kept
 
     @model_validator(mode="after")
@@ -174,11 +177,6 @@ class Config(StageConfig):
         if batch % self.num_generations:
             raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
                              f"multiple of num_generations ({self.num_generations}): whole groups per step")
-        if min(self.max_steps, self.logging_steps, self.save_steps, self.max_prompt_length,
-               self.max_completion_length, self.num_iterations, self.eval_steps, self.eval_num_generations,
-               1 if self.torch_threads is None else self.torch_threads) < 1:
-            raise ValueError("max_steps, logging_steps, save_steps, max_prompt_length, max_completion_length, "
-                             "num_iterations, eval_steps, eval_num_generations and torch_threads must be >= 1")
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
         if self.vllm_mode == "server" and not self.use_vllm:
@@ -237,7 +235,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset, dropped = load_prompt_rows(config, tokenizer)
-    eval_dataset = load_eval_rows(config, tokenizer, dataset)
+    eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
     callback = metrics_callback(ctx, reward_funcs)
 
@@ -296,6 +294,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
     if evals:
         counts["eval_prompts"] = len(eval_dataset) if eval_dataset is not None else 0
+        counts["eval_prompts_dropped_seen_in_training"] = eval_repeated
         summary += (f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
                     f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
                     f"{evals[-1]['eval_reward']:.3f} at step {evals[-1]['step']}")
@@ -346,9 +345,7 @@ def load_prompt_rows(config: Config, tokenizer):
         dataset = stratify(dataset, "data_source", seed=config.seed)
         sources = len(set(dataset["data_source"][:]))
         if config.prompts_per_step % sources:
-            import logging
-
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "prompt_order: stratified with %d prompts per step over %d sources: consecutive steps see "
                 "different sources, so their rewards differ by task as much as by learning; use a multiple "
                 "of %d prompts per step to compare steps", config.prompts_per_step, sources, sources)
@@ -373,27 +370,40 @@ def _drop_long_prompts(dataset, tokenizer, max_tokens: int):
 
 
 def load_eval_rows(config: Config, tokenizer, train):
-    """The test split of ``config.eval_prompts`` (None when there are none), prompts over
-    ``max_prompt_length`` tokens dropped.
+    """The test split of ``config.eval_prompts`` (None when there are none), without prompts
+    over ``max_prompt_length`` tokens and without prompts whose question text (whitespace
+    collapsed) is also a training question: procedural generators repeat short questions
+    ("Calculate 10 - 7.") under other ids. Returns ``(dataset, dropped_seen_in_training)``.
 
     Raises:
         ValueError: an eval prompt id is also a training prompt id (a held-out curve must not
             be measured on prompts the policy trains on), or no eval prompt is left.
     """
     if not config.eval_prompts:
-        return None
-    from data import load_prompts
+        return None, 0
+    from data import load_prompts, question_of
 
     dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
     shared = set(dataset["id"][:]) & set(train["id"][:])
     if shared:
         raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
                          f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds")
+
+    def text(prompt) -> str:
+        return " ".join(question_of(prompt).split())
+
+    seen = {text(p) for p in train["prompt"][:]} if "prompt" in train.column_names else set()
+    keep = [i for i, p in enumerate(dataset["prompt"][:]) if text(p) not in seen]
+    repeated = len(dataset) - len(keep)
+    if repeated:
+        log.warning("eval_prompts: %d held-out prompt(s) dropped: the same question is a training prompt", repeated)
+    dataset = dataset.select(keep)
     dataset, _ = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
         raise ValueError(f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
-                         "(the test split is used: give the sources n_test > 0)")
-    return dataset
+                         "that is not also a training question (the test split is used: give the sources "
+                         "n_test > 0)")
+    return dataset, repeated
 
 
 def _trainer_class():
@@ -403,6 +413,8 @@ def _trainer_class():
     pass over every one of them (as long as sampling them, on a CPU) for a number that means
     nothing (the advantages of fresh samples average zero). The rewards, which are the point,
     are logged by the sampling itself (``eval_reward``, ``eval_rewards/<name>/mean``, ...).
+    (With ``vllm_importance_sampling_correction`` on, TRL's sampling itself also scores the
+    samples' log-probs under the policy: one forward pass, as in training.)
     """
     from trl import GRPOTrainer
 

@@ -129,10 +129,14 @@ def test_eval_prompts_must_be_held_out(tiny_model):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m"}, "test")
-    held_out = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
-    assert len(held_out) == 4 and set(held_out["split"][:]) == {"test"}
+    held_out, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
+    assert len(held_out) == 4 and set(held_out["split"][:]) == {"test"} and repeated == 0
     with pytest.raises(ValueError, match="1 prompt\\(s\\) are also training prompts"):
         grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": [held_out["id"][0]]}))
+    # The same question under another id (procedural generators repeat short questions): dropped.
+    same_text = [[{"role": "user", "content": "  " + held_out["prompt"][1][-1]["content"].replace(" ", "  ")}]]
+    kept, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["x"], "prompt": same_text}))
+    assert repeated == 1 and len(kept) == 3 and held_out["id"][1] not in kept["id"][:]
     no_test = {**CHANGES["eval_prompts"][0], "n_test": 0}
     config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "eval_prompts": [no_test]}, "test")
     with pytest.raises(ValueError, match="n_test > 0"):
@@ -173,6 +177,8 @@ def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
     ({"epsilon_high": 0.1}, "epsilon_high"),
     ({"loss_type": "ppo"}, "loss_type"),
     ({"torch_threads": 0}, "torch_threads"),
+    ({"eval_steps": 0}, "key 'eval_steps'"),
+    ({"eval_num_generations": -1}, "key 'eval_num_generations'"),
     ({"dynamic_sampling": True}, "unknown key"),  # TRL 1.16 has no dynamic sampling
 ])
 def test_config_mistakes_fail_at_validation(change, message):

@@ -144,19 +144,24 @@ def test_resume_ignores_a_checkpoint_cut_off_while_being_written(tmp_path, caplo
 
     folder = tmp_path / "checkpoints"
     assert last_checkpoint(folder) is None
-    for n, files in ((4, ["model.safetensors", "optimizer.pt", "trainer_state.json"]),
-                     (8, ["model.safetensors", "optimizer.pt", "trainer_state.json"]),
-                     (12, ["config.json"])):  # a full disk stopped the save of checkpoint-12
+    state = '{"global_step": 1, "log_history": []}'
+    for n, files in ((4, {"optimizer.pt": "x", "trainer_state.json": state}),
+                     (8, {"optimizer.pt": "x", "trainer_state.json": state}),
+                     (12, {"config.json": "{}"}),  # a full disk stopped the save of checkpoint-12
+                     (16, {"optimizer.pt": "x", "trainer_state.json": '{"global_st'})):  # ... or its state file
         (folder / f"checkpoint-{n}").mkdir(parents=True)
-        for name in files:
-            (folder / f"checkpoint-{n}" / name).write_text("x")
+        for name, text in files.items():
+            (folder / f"checkpoint-{n}" / name).write_text(text)
     (folder / "README.md").write_text("not a checkpoint")
+    (folder / "checkpoint-99").write_text("a file, not a checkpoint")
     with caplog.at_level("WARNING"):
         assert Path(last_checkpoint(folder)).name == "checkpoint-8"
-    assert "[12] are incomplete" in caplog.text
-    (folder / "checkpoint-12" / "trainer_state.json").write_text("{}")
+    assert "[12, 16] are incomplete" in caplog.text
+    (folder / "checkpoint-16" / "trainer_state.json").write_text("")  # empty: open("w") then killed
+    assert Path(last_checkpoint(folder)).name == "checkpoint-8"
+    (folder / "checkpoint-12" / "trainer_state.json").write_text(state)
     assert Path(last_checkpoint(folder)).name == "checkpoint-12"
-    for n in (4, 8, 12):
+    for n in (4, 8, 12, 16):
         (folder / f"checkpoint-{n}" / "trainer_state.json").unlink()
     assert last_checkpoint(folder) is None
 
