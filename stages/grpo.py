@@ -293,7 +293,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
     if evals:
-        counts["eval_prompts"] = len(eval_dataset) if eval_dataset is not None else 0
+        counts["eval_prompts"] = len(eval_dataset)
         counts["eval_prompts_dropped_seen_in_training"] = eval_repeated
         summary += (f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
                     f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
@@ -392,7 +392,7 @@ def load_eval_rows(config: Config, tokenizer, train):
     def text(prompt) -> str:
         return " ".join(question_of(prompt).split())
 
-    seen = {text(p) for p in train["prompt"][:]} if "prompt" in train.column_names else set()
+    seen = {text(p) for p in train["prompt"][:]}
     keep = [i for i, p in enumerate(dataset["prompt"][:]) if text(p) not in seen]
     repeated = len(dataset) - len(keep)
     if repeated:

@@ -129,10 +129,11 @@ def test_eval_prompts_must_be_held_out(tiny_model):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m"}, "test")
-    held_out, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
+    other = [[{"role": "user", "content": "A training question no eval prompt asks."}]]
+    held_out, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"], "prompt": other}))
     assert len(held_out) == 4 and set(held_out["split"][:]) == {"test"} and repeated == 0
     with pytest.raises(ValueError, match="1 prompt\\(s\\) are also training prompts"):
-        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": [held_out["id"][0]]}))
+        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": [held_out["id"][0]], "prompt": other}))
     # The same question under another id (procedural generators repeat short questions): dropped.
     same_text = [[{"role": "user", "content": "  " + held_out["prompt"][1][-1]["content"].replace(" ", "  ")}]]
     kept, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["x"], "prompt": same_text}))
@@ -140,7 +141,7 @@ def test_eval_prompts_must_be_held_out(tiny_model):
     no_test = {**CHANGES["eval_prompts"][0], "n_test": 0}
     config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "eval_prompts": [no_test]}, "test")
     with pytest.raises(ValueError, match="n_test > 0"):
-        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"]}))
+        grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"], "prompt": other}))
 
 
 def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_model, tmp_path):
