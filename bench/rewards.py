@@ -3,21 +3,25 @@
     python bench/rewards.py                 # prints a table and rewrites the numbers in docs/rewards.md
     python bench/rewards.py --no-write-docs --n 200
 
-Math: 3 sets (`--reps`) of 1,000 R1-style completions (think block of 300-2,000 characters,
+Math: 5 sets (`--reps`) of 1,000 R1-style completions (think block of 300-2,000 characters,
 then an answer in one of several forms: \\boxed{}, <answer> block, fraction, decimal,
 expression, set; about 60% right) against golds of several kinds (integers, fractions, roots,
-pi multiples, pairs of roots).
+pi multiples, pairs of roots). Each set is cut into blocks of 128 checks and every block runs
+in the three modes back to back, in an order that rotates from block to block, so all modes
+see the same machine (this shared host's speed drifts by 15-25% over minutes):
 - *serial*: math-verify in this process, one check after another, no deadline (what a reward
   without isolation does; unusable off the main thread with math-verify's own timeouts);
 - *pool*: `rewards.math` checks through the worker pool (`--workers`, default the CPU count),
-  batches of 64 as GRPO sends them. Latency = dispatch to reply of one check (queueing excluded).
-  Both are warmed first on 200 other completions (imports, sympy caches); each set is new to
-  every side, and each mode's checks/s is the median over the sets;
-- *ceiling*: the same checks split over `--workers` independent processes forked from this
-  (warmed) one, started together, no deadline and no messages: the most any pool of that many
-  processes gets from this machine (two vCPUs need not deliver twice one vCPU's work);
+  batches of 64 as GRPO sends them. Latency = dispatch to reply of one check (queueing excluded);
+- *ceiling*: `--workers` processes forked from this (warmed) one before any timed set, sharing
+  out each block through a counter in shared memory, with no deadline and no per-task
+  messages: the most any pool of that many processes gets from this machine (two vCPUs need
+  not deliver twice one vCPU's work);
 - *reward*: the `accuracy` reward end to end on another 1,000 completions (fresh texts, so
   math-verify's caches do not flatter it).
+All are warmed first on 200 other completions (imports, sympy caches), and each meets every
+timed check exactly once. A set's speed-up is its summed serial time over its summed pool time;
+the reported speed-up and checks/s are medians over the sets, every set's value printed too.
 Code: HumanEval canonical solutions and a broken variant of each, run by the `code` reward in
 the bubblewrap sandbox, `--workers` at a time.
 """
@@ -94,69 +98,124 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _ceiling_child(tasks, barrier, out) -> None:
-    barrier.wait()
-    started = time.perf_counter()
-    for task in tasks:
-        grade(*task)
-    out.put((started, time.perf_counter()))
+def _ceiling_child(conn, next_index) -> None:
+    """A ceiling process: for each list of tasks it is sent, grade the tasks it claims from the
+    shared counter (the other processes claim the rest), and reply its span."""
+    while True:
+        tasks = conn.recv()
+        if tasks is None:
+            return
+        started = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        while True:
+            with next_index.get_lock():
+                i = next_index.value
+                next_index.value += 1
+            if i >= len(tasks):
+                break
+            grade(*tasks[i])
+        conn.send((started, time.perf_counter()))
 
 
-def parallel_ceiling(tasks: list[tuple], workers: int) -> float:
-    """Checks per second of `workers` forked processes grading ``tasks[i::workers]`` each,
-    serially, all started at one barrier: wall time from the first start to the last finish."""
-    import multiprocessing
+class Ceiling:
+    """`workers` processes forked from this (warmed) one that share out a block's tasks through
+    a counter in shared memory (each claims the next unclaimed task), with no deadline and no
+    messages per task: the most any pool of that many processes gets from this machine. Forked
+    once, before any timed set, so they never inherit caches of the checks they time;
+    persistent, so a block pays no fork or copy-on-write."""
 
-    ctx = multiprocessing.get_context("fork")  # children inherit this process's warm caches
-    barrier, out = ctx.Barrier(workers), ctx.Queue()
-    children = [ctx.Process(target=_ceiling_child, args=(tasks[i::workers], barrier, out)) for i in range(workers)]
-    for child in children:
-        child.start()
-    spans = [out.get() for _ in children]
-    for child in children:
-        child.join()
-    return len(tasks) / (max(end for _, end in spans) - min(start for start, _ in spans))
+    def __init__(self, workers: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.next_index = ctx.Value("q", 0)
+        self.conns, self.children = [], []
+        for _ in range(workers):
+            ours, theirs = ctx.Pipe()
+            child = ctx.Process(target=_ceiling_child, args=(theirs, self.next_index), daemon=True)
+            child.start()
+            self.conns.append(ours)
+            self.children.append(child)
+
+    def run(self, tasks: list[tuple]) -> float:
+        """Seconds from the first child's start to the last one's finish."""
+        self.next_index.value = 0
+        for conn in self.conns:
+            conn.send(tasks)
+        spans = [conn.recv() for conn in self.conns]
+        return max(end for _, end in spans) - min(start for start, _ in spans)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for child in self.children:
+            child.join()
 
 
-def bench_math(n: int, workers: int, reps: int = 3) -> dict:
-    """Serial, ceiling and pool on `reps` sets of `n` new completions each (one set per rep, so
-    no side meets a check twice); throughputs are the median over reps, the speed-up the
-    median of the reps' pool/serial ratios (one run of each on this shared host varies by ~15%)."""
+def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
+    """Serial, pool and ceiling on `reps` sets of `n` new completions each.
+
+    Each set is cut into blocks of `block` checks, and every block runs in all three modes
+    back to back, the order rotating from block to block: the host's speed drifts by 15-25%
+    over minutes, and only modes timed within the same second see the same machine. Each mode
+    meets every check once (serial in this process, the pool and the ceiling in their own
+    processes, so no cache crosses over). A set's speed-up is its summed serial time over its
+    summed pool time; the reported one is the median over sets.
+    """
     import logging
     import statistics
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    # Warm both sides the same way (imports, sympy's caches) on other texts before timing.
-    warm = [math_task("", completion, gold) for completion, gold in math_rows(200, seed=2)]
+    # Warm every side the same way (imports, sympy's caches) on other texts before timing.
+    warm = math_rows_tasks(200, seed=2)
     for task in warm:
         grade(*task)
+    ceiling = Ceiling(workers)
     _pool.configure(workers=workers)
     pool = _pool.get_pool()
-    pool.map("rewards.math:grade", warm, timeout=30)
+    batch = 64  # as GRPO sends them
 
-    batch = 64
-    serial_rates, pool_rates, ceilings, latencies, pool_latencies, correct = [], [], [], [], [], 0
-    for rep in range(reps):
-        tasks = [math_task("", completion, gold) for completion, gold in math_rows(n, seed=100 + rep)]
-        # Before the serial run: forked after it, the children would inherit sympy's caches of
-        # these very checks and finish them faster than any process that sees them first.
-        ceilings.append(parallel_ceiling(tasks, workers))
-        scores = []
-        started = time.perf_counter()
-        for gold_candidate, prediction in tasks:
+    def run_serial(tasks):
+        started, scores, latencies = time.perf_counter(), [], []
+        for task in tasks:
             t = time.perf_counter()
-            scores.append(grade(gold_candidate, prediction))
+            scores.append(grade(*task))
             latencies.append(time.perf_counter() - t)
-        serial_rates.append(n / (time.perf_counter() - started))
-        pool_scores: list = []
-        started = time.perf_counter()
-        for i in range(0, n, batch):
-            outcomes = pool.map("rewards.math:grade", tasks[i:i + batch], timeout=5.0)
-            pool_latencies += [o.seconds for o in outcomes]
-            pool_scores += [o.value for o in outcomes]
-        pool_rates.append(n / (time.perf_counter() - started))
-        assert pool_scores == scores, "pool and serial disagree"
-        correct += sum(s == 1.0 for s in scores)
+        return time.perf_counter() - started, scores, latencies
+
+    def run_pool(tasks):
+        started, outcomes = time.perf_counter(), []
+        for i in range(0, len(tasks), batch):
+            outcomes += pool.map("rewards.math:grade", tasks[i:i + batch], timeout=5.0)
+        return time.perf_counter() - started, [o.value for o in outcomes], [o.seconds for o in outcomes]
+
+    pool.map("rewards.math:grade", warm, timeout=30)
+    ceiling.run(math_rows_tasks(200, seed=3))
+    seconds = {"serial": [], "pool": [], "ceiling": []}  # per set: summed block times
+    latencies, pool_latencies, correct = [], [], 0
+    try:
+        for rep in range(reps):
+            tasks = math_rows_tasks(n, seed=100 + rep)
+            spent = dict.fromkeys(seconds, 0.0)
+            for k, i in enumerate(range(0, n, block)):
+                chunk = tasks[i:i + block]
+                order = ["serial", "pool", "ceiling"]
+                order = order[k % 3:] + order[:k % 3]
+                for mode in order:
+                    if mode == "serial":
+                        s, scores, lat = run_serial(chunk)
+                        latencies += lat
+                    elif mode == "pool":
+                        s, pool_scores, lat = run_pool(chunk)
+                        pool_latencies += lat
+                    else:
+                        s = ceiling.run(chunk)
+                    spent[mode] += s
+                assert pool_scores == scores, "pool and serial disagree"
+                correct += sum(x == 1.0 for x in scores)
+            for mode in seconds:
+                seconds[mode].append(spent[mode])
+    finally:
+        ceiling.close()
 
     accuracy = get("accuracy")
     fresh = math_rows(n, seed=1)  # texts no process has seen
@@ -165,17 +224,26 @@ def bench_math(n: int, workers: int, reps: int = 3) -> dict:
         chunk = fresh[i:i + batch]
         accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
     reward_seconds = time.perf_counter() - started
+    rates = {mode: [n / s for s in spent] for mode, spent in seconds.items()}
+    speedups = [s / p for s, p in zip(seconds["serial"], seconds["pool"])]
     return {
-        "n": n, "reps": reps, "workers": workers, "correct": correct,
-        "serial": {"checks_per_s": statistics.median(serial_rates), "p50_ms": 1000 * percentile(latencies, 0.5),
-                   "p99_ms": 1000 * percentile(latencies, 0.99), "per_rep": serial_rates},
-        "pool": {"checks_per_s": statistics.median(pool_rates), "p50_ms": 1000 * percentile(pool_latencies, 0.5),
-                 "p99_ms": 1000 * percentile(pool_latencies, 0.99), "per_rep": pool_rates},
-        "ceiling_checks_per_s": statistics.median(ceilings),
-        "speedup_per_rep": [p / s for p, s in zip(pool_rates, serial_rates)],
-        "speedup": statistics.median(p / s for p, s in zip(pool_rates, serial_rates)),
+        "n": n, "reps": reps, "block": block, "workers": workers, "correct": correct,
+        "serial": {"checks_per_s": statistics.median(rates["serial"]), "p50_ms": 1000 * percentile(latencies, 0.5),
+                   "p99_ms": 1000 * percentile(latencies, 0.99), "per_rep": rates["serial"]},
+        "pool": {"checks_per_s": statistics.median(rates["pool"]), "p50_ms": 1000 * percentile(pool_latencies, 0.5),
+                 "p99_ms": 1000 * percentile(pool_latencies, 0.99), "per_rep": rates["pool"]},
+        "ceiling_checks_per_s": statistics.median(rates["ceiling"]),
+        "ceiling_speedup_per_rep": [s / c for s, c in zip(seconds["serial"], seconds["ceiling"])],
+        "pool_of_ceiling_per_rep": [c / p for c, p in zip(seconds["ceiling"], seconds["pool"])],
+        "speedup_per_rep": speedups,
+        "speedup": statistics.median(speedups),
         "reward_per_s": n / reward_seconds,
     }
+
+
+def math_rows_tasks(n: int, seed: int) -> list[tuple]:
+    """`math_rows` as the tasks `rewards.math:grade` takes."""
+    return [math_task("", completion, gold) for completion, gold in math_rows(n, seed=seed)]
 
 
 def bench_code(n_problems: int, workers: int) -> dict:
@@ -229,21 +297,22 @@ def render(math: dict, code: dict, command: str) -> str:
         f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
         "",
         f"**Math accuracy**, {math['reps']} x {math['n']} completions ({math['correct']} correct), "
-        f"{math['workers']} workers; checks/s are medians over the {math['reps']} sets:",
+        f"{math['workers']} workers, the three modes interleaved in blocks of {math['block']}; "
+        f"checks/s are medians over the {math['reps']} sets:",
         "",
         "| mode | checks/s | p50 latency | p99 latency |",
         "|---|---|---|---|",
         f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} | {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
-        f"| {math['workers']} independent processes, no deadline (this machine's ceiling) "
+        f"| {math['workers']} processes sharing a counter, no deadline, no messages (ceiling) "
         f"| {math['ceiling_checks_per_s']:.0f} | | |",
         f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
         f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
         f"| {math['reward_per_s']:.0f} | | |",
         "",
         f"Pool / serial: **{math['speedup']:.2f}x** (median; per set: "
-        f"{', '.join(f'{x:.2f}x' for x in math['speedup_per_rep'])}); ceiling / serial: "
-        f"{math['ceiling_checks_per_s'] / s['checks_per_s']:.2f}x; the pool reaches "
-        f"{p['checks_per_s'] / math['ceiling_checks_per_s']:.0%} of the ceiling.",
+        f"{', '.join(f'{x:.2f}x' for x in math['speedup_per_rep'])}); ceiling / serial per set: "
+        f"{', '.join(f'{x:.2f}x' for x in math['ceiling_speedup_per_rep'])}; pool / ceiling per set: "
+        f"{', '.join(f'{x:.0%}' for x in math['pool_of_ceiling_per_rep'])}.",
         "",
         f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
         f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "
@@ -256,7 +325,7 @@ def render(math: dict, code: dict, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="math completions per set")
-    parser.add_argument("--reps", type=int, default=3, help="sets of math completions (medians over them)")
+    parser.add_argument("--reps", type=int, default=5, help="sets of math completions (medians over them)")
     parser.add_argument("--code-problems", type=int, default=40, help="HumanEval problems (2 completions each)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-write-docs", action="store_true")

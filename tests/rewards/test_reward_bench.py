@@ -1,0 +1,38 @@
+"""bench/rewards.py runs, and its modes grade the same checks alike (a smoke run, not a measurement)."""
+
+import runpy
+from pathlib import Path
+
+from rewards import _pool
+from rewards.math import grade
+
+BENCH = runpy.run_path(str(Path(__file__).resolve().parents[2] / "bench" / "rewards.py"), run_name="bench_rewards")
+
+
+def test_ceiling_grades_every_task_once_across_its_processes():
+    tasks = BENCH["math_rows_tasks"](24, seed=5)
+    ceiling = BENCH["Ceiling"](2)
+    try:
+        seconds = ceiling.run(tasks)
+        assert seconds > 0
+        assert ceiling.next_index.value == len(tasks) + 2  # each process claims one index past the end
+    finally:
+        ceiling.close()
+    assert all(not child.is_alive() for child in ceiling.children)
+
+
+def test_bench_math_small_run_reports_every_set():
+    size = _pool.worker_count()
+    try:
+        result = BENCH["bench_math"](n=40, workers=2, reps=2, block=16)
+    finally:
+        _pool.configure(workers=size)
+    # the bench asserts pool == serial on every block; here: counts and shapes of the report
+    expected_correct = sum(grade(*t) == 1.0 for rep in range(2) for t in BENCH["math_rows_tasks"](40, seed=100 + rep))
+    assert result["correct"] == expected_correct > 0
+    assert len(result["speedup_per_rep"]) == len(result["pool_of_ceiling_per_rep"]) == 2
+    assert all(x > 0 for x in result["speedup_per_rep"] + result["serial"]["per_rep"] + result["pool"]["per_rep"])
+    text = BENCH["render"](result, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
+                                     "completions_per_s": 0.0, "asserts_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0},
+                           "python bench/rewards.py")
+    assert "blocks of 16" in text and "Pool / serial" in text
