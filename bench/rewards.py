@@ -19,6 +19,9 @@ see the same machine (this shared host's speed drifts by 15-25% over minutes):
   not deliver twice one vCPU's work);
 - *reward*: the `accuracy` reward end to end on another 1,000 completions (fresh texts, so
   math-verify's caches do not flatter it).
+GRPO-shaped: 3 sets of 1,000 completions in groups of `--group` (8) sharing a gold, the
+`accuracy` reward (which runs equal checks once) against a naive serial reward, alternating
+batch by batch (`bench_groups`).
 All are warmed first on 200 other completions (imports, sympy caches), and each meets every
 timed check exactly once. A set's speed-up is its summed serial time over its summed pool time;
 the reported speed-up and checks/s are medians over the sets, every set's value printed too.
@@ -73,24 +76,31 @@ def _gold_and_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
     return str(value), [str(value), rf"\frac{{{a}}}{{8}}"], [str(value + 0.5)]
 
 
-def math_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(completion, gold) pairs."""
+def math_rows(n: int, seed: int = 0, group: int = 1) -> list[tuple[str, str]]:
+    """(completion, gold) pairs; with `group` > 1, runs of `group` completions share a gold
+    (and its answer forms), as the G completions of one prompt in a GRPO step do."""
     rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
+    rows: list[tuple[str, str]] = []
+    while len(rows) < n:
         gold, right, wrong = _gold_and_forms(rng)
-        answer = rng.choice(right) if rng.random() < 0.6 else rng.choice(wrong)
-        a, b, d = rng.randint(1, 500), rng.randint(1, 500), rng.randint(2, 9)
-        think = "".join(FILLER.format(a=a + i, b=b, c=a + i + b, d=d, e=(a + i + b) * d) for i in range(rng.randint(1, 8)))
-        layout = rng.choice(["boxed", "answer", "answer_boxed", "prose"])
-        tail = {
-            "boxed": f"</think>\nSo the final answer is $\\boxed{{{answer}}}$.",
-            "answer": f"</think>\n<answer>{answer}</answer>",
-            "answer_boxed": f"</think>\n<answer>The answer is $\\boxed{{{answer}}}$</answer>",
-            "prose": f"</think>\nTherefore, the final answer is ${answer}$.",
-        }[layout]
-        rows.append((f"<think>\n{think}\n{tail}", gold))
+        rows += [(_completion(rng, right, wrong), gold) for _ in range(min(group, n - len(rows)))]
     return rows
+
+
+def _completion(rng: random.Random, right: list[str], wrong: list[str]) -> str:
+    """A completion: a think block of 1-8 filler steps, then a right answer form (60%) or a
+    wrong one, in one of four layouts."""
+    answer = rng.choice(right) if rng.random() < 0.6 else rng.choice(wrong)
+    a, b, d = rng.randint(1, 500), rng.randint(1, 500), rng.randint(2, 9)
+    think = "".join(FILLER.format(a=a + i, b=b, c=a + i + b, d=d, e=(a + i + b) * d) for i in range(rng.randint(1, 8)))
+    layout = rng.choice(["boxed", "answer", "answer_boxed", "prose"])
+    tail = {
+        "boxed": f"</think>\nSo the final answer is $\\boxed{{{answer}}}$.",
+        "answer": f"</think>\n<answer>{answer}</answer>",
+        "answer_boxed": f"</think>\n<answer>The answer is $\\boxed{{{answer}}}$</answer>",
+        "prose": f"</think>\nTherefore, the final answer is ${answer}$.",
+    }[layout]
+    return f"<think>\n{think}\n{tail}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -241,6 +251,47 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     }
 
 
+def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3) -> dict:
+    """The `accuracy` reward on GRPO-shaped batches vs a naive serial reward, same completions.
+
+    `reps` sets of `n` completions in groups of `group` sharing a gold (so final answers repeat,
+    as they do among a prompt's G samples); batches of `batch`. *naive serial*: extract and
+    math-verify each completion in this process, one after another. *accuracy*: the reward as
+    GRPO calls it (extraction here, equal checks run once, the rest in the pool). The two
+    alternate batch by batch; each has its own caches (this process vs the pool's workers), but
+    the naive side's math-verify also meets a set's repeats in its caches.
+    """
+    import statistics
+
+    accuracy = get("accuracy")
+    spent: dict[str, list[float]] = {"naive": [], "accuracy": []}
+    unique = 0
+    for rep in range(reps):
+        rows = math_rows(n, seed=200 + rep, group=group)
+        tt = dict.fromkeys(spent, 0.0)
+        for k, i in enumerate(range(0, n, batch)):
+            chunk = rows[i:i + batch]
+            unique += len({math_task("", c, g) for c, g in chunk})
+            results = {}
+            for mode in (["naive", "accuracy"] if k % 2 == 0 else ["accuracy", "naive"]):
+                started = time.perf_counter()
+                if mode == "naive":
+                    results[mode] = [grade(*math_task("", c, g)) for c, g in chunk]
+                else:
+                    results[mode] = accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
+                tt[mode] += time.perf_counter() - started
+            assert results["naive"] == results["accuracy"], "accuracy reward and naive serial disagree"
+        for mode in spent:
+            spent[mode].append(tt[mode])
+    speedups = [a / b for a, b in zip(spent["naive"], spent["accuracy"])]
+    return {
+        "n": n, "reps": reps, "group": group, "batch": batch, "unique_share": unique / (n * reps),
+        "naive_per_s": statistics.median(n / s for s in spent["naive"]),
+        "accuracy_per_s": statistics.median(n / s for s in spent["accuracy"]),
+        "speedup": statistics.median(speedups), "speedup_per_rep": speedups,
+    }
+
+
 def math_rows_tasks(n: int, seed: int) -> list[tuple]:
     """`math_rows` as the tasks `rewards.math:grade` takes."""
     return [math_task("", completion, gold) for completion, gold in math_rows(n, seed=seed)]
@@ -290,7 +341,7 @@ def machine() -> str:
             f"math-verify {metadata.version('math-verify')}, load average at start {load}")
 
 
-def render(math: dict, code: dict, command: str) -> str:
+def render(math: dict, groups: dict, code: dict, command: str) -> str:
     s, p = math["serial"], math["pool"]
     return "\n".join([
         START,
@@ -314,6 +365,12 @@ def render(math: dict, code: dict, command: str) -> str:
         f"{', '.join(f'{x:.2f}x' for x in math['ceiling_speedup_per_rep'])}; pool / ceiling per set: "
         f"{', '.join(f'{x:.0%}' for x in math['pool_of_ceiling_per_rep'])}.",
         "",
+        f"**GRPO-shaped batches**: {groups['reps']} x {groups['n']} completions in groups of {groups['group']} "
+        f"sharing a gold, batches of {groups['batch']}; {groups['unique_share']:.0%} of the checks in a batch are "
+        f"distinct: `accuracy` reward (equal checks once, pool) {groups['accuracy_per_s']:.0f} completions/s, "
+        f"naive serial reward (each completion math-verified in process) {groups['naive_per_s']:.0f}/s: "
+        f"**{groups['speedup']:.2f}x** (median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}).",
+        "",
         f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
         f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "
         f"{code['workers']} at a time: **{code['completions_per_s']:.1f} completions/s** "
@@ -326,6 +383,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="math completions per set")
     parser.add_argument("--reps", type=int, default=5, help="sets of math completions (medians over them)")
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt in the GRPO-shaped sets (G)")
     parser.add_argument("--code-problems", type=int, default=40, help="HumanEval problems (2 completions each)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-write-docs", action="store_true")
@@ -333,8 +391,9 @@ def main() -> None:
     command = "python bench/rewards.py" + "".join(
         f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
     math = bench_math(args.n, args.workers, args.reps)
+    groups = bench_groups(args.n, group=args.group)
     code = bench_code(args.code_problems, args.workers)
-    text = render(math, code, command)
+    text = render(math, groups, code, command)
     print(text)
     if not args.no_write_docs:
         docs = DOCS.read_text(encoding="utf-8")

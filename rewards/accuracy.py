@@ -78,7 +78,7 @@ class Accuracy(Reward):
                 code_future = background.submit(
                     run_code_batch, code_tasks, self.code_limits, self.sandbox, worker_count(), False, code_tally
                 )
-            math_scores = run_in_pool("rewards.math:grade", math_tasks, self.timeout, tally)
+            math_scores = run_in_pool("rewards.math:grade", math_tasks, self.timeout, tally, dedupe=True)
             rgym_scores = score_rgym_tasks(rgym_tasks, self.timeout, tally)
             code_scores = code_future.result() if code_future else [None] * n
         tally.timeouts += code_tally.timeouts

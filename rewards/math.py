@@ -219,4 +219,4 @@ class MathAccuracy(Reward):
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         golds = batch.column("answer")
         tasks = [math_task(p, c, g) for p, c, g in zip(batch.prompts, batch.completions, golds)]
-        return run_in_pool("rewards.math:grade", tasks, self.timeout, tally)
+        return run_in_pool("rewards.math:grade", tasks, self.timeout, tally, dedupe=True)

@@ -32,7 +32,10 @@ def test_bench_math_small_run_reports_every_set():
     assert result["correct"] == expected_correct > 0
     assert len(result["speedup_per_rep"]) == len(result["pool_of_ceiling_per_rep"]) == 2
     assert all(x > 0 for x in result["speedup_per_rep"] + result["serial"]["per_rep"] + result["pool"]["per_rep"])
-    text = BENCH["render"](result, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
+    groups = BENCH["bench_groups"](n=32, group=8, batch=16, reps=1)  # asserts equal scores itself
+    assert 0 < groups["unique_share"] < 1  # answers repeat within a group of 8
+    assert groups["speedup"] > 0 and len(groups["speedup_per_rep"]) == 1
+    text = BENCH["render"](result, groups, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
                                      "completions_per_s": 0.0, "asserts_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0},
                            "python bench/rewards.py")
-    assert "blocks of 16" in text and "Pool / serial" in text
+    assert "blocks of 16" in text and "Pool / serial" in text and "groups of 8" in text

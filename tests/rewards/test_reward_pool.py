@@ -60,3 +60,37 @@ def test_warmup_runs_outside_the_deadline(pool):
     outcomes = pool.map("rewards.rgym:score_entry", [("chain_sum", "3", {"answer": "3", "metadata": {}})],
                         timeout=0.5, warmup="rewards.rgym:warm_worker")
     assert outcomes[0].status == "ok" and outcomes[0].value == 1.0
+
+
+def test_run_in_pool_dedupe_runs_equal_tasks_once_and_counts_each_timeout():
+    from rewards._pool import get_pool, run_in_pool
+    from rewards.base import Tally
+
+    # time.time_ns() differs per call: equal values mean one call stood for all three tasks.
+    tally = Tally()
+    values = run_in_pool("time:time_ns", [(), None, (), ()], timeout=5, tally=tally, dedupe=True)
+    assert values[1] is None and values[0] == values[2] == values[3] > 0
+    assert len(set(run_in_pool("time:time_ns", [(), (), ()], timeout=5, tally=Tally()))) == 3  # without dedupe
+
+    kills = get_pool().kills
+    tally = Tally()
+    started = time.monotonic()
+    values = run_in_pool("time:sleep", [(30,), (0,), (30,)], timeout=0.5, tally=tally, dedupe=True)
+    assert values == [0.0, None, 0.0]  # sleep returns None: the ok task gives its value
+    assert tally.timeouts == 2 and tally.errors == 0  # both completions counted...
+    assert get_pool().kills == kills + 1  # ...but one check ran, one worker was killed
+    assert time.monotonic() - started < 3
+
+
+def test_math_reward_scores_duplicate_answers_in_place():
+    from rewards import get
+    from rewards.math import grade, math_task
+
+    completions = [r"<think>a</think><answer>\boxed{42}</answer>", r"<answer>41</answer>",
+                   r"<think>b</think><answer>\boxed{42}</answer>", r"<answer>\frac{84}{2}</answer>",
+                   r"<answer>41</answer>", r"<answer>7</answer>"]
+    golds = ["42", "42", "42", "42", "42", "7"]
+    expected = [grade(*math_task("", c, g)) for c, g in zip(completions, golds)]
+    assert expected == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
+    assert get("math")([""] * 6, completions, answer=golds) == expected
+    assert get("accuracy")([""] * 6, completions, answer=golds) == expected
