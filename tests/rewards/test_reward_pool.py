@@ -79,7 +79,7 @@ def test_run_in_pool_dedupe_runs_equal_tasks_once_and_counts_each_timeout():
     assert values == [0.0, None, 0.0]  # sleep returns None: the ok task gives its value
     assert tally.timeouts == 2 and tally.errors == 0  # both completions counted...
     assert get_pool().kills == kills + 1  # ...but one check ran, one worker was killed
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5
 
 
 def test_math_reward_scores_duplicate_answers_in_place():
