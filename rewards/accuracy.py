@@ -58,8 +58,11 @@ class Accuracy(Reward):
         for i, (prompt, completion, raw) in enumerate(zip(batch.prompts, batch.completions, batch.column("verification"))):
             try:
                 verification = parse_verification(raw)
-            except ValueError:
-                continue  # not JSON: cannot judge
+            except ValueError as exc:  # cannot judge the row; say so once, like an unknown kind
+                if "<malformed>" not in _warned_kinds:
+                    _warned_kinds.add("<malformed>")
+                    logger.warning("accuracy: a verification is not a JSON object (%s); such rows score None", exc)
+                continue
             kind = verification.get("kind")
             if kind == "python_tests":
                 code_tasks[i], route[i] = code_task(prompt, completion, verification), "code"

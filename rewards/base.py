@@ -92,7 +92,12 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, dict):
         return _content_text(completion.get("content"))
     if isinstance(completion, (list, tuple)):
-        return _content_text(completion[-1].get("content")) if completion else ""
+        if not completion:
+            return ""
+        if not isinstance(completion[-1], dict):
+            raise TypeError("a completion must be a string or a list of messages (dicts with 'content'), "
+                            f"not a list of {type(completion[-1]).__name__}")
+        return _content_text(completion[-1].get("content"))
     raise TypeError(f"a completion must be a string or a list of messages, not {type(completion).__name__}")
 
 
@@ -127,13 +132,15 @@ def parse_verification(value: Any) -> dict[str, Any]:
     ({'kind': 'python_tests'}, {})
 
     Raises:
-        ValueError: for text that is not a JSON object.
+        ValueError: for text that is not a JSON object, or a value that is neither text nor a dict.
     """
     if value is None or value == "":
         return {}
     if isinstance(value, dict):
         return value
-    parsed = json.loads(value)
+    if not isinstance(value, (str, bytes)):
+        raise ValueError(f"verification must be a JSON object or its text, got {type(value).__name__}")
+    parsed = json.loads(value)  # json.JSONDecodeError is a ValueError
     if not isinstance(parsed, dict):
         raise ValueError(f"verification must be a JSON object, got {type(parsed).__name__}")
     return parsed

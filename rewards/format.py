@@ -96,7 +96,8 @@ class TagCount(_Layout):
 
 
 _STEP_MARKERS = re.compile(
-    r"^[ \t]*(?:Step[ \t]*\d+[:.)]|\d+[.)][ \t]|[-*•][ \t])"  # "Step 1:", "1. ", "2) ", "- ", "* "
+    # "Step 1:", "1. ", "2) ", "- ", "* " at a line start, or right after <think> (first step on its line)
+    r"(?:^|<think>)[ \t]*(?:Step[ \t]*\d+[:.)]|\d+[.)][ \t]|[-*•][ \t])"
     r"|\b(?:First|Second|Third|Next|Then|Finally),",  # transition words
     re.MULTILINE,
 )
@@ -107,13 +108,15 @@ class ReasoningSteps(Reward):
     r"""min(1, steps / min_steps): counts step markers (Step 1:, numbered/bulleted lines, First, …).
 
     Line-start markers ("Step 2:", "3. ", "4) ", "- ", "* ") are matched at the start of any
-    line (MULTILINE); transition words "First,", "Second,", "Next,", "Then,", "Finally,"
+    line (MULTILINE) or right after ``<think>``; transition words "First,", "Second,", "Next,", "Then,", "Finally,"
     anywhere. After open-r1's `reasoning_steps_reward` (3 steps -> 1.0), which misses numbered
     lists that do not start at character 0. Scores the whole completion; never None.
 
     >>> ReasoningSteps()([""], ["Plan:\n1. Add.\n2. Multiply.\n3. Check."])
     [1.0]
     >>> ReasoningSteps()([""], ["First, add. Then, stop."])
+    [0.6666666666666666]
+    >>> ReasoningSteps()([""], ["<think>Step 1: add.\nStep 2: check.</think>"])
     [0.6666666666666666]
     """
 

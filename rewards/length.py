@@ -20,13 +20,22 @@ _tokenizers: dict[str, Any] = {}
 _tokenizer_lock = threading.Lock()
 
 
-def completion_lengths(batch: Batch, tokenizer: str | None = None) -> list[int]:
+def completion_lengths(batch: Batch, tokenizer: str | None = None, reward: str = "length") -> list[int]:
     """Length of each completion: tokens from ``completion_ids``, else tokens of `tokenizer`,
     else characters (see the module docstring).
+
+    Raises:
+        ValueError: if ``completion_ids`` is given for some rows and not others (their lengths
+            would be in different units, and a row's score would depend on its neighbours).
     """
     ids = batch.columns.get("completion_ids")
-    if isinstance(ids, (list, tuple)) and all(x is not None for x in ids):
-        return [len(x) for x in ids]
+    if isinstance(ids, (list, tuple)):
+        missing = sum(x is None for x in ids)
+        if not missing:
+            return [len(x) for x in ids]
+        if missing < len(ids):
+            raise ValueError(f"reward {reward!r}: completion_ids given for {len(ids) - missing} of {len(ids)} rows: "
+                             "give them for every row or none (lengths would mix tokens with characters)")
     if tokenizer:
         with _tokenizer_lock:
             if tokenizer not in _tokenizers:
@@ -88,7 +97,7 @@ class CosineLength(Reward):
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         accuracy = self._accuracy.score_batch(batch, tally)
-        lengths = completion_lengths(batch, self.tokenizer)
+        lengths = completion_lengths(batch, self.tokenizer, self.__name__)
         return [
             None if acc is None else cosine_scaled(
                 acc >= 1.0, n, self.max_len, self.min_value_wrong, self.max_value_wrong,
@@ -136,4 +145,5 @@ class Overlong(Reward):
         self.max_tokens, self.cache_tokens, self.tokenizer = max_tokens, cache_tokens, tokenizer
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
-        return [overlong_penalty(n, self.max_tokens, self.cache_tokens) for n in completion_lengths(batch, self.tokenizer)]
+        lengths = completion_lengths(batch, self.tokenizer, self.__name__)
+        return [overlong_penalty(n, self.max_tokens, self.cache_tokens) for n in lengths]

@@ -74,6 +74,8 @@ STEP_ROWS = [
     ("3.14 is pi and 2.5 is a number", 0.0),  # decimals at line start are not list items
     ("first, lower-case words do not count", 0.0),  # case-sensitive transition words
     ("", 0.0),  # empty completion
+    ("<think>Step 1: add.\nStep 2: multiply.\nStep 3: check.</think>", 1.0),  # first step on the <think> line
+    ("<think>\n1. Add.\n2. Check.</think>", 2 / 3),
 ]
 
 

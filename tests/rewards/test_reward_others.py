@@ -65,6 +65,15 @@ def test_cosine_length_reward_uses_tokens_then_characters():
     assert fn([""], ["x"], answer=["forty-two apples"]) == [None]  # accuracy None -> None
 
 
+@pytest.mark.parametrize("name", ["cosine_length", "overlong"])
+def test_length_rewards_refuse_token_ids_for_only_some_rows(name):
+    # Falling back to characters for the whole batch would make a row's score depend on its
+    # neighbours (and mix units); the error names the reward and the counts.
+    fn = get(name)
+    with pytest.raises(ValueError, match=rf"reward '{name}': completion_ids given for 1 of 2 rows"):
+        fn(["", ""], [r"\boxed{4}", r"\boxed{4}"], answer=["4", "4"], completion_ids=[[1] * 5, None])
+
+
 OVERLONG_ROWS = [
     # (length, expected) with max_tokens=100, cache_tokens=20 (DAPO soft overlong punishment)
     (0, 0.0),  # empty
