@@ -21,7 +21,7 @@ see the same machine (this shared host's speed drifts by 15-25% over minutes):
   math-verify's caches do not flatter it).
 GRPO-shaped: 3 sets of 1,000 completions in groups of `--group` (8) sharing a gold, the
 `accuracy` reward (which runs equal checks once) against a naive serial reward, alternating
-batch by batch (`bench_groups`).
+batch by batch (`bench_groups`); then the same with `dedupe=False` on 3 other sets.
 All are warmed first on 200 other completions (imports, sympy caches), and each meets every
 timed check exactly once. A set's speed-up is its summed serial time over its summed pool time;
 the reported speed-up and checks/s are medians over the sets, every set's value printed too.
@@ -108,22 +108,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _ceiling_child(conn, next_index) -> None:
+def _ceiling_child(conn, next_index, parent: int) -> None:
     """A ceiling process: for each list of tasks it is sent, grade the tasks it claims from the
-    shared counter (the other processes claim the rest), and reply its span."""
+    shared counter (the other processes claim the rest), and reply its span, or the error.
+    `parent` is the bench's pid (read in the bench: it may be gone before this line runs)."""
     while True:
+        while not conn.poll(1.0):
+            if os.getppid() != parent:  # the bench died without closing us
+                return
         tasks = conn.recv()
         if tasks is None:
             return
         started = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
-        while True:
-            with next_index.get_lock():
-                i = next_index.value
-                next_index.value += 1
-            if i >= len(tasks):
-                break
-            grade(*tasks[i])
-        conn.send((started, time.perf_counter()))
+        try:
+            while True:
+                with next_index.get_lock():
+                    i = next_index.value
+                    next_index.value += 1
+                if i >= len(tasks):
+                    break
+                grade(*tasks[i])
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", (started, time.perf_counter())))
 
 
 class Ceiling:
@@ -131,7 +139,7 @@ class Ceiling:
     a counter in shared memory (each claims the next unclaimed task), with no deadline and no
     messages per task: the most any pool of that many processes gets from this machine. Forked
     once, before any timed set, so they never inherit caches of the checks they time;
-    persistent, so a block pays no fork or copy-on-write."""
+    persistent, so a block pays no fork or copy-on-write. Use as a context manager."""
 
     def __init__(self, workers: int) -> None:
         import multiprocessing
@@ -141,24 +149,52 @@ class Ceiling:
         self.conns, self.children = [], []
         for _ in range(workers):
             ours, theirs = ctx.Pipe()
-            child = ctx.Process(target=_ceiling_child, args=(theirs, self.next_index), daemon=True)
+            child = ctx.Process(target=_ceiling_child, args=(theirs, self.next_index, os.getpid()), daemon=True)
             child.start()
+            theirs.close()
             self.conns.append(ours)
             self.children.append(child)
 
     def run(self, tasks: list[tuple]) -> float:
-        """Seconds from the first child's start to the last one's finish."""
+        """Seconds from the first child's start to the last one's finish.
+
+        Raises:
+            RuntimeError: if a child failed on a task (its error), or died.
+        """
         self.next_index.value = 0
         for conn in self.conns:
             conn.send(tasks)
-        spans = [conn.recv() for conn in self.conns]
+        replies = []
+        for conn in self.conns:
+            try:
+                replies.append(conn.recv())
+            except EOFError:
+                raise RuntimeError("a ceiling process died") from None
+        errors = [value for status, value in replies if status != "ok"]
+        if errors:
+            raise RuntimeError(f"a ceiling process failed: {errors[0]}")
+        spans = [value for _, value in replies]
         return max(end for _, end in spans) - min(start for start, _ in spans)
 
     def close(self) -> None:
+        """Stop the children; never raises (it runs while another error may be on its way)."""
         for conn in self.conns:
-            conn.send(None)
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+            conn.close()
         for child in self.children:
-            child.join()
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+    def __enter__(self) -> "Ceiling":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
@@ -179,7 +215,6 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     warm = math_rows_tasks(200, seed=2)
     for task in warm:
         grade(*task)
-    ceiling = Ceiling(workers)
     _pool.configure(workers=workers)
     pool = _pool.get_pool()
     batch = 64  # as GRPO sends them
@@ -198,11 +233,11 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
             outcomes += pool.map("rewards.math:grade", tasks[i:i + batch], timeout=5.0)
         return time.perf_counter() - started, [o.value for o in outcomes], [o.seconds for o in outcomes]
 
-    pool.map("rewards.math:grade", warm, timeout=30)
-    ceiling.run(math_rows_tasks(200, seed=3))
     seconds = {"serial": [], "pool": [], "ceiling": []}  # per set: summed block times
     latencies, pool_latencies, correct = [], [], 0
-    try:
+    with Ceiling(workers) as ceiling:  # forked before the pool's zygote starts: no pool sockets in them
+        pool.map("rewards.math:grade", warm, timeout=30)
+        ceiling.run(math_rows_tasks(200, seed=3))
         for rep in range(reps):
             tasks = math_rows_tasks(n, seed=100 + rep)
             spent = dict.fromkeys(seconds, 0.0)
@@ -224,8 +259,6 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
                 correct += sum(x == 1.0 for x in scores)
             for mode in seconds:
                 seconds[mode].append(spent[mode])
-    finally:
-        ceiling.close()
 
     accuracy = get("accuracy")
     fresh = math_rows(n, seed=1)  # texts no process has seen
@@ -251,23 +284,35 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     }
 
 
-def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3) -> dict:
+def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3, dedupe: bool = True,
+                 seed: int = 200) -> dict:
     """The `accuracy` reward on GRPO-shaped batches vs a naive serial reward, same completions.
 
-    `reps` sets of `n` completions in groups of `group` sharing a gold (so final answers repeat,
-    as they do among a prompt's G samples); batches of `batch`. *naive serial*: extract and
-    math-verify each completion in this process, one after another. *accuracy*: the reward as
-    GRPO calls it (extraction here, equal checks run once, the rest in the pool). The two
-    alternate batch by batch; each has its own caches (this process vs the pool's workers), but
-    the naive side's math-verify also meets a set's repeats in its caches.
+    `reps` sets of `n` completions (seeds `seed`, `seed` + 1, ...) in groups of `group` sharing
+    a gold (so final answers repeat, as among a prompt's G samples); batches of `batch`.
+    *naive serial*: extract and math-verify each completion in this process, one after another.
+    *accuracy*: the reward as GRPO calls it (extraction here, checks in the pool; equal checks
+    run once unless `dedupe` is False). The two alternate batch by batch; each has its own
+    caches (this process vs the pool's workers), and the naive side's math-verify meets a set's
+    repeats in its caches. Both are warmed on another grouped set first.
     """
     import statistics
 
-    accuracy = get("accuracy")
+    accuracy = get("accuracy", dedupe=dedupe)
+
+    def naive(chunk):
+        return [grade(*math_task("", c, g)) for c, g in chunk]
+
+    def reward(chunk):
+        return accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
+
+    warm = math_rows(256, seed=4, group=group)
+    naive(warm)
+    reward(warm)
     spent: dict[str, list[float]] = {"naive": [], "accuracy": []}
     unique = 0
     for rep in range(reps):
-        rows = math_rows(n, seed=200 + rep, group=group)
+        rows = math_rows(n, seed=seed + rep, group=group)
         tt = dict.fromkeys(spent, 0.0)
         for k, i in enumerate(range(0, n, batch)):
             chunk = rows[i:i + batch]
@@ -275,17 +320,15 @@ def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3) -> dict
             results = {}
             for mode in (["naive", "accuracy"] if k % 2 == 0 else ["accuracy", "naive"]):
                 started = time.perf_counter()
-                if mode == "naive":
-                    results[mode] = [grade(*math_task("", c, g)) for c, g in chunk]
-                else:
-                    results[mode] = accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
+                results[mode] = naive(chunk) if mode == "naive" else reward(chunk)
                 tt[mode] += time.perf_counter() - started
             assert results["naive"] == results["accuracy"], "accuracy reward and naive serial disagree"
         for mode in spent:
             spent[mode].append(tt[mode])
     speedups = [a / b for a, b in zip(spent["naive"], spent["accuracy"])]
     return {
-        "n": n, "reps": reps, "group": group, "batch": batch, "unique_share": unique / (n * reps),
+        "n": n, "reps": reps, "group": group, "batch": batch, "dedupe": dedupe,
+        "unique_share": unique / (n * reps),
         "naive_per_s": statistics.median(n / s for s in spent["naive"]),
         "accuracy_per_s": statistics.median(n / s for s in spent["accuracy"]),
         "speedup": statistics.median(speedups), "speedup_per_rep": speedups,
@@ -341,7 +384,7 @@ def machine() -> str:
             f"math-verify {metadata.version('math-verify')}, load average at start {load}")
 
 
-def render(math: dict, groups: dict, code: dict, command: str) -> str:
+def render(math: dict, groups: dict, no_dedupe: dict, code: dict, command: str) -> str:
     s, p = math["serial"], math["pool"]
     return "\n".join([
         START,
@@ -369,7 +412,10 @@ def render(math: dict, groups: dict, code: dict, command: str) -> str:
         f"sharing a gold, batches of {groups['batch']}; {groups['unique_share']:.0%} of the checks in a batch are "
         f"distinct: `accuracy` reward (equal checks once, pool) {groups['accuracy_per_s']:.0f} completions/s, "
         f"naive serial reward (each completion math-verified in process) {groups['naive_per_s']:.0f}/s: "
-        f"**{groups['speedup']:.2f}x** (median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}).",
+        f"**{groups['speedup']:.2f}x** (median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}). "
+        f"The same with `dedupe=False` (other sets of the same shape): "
+        f"{no_dedupe['accuracy_per_s']:.0f} vs {no_dedupe['naive_per_s']:.0f}/s, **{no_dedupe['speedup']:.2f}x** "
+        f"(per set: {', '.join(f'{x:.2f}x' for x in no_dedupe['speedup_per_rep'])}).",
         "",
         f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
         f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "
@@ -392,8 +438,9 @@ def main() -> None:
         f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
     math = bench_math(args.n, args.workers, args.reps)
     groups = bench_groups(args.n, group=args.group)
+    no_dedupe = bench_groups(args.n, group=args.group, dedupe=False, seed=300)
     code = bench_code(args.code_problems, args.workers)
-    text = render(math, groups, code, command)
+    text = render(math, groups, no_dedupe, code, command)
     print(text)
     if not args.no_write_docs:
         docs = DOCS.read_text(encoding="utf-8")

@@ -442,9 +442,11 @@ def run_in_pool(fn_path: str, tasks: list[tuple | None], timeout: float, tally: 
     """Run ``fn_path(*task)`` in the shared pool for each task that is not None (those give None).
 
     A timeout or a crashed task gives 0.0 and is counted in `tally`, once per task it stood for.
-    `dedupe=True` (for a deterministic `fn_path` with hashable tasks) runs equal tasks once and
-    gives each the one result: the G completions of a GRPO group share a gold and often end in
-    the same final answer (22-39% of a trained model's checks in the demo run's eval).
+    `dedupe=True` (for a deterministic `fn_path`) runs equal tasks once and gives each the one
+    result; tasks are equal when they pickle to the same bytes (so ``(1,)`` and ``(True,)``
+    stay apart). The G completions of a GRPO group share a gold and often end in the same
+    final answer (22-39% of a trained model's checks in the demo run's eval). A timeout or
+    crash of the one check then scores every equal task 0.0.
     """
     values: list[Any] = [None] * len(tasks)
     todo = [i for i, task in enumerate(tasks) if task is not None]
@@ -453,8 +455,8 @@ def run_in_pool(fn_path: str, tasks: list[tuple | None], timeout: float, tally: 
     # run[i]: the index whose task is run for task i (itself, or the first equal task)
     run = {i: i for i in todo}
     if dedupe:
-        first: dict[tuple, int] = {}
-        run = {i: first.setdefault(tasks[i], i) for i in todo}  # type: ignore[arg-type]
+        first: dict[bytes, int] = {}
+        run = {i: first.setdefault(pickle.dumps(tasks[i], protocol=pickle.HIGHEST_PROTOCOL), i) for i in todo}
     unique = sorted(set(run.values()))
     outcomes = dict(zip(unique, get_pool().map(fn_path, [tasks[i] for i in unique], timeout, warmup)))
     for i in todo:

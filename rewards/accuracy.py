@@ -33,7 +33,8 @@ class Accuracy(Reward):
     None when the row cannot be judged (no gold, gold does not parse, verification not JSON,
     unknown kind — logged once per kind). `timeout`: seconds per math/reasoning-gym check;
     `code_timeout`: wall-clock seconds per program run; `code_memory_mb`: its address-space
-    limit; `sandbox`: "auto" | "bwrap" | "none" (see `rewards.code`).
+    limit; `sandbox`: "auto" | "bwrap" | "none" (see `rewards.code`); `dedupe`: math checks with
+    the same gold and final answer run once (see `rewards.math.MathAccuracy`).
 
     >>> tests = {"kind": "python_tests", "entry_point": "inc", "test": "def check(f):\\n    assert f(1) == 2\\n"}
     >>> Accuracy()(["", ""], [r"<think>6*7</think><answer>\\boxed{42}</answer>", "def inc(x):\\n    return x + 1\\n"],
@@ -42,9 +43,10 @@ class Accuracy(Reward):
     """
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, code_timeout: float = 10.0, code_memory_mb: int = 1024,
-                 sandbox: str = "auto") -> None:
+                 sandbox: str = "auto", dedupe: bool = True) -> None:
         super().__init__()
         self.timeout = timeout
+        self.dedupe = dedupe
         self.code_limits = Limits(timeout=code_timeout, memory_mb=code_memory_mb)
         self.sandbox = sandbox
 
@@ -81,7 +83,7 @@ class Accuracy(Reward):
                 code_future = background.submit(
                     run_code_batch, code_tasks, self.code_limits, self.sandbox, worker_count(), False, code_tally
                 )
-            math_scores = run_in_pool("rewards.math:grade", math_tasks, self.timeout, tally, dedupe=True)
+            math_scores = run_in_pool("rewards.math:grade", math_tasks, self.timeout, tally, dedupe=self.dedupe)
             rgym_scores = score_rgym_tasks(rgym_tasks, self.timeout, tally)
             code_scores = code_future.result() if code_future else [None] * n
         tally.timeouts += code_tally.timeouts

@@ -31,8 +31,9 @@ class RewardStats:
     """Counters of one reward object, since it was built (per process).
 
     `scored` counts completions; `none_count` those that could not be judged (None);
-    `timeout_count` checks that hit their deadline (scored 0.0); `error_count` checks whose
-    worker or sandbox failed (scored None or 0.0, see the reward).
+    `timeout_count` completions whose check hit its deadline (scored 0.0); `error_count`
+    completions whose check's worker or sandbox failed (scored None or 0.0, see the reward).
+    Counted per completion: equal checks that ran once (`dedupe`) count once per completion.
     """
 
     scored: int = 0

@@ -202,7 +202,9 @@ class MathAccuracy(Reward):
     Reads the `answer` column (a short gold answer; a worked solution works when it ends with
     a box, a ``####`` line or "the answer is ..."). See the module docstring for what is
     graded. `timeout` is the wall-clock deadline in seconds of one check in a worker process;
-    a timeout scores 0.0 and is counted in ``stats.timeout_count``.
+    a timeout scores 0.0 and is counted in ``stats.timeout_count`` (per completion).
+    `dedupe`: completions with the same gold and final answer share one check (a timeout
+    then zeroes them all); False checks each one on its own.
 
     >>> fn = MathAccuracy()
     >>> fn(["", "", "", ""], [r"so \boxed{\frac12}", r"\boxed{5} no, \boxed{7}", r"\boxed{1728}", "x"],
@@ -210,13 +212,14 @@ class MathAccuracy(Reward):
     [1.0, 1.0, 0.0, None]
     """
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, dedupe: bool = True) -> None:
         super().__init__()
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = timeout
+        self.dedupe = dedupe
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         golds = batch.column("answer")
         tasks = [math_task(p, c, g) for p, c, g in zip(batch.prompts, batch.completions, golds)]
-        return run_in_pool("rewards.math:grade", tasks, self.timeout, tally, dedupe=True)
+        return run_in_pool("rewards.math:grade", tasks, self.timeout, tally, dedupe=self.dedupe)

@@ -21,6 +21,16 @@ def test_ceiling_grades_every_task_once_across_its_processes():
     assert all(not child.is_alive() for child in ceiling.children)
 
 
+def test_ceiling_reports_a_failed_task_and_closes_cleanly():
+    import pytest
+
+    with BENCH["Ceiling"](2) as ceiling:
+        with pytest.raises(RuntimeError, match="a ceiling process failed: TypeError"):
+            ceiling.run([()])  # grade() without arguments
+        assert ceiling.run(BENCH["math_rows_tasks"](4, seed=6)) > 0  # still serving
+    assert all(not child.is_alive() for child in ceiling.children)
+
+
 def test_bench_math_small_run_reports_every_set():
     size = _pool.worker_count()
     try:
@@ -35,7 +45,9 @@ def test_bench_math_small_run_reports_every_set():
     groups = BENCH["bench_groups"](n=32, group=8, batch=16, reps=1)  # asserts equal scores itself
     assert 0 < groups["unique_share"] < 1  # answers repeat within a group of 8
     assert groups["speedup"] > 0 and len(groups["speedup_per_rep"]) == 1
-    text = BENCH["render"](result, groups, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
+    no_dedupe = BENCH["bench_groups"](n=32, group=8, batch=16, reps=1, dedupe=False, seed=300)
+    assert no_dedupe["dedupe"] is False and no_dedupe["speedup"] > 0
+    text = BENCH["render"](result, groups, no_dedupe, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
                                      "completions_per_s": 0.0, "asserts_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0},
                            "python bench/rewards.py")
     assert "blocks of 16" in text and "Pool / serial" in text and "groups of 8" in text

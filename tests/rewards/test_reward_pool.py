@@ -94,3 +94,41 @@ def test_math_reward_scores_duplicate_answers_in_place():
     assert expected == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]
     assert get("math")([""] * 6, completions, answer=golds) == expected
     assert get("accuracy")([""] * 6, completions, answer=golds) == expected
+
+
+def test_run_in_pool_dedupe_counts_errors_per_task_and_keeps_unequal_pickles_apart():
+    from rewards._pool import run_in_pool
+    from rewards.base import Tally
+
+    tally = Tally()
+    assert run_in_pool("builtins:int", [("x",), ("7",), ("x",)], timeout=5, tally=tally, dedupe=True) == [0.0, 7, 0.0]
+    assert (tally.errors, tally.timeouts) == (2, 0)
+    # equal under == and hash, not the same task: each keeps its own result
+    values = run_in_pool("builtins:repr", [(1,), (True,), (1.0,), (1,)], timeout=5, tally=Tally(), dedupe=True)
+    assert values == ["1", "True", "1.0", "1"]
+    # unhashable tasks are fine (keyed by their pickle)
+    assert run_in_pool("builtins:len", [([1, 2],), ([1, 2],)], timeout=5, tally=Tally(), dedupe=True) == [2, 2]
+
+
+TOWER = r"<think>t</think><answer>$9^{9^{9^{9^{9^{9}}}}}$</answer>"
+
+
+@pytest.mark.parametrize("name", ["math", "accuracy"])
+def test_math_rewards_run_an_equal_hung_check_once_unless_dedupe_is_off(name):
+    from rewards import get
+    from rewards._pool import get_pool
+
+    completions = [TOWER] * 4 + [r"<answer>\boxed{1}</answer>"]
+    for dedupe, kills_expected in ((True, 1), (False, 4)):
+        fn = get(name, timeout=0.5, dedupe=dedupe)
+        kills = get_pool().kills
+        assert fn([""] * 5, completions, answer=["1"] * 5) == [0.0, 0.0, 0.0, 0.0, 1.0]
+        assert get_pool().kills - kills == kills_expected, dedupe
+        assert fn.stats.timeout_count == 4  # per completion either way
+
+
+def test_dedupe_keys_on_gold_and_answer_together():
+    from rewards import get
+
+    completions = [r"<answer>\boxed{42}</answer>"] * 3
+    assert get("math")([""] * 3, completions, answer=["42", "41", "42"]) == [1.0, 0.0, 1.0]
