@@ -77,6 +77,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
             lines.append(f"{source}: unknown key '{dotted}'{hint}")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing required key '{dotted}'")
+        elif not loc and e["type"] == "value_error":  # a check across keys: its message names them
+            lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
         else:
             expected = ""
             parent = _model_at(model, loc[:-1]) if loc else None

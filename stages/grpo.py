@@ -181,6 +181,10 @@ class Config(StageConfig):
             raise ValueError("epsilon_high must be >= epsilon")
         if self.vllm_mode == "server" and not self.use_vllm:
             raise ValueError("vllm_mode: server needs use_vllm: true")
+        empty = [i for i, source in enumerate(self.eval_prompts) if getattr(source, "n_test", None) == 0]
+        if empty:  # the held-out reward reads the test split; caught here, not at the step's start
+            raise ValueError(f"eval_prompts.{empty[0]}.n_test: 0 test prompts; the held-out reward uses each "
+                             f"source's test split (entries {empty} have n_test: 0)")
         return self
 
     @property

@@ -243,3 +243,20 @@ def test_single_process_runs_get_their_own_rendezvous_port(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # under a launcher: not ours to set
     grpo.reserve_rendezvous_port()
     assert os.environ["MASTER_PORT"] == ""
+
+
+def test_validate_refuses_a_held_out_source_without_test_prompts(tmp_path):
+    """Caught by `r1 validate`, not minutes into `r1 grpo`: the held-out reward reads test splits."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/grpo/smollm2-135m/reasoning.yaml").read_text())
+    config["eval_prompts"][2]["n_test"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "eval_prompts.2.n_test: 0 test prompts" in text and "key ''" not in text and "got dict" not in text
