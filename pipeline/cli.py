@@ -51,7 +51,7 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
         only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this step (repeatable)."),
         from_step: Optional[str] = typer.Option(None, "--from", help="Run this step and all after it."),
-        force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date."),
+        force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
         keep_checkpoints: bool = KeepOpt,
         overrides: Optional[list[str]] = SetOpt) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
@@ -92,7 +92,7 @@ def _stage_command(kind: str):
     def command(config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
                 run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
                 step: Optional[str] = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
-                force: bool = typer.Option(False, "--force", help="Rerun even if up to date."),
+                force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
                 keep_checkpoints: bool = KeepOpt,
                 overrides: Optional[list[str]] = SetOpt) -> None:
         try:
@@ -138,7 +138,7 @@ def eval_run(
         seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
         run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
         step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
-        force: bool = typer.Option(False, "--force", help="Rerun even if up to date."),
+        force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
         overrides: Optional[list[str]] = SetOpt) -> None:
     try:
         if config is None and not (model and data):
