@@ -108,8 +108,8 @@ class ReasoningSteps(Reward):
     r"""min(1, steps / min_steps): counts step markers (Step 1:, numbered/bulleted lines, First, …).
 
     Line-start markers ("Step 2:", "3. ", "4) ", "- ", "* ") are matched at the start of any
-    line (MULTILINE) or right after ``<think>``; transition words "First,", "Second,", "Next,", "Then,", "Finally,"
-    anywhere. After open-r1's `reasoning_steps_reward` (3 steps -> 1.0), which misses numbered
+    line (MULTILINE) or right after ``<think>``; transition words "First,", "Second,", "Next,",
+    "Then,", "Finally," anywhere. After open-r1's `reasoning_steps_reward` (3 steps -> 1.0), which misses numbered
     lists that do not start at character 0. Scores the whole completion; never None.
 
     >>> ReasoningSteps()([""], ["Plan:\n1. Add.\n2. Multiply.\n3. Check."])
