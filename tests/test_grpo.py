@@ -138,9 +138,11 @@ def test_eval_prompts_must_be_held_out(tiny_model):
     same_text = [[{"role": "user", "content": "  " + held_out["prompt"][1][-1]["content"].replace(" ", "  ")}]]
     kept, repeated = grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["x"], "prompt": same_text}))
     assert repeated == 1 and len(kept) == 3 and held_out["id"][1] not in kept["id"][:]
-    no_test = {**CHANGES["eval_prompts"][0], "n_test": 0}
-    config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "eval_prompts": [no_test]}, "test")
-    with pytest.raises(ValueError, match="n_test > 0"):
+    no_test = {**CHANGES["eval_prompts"][0], "n_test": 0}  # refused by the config itself (r1 validate)
+    with pytest.raises(ConfigError, match="eval_prompts.0.n_test: 0 test prompts"):
+        parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "eval_prompts": [no_test]}, "test")
+    config = parse(grpo.Config, {**SMOKE, **CHANGES, "model": "m", "max_prompt_length": 2}, "test")
+    with pytest.raises(ValueError, match="no test-split prompt of at most 2 tokens"):  # all too long
         grpo.load_eval_rows(config, tokenizer, Dataset.from_dict({"id": ["other"], "prompt": other}))
 
 
