@@ -70,7 +70,7 @@ def get(name: str, **params: Any) -> Callable:
     _ensure_loaded()
     if name in REGISTRY:
         factory = REGISTRY[name]
-        _check_params(name, factory, params)
+        check_params(name, factory, params)
         return factory(**params)
     if ":" in name:
         module_name, _, attr = name.partition(":")
@@ -81,7 +81,13 @@ def get(name: str, **params: Any) -> Callable:
     raise UnknownRewardError(f"unknown reward {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
 
 
-def _check_params(name: str, factory: Callable, params: dict[str, Any]) -> None:
+def check_params(name: str, factory: Callable, params: dict[str, Any]) -> None:
+    """Refuse a parameter `factory` (the registered reward `name`) does not take, without
+    building the reward (configs check their reward params with it).
+
+    Raises:
+        TypeError: naming the unknown parameters and listing the valid ones.
+    """
     accepted = _parameters(factory)
     unknown = sorted(set(params) - set(accepted))
     if unknown:

@@ -171,6 +171,14 @@ class Config(StageConfig):
         unknown = [n for n in names if n not in REGISTRY and ":" not in n]
         if unknown:
             raise ValueError(f"rewards: unknown {unknown}; valid names: {', '.join(sorted(REGISTRY))}")
+        from rewards.registry import check_params
+
+        for i, spec in enumerate(self.rewards):
+            if spec.name in REGISTRY:  # a dotted module:attr is imported only when the step runs
+                try:
+                    check_params(spec.name, REGISTRY[spec.name], spec.params)
+                except TypeError as exc:
+                    raise ValueError(f"rewards.{i}.params: {exc}") from None
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: a group of one has no advantage")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps

@@ -262,3 +262,13 @@ def test_validate_refuses_a_held_out_source_without_test_prompts(tmp_path):
     text = " ".join(result.output.split())
     assert result.exit_code == 2
     assert "eval_prompts.2.n_test: 0 test prompts" in text and "key ''" not in text and "got dict" not in text
+
+
+def test_reward_params_are_checked_by_the_config():
+    rewards = [{"name": "accuracy", "params": {"dedup": False}}, {"name": "format"}]
+    with pytest.raises(ConfigError, match=r"rewards\.0\.params: reward 'accuracy' takes no parameter dedup; "
+                                          r"valid parameters: .*dedupe"):
+        parse(grpo.Config, {**SMOKE, "model": "m", "rewards": rewards}, "test")
+    rewards[0]["params"] = {"dedupe": False, "timeout": 2.0}
+    config = parse(grpo.Config, {**SMOKE, "model": "m", "rewards": rewards}, "test")
+    assert config.rewards[0].params == {"dedupe": False, "timeout": 2.0}
