@@ -254,6 +254,9 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
     for file in files:
         try:
             data = read_yaml(file)
+            if "distributed_type" in data or "compute_environment" in data:
+                console.print(f"[dim]skipped {file}: an accelerate launch config, not an r1 config[/]")
+                continue
             if "kind" not in data:  # a stage config names its kind; anything else is a pipeline
                 p = load_pipeline(file)
                 console.print(f"[green]ok[/] {file}: pipeline with {len(p.steps)} steps")
@@ -271,7 +274,7 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
 def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
             run_name: Optional[str] = typer.Option(None, "--run", help="Run that holds the step."),
             config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
-            sample: int = typer.Option(3, "--sample", help="Rows to print, reasoning and answer apart."),
+            sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
             seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
             where: Optional[str] = typer.Option(None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."),
             html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
@@ -279,6 +282,9 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
             split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset.")) -> None:
     """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""
     from pipeline import inspect as inspect_mod
+
+    if html is not None and html.is_dir():  # refused before the work, not after it
+        _fail(f"--html {html} is a folder; give a file name, e.g. {html / 'report.html'}")
 
     try:
         inspect_mod.inspect(path, run_name=run_name, config=config, sample=sample, seed=seed, where=where,

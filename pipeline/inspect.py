@@ -62,8 +62,13 @@ def locate(path: str, run_name: str | None = None, config: Path | None = None) -
     """
     p = Path(path)
     if p.exists():
-        if p.is_dir() and (p / "dataset").is_dir() and not any(p.glob("*.parquet")):
+        if p.is_dir() and (p / "dataset").is_dir():  # a step folder: its output (samples.parquet by name)
             return p / "dataset"
+        if p.is_dir() and (p / store.MANIFEST).is_file():
+            outputs = sorted(q.name for q in p.iterdir() if q.is_dir())
+            raise FileNotFoundError(f"{p} is a step folder without a dataset/ output (it holds: "
+                                    f"{', '.join(outputs) or 'no folders'}); give a generate step's folder, "
+                                    "its samples.parquet, or a dataset file")
         return p
     run = run_name or (read_yaml(config).get("run") if config else None)
     looked = [str(p)]
@@ -156,7 +161,11 @@ def load_card(where: Path | str) -> dict | None:
     folder = p if p.is_dir() else p.parent
     for card in (folder / "card.json", folder / "dataset" / "card.json"):  # dataset/ or samples.parquet
         if card.is_file():
-            return json.loads(card.read_text())
+            try:
+                return json.loads(card.read_text())
+            except ValueError as err:  # fall back to the manifest's counts below
+                console.print(f"[yellow]warning:[/] {card} is not valid JSON ({err}); using the step's manifest")
+                break
     for step_dir in (folder.parent, folder):
         manifest = store.read_manifest(step_dir)
         if manifest:

@@ -53,8 +53,8 @@ SAMPLE_QUESTIONS = 3
 @dataclass
 class StepInfo:
     """What the report knows about one step. ``status``: ``done`` (manifest written),
-    ``unfinished`` (a partial folder: running, failed or interrupted), ``not run``, or
-    ``done (rerun unfinished)``."""
+    ``unfinished`` (a partial folder: running, failed or interrupted), ``not run``,
+    ``done (rerun unfinished)``, or ``manifest unreadable`` (a damaged manifest.json)."""
 
     name: str
     kind: str
@@ -87,6 +87,9 @@ def collect_steps(run_dir: Path, order: list[str] | None = None,
     for folder in sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         m = store.read_manifest(folder)
         if not m:
+            if (folder / store.MANIFEST).is_file():  # finished once, but the manifest is damaged
+                steps[folder.name] = StepInfo(folder.name, "?", "manifest unreadable", folder,
+                                              summary=f"{folder / store.MANIFEST} is not a valid manifest")
             continue
         # A partial folder next to a finished one: a rerun that is running, failed or was stopped.
         rerun = folder.name in steps and steps[folder.name].started > m.get("started", 0)
@@ -289,11 +292,16 @@ def section_glance(doc: Doc, steps: list[StepInfo]) -> None:
         if s.kind == "grpo" and s.status != "not run":
             log = read_metrics(s.folder)
             parts = []
-            for key, label, digits in (("reward", "reward", 3), ("eval_reward", "held-out reward", 3),
-                                       ("completions/mean_length", "mean length (tokens)", 0)):
+            # Training curves: the mean of the first and of the last 3 logged steps, as the step's
+            # manifest and summary table give them (one step alone is noise); the held-out reward:
+            # its first and last measurement (same prompts each time).
+            for key, label, digits, span in (("reward", "reward", 3, 3), ("eval_reward", "held-out reward", 3, 1),
+                                             ("completions/mean_length", "mean length (tokens)", 0, 3)):
                 _, ys = _series(log, key)
                 if ys:
-                    parts.append(f"{label} {ys[0]:.{digits}f} -> {ys[-1]:.{digits}f}")
+                    first, last = sum(ys[:span]) / len(ys[:span]), sum(ys[-span:]) / len(ys[-span:])
+                    what = " (first -> last 3 steps)" if span > 1 and len(ys) > 1 else ""
+                    parts.append(f"{label}{what} {first:.{digits}f} -> {last:.{digits}f}")
             if parts:
                 state = "" if s.status.startswith("done") else f", {s.status}"
                 lines.append(f"RL `{s.name}` ({len(_series(log, 'reward')[0])} logged steps{state}): {', '.join(parts)}.")
@@ -523,10 +531,15 @@ def _paired(doc: Doc, step: StepInfo, models: list[str]) -> None:
         return
     from stages.eval import PAIRED_TEST, compare, load_records
 
-    base = load_records(step.folder, models[0])[0]
+    try:
+        records = {model: load_records(step.folder, model)[0] for model in models}
+    except (KeyError, ValueError) as err:
+        doc.missing(f"`{step.name}`: no paired comparison ({err.args[0] if err.args else err})")
+        return
+    base = records[models[0]]
     rows = []
     for model in models[1:]:
-        o = compare(load_records(step.folder, model)[0], base)["overall"]
+        o = compare(records[model], base)["overall"]
         rows.append([model, o["questions"], f"{o['diff']:+.3f} [{o['diff_ci'][0]:+.3f}, {o['diff_ci'][1]:+.3f}]",
                      o["wins"], o["losses"], o["ties"], f"{o['p_value']:.3g}"])
     doc.p(f"Each model against `{models[0]}`, question by question ({PAIRED_TEST}):")

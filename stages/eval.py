@@ -623,6 +623,8 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
 
     Raises:
         FileNotFoundError: no ``samples.parquet``. KeyError: ``model`` absent or ambiguous (lists models).
+        ValueError: ``samples.parquet`` or ``results.json`` is unreadable, or not an eval step's
+            (the message names the file).
     """
     import pyarrow.parquet as pq
 
@@ -630,7 +632,13 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     parquet = path / "samples.parquet" if path.is_dir() else path
     if not parquet.is_file():
         raise FileNotFoundError(f"no eval results at {path} (expected samples.parquet)")
-    rows = pq.read_table(parquet).to_pylist()
+    try:
+        rows = pq.read_table(parquet).to_pylist()  # ArrowInvalid is a ValueError
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{parquet}: not a readable parquet file ({err})") from None
+    if rows and "model" not in rows[0]:
+        raise ValueError(f"{parquet}: not an eval step's samples (no 'model' column; columns: "
+                         f"{', '.join(rows[0])})")
     models = list(dict.fromkeys(r["model"] for r in rows))
     if model is None and len(models) == 1:
         model = models[0]
@@ -640,7 +648,10 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     results_file = parquet.parent / "results.json"
     protocol = {}
     if results_file.is_file():
-        data = json.loads(results_file.read_text())
+        try:
+            data = json.loads(results_file.read_text())
+        except ValueError as err:
+            raise ValueError(f"{results_file}: not valid JSON ({err})") from None
         protocol = {**data.get("protocol", {}), **data.get("models", {}).get(model, {}).get("protocol", {})}
     return [r for r in rows if r["model"] == model], protocol, model
 

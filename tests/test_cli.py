@@ -222,3 +222,16 @@ def test_inspect_missing_dataset_exits_2(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
     out = _flat(result.output)
     assert result.exit_code == 2 and "no dataset at" in out and "--run" in out
+
+
+def test_validate_every_config_of_the_repo_skipping_accelerate_files():
+    """The README's command: stage and pipeline configs are checked, accelerate launch configs
+    (another tool's format) are skipped and say so."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted(str(p) for p in (root / "configs").glob("*/*.yaml")) + sorted(
+        str(p) for p in (root / "configs").glob("*/*/*.yaml"))
+    result = CliRunner().invoke(app, ["validate", *files])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, out
+    assert out.count("skipped") == len(list((root / "configs" / "accelerate").glob("*.yaml"))) > 0
+    assert out.count("ok ") == len(files) - out.count("skipped")

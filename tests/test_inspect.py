@@ -213,3 +213,36 @@ def test_html_report_renders_tables_images_and_samples(dataset, tmp_path, chromi
     _chromium(chromium, "--virtual-time-budget=5000", f"--screenshot={shot}", "--window-size=1280,2600",
               report.as_uri())
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_a_step_folder_means_its_dataset_and_bad_inputs_fail_early(dataset, tmp_path):
+    step = tmp_path / "rejection_sampling"
+    shutil.copytree(dataset, step / "dataset")
+    # samples.parquet (every sample, rejected ones too) beside dataset/: the folder still means dataset/
+    pd.DataFrame(known_rows() * 3).to_parquet(step / "samples.parquet")
+    (step / "manifest.json").write_text("{}")
+    result = runner.invoke(app, ["inspect", str(step), "--sample", "0"])
+    assert result.exit_code == 0 and f"{len(known_rows())} rows" in _flat(result.output), result.output
+    # a step folder whose output is not a dataset
+    rl = tmp_path / "reasoning_rl"
+    (rl / "model").mkdir(parents=True)
+    (rl / "manifest.json").write_text("{}")
+    (rl / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    result = runner.invoke(app, ["inspect", str(rl)])
+    assert result.exit_code != 0 and "without a dataset/ output" in _flat(result.output) and "model" in result.output
+    # refused before any work
+    assert runner.invoke(app, ["inspect", str(step), "--sample", "-1"]).exit_code == 2
+    result = runner.invoke(app, ["inspect", str(step), "--html", str(tmp_path)])
+    assert result.exit_code != 0 and "is a folder" in _flat(result.output)
+
+
+def test_a_broken_card_falls_back_to_the_manifest_with_a_warning(dataset, tmp_path):
+    step = tmp_path / "rejection_sampling"
+    shutil.copytree(dataset, step / "dataset")
+    (step / "dataset" / "card.json").write_text('{"funnel": [1,2\n')
+    (step / "manifest.json").write_text(json.dumps({"result": {"counts": {"sampled": 50, "kept": 10,
+                                                                            "dropped_incorrect": 40}}}))
+    result = runner.invoke(app, ["inspect", str(step), "--sample", "0"])
+    out = _flat(result.output)
+    assert result.exit_code == 0, out
+    assert "card.json is not valid JSON" in out and "incorrect" in out

@@ -169,7 +169,7 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert page.count('class="samples"') == 3 and page.count('class="sample"') == 6
     assert md.count("Not in this run") == 2  # KL of the two RL steps; nothing else is missing
     # the held-out reward curve of the step that measured one (all_domain_rl did not: not "missing")
-    assert "RL `reasoning_rl` (8 logged steps): reward 0.250 -> 0.600, held-out reward 0.300 -> 0.500," in md
+    assert "RL `reasoning_rl` (8 logged steps): reward (first -> last 3 steps) 0.300 -> 0.550, held-out reward 0.300 -> 0.500," in md
     assert "- `eval` pass@1: reasoning_rl 0.583 [" in md  # at a glance: models ranked, with intervals
     assert re.search(r"\| reasoning_rl \| 12 \| \+0\.292 \[\+0\.\d{3}, \+0\.\d{3}\] \| 12 \| 0 \| 0 \| 0\.000488 \|", md)
 
@@ -234,3 +234,24 @@ def test_r1_run_writes_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     md = (store.runs_root() / f"run-{tmp_path.name}" / "report" / "report.md").read_text()
     assert "| ev | eval | done |" in md and "**Not in this run:** `ev` evaluated no model" in md
+
+
+def test_damaged_files_are_reported_not_dropped_or_crashed_on(tmp_path):
+    """A manifest cut off mid-write shows as such (not silently dropped); an unreadable eval
+    samples.parquet leaves the paired comparison out and names the file."""
+    run_dir = sft_only_run(f"damaged-{tmp_path.name}")
+    broken = _step(run_dir, "rejection_sampling", "generate", {}, 5.0, {"outputs": {}, "counts": {}})
+    (broken / "manifest.json").write_text("{broken")
+    folder = _step(run_dir, "eval", "eval", {"models.0": "a", "models.1": "b"}, 9.0,
+                   {"outputs": {"results": "results.json"}, "counts": {}, "metrics": {}, "summary": ""})
+    _eval_outputs(folder, {"a": 0.3, "b": 0.6})
+    (folder / "samples.parquet").write_bytes(b"")
+    md = write_report(run_dir)[0].read_text()
+    assert "| rejection_sampling | ? | manifest unreadable |" in md
+    assert "no paired comparison" in md and "samples.parquet: not a readable parquet file" in md
+    with pytest.raises(ValueError, match="samples.parquet: not a readable parquet file"):
+        ev.load_records(folder, "a")
+    (folder / "samples.parquet").unlink()
+    pq.write_table(pa.table({"step": [1], "reward": [0.5]}), folder / "samples.parquet")
+    with pytest.raises(ValueError, match="not an eval step's samples"):
+        ev.load_records(folder, "a")
