@@ -192,7 +192,7 @@ def eval_compare(
     try:
         ra, pa, ma, wa = find_results(a, run_dir)
         rb, pb, mb, wb = find_results(b, run_dir)
-    except (FileNotFoundError, KeyError) as err:
+    except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: an unreadable or non-eval file
         _fail(str(err.args[0] if isinstance(err, KeyError) else err))
     result = compare(ra, rb)
     differences = protocol_differences(pa, pb)
@@ -241,6 +241,10 @@ def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HO
         run_dir = Path(run)
     if not run_dir.is_dir():
         _fail(f"no run folder {run_dir}")
+    if (run_dir / store.MANIFEST).is_file():
+        _fail(f"{run_dir} is a step folder; give its run: {run_dir.parent}")
+    if not (run_dir / ".partial").is_dir() and not any((p / store.MANIFEST).is_file() for p in run_dir.iterdir()):
+        _fail(f"{run_dir} holds no steps (no <step>/{store.MANIFEST}, no .partial/): not a run folder")
     from pipeline.report import write_report
 
     md, page = write_report(run_dir, order, planned)

@@ -99,9 +99,20 @@ def _read_records(ref: Path | str, split: str) -> list[dict]:
         rows: list[dict] = []
         for f in files:
             if f.suffix == ".jsonl":
-                rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+                for lineno, line in enumerate(f.read_text().splitlines(), 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except ValueError as err:
+                            raise ValueError(f"{f}:{lineno}: not valid JSON ({err})") from None
+            elif f.suffix == ".parquet":
+                try:
+                    rows += pq.ParquetFile(f).read().to_pylist()  # read_table imports pyarrow.dataset (~1 s)
+                except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
+                    raise ValueError(f"{f}: not a readable parquet file ({err})") from None
             else:
-                rows += pq.ParquetFile(f).read().to_pylist()  # read_table imports pyarrow.dataset (~1 s)
+                raise ValueError(f"{f}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
+                                 "a save_to_disk folder, a step folder or a step name")
         return rows
     import datasets
 

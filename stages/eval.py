@@ -39,6 +39,7 @@ Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -754,10 +755,10 @@ def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
         try:
             records, protocol, name = load_records(folder, spec)
             return records, protocol, name, str(folder)
-        except (KeyError, FileNotFoundError):
+        except (KeyError, FileNotFoundError, ValueError):  # ValueError: this step's files are unreadable
             import pyarrow.parquet as pq
 
-            if (folder / "samples.parquet").is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 seen += [f"{folder.name}#{m}" for m in dict.fromkeys(pq.read_table(folder / "samples.parquet",
                                                                                     columns=["model"])["model"].to_pylist())]
     raise FileNotFoundError(f"no eval results for {spec!r} in {run_dir}; evaluated: {', '.join(seen) or '(nothing)'}")

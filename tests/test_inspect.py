@@ -246,3 +246,15 @@ def test_a_broken_card_falls_back_to_the_manifest_with_a_warning(dataset, tmp_pa
     out = _flat(result.output)
     assert result.exit_code == 0, out
     assert "card.json is not valid JSON" in out and "incorrect" in out
+
+
+def test_unreadable_files_are_named(tmp_path):
+    bad_json = tmp_path / "broken.jsonl"
+    bad_json.write_text('{"messages": []}\n{bad\n')
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    for path, words in ((bad_json, f"{bad_json}:2: not valid JSON"),
+                        (tmp_path / "empty.parquet", "empty.parquet: not a readable parquet file"),
+                        (tmp_path / "notes.txt", "notes.txt: not a dataset file")):
+        result = runner.invoke(app, ["inspect", str(path)])
+        assert result.exit_code != 0 and words in _flat(result.output), result.output

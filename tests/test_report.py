@@ -255,3 +255,17 @@ def test_damaged_files_are_reported_not_dropped_or_crashed_on(tmp_path):
     pq.write_table(pa.table({"step": [1], "reward": [0.5]}), folder / "samples.parquet")
     with pytest.raises(ValueError, match="not an eval step's samples"):
         ev.load_records(folder, "a")
+
+
+def test_report_and_compare_refuse_what_is_not_theirs(tmp_path):
+    run_dir = sft_only_run(f"refuse-{tmp_path.name}")
+    result = CliRunner().invoke(app, ["report", str(run_dir / "sft")])
+    assert result.exit_code != 0 and "is a step folder" in " ".join(result.output.split())
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "holds no steps" in " ".join(result.output.split())
+    assert not (tmp_path / "empty" / "report").exists() and not (run_dir / "sft" / "report").exists()
+    samples = tmp_path / "samples.parquet"  # a generate step's samples: no 'model' column
+    pq.write_table(pa.table({"id": ["a"], "messages": ["[]"]}), samples)
+    result = CliRunner().invoke(app, ["eval", "compare", str(samples), str(samples)])
+    assert result.exit_code != 0 and "not an eval step's samples" in " ".join(result.output.split())
