@@ -41,7 +41,11 @@ def source_from_spec(spec: str, n: int, seed: int = 0) -> SourceConfig:
 
     Raises:
         pydantic.ValidationError: e.g. an unknown reasoning-gym task.
+        ValueError: ``reasoning_gym`` without a task (it would be tried as a hub dataset).
     """
+    if spec in ("reasoning_gym", "reasoning_gym:"):
+        raise ValueError("give a task: reasoning_gym:<task>, e.g. reasoning_gym:countdown "
+                         "(an unknown task name lists the valid ones)")
     if spec.startswith("reasoning_gym:"):
         return ReasoningGymSource(task=spec.split(":", 1)[1], n_train=n, n_test=n, seed=seed)
     if spec == "humaneval":

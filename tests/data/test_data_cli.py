@@ -48,3 +48,6 @@ def test_preview_errors_are_short():
     assert result.exit_code == 1 and "valid tasks" in result.output
     result = runner.invoke(app, ["preview", "humaneval", "--split", "dev"])
     assert result.exit_code != 0
+    # without a task it is not tried as a hub dataset (25 s of retries offline)
+    result = runner.invoke(app, ["preview", "reasoning_gym"])
+    assert result.exit_code == 1 and "give a task: reasoning_gym:<task>" in " ".join(result.output.split())
