@@ -189,6 +189,9 @@ def eval_compare(
     from stages.eval import compare, find_results, protocol_differences
 
     run_dir = store.runs_root() / run_name
+    if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):
+        runs = sorted(p.name for p in store.runs_root().iterdir() if p.is_dir()) if store.runs_root().is_dir() else []
+        _fail(f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(runs) or 'none'}); give --run")
     try:
         ra, pa, ma, wa = find_results(a, run_dir)
         rb, pb, mb, wb = find_results(b, run_dir)
@@ -203,7 +206,7 @@ def eval_compare(
     console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
     table = Table()
     for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
-        table.add_column(h)
+        table.add_column(h, overflow="fold")  # a narrow terminal or a pipe wraps cells instead of cutting them
     for label, g in [("all", result["overall"]), *result["per_source"].items()]:
         ci = g["diff_ci"]
         table.add_row(str(g["questions"]), escape(label), f"{g['a']:.3f}", f"{g['b']:.3f}",

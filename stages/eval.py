@@ -644,8 +644,8 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     if model is None and len(models) == 1:
         model = models[0]
     if model not in models:
-        raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'}; "
-                       f"models: {', '.join(models) or '(none)'}")
+        raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
+                       f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
     results_file = parquet.parent / "results.json"
     protocol = {}
     if results_file.is_file():

@@ -269,3 +269,5 @@ def test_report_and_compare_refuse_what_is_not_theirs(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "messages": ["[]"]}), samples)
     result = CliRunner().invoke(app, ["eval", "compare", str(samples), str(samples)])
     assert result.exit_code != 0 and "not an eval step's samples" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, ["eval", "compare", "sft", "eval", "--run", "no-such-run"])
+    assert result.exit_code != 0 and "no run 'no-such-run'" in " ".join(result.output.split())
