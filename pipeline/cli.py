@@ -57,6 +57,8 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
     try:
         pipeline = load_pipeline(config, overrides)
+        for warning in pipeline.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
                          keep_checkpoints=keep_checkpoints)
@@ -266,6 +268,8 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
                 continue
             if "kind" not in data:  # a stage config names its kind; anything else is a pipeline
                 p = load_pipeline(file)
+                for warning in p.warnings:
+                    console.print(f"[yellow]warning:[/] {escape(warning)}")
                 console.print(f"[green]ok[/] {file}: pipeline with {len(p.steps)} steps")
             else:
                 c = parse_stage_config(data, str(file))

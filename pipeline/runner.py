@@ -60,6 +60,7 @@ class Pipeline:
     config: PipelineConfig
     steps: list[Step]
     source: str = ""
+    warnings: list[str] = field(default_factory=list)  # e.g. an input that is likely a typo
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -112,6 +113,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     config = parse(PipelineConfig, data, str(path))
     steps: list[Step] = []
     seen: set[str] = set()
+    warnings: list[str] = []
     for i, spec in enumerate(config.steps):
         if spec.name in seen:
             raise ConfigError(f"{path}: duplicate step name {spec.name!r} (steps.{i})")
@@ -131,9 +133,21 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for key, ref in stage_config.inputs().items():
             if ref in all_names and ref not in seen:
                 raise ConfigError(f"{source}: input '{key}' names step {ref!r}, which does not run before it")
+            if _looks_like_a_typo(ref, all_names):
+                warnings.append(f"{source}: input '{key}' = {ref!r} is not a step of this pipeline, an alias or a "
+                                f"local path; it will be tried as a hub id (steps: {', '.join(sorted(all_names))})")
         steps.append(Step(spec.name, stage_config, raw))
         seen.add(spec.name)
-    return Pipeline(config, steps, str(path))
+    return Pipeline(config, steps, str(path), warnings)
+
+
+def _looks_like_a_typo(ref: str, step_names: set[str]) -> bool:
+    """A reference that only a hub could resolve, and not shaped like a hub id (``owner/name``):
+    most likely a misspelled step name (a legacy one-word hub name is possible, hence a warning)."""
+    from pipeline import models
+
+    return (ref not in step_names and ref not in models.ALIASES and not Path(ref).exists()
+            and "/" not in ref and ":" not in ref)
 
 
 def single_step_pipeline(config_file: str | Path, overrides: list[str] | None, run: str,

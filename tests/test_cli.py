@@ -235,3 +235,15 @@ def test_validate_every_config_of_the_repo_skipping_accelerate_files():
     assert result.exit_code == 0, out
     assert out.count("skipped") == len(list((root / "configs" / "accelerate").glob("*.yaml"))) > 0
     assert out.count("ok ") == len(files) - out.count("skipped")
+    assert "warning" not in out  # no input of the shipped pipelines looks like a typo
+
+
+def test_validate_warns_about_an_input_that_looks_like_a_misspelled_step(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "configs/pipeline/r1.yaml").read_text()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(text.replace("dataset: rejection_sampling}", "dataset: rejection_samplng}"))
+    result = CliRunner().invoke(app, ["validate", str(typo)])
+    out = " ".join(result.output.split())
+    assert "input 'dataset' = 'rejection_samplng' is not a step of this pipeline" in out, out
+    assert out.count("warning:") == 2 and result.exit_code == 0  # sft and distill; a hub id stays possible
