@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 C.enter_repo()
+from pipeline import precision  # noqa: E402
 
 NAME = "grpo_step"
 SIDES = ("ours", "trl_defaults")
@@ -177,7 +178,7 @@ def worker(args) -> None:
     on_cpu = engine and _vllm_sync.on_cpu_platform()
     if side == "ours" and engine:
         options = _vllm_sync.engine_options(
-            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None, dtype=config.vllm_dtype,
+            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None, dtype=precision.resolve(config.vllm_dtype).dtype,
             enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager)
     else:
         options = contextlib.nullcontext()
@@ -254,7 +255,7 @@ def worker(args) -> None:
         "steps": steps, "measured": steps[args.warmup:],
         "options_that_differ": _differences(ours_args, trl_args) if side == "ours" else None,
         "grpo_config": {k: str(v) for k, v in targs.to_dict().items()
-                        if k in ("beta", "loss_type", "bf16", "gradient_checkpointing", "optim",
+                        if k in ("beta", "loss_type", "bf16", "fp16", "gradient_checkpointing", "optim",
                                  "vllm_importance_sampling_correction", "generation_batch_size",
                                  "steps_per_generation", "num_iterations", "torch_compile")},
     })

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 C.enter_repo()
+from pipeline import precision  # noqa: E402
 
 NAME = "rollout"
 SIDES = ("vllm", "hf_bf16", "hf_fp32")
@@ -154,7 +155,7 @@ def main() -> None:
         torch.set_num_threads(config.torch_threads)
     C.log(f"{model_ref}: {len(prompts)} prompts x k={k} x {max_tokens} tokens, sides {sides}, {args.reps} reps")
 
-    engine_opts = {"dtype": config.vllm_dtype if config.vllm_dtype != "auto" else "bfloat16",
+    engine_opts = {"dtype": precision.resolve(config.vllm_dtype).dtype,
                    "enforce_eager": True if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
                    "max_model_len": config.max_prompt_length + config.max_completion_length,
                    "kv_cache_gib": config.vllm_kv_cache_gib}

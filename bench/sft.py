@@ -93,7 +93,7 @@ def worker(args) -> None:
     side = args.worker
     raw = read_yaml(Path(args.config))
     raw.update({"dataset": args.dataset, "max_steps": args.warmup + args.steps, "save_steps": 10**6,
-                "bf16": side != "ours_fp32"})
+                "dtype": "float32" if side == "ours_fp32" else "bfloat16"})
     if args.all_rows:
         raw.pop("max_rows", None)
     if args.model:

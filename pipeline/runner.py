@@ -409,6 +409,7 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
             "packages": store.package_versions(), "git_commit": store.git_commit(),
             "started": started, "wall_time_s": round(wall, 2),
             "checkpoints": "kept" if checkpoints.is_dir() else "none",
+            "precision": result.precision,  # dtype per role, chosen how (dtype: auto)
         }
         ranks = distributed.digest_summary(work)
         if ranks is not None:

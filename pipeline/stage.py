@@ -59,12 +59,15 @@ class StepResult:
     ``outputs``: output name -> folder relative to the step folder (``model`` or ``dataset``).
     ``counts``: integers for the summary (rows sampled, kept, ...). ``metrics``: floats
     (reward at start/end, pass@1, ...). ``summary``: one short human line for the table.
+    ``precision``: what ran in which dtype and why, per role (``training``, ``rollouts``, ...;
+    :meth:`pipeline.precision.Precision.as_dict`), recorded in the manifest.
     """
 
     outputs: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    precision: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -27,7 +27,9 @@ from urllib.parse import urlsplit
 
 from pydantic import model_serializer, model_validator
 
+from pipeline import precision
 from pipeline.config import StrictModel
+from pipeline.precision import DtypeChoice, Precision
 
 
 class SamplingConfig(StrictModel):
@@ -44,7 +46,9 @@ class SamplingConfig(StrictModel):
     top_p: float = 0.95
     max_tokens: int = 256  # new tokens per completion
     max_model_len: int = 2048  # tokens, prompt + completion (vLLM KV-cache sizing)
-    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    # engine / HF model dtype; auto = bf16 where the hardware runs it fast, else float32
+    # (pipeline.precision); the server backend uses the server's own --dtype
+    dtype: DtypeChoice = "auto"
     enforce_eager: bool = True  # vLLM: skip graph compilation (start-up cost > gain for short runs)
     batch_size: int = 64  # prompts per engine call (progress granularity; vLLM batches inside)
     server_url: str | None = None  # backend server: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
@@ -78,6 +82,14 @@ class SamplingConfig(StrictModel):
 SERVER_KEYS = ("server_url", "server_model", "max_concurrency", "request_timeout")
 
 
+def sampling_precision(cfg: SamplingConfig) -> dict[str, dict[str, str]]:
+    """``{"sampling": <resolved dtype and reason>}`` for a step's manifest; empty with a server
+    (its own ``--dtype`` decides)."""
+    if cfg.backend == "server":
+        return {}
+    return {"sampling": precision.resolve(cfg.dtype).as_dict()}
+
+
 @dataclass
 class Completion:
     """One sampled completion. ``num_tokens`` counts generated tokens; ``truncated`` is True
@@ -104,6 +116,11 @@ class Sampler:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # None with a server: its command line decides (docs/eval.md)
+        self.precision: Precision | None = None
+        if cfg.backend != "server":
+            self.precision = precision.resolve(cfg.dtype, what="sampling")
+            precision.announce(self.precision, "sampling")
         if cfg.backend == "server":
             self.server = ServerClient(cfg)
         elif cfg.backend == "vllm":
@@ -117,7 +134,7 @@ class Sampler:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
 
-            self.llm = LLM(model=model_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+            self.llm = LLM(model=model_path, dtype=self.precision.dtype, max_model_len=cfg.max_model_len,
                            seed=seed, enforce_eager=cfg.enforce_eager, 
                            distributed_executor_backend="uni",
                            # Per-prompt seeds make vLLM keep a torch.Generator per request. When
@@ -131,8 +148,8 @@ class Sampler:
             import torch
             from transformers import AutoModelForCausalLM
 
-            dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).eval()
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
             self.tokenizer.padding_side = "left"
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -547,8 +547,9 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
         rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
         records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
         chat_template = sampler.tokenizer.chat_template or ""
+        dtype = sampler.precision.as_dict() if sampler.precision else None  # None: the server's --dtype
     protocol = {"model_path": path, "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
-                "sampling": sampling.model_dump(), "departures": departures,
+                "sampling": sampling.model_dump(), "precision": dtype, "departures": departures,
                 "chat_template_sha256": sha256_text(chat_template), "rendered_prompts_sha256": sha256_text(rendered),
                 "max_prompt_tokens": prompt_tokens}
     return protocol, records
@@ -608,7 +609,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
     best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
-    return StepResult(outputs={"results": "results.json", "samples": "samples.parquet"},
+    from stages._sampling import sampling_precision
+
+    return StepResult(precision=sampling_precision(config.sampling),
+                      outputs={"results": "results.json", "samples": "samples.parquet"},
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))

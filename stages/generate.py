@@ -386,6 +386,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
               **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
     metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
                **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None}}
+    from stages._sampling import sampling_precision
+
     return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
                       summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
-                              + (f" + {len(mixed)} mixed-in rows" if mixed else ""))
+                              + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
+                      precision=sampling_precision(config.sampling))

@@ -68,8 +68,9 @@ from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline import distributed
+from pipeline import distributed, precision
 from pipeline.config import ConfigError, StrictModel
+from pipeline.precision import DtypeChoice
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
 
 
@@ -134,7 +135,9 @@ class Config(StageConfig):
     per_device_train_batch_size: int = 8  # completions per forward/backward pass
     gradient_accumulation_steps: int = 4  # passes per optimizer step
     max_steps: PositiveInt = 40  # optimizer steps
-    bf16: bool = True  # bf16 autocast, float32 master weights (AMX CPUs and GPUs)
+    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
+    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
+    dtype: DtypeChoice = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     seed: int = 0  # data order, sampling, dropout
     # Intra-op CPU threads for training and the colocated engine; None = torch's default (every
@@ -147,7 +150,7 @@ class Config(StageConfig):
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
     vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
     vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
-    vllm_dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"  # engine weights; auto = checkpoint's
+    vllm_dtype: DtypeChoice = "auto"  # colocated engine's weights; auto: as for `dtype`
     vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
     # Reweight tokens by p_policy / p_vLLM (the engine samples in bf16, the trainer scores in
     # float32 + autocast). Costs one extra forward pass over every rollout per step (~20% of a
@@ -253,15 +256,21 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
     on_cpu = engine and _vllm_sync.on_cpu_platform()
+    chosen = {"training": precision.resolve(config.dtype, what="training")}
+    if engine:
+        chosen["rollouts"] = precision.resolve(config.vllm_dtype, what="rollouts")
+    for role, p in chosen.items():
+        precision.announce(p, role)
     options = _vllm_sync.engine_options(
         cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
-        dtype=config.vllm_dtype,
+        dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
     with options:
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
-            args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0),
+            args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
+                                dtype=chosen["training"].dtype),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
 
     resume = last_checkpoint(ctx.checkpoints)
@@ -310,7 +319,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         summary += (f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
                     f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
                     f"{evals[-1]['eval_reward']:.3f} at step {evals[-1]['step']}")
-    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
+    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
+                      precision={role: p.as_dict() for role, p in chosen.items()})
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -438,13 +448,15 @@ def _trainer_class():
     return Trainer
 
 
-def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0):
+def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None):
     """TRL ``GRPOConfig`` from our config; every option that changes results is set here.
-    ``eval_prompts``: the number of held-out prompts (0: no held-out reward curve)."""
+    ``eval_prompts``: the number of held-out prompts (0: no held-out reward curve). ``dtype``:
+    the resolved autocast dtype (default: ``config.dtype`` resolved on this machine)."""
     import torch
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
+    dtype = dtype or precision.resolve(config.dtype).dtype
     return GRPOConfig(
         output_dir=str(output_dir),
         # policy and data
@@ -498,8 +510,8 @@ def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_steps=config.max_steps,
         # precision and device
-        bf16=config.bf16,
-        fp16=False,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
         use_cpu=not cuda,
         gradient_checkpointing=config.gradient_checkpointing,
         # Several processes (DDP): every parameter takes part in the loss, so skip the unused-

@@ -18,9 +18,11 @@ pads labels with -100 by position, not by token id.
 Departures from the paper: conversations longer than ``max_length`` tokens are dropped (not
 truncated) by default, since a truncated answer never shows its end-of-turn token.
 
-Speed on CPU (SmolLM2-135M, batch 8 x ~276 tokens, one thread, CPU time per step): bf16
-autocast ~160 tokens per CPU-second, float32 ~105, so ``bf16: true`` is the default (AMX).
-Two threads on an idle 2-core machine should give roughly 1.7x that (~280 tokens/s); when other
+Precision: ``dtype: auto`` (default) trains with bf16 autocast over float32 master weights where
+the hardware has fast bf16 (GPUs with bf16, CPUs with AMX or AVX512-BF16) and in plain float32
+elsewhere (``pipeline.precision``: without those instructions bf16 matmuls are ~90x slower).
+Speed on CPU (SmolLM2-135M, batch 8 x ~276 tokens, one thread, CPU time per step, AMX): bf16
+autocast ~160 tokens per CPU-second, float32 ~105. Two threads on an idle 2-core machine should give roughly 1.7x that (~280 tokens/s); when other
 CPU-heavy processes share the cores, two OpenMP threads collapse (measured 20-40 tokens/s):
 run with ``OMP_NUM_THREADS=1`` then.
 
@@ -47,7 +49,8 @@ from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
-from pipeline import distributed
+from pipeline import distributed, precision
+from pipeline.precision import DtypeChoice
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -74,7 +77,9 @@ class TrainingFields(StageConfig):
     max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
     batch_size: int = 8  # conversations per device per forward pass
     grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum * devices)
-    bf16: bool = True  # bf16 autocast, float32 master weights; on CPUs with AMX this is the fast path
+    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
+    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
+    dtype: DtypeChoice = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     packing: bool = False  # pack conversations into max_length blocks; needs flash-attention (GPU) to keep them apart
     group_by_length: bool = True  # batch conversations of similar length together: less padding
@@ -252,12 +257,14 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
     return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
 
 
-def sft_arguments(config: TrainingFields, output_dir: Path):
-    """TRL ``SFTConfig`` from our config; every option that changes results is set here."""
+def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None):
+    """TRL ``SFTConfig`` from our config; every option that changes results is set here.
+    ``dtype``: the resolved autocast dtype (default: ``config.dtype`` resolved on this machine)."""
     import torch
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
+    dtype = dtype or precision.resolve(config.dtype).dtype
     return SFTConfig(
         output_dir=str(output_dir),
         # data
@@ -284,8 +291,8 @@ def sft_arguments(config: TrainingFields, output_dir: Path):
         gradient_accumulation_steps=config.grad_accum,
         loss_type="nll",
         # precision and device
-        bf16=config.bf16,
-        fp16=False,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
         use_cpu=not cuda,
         gradient_checkpointing=config.gradient_checkpointing,
         # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
@@ -374,8 +381,11 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext):
     if stats["rows"] == 0:
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
-    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints), train_dataset=dataset,
-                               processing_class=tokenizer, callbacks=[_metrics_callback(ctx)])
+    chosen = precision.resolve(config.dtype, what="training")
+    precision.announce(chosen, "training")
+    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype),
+                               train_dataset=dataset, processing_class=tokenizer, callbacks=[_metrics_callback(ctx)])
+    stats["precision"] = chosen.as_dict()
     return trainer, stats
 
 
@@ -433,7 +443,8 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     }
     summary = (f"{summary_prefix}: {counts['rows']} conversations, {state.global_step} steps, "
                f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
-    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary)
+    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
+                      precision={"training": stats["precision"]})
 
 
 def _tokens_at(checkpoint: str) -> int:

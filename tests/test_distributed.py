@@ -206,7 +206,7 @@ def test_accelerate_configs_parse_and_start_with_a_valid_command(path):
     from pipeline.runner import parse_stage_config
 
     config = load_config_from_file(str(path))
-    assert str(config.mixed_precision) == "no"  # the stage config's bf16 decides
+    assert str(config.mixed_precision) == "no"  # the stage config's dtype decides
     assert not config.use_cpu  # use_cpu: true would start ONE process without mpirun (ddp_cpu.yaml)
     words = path.read_text().splitlines()[0].split()
     assert words[:6] == ["#", "accelerate", "launch", "--config_file", f"configs/accelerate/{path.name}", "-m"]

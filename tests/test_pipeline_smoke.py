@@ -54,6 +54,23 @@ def test_every_step_finished_with_a_manifest(smoke_run):
         assert f"| {step} |" in summary
 
 
+def test_manifests_record_the_dtype_chosen_and_why(smoke_run):
+    """`dtype: auto` everywhere in the smoke configs: each manifest says what it resolved to on
+    this machine, and why; the training and sampling steps agree with pipeline.precision."""
+    from pipeline import precision
+
+    run_dir, _, _ = smoke_run
+    expected = precision.resolve("auto").dtype
+    roles = {"cold_start_data": {"sampling"}, "cold_start_sft": {"training"},
+             "reasoning_rl": {"training", "rollouts"}, "distill": {"training"}, "eval": {"sampling"}}
+    for step, want in roles.items():
+        recorded = json.loads((run_dir / step / "manifest.json").read_text())["precision"]
+        assert set(recorded) == want, step
+        for role, p in recorded.items():
+            assert (p["choice"], p["dtype"]) == ("auto", expected), (step, role)
+            assert p["reason"].startswith("auto: ") and p["device"] == "cpu"
+
+
 def test_manifests_chain_each_step_to_its_inputs(smoke_run):
     run_dir, _, _ = smoke_run
     wiring = {"cold_start_sft": ("dataset", "cold_start_data"), "reasoning_rl": ("model", "cold_start_sft"),

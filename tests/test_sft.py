@@ -15,7 +15,7 @@ from pipeline.runner import Resolver
 from pipeline.stage import StepContext
 from stages import sft
 
-FAST = dict(batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, bf16=True)
+FAST = dict(batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, dtype="auto")
 
 
 def make_ctx(tmp_path: Path, cls=StepContext) -> StepContext:
