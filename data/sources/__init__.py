@@ -13,13 +13,16 @@ from pydantic import Field, TypeAdapter
 
 from data.sources.base import LoadedRows, SourceConfig
 from data.sources.files import FileSource
+from data.sources.harmful import HarmfulPromptsSource
 from data.sources.hub import HubSource
 from data.sources.humaneval import HumanEvalSource
 from data.sources.reasoning_gym_tasks import ReasoningGymSource
 from data.sources.records import BadRowError
+from data.sources.sharegpt import ShareGPTSource
 
 PromptSource = Annotated[
-    Union[ReasoningGymSource, HumanEvalSource, FileSource, HubSource],  # noqa: UP007 - get_args below
+    Union[ReasoningGymSource, HumanEvalSource, FileSource, HubSource,  # noqa: UP007 - get_args below
+          ShareGPTSource, HarmfulPromptsSource],
     Field(discriminator="source"),
 ]
 SOURCE_KINDS: dict[str, type[SourceConfig]] = {
@@ -39,6 +42,6 @@ def parse_source(config: dict | SourceConfig) -> SourceConfig:
 
 
 __all__ = [
-    "SOURCE_KINDS", "BadRowError", "FileSource", "HubSource", "HumanEvalSource", "LoadedRows",
-    "PromptSource", "ReasoningGymSource", "SourceConfig", "parse_source",
+    "SOURCE_KINDS", "BadRowError", "FileSource", "HarmfulPromptsSource", "HubSource", "HumanEvalSource",
+    "LoadedRows", "PromptSource", "ReasoningGymSource", "ShareGPTSource", "SourceConfig", "parse_source",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -40,11 +41,35 @@ class SourceConfig(BaseModel):
 
 @dataclass
 class LoadedRows:
-    """Rows produced by one source, plus the bad input rows it skipped (with `on_bad_row=skip`)."""
+    """Rows produced by one source, plus the bad input rows it skipped (with `on_bad_row=skip`)
+    and the source's card: plain-JSON facts worth keeping with a run (file read, licence,
+    filter counts, a truncated input), `{}` when the source has none to tell."""
 
     rows: list[dict[str, Any]]
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)  # first few, for the log
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def gold_text(value: str | int | float) -> str:
+    """A gold answer as text. Strings are kept; numbers are written out in positional
+    notation, never with an exponent: `str(0.00001)` is `"1e-05"` and `str(1e16)` is
+    `"1e+16"`, which math-verify does not match with a correct `0.00001` or `10000000000000000`
+    (issue 19, item 6). A float keeps its shortest round-trip digits (`repr`), so `2.5 -> "2.5"`,
+    `3.0 -> "3.0"`. NaN and infinities become `"nan"`, `"inf"`, `"-inf"` (NaN golds are then
+    refused by `data.schema.validate_prompt_row` on rows that need a gold).
+
+    >>> [gold_text(x) for x in (0.00001, 1e16, -2.5e-7, 12, 3.0, "1e-05")]
+    ['0.00001', '10000000000000000', '-0.00000025', '12', '3.0', '1e-05']
+
+    Raises:
+        TypeError: a bool, or not a str/int/float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"a gold answer must be a string or a number, got {type(value).__name__}")
+    if isinstance(value, float):
+        return format(Decimal(repr(value)), "f") if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def make_row(

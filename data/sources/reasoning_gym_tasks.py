@@ -28,8 +28,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from data.prompts import Template
-from data.schema import Domain, Split
-from data.sources.base import LoadedRows, SourceConfig, make_row, to_jsonable
+from data.schema import DOMAINS, Domain, Split
+from data.sources.base import LoadedRows, SourceConfig, gold_text, make_row, to_jsonable
 
 TEST_SEED_OFFSET = 10**9
 
@@ -88,7 +88,7 @@ class ReasoningGymSource(SourceConfig):
         if self.task not in registry:
             raise ValueError(f"unknown reasoning-gym task {self.task!r}; valid tasks: {sorted(registry)}")
         if self.domain is None and self.task not in TASK_DOMAINS:
-            raise ValueError(f"task {self.task!r} has no default domain; set `domain` (one of math, code, logic, general)")
+            raise ValueError(f"task {self.task!r} has no default domain; set `domain` (one of {list(DOMAINS)})")
         reserved = {"seed", "size"} & set(self.task_kwargs or {})
         if reserved:
             raise ValueError(f"task_kwargs must not set {sorted(reserved)}; use n_train/n_test/seed")
@@ -154,7 +154,7 @@ class ReasoningGymSource(SourceConfig):
             data_source=f"reasoning_gym/{self.task}",
             domain=self.domain or TASK_DOMAINS[self.task],
             question=entry["question"],
-            answer="" if entry["answer"] is None else str(entry["answer"]),
+            answer="" if entry["answer"] is None else gold_text(entry["answer"]),
             verification={"kind": "reasoning_gym", "task": self.task, "entry": entry},
             split=split,
             template=template,

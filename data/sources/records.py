@@ -7,7 +7,8 @@ Mapping of one record (a dict) to a prompt row; extra keys are ignored:
 | `prompt`       | `prompt` (messages or string), else the question    | error                    |
 |                | field (`question_field`, else `question`, else      |                          |
 |                | `problem`) rendered with the template               |                          |
-| `answer`       | `answer_field` (str, or int/float -> str), then     | error                    |
+| `answer`       | `answer_field` (str, or int/float -> str without    | error                    |
+|                | an exponent: `data.sources.base.gold_text`), then   |                          |
 |                | `answer_regex`'s first group if set                 |                          |
 | `id`           | `id_field` (str or int)                             | `<id_prefix>/<row>`      |
 | `data_source`  | `data_source`                                       | the source's default     |
@@ -16,13 +17,16 @@ Mapping of one record (a dict) to a prompt row; extra keys are ignored:
 | `split`        | `split` (files only; a hub split is named)          | the config's `split`     |
 
 A `prompt` already in the template's form is kept verbatim; otherwise it is re-rendered from
-its user question (see `data.prompts.apply_template`).
+its user question (see `data.prompts.apply_template`). A NaN `answer` (a missing value in a
+float column) becomes "" where an empty gold is normal (`data.schema.GOLD_OPTIONAL_DOMAINS`, or
+a verification kind with its own checker) and is an error elsewhere, like an empty gold.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from typing import Any, Literal
 
 from data.prompts import Template, apply_template, render_prompt
 from data.schema import Domain, PromptRowError, Split, validate_prompt_row
-from data.sources.base import LoadedRows
+from data.sources.base import LoadedRows, gold_text
 
 log = logging.getLogger(__name__)
 OnBadRow = Literal["error", "skip"]
@@ -134,7 +138,12 @@ def _convert(record: Any, number: int, mapping: RecordMapping, template: Templat
     answer = record[field]
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise bad(field, f"expected a string or number, got {type(answer).__name__}")
-    answer = str(answer)
+    if isinstance(answer, float) and math.isnan(answer):
+        answer = ""  # a missing value; rows that need a gold are refused by validate_prompt_row
+        nan_gold = True
+    else:
+        answer = gold_text(answer)
+        nan_gold = False
     if mapping.answer_regex:
         matches = list(re.finditer(mapping.answer_regex, answer))
         if not matches:
@@ -164,5 +173,8 @@ def _convert(record: Any, number: int, mapping: RecordMapping, template: Templat
         validate_prompt_row(row)
         row["prompt"] = apply_template(row["prompt"], template)
     except PromptRowError as error:
+        if error.field == "answer":  # name the record's own field (answer_field)
+            reason = f"is NaN (a missing value), but a {row['domain']!r} row needs a gold answer" if nan_gold else error.reason
+            raise bad(field, reason) from None
         raise bad(error.field, error.reason) from None
     return row

@@ -51,3 +51,29 @@ def test_preview_errors_are_short():
     # without a task it is not tried as a hub dataset (25 s of retries offline)
     result = runner.invoke(app, ["preview", "reasoning_gym"])
     assert result.exit_code == 1 and "give a task: reasoning_gym:<task>" in " ".join(result.output.split())
+
+
+def test_preview_sharegpt_names_the_cut():
+    result = runner.invoke(app, ["preview", "sharegpt", "-n", "3"])
+    assert result.exit_code == 0, result.output
+    assert "sharegpt/QWJhYvA_0" in result.output and "3 row(s) of sharegpt [train]" in result.output
+    assert "cut off mid-record at byte 125,506,645" in " ".join(result.output.split())
+
+
+def test_preview_harmful_prompts_test_split_as_json():
+    result = runner.invoke(app, ["preview", "harmful_prompts", "-n", "2", "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["split"] for r in rows] == ["test", "test"] and {r["domain"] for r in rows} == {"safety"}
+
+
+def test_export_sft_writes_rows_mix_can_read(tmp_path):
+    out = tmp_path / "general.jsonl"
+    result = runner.invoke(app, ["export-sft", "sharegpt", "--out", str(out), "-n", "4"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 SFT row(s) of sharegpt [train]" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["id"] == "sharegpt/QWJhYvA_0"
+    assert rows[0]["messages"][-1]["content"].startswith("<think>\n</think>\n<answer>Here are the main ideas")
+    result = runner.invoke(app, ["export-sft", "harmful_prompts", "--out", str(tmp_path / "h.jsonl"), "-n", "1"])
+    assert result.exit_code == 1 and "no reference answer" in result.output
