@@ -42,11 +42,15 @@ not the training reward, says whether RL is improving the policy.
 
 Inputs: ``model`` (step name, alias, folder or hub id). Prompts come from ``prompts`` (data
 sources, train split; see ``docs/data.md``).
-Outputs: ``model/`` (policy in float32 safetensors, tokenizer with the model's chat template,
-generation config stopping at the end-of-turn token); ``checkpoints/`` (a rerun resumes from
-the last one); ``metrics.jsonl`` (one line per logged step: reward and each reward function's
-mean/std, KL, entropy, completion lengths, clip ratios, ``frac_reward_zero_std``, reward
-None/timeout counters, seconds per step).
+Outputs: ``model/`` (policy safetensors, tokenizer with the model's chat template, generation
+config stopping at the end-of-turn token as well as the EOS: ``pipeline.templates``). Its dtype:
+float32 (the master weights) in one process, under DDP and FSDP; under DeepSpeed ZeRO-3
+(``configs/accelerate/zero3.yaml``, ``zero3_save_16bit_model: true``) the 16-bit copy DeepSpeed
+gathers at save time, i.e. **bf16** with ``dtype`` resolving to bfloat16 (fp16 with float16); the
+float32 master weights are then only in the optimizer state of ``checkpoints/``.
+Also: ``checkpoints/`` (a rerun resumes from the last one); ``metrics.jsonl`` (one line per
+logged step: reward and each reward function's mean/std, KL, entropy, completion lengths, clip
+ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step).
 
 Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
@@ -68,7 +72,7 @@ from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline import distributed, precision
+from pipeline import distributed, precision, templates
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
@@ -272,6 +276,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
                                 dtype=chosen["training"].dtype),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
+    templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
     resume = last_checkpoint(ctx.checkpoints)
     resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
