@@ -62,12 +62,14 @@ def _state() -> Any:
 
     ``cpu=True`` without CUDA: accelerate only picks gloo (``MULTI_CPU``) when told the run is
     on CPUs; otherwise, with no GPU, it silently returns a non-distributed state. The trainers
-    later ask for ``PartialState(cpu=True)`` too and reuse the group created here.
+    later ask for ``PartialState(cpu=True)`` too and reuse the group created here. A launch meant
+    for GPUs (``pipeline.device``) raises ``DeviceError`` here instead of falling back to gloo.
     """
-    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    from pipeline import device
+
+    return PartialState(cpu=device.check() == "cpu", timeout=BARRIER_TIMEOUT)
 
 
 def barrier() -> None:
