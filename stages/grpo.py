@@ -362,7 +362,8 @@ def load_prompt_rows(config: Config, tokenizer):
     """
     from data import load_prompts
 
-    dataset = load_prompts(config.prompts, split="train", template=config.template)
+    with distributed.main_first(local=True):  # hub data: each node's main process fills the cache first
+        dataset = load_prompts(config.prompts, split="train", template=config.template)
     dataset, dropped = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
         raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {dropped} rows")
@@ -410,7 +411,8 @@ def load_eval_rows(config: Config, tokenizer, train):
         return None, 0
     from data import load_prompts, question_of
 
-    dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
+    with distributed.main_first(local=True):  # as in load_prompt_rows
+        dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
     shared = set(dataset["id"][:]) & set(train["id"][:])
     if shared:
         raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "

@@ -156,8 +156,9 @@ def load_messages(ref: str, split: str = "train", max_rows: int | None = None, s
         else:
             rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
             ds = datasets.Dataset.from_list(rows)
-    else:
-        ds = datasets.load_dataset(ref, split=split)
+    else:  # a hub dataset: each node's main process downloads it, the other ranks then read its cache
+        with distributed.main_first(local=True):
+            ds = datasets.load_dataset(ref, split=split)
     if "messages" not in ds.column_names:
         raise ValueError(f"{ref}: no 'messages' column (columns: {', '.join(ds.column_names)})")
     ds = ds.select_columns(["messages"])
