@@ -22,9 +22,9 @@ below are ours, not TRL's):
 
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
 on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
-(TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start
-``trl vllm-serve --model <path>`` on other GPUs first); without CUDA it is refused at start-up
-(:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
+(TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start a vLLM server
+on other GPUs first: ``scripts/slurm/r1_step.sbatch``, ``pipeline.slurm``); without CUDA it is
+refused at start-up (:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
 with transformers ``generate`` (slower, no extra process or memory).
 
 Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
@@ -150,7 +150,7 @@ class Config(StageConfig):
     torch_threads: PositiveInt | None = None
     # generation backend
     use_vllm: bool = True  # false: transformers generate
-    vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` on other GPUs
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
     vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
     vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
