@@ -29,8 +29,8 @@ from pydantic import model_serializer, model_validator
 
 from pipeline import precision
 from pipeline.config import StrictModel
-from pipeline.templates import stop_token_ids
 from pipeline.precision import DtypeChoice, Precision
+from pipeline.templates import stop_token_ids
 
 
 class SamplingConfig(StrictModel):
