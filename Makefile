@@ -1,7 +1,13 @@
 # R1 pipeline. `make pipeline` runs the whole recipe; `make test` runs the suite.
 # Both install first when needed. Per-step targets wrap `r1 run CONFIG --only STEP`.
+# Stacks (scripts/setup.sh): STACK=auto (default) is gpu when an NVIDIA driver is installed
+# (nvidia-smi on PATH), else cpu; each stack has its own venv (.venv, .venv-gpu) and lock
+# (requirements/cpu.lock, requirements/gpu.lock), so a target never reinstalls one over the other.
 PYTHON ?= python3.11
-VENV   := .venv
+STACK  ?= auto
+DETECTED := $(shell STACK=$(STACK) bash scripts/setup.sh --detect)
+STACK_NAME := $(word 1,$(DETECTED))
+VENV   ?= $(word 2,$(DETECTED))
 BIN    := $(VENV)/bin
 R1     := $(BIN)/r1
 STAMP  := $(VENV)/.setup-stamp
@@ -12,18 +18,25 @@ ARGS   ?=
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup pipeline test test-fast cold-start reasoning-rl rejection-sampling sft all-domain-rl distill eval inspect report clean-venv help
+.PHONY: setup pipeline test test-fast doctor gpu-check cold-start reasoning-rl rejection-sampling sft all-domain-rl distill eval inspect report clean-venv help
 
 help:
-	@echo "make pipeline | test | setup | cold-start | reasoning-rl | rejection-sampling | sft | all-domain-rl | distill | eval | inspect | report"
-	@echo "variables: CONFIG=$(CONFIG) RUN=<run name> ARGS='extra r1 flags'"
+	@echo "make pipeline | test | setup | doctor | gpu-check | cold-start | reasoning-rl | rejection-sampling | sft | all-domain-rl | distill | eval | inspect | report"
+	@echo "variables: CONFIG=$(CONFIG) RUN=<run name> ARGS='extra r1 flags' STACK=auto|cpu|gpu (now: $(STACK_NAME) in $(VENV))"
 
 # The stamp depends on the files that define the install: a second `make setup` with nothing
 # changed does nothing.
 setup: $(STAMP)
-$(STAMP): pyproject.toml requirements/cpu.lock scripts/setup.sh
-	PYTHON=$(PYTHON) bash scripts/setup.sh
+$(STAMP): pyproject.toml requirements/$(STACK_NAME).lock scripts/setup.sh
+	STACK=$(STACK_NAME) R1_VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup.sh
 	touch $(STAMP)
+
+# First contact with a machine: versions, CUDA and driver, dtype, vLLM, bwrap, reward workers.
+doctor: $(STAMP)
+	$(R1) doctor $(ARGS)
+# The same, failing unless torch can use the GPUs (run it first on a GPU node).
+gpu-check: $(STAMP)
+	$(R1) doctor --require-gpu $(ARGS)
 
 # `r1 run` ends by writing the run report (runs/<run>/report/report.md and report.html).
 pipeline: $(STAMP)

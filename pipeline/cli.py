@@ -3,7 +3,7 @@
 ``r1 run configs/pipeline/r1.yaml`` runs the pipeline (and writes its report); ``r1 <kind> FILE``
 runs one stage config; ``r1 eval`` also evaluates any model on any set and ``r1 eval compare``
 pairs two results; ``r1 report RUN`` writes a run's report; ``r1 validate`` checks configs;
-``r1 models|data|rewards`` are the tool groups.
+``r1 doctor`` checks the machine; ``r1 models|data|rewards`` are the tool groups.
 """
 
 from __future__ import annotations
@@ -302,6 +302,15 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
                             html_path=html, tokenizer=tokenizer, split=split)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
+
+
+@app.command()
+def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
+           ranks: Optional[int] = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
+    """Check this machine in seconds: versions, stack, CUDA/driver, device, dtype, vLLM, bwrap, reward workers."""
+    from pipeline import doctor as doctor_checks
+
+    raise typer.Exit(doctor_checks.main(require_gpu=require_gpu, ranks=ranks))
 
 
 def main() -> None:

@@ -47,6 +47,11 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def local_rank() -> int:
+    """Rank of this process on its node (``LOCAL_RANK``; 0 when run directly)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
 def launched() -> bool:
     """True inside a multi-process launch (``accelerate launch`` / ``torchrun`` with > 1 process)."""
     return world_size() > 1
@@ -62,12 +67,14 @@ def _state() -> Any:
 
     ``cpu=True`` without CUDA: accelerate only picks gloo (``MULTI_CPU``) when told the run is
     on CPUs; otherwise, with no GPU, it silently returns a non-distributed state. The trainers
-    later ask for ``PartialState(cpu=True)`` too and reuse the group created here.
+    later ask for ``PartialState(cpu=True)`` too and reuse the group created here. A launch meant
+    for GPUs (``pipeline.device``) raises ``DeviceError`` here instead of falling back to gloo.
     """
-    import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    from pipeline import device
+
+    return PartialState(cpu=device.check() == "cpu", timeout=BARRIER_TIMEOUT)
 
 
 def barrier() -> None:
@@ -77,18 +84,24 @@ def barrier() -> None:
 
 
 @contextlib.contextmanager
-def main_first() -> Iterator[None]:
+def main_first(local: bool = False) -> Iterator[None]:
     """Run the block on the main process, then on the others (after a :func:`barrier`).
 
     For work with a shared result on disk that every rank needs: preparing a model alias,
-    filling the hash cache. In a single process it just runs the block.
+    filling the hash cache. ``local=True``: the main process of each node (``LOCAL_RANK`` 0)
+    goes first, for downloads into a per-node cache (hub datasets: without it every rank of
+    every node downloads at once). Every rank must enter the block (it holds a barrier). If the
+    first process's block raises, the others are released and run theirs (no one waits for the
+    barrier timeout). In a single process it just runs the block.
     """
     if not launched():
         yield
         return
-    if is_main():
-        yield
-        barrier()
+    if (local_rank() == 0) if local else is_main():
+        try:
+            yield
+        finally:
+            barrier()
     else:
         barrier()
         yield

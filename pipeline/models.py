@@ -249,13 +249,21 @@ def resolve(ref: str) -> str:
 
 def make_tiny_model(out_dir: str | Path, seed: int = 0, num_layers: int = 2, hidden: int = 64,
                     heads: int = 2, kv_heads: int = 1, intermediate: int = 128,
-                    tokenizer_from: str = "smollm2-135m-instruct") -> Path:
+                    tokenizer_from: str = "smollm2-135m-instruct",
+                    tokenizer_config: str | Path | None = None) -> Path:
     """A randomly initialised Llama with a real tokenizer and chat template, for tests.
 
     ``head_dim = hidden // heads`` must be 32, 64 or 128: vLLM's CPU attention rejects 16.
     The tokenizer, chat template and stop tokens come from ``tokenizer_from`` (an alias,
     prepared on demand, or a local folder). Same seed -> identical weights. Float32
     safetensors, about 13 MB with the default sizes (the 49,152 x 64 embedding dominates).
+
+    ``tokenizer_config``: a folder with another model's ``tokenizer_config.json`` (and optionally
+    ``generation_config.json``), e.g. ``tests/fixtures/qwen2.5-math-1.5b``: the tokenizer takes its
+    chat template, added tokens (appended when missing), EOS, pad and BOS, and the model's
+    generation config its EOS (by token text), so the tiny model behaves like that model's
+    *base* checkpoint: its EOS is kept even when the template ends turns with another token
+    (:func:`dress_tokenizer`).
 
     Raises:
         ValueError: a head_dim vLLM cannot serve, or heads not divisible by kv_heads.
@@ -269,6 +277,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, num_layers: int = 2, hid
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_from))
+    generation_eos = dress_tokenizer(tokenizer, Path(tokenizer_config)) if tokenizer_config else None
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -279,10 +288,47 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, num_layers: int = 2, hid
     with torch.random.fork_rng():  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    _set_stop_tokens(model, tokenizer)
+    if tokenizer_config:  # the dressed model's own EOS, not the ChatML end-of-turn token
+        for cfg in (model.config, model.generation_config):
+            cfg.eos_token_id = generation_eos
+            cfg.pad_token_id = tokenizer.pad_token_id
+            cfg.bos_token_id = tokenizer.bos_token_id
+    else:
+        _set_stop_tokens(model, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save(model, tokenizer, out_dir)
     return out_dir
+
+
+def dress_tokenizer(tokenizer, folder: Path) -> int | list[int]:
+    """Give ``tokenizer`` the chat template, added tokens, EOS, pad and BOS of ``folder``'s
+    ``tokenizer_config.json`` (tokens missing from the vocabulary are appended, special ones as
+    special tokens). Returns the generation-config EOS id(s) of ``folder``'s
+    ``generation_config.json`` mapped to this tokenizer by token text (the tokenizer's EOS when
+    there is no such file).
+
+    Raises:
+        FileNotFoundError: no ``tokenizer_config.json`` in ``folder``.
+    """
+    from transformers import AddedToken
+
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    decoder = cfg.get("added_tokens_decoder", {})
+    vocab = tokenizer.get_vocab()
+    missing = [AddedToken(t["content"], special=t.get("special", False), normalized=False)
+               for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0])) if t["content"] not in vocab]
+    tokenizer.add_tokens(missing)
+    tokenizer.chat_template = cfg["chat_template"]
+    for key in ("eos_token", "pad_token", "bos_token"):
+        if key in cfg:
+            setattr(tokenizer, key, cfg[key])
+    by_id = {int(k): t["content"] for k, t in decoder.items()}
+    gen_file = folder / "generation_config.json"
+    eos = json.loads(gen_file.read_text()).get("eos_token_id") if gen_file.is_file() else None
+    if eos is None:
+        return tokenizer.eos_token_id
+    ids = [tokenizer.convert_tokens_to_ids(by_id[e]) for e in ([eos] if isinstance(eos, int) else eos)]
+    return ids[0] if len(ids) == 1 else ids
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 import stages
-from pipeline import distributed, store
+from pipeline import device, distributed, store
 from pipeline.config import ConfigError, StrictModel, apply_overrides, deep_merge, parse, read_yaml
 from pipeline.stage import StageConfig, StepContext, StepResult
 
@@ -255,6 +255,7 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
         selected = names[names.index(from_step):]
     if only:
         selected = [n for n in names if n in only]
+    device.check()  # a run meant for GPUs fails here without CUDA, not hours later on CPUs
     if distributed.launched():
         _check_distributed_kinds(pipeline, selected)
         isolate = False  # the launcher already made one process per rank (pipeline.distributed)

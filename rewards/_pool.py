@@ -395,8 +395,33 @@ class WorkerPool:
 
 
 # -- the process-wide pool ----------------------------------------------------------------
+def default_workers(env: Any = None, cpus: int | None = None) -> int:
+    """Workers of this process's pool: ``R1_REWARD_WORKERS`` if set, else this process's share of the
+    CPUs it may run on, at least 1.
+
+    The CPUs are those of the process's affinity mask (``os.sched_getaffinity``: a SLURM allocation
+    or ``taskset`` narrows it), shared by the processes the launcher started on this node
+    (``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``; set by torchrun and ``accelerate launch``). Under
+    ``accelerate``'s CPU affinity (``ACCELERATE_CPU_AFFINITY=1``) each rank's mask is already its
+    share. Why: every rank scores its own completions with its own pool; 8 ranks each sized to
+    all the node's cores make 8x too many workers, and a check that misses its deadline because
+    of that contention scores 0.
+    """
+    env = os.environ if env is None else env
+    if int(env.get("R1_REWARD_WORKERS", 0) or 0) > 0:
+        return int(env["R1_REWARD_WORKERS"])
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    ranks = 1 if env.get("ACCELERATE_CPU_AFFINITY") == "1" else \
+        int(env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
+    return max(1, cpus // max(1, ranks))
+
+
 _settings: dict[str, Any] = {
-    "size": int(os.environ.get("R1_REWARD_WORKERS", 0)) or (os.cpu_count() or 1),
+    "size": default_workers(),
     "memory_mb": int(os.environ.get("R1_REWARD_WORKER_MEMORY_MB", 4096)),
 }
 _pool: WorkerPool | None = None
@@ -409,7 +434,8 @@ PRELOAD = ("rewards.math:warm_worker",)
 def configure(workers: int | None = None, memory_mb: int | None = None) -> None:
     """Set the process-wide pool's size and per-worker memory limit (MiB).
 
-    Defaults: `R1_REWARD_WORKERS` or the CPU count; `R1_REWARD_WORKER_MEMORY_MB` or 4096.
+    Defaults: :func:`default_workers` (`R1_REWARD_WORKERS`, else this rank's share of the CPUs);
+    `R1_REWARD_WORKER_MEMORY_MB` or 4096.
     A running pool with other settings is closed and restarted lazily.
     """
     global _pool

@@ -30,6 +30,7 @@ from pydantic import model_serializer, model_validator
 from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice, Precision
+from pipeline.templates import stop_token_ids
 
 
 class SamplingConfig(StrictModel):
@@ -116,6 +117,8 @@ class Sampler:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        # End of turn + EOS: a base model's EOS alone (Qwen2.5-Math: <|endoftext|>) runs past its turn.
+        self.stop_ids = stop_token_ids(self.tokenizer)
         # None with a server: its command line decides (docs/eval.md)
         self.precision: Precision | None = None
         if cfg.backend != "server":
@@ -173,7 +176,7 @@ class Sampler:
         from vllm import SamplingParams
 
         params = [SamplingParams(n=self.cfg.num_samples, temperature=self.cfg.temperature,
-                                 top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
+                                 top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, stop_token_ids=self.stop_ids,
                                  seed=prompt_seed(self.seed, i)) for i in ids]
         outputs = self.llm.generate(texts, params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
@@ -184,15 +187,14 @@ class Sampler:
 
         torch.manual_seed(prompt_seed(self.seed, prompt_id))
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        gen_eos = self.model.generation_config.eos_token_id
+        eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
         with torch.no_grad():
             out = self.model.generate(**enc, do_sample=self.cfg.temperature > 0,
                                       temperature=max(self.cfg.temperature, 1e-5), top_p=self.cfg.top_p,
                                       max_new_tokens=self.cfg.max_tokens, num_return_sequences=self.cfg.num_samples,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos))
         result = []
-        eos = {self.tokenizer.eos_token_id, *([self.model.generation_config.eos_token_id]
-               if isinstance(self.model.generation_config.eos_token_id, int)
-               else (self.model.generation_config.eos_token_id or []))}
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             result.append(Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), n,
@@ -296,6 +298,7 @@ class ServerClient:
                 temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, presence_penalty=0.0,
                 frequency_penalty=0.0,
                 extra_body={"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                            "stop_token_ids": stop_token_ids(tokenizer),  # the end of turn, as in-process
                             "add_special_tokens": True, "skip_special_tokens": True, "return_token_ids": True})
         except openai.OpenAIError as err:
             raise self._error(err, f"POST /completions (model {self.model!r})") from err

@@ -22,9 +22,9 @@ below are ours, not TRL's):
 
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
 on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
-(TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start
-``trl vllm-serve --model <path>`` on other GPUs first); without CUDA it is refused at start-up
-(:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
+(TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start a vLLM server
+on other GPUs first: ``scripts/slurm/r1_step.sbatch``, ``pipeline.slurm``); without CUDA it is
+refused at start-up (:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
 with transformers ``generate`` (slower, no extra process or memory).
 
 Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
@@ -42,11 +42,15 @@ not the training reward, says whether RL is improving the policy.
 
 Inputs: ``model`` (step name, alias, folder or hub id). Prompts come from ``prompts`` (data
 sources, train split; see ``docs/data.md``).
-Outputs: ``model/`` (policy in float32 safetensors, tokenizer with the model's chat template,
-generation config stopping at the end-of-turn token); ``checkpoints/`` (a rerun resumes from
-the last one); ``metrics.jsonl`` (one line per logged step: reward and each reward function's
-mean/std, KL, entropy, completion lengths, clip ratios, ``frac_reward_zero_std``, reward
-None/timeout counters, seconds per step).
+Outputs: ``model/`` (policy safetensors, tokenizer with the model's chat template, generation
+config stopping at the end-of-turn token as well as the EOS: ``pipeline.templates``). Its dtype:
+float32 (the master weights) in one process, under DDP and FSDP; under DeepSpeed ZeRO-3
+(``configs/accelerate/zero3.yaml``, ``zero3_save_16bit_model: true``) the 16-bit copy DeepSpeed
+gathers at save time, i.e. **bf16** with ``dtype`` resolving to bfloat16 (fp16 with float16); the
+float32 master weights are then only in the optimizer state of ``checkpoints/``.
+Also: ``checkpoints/`` (a rerun resumes from the last one); ``metrics.jsonl`` (one line per
+logged step: reward and each reward function's mean/std, KL, entropy, completion lengths, clip
+ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step).
 
 Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
@@ -68,7 +72,7 @@ from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline import distributed, precision
+from pipeline import distributed, precision, templates
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
@@ -146,7 +150,7 @@ class Config(StageConfig):
     torch_threads: PositiveInt | None = None
     # generation backend
     use_vllm: bool = True  # false: transformers generate
-    vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a `trl vllm-serve` on other GPUs
+    vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
     vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
     vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
@@ -272,6 +276,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
                                 dtype=chosen["training"].dtype),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
+    templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
     resume = last_checkpoint(ctx.checkpoints)
     resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
@@ -357,7 +362,8 @@ def load_prompt_rows(config: Config, tokenizer):
     """
     from data import load_prompts
 
-    dataset = load_prompts(config.prompts, split="train", template=config.template)
+    with distributed.main_first(local=True):  # hub data: each node's main process fills the cache first
+        dataset = load_prompts(config.prompts, split="train", template=config.template)
     dataset, dropped = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
         raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {dropped} rows")
@@ -405,7 +411,8 @@ def load_eval_rows(config: Config, tokenizer, train):
         return None, 0
     from data import load_prompts, question_of
 
-    dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
+    with distributed.main_first(local=True):  # as in load_prompt_rows
+        dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
     shared = set(dataset["id"][:]) & set(train["id"][:])
     if shared:
         raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "

@@ -10,8 +10,9 @@ What is trained: each assistant turn's content and its closing end-of-turn token
 (``<|im_end|>`` for SmolLM2), so the model learns to stop; system and user turns, role headers
 and padding are masked with -100. TRL builds that mask from ``{% generation %}`` markers in the
 chat template; models' own templates rarely have them, so training uses a template from
-``stages/templates/`` that renders byte-for-byte what the model's template renders (checked
-before training) and the saved model keeps its original template for serving. Padding with
+``stages/templates/`` or, for other ChatML models (Qwen2.5-Math), one derived from the model's
+own (``pipeline.templates``), that renders byte-for-byte what the model's template renders
+(checked before training); the saved model keeps its original template for serving. Padding with
 ``<|im_end|>`` (SmolLM2's pad token) does not hide the final ``<|im_end|>`` from the loss: TRL
 pads labels with -100 by position, not by token id.
 
@@ -155,8 +156,9 @@ def load_messages(ref: str, split: str = "train", max_rows: int | None = None, s
         else:
             rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
             ds = datasets.Dataset.from_list(rows)
-    else:
-        ds = datasets.load_dataset(ref, split=split)
+    else:  # a hub dataset: each node's main process downloads it, the other ranks then read its cache
+        with distributed.main_first(local=True):
+            ds = datasets.load_dataset(ref, split=split)
     if "messages" not in ds.column_names:
         raise ValueError(f"{ref}: no 'messages' column (columns: {', '.join(ds.column_names)})")
     ds = ds.select_columns(["messages"])
@@ -190,12 +192,15 @@ def training_template(tokenizer, choice: str = "auto") -> str:
     """The chat template (with ``{% generation %}`` markers) to train ``tokenizer``'s model with.
 
     ``auto``: the model's own template if it has markers; else the first file in
-    ``stages/templates/`` that renders like it; else TRL's built-in training template for it.
+    ``stages/templates/`` that renders like it; else, for ChatML templates, one derived from the
+    model's own (its default system prompt; ``pipeline.templates``); else TRL's built-in training
+    template for it.
     A name or path is used if it renders like the model's template (or the model has none).
 
     Raises:
         ValueError: no suitable template, or the chosen one renders differently from the model's.
     """
+    from pipeline.templates import derive_chatml_training_template
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     own = tokenizer.chat_template
@@ -217,6 +222,9 @@ def training_template(tokenizer, choice: str = "auto") -> str:
         template = path.read_text()
         if has_generation_markers(template) and _renders_like(tokenizer, template):
             return template
+    derived = derive_chatml_training_template(tokenizer)  # ChatML with the model's own system prompt
+    if derived is not None and _renders_like(tokenizer, derived):
+        return derived
     try:
         return get_training_chat_template(tokenizer) or own
     except ValueError:
