@@ -357,7 +357,7 @@ def bench_code(n_problems: int, workers: int) -> dict:
     limits = Limits(timeout=10.0)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as ex:
-        results = list(ex.map(lambda t: run_tests(t.program, t.tests, t.entry_point, t.n_asserts, limits), tasks))
+        results = list(ex.map(lambda t: run_tests(t, limits), tasks))
     seconds = time.perf_counter() - started
     canonical_pass = sum(r.passed == r.total for r, ok in zip(results, expected) if ok)
     latencies = [r.seconds for r in results]
