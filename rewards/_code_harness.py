@@ -1,28 +1,31 @@
-"""The two processes of one code test run (see `rewards.code`): the *candidate* and the *judge*.
+"""The processes of a code test run (see `rewards.code`): the *candidate* and the *judge*.
 
-Standalone on purpose: `rewards.code` starts each as ``python -I -B -S -c <this file's text>
-ROLE REQUEST_FD REPLY_FD``, each in its own sandbox, and it imports nothing from the project.
-The two talk only through two pipes (judge -> candidate requests, candidate -> judge replies).
+Standalone on purpose: `rewards.code` starts it as ``python -I -B -S -c <this file's text> ROLE
+...`` and it imports nothing from the project. The candidate and the judge talk only through two
+pipes (judge -> candidate requests, candidate -> judge replies; frames of an 8-byte length and
+a payload).
 
-The **candidate** process runs the completion's program and nothing else. It reads
-``{"program", "limits", "paths"}`` (JSON) from stdin, sends ``R`` (ready), applies the limits
-(rlimits and the seccomp filter below), runs the program, sends ``L1`` (loaded) or ``L0``, then
-answers requests until the judge closes its pipe:
-``N [names]`` -> ``N [the names the program bound to something callable]``;
-``C [name, args, kwargs]`` -> ``V <data>`` (the return value), ``E [type, message]`` (it raised;
-``type`` is the nearest builtin exception class), or ``X type`` (the value is not plain data).
-Its own stdout and stderr go to /dev/null; nothing it does in its process is trusted.
+The **candidate** process (``candidate REQUEST_FD REPLY_FD``, one sandbox per completion) runs
+the completion's program and nothing else. It reads ``{"program", "limits", "paths"}`` (JSON)
+from stdin, sends ``R`` (ready), applies the limits (rlimits and the seccomp filter below), runs
+the program, sends ``L1`` (loaded) or ``L0``, then answers requests until the judge closes its
+pipe: ``N [names]`` -> ``N [the names the program bound to something callable]``;
+``C [name, args, kwargs]`` -> ``V <data>`` (the return value), ``E [type, message]`` (it
+raised; ``type`` is the nearest builtin exception class), or ``X type`` (not plain data). Its
+own stdout and stderr go to /dev/null; nothing it does in its process is trusted.
 
-The **judge** process runs the dataset's tests, and never the candidate's code. It reads
-``{"prelude", "tests", "entry_point", "n_asserts", "candidate_names", "timeout",
-"max_value_bytes", "limits", "paths"}`` from stdin, applies the same limits, runs the trusted
-prelude (the dataset's stub: helpers such as HumanEval/32's ``poly``), binds every name in
-``candidate_names`` that the program defines to a `Proxy` (a call sends the arguments to the
-candidate process as data and returns the reply decoded as data), runs the tests (each
-``assert`` already rewritten to ``__r1_assert__(index, lambda: condition)``), calls
-``check(candidate)``, and writes one line ``result {"passed", "timeout", "unsupported",
-"candidate"}`` on its stdout. The judge stops waiting for the candidate `timeout` seconds after
-it started; a call after that (or after the candidate died) raises `CandidateGone`.
+The **judge** runs the dataset's tests, and never the candidate's code. The *judge server*
+(``judge-server CHANNEL_FD``, one sandbox for the life of the reward's process) forks one judge
+per completion (`judge_server`). A judge reads ``{"prelude", "tests", "entry_point",
+"n_asserts", "candidate_names", "timeout", "grace", "max_value_bytes", "limits"}`` from its
+config pipe, applies the limits, runs the trusted prelude (the dataset's stub: helpers such as
+HumanEval/32's ``poly``), binds every name in ``candidate_names`` that the program defines to a
+`Proxy` (a call sends the arguments to the candidate process as data and returns the reply
+decoded as data), runs the tests (each ``assert`` already rewritten to
+``__r1_assert__(index, lambda: condition)``), calls ``check(candidate)``, and writes one line
+``result {"passed", "timeout", "unsupported", "candidate"}`` to its result pipe. It stops
+waiting for the candidate `timeout` seconds after it started; a call after that (or after the
+candidate died) raises `CandidateGone`.
 
 **Plain data** (`to_data` / `from_data`): None, bool, int, float (nan and infinities included),
 str, bytes, complex, and lists, tuples, dicts, sets and frozensets of plain data, as tagged JSON
@@ -49,6 +52,7 @@ import os
 import platform
 import resource
 import select
+import signal
 import struct
 import sys
 import time
@@ -446,12 +450,14 @@ class Proxy:
         return f"<function {self.__name__} (runs in the candidate's sandbox)>"
 
 
-def judge(request_fd, reply_fd):
-    config = json.loads(sys.stdin.read())
+def judge(config_fd, request_fd, reply_fd, result_fd):
+    """One judge (a child of `judge_server`): config from `config_fd`, the result line to `result_fd`."""
     started = time.monotonic()
-    sys.path.extend(config["paths"])
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    _silence()
+    with os.fdopen(config_fd, "rb") as config_file:
+        config = json.loads(config_file.read())
+    # The parent stops listening at timeout + grace and asks the server to kill this process;
+    # the alarm is the same deadline enforced here, should that message never come.
+    signal.alarm(math.ceil(config["timeout"] + config["grace"]) + 1)
     _confine(config["limits"])
     channel = Channel(request_fd, reply_fd, started + config["timeout"], config["max_value_bytes"])
     passed_once, failed = set(), set()
@@ -496,11 +502,79 @@ def judge(request_fd, reply_fd):
     total = max(config["n_asserts"], 1)
     result["passed"] = len({i for i in passed_once - failed if i < total})
     result["timeout"], result["unsupported"] = channel.timed_out, channel.unsupported
-    out.write("result " + json.dumps(result) + "\n")
-    out.flush()
+    try:
+        _send_all(result_fd, ("result " + json.dumps(result) + "\n").encode())
+    except OSError:  # the parent stopped listening (its deadline)
+        pass
     os._exit(0)  # skip the tests' atexit hooks and finalizers
 
 
+def _send_all(fd, data):
+    data = memoryview(data)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def judge_server(channel_fd):
+    """Fork a fresh `judge` per request; runs in one sandbox for the life of the reward's process.
+
+    Requests on the SOCK_SEQPACKET `channel_fd`: ``j<token>`` with four fds attached (config,
+    request, reply, result) -> fork a judge on them; ``k<token>`` -> SIGKILL that judge if it is
+    still running (the parent sends it after every run). Exits when the parent closes the channel.
+    Not confined itself (it must fork); each judge applies the limits before running any test.
+    """
+    import socket
+
+    config = json.loads(sys.stdin.read())
+    sys.path.extend(config["paths"])
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps finished judges
+    channel = socket.socket(fileno=channel_fd)
+    _silence()
+    channel.send(b"ready")
+    judges = {}  # token -> pidfd (or pid without pidfd_open) of a judge not yet told to stop
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 256, 4)
+        except OSError:
+            return
+        if not message:
+            return  # the parent closed the channel (or exited)
+        kind, token = message[:1], message[1:]
+        if kind == b"j" and len(fds) == 4:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    channel.close()
+                    for handle in judges.values():
+                        if handle[0] is not None:
+                            os.close(handle[0])
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    judge(*fds)
+                finally:
+                    os._exit(0)
+            try:  # a pidfd cannot hit a recycled pid
+                judges[token] = (os.pidfd_open(pid), pid)
+            except (AttributeError, OSError):
+                judges[token] = (None, pid)
+        elif kind == b"k" and token in judges:
+            pidfd, pid = judges.pop(token)
+            try:
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if pidfd is not None:
+                os.close(pidfd)
+        for fd in fds:
+            os.close(fd)
+
+
+
+
 if __name__ == "__main__":
-    role, request, reply = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    (serve_candidate if role == "candidate" else judge)(request, reply)
+    if sys.argv[1] == "candidate":
+        serve_candidate(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        judge_server(int(sys.argv[2]))

@@ -13,10 +13,12 @@ held every time it ran; one that never ran (the program crashed first) fails.
 `code` = passed / asserts; `code_binary` = 1.0 only when all pass. Tests with no assert count
 as one test: ``check`` returned.
 
-**Two processes, the verdict where the program never runs** (`rewards/_code_harness.py`). The
-*candidate* process runs the program and nothing else; the *judge* process runs the dataset's
-tests and never the program. In the judge, ``candidate`` (and any other function of the program
-the tests name) is a proxy: a call sends its arguments to the candidate process as plain data
+**The verdict is computed where the program never runs** (`rewards/_code_harness.py`). The
+*candidate* process runs the program and nothing else, in its own sandbox; a *judge* runs the
+dataset's tests and never the program, forked per completion by one long-lived, sandboxed
+*judge server* (`_JudgeServer`: a fork costs about a millisecond, a sandbox and interpreter
+start about 40 ms). In the judge, ``candidate`` (and any other function of the program the
+tests name) is a proxy: a call sends its arguments to the candidate process as plain data
 (tagged JSON: None, bool, int, float, str, bytes, complex, and lists, tuples, dicts, sets of
 those) and the reply comes back the same way, decoded by the judge into new builtin objects (at
 most `MAX_VALUE_BYTES` per value). So the program cannot reach the judge's state or its output,
@@ -31,16 +33,18 @@ Unsupported, scored None and counted (`none_count`) with a warning: tests that p
 function a value that is not plain data (a lambda, an object), and an entry point the prompt
 defines as a class (a stateful API).
 
-Isolation (`run_tests`), per process and completion (the candidate and the judge each get
-their own sandbox, so the program cannot even see the judge's process):
+Isolation (`run_tests`): the candidate gets a sandbox per completion, the judges share the
+judge server's (so the program cannot even see a judge's process):
 - bubblewrap when it works here: read-only root, fresh /tmp (tmpfs, `file_mb` big) holding the
   working folder (the only writable place besides bwrap's private /dev), no network
   (new net namespace), new pid/ipc/uts/user namespaces, all capabilities dropped,
-  ``--die-with-parent``, cleared environment. Nothing of the run is written to the host's disk:
-  the program and the tests arrive on stdin;
+  ``--die-with-parent`` (the candidate's; the judge server exits when this process closes its
+  channel), cleared environment. Nothing of the run is written to the host's disk: the program
+  and the tests arrive through pipes;
 - in the process (`rewards/_code_harness.py`): rlimits on CPU seconds, address space, file
   size, processes and core files, and a seccomp filter refusing new processes and IP sockets;
-- from outside: a wall-clock deadline that SIGKILLs both process groups.
+- from outside: a wall-clock deadline that SIGKILLs the candidate's process group and has the
+  judge server kill the judge.
 Without bubblewrap (``sandbox="auto"`` and ``bwrap`` missing or not permitted) the run has the
 rlimits and seccomp filter only, and a warning is logged once: the program then runs as the
 user, can write wherever the user can and reach the user's other processes, so no boundary
@@ -50,6 +54,7 @@ holds against it (use ``sandbox="bwrap"`` for RL).
 from __future__ import annotations
 
 import ast
+import atexit
 import builtins
 import dataclasses
 import functools
@@ -57,10 +62,12 @@ import json
 import logging
 import math
 import os
+import secrets
 import select
 import shutil
 import signal
 import site
+import socket
 import subprocess
 import sys
 import tempfile
@@ -326,47 +333,133 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _start(role: str, fds: tuple[int, int], limits: Limits, use_bwrap: bool, stdout: Any, stderr: Any,
-           workdirs: list[str]) -> subprocess.Popen:
-    """Start one harness process (`role` "candidate" or "judge") in its own sandbox and session."""
-    python = [sys.executable, "-I", "-B", "-S", "-c", _harness_source(), role, str(fds[0]), str(fds[1])]
+def _command(args: list[str], file_mb: int, use_bwrap: bool, die_with_parent: bool) -> tuple[list[str], str | None, dict[str, str]]:
+    """(argv, cwd, env) running the harness with `args` in a sandbox (cwd None) or, without
+    bubblewrap, in a fresh working folder (cwd, the caller removes it)."""
+    python = [sys.executable, "-I", "-B", "-S", "-c", _harness_source(), *args]
     env = dict(_ENV)
     if use_bwrap:
-        cmd = [_bwrap_state["path"], *_BWRAP_BASE, "--size", str(limits.file_mb << 20), "--tmpfs", "/tmp",
+        base = _BWRAP_BASE if die_with_parent else [a for a in _BWRAP_BASE if a != "--die-with-parent"]
+        cmd = [_bwrap_state["path"], *base, "--size", str(file_mb << 20), "--tmpfs", "/tmp",
                *_interpreter_binds(), "--dir", "/tmp/work", "--chdir", "/tmp/work", "--clearenv"]
         for key, value in {**env, "HOME": "/tmp/work"}.items():
             cmd += ["--setenv", key, value]
-        cmd, cwd = [*cmd, *python], None
-    else:
-        cwd = tempfile.mkdtemp(prefix="r1-code-")
-        workdirs.append(cwd)
-        env["HOME"] = cwd
-        cmd = python
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
-                            pass_fds=fds, start_new_session=True)
+        return [*cmd, *python], None, env
+    cwd = tempfile.mkdtemp(prefix="r1-code-")
+    env["HOME"] = cwd
+    return python, cwd, env
 
 
-def _feed(proc: subprocess.Popen, config: dict[str, Any], deadline: float) -> None:
-    """Write `config` (JSON) to the process's stdin and close it; a dead process is left to the
-    result (a missing reply)."""
-    fd = proc.stdin.fileno()
+class _JudgeServer:
+    """The sandboxed process that forks one judge per run (`rewards._code_harness.judge_server`).
+
+    One per process and sandbox mode, started on first use and kept: a judge then costs a fork
+    (about a millisecond) instead of a sandbox and an interpreter start (about 40 ms). All judges
+    share its sandbox; they run the dataset's tests, never a program. Without ``--die-with-parent``
+    (that would tie it to the thread that started it): it exits when its channel closes, which
+    happens when this process exits.
+    """
+
+    def __init__(self, use_bwrap: bool) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.stderr = tempfile.TemporaryFile()
+        cmd, cwd, env = _command(["judge-server", str(theirs.fileno())], _JUDGE_TMP_MB, use_bwrap, die_with_parent=False)
+        self.workdir = cwd
+        try:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=self.stderr, pass_fds=[theirs.fileno()], start_new_session=True)
+        finally:
+            theirs.close()
+        self.sock = ours
+        _write_all(self.proc.stdin.fileno(), json.dumps({"paths": _site_paths()}).encode(), time.monotonic() + 30)
+        self.proc.stdin.close()
+        if not wait_readable([ours.fileno()], 30) or ours.recv(16) != b"ready":
+            self.close()
+            raise OSError(f"the judge server did not start: {self.diagnostics()}")
+
+    def diagnostics(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read(2000).decode("utf-8", "replace").strip() or "no stderr"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def submit(self, token: bytes, fds: tuple[int, int, int, int]) -> None:
+        """Fork a judge on (config, request, reply, result). Raises OSError if the server is gone."""
+        socket.send_fds(self.sock, [b"j" + token], list(fds))
+
+    def stop(self, token: bytes) -> None:
+        """Kill the judge `token` if it still runs (sent after every run; cheap when it is done)."""
+        try:
+            self.sock.send(b"k" + token)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()  # the server exits on EOF, and its judges with its sandbox
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill(self.proc)
+            self.proc.wait()
+        self.stderr.close()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+_JUDGE_TMP_MB = 16  # the judges' /tmp: tests rarely write files
+_judge_servers: dict[bool, _JudgeServer] = {}
+_judge_servers_lock = threading.Lock()
+
+
+def _judge_server(use_bwrap: bool) -> _JudgeServer:
+    """The running judge server of this sandbox mode; a new one if there is none or it died
+    (one that is alive is kept: other threads' judges run in it)."""
+    with _judge_servers_lock:
+        server = _judge_servers.get(use_bwrap)
+        if server is None or not server.alive():
+            if server is not None:
+                server.close()
+            server = _judge_servers[use_bwrap] = _JudgeServer(use_bwrap)
+        return server
+
+
+def _close_judge_servers() -> None:
+    with _judge_servers_lock:
+        for server in _judge_servers.values():
+            server.close()
+        _judge_servers.clear()
+
+
+def _forget_judge_servers_after_fork() -> None:
+    # A forked child (e.g. a data-loader worker) starts its own server; it closes its copies of
+    # the parent's sockets, or the parent's server would not see EOF when the parent exits.
+    global _judge_servers_lock
+    for server in _judge_servers.values():
+        server.sock.close()
+    _judge_servers.clear()
+    _judge_servers_lock = threading.Lock()
+
+
+atexit.register(_close_judge_servers)
+os.register_at_fork(after_in_child=_forget_judge_servers_after_fork)
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write `data` to `fd` (made non-blocking) until done or the deadline; a closed reader
+    (EPIPE: the process died at once) is left to the result (a missing reply)."""
     os.set_blocking(fd, False)
-    data = memoryview(json.dumps(config).encode("utf-8", "surrogatepass"))
+    view = memoryview(data)
     try:
-        while data and time.monotonic() < deadline:
+        while view and time.monotonic() < deadline:
             if not _wait_writable(fd, deadline - time.monotonic()):
                 continue
             try:
-                data = data[os.write(fd, data):]
+                view = view[os.write(fd, view):]
             except BlockingIOError:
                 continue
-    except OSError:  # EPIPE: it died at once (a sandbox that did not start)
+    except OSError:
         pass
-    finally:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
 
 
 def _wait_writable(fd: int, timeout: float) -> bool:
@@ -383,7 +476,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def run_tests(task: CodeTask, limits: Limits, sandbox: str = "auto") -> RunResult:
-    """Run `task`'s program in one sandbox and its tests in another (see the module docstring).
+    """Run `task`'s program in its own sandbox and its tests in a judge (see the module docstring).
 
     `sandbox`: "auto" (bubblewrap if usable, else rlimits + seccomp with a warning), "bwrap"
     (required; RuntimeError if unusable) or "none" (rlimits + seccomp, no warning).
@@ -403,41 +496,61 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
     total = max(task.n_asserts, 1)
     plan = task.plan
     box = {"memory_bytes": limits.memory_mb << 20, "file_bytes": limits.file_mb << 20, "nproc": limits.nproc}
-    paths = _site_paths()
-    candidate_config = {"program": task.program, "paths": paths,
+    candidate_config = {"program": task.program, "paths": _site_paths(),
                         "limits": {**box, "cpu_seconds": limits.cpu_seconds or math.ceil(limits.timeout)}}
     judge_config = {"prelude": plan.prelude, "tests": plan.tests, "entry_point": task.entry_point,
                     "n_asserts": plan.n_asserts, "candidate_names": list(plan.candidate_names),
-                    "timeout": limits.timeout, "max_value_bytes": MAX_VALUE_BYTES, "paths": paths,
+                    "timeout": limits.timeout, "grace": JUDGE_GRACE, "max_value_bytes": MAX_VALUE_BYTES,
                     "limits": {**box, "cpu_seconds": math.ceil(limits.timeout + JUDGE_GRACE)}}
+    try:
+        server = _judge_server(use_bwrap)
+    except OSError as exc:
+        return RunResult(0, total, "error", time.monotonic() - started), str(exc)
     deadline = time.monotonic() + limits.timeout + JUDGE_GRACE
     request_r, request_w = os.pipe()  # judge -> candidate
     reply_r, reply_w = os.pipe()  # candidate -> judge
-    procs: list[subprocess.Popen] = []
-    workdirs: list[str] = []
+    config_r, config_w = os.pipe()  # -> judge
+    result_r, result_w = os.pipe()  # judge ->
+    token = secrets.token_hex(8).encode()
+    candidate: subprocess.Popen | None = None
+    workdir = None
+    output, timed_out, submitted = b"", False, False
     with tempfile.TemporaryFile() as stderr:
         try:
             try:
-                procs.append(_start("candidate", (request_r, reply_w), limits, use_bwrap, subprocess.DEVNULL,
-                                    stderr, workdirs))
-                procs.append(_start("judge", (request_w, reply_r), limits, use_bwrap, subprocess.PIPE,
-                                    stderr, workdirs))
-            finally:  # from here the pipes belong to the two processes only (EOF when one dies)
-                for fd in (request_r, request_w, reply_r, reply_w):
+                cmd, workdir, env = _command(["candidate", str(request_r), str(reply_w)], limits.file_mb, use_bwrap,
+                                             die_with_parent=True)
+                candidate = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=(request_r, reply_w),
+                                             start_new_session=True)
+                server.submit(token, (config_r, request_w, reply_r, result_w))
+                submitted = True
+            except OSError:
+                pass  # no judge: the missing report says so below
+            finally:  # from here each pipe end belongs to one process only (EOF when it dies)
+                for fd in (request_r, request_w, reply_r, reply_w, config_r, result_w):
                     os.close(fd)
-            candidate, judge = procs
-            _feed(candidate, candidate_config, deadline)
-            _feed(judge, judge_config, deadline)
-            output, timed_out = _read_until(judge.stdout.fileno(), deadline)
+            if submitted:
+                _write_all(config_w, json.dumps(judge_config).encode("utf-8", "surrogatepass"), deadline)
+            os.close(config_w)
+            config_w = -1
+            if candidate is not None:
+                _write_all(candidate.stdin.fileno(),
+                           json.dumps(candidate_config).encode("utf-8", "surrogatepass"), deadline)
+                candidate.stdin.close()
+            if submitted:
+                output, timed_out = _read_until(result_r, deadline)
         finally:
-            for proc in procs:
-                _kill(proc)
-            for proc in procs:
-                if proc.stdout:
-                    proc.stdout.close()
-                proc.wait()
-            for folder in workdirs:
-                shutil.rmtree(folder, ignore_errors=True)
+            if config_w >= 0:
+                os.close(config_w)
+            os.close(result_r)
+            if submitted:
+                server.stop(token)
+            if candidate is not None:
+                _kill(candidate)
+                candidate.wait()
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
         seconds = time.monotonic() - started
         report = _parse_report(output)
         if report is None or report.get("candidate") == "missing":
@@ -445,7 +558,8 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
                 return RunResult(0, total, "timeout", seconds), ""
             stderr.seek(0)
             text = stderr.read(2000).decode("utf-8", "replace").strip()
-            what = "the judge reported nothing" if report is None else "the program's sandbox did not start"
+            what = ("the judge reported nothing (judge server: " + server.diagnostics() + ")" if report is None
+                    else "the program's sandbox did not start")
             return RunResult(0, total, "error", seconds), f"{what}: {text or 'no stderr'}"
     passed = min(int(report.get("passed", 0)), total)
     status = "unsupported" if report.get("unsupported") else "timeout" if report.get("timeout") else "ok"

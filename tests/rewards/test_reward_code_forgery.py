@@ -554,3 +554,84 @@ def test_plain_data_codec():
     for bad in [lambda: 1, (x for x in []), object(), nested, {1: print}]:
         with pytest.raises(NotData):
             to_data(bad)
+
+
+# -- the judge server ---------------------------------------------------------------------------
+def _score_inc(program="def f(x):\n    return x + 1\n"):
+    return get("code", timeout=3.0)([""], [program], verification=[json.dumps(INC)])
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _judges_running() -> int:
+    """Processes below this one's bubblewrap judge server running the harness (the server + its judges)."""
+    from rewards import code
+
+    count = 0
+    for pid in _descendants(code._judge_server(code.bwrap_works()).proc.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        count += b"judge-server" in argv and b"bwrap" not in argv[0]
+    return count
+
+
+def test_a_judge_past_its_deadline_is_killed():
+    assert _score_inc() == [1.0]
+    assert _judges_running() == 1  # the server alone
+    tests = "def check(c):\n    assert c(1) == 2\n    import time\n    time.sleep(600)\n"
+    assert get("code", timeout=1.0)([""], ["def f(x):\n    return x + 1\n"], verification=[_row(tests)]) == [0.0]
+    deadline = time.monotonic() + 0.5  # killed at once, not by its own alarm (4 s after it started)
+    while _judges_running() > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _judges_running() == 1
+
+
+def test_a_dead_judge_server_is_replaced():
+    from rewards import code
+
+    assert _score_inc() == [1.0]
+    server = code._judge_server(code.bwrap_works())
+    os.killpg(server.proc.pid, 9)
+    server.proc.wait()
+    fn = get("code", timeout=3.0)
+    assert fn([""], ["def f(x):\n    return x + 1\n"], verification=[json.dumps(INC)]) == [1.0]
+    assert fn.stats.error_count == 0
+
+
+def _score_inc_in_child(_):
+    from rewards import code
+
+    return _score_inc(), code._judge_server(code.bwrap_works()).proc.pid
+
+
+def test_code_reward_in_a_forked_process():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from rewards import code
+
+    assert _score_inc() == [1.0]  # this process's server runs first: the child must start its own
+    ours = code._judge_server(code.bwrap_works()).proc.pid
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        [(score, theirs)] = list(pool.map(_score_inc_in_child, [0]))
+    assert score == [1.0] and theirs != ours
+    assert _score_inc("def f(x):\n    return x\n") == [0.0]
+    assert code._judge_server(code.bwrap_works()).proc.pid == ours
