@@ -334,47 +334,61 @@ class Channel:
         self.gone = False
         self.timed_out = False
         self.unsupported = False
+        self._buffer = bytearray()  # bytes read from the reply pipe, not yet taken
+        self._pollers = {}
 
     def _lose(self, timed_out=False):
         self.gone = True
         self.timed_out = self.timed_out or timed_out
         raise CandidateGone()
 
-    def _wait(self, fd, event):
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            self._lose(timed_out=True)
-        poller = select.poll()
-        poller.register(fd, event | select.POLLHUP | select.POLLERR)
-        if not poller.poll(max(1, math.ceil(remaining * 1000))):
+    def _check_deadline(self):
+        if time.monotonic() >= self.deadline:
             self._lose(timed_out=True)
 
+    def _wait(self, fd, event):
+        """Until `fd` is ready for `event` (or hung up); at the deadline the candidate is lost."""
+        poller = self._pollers.get(fd)
+        if poller is None:
+            poller = self._pollers[fd] = select.poll()
+            poller.register(fd, event | select.POLLHUP | select.POLLERR)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(max(1, math.ceil(remaining * 1000))):
+            self._lose(timed_out=True)
+
+    # Each loop tries the system call first and polls only when the pipe is not ready: a call
+    # costs two context switches, not four polls more.
     def send(self, payload):
         data = memoryview(_HEADER.pack(len(payload)) + payload)
         while data:
-            self._wait(self.request_fd, select.POLLOUT)
+            self._check_deadline()
             try:
                 data = data[os.write(self.request_fd, data):]
             except BlockingIOError:
-                continue
+                self._wait(self.request_fd, select.POLLOUT)
             except OSError:  # EPIPE: the candidate exited
                 self._lose()
 
     def _read(self, n, keep=True):
         chunks = []
         while n:
-            self._wait(self.reply_fd, select.POLLIN)
-            try:
-                chunk = os.read(self.reply_fd, min(n, 1 << 20))
-            except BlockingIOError:
-                continue
-            except OSError:
-                self._lose()
-            if not chunk:
-                self._lose()
+            if not self._buffer:
+                self._check_deadline()
+                try:
+                    chunk = os.read(self.reply_fd, 1 << 16)
+                except BlockingIOError:
+                    self._wait(self.reply_fd, select.POLLIN)
+                    continue
+                except OSError:
+                    self._lose()
+                if not chunk:
+                    self._lose()
+                self._buffer += chunk
+            piece = self._buffer[:n]
+            del self._buffer[:len(piece)]
             if keep:
-                chunks.append(chunk)
-            n -= len(chunk)
+                chunks.append(bytes(piece))
+            n -= len(piece)
         return b"".join(chunks)
 
     def receive(self):

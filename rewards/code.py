@@ -757,11 +757,13 @@ class CodeFraction(_CodeReward):
     r"""Fraction of the test asserts the program passes, in a sandbox; None without python_tests.
 
     Reads `verification` = ``{"kind": "python_tests", "test", "entry_point", "prompt"?}``.
-    `timeout`: wall-clock seconds for all tests of one completion (CPU limit the same);
+    `timeout`: wall-clock seconds the tests of one completion wait for its program, all calls
+    together (its CPU limit the same; the tests themselves get `JUDGE_GRACE` more);
     `memory_mb`: address-space limit (MiB); `sandbox`: "auto" | "bwrap" | "none";
     `workers`: concurrent sandboxes (default: the reward worker count, the CPU count).
     A timeout keeps the asserts passed before it and is counted; a sandbox that fails to start
-    gives None and counts an error.
+    gives None and counts an error; tests the judge cannot split from the program give None
+    (see the module docstring).
 
     >>> v = {"kind": "python_tests", "entry_point": "add",
     ...      "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(0, 0) == 1\n"}
