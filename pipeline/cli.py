@@ -100,7 +100,8 @@ def _stage_command(kind: str):
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
             if pipeline.steps[0].config.kind != kind:
-                _fail(f"{config} is a `kind: {pipeline.steps[0].config.kind}` config; use `r1 {pipeline.steps[0].config.kind}`")
+                other = pipeline.steps[0].config.kind
+                _fail(f"{config} is a `kind: {other}` config; use `r1 {other.replace('_', '-')}`")
             run_pipeline(pipeline, force=force, isolate=True, keep_checkpoints=keep_checkpoints)
         except ConfigError as err:
             _fail(str(err))
@@ -111,7 +112,8 @@ def _stage_command(kind: str):
 
 for _kind in stages.kinds():
     if _kind != "eval":  # `r1 eval` is a group (below): the stage command plus `compare`
-        app.command(name=_kind)(_stage_command(_kind))
+        # `r1 reward-model` for kind reward_model (command names use hyphens)
+        app.command(name=_kind.replace("_", "-"))(_stage_command(_kind))
 
 
 class _DefaultRunGroup(TyperGroup):

@@ -10,12 +10,14 @@ Every reward has TRL's signature ``fn(prompts, completions, **columns) -> list[f
 `available()` lists names, parameters and semantics; ``r1 rewards list`` prints them.
 Families live in small modules: `format` (format, tag_count, reasoning_steps), `math`, `code`
 (code, code_binary), `rgym` (reasoning_gym), `accuracy`, `language`, `length` (cosine_length,
-overlong), `repetition`.
+overlong), `repetition`, `refusal` (the refusal rule), `reward_model` (a trained sequence
+classifier's score, per domain, of the answer or the whole response).
 """
 
 from rewards.registry import REGISTRY, available, get, register
 
 # Importing the families fills the registry.
-from rewards import accuracy, code, format, language, length, math, repetition, rgym  # noqa: E402,F401
+from rewards import (accuracy, code, format, language, length, math, refusal, repetition,  # noqa: E402,F401
+                     reward_model, rgym)
 
 __all__ = ["REGISTRY", "available", "get", "register"]

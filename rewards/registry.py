@@ -104,6 +104,38 @@ def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:
     }
 
 
+def log_name(name: str, params: dict[str, Any]) -> str:
+    """The name TRL logs the reward `name` built with `params` under: the registered name,
+    unless the factory derives one from its parameters (a static `log_name(params)`, e.g.
+    `reward_model` with `label: helpfulness` -> `reward_model_helpfulness`). Builds nothing.
+
+    >>> log_name("format", {}), log_name("reward_model", {"model": "m", "label": "safety"})
+    ('format', 'reward_model_safety')
+    """
+    _ensure_loaded()
+    namer = getattr(REGISTRY.get(name), "log_name", None)
+    return namer(params) if callable(namer) else name
+
+
+def model_references(name: str, params: dict[str, Any]) -> dict[str, str]:
+    """Parameter -> model reference, for the parameters of reward `name` that name a model
+    (the factory's `model_params`, e.g. `reward_model`'s `model`); {} for most rewards.
+    Stages list them as inputs and resolve them (a step name becomes its `model/` folder)
+    before building the reward.
+
+    >>> model_references("reward_model", {"model": "helpfulness_rm"}), model_references("format", {})
+    ({'model': 'helpfulness_rm'}, {})
+    """
+    _ensure_loaded()
+    fields = getattr(REGISTRY.get(name), "model_params", ())
+    return {p: params[p] for p in fields if isinstance(params.get(p), str) and params[p]}
+
+
+def with_resolved_models(name: str, params: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
+    """`params` with each model reference (`model_references`) replaced by `resolve(ref)`."""
+    return {**params, **{p: resolve(ref) for p, ref in model_references(name, params).items()}}
+
+
 def available() -> list[tuple[str, str, str]]:
     """List every registered reward as `(name, parameters, semantics)`.
 

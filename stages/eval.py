@@ -51,11 +51,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import field_validator, model_serializer, model_validator
 
 from data import PromptSource
 from data.prompts import Template, question_of
 from pipeline.stage import StageConfig, StepContext, StepResult
+from stages import _general_eval
+from stages._general_eval import GENERAL_DOMAINS, GeneralEval
 from stages._sampling import SamplingConfig
 
 CI_METHOD = "95% percentile bootstrap over questions (1000 resamples, resampling seed 0)"
@@ -72,7 +74,7 @@ class Config(StageConfig):
     (temperature 0.6, top-p 0.95); k and max_tokens are small here and always recorded."""
 
     kind: Literal["eval"] = "eval"
-    input_fields: ClassVar[dict[str, str]] = {"models": "model"}
+    input_fields: ClassVar[dict[str, str]] = {"models": "model", "judge": "model"}
     models: list[str]
     prompts: list[PromptSource]  # eval sets: held-out splits, local JSONL/parquet, hub datasets
     split: Literal["train", "test"] = "test"
@@ -84,6 +86,10 @@ class Config(StageConfig):
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
     seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
+    # Helpfulness win rate and refusal rates on general/harmful prompts (stages/_general_eval.py);
+    # `judge`: model reference of the reward model that judges helpfulness.
+    general: GeneralEval | None = None
+    judge: str | None = None
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -97,11 +103,24 @@ class Config(StageConfig):
         # A k of 0 or a pass@j above k would otherwise fail after minutes of sampling.
         if min([self.sampling.num_samples, *self.k_per_source.values(), *self.pass_k], default=1) < 1:
             raise ValueError("sampling.num_samples, k_per_source and pass_k must be >= 1")
+        if (self.general is None) != (self.judge is None):
+            raise ValueError("`general` (helpfulness and refusal rates) and `judge` (the reward model judging "
+                             "helpfulness) go together: set both or neither")
         # A server serves one model: several models would all be answered by it, under their names.
         if self.sampling.backend == "server" and len(self.models) > 1:
             raise ValueError(f"sampling.backend 'server' samples the one model behind server_url, but `models` "
                              f"lists {len(self.models)}; evaluate one model per eval step (and server)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Unset, `general` and `judge` are left out of the dump, so the config hash of an eval
+        # step without them is what it was before they existed (a finished step stays finished).
+        data = handler(self)
+        for name in ("general", "judge"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -510,6 +529,8 @@ def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, co
     outs = sample_questions(sampler, rows, ks, seed, batch_size)
     flat_rows = [r for r, cs in zip(rows, outs) for _ in cs]
     names = list(dict.fromkeys([correctness, "format"]))
+    if any(r["domain"] in GENERAL_DOMAINS for r in rows):  # refusal rates (stages/_general_eval.py)
+        names.append("refusal")
     scores = score(names, flat_rows, [c.text for cs in outs for c in cs])
     records, j = [], 0
     for row, cs in zip(rows, outs):
@@ -562,13 +583,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from data import load_prompts
 
     rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
+    if config.general is not None:
+        rows += _general_eval.load_rows(config.general, config.split, config.template)
     rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
     if config.models and not rows:
         raise ValueError(f"no questions to evaluate: the {config.split} split of the sources is empty"
                          + (f" after dropping {contamination['overlapping']} overlapping" if contamination["overlapping"] else ""))
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
-    results, records = {}, []
+    results, records, general_records = {}, [], {}
     done_dir = ctx.work_dir / "per_model"  # resume: a model evaluated before an interruption is kept
     done_dir.mkdir(exist_ok=True)
     for i, ref in enumerate(config.models):
@@ -578,6 +601,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         else:
             model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks)
             done.write_text(json.dumps([model_protocol, model_records]))
+        model_records, general_records[ref] = _general_eval.split_records(model_records)
         records += model_records
         results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
         ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
@@ -594,7 +618,13 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "pass@j": "unbiased estimator, Chen et al. 2021", "maj@k": "most frequent extracted answer (Wang et al. 2023)",
         "interval": CI_METHOD, "contamination": contamination, **environment(),
     }
-    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results}, indent=2))
+    general = None
+    if config.general is not None:
+        general, general_samples = _general_eval.evaluate(config.general, ctx.resolve_model(config.judge), rows,
+                                                          general_records, list(config.models))
+        pq.write_table(pa.Table.from_pylist(general_samples), ctx.work_dir / "general_samples.parquet")
+    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results,
+                                                           **({"general": general} if general else {})}, indent=2))
     schema = pa.schema([("model", pa.string()), ("question_id", pa.string()), ("data_source", pa.string()),
                         ("domain", pa.string()), ("question", pa.string()), ("gold", pa.string()), ("k", pa.int64()),
                         ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
@@ -602,20 +632,24 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     pq.write_table(pa.Table.from_pylist(records, schema=schema), ctx.work_dir / "samples.parquet")
     shutil.rmtree(done_dir)  # everything it held is in samples.parquet and results.json now
     metrics = {}
-    for ref, r in results.items():
+    scored = {m: r for m, r in results.items() if r["overall"].get("questions")}  # a general-only eval has no pass@1
+    for ref, r in scored.items():
         o = r["overall"]
         metrics.update({f"{ref}/pass@1": o["pass@1"], f"{ref}/pass@1_lo": o["pass@1_ci"][0],
                         f"{ref}/pass@1_hi": o["pass@1_ci"][1], f"{ref}/maj@k": o["maj@k"],
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
-    best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
+    if general:
+        metrics.update(_general_eval.metrics(general))
+    best = max(scored, key=lambda m: scored[m]["overall"]["pass@1"]) if scored else None
     from stages._sampling import sampling_precision
 
     return StepResult(precision=sampling_precision(config.sampling),
                       outputs={"results": "results.json", "samples": "samples.parquet"},
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
-                              + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
+                              + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else "")
+                              + (_general_eval.summary_line(general) if general else ""))
 
 
 # ----------------------------------------------------------------------------- compare

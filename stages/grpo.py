@@ -170,11 +170,14 @@ class Config(StageConfig):
         # Each is a mistake that would otherwise surface minutes into a run.
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
-        names = [r.name for r in self.rewards]
-        if len(set(names)) != len(names):
-            raise ValueError(f"rewards: duplicate names {names}; TRL logs them by name")
         from rewards import REGISTRY  # light: the registry, no scoring workers
+        from rewards.registry import log_name
 
+        names = [r.name for r in self.rewards]
+        logged = [log_name(r.name, r.params) for r in self.rewards]  # e.g. reward_model_<label>
+        if len(set(logged)) != len(logged):
+            raise ValueError(f"rewards: duplicate names {logged}; TRL logs them by name (two reward_model "
+                             "entries need distinct `label` params)")
         unknown = [n for n in names if n not in REGISTRY and ":" not in n]
         if unknown:
             raise ValueError(f"rewards: unknown {unknown}; valid names: {', '.join(sorted(REGISTRY))}")
@@ -201,6 +204,19 @@ class Config(StageConfig):
             raise ValueError(f"eval_prompts.{empty[0]}.n_test: 0 test prompts; the held-out reward uses each "
                              f"source's test split (entries {empty} have n_test: 0)")
         return self
+
+    def inputs(self) -> dict[str, str]:
+        """The model and, as ``rewards.<i>.<param>``, the models rewards read (``reward_model``'s
+        ``model``): listed so the runner orders, hashes and resolves them like any input."""
+        from rewards.registry import model_references
+
+        out = super().inputs()
+        for i, spec in enumerate(self.rewards):
+            out.update({f"rewards.{i}.{p}": ref for p, ref in model_references(spec.name, spec.params).items()})
+        return out
+
+    def input_type(self, input_name: str) -> str:
+        return "model" if input_name.startswith("rewards.") else super().input_type(input_name)
 
     @property
     def prompts_per_step(self) -> int:
@@ -255,7 +271,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         tokenizer.pad_token = tokenizer.eos_token
     dataset, dropped = load_prompt_rows(config, tokenizer)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
-    reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
+    # A reward's model references (a reward model's step name) become folders first.
+    reward_funcs = [registry.get(r.name, **registry.with_resolved_models(r.name, r.params, ctx.resolve_model))
+                    for r in config.rewards]
     callback = metrics_callback(ctx, reward_funcs)
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
