@@ -144,6 +144,11 @@ class LocalScorer:
 
         from pipeline import precision
 
+        if _FORKED:
+            # GNU OpenMP's thread pool does not survive fork(): a forked child that runs a
+            # multi-threaded op waits forever for the parent's threads. One thread avoids it
+            # (what PyTorch's DataLoader does in its forked workers).
+            torch.set_num_threads(1)
         self.precision = precision.resolve(dtype, what="reward model")
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
@@ -228,6 +233,16 @@ class ServerScorer:
 
 _CACHE: dict[tuple, tuple[Any, Any]] = {}  # (pid, path, dtype) -> (LocalScorer, tokenizer)
 _CACHE_LOCK = threading.Lock()
+_FORKED = False  # True in a child forked from this process (set by the at-fork hook below)
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED, _CACHE_LOCK
+    _FORKED = True
+    _CACHE_LOCK = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _resolve(ref: str) -> str:

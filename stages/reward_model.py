@@ -21,7 +21,7 @@ every pair of a prompt lands on the same side) are never trained on. After train
 model is reloaded as the reward will load it (``dtype`` resolved, ``rewards.reward_model.
 LocalScorer``) and scores them: **pair accuracy** (share with r(chosen) > r(rejected); ties
 count as errors; 95% Wilson interval), per rule, and the **mean margin** r(chosen) - r(rejected)
-in logits. The same measure before training (random head) is reported as the start. The mean
+in logits. The same measure before training (random head, float32) is reported as the start. The mean
 and standard deviation of the held-out logits (chosen and rejected) are the reward's
 calibration (``normalize: calibrated``), stored in ``model/reward_model.json`` with the scope.
 
@@ -141,24 +141,21 @@ def _score_pairs(scorer, ids: list[tuple[list[int], list[int]]], batch_size: int
 
 
 class _ModelScorer:
-    """Scores with the in-memory model (the start-of-training measure), as ``LocalScorer`` does."""
+    """Scores with the in-memory float32 model (the start-of-training measure: a random head's
+    logits are so close together that bf16 would tie many pairs), as ``LocalScorer`` does."""
 
-    def __init__(self, model, pad_id: int, dtype: str):
-        from rewards.reward_model import LocalScorer
-
-        self.model, self.pad_id, self.dtype = model, pad_id, dtype
-        self._score = LocalScorer.score
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
 
     def score(self, ids, batch_size):
-        import torch
+        from rewards.reward_model import LocalScorer
 
-        with torch.autocast("cpu", dtype=precision.torch_dtype(self.dtype), enabled=self.dtype != "float32"):
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                return self._score(self, ids, batch_size)
-            finally:
-                self.model.train(was_training)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return LocalScorer.score(self, ids, batch_size)
+        finally:
+            self.model.train(was_training)
 
 
 def load_pairs(config: Config, ctx: StepContext) -> tuple[list[dict], list[dict], dict]:
@@ -224,12 +221,15 @@ def reward_arguments(config: Config, output_dir, dtype: str):
     )
 
 
-def load_classifier(path: str):
+def load_classifier(path: str, seed: int = 0):
     """``(model, tokenizer)``: ``path`` as a one-logit sequence classifier (float32 master
-    weights; a causal LM gets a new ``score`` head) with a pad token on both."""
+    weights; a causal LM gets a new ``score`` head, initialised from ``seed``) with a pad token
+    on both."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    set_seed(seed)  # the new head's initial weights: the same seed, the same reward model
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
@@ -250,7 +250,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     train, test, counts = load_pairs(config, ctx)
     base = ctx.resolve_model(config.model)
-    model, tokenizer = load_classifier(base)
+    model, tokenizer = load_classifier(base, config.seed)
 
     def tokenize(pairs: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]], int]:
         kept, ids, dropped = [], [], 0
@@ -271,7 +271,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     precision.announce(precision.resolve(config.dtype), "reward model training")
     start = None
     if test:  # the untrained classifier (random head): the accuracy to beat
-        start = pair_metrics(test, *_score_pairs(_ModelScorer(model, tokenizer.pad_token_id, chosen_dtype),
+        start = pair_metrics(test, *_score_pairs(_ModelScorer(model, tokenizer.pad_token_id),
                                                  test_ids, config.batch_size * 2))
 
     dataset = datasets.Dataset.from_list([{"chosen_ids": c, "rejected_ids": r} for c, r in train_ids])

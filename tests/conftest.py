@@ -64,3 +64,61 @@ def sft_dataset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sft_dataset")
     pd.DataFrame(rows).to_parquet(folder / "data.parquet")
     return folder
+
+
+def toy_pairs(n: int, seed: int = 0, flip: bool = False) -> list[dict]:
+    """``n`` separable preference pairs (``data/preference.py`` rows): the chosen answer praises,
+    the rejected one scolds; the reasoning blocks say the opposite, so only a model reading the
+    answer (``scope: answer``) sees a consistent signal. ``flip`` swaps chosen and rejected."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    topics = "apple river stone cloud paper music garden window light orange table chair".split()
+    good, bad = "great wonderful excellent helpful clear".split(), "awful terrible useless wrong rude".split()
+    rows = []
+    for i in range(n):
+        topic = " ".join(rng.sample(topics, 3))
+        praise, scold = " ".join(rng.sample(good, 2)), " ".join(rng.sample(bad, 2))
+        chosen = f"<think>\n{topic} {scold}\n</think>\n<answer>Gladly! {topic}: {praise}.</answer>"
+        rejected = f"<think>\n{topic} {praise}\n</think>\n<answer>No. {topic}: {scold}.</answer>"
+        if flip:
+            chosen, rejected = rejected, chosen
+        rows.append({"id": f"toy/{i}", "prompt_id": f"toy/{i}",
+                     "prompt": [{"role": "user", "content": f"Tell me about {topic}."}],
+                     "chosen": chosen, "rejected": rejected, "rule": "reference_vs_policy", "domain": "general",
+                     "data_source": "toy", "meta": json.dumps({"chosen_from": "toy", "rejected_from": "toy"})})
+    return rows
+
+
+def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False) -> Path:
+    """Run the reward_model stage (``configs/reward_model/tiny/smoke.yaml``) on 96 toy pairs;
+    returns the step's work folder (``model/`` inside)."""
+    import json
+
+    import yaml
+
+    from pipeline.runner import Resolver, parse_stage_config
+    from pipeline.stage import StepContext
+
+    from stages import reward_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(96, flip=flip)))
+    raw = yaml.safe_load((REPO / "configs/reward_model/tiny/smoke.yaml").read_text())
+    config = parse_stage_config({**raw, "model": str(tiny_model), "dataset": str(pairs)}, "smoke.yaml")
+    work = folder / "work"
+    work.mkdir(exist_ok=True)
+    result = reward_model.run(config, StepContext(run="t", step="rm", run_dir=folder, work_dir=work,
+                                                   resolver=Resolver(folder, set())))
+    (work / "result.json").write_text(json.dumps({"metrics": result.metrics, "counts": result.counts,
+                                                  "summary": result.summary}))
+    return work
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
+    """``model/`` of a reward model trained from the tiny model on separable toy pairs
+    (``scope: answer``; calibration in ``reward_model.json``; ``result.json`` beside it)."""
+    return train_toy_reward_model(tiny_model, tmp_path_factory.mktemp("tiny_rm")) / "model"

@@ -28,9 +28,22 @@ def _call(fn, **extra):
     return fn(PROMPTS, COMPLETIONS, **COLUMNS, **extra)
 
 
+@pytest.fixture
+def build(request):
+    """`get(name)` with the parameters a reward cannot do without: `reward_model` gets a tiny
+    trained reward model (built once per session) and this batch's domain, so it really scores."""
+    def make(name):
+        if name == "reward_model":
+            model = request.getfixturevalue("tiny_reward_model")
+            return get(name, model=str(model), domains=["math"], dtype="float32")
+        return get(name)
+
+    return make
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_trl_signature_names_and_values(name):
-    fn = get(name)
+def test_trl_signature_names_and_values(name, build):
+    fn = build(name)
     assert fn.__name__ == name
     logged = []
     scores = _call(fn, trainer_state=object(), log_metric=lambda key, value: logged.append(key), unknown_column=[1, 2])
@@ -41,8 +54,8 @@ def test_trl_signature_names_and_values(name):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_wrong_lengths_raise_value_error_naming_the_reward(name):
-    fn = get(name)
+def test_wrong_lengths_raise_value_error_naming_the_reward(name, build):
+    fn = build(name)
     with pytest.raises(ValueError, match=rf"{name}.*1 prompts but 2 completions"):
         fn(PROMPTS[:1], COMPLETIONS, **COLUMNS)
     with pytest.raises(ValueError, match=rf"{name}.*'answer' has 3 values but there are 2"):
@@ -56,8 +69,8 @@ def test_known_values_of_the_shared_batch():
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_pickle_roundtrip_keeps_behaviour(name):
-    fn = get(name)
+def test_pickle_roundtrip_keeps_behaviour(name, build):
+    fn = build(name)
     before = _call(fn)
     clone = pickle.loads(pickle.dumps(fn))
     assert clone.__name__ == name
@@ -78,12 +91,22 @@ def _score_in_child(fn):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_rewards_in_worker_processes(method):
-    fns = [get("accuracy"), get("format"), get("code")]
+def test_rewards_in_worker_processes(method, build):
+    fns = [get("accuracy"), get("format"), get("code"), build("reward_model")]
     _call(fns[0])  # start this process's pool first: a forked child must not reuse its pipes
+    in_parent = _call(fns[3])  # the reward model is loaded here; a child loads its own copy
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method)) as pool:
         results = list(pool.map(_score_in_child, fns))
-    assert results == [[1.0, 0.0], [1.0, 1.0], [None, None]]
+    assert results[:3] == [[1.0, 0.0], [1.0, 1.0], [None, None]]
+    assert results[3] == pytest.approx(in_parent, abs=1e-5) and all(isinstance(v, float) for v in in_parent)
+
+
+def test_reward_model_in_worker_threads(build):
+    fn = build("reward_model")
+    alone = _call(fn)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: _call(fn), range(8)))
+    assert all(r == pytest.approx(alone, abs=1e-5) for r in results)
 
 
 def test_rewards_in_a_daemonic_multiprocessing_pool():
