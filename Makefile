@@ -18,10 +18,10 @@ ARGS   ?=
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup pipeline test test-fast doctor gpu-check cold-start reasoning-rl rejection-sampling sft all-domain-rl distill eval inspect report clean-venv help
+.PHONY: setup pipeline test test-fast doctor gpu-check cold-start reasoning-rl rejection-sampling sft preference-pairs reward-models all-domain-rl distill eval inspect report clean-venv help
 
 help:
-	@echo "make pipeline | test | setup | doctor | gpu-check | cold-start | reasoning-rl | rejection-sampling | sft | all-domain-rl | distill | eval | inspect | report"
+	@echo "make pipeline | test | setup | doctor | gpu-check | cold-start | reasoning-rl | rejection-sampling | sft | preference-pairs | reward-models | all-domain-rl | distill | eval | inspect | report"
 	@echo "variables: CONFIG=$(CONFIG) RUN=<run name> ARGS='extra r1 flags' STACK=auto|cpu|gpu (now: $(STACK_NAME) in $(VENV))"
 
 # The stamp depends on the files that define the install: a second `make setup` with nothing
@@ -57,6 +57,11 @@ rejection-sampling: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only rejection_sampling $(ARGS)
 sft: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only sft $(ARGS)
+preference-pairs: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only preference_pairs $(ARGS)
+# Both reward models of all-domain RL (helpfulness on the answer, harmlessness on the whole response).
+reward-models: $(STAMP)
+	$(R1) run $(CONFIG) $(RUN_FLAG) --only helpfulness_rm --only harmlessness_rm $(ARGS)
 all-domain-rl: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only all_domain_rl $(ARGS)
 distill: $(STAMP)

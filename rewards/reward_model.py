@@ -54,14 +54,16 @@ loads its own copy once (``tests/rewards/test_reward_contract.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rewards.base import Batch, Reward, Tally
+from rewards.base import Batch, Reward, RewardStats, Tally
 from rewards.registry import register
 from rewards.text import answer_region
 
@@ -124,6 +126,14 @@ def encode(tokenizer, prompt: Any, response: str, scope: str, max_length: int | 
     return ids[-max_length:] if max_length and len(ids) > max_length else ids
 
 
+def read_config(model_path: str) -> dict:
+    """The ``config.json`` of a local model folder ({} for a hub id or an unreadable file)."""
+    try:
+        return json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def read_info(model_path: str) -> dict:
     """The ``reward_model.json`` of a model folder ({} when absent or unreadable)."""
     try:
@@ -150,6 +160,10 @@ class LocalScorer:
             # (what PyTorch's DataLoader does in its forked workers).
             torch.set_num_threads(1)
         self.precision = precision.resolve(dtype, what="reward model")
+        architectures = read_config(path).get("architectures") or []
+        if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise ValueError(f"{path} is a {', '.join(architectures)}, not a reward model (a *ForSequenceClassification "
+                             "with one label); train one with the reward_model stage")
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
         if self.model.config.num_labels != 1:
@@ -276,6 +290,15 @@ def load(ref: str, dtype: str = "auto", backend: str = "local"):
 # ----------------------------------------------------------------------------- the reward
 
 
+@dataclasses.dataclass
+class ModelRewardStats(RewardStats):
+    """`RewardStats` plus `seconds`: wall time spent scoring (model load included), per process.
+    GRPO logs it as ``reward_stats/<name>/seconds`` (cumulative), which ``bench/reward_model.py``
+    turns into the reward model's share of a step."""
+
+    seconds: float = 0.0
+
+
 @register("reward_model")
 class RewardModelReward(Reward):
     """A reward model's score (one-logit sequence classifier) of the answer or the whole response; None outside `domains`.
@@ -327,6 +350,7 @@ class RewardModelReward(Reward):
         self.dtype = dtype
         self.label = label
         self.__name__ = self.log_name({"label": label})
+        self.stats = ModelRewardStats()
 
     @staticmethod
     def log_name(params: dict[str, Any]) -> str:
@@ -363,10 +387,13 @@ class RewardModelReward(Reward):
         out: list[float | None] = [None] * len(batch)
         if not todo:  # nothing to judge: no model is loaded
             return out
+        started = time.perf_counter()
         prompts = [raw_prompts[i] if raw_prompts[i] is not None else "" for i in todo]
         raw = self.raw_scores(prompts, [batch.completions[i] for i in todo])
         _, _, path = load(self.model, self.dtype, self.backend)
         offset, scale = self._offset_scale(path)
         for i, value in zip(todo, raw):
             out[i] = (value - offset) / scale
+        with self._lock:
+            self.stats.seconds += time.perf_counter() - started
         return out

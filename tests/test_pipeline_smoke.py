@@ -18,8 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 R1 = [sys.executable, "-m", "pipeline.cli"]
-STEPS = ["cold_start_data", "cold_start_sft", "reasoning_rl", "rejection_sampling", "sft",
-         "all_domain_rl", "distill", "eval"]
+STEPS = ["cold_start_data", "cold_start_sft", "reasoning_rl", "rejection_sampling", "sft", "preference_pairs",
+         "helpfulness_rm", "harmlessness_rm", "all_domain_rl", "distill", "eval"]
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,12 @@ def test_manifests_chain_each_step_to_its_inputs(smoke_run):
     run_dir, _, _ = smoke_run
     wiring = {"cold_start_sft": ("dataset", "cold_start_data"), "reasoning_rl": ("model", "cold_start_sft"),
               "rejection_sampling": ("model", "reasoning_rl"), "sft": ("dataset", "rejection_sampling"),
-              "all_domain_rl": ("model", "sft"), "distill": ("teacher", "all_domain_rl")}
+              "all_domain_rl": ("model", "sft"), "distill": ("teacher", "all_domain_rl"),
+              "preference_pairs": ("model", "sft"), "helpfulness_rm": ("dataset", "preference_pairs")}
+    rl = json.loads((run_dir / "all_domain_rl" / "manifest.json").read_text())  # its reward models are inputs too
+    for i, upstream in ((2, "helpfulness_rm"), (3, "harmlessness_rm")):
+        assert rl["inputs"][f"rewards.{i}.model"]["hash"] == \
+            json.loads((run_dir / upstream / "manifest.json").read_text())["output_hash"]
     for step, (key, upstream) in wiring.items():
         manifest = json.loads((run_dir / step / "manifest.json").read_text())
         up = json.loads((run_dir / upstream / "manifest.json").read_text())
@@ -127,6 +132,11 @@ def test_eval_numbers_are_in_range(smoke_run):
         for key in ("pass@1", "format_rate", "truncation_rate"):
             assert 0.0 <= overall[key] <= 1.0, (model, key)
         assert overall["questions"] > 0
+    general = results["general"]  # helpfulness win rates and refusal rates (stages/_general_eval.py)
+    assert general["models"]["tiny-random-llama"]["helpfulness"]["rate"] == 0.5  # the baseline against itself
+    for model, g in general["models"].items():
+        assert g["helpfulness"]["prompts"] == 2 and g["harmful_refusal"]["prompts"] == 2, model
+        assert 0.0 <= g["helpfulness"]["rate"] <= 1.0 and 0.0 <= g["over_refusal"]["rate"] <= 1.0, model
 
 
 def test_second_run_skips_every_step(smoke_run, r1_home):
