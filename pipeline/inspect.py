@@ -659,6 +659,12 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     """
     started = time.time()
     ref = locate(path, run_name, config)
+    from data.preference import inspect_pairs, is_pair_dataset
+
+    if is_pair_dataset(ref):  # (prompt, chosen, rejected) rows have their own summary
+        if html_path:
+            console.print("[yellow]--html is not written for preference pairs (terminal summary only)[/]")
+        return inspect_pairs(ref, sample=sample, seed=seed, where=where)
     card = load_card(ref)
     filt = (card or {}).get("filter_config") or {}
     rows = load_sft_rows(ref, split=split)

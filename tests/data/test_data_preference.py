@@ -68,3 +68,21 @@ def test_written_dataset_reads_back_with_card(tmp_path):
     assert list(pd.read_parquet(folder / "data.parquet").columns) == list(PAIR_COLUMNS)
     with pytest.raises(PreferenceRowError, match=r"dataset/data.parquet:1: field 'rejected': equal to chosen"):
         write_pairs([{**rows[0], "rejected": rows[0]["chosen"]}], tmp_path / "dataset", {})
+
+
+def test_r1_inspect_summarises_a_pair_dataset(tmp_path, capsys):
+    from pipeline.inspect import inspect
+
+    rows = read_pairs(_jsonl(tmp_path / "in.jsonl", [
+        {**GOOD, "rule": "helpful_vs_refusal", "rejected": "I'm sorry, but I can't help with that.",
+         "meta": {"chosen_from": "policy", "rejected_from": "few_shot_refusal"}},
+        {**GOOD, "id": "b", "rule": "reference_vs_policy"}]))
+    folder = write_pairs(rows, tmp_path / "dataset", {"funnel": {"helpful_vs_refusal": {
+        "prompts": 3, "with_pairs": 1, "skipped": {"no_refusal": 2}}}})
+    summary = inspect(str(folder), sample=1)
+    assert summary["pairs"] == 2
+    assert summary["per_rule"]["helpful_vs_refusal"]["rejected_refusal"] == 1.0
+    assert summary["per_rule"]["helpful_vs_refusal"]["chosen_from"] == {"policy": 1}
+    assert summary["funnel"]["helpful_vs_refusal"]["skipped"] == {"no_refusal": 2}
+    assert "no_refusal 2" in capsys.readouterr().out
+    assert inspect(str(folder), where="rule == 'reference_vs_policy'", sample=0)["pairs"] == 1
