@@ -112,8 +112,11 @@ def _stage_command(kind: str):
 
 for _kind in stages.kinds():
     if _kind != "eval":  # `r1 eval` is a group (below): the stage command plus `compare`
-        # `r1 reward-model` for kind reward_model (command names use hyphens)
+        # `r1 reward-model` for kind reward_model (command names use hyphens; the kind's own
+        # name stays as a hidden alias)
         app.command(name=_kind.replace("_", "-"))(_stage_command(_kind))
+        if "_" in _kind:
+            app.command(name=_kind, hidden=True)(_stage_command(_kind))
 
 
 class _DefaultRunGroup(TyperGroup):

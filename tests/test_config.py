@@ -454,7 +454,7 @@ def test_every_config_starts_with_its_command(path):
     """Each YAML's first line is the command that runs it (so it can be copied)."""
     rel = path.relative_to(CONFIGS)
     first = path.read_text().splitlines()[0]
-    command = "run" if rel.parts[0] == "pipeline" else rel.parts[0]
+    command = "run" if rel.parts[0] == "pipeline" else rel.parts[0].replace("_", "-")  # r1 reward-model
     assert first.startswith("#") and f"r1 {command} configs/{rel}" in first, first
 
 
