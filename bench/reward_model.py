@@ -21,6 +21,13 @@ Two measures, both written to ``bench/results/reward_model.json``:
   harmful prompts, so the work does not depend on what a policy happens to write. The models are
   loaded first (excluded); the median over ``--reps`` repetitions is divided by
   ``--step-seconds`` (a measured all-domain step without reward models) when given.
+  Because a step time measured elsewhere (another day, another load on a shared machine) is not
+  comparable, ``--policy`` also times, in the same process and conditions, the step's training
+  forward and backward passes alone: ``--prompts`` x G sequences of a prompt plus ``--tokens``
+  completion tokens, in micro-batches of ``--micro-batch``, bf16 autocast under ``dtype: auto``
+  as the trainer runs them. ``rm / (rm + forward_backward)`` is then an **upper bound** of the
+  reward models' share of a step: a real step also samples the completions (vLLM), computes old
+  log-probabilities and steps the optimizer, all left out of the denominator.
 Without trained reward models, ``--helpfulness``/``--harmlessness`` may name the base model
 (``smollm2-135m-instruct``): a fresh one-logit head costs the same to run.
 """
@@ -93,7 +100,9 @@ def as_reward_model(ref: str, folder: Path) -> str:
     return str(folder)
 
 
-def rm_work(helpfulness: str, harmlessness: str, generations: int, tokens: int, reps: int, dtype: str) -> dict:
+def prepare_rm(helpfulness: str, harmlessness: str, generations: int, tokens: int, dtype: str):
+    """``(facts, once)``: both reward models loaded and warmed up; ``once()`` scores one step's
+    reward-model rows and returns its seconds."""
     import tempfile
 
     from rewards import get
@@ -102,7 +111,6 @@ def rm_work(helpfulness: str, harmlessness: str, generations: int, tokens: int, 
     scratch = Path(tempfile.mkdtemp(prefix="bench_rm_"))
     helpfulness = as_reward_model(helpfulness, scratch / "helpfulness")
     harmlessness = as_reward_model(harmlessness, scratch / "harmlessness")
-
     fns = {"general": get("reward_model", model=helpfulness, scope="answer", domains=["general"],
                           normalize="none", dtype=dtype, label="helpfulness"),
            "safety": get("reward_model", model=harmlessness, scope="full", domains=["safety"],
@@ -112,14 +120,49 @@ def rm_work(helpfulness: str, harmlessness: str, generations: int, tokens: int, 
         _, tokenizer, _ = load(fn.model, dtype)  # loaded once per process: excluded from the timing
         batches[kind] = step_batch(tokenizer, kind, generations, tokens)
         fn(*batches[kind], domain=[kind] * generations)  # warm-up
-    times = []
-    for _ in range(reps):
+
+    def once() -> float:
         started = time.perf_counter()
         for kind, fn in fns.items():
             fn(*batches[kind], domain=[kind] * generations)
-        times.append(time.perf_counter() - started)
-    return {"helpfulness": helpfulness, "harmlessness": harmlessness, "completions_scored": 2 * generations,
-            "tokens_per_completion": tokens, "dtype": dtype, "seconds": times, "median_s": C.median(times)}
+        return time.perf_counter() - started
+
+    facts = {"helpfulness": helpfulness, "harmlessness": harmlessness, "completions_scored": 2 * generations,
+             "tokens_per_completion": tokens, "dtype": dtype}
+    return facts, once
+
+
+def prepare_forward_backward(policy: str, sequences: int, prompt: list, tokens: int, micro_batch: int):
+    """``(facts, once)``: ``once()`` runs the training forward + backward passes over
+    ``sequences`` sequences (module docstring) and returns its seconds."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline import precision
+    from rewards.reward_model import _resolve
+
+    path = _resolve(policy)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.train()
+    dtype = precision.resolve("auto").dtype
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    filler = tokenizer.encode(" the answer follows from the steps above", add_special_tokens=False)
+    row = list(ids) + (filler * tokens)[:tokens]
+    batch = torch.tensor([row] * micro_batch)
+
+    def once() -> float:
+        started = time.perf_counter()
+        for _ in range(0, sequences, micro_batch):
+            with torch.autocast("cpu", dtype=precision.torch_dtype(dtype), enabled=dtype != "float32"):
+                loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - started
+
+    once()  # warm-up
+    return {"policy": policy, "sequences": sequences, "tokens_per_sequence": len(row), "micro_batch": micro_batch,
+            "dtype": dtype}, once
 
 
 def main() -> None:
@@ -128,6 +171,9 @@ def main() -> None:
     parser.add_argument("--helpfulness", help="helpfulness reward model (folder, alias, hub id)")
     parser.add_argument("--harmlessness", help="harmlessness reward model")
     parser.add_argument("--step-seconds", type=float, help="a measured all-domain step without reward models")
+    parser.add_argument("--policy", help="also time the step's training forward/backward with this policy (same process)")
+    parser.add_argument("--prompts", type=int, default=6, help="prompts per step (all_domain.yaml: 6, one per source)")
+    parser.add_argument("--micro-batch", type=int, default=8, help="per_device_train_batch_size")
     parser.add_argument("--generations", type=int, default=8, help="G: completions per prompt")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per completion (max_completion_length)")
     parser.add_argument("--reps", type=int, default=5)
@@ -138,7 +184,7 @@ def main() -> None:
     started = time.time()
     payload: dict = {"goal_share": GOAL}
     if args.quick:
-        args.helpfulness = args.harmlessness = "tiny-random-llama"
+        args.helpfulness = args.harmlessness = args.policy = "tiny-random-llama"
         args.reps, args.tokens = 2, 16
     if args.metrics:
         payload["in_situ"] = result = in_situ(Path(args.metrics))
@@ -148,14 +194,36 @@ def main() -> None:
                       caption=f"median share (first step excluded: model loading) {result['median_share']:.1%}; "
                               f"goal <= {GOAL:.0%}")
     if args.helpfulness and args.harmlessness:
-        payload["rm_work"] = work = rm_work(args.helpfulness, args.harmlessness, args.generations, args.tokens,
-                                            args.reps, args.dtype)
+        work, rm_once = prepare_rm(args.helpfulness, args.harmlessness, args.generations, args.tokens, args.dtype)
+        fb, fb_once = None, None
+        if args.policy:
+            from data import load_prompts
+
+            prompt = [r["prompt"] for r in load_prompts([{"source": "sharegpt", "max_prompt_chars": 600, "limit": 1}],
+                                                          split="train")][0]
+            fb, fb_once = prepare_forward_backward(args.policy, args.prompts * args.generations, prompt, args.tokens,
+                                                   args.micro_batch)
+        work["seconds"], fb_times = [], []
+        for rep in range(args.reps):  # interleaved: a shared machine's drifts hit both alike
+            work["seconds"].append(rm_once())
+            if fb_once:
+                fb_times.append(fb_once())
+            C.log(f"rep {rep + 1}/{args.reps}: reward models {work['seconds'][-1]:.2f} s"
+                  + (f", training forward+backward {fb_times[-1]:.2f} s" if fb_once else ""))
+        work["median_s"] = C.median(work["seconds"])
+        payload["rm_work"] = work
         if args.step_seconds:
             work["step_seconds"] = args.step_seconds
             work["share"] = work["median_s"] / (args.step_seconds + work["median_s"])
         C.log(f"one step's reward-model work: {work['completions_scored']} completions x {args.tokens} tokens in "
               f"{work['median_s']:.2f} s (median of {args.reps})"
               + (f" = {work['share']:.1%} of a {args.step_seconds + work['median_s']:.1f} s step" if args.step_seconds else ""))
+        if fb:
+            fb.update(seconds=fb_times, median_s=C.median(fb_times))
+            payload["forward_backward"] = fb
+            work["share_upper_bound"] = work["median_s"] / (work["median_s"] + fb["median_s"])
+            C.log(f"training forward+backward of the step's {fb['sequences']} sequences: {fb['median_s']:.2f} s; "
+                  f"reward models <= {work['share_upper_bound']:.1%} of a step (goal <= {GOAL:.0%})")
     if len(payload) == 1:
         parser.error("give --metrics, or --helpfulness and --harmlessness (or --quick)")
     path = C.result_path("reward_model", args.quick, args.out)
