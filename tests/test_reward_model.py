@@ -197,3 +197,41 @@ def test_pipeline_orders_reward_model_steps_and_resolves_them(tmp_path):
     resolver = Resolver(tmp_path / "run", {"helpfulness_rm"})
     params = registry.with_resolved_models("reward_model", {"model": "helpfulness_rm", "scope": "full"}, resolver.model)
     assert params == {"model": str(finished / "model"), "scope": "full"}
+
+
+def test_grpo_step_with_a_reward_model_named_by_step(tiny_model, tiny_reward_model, tmp_path):
+    """One real GRPO step (HF generate) over math and ShareGPT prompts: the reward model, named
+    by its step, is resolved to the step's model/, scores the general rows only, and counts its
+    seconds; TRL logs its mean."""
+    import shutil
+
+    from pipeline.config import parse, read_yaml
+    from pipeline.stage import StepContext
+    from stages import grpo
+
+    run_dir = tmp_path / "run"
+    (run_dir / "helpfulness_rm").mkdir(parents=True)
+    shutil.copytree(tiny_reward_model, run_dir / "helpfulness_rm" / "model")
+    (run_dir / "helpfulness_rm" / "manifest.json").write_text("{}")
+    raw = read_yaml(Path(__file__).resolve().parents[1] / "configs/grpo/tiny/hf_generate.yaml")
+    config = parse(grpo.Config, {**raw, "model": str(tiny_model), "max_steps": 1, "save_steps": 5,
+                                 "max_completion_length": 8, "num_generations": 4, "per_device_train_batch_size": 8,
+                                 "prompt_order": "stratified",
+                                 "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 2,
+                                              "n_test": 0, "seed": 1},
+                                             {"source": "sharegpt", "max_prompt_chars": 200, "limit": 2}],
+                                 "rewards": [{"name": "format"},
+                                             {"name": "reward_model", "params": {"model": "helpfulness_rm",
+                                                                                 "label": "helpfulness"}}]}, "test")
+    assert config.inputs()["rewards.1.model"] == "helpfulness_rm"
+    work = run_dir / ".partial" / "grpo"
+    work.mkdir(parents=True)
+    result = grpo.run(config, StepContext(run="t", step="grpo", run_dir=run_dir, work_dir=work,
+                                          resolver=Resolver(run_dir, {"helpfulness_rm"})))
+    assert result.counts["steps"] == 1
+    logged = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    step = next(e for e in logged if "reward" in e)
+    assert "rewards/reward_model_helpfulness/mean" in step
+    assert step["reward_stats/reward_model_helpfulness/scored"] == 8  # 2 prompts x G=4 (it sees every row)
+    assert step["reward_stats/reward_model_helpfulness/none_count"] == 4  # the math rows
+    assert step["reward_stats/reward_model_helpfulness/seconds"] > 0
