@@ -253,7 +253,10 @@ def is_pair_dataset(ref: str | Path) -> bool:
         return False
     first = files[0]
     if first.suffix == ".parquet":
-        names = set(pq.ParquetFile(first).schema_arrow.names)
+        try:
+            names = set(pq.ParquetFile(first).schema_arrow.names)
+        except (OSError, ValueError):  # unreadable: the SFT reader names the file and the problem
+            return False
     else:
         with first.open(encoding="utf-8") as handle:
             line = next((x for x in handle if x.strip()), "{}")
