@@ -229,7 +229,7 @@ def _token_counter(tokenizer: str | None):
 def _split_response(text: str) -> tuple[str, str]:
     """``(reasoning, answer part)``: the think block and what follows it; no think block ->
     ``("", text)``; an unclosed one -> ``(rest, "")``."""
-    from stages._filters import reasoning_of
+    from stages.common.filters import reasoning_of
 
     if "<think>" not in text and "</think>" not in text:
         return "", text
@@ -244,7 +244,7 @@ def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
     import pandas as pd
 
     from rewards import get
-    from stages._filters import language_share_of, near_duplicate_flags, normalise
+    from stages.common.filters import language_share_of, near_duplicate_flags, normalise
 
     out = []
     for r in rows:

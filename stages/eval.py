@@ -56,7 +56,7 @@ from pydantic import field_validator, model_validator
 from data import PromptSource
 from data.prompts import Template, question_of
 from pipeline.stage import StageConfig, StepContext, StepResult
-from stages._sampling import SamplingConfig
+from stages.common.sampling import SamplingConfig
 
 CI_METHOD = "95% percentile bootstrap over questions (1000 resamples, resampling seed 0)"
 PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
@@ -83,7 +83,7 @@ class Config(StageConfig):
     pass_k: list[int] = []  # j of the reported pass@j (j <= k); [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
-    seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
+    seed: int = 1234  # per-question sampling seeds derive from it (stages/common/sampling.py)
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -480,7 +480,7 @@ def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = 
 
 
 def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64) -> list[list]:
-    """``ks[i]`` completions for ``rows[i]`` from an open ``stages._sampling.Sampler``, with the
+    """``ks[i]`` completions for ``rows[i]`` from an open ``stages.common.sampling.Sampler``, with the
     per-question seeds of ``seed``: one engine serves every k and seed (an engine start costs
     ~25 s). The Sampler reads k and the seed from its attributes at each call and its engine
     settings do not depend on them, so they are set here per call and restored."""
@@ -538,7 +538,7 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
     from transformers import AutoTokenizer
 
     from pipeline import store
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     prompt_tokens = max_prompt_tokens(AutoTokenizer.from_pretrained(path), rows)
     sampling, departures = effective_sampling(config, path, prompt_tokens)
@@ -609,7 +609,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
     best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     return StepResult(precision=sampling_precision(config.sampling),
                       outputs={"results": "results.json", "samples": "samples.parquet"},

@@ -6,7 +6,7 @@ well-formatted samples are kept) and for **rejection sampling** (R1 phase 3: sam
 policy, keep correct and readable answers, mix in non-reasoning SFT data). Both write an SFT
 dataset. The filters (correctness, format, language mixing, long paragraphs, stray code
 blocks, length in tokens, exact and near duplicates, pass-rate band, selection per prompt)
-live in :mod:`stages._filters`; the user guide is ``docs/rejection_sampling.md``.
+live in :mod:`stages.common.filters`; the user guide is ``docs/rejection_sampling.md``.
 
 Inputs: ``model`` (step name, alias, folder or hub id); prompt sources (``data/``); optional
 evaluation prompt sources to decontaminate against; optional extra SFT datasets to mix in.
@@ -35,8 +35,8 @@ from pydantic import model_validator
 from data import PromptSource
 from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult
-from stages._filters import FILTERS, Filters, Sample, funnel, verdicts
-from stages._sampling import SamplingConfig
+from stages.common.filters import FILTERS, Filters, Sample, funnel, verdicts
+from stages.common.sampling import SamplingConfig
 
 SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
@@ -129,7 +129,7 @@ def score(reward_names: list[str], rows: list[dict], completions: list[str]) -> 
 
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
     """Tokens of the reasoning and of the rest (the answer part) of each completion."""
-    from stages._filters import reasoning_of
+    from stages.common.filters import reasoning_of
 
     def count(parts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]] if parts else []
@@ -170,7 +170,7 @@ def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
 
 def open_sampler(model_path: str, sampling: SamplingConfig, seed: int):
     """The engine :func:`run` samples with (a seam: tests share one engine between runs)."""
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     return Sampler(model_path, sampling, seed=seed)
 
@@ -386,7 +386,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
               **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
     metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
                **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None}}
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
                       summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"

@@ -21,7 +21,7 @@ below are ours, not TRL's):
   finish (DAPO masks them, with 16k-token budgets).
 
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
-on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
+on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/common/vllm_sync.py``
 (TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start
 ``trl vllm-serve --model <path>`` on other GPUs first); without CUDA it is refused at start-up
 (:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
@@ -239,7 +239,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from transformers import AutoTokenizer
 
     from rewards import registry
-    from stages import _vllm_sync
+    from stages.common import vllm_sync as _vllm_sync
 
     preflight(config)
     reserve_rendezvous_port()

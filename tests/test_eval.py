@@ -335,7 +335,7 @@ def stage_run(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sampler(tiny_model, stage_run):
     """One engine for the in-process evaluations (started after the stage's engine closed)."""
-    from stages._sampling import Sampler, SamplingConfig
+    from stages.common.sampling import Sampler, SamplingConfig
 
     with Sampler(str(tiny_model), SamplingConfig(**SAMPLING), seed=0) as s:
         yield s
