@@ -17,15 +17,22 @@ evaluation question and is still caught. Pass `template_min_texts=None` for plai
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import datasets
 
 from data.prompts import question_of
 
 _WORD = re.compile(r"\w+")
+TEMPLATE_N = 4  # template text is found as word 4-grams (short enough to cover instruction fragments)
+TEMPLATE_MIN_SHARE = 0.01  # ... in at least 1% of a large group's texts
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 def word_ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
@@ -36,6 +43,50 @@ def word_ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
     """
     words = _WORD.findall(text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def template_ngrams(groups: Iterable[Collection[str]], min_texts: int,
+                    min_share: float = TEMPLATE_MIN_SHARE) -> set[tuple[str, ...]]:
+    """Word 4-grams found in at least `max(min_texts, min_share * len(group))` distinct texts of
+    one group: task text (instructions), not content. Counted per group (e.g. per data source),
+    so a procedural task's instructions are template even when that task is a small part of
+    the mix, while a natural-language set only loses its truly common phrases.
+
+    >>> sorted(template_ngrams([["a b c d x", "a b c d y", "a b c d z", "e f g h"]], min_texts=3))
+    [('a', 'b', 'c', 'd')]
+    """
+    template: set[tuple[str, ...]] = set()
+    for group in groups:
+        texts = set(group)
+        floor = max(min_texts, math.ceil(min_share * len(texts)))
+        counts = Counter(g for text in texts for g in word_ngrams(text, TEMPLATE_N))
+        template |= {g for g, c in counts.items() if c >= floor}
+    return template
+
+
+def content_ngrams(text: str, template: set[tuple[str, ...]], n: int = 8) -> set[tuple[str, ...]]:
+    """Word n-grams of `text` made of content words only: words covered by a template 4-gram
+    are cut out and an n-gram never spans a cut. With an empty `template`, `word_ngrams`.
+
+    >>> sorted(content_ngrams("a b c d e f", {("a", "b", "c", "d")}, n=2))
+    [('e', 'f')]
+    """
+    words = _words(text)
+    if not template:
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    cut = [False] * len(words)
+    for i in range(len(words) - TEMPLATE_N + 1):
+        if tuple(words[i : i + TEMPLATE_N]) in template:
+            cut[i : i + TEMPLATE_N] = [True] * TEMPLATE_N
+    grams: set[tuple[str, ...]] = set()
+    run: list[str] = []
+    for word, is_cut in zip([*words, ""], [*cut, True]):
+        if is_cut:
+            grams |= {tuple(run[i : i + n]) for i in range(len(run) - n + 1)}
+            run = []
+        else:
+            run.append(word)
+    return grams
 
 
 def ngram_overlap(

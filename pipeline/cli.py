@@ -188,7 +188,7 @@ def eval_compare(
     """Compare two eval results question by question: wins, losses, ties and an exact sign test."""
     import json
 
-    from stages.eval import compare, find_results, protocol_differences
+    from stages.common.eval_results import compare, find_results, protocol_differences
 
     run_dir = store.runs_root() / run_name
     if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):

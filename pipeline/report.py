@@ -526,10 +526,10 @@ def _protocol_line(p: dict) -> str:
 
 
 def _paired(doc: Doc, step: StepInfo, models: list[str]) -> None:
-    """Each model against the first one, question by question (``stages.eval.compare``)."""
+    """Each model against the first one, question by question (``stages.common.eval_results.compare``)."""
     if len(models) < 2 or not (step.folder / "samples.parquet").is_file():
         return
-    from stages.eval import PAIRED_TEST, compare, load_records
+    from stages.common.eval_results import PAIRED_TEST, compare, load_records
 
     try:
         records = {model: load_records(step.folder, model)[0] for model in models}

@@ -37,6 +37,7 @@ from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult
 from stages.common.filters import FILTERS, Filters, Sample, funnel, verdicts
 from stages.common.sampling import SamplingConfig
+from stages.common.scoring import score
 
 SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
@@ -116,15 +117,6 @@ def _with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
     for ex in few_shot:
         shots += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.response}]
     return system + shots + rest
-
-
-def score(reward_names: list[str], rows: list[dict], completions: list[str]) -> dict[str, list]:
-    """Score ``completions`` (one per row) with each named reward; name -> list of values."""
-    from rewards import registry
-
-    columns = {k: [r[k] for r in rows] for k in ("answer", "verification", "domain", "data_source", "id")}
-    prompts = [r["prompt"] for r in rows]
-    return {name: list(registry.get(name)(prompts, completions, **columns)) for name in reward_names}
 
 
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:

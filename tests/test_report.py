@@ -24,6 +24,7 @@ from pipeline import store
 from pipeline.cli import app
 from pipeline.report import write_report
 from stages import eval as ev
+from stages.common import eval_results
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -250,11 +251,11 @@ def test_damaged_files_are_reported_not_dropped_or_crashed_on(tmp_path):
     assert "| rejection_sampling | ? | manifest unreadable |" in md
     assert "no paired comparison" in md and "samples.parquet: not a readable parquet file" in md
     with pytest.raises(ValueError, match="samples.parquet: not a readable parquet file"):
-        ev.load_records(folder, "a")
+        eval_results.load_records(folder, "a")
     (folder / "samples.parquet").unlink()
     pq.write_table(pa.table({"step": [1], "reward": [0.5]}), folder / "samples.parquet")
     with pytest.raises(ValueError, match="not an eval step's samples"):
-        ev.load_records(folder, "a")
+        eval_results.load_records(folder, "a")
 
 
 def test_report_and_compare_refuse_what_is_not_theirs(tmp_path):
