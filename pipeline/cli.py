@@ -147,14 +147,14 @@ def eval_run(
             _fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
                   "--data reasoning_gym:chain_sum)")
         from pipeline.config import apply_overrides, deep_merge
-        from stages.eval import source_from_spec
+        from data.spec import source_from_spec
 
         raw = read_yaml(config) if config else {"kind": "eval"}
         cli: dict = {}
         if model:
             cli["models"] = list(model)
         if data:
-            cli["prompts"] = [source_from_spec(d) for d in data]
+            cli["prompts"] = [source_from_spec(d, split="test") for d in data]
         if protocol:
             cli["protocol"] = protocol
         if k:

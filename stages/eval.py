@@ -380,37 +380,3 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
-
-
-# ----------------------------------------------------------------------------- CLI helpers
-
-
-def source_from_spec(spec: str) -> dict:
-    """An eval-set source from ``r1 eval --data SPEC``: a YAML mapping (``{source: ..., ...}``,
-    exact control), ``humaneval``, ``reasoning_gym:<task>`` (n_train 512, n_test 50, seed 0),
-    a ``.jsonl``/``.parquet`` file (records without a ``split`` field are test rows), or a hub
-    dataset ``[hub:]<name>[:<subset>]`` (its ``test`` split).
-
-    >>> source_from_spec("reasoning_gym:countdown")["n_test"], source_from_spec("x.jsonl")["split"]
-    (50, 'test')
-
-    Raises:
-        ValueError: a ``{...}`` spec that is not valid YAML.
-    """
-    import yaml
-
-    from data.sources.files import SUFFIXES
-
-    if spec.lstrip().startswith("{"):
-        try:
-            return yaml.safe_load(spec)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--data {spec!r}: not a YAML mapping ({err.problem})") from None
-    if spec == "humaneval":
-        return {"source": "humaneval"}
-    if spec.startswith("reasoning_gym:"):
-        return {"source": "reasoning_gym", "task": spec.split(":", 1)[1], "n_train": 512, "n_test": 50, "seed": 0}
-    if Path(spec).suffix in SUFFIXES:
-        return {"source": "file", "path": spec, "split": "test"}
-    name, _, subset = spec.removeprefix("hub:").partition(":")
-    return {"source": "hub", "name": name, "subset": subset or None, "splits": {"test": "test"}}

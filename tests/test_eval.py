@@ -20,6 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from data.spec import source_from_spec
 from pipeline import store
 from pipeline.cli import app
 from stages import eval as ev
@@ -166,11 +167,26 @@ def test_r1_protocol_caps_max_tokens_at_the_model_context_and_says_so(tmp_path):
 
 
 def test_data_specs_become_sources():
-    assert ev.source_from_spec("humaneval") == {"source": "humaneval"}
-    assert ev.source_from_spec("math500.jsonl") == {"source": "file", "path": "math500.jsonl", "split": "test"}
-    assert ev.source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}")["seed"] == 2
-    assert ev.source_from_spec("hub:HuggingFaceH4/MATH-500")["name"] == "HuggingFaceH4/MATH-500"
-    assert ev.source_from_spec("openai/gsm8k:main")["subset"] == "main"
+    assert source_from_spec("humaneval", split="test") == {"source": "humaneval"}
+    assert source_from_spec("math500.jsonl", split="test") == {"source": "file", "path": "math500.jsonl", "split": "test"}
+    assert source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}", split="test")["seed"] == 2
+    assert source_from_spec("hub:HuggingFaceH4/MATH-500", split="test")["name"] == "HuggingFaceH4/MATH-500"
+    assert source_from_spec("openai/gsm8k:main", split="test")["subset"] == "main"
+
+
+def test_eval_data_reasoning_gym_without_a_task_is_refused(monkeypatch):
+    """``--data reasoning_gym`` (no task) asks for one, as ``r1 data preview`` does, instead of
+    building a hub source named "reasoning_gym" that fails minutes later (or, with network,
+    evaluates on whatever the hub has under that name)."""
+    import pipeline.cli as cli
+
+    ran = []
+    monkeypatch.setattr(cli, "run_pipeline", lambda pipeline, **kw: ran.append(pipeline))
+    for spec in ("reasoning_gym", "reasoning_gym:"):
+        result = runner.invoke(app, ["eval", "--model", "m", "--data", spec, "--run", "adhoc"])
+        assert result.exit_code == 2, result.output
+        assert "give a task: reasoning_gym:<task>" in _flat(result.output)
+    assert ran == []
 
 
 # ----------------------------------------------------------------------------- contamination
@@ -422,10 +438,11 @@ def test_compare_finds_a_model_by_name_in_the_run_and_fails_helpfully(stage_run)
 def test_docstring_examples():
     import doctest
 
+    import data.spec
     import pipeline.report
 
     # The eval code's examples live in the stage and the modules split out of it.
-    eval_code = (ev, stats, scoring, contamination, eval_results)
+    eval_code = (ev, stats, scoring, contamination, eval_results, data.spec)
     for module in (*eval_code, pipeline.report):
         result = doctest.testmod(module)
         assert result.failed == 0
