@@ -2,11 +2,13 @@
 
 Works on our SFT rows (``id, messages, data_source, domain, rewards, source_model, meta``,
 e.g. a ``generate`` step's ``dataset/`` or its ``samples.parquet``) and on any plain
-``messages`` dataset (a parquet/JSONL file, a folder of them, a ``save_to_disk`` folder or a
-hub name). Reported: size, columns, rows per domain and source, the filter funnel of the
-step that made it (``card.json`` or the step's manifest), token-length percentiles of the
-reasoning and of the answer, format validity, language mixing, exact and near-duplicate
-responses, reward distributions; ``--sample N`` prints rows with the reasoning and the
+``messages`` dataset (a parquet/JSONL file, a folder of them, a ``save_to_disk`` folder, a
+hub snapshot or a hub name; read by ``data.sft``, ``--split`` picks the split). Reported: size,
+columns, rows per domain and source, the filter funnel of the step that made it (``card.json``
+or the step's manifest), token-length percentiles of the reasoning and of the answer, format
+validity, language mixing, exact and near-duplicate responses (``data.dedupe``, with the key
+and scope of the step that made the data, so the shares agree with its funnel), reward
+distributions; ``--sample N`` prints rows with the reasoning and the
 answer apart; ``--where`` filters rows with ``pandas.DataFrame.query``; ``--html`` writes
 the same numbers with histograms (matplotlib PNGs embedded as base64) and a sample browser.
 
@@ -37,12 +39,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from data.sft import load_sft_rows
 from pipeline import store
 from pipeline.config import read_yaml
 
 console = Console()
 
-SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 LANGUAGE_MIN_SHARE = 0.95  # default threshold of "mixed" when the dataset has no card
 NEAR_DUPLICATE_THRESHOLD = 0.85
 PERCENTILES = (10, 50, 90, 99)
@@ -83,85 +85,6 @@ def locate(path: str, run_name: str | None = None, config: Path | None = None) -
     raise FileNotFoundError(f"no dataset at {' or '.join(looked)}" + ("" if run else " (give --run or --config)"))
 
 
-def _read_records(ref: Path | str, split: str) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    p = Path(ref)
-    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
-        import datasets
-
-        ds = datasets.load_from_disk(str(p))
-        return (ds[split] if isinstance(ds, datasets.DatasetDict) else ds).to_list()
-    if p.exists():
-        files = (sorted(p.glob("*.parquet")) or sorted(p.glob("*.jsonl"))) if p.is_dir() else [p]
-        if not files:
-            raise FileNotFoundError(f"{p}: no *.parquet or *.jsonl files")
-        rows: list[dict] = []
-        for f in files:
-            if f.suffix == ".jsonl":
-                for lineno, line in enumerate(f.read_text().splitlines(), 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except ValueError as err:
-                            raise ValueError(f"{f}:{lineno}: not valid JSON ({err})") from None
-            elif f.suffix == ".parquet":
-                try:
-                    rows += pq.ParquetFile(f).read().to_pylist()  # read_table imports pyarrow.dataset (~1 s)
-                except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
-                    raise ValueError(f"{f}: not a readable parquet file ({err})") from None
-            else:
-                raise ValueError(f"{f}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
-                                 "a save_to_disk folder, a step folder or a step name")
-        return rows
-    import datasets
-
-    name, _, subset = str(ref).partition(":")
-    try:
-        return datasets.load_dataset(name, subset or None, split=split).to_list()
-    except Exception as err:  # offline, unknown name, ...: say what was tried
-        raise FileNotFoundError(f"no local dataset at {ref}, and the hub dataset {name!r} could not be "
-                                f"loaded: {type(err).__name__}: {err}") from None
-
-
-def _as_json(value: Any, default: str = "{}") -> str:
-    if value is None:
-        return default
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def load_sft_rows(ref: Path | str, split: str = "train", data_source: str | None = None,
-                  domain: str = "general") -> list[dict]:
-    """Rows of a dataset in the SFT-row schema, whatever it was stored as.
-
-    ``messages`` may be a list of ``{role, content}`` or its JSON text. Missing columns are
-    filled: ``id`` = ``<label>/<row>``, ``data_source`` = ``data_source`` or the file stem /
-    hub name, ``domain`` = ``domain``, ``rewards``/``meta`` = ``"{}"``, ``source_model`` = "".
-    Other columns are kept as they are.
-
-    Raises:
-        ValueError: the dataset has no ``messages`` column (the message lists the columns).
-        FileNotFoundError: nothing found locally or on the hub.
-    """
-    records = _read_records(ref, split)
-    label = data_source or (Path(ref).stem if Path(ref).exists() else str(ref))
-    if records and "messages" not in records[0]:
-        raise ValueError(f"{ref}: no 'messages' column; columns: {', '.join(records[0])}")
-    rows = []
-    for i, r in enumerate(records):
-        msgs = r["messages"]
-        msgs = json.loads(msgs) if isinstance(msgs, str) else msgs
-        rows.append({**r,
-                     "id": str(r.get("id") or f"{label}/{i + 1}"),
-                     "messages": [{"role": m["role"], "content": m["content"] or ""} for m in msgs],
-                     "data_source": r.get("data_source") or label,
-                     "domain": r.get("domain") or domain,
-                     "rewards": _as_json(r.get("rewards")),
-                     "source_model": r.get("source_model") or "",
-                     "meta": _as_json(r.get("meta"))})
-    return rows
-
-
 def load_card(where: Path | str) -> dict | None:
     """What the producing step recorded: ``card.json`` beside the data (or in ``dataset/`` next
     to ``samples.parquet``), else the funnel from the step's ``manifest.json`` (``dropped_*``
@@ -180,14 +103,12 @@ def load_card(where: Path | str) -> dict | None:
     for step_dir in (folder.parent, folder):
         manifest = store.read_manifest(step_dir)
         if manifest:
+            from stages.common.filters import funnel_from_counts
+
             counts = manifest.get("result", {}).get("counts", {})
-            dropped = {k[len("dropped_"):]: v for k, v in counts.items() if k.startswith("dropped_")}
-            if not dropped:
+            funnel = funnel_from_counts(counts)
+            if not funnel:
                 return None
-            remaining, funnel = counts.get("sampled", 0), []
-            for name, n in dropped.items():
-                remaining -= n
-                funnel.append({"filter": name, "dropped": n, "remaining": remaining})
             return {"source_model": manifest.get("config", {}).get("model"), "sampled": counts.get("sampled"),
                     "funnel": funnel, "kept_sampled": counts.get("kept")}
     return None
@@ -226,36 +147,31 @@ def _token_counter(tokenizer: str | None):
     return f"tokens ({tokenizer})", lambda texts: [len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def _split_response(text: str) -> tuple[str, str]:
-    """``(reasoning, answer part)``: the think block and what follows it; no think block ->
-    ``("", text)``; an unclosed one -> ``(rest, "")``."""
-    from stages.common.filters import reasoning_of
-
-    if "<think>" not in text and "</think>" not in text:
-        return "", text
-    answer = text.rpartition("</think>")[2] if "</think>" in text else ""
-    return reasoning_of(text), answer
-
-
 def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
-          min_language_share: float = LANGUAGE_MIN_SHARE, near_threshold: float = NEAR_DUPLICATE_THRESHOLD):
+          min_language_share: float = LANGUAGE_MIN_SHARE, near_threshold: float = NEAR_DUPLICATE_THRESHOLD,
+          dedupe_scope: str = "prompt"):
     """A ``pandas.DataFrame`` with one row per SFT row and the derived columns of the module
-    docstring. Returns ``(df, length_unit)``."""
+    docstring. Duplicates are flagged by ``data.dedupe.duplicate_verdicts`` with the key of the
+    step that made the data (``dedupe_scope``: within a prompt, every message before the
+    response, or across the dataset). Returns ``(df, length_unit)``."""
     import pandas as pd
 
+    from data.dedupe import duplicate_verdicts, prompt_key
+    from data.sft import split_response
     from rewards import get
-    from stages.common.filters import language_share_of, near_duplicate_flags, normalise
+    from stages.common.filters import language_share_of
 
     out = []
     for r in rows:
         msgs = r["messages"]
         response = msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else ""
-        think, answer = _split_response(response)
+        think, answer = split_response(response)
         rec = {k: v for k, v in r.items() if k not in ("messages", "rewards", "meta")
                and (v is None or isinstance(v, (str, int, float, bool)))}
         rec.update(system=next((m["content"] for m in msgs if m["role"] == "system"), ""),
                    user=next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
-                   response=response, think=think, answer=answer)
+                   response=response, think=think, answer=answer,
+                   prompt_key=prompt_key(msgs[:-1] if response else msgs))
         for k, v in json.loads(r["rewards"] or "{}").items():
             rec[f"reward_{k}"] = v
         meta = json.loads(r["meta"] or "{}")
@@ -279,20 +195,11 @@ def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
     shares = [language_share_of(t, language) for t in df["response"]]
     df["language_share"] = [float("nan") if s is None else s for s in shares]
     df["language_mixed"] = [s is not None and s < min_language_share for s in shares]
-    keys = [u + "\0" + normalise(t) for u, t in zip(df["user"], df["response"])]
-    seen: set[str] = set()
-    dup = []
-    for k in keys:
-        dup.append(k in seen)
-        seen.add(k)
-    df["duplicate"] = dup
-    near = [False] * len(df)
-    for idx in df.groupby("user", sort=False).indices.values():
-        idx = [i for i in idx if not dup[i]]
-        if len(idx) > 1:
-            for i, flag in zip(idx, near_duplicate_flags([df["response"].iat[i] for i in idx], near_threshold)):
-                near[i] = flag
-    df["near_duplicate"] = near
+    keys = df.pop("prompt_key").tolist()
+    groups = None if dedupe_scope == "dataset" else keys
+    verdict = duplicate_verdicts(df["response"].tolist(), groups, exact=True, near_threshold=near_threshold)
+    df["duplicate"] = [v == "duplicate" for v in verdict]
+    df["near_duplicate"] = [v == "near_duplicate" for v in verdict]
     return df, unit
 
 
@@ -665,7 +572,8 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     columns = list(rows[0].keys()) if rows else []
     df, unit = frame(rows, tokenizer, language=filt.get("language") or "en",
                      min_language_share=filt.get("min_language_share", LANGUAGE_MIN_SHARE),
-                     near_threshold=filt.get("near_duplicate_threshold") or NEAR_DUPLICATE_THRESHOLD)
+                     near_threshold=filt.get("near_duplicate_threshold") or NEAR_DUPLICATE_THRESHOLD,
+                     dedupe_scope=filt.get("dedupe_scope") or "prompt")
     if where:
         try:
             df = df.query(where, engine="python")

@@ -33,13 +33,14 @@ from typing import ClassVar, Literal
 from pydantic import model_validator
 
 from data import PromptSource
+from data.dedupe import prompt_key
+from data.sft import SFT_COLUMNS, load_sft_rows, split_response
 from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StepContext, StepResult
 from stages.common.filters import FILTERS, Filters, Sample, funnel, verdicts
 from stages.common.sampling import SamplingConfig
 from stages.common.scoring import score
 
-SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
 
 
@@ -120,16 +121,13 @@ def _with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
 
 
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
-    """Tokens of the reasoning and of the rest (the answer part) of each completion."""
-    from stages.common.filters import reasoning_of
-
+    """Tokens of the reasoning and of the rest (the answer part) of each completion
+    (``data.sft.split_response``)."""
     def count(parts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]] if parts else []
 
-    # No think block: all answer. An unclosed one: all reasoning.
-    reasoning = [reasoning_of(t) if "<think>" in t or "</think>" in t else "" for t in texts]
-    answers = [t.rpartition("</think>")[2] if "</think>" in t else ("" if "<think>" in t else t) for t in texts]
-    return count(reasoning), count(answers)
+    parts = [split_response(t) for t in texts]
+    return count([r for r, _ in parts]), count([a for _, a in parts])
 
 
 def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
@@ -207,7 +205,6 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
     Mixed rows whose user message overlaps an evaluation prompt (same 8-gram rule) are dropped.
     """
     from pipeline import store
-    from pipeline.inspect import load_sft_rows
 
     loaded = []
     for m in cfg.mix:
@@ -338,7 +335,7 @@ def _sample_view(record: dict) -> Sample:
     return Sample(prompt_id=record["prompt_id"], index=meta["sample_index"], domain=record["domain"],
                   text=record["messages"][-1]["content"], num_tokens=meta["num_tokens"],
                   truncated=meta["truncated"], rewards=json.loads(record["rewards"]),
-                  prompt_text=json.dumps(record["messages"][:-1]))
+                  prompt_text=prompt_key(record["messages"][:-1]))
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
