@@ -47,13 +47,14 @@ import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import field_validator, model_validator
 
 from data import PromptSource
 from data.prompts import Template, question_of
-from pipeline.stage import StageConfig, StepContext, StepResult
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common import eval_results
 from stages.common.contamination import check_contamination
 from stages.common.sampling import SamplingConfig
 from stages.common.scoring import majority_vote, score, vote_key
@@ -71,6 +72,9 @@ class Config(StageConfig):
 
     kind: Literal["eval"] = "eval"
     input_fields: ClassVar[dict[str, str]] = {"models": "model"}
+    outputs: ClassVar[dict[str, str]] = {"results": "results.json", "samples": "samples.parquet"}
+    training_prompts: ClassVar[tuple[str, ...]] = ()  # `prompts` are the held-out eval sets
+    headline: ClassVar[tuple[str, ...]] = ("questions", "models")
     models: list[str]
     prompts: list[PromptSource]  # eval sets: held-out splits, local JSONL/parquet, hub datasets
     split: Literal["train", "test"] = "test"
@@ -380,3 +384,62 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
+
+
+# ----------------------------------------------------------------------------- report and command line
+
+REPORT = StageReport(glance=eval_results.glance, section=eval_results.report_section,
+                     summary_table=eval_results.summary_table)
+
+
+def commands(group, front) -> None:
+    """``r1 eval``: ``run`` (the default: a config, or ``--model``/``--data`` shortcuts) and
+    ``compare`` (two results question by question). ``front``: ``pipeline.stage.Front``."""
+    import typer
+
+    from pipeline import store
+    from pipeline.config import apply_overrides, deep_merge, read_yaml
+
+    kind = Config.model_fields["kind"].default
+
+    @group.command("run")
+    def run_command(
+            config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
+            model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
+            data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
+            protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
+            k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
+            seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
+            run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
+            step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
+            force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
+            overrides: Optional[list[str]] = front.set_option) -> None:
+        from data.spec import source_from_spec
+
+        if config is None and not (model and data):
+            front.fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
+                       "--data reasoning_gym:chain_sum)")
+        try:
+            raw = read_yaml(config) if config else {"kind": kind}
+            cli: dict = {}
+            if model:
+                cli["models"] = list(model)
+            if data:
+                cli["prompts"] = [source_from_spec(d, split="test") for d in data]
+            if protocol:
+                cli["protocol"] = protocol
+            if k:
+                cli["sampling"] = {"num_samples": k}
+            if seed is not None:
+                cli["seed"] = seed
+            raw = apply_overrides(deep_merge(raw, cli), overrides)
+        except ValueError as err:  # ConfigError, or a --data spec that is refused or not valid YAML
+            front.fail(str(err))
+        name = step or (kind if not (model or data) else f"{kind}-{store.canonical_hash(raw)[:8]}")
+        front.run_config(raw, str(config or f"r1 {kind}"), kind, run=run_name, step=name, force=force)
+        print(f"results: {store.runs_root() / run_name / name}/results.json, samples.parquet")
+
+    run_command.__doc__ = (__doc__ or kind).strip().split("\n\n")[0] + (
+        "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
+    group.command("compare")(eval_results.compare_command(front))
+

@@ -36,8 +36,8 @@ from data import PromptSource
 from data.dedupe import prompt_key
 from data.sft import SFT_COLUMNS, load_sft_rows, split_response
 from pipeline.config import StrictModel
-from pipeline.stage import StageConfig, StepContext, StepResult
-from stages.common.filters import FILTERS, Filters, Sample, funnel, verdicts
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common.filters import FILTERS, Filters, Sample, funnel, funnel_from_counts, verdicts
 from stages.common.sampling import SamplingConfig
 from stages.common.scoring import score
 
@@ -81,6 +81,9 @@ class Config(StageConfig):
 
     kind: Literal["generate"] = "generate"
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    outputs: ClassVar[dict[str, str]] = {"dataset": "dataset", "samples": "samples.parquet"}
+    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # its samples become SFT data
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate")
     model: str
     prompts: list[PromptSource]
     split: Literal["train", "test"] = "train"
@@ -381,3 +384,47 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                       summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
                               + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
                       precision=sampling_precision(config.sampling))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def funnel_figure(sampled: int, rows: list[dict]):
+    """A matplotlib ``Figure``: samples remaining after each filter of a funnel
+    (``[{"filter", "dropped", "remaining"}]``, in the order applied), from ``sampled``."""
+    from matplotlib.figure import Figure
+
+    bars = [("sampled", 0, sampled)] + [(r["filter"], r["dropped"], r["remaining"]) for r in rows]
+    fig = Figure(figsize=(7, 0.4 * len(bars) + 0.8), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(bars)), [r for *_, r in bars], color="#4c72b0")
+    ax.set_yticks(range(len(bars)), [n for n, *_ in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("samples remaining")
+    for i, (_, d, r) in enumerate(bars):
+        ax.text(r, i, f" {r}" + (f" (-{d})" if d else ""), va="center", fontsize=8)
+    return fig
+
+
+def _glance(step) -> str | None:
+    sampled, kept = step.counts.get("sampled"), step.counts.get("kept", 0)
+    return f"`{step.name}` kept {kept} of {sampled} samples ({kept / sampled:.0%})." if sampled else None
+
+
+def _report_section(doc, steps: list) -> None:
+    """The rejection-sampling funnel of every finished generate step (from its manifest counts)."""
+    doc.h(2, "Rejection-sampling funnel")
+    done = [s for s in steps if s.done and "sampled" in s.counts]
+    if not done:
+        doc.missing("no finished generate step (cold-start data or rejection sampling)")
+    for s in done:
+        rows = funnel_from_counts(s.counts)
+        doc.h(3, f"{s.name}: {s.counts['sampled']} sampled -> {s.counts.get('kept', '?')} kept")
+        doc.table(["filter", "dropped", "remaining"],
+                  [["sampled", 0, s.counts["sampled"]]] + [[r["filter"], r["dropped"], r["remaining"]] for r in rows])
+        doc.figure(funnel_figure(s.counts["sampled"], rows), f"funnel_{s.name}.png",
+                   f"{s.name}: samples remaining after each filter, in the order applied")
+
+
+REPORT = StageReport(glance=_glance, section=_report_section)
+

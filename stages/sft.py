@@ -53,12 +53,13 @@ from pydantic import model_validator
 from data.sft import load_messages
 from pipeline import distributed, precision
 from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
 # trains; shared files are written by the main process (TRL/transformers save on rank 0).
 DISTRIBUTED = True
+REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and learning rate
 
 
 class TrainingFields(StageConfig):
@@ -107,6 +108,7 @@ class Config(TrainingFields):
 
     kind: Literal["sft"] = "sft"
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
     model: str  # model reference: the model to fine-tune
 
 

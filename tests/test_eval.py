@@ -255,6 +255,40 @@ def test_injected_overlaps_are_errors(tmp_path):
         contamination.check_contamination(rows, same_ids)
 
 
+def test_a_new_stage_that_trains_on_prompts_is_checked_without_naming_it(tmp_path, monkeypatch):
+    """The guard asks the stage contract which fields are training prompts (by default every
+    prompt-source field), not a list of kind names: a stage added later (a preference trainer
+    here) is checked as soon as it exists, and its held-out field is not, once it says so."""
+    import types
+    from typing import ClassVar, Literal
+
+    import stages
+    from data import PromptSource
+    from pipeline.stage import StageConfig
+
+    class PreferenceConfig(StageConfig):
+        kind: Literal["preference"] = "preference"
+        prompts: list[PromptSource]  # trained on: no declaration needed
+        held_out: list[PromptSource] = []
+
+    module = types.ModuleType("stages.preference")
+    module.Config, module.run = PreferenceConfig, lambda config, ctx: None
+    real_get, real_kinds = stages.get, stages.kinds
+    monkeypatch.setattr(stages, "get", lambda kind: module if kind == "preference" else real_get(kind))
+    monkeypatch.setattr(stages, "kinds", lambda: sorted([*real_kinds(), "preference"]))
+    assert PreferenceConfig.training_prompt_fields() == ("prompts", "held_out")
+
+    run_dir = _training_run(f"pref-{tmp_path.name}", EVAL, kind="preference", step="preference_model", split="test")
+    with pytest.raises(contamination.ContaminationError, match="steps preference_model"):
+        contamination.check_contamination(_eval_rows(), run_dir)
+    held_out = _training_run(f"pref-held-{tmp_path.name}", [], kind="preference", step="pm", held_out=EVAL,
+                             split="test")
+    with pytest.raises(contamination.ContaminationError):  # undeclared: held_out counts as training
+        contamination.check_contamination(_eval_rows(), held_out)
+    monkeypatch.setattr(PreferenceConfig, "training_prompts", ("prompts",))
+    assert contamination.check_contamination(_eval_rows(), held_out)[1]["overlapping"] == 0
+
+
 def test_the_stage_refuses_an_overlapping_eval_set_before_sampling(tmp_path):
     """Through the stage itself: the check runs before any model is loaded (the model named
     below does not exist, so reaching the sampler would fail differently)."""

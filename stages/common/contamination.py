@@ -24,30 +24,31 @@ class ContaminationError(ValueError):
 
 
 def training_prompts(run_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """Training prompts of a run: ``id -> (data_source, question)`` over the prompt sources of
-    its ``generate`` and ``grpo`` steps (finished steps' manifest ``config``; unfinished steps'
-    ``config.yaml``), loaded with their own split (``train`` for grpo). Also returns the step
-    names read."""
-    import yaml
-
+    """Training prompts of a run: ``id -> (data_source, question)`` over every step whose stage
+    declares training prompts (``StageConfig.training_prompt_fields``: by default every field
+    holding prompt sources, so a new stage that trains on prompts is checked without naming
+    it here), finished or not (``pipeline.store.RunFolder``: the manifest's config, else the
+    partial ``config.yaml``), each loaded with its step's ``split`` (default ``train``). Also
+    returns the names of the steps read."""
+    import stages
     from data import load_prompts
     from pipeline import store
 
-    configs = {}
-    for folder in sorted(p for p in run_dir.glob(".partial/*") if (p / "config.yaml").is_file()):
-        configs[folder.name] = yaml.safe_load((folder / "config.yaml").read_text())
-    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
-        manifest = store.read_manifest(folder)
-        if manifest:
-            configs[folder.name] = manifest.get("config", {})
     prompts, steps = {}, []
-    for step, cfg in configs.items():
-        if not isinstance(cfg, dict) or cfg.get("kind") not in ("generate", "grpo") or not cfg.get("prompts"):
+    for step in store.RunFolder(run_dir).steps():
+        cfg = step.config
+        try:
+            fields = stages.get(cfg.get("kind", "")).Config.training_prompt_fields()
+        except KeyError:  # a kind this code does not know (or a damaged config): nothing to read
             continue
-        steps.append(step)
-        for row in load_prompts(cfg["prompts"], split=cfg.get("split", "train")):
+        values = [cfg.get(name) for name in fields]
+        sources = [s for v in values for s in (v if isinstance(v, list) else [v] if v else [])]
+        if not sources:
+            continue
+        steps.append(step.name)
+        for row in load_prompts(sources, split=cfg.get("split", "train")):
             prompts[row["id"]] = (row["data_source"], question_of(row["prompt"]))
-    return prompts, steps
+    return prompts, sorted(steps)
 
 
 def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8) -> dict[str, list[str]]:
