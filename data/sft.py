@@ -34,6 +34,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data.sources.files import read_jsonl, read_parquet
+from data.sources.records import BadRowError
+
 SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 DATA_SUFFIXES = (".parquet", ".jsonl")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -73,24 +76,16 @@ def split_files(folder: Path) -> dict[str, list[Path]]:
 
 def _file_records(path: Path) -> list[tuple[str, dict]]:
     if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{number}", json.loads(line)))
-                except ValueError as err:
-                    raise SFTRowError(f"{path}:{number}: not valid JSON ({err})") from None
-        return rows
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.ParquetFile(path).read()  # read_table imports pyarrow.dataset (~1 s)
-        except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
-            raise ValueError(f"{path}: not a readable parquet file ({err})") from None
-        return [(f"{path}:{i}", r) for i, r in enumerate(table.to_pylist(), 1)]
-    raise ValueError(f"{path}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
-                     "a save_to_disk folder, a step folder or a step name")
+        rows = list(read_jsonl(path))
+        bad = next(((n, r) for n, r in rows if isinstance(r, BadRowError)), None)
+        if bad is not None:
+            raise SFTRowError(f"{path}:{bad[0]}: not valid JSON ({bad[1].reason})")
+    elif path.suffix == ".parquet":
+        rows = list(read_parquet(path))
+    else:
+        raise ValueError(f"{path}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
+                         "a save_to_disk folder, a step folder or a step name")
+    return [(f"{path}:{n}", r) for n, r in rows]
 
 
 def read_records(ref: str | Path, split: str = "train") -> list[tuple[str, dict]]:
@@ -143,6 +138,8 @@ def messages_of(where: str, record: dict) -> list[dict[str, str]]:
         SFTRowError: no ``messages``, not a list of messages (or its JSON), or a message without
             a string ``role`` or with a content that is not text (the message starts with ``where``).
     """
+    if not isinstance(record, dict):
+        raise SFTRowError(f"{where}: a row must be a JSON object, got {type(record).__name__}")
     if "messages" not in record:
         raise SFTRowError(f"{where}: no 'messages' column; columns: {', '.join(record)}")
     msgs = record["messages"]

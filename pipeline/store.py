@@ -42,16 +42,21 @@ def canonical_hash(obj) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _file_sha256(path: Path, cache: dict) -> str:
     st = path.stat()
     # ctime and inode too: `cp -p`/`rsync -t` can restore size and mtime, never ctime.
     key = f"{path.resolve()}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     if key not in cache:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        cache[key] = h.hexdigest()
+        cache[key] = file_sha256(path)
     return cache[key]
 
 
