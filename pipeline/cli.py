@@ -15,7 +15,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 import stages
@@ -23,8 +22,9 @@ from data.cli import app as data_app
 from pipeline import distributed, models
 from pipeline.config import ConfigError, read_yaml
 from pipeline import store
-from pipeline.runner import (Pipeline, PipelineConfig, Step, StepSpec, load_pipeline, parse_stage_config,
-                             run_pipeline, single_step_pipeline)
+from pipeline.runner import (Pipeline, load_pipeline, one_step_pipeline, parse_stage_config, run_pipeline,
+                             single_step_pipeline)
+from pipeline.stage import Front
 from rewards.cli import app as rewards_app
 
 console = Console()
@@ -99,8 +99,7 @@ def _stage_command(kind: str):
                 overrides: Optional[list[str]] = SetOpt) -> None:
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
-            if pipeline.steps[0].config.kind != kind:
-                _fail(f"{config} is a `kind: {pipeline.steps[0].config.kind}` config; use `r1 {pipeline.steps[0].config.kind}`")
+            _check_kind(pipeline.steps[0].config.kind, kind, str(config))
             run_pipeline(pipeline, force=force, isolate=True, keep_checkpoints=keep_checkpoints)
         except ConfigError as err:
             _fail(str(err))
@@ -109,9 +108,20 @@ def _stage_command(kind: str):
     return command
 
 
-for _kind in stages.kinds():
-    if _kind != "eval":  # `r1 eval` is a group (below): the stage command plus `compare`
-        app.command(name=_kind)(_stage_command(_kind))
+def _check_kind(found: str, kind: str, source: str) -> None:
+    if found != kind:
+        _fail(f"{source} is a `kind: {found}` config; use `r1 {found}`")
+
+
+def _run_config(raw: dict, source: str, kind: str, run: str, step: Optional[str] = None, force: bool = False,
+                keep_checkpoints: bool = False) -> None:
+    """Run a stage config mapping as one step (``pipeline.stage.Front.run_config``)."""
+    try:
+        pipeline = one_step_pipeline(raw, source, run, step)
+        _check_kind(pipeline.steps[0].config.kind, kind, source)
+        run_pipeline(pipeline, force=force, isolate=True, keep_checkpoints=keep_checkpoints)
+    except ConfigError as err:
+        _fail(str(err))
 
 
 class _DefaultRunGroup(TyperGroup):
@@ -125,101 +135,19 @@ class _DefaultRunGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-eval_app = typer.Typer(cls=_DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False,
-                       help=(stages.get("eval").__doc__ or "eval").strip().splitlines()[0])
-app.add_typer(eval_app, name="eval")
+FRONT = Front(run_config=_run_config, fail=_fail, set_option=SetOpt, keep_option=KeepOpt)
 
-
-@eval_app.command("run")
-def eval_run(
-        config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
-        model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
-        data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
-        k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
-        run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
-        step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
-        force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-        overrides: Optional[list[str]] = SetOpt) -> None:
-    try:
-        if config is None and not (model and data):
-            _fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
-                  "--data reasoning_gym:chain_sum)")
-        from pipeline.config import apply_overrides, deep_merge
-        from stages.eval import source_from_spec
-
-        raw = read_yaml(config) if config else {"kind": "eval"}
-        cli: dict = {}
-        if model:
-            cli["models"] = list(model)
-        if data:
-            cli["prompts"] = [source_from_spec(d) for d in data]
-        if protocol:
-            cli["protocol"] = protocol
-        if k:
-            cli["sampling"] = {"num_samples": k}
-        if seed is not None:
-            cli["seed"] = seed
-        raw = apply_overrides(deep_merge(raw, cli), overrides)
-        stage_config = parse_stage_config(raw, str(config or "r1 eval"))
-        if stage_config.kind != "eval":
-            _fail(f"{config} is a `kind: {stage_config.kind}` config; use `r1 {stage_config.kind}`")
-        name = step or ("eval" if not (model or data) else f"eval-{store.canonical_hash(raw)[:8]}")
-        pipeline = Pipeline(PipelineConfig(name=name, run=run_name, steps=[StepSpec(name=name, config=raw)]),
-                            [Step(name, stage_config, raw)], str(config or "r1 eval"))
-        run_pipeline(pipeline, force=force, isolate=True)
-        console.print(f"results: {escape(str(store.runs_root() / run_name / name))}/results.json, samples.parquet")
-    except ValueError as err:  # ConfigError, or a --data spec that is not valid YAML
-        _fail(str(err))
-
-
-eval_run.__doc__ = (stages.get("eval").__doc__ or "eval").strip().split("\n\n")[0] + (
-    "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
-
-
-@eval_app.command("compare")
-def eval_compare(
-        a: str = typer.Argument(..., help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), or a model evaluated in --run."),
-        b: str = typer.Argument(..., help="The same for the second model."),
-        run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
-        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
-) -> None:
-    """Compare two eval results question by question: wins, losses, ties and an exact sign test."""
-    import json
-
-    from stages.eval import compare, find_results, protocol_differences
-
-    run_dir = store.runs_root() / run_name
-    if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):
-        runs = sorted(p.name for p in store.runs_root().iterdir() if p.is_dir()) if store.runs_root().is_dir() else []
-        _fail(f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(runs) or 'none'}); give --run")
-    try:
-        ra, pa, ma, wa = find_results(a, run_dir)
-        rb, pb, mb, wb = find_results(b, run_dir)
-    except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: an unreadable or non-eval file
-        _fail(str(err.args[0] if isinstance(err, KeyError) else err))
-    result = compare(ra, rb)
-    differences = protocol_differences(pa, pb)
-    if as_json:
-        print(json.dumps({"a": {"model": ma, "results": wa}, "b": {"model": mb, "results": wb},
-                          "protocol_differences": differences, **result}, indent=2))
-        return
-    console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
-    table = Table()
-    for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
-        table.add_column(h, overflow="fold")  # a narrow terminal or a pipe wraps cells instead of cutting them
-    for label, g in [("all", result["overall"]), *result["per_source"].items()]:
-        ci = g["diff_ci"]
-        table.add_row(str(g["questions"]), escape(label), f"{g['a']:.3f}", f"{g['b']:.3f}",
-                      f"{g['diff']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]", str(g["wins"]), str(g["losses"]),
-                      str(g["ties"]), f"{g['p_value']:.3g}")
-    console.print(table)
-    console.print(f"Test: {result['test']}.")
-    if result["only_a"] or result["only_b"]:
-        console.print(f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]")
-    for d in differences:
-        console.print(f"[yellow]protocol differs: {escape(d)}[/]")
+# `r1 <kind> FILE` for every stage kind; a stage with a `commands` hook gets a group instead,
+# whose `run` command is the default (pipeline.stage).
+for _kind in stages.kinds():
+    _module = stages.get(_kind)
+    if hasattr(_module, "commands"):
+        _group = typer.Typer(cls=_DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False,
+                             help=(_module.__doc__ or _kind).strip().splitlines()[0])
+        _module.commands(_group, FRONT)
+        app.add_typer(_group, name=_kind)
+    else:
+        app.command(name=_kind)(_stage_command(_kind))
 
 
 @app.command()
@@ -248,7 +176,7 @@ def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HO
         _fail(f"no run folder {run_dir}")
     if (run_dir / store.MANIFEST).is_file():
         _fail(f"{run_dir} is a step folder; give its run: {run_dir.parent}")
-    if not (run_dir / ".partial").is_dir() and not any((p / store.MANIFEST).is_file() for p in run_dir.iterdir()):
+    if not store.RunFolder(run_dir).holds_steps():
         _fail(f"{run_dir} holds no steps (no <step>/{store.MANIFEST}, no .partial/): not a run folder")
     from pipeline.report import write_report
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 import stages
 from pipeline import device, distributed, store
@@ -150,14 +149,24 @@ def _looks_like_a_typo(ref: str, step_names: set[str]) -> bool:
             and "/" not in ref and ":" not in ref)
 
 
+def one_step_pipeline(raw: dict, source: str, run: str, step: str | None = None) -> Pipeline:
+    """A one-step pipeline from a stage config mapping (must contain ``kind``); the step is
+    named ``step``, default the kind.
+
+    Raises:
+        ConfigError: as :func:`parse_stage_config`.
+    """
+    stage_config = parse_stage_config(raw, source)
+    name = step or f"{stage_config.kind}"
+    pc = PipelineConfig(name=name, run=run, steps=[StepSpec(name=name, config=raw)])
+    return Pipeline(pc, [Step(name, stage_config, raw)], source)
+
+
 def single_step_pipeline(config_file: str | Path, overrides: list[str] | None, run: str,
                          step: str | None = None) -> Pipeline:
     """A one-step pipeline from a stage config file (what ``r1 sft FILE`` runs)."""
     raw = apply_overrides(read_yaml(_find_file(str(config_file))), overrides)
-    stage_config = parse_stage_config(raw, str(config_file))
-    name = step or f"{stage_config.kind}"
-    pc = PipelineConfig(name=name, run=run, steps=[StepSpec(name=name, config=raw)])
-    return Pipeline(pc, [Step(name, stage_config, raw)], str(config_file))
+    return one_step_pipeline(raw, str(config_file), run, step)
 
 
 class Resolver:
@@ -167,15 +176,20 @@ class Resolver:
     def __init__(self, run_dir: Path, step_names: set[str]):
         self.run_dir = run_dir
         # Finished steps of the same run count too, so `r1 sft FILE --run R` can name them.
-        finished = {p.name for p in run_dir.iterdir() if (p / store.MANIFEST).exists()} if run_dir.is_dir() else set()
-        self.step_names = set(step_names) | finished
+        self.step_names = set(step_names) | set(store.RunFolder(run_dir).finished())
 
     def _step_output(self, ref: str, what: str) -> Path:
-        final = self.run_dir / ref
-        if store.read_manifest(final) is None:
+        step = store.RunFolder(self.run_dir).step(ref)
+        if step is None:
             raise RuntimeError(f"input {ref!r} is a step of this run that has not finished "
-                               f"(no {final}/manifest.json); run it first")
-        return final / what
+                               f"(no {self.run_dir / ref}/manifest.json); run it first")
+        if not step.outputs:  # a manifest that lists no outputs: the conventional folder
+            return step.folder / what
+        path = step.output(what)
+        if path is None:
+            raise RuntimeError(f"input {ref!r} names a {step.kind} step, whose outputs are "
+                               f"{', '.join(step.outputs)}: no {what} to read")
+        return path
 
     def model(self, ref: str) -> str:
         if ref in self.step_names:
@@ -269,6 +283,8 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
             continue
         records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force, isolate, keep_checkpoints))
     if distributed.is_main():
+        from pipeline.summary import write_summary
+
         write_summary(run_dir, records)
     return records
 
@@ -396,10 +412,15 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         traceback.print_exc()
         raise
     wall = time.time() - started
-    result_dict = {"outputs": result.outputs, "counts": result.counts, "metrics": result.metrics,
+    outputs = {**type(step.config).outputs, **result.outputs}  # declared by the stage (contract) + reported
+    result_dict = {"outputs": outputs, "counts": result.counts, "metrics": result.metrics,
                    "summary": result.summary}
     distributed.barrier()  # every rank has returned (and written its files) before rank 0 finalizes
     if main:
+        missing = [f"{name} ({rel})" for name, rel in outputs.items() if not (work / rel).exists()]
+        if missing:  # what the stage declares must exist before a manifest says the step is done
+            raise RuntimeError(f"step {step.name} ({step.config.kind}) finished without its output(s) "
+                               f"{', '.join(missing)} in {work}; partial work kept there")
         checkpoints = work / "checkpoints"
         if checkpoints.is_dir() and not keep_checkpoints:
             shutil.rmtree(checkpoints)  # resume state; the step's outputs are complete without it
@@ -422,78 +443,3 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
     distributed.barrier()  # no rank reads the store (next step, exit) before the final folder exists
     return StepRecord(step.name, step.config.kind, "ran", round(wall, 2), inputs, result_dict)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-# Counts/metrics worth a column in the summary; the rest stay in the manifests.
-_KEY_COUNTS = ("prompts", "sampled", "kept", "rows", "steps", "questions", "models")
-_KEY_METRICS = ("acceptance_rate", "reward_start", "reward_end", "eval_reward_start", "eval_reward_end",
-                "loss_first", "loss_last",
-                "completion_length_start", "completion_length_end")
-
-
-def summary_rows(records: list[StepRecord]) -> list[list[str]]:
-    """One row per step: name, kind, status, wall time, inputs, outputs, key numbers."""
-    rows = []
-    for r in records:
-        ins = ", ".join(f"{k}={v['ref']}" for k, v in r.inputs.items())
-        outs = ", ".join(r.result.get("outputs", {}).keys())
-        counts = r.result.get("counts", {})
-        metrics = r.result.get("metrics", {})
-        numbers = [f"{k}={counts[k]}" for k in _KEY_COUNTS if k in counts]
-        numbers += [f"{k}={_fmt(metrics[k])}" for k in _KEY_METRICS if k in metrics]
-        rows.append([r.name, r.kind, r.status, f"{r.wall_time_s:.0f}", ins, outs, ", ".join(numbers)])
-    return rows
-
-
-def eval_rows(records: list[StepRecord]) -> tuple[list[str], list[list[str]]]:
-    """The eval table: one row per evaluated model (from every eval step's metrics)."""
-    headers, rows = ["eval step", "model"], []
-    for r in records:
-        if r.kind != "eval":
-            continue
-        per_model: dict[str, dict] = {}
-        for key, value in r.result.get("metrics", {}).items():
-            model, _, metric = key.rpartition("/")
-            per_model.setdefault(model, {})[metric] = value
-        for model, values in per_model.items():
-            for metric in values:
-                if metric not in headers:
-                    headers.append(metric)
-            rows.append([r.name, model] + [_fmt(values.get(h, "")) for h in headers[2:]])
-    return headers, [row + [""] * (len(headers) - len(row)) for row in rows]
-
-
-HEADERS = ["step", "kind", "status", "wall s", "inputs", "outputs", "key numbers"]
-
-
-def _markdown(headers: list[str], rows: list[list[str]]) -> list[str]:
-    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return md + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-
-
-def write_summary(run_dir: Path, records: list[StepRecord]) -> None:
-    """Print the step table (and the eval table) and save both as ``<run_dir>/summary.md``."""
-    rows = summary_rows(records)
-    table = Table(title=f"run {run_dir.name}", show_lines=True)
-    for h in HEADERS:
-        table.add_column(h, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    md = [f"# Run {run_dir.name}", "", *_markdown(HEADERS, rows), ""]
-    eval_headers, eval_table = eval_rows(records)
-    if eval_table:
-        t = Table(title="held-out eval", show_lines=False)
-        for h in eval_headers:
-            t.add_column(h, overflow="fold")
-        for row in eval_table:
-            t.add_row(*row)
-        console.print(t)
-        md += ["## Eval", "", *_markdown(eval_headers, eval_table), ""]
-    (run_dir / "summary.md").write_text("\n".join(md))

@@ -12,7 +12,7 @@ assumed per model family:
   transformers' ``generate`` on the generation config's, TRL's GRPO on both; so without the
   end-of-turn id as an explicit stop, such a model writes past the end of its answer
   (``<|im_end|><|im_start|>user ...``) until ``<|endoftext|>`` or the token limit.
-  :func:`stop_token_ids` is the list every sampler passes (``stages/_sampling.py``: vLLM in
+  :func:`stop_token_ids` is the list every sampler passes (``stages/common/sampling.py``: vLLM in
   process, vLLM server, HF ``generate``; :func:`use_end_of_turn_stops` for TRL's GRPO).
 - **A training template** (:func:`derive_chatml_training_template`): TRL's assistant-only loss
   needs ``{% generation %}`` markers, which models' own templates rarely have, and TRL only

@@ -32,13 +32,14 @@ from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
-from pipeline.stage import StepContext, StepResult
+from pipeline.stage import TRAINER_PANELS, StageReport, StepContext, StepResult
 from stages.sft import TrainingFields
 
 DERIVED = "derived"
 # Runs under `accelerate launch` with several processes, like sft (whose training code it uses):
 # every rank derives the same student from the teacher, then trains its share of each batch.
 DISTRIBUTED = True
+REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and learning rate
 
 
 class Config(TrainingFields):
@@ -46,6 +47,7 @@ class Config(TrainingFields):
 
     kind: Literal["distill"] = "distill"
     input_fields: ClassVar[dict[str, str]] = {"teacher": "model", "dataset": "dataset", "student": "model"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
     teacher: str  # model reference: the model whose data (and, when derived, weights) the student learns from
     student: str = DERIVED  # "derived" (a shallower copy of the teacher) or a model reference
     student_layers: int | None = None  # derived student: decoder layers kept; default a third of the teacher's

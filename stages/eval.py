@@ -39,28 +39,27 @@ Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import platform
 import re
 import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import field_validator, model_validator
 
 from data import PromptSource
 from data.prompts import Template, question_of
-from pipeline.stage import StageConfig, StepContext, StepResult
-from stages._sampling import SamplingConfig
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common import eval_results
+from stages.common.contamination import check_contamination
+from stages.common.sampling import SamplingConfig
+from stages.common.scoring import majority_vote, score, vote_key
+from stages.common.stats import CI_METHOD, bootstrap_ci, pass_at_k
 
-CI_METHOD = "95% percentile bootstrap over questions (1000 resamples, resampling seed 0)"
-PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
-               "when k = 1) + 95% paired bootstrap interval of the pass@1 difference")
 # DeepSeek-R1 report, sec. 3 ("Evaluation Setup"): k per benchmark, T = 0.6, top-p 0.95, 32768 tokens.
 R1_K = {"aime": 64, "math 500": 4, "gpqa": 8, "livecodebench": 16, "lcb": 16}
 R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
@@ -73,6 +72,9 @@ class Config(StageConfig):
 
     kind: Literal["eval"] = "eval"
     input_fields: ClassVar[dict[str, str]] = {"models": "model"}
+    outputs: ClassVar[dict[str, str]] = {"results": "results.json", "samples": "samples.parquet"}
+    training_prompts: ClassVar[tuple[str, ...]] = ()  # `prompts` are the held-out eval sets
+    headline: ClassVar[tuple[str, ...]] = ("questions", "models")
     models: list[str]
     prompts: list[PromptSource]  # eval sets: held-out splits, local JSONL/parquet, hub datasets
     split: Literal["train", "test"] = "test"
@@ -83,7 +85,7 @@ class Config(StageConfig):
     pass_k: list[int] = []  # j of the reported pass@j (j <= k); [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
-    seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
+    seed: int = 1234  # per-question sampling seeds derive from it (stages/common/sampling.py)
 
     @field_validator("sampling", mode="before")
     @classmethod
@@ -104,105 +106,7 @@ class Config(StageConfig):
         return self
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one question from ``n`` samples of which ``c`` are correct:
-    ``1 - C(n-c, k) / C(n, k)``, the probability that at least one of k samples drawn without
-    replacement is correct (Chen et al. 2021, "Evaluating Large Language Models Trained on
-    Code", eq. 1 and their numerically stable product form).
-
-    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), round(pass_at_k(10, 3, 2), 4)
-    (0.25, 1.0, 0.5333)
-
-    Raises:
-        ValueError: unless 0 <= c <= n and 1 <= k <= n.
-    """
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per question).
-
-    Questions are resampled with replacement, so the k samples of a question stay together
-    (Efron & Tibshirani 1993, ch. 13). Deterministic for a given ``seed``. Empty input -> (nan, nan).
-
-    >>> bootstrap_ci([1.0] * 5)
-    (1.0, 1.0)
-    """
-    import numpy as np
-
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // x.size)  # bound the index matrix to ~16 MB
-    means = np.concatenate([x[rng.integers(0, x.size, size=(min(chunk, resamples - i), x.size))].mean(axis=1)
-                            for i in range(0, resamples, chunk)])
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Exact two-sided sign test: p-value of ``wins`` vs ``losses`` under "each non-tied question
-    is equally likely to go either way" (Binomial(wins + losses, 1/2); ties are dropped).
-    Equals the exact McNemar test when each question is one pass/fail trial.
-
-    >>> sign_test(0, 0), sign_test(5, 5), round(sign_test(9, 1), 4)
-    (1.0, 1.0, 0.0215)
-    """
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
 # ----------------------------------------------------------------------------- per question
-
-
-def vote_key(text: str, domain: str) -> str | None:
-    """The final answer a sample votes for in ``maj@k``: the answer region graded by the
-    rewards (``rewards.text.answer_region``: last ``<answer>`` block after ``</think>``); for
-    math its graded candidate (last ``\\boxed{}``, else the short answer, as
-    ``rewards.math.answer_candidate``); whitespace collapsed, lower-cased. None = no answer.
-    Answers are clustered by this string, not by mathematical equivalence (``1/2`` and
-    ``0.5`` are two votes).
-
-    >>> vote_key("<think>hm</think><answer> 42 </answer>", "math")
-    '\\\\boxed{42}'
-    >>> vote_key("<think>never closed", "math") is None
-    True
-    """
-    from rewards.math import answer_candidate
-    from rewards.text import answer_region
-
-    region = answer_region(text)
-    if region is None:
-        return None
-    key = answer_candidate(region) if domain == "math" else region
-    key = " ".join((key or "").split()).lower()
-    return key or None
-
-
-def majority_vote(keys: list[str | None], correct: list[bool]) -> tuple[str | None, bool]:
-    """``maj@k`` of one question (self-consistency, Wang et al. 2023): the most frequent
-    non-empty answer and whether it is correct. Ties go to the answer seen first (lowest sample
-    index), so the result is deterministic; no answer at all -> (None, False).
-
-    >>> majority_vote(["a", "b", "b", None], [True, False, False, False])
-    ('b', False)
-    """
-    votes = Counter(k for k in keys if k is not None)
-    if not votes:
-        return None, False
-    top = max(votes, key=lambda k: (votes[k], -keys.index(k)))
-    return top, next(c for k, c in zip(keys, correct) if k == top)
 
 
 def question_record(model: str, row: dict, samples: list[dict], correctness: str) -> dict:
@@ -342,145 +246,11 @@ def environment() -> dict:
             "git_commit": store.git_commit(), "platform": sys.platform}
 
 
-# ----------------------------------------------------------------------------- contamination
-
-
-class ContaminationError(ValueError):
-    """The eval set overlaps the training prompts of the same run."""
-
-
-def training_prompts(run_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """Training prompts of a run: ``id -> (data_source, question)`` over the prompt sources of
-    its ``generate`` and ``grpo`` steps (finished steps' manifest ``config``; unfinished steps'
-    ``config.yaml``), loaded with their own split (``train`` for grpo). Also returns the step
-    names read."""
-    import yaml
-
-    from data import load_prompts
-    from pipeline import store
-
-    configs = {}
-    for folder in sorted(p for p in run_dir.glob(".partial/*") if (p / "config.yaml").is_file()):
-        configs[folder.name] = yaml.safe_load((folder / "config.yaml").read_text())
-    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
-        manifest = store.read_manifest(folder)
-        if manifest:
-            configs[folder.name] = manifest.get("config", {})
-    prompts, steps = {}, []
-    for step, cfg in configs.items():
-        if not isinstance(cfg, dict) or cfg.get("kind") not in ("generate", "grpo") or not cfg.get("prompts"):
-            continue
-        steps.append(step)
-        for row in load_prompts(cfg["prompts"], split=cfg.get("split", "train")):
-            prompts[row["id"]] = (row["data_source"], question_of(row["prompt"]))
-    return prompts, steps
-
-
-_WORD = re.compile(r"\w+")  # the normalisation of data.decontam: lower-cased \w+ words
-TEMPLATE_N = 4  # template detection works on word 4-grams
-
-
-def template_ngrams(texts_by_source: dict[str, set[str]], min_texts: int = 3, min_share: float = 0.01) -> set:
-    """Word 4-grams that are task text, not content: found, within one data source, in at
-    least ``max(min_texts, min_share * texts of that source)`` distinct questions.
-
-    Counted per source, so a procedural task's instructions ("State the final answer to the
-    following arithmetic problem:") are template even when that task is a small part of the
-    mix, while a natural-language set only loses its truly common phrases."""
-    from data.decontam import word_ngrams
-
-    template = set()
-    for texts in texts_by_source.values():
-        counts = Counter(g for t in texts for g in word_ngrams(t, TEMPLATE_N))
-        floor = max(min_texts, min_share * len(texts))
-        template |= {g for g, c in counts.items() if c >= floor}
-    return template
-
-
-def content_ngrams(text: str, template: set, n: int = 8) -> set[tuple[str, ...]]:
-    """Word n-grams of ``text`` made only of content words: words covered by a template
-    4-gram are cut out and n-grams never span a cut.
-
-    Why not plain 8-grams (``data.ngram_overlap``): reasoning-gym questions are a fixed
-    sentence plus a few numbers or names, so an 8-gram of 7 template words and one number
-    ("... arithmetic problem: 62") links unrelated questions (26 of the recipe's 105 held-out
-    questions matched a training question that way, none of them a real copy).
-
-    >>> sorted(content_ngrams("a b c d e f", {("a", "b", "c", "d")}, n=2))
-    [('e', 'f')]
-    """
-    words = _WORD.findall(text.lower())
-    masked = [False] * len(words)
-    for i in range(len(words) - TEMPLATE_N + 1):
-        if tuple(words[i:i + TEMPLATE_N]) in template:
-            masked[i:i + TEMPLATE_N] = [True] * TEMPLATE_N
-    grams: set = set()
-    run: list[str] = []
-    for word, cut in zip([*words, ""], [*masked, True]):
-        if cut:
-            grams |= {tuple(run[i:i + n]) for i in range(len(run) - n + 1)}
-            run = []
-        else:
-            run.append(word)
-    return grams
-
-
-def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8) -> dict[str, list[str]]:
-    """Eval ids that overlap training prompts (``id -> (data_source, question)``), by check:
-    ``id`` (same id); ``exact`` (same question after lower-casing and collapsing whitespace:
-    short arithmetic questions have no 8-gram); ``ngram`` (a shared word n-gram of content
-    words, ``content_ngrams``; templates are learnt from both sets, ``template_ngrams``)."""
-    def norm(text: str) -> str:
-        return " ".join(text.lower().split())
-
-    questions = {r["id"]: (r["data_source"], question_of(r["prompt"])) for r in eval_rows}
-    by_source: dict[str, set[str]] = defaultdict(set)
-    for source, text in [*train.values(), *questions.values()]:
-        by_source[source].add(text)
-    template = template_ngrams(by_source)
-    train_grams = set().union(*(content_ngrams(t, template, n) for _, t in train.values()))
-    train_norm = {norm(t) for _, t in train.values()}
-    return {"id": [i for i in questions if i in train],
-            "exact": [i for i, (_, q) in questions.items() if norm(q) in train_norm],
-            "ngram": [i for i, (_, q) in questions.items() if not train_grams.isdisjoint(content_ngrams(q, template, n))]}
-
-
-def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = "error") -> tuple[list[dict], dict]:
-    """Check ``eval_rows`` against the run's training prompts (``training_prompts``, ``overlap``).
-
-    ``on_overlap``: ``error`` raises; ``drop`` removes the overlapping questions (the result is
-    on the clean subset); ``allow`` keeps them (the result is marked contaminated).
-
-    Returns:
-        (the rows to evaluate, a record for the protocol: steps checked, training prompt
-        count, overlapping ids per check, what was done).
-
-    Raises:
-        ContaminationError: an overlap with ``on_overlap="error"``.
-    """
-    train, steps = training_prompts(run_dir)
-    found = overlap(eval_rows, train)
-    bad = sorted({i for ids in found.values() for i in ids})
-    record = {"steps": steps, "training_prompts": len(train), "overlapping": len(bad),
-              "by_check": {k: len(v) for k, v in found.items()}, "ids": bad, "on_overlap": on_overlap}
-    if bad and on_overlap == "error":
-        detail = ", ".join(f"{k}: {len(v)}" for k, v in found.items())
-        raise ContaminationError(
-            f"{len(bad)} of {len(eval_rows)} eval questions overlap the training prompts of run "
-            f"{run_dir.name!r} (steps {', '.join(steps)}; {detail}), e.g. {bad[:3]}. Evaluate on the "
-            "test split of the same sources (same seeds) or another set; or set on_overlap: drop (evaluate "
-            "the clean questions only) or allow (measure training-set accuracy on purpose)")
-    if on_overlap == "drop":
-        dropped = set(bad)
-        eval_rows = [r for r in eval_rows if r["id"] not in dropped]
-    return eval_rows, record
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
 def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64) -> list[list]:
-    """``ks[i]`` completions for ``rows[i]`` from an open ``stages._sampling.Sampler``, with the
+    """``ks[i]`` completions for ``rows[i]`` from an open ``stages.common.sampling.Sampler``, with the
     per-question seeds of ``seed``: one engine serves every k and seed (an engine start costs
     ~25 s). The Sampler reads k and the seed from its attributes at each call and its engine
     settings do not depend on them, so they are set here per call and restored."""
@@ -505,8 +275,6 @@ def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, co
              batch_size: int = 64) -> list[dict]:
     """Sample, score (``correctness`` and ``format`` rewards) and summarise every question:
     one ``question_record`` per row, in row order."""
-    from stages.generate import score
-
     outs = sample_questions(sampler, rows, ks, seed, batch_size)
     flat_rows = [r for r, cs in zip(rows, outs) for _ in cs]
     names = list(dict.fromkeys([correctness, "format"]))
@@ -538,7 +306,7 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
     from transformers import AutoTokenizer
 
     from pipeline import store
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     prompt_tokens = max_prompt_tokens(AutoTokenizer.from_pretrained(path), rows)
     sampling, departures = effective_sampling(config, path, prompt_tokens)
@@ -609,7 +377,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
     best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     return StepResult(precision=sampling_precision(config.sampling),
                       outputs={"results": "results.json", "samples": "samples.parquet"},
@@ -618,151 +386,60 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
 
 
-# ----------------------------------------------------------------------------- compare
+# ----------------------------------------------------------------------------- report and command line
+
+REPORT = StageReport(glance=eval_results.glance, section=eval_results.report_section,
+                     summary_table=eval_results.summary_table)
 
 
-def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict], dict, str]:
-    """Question records of one model from an eval output (a step folder holding
-    ``samples.parquet`` or the file itself). ``model`` picks one of several; with one model it
-    may be None. Returns ``(records, protocol, model)``.
+def commands(group, front) -> None:
+    """``r1 eval``: ``run`` (the default: a config, or ``--model``/``--data`` shortcuts) and
+    ``compare`` (two results question by question). ``front``: ``pipeline.stage.Front``."""
+    import typer
 
-    Raises:
-        FileNotFoundError: no ``samples.parquet``. KeyError: ``model`` absent or ambiguous (lists models).
-        ValueError: ``samples.parquet`` or ``results.json`` is unreadable, or not an eval step's
-            (the message names the file).
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(where)
-    parquet = path / "samples.parquet" if path.is_dir() else path
-    if not parquet.is_file():
-        raise FileNotFoundError(f"no eval results at {path} (expected samples.parquet)")
-    try:
-        rows = pq.read_table(parquet).to_pylist()  # ArrowInvalid is a ValueError
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{parquet}: not a readable parquet file ({err})") from None
-    if rows and "model" not in rows[0]:
-        raise ValueError(f"{parquet}: not an eval step's samples (no 'model' column; columns: "
-                         f"{', '.join(rows[0])})")
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    if model is None and len(models) == 1:
-        model = models[0]
-    if model not in models:
-        raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
-                       f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
-    results_file = parquet.parent / "results.json"
-    protocol = {}
-    if results_file.is_file():
-        try:
-            data = json.loads(results_file.read_text())
-        except ValueError as err:
-            raise ValueError(f"{results_file}: not valid JSON ({err})") from None
-        protocol = {**data.get("protocol", {}), **data.get("models", {}).get(model, {}).get("protocol", {})}
-    return [r for r in rows if r["model"] == model], protocol, model
-
-
-PROTOCOL_KEYS = ("k", "temperature", "top_p", "max_tokens", "template_sha256", "eval_set_sha256",
-                 "rendered_prompts_sha256", "correctness", "packages")
-
-
-def compare(a: list[dict], b: list[dict]) -> dict:
-    """Pair two models' question records by question id and test the pass@1 difference.
-
-    A question is a win for A when A's per-question pass@1 is higher, a loss when lower, a tie
-    otherwise. The p-value is the exact two-sided sign test (``sign_test``); the interval is a
-    95% paired bootstrap over questions of mean(A) - mean(B). Also per data source.
-
-    Returns:
-        ``{"overall": {...}, "per_source": {...}, "only_a": n, "only_b": n}``; each group has
-        questions, pass@1 of a and b, diff, diff_ci, wins, losses, ties, p_value.
-    """
-    bmap = {r["question_id"]: r for r in b}
-    pairs = [(r, bmap[r["question_id"]]) for r in a if r["question_id"] in bmap]
-
-    def group(ps: list) -> dict:
-        d = [x["pass@1"] - y["pass@1"] for x, y in ps]
-        wins, losses = sum(v > 0 for v in d), sum(v < 0 for v in d)
-        n = len(ps)
-        return {"questions": n, "a": sum(x["pass@1"] for x, _ in ps) / n if n else math.nan,
-                "b": sum(y["pass@1"] for _, y in ps) / n if n else math.nan,
-                "diff": sum(d) / n if n else math.nan, "diff_ci": list(bootstrap_ci(d)),
-                "wins": wins, "losses": losses, "ties": n - wins - losses, "p_value": sign_test(wins, losses)}
-
-    by_source = defaultdict(list)
-    for p in pairs:
-        by_source[p[0]["data_source"]].append(p)
-    return {"overall": group(pairs), "per_source": {s: group(ps) for s, ps in sorted(by_source.items())},
-            "only_a": len(a) - len(pairs), "only_b": len({r["question_id"] for r in b} - {r["question_id"] for r in a}),
-            "test": PAIRED_TEST}
-
-
-def protocol_differences(pa_: dict, pb: dict) -> list[str]:
-    """Protocol fields that differ between two results (a comparison across them is suspect)."""
-    return [f"{k}: {pa_.get(k)!r} vs {pb.get(k)!r}" for k in PROTOCOL_KEYS
-            if k in pa_ and k in pb and pa_[k] != pb[k]]
-
-
-# ----------------------------------------------------------------------------- CLI helpers
-
-
-def source_from_spec(spec: str) -> dict:
-    """An eval-set source from ``r1 eval --data SPEC``: a YAML mapping (``{source: ..., ...}``,
-    exact control), ``humaneval``, ``reasoning_gym:<task>`` (n_train 512, n_test 50, seed 0),
-    a ``.jsonl``/``.parquet`` file (records without a ``split`` field are test rows), or a hub
-    dataset ``[hub:]<name>[:<subset>]`` (its ``test`` split).
-
-    >>> source_from_spec("reasoning_gym:countdown")["n_test"], source_from_spec("x.jsonl")["split"]
-    (50, 'test')
-
-    Raises:
-        ValueError: a ``{...}`` spec that is not valid YAML.
-    """
-    import yaml
-
-    from data.sources.files import SUFFIXES
-
-    if spec.lstrip().startswith("{"):
-        try:
-            return yaml.safe_load(spec)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--data {spec!r}: not a YAML mapping ({err.problem})") from None
-    if spec == "humaneval":
-        return {"source": "humaneval"}
-    if spec.startswith("reasoning_gym:"):
-        return {"source": "reasoning_gym", "task": spec.split(":", 1)[1], "n_train": 512, "n_test": 50, "seed": 0}
-    if Path(spec).suffix in SUFFIXES:
-        return {"source": "file", "path": spec, "split": "test"}
-    name, _, subset = spec.removeprefix("hub:").partition(":")
-    return {"source": "hub", "name": name, "subset": subset or None, "splits": {"test": "test"}}
-
-
-def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
-    """Resolve one side of ``r1 eval compare``: ``WHERE[#MODEL]`` with WHERE an eval step
-    folder, a ``samples.parquet`` file or an eval step name of the run; or a model reference
-    (alias, step name, path) evaluated by one of the run's eval steps (the newest one wins).
-    Returns ``(records, protocol, model, where)``.
-
-    Raises:
-        FileNotFoundError: nothing matches (names the eval steps and models of the run).
-    """
     from pipeline import store
+    from pipeline.config import apply_overrides, deep_merge, read_yaml
 
-    where, _, model = spec.partition("#")
-    for candidate in (Path(where), run_dir / where):
-        if candidate.exists() and (candidate.is_file() or (candidate / "samples.parquet").is_file()):
-            records, protocol, name = load_records(candidate, model or None)
-            return records, protocol, name, str(candidate)
-    evals = sorted((m.get("started", 0), p) for p in run_dir.iterdir() if p.is_dir()
-                   for m in [store.read_manifest(p)] if m and m.get("kind") == "eval") if run_dir.is_dir() else []
-    seen = []
-    for _, folder in reversed(evals):
+    kind = Config.model_fields["kind"].default
+
+    @group.command("run")
+    def run_command(
+            config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
+            model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
+            data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
+            protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
+            k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
+            seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
+            run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
+            step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
+            force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
+            overrides: Optional[list[str]] = front.set_option) -> None:
+        from data.spec import source_from_spec
+
+        if config is None and not (model and data):
+            front.fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
+                       "--data reasoning_gym:chain_sum)")
         try:
-            records, protocol, name = load_records(folder, spec)
-            return records, protocol, name, str(folder)
-        except (KeyError, FileNotFoundError, ValueError):  # ValueError: this step's files are unreadable
-            import pyarrow.parquet as pq
+            raw = read_yaml(config) if config else {"kind": kind}
+            cli: dict = {}
+            if model:
+                cli["models"] = list(model)
+            if data:
+                cli["prompts"] = [source_from_spec(d, split="test") for d in data]
+            if protocol:
+                cli["protocol"] = protocol
+            if k:
+                cli["sampling"] = {"num_samples": k}
+            if seed is not None:
+                cli["seed"] = seed
+            raw = apply_overrides(deep_merge(raw, cli), overrides)
+        except ValueError as err:  # ConfigError, or a --data spec that is refused or not valid YAML
+            front.fail(str(err))
+        name = step or (kind if not (model or data) else f"{kind}-{store.canonical_hash(raw)[:8]}")
+        front.run_config(raw, str(config or f"r1 {kind}"), kind, run=run_name, step=name, force=force)
+        print(f"results: {store.runs_root() / run_name / name}/results.json, samples.parquet")
 
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                seen += [f"{folder.name}#{m}" for m in dict.fromkeys(pq.read_table(folder / "samples.parquet",
-                                                                                    columns=["model"])["model"].to_pylist())]
-    raise FileNotFoundError(f"no eval results for {spec!r} in {run_dir}; evaluated: {', '.join(seen) or '(nothing)'}")
+    run_command.__doc__ = (__doc__ or kind).strip().split("\n\n")[0] + (
+        "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
+    group.command("compare")(eval_results.compare_command(front))
+

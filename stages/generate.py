@@ -6,7 +6,7 @@ well-formatted samples are kept) and for **rejection sampling** (R1 phase 3: sam
 policy, keep correct and readable answers, mix in non-reasoning SFT data). Both write an SFT
 dataset. The filters (correctness, format, language mixing, long paragraphs, stray code
 blocks, length in tokens, exact and near duplicates, pass-rate band, selection per prompt)
-live in :mod:`stages._filters`; the user guide is ``docs/rejection_sampling.md``.
+live in :mod:`stages.common.filters`; the user guide is ``docs/rejection_sampling.md``.
 
 Inputs: ``model`` (step name, alias, folder or hub id); prompt sources (``data/``); optional
 evaluation prompt sources to decontaminate against; optional extra SFT datasets to mix in.
@@ -33,12 +33,14 @@ from typing import ClassVar, Literal
 from pydantic import model_validator
 
 from data import PromptSource
+from data.dedupe import prompt_key
+from data.sft import SFT_COLUMNS, load_sft_rows, split_response
 from pipeline.config import StrictModel
-from pipeline.stage import StageConfig, StepContext, StepResult
-from stages._filters import FILTERS, Filters, Sample, funnel, verdicts
-from stages._sampling import SamplingConfig
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common.filters import FILTERS, Filters, Sample, funnel, funnel_from_counts, verdicts
+from stages.common.sampling import SamplingConfig
+from stages.common.scoring import score
 
-SFT_COLUMNS = ("id", "messages", "data_source", "domain", "rewards", "source_model", "meta")
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
 
 
@@ -79,6 +81,9 @@ class Config(StageConfig):
 
     kind: Literal["generate"] = "generate"
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    outputs: ClassVar[dict[str, str]] = {"dataset": "dataset", "samples": "samples.parquet"}
+    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # its samples become SFT data
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate")
     model: str
     prompts: list[PromptSource]
     split: Literal["train", "test"] = "train"
@@ -118,26 +123,14 @@ def _with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
     return system + shots + rest
 
 
-def score(reward_names: list[str], rows: list[dict], completions: list[str]) -> dict[str, list]:
-    """Score ``completions`` (one per row) with each named reward; name -> list of values."""
-    from rewards import registry
-
-    columns = {k: [r[k] for r in rows] for k in ("answer", "verification", "domain", "data_source", "id")}
-    prompts = [r["prompt"] for r in rows]
-    return {name: list(registry.get(name)(prompts, completions, **columns)) for name in reward_names}
-
-
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
-    """Tokens of the reasoning and of the rest (the answer part) of each completion."""
-    from stages._filters import reasoning_of
-
+    """Tokens of the reasoning and of the rest (the answer part) of each completion
+    (``data.sft.split_response``)."""
     def count(parts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]] if parts else []
 
-    # No think block: all answer. An unclosed one: all reasoning.
-    reasoning = [reasoning_of(t) if "<think>" in t or "</think>" in t else "" for t in texts]
-    answers = [t.rpartition("</think>")[2] if "</think>" in t else ("" if "<think>" in t else t) for t in texts]
-    return count(reasoning), count(answers)
+    parts = [split_response(t) for t in texts]
+    return count([r for r, _ in parts]), count([a for _, a in parts])
 
 
 def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
@@ -170,7 +163,7 @@ def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
 
 def open_sampler(model_path: str, sampling: SamplingConfig, seed: int):
     """The engine :func:`run` samples with (a seam: tests share one engine between runs)."""
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     return Sampler(model_path, sampling, seed=seed)
 
@@ -215,7 +208,6 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
     Mixed rows whose user message overlaps an evaluation prompt (same 8-gram rule) are dropped.
     """
     from pipeline import store
-    from pipeline.inspect import load_sft_rows
 
     loaded = []
     for m in cfg.mix:
@@ -346,7 +338,7 @@ def _sample_view(record: dict) -> Sample:
     return Sample(prompt_id=record["prompt_id"], index=meta["sample_index"], domain=record["domain"],
                   text=record["messages"][-1]["content"], num_tokens=meta["num_tokens"],
                   truncated=meta["truncated"], rewards=json.loads(record["rewards"]),
-                  prompt_text=json.dumps(record["messages"][:-1]))
+                  prompt_text=prompt_key(record["messages"][:-1]))
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
@@ -386,9 +378,53 @@ def run(config: Config, ctx: StepContext) -> StepResult:
               **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
     metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
                **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None}}
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
                       summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
                               + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
                       precision=sampling_precision(config.sampling))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def funnel_figure(sampled: int, rows: list[dict]):
+    """A matplotlib ``Figure``: samples remaining after each filter of a funnel
+    (``[{"filter", "dropped", "remaining"}]``, in the order applied), from ``sampled``."""
+    from matplotlib.figure import Figure
+
+    bars = [("sampled", 0, sampled)] + [(r["filter"], r["dropped"], r["remaining"]) for r in rows]
+    fig = Figure(figsize=(7, 0.4 * len(bars) + 0.8), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(bars)), [r for *_, r in bars], color="#4c72b0")
+    ax.set_yticks(range(len(bars)), [n for n, *_ in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("samples remaining")
+    for i, (_, d, r) in enumerate(bars):
+        ax.text(r, i, f" {r}" + (f" (-{d})" if d else ""), va="center", fontsize=8)
+    return fig
+
+
+def _glance(step) -> str | None:
+    sampled, kept = step.counts.get("sampled"), step.counts.get("kept", 0)
+    return f"`{step.name}` kept {kept} of {sampled} samples ({kept / sampled:.0%})." if sampled else None
+
+
+def _report_section(doc, steps: list) -> None:
+    """The rejection-sampling funnel of every finished generate step (from its manifest counts)."""
+    doc.h(2, "Rejection-sampling funnel")
+    done = [s for s in steps if s.done and "sampled" in s.counts]
+    if not done:
+        doc.missing("no finished generate step (cold-start data or rejection sampling)")
+    for s in done:
+        rows = funnel_from_counts(s.counts)
+        doc.h(3, f"{s.name}: {s.counts['sampled']} sampled -> {s.counts.get('kept', '?')} kept")
+        doc.table(["filter", "dropped", "remaining"],
+                  [["sampled", 0, s.counts["sampled"]]] + [[r["filter"], r["dropped"], r["remaining"]] for r in rows])
+        doc.figure(funnel_figure(s.counts["sampled"], rows), f"funnel_{s.name}.png",
+                   f"{s.name}: samples remaining after each filter, in the order applied")
+
+
+REPORT = StageReport(glance=_glance, section=_report_section)
+

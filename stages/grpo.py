@@ -21,7 +21,7 @@ below are ours, not TRL's):
   finish (DAPO masks them, with 16k-token budgets).
 
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
-on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
+on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/common/vllm_sync.py``
 (TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start a vLLM server
 on other GPUs first: ``scripts/slurm/r1_step.sbatch``, ``pipeline.slurm``); without CUDA it is
 refused at start-up (:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
@@ -75,7 +75,7 @@ from data.prompts import Template
 from pipeline import distributed, precision, templates
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult, last_checkpoint
 
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,10 @@ class Config(StageConfig):
 
     kind: Literal["grpo"] = "grpo"
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
+    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # eval_prompts are held out
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "steps", "reward_start", "reward_end", "eval_reward_start",
+                                           "eval_reward_end", "completion_length_start", "completion_length_end")
     model: str  # model reference: the initial policy
     prompts: list[PromptSource]  # data sources; their train split is used
     template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
@@ -243,7 +247,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from transformers import AutoTokenizer
 
     from rewards import registry
-    from stages import _vllm_sync
+    from stages.common import vllm_sync as _vllm_sync
 
     preflight(config)
     reserve_rendezvous_port()
@@ -592,20 +596,13 @@ def logged_steps(path: Path, key: str = "reward") -> list[dict]:
     ``eval_reward``: the held-out measurements), in step order.
 
     A resumed run appends to the file of the interrupted one, and may log again the steps
-    after its last checkpoint: the last line of each step wins. This (not the trainer's
-    in-memory history, which starts at the resume point) gives the whole run's reward at its
-    start and end.
+    after its last checkpoint: the last line of each step wins (``pipeline.store.logged``).
+    This (not the trainer's in-memory history, which starts at the resume point) gives the
+    whole run's reward at its start and end.
     """
-    import json
+    from pipeline import store
 
-    if not path.exists():
-        return []
-    by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if key in entry and "step" in entry:
-            by_step[entry["step"]] = entry
-    return [by_step[k] for k in sorted(by_step)]
+    return [line for line in store.logged(store.read_metrics(path), key) if "step" in line]
 
 
 def _mean(values: list[float | None]) -> float:
@@ -622,3 +619,68 @@ def _slope(steps: list[int], rewards: list[float | None]) -> float:
     if len({s for s, _ in points}) < 2:
         return math.nan
     return statistics.linear_regression([s for s, _ in points], [r for _, r in points]).slope
+
+
+# ---------------------------------------------------------------------------- report hook
+
+
+def _glance(step) -> str | None:
+    """Training reward, held-out reward and mean length, first vs last: the mean of the first
+    and of the last 3 logged steps, as the manifest and the summary give them (one step alone
+    is noise); the held-out reward: its first and last measurement (same prompts each time)."""
+    from pipeline import store
+
+    log, parts = step.log(), []
+    for key, label, digits, span in (("reward", "reward", 3, 3), ("eval_reward", "held-out reward", 3, 1),
+                                     ("completions/mean_length", "mean length (tokens)", 0, 3)):
+        _, ys = store.series(log, key)
+        if ys:
+            first, last = sum(ys[:span]) / len(ys[:span]), sum(ys[-span:]) / len(ys[-span:])
+            what = " (first -> last 3 steps)" if span > 1 and len(ys) > 1 else ""
+            parts.append(f"{label}{what} {first:.{digits}f} -> {last:.{digits}f}")
+    if not parts:
+        return None
+    state = "" if step.done else f", {step.status}"
+    return f"RL `{step.name}` ({len(store.series(log, 'reward')[0])} logged steps{state}): {', '.join(parts)}."
+
+
+def _report_section(doc, steps: list) -> None:
+    """Mean response length over all RL steps, consecutive RL stages end to end."""
+    from matplotlib.figure import Figure
+
+    from pipeline import store
+
+    doc.h(2, "Mean response length over RL steps")
+    started = [s for s in steps if s.status != "not run"]
+    series = [(s, store.series(s.log(), "completions/mean_length")) for s in started]
+    series = [(s, xy) for s, xy in series if xy[0]]
+    if not series:
+        doc.missing("no RL (grpo) step logged `completions/mean_length`" if started else "no RL (grpo) step")
+        return
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    ax = fig.subplots()
+    offset = 0.0
+    for s, (xs, ys) in series:
+        ax.plot([x + offset for x in xs], ys, marker="." if len(xs) < 40 else None, label=s.name)
+        offset += max(xs)
+        ax.axvline(offset, color="#bbb", lw=0.8)
+    ax.set_xlabel("RL step (steps of consecutive RL stages added up)")
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize=8)
+    doc.figure(fig, "response_length.png", "Mean response length (tokens) over RL steps: R1-style RL "
+                                           "typically lengthens the reasoning")
+
+
+REPORT = StageReport(
+    panels=(TRAINER_PANELS[0],
+            Panel("reward (mean of each function)", pattern="rewards/*/mean"),
+            Panel("held-out reward (same prompts each time)", ("eval_reward",), optional=True),  # with eval_prompts
+            Panel("KL to the reference model", ("kl",)),
+            Panel("entropy (nats/token)", ("entropy",)),
+            TRAINER_PANELS[1],
+            Panel("share of zero-std groups", ("frac_reward_zero_std",)),
+            Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
+            Panel("truncated completions", ("completions/clipped_ratio",)),
+            Panel("mean response length (tokens)", ("completions/mean_length",))),
+    glance=_glance, section=_report_section)
+

@@ -28,8 +28,9 @@ CPU-heavy processes share the cores, two OpenMP threads collapse (measured 20-40
 run with ``OMP_NUM_THREADS=1`` then.
 
 Inputs: ``model`` (step name, alias, folder or hub id); ``dataset`` (a step's ``dataset/``
-folder of parquet files, a local ``.parquet``/``.jsonl`` file, or a hub dataset name) with a
-``messages`` column (list of ``{role, content}``; other columns are ignored).
+folder, a local ``.parquet``/``.jsonl`` file or folder, a ``save_to_disk`` folder, or a hub
+dataset name; read by ``data.sft.load_messages``) with a ``messages`` column (list of
+``{role, content}``; other columns are ignored).
 Outputs: ``model/`` (safetensors, tokenizer with the serving chat template, generation config
 stopping at the end-of-turn token); ``checkpoints/`` (trainer state: a rerun resumes from the
 last one); ``metrics.jsonl`` (loss, learning rate, grad norm, tokens per logging step).
@@ -50,21 +51,23 @@ from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
+from data.sft import load_messages
 from pipeline import distributed, precision
 from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
 # trains; shared files are written by the main process (TRL/transformers save on rank 0).
 DISTRIBUTED = True
+REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and learning rate
 
 
 class TrainingFields(StageConfig):
     """The SFT options shared by ``sft`` and ``distill`` (``distill`` trains with this code)."""
 
     dataset: str  # dataset reference with a `messages` column (see the module docstring)
-    dataset_split: str = "train"  # split to read from a hub dataset (local files are read whole)
+    dataset_split: str = "train"  # split to read: of a hub or saved dataset, or of a folder's split-named files
     max_rows: int | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
     max_length: int = 1024  # tokens per conversation (template included)
     overlong: Literal["drop", "truncate"] = "drop"  # conversations over max_length: drop, or keep the start
@@ -106,6 +109,7 @@ class Config(TrainingFields):
 
     kind: Literal["sft"] = "sft"
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
     model: str  # model reference: the model to fine-tune
 
 
@@ -127,46 +131,6 @@ def load_model(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tokenizer
-
-
-def load_messages(ref: str, split: str = "train", max_rows: int | None = None, seed: int = 0):
-    """A ``datasets.Dataset`` with one column, ``messages``, from a resolved dataset reference.
-
-    ``ref``: a folder (every ``*.parquet`` in it, sorted by name; else every ``*.jsonl``), a
-    ``.parquet`` or ``.jsonl`` file, or a hub dataset name (``split`` is read). Local files are
-    read into memory (nothing written to the datasets cache). Messages stored as JSON strings
-    are parsed. ``max_rows``: keep a random sample of that many rows (seeded, in random order),
-    since generated datasets are sorted by source and their first rows are one task only.
-
-    Raises:
-        ValueError: no ``messages`` column, or a folder with no data files.
-    """
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(ref)
-    files = (sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))) if path.is_dir() else [path]
-    if path.is_dir() and not files:
-        raise ValueError(f"{path}: no *.parquet or *.jsonl files")
-    if path.exists():
-        if files[0].suffix == ".parquet":
-            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-            ds = datasets.Dataset(table)
-        else:
-            rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-            ds = datasets.Dataset.from_list(rows)
-    else:  # a hub dataset: each node's main process downloads it, the other ranks then read its cache
-        with distributed.main_first(local=True):
-            ds = datasets.load_dataset(ref, split=split)
-    if "messages" not in ds.column_names:
-        raise ValueError(f"{ref}: no 'messages' column (columns: {', '.join(ds.column_names)})")
-    ds = ds.select_columns(["messages"])
-    if max_rows is not None and max_rows < len(ds):
-        ds = ds.shuffle(seed=seed).select(range(max_rows))
-    if len(ds) and isinstance(ds[0]["messages"], str):
-        ds = ds.map(lambda row: {"messages": json.loads(row["messages"])})
-    return ds
 
 
 _PROBES = [
@@ -384,7 +348,10 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext):
     """
     template = training_template(tokenizer, config.training_template)
     _set_stop_token(model, tokenizer, stop_token_id(tokenizer, template))
-    dataset = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows, config.seed)
+    # A hub dataset: each node's main process downloads it, the other ranks then read its cache.
+    with distributed.main_first(local=True):
+        dataset = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows,
+                                config.seed)
     dataset, stats = _measure(dataset, tokenizer, template, config.max_length, config.overlong)
     if stats["rows"] == 0:
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")

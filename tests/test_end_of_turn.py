@@ -172,7 +172,7 @@ def test_stop_ids_put_the_end_of_turn_before_the_eos(tokenizer, tiny_model):
 
 
 def _sampling(backend: str, **extra):
-    from stages._sampling import SamplingConfig
+    from stages.common.sampling import SamplingConfig
 
     return SamplingConfig(backend=backend, num_samples=3, temperature=1.0, top_p=1.0, max_tokens=MAX_TOKENS,
                           max_model_len=256, dtype="float32", **extra)
@@ -188,7 +188,7 @@ def _assert_each_completion_is_one_end_of_turn(completions):
 
 
 def test_hf_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     with Sampler(str(ends_turn_at_once), _sampling("hf"), seed=0) as sampler:
         _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
@@ -197,7 +197,7 @@ def test_hf_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
 @pytest.mark.slow
 def test_vllm_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
     pytest.importorskip("vllm")
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     with Sampler(str(ends_turn_at_once), _sampling("vllm"), seed=0) as sampler:
         _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
@@ -213,7 +213,7 @@ def test_server_sampler_stops_at_the_end_of_turn(ends_turn_at_once, tmp_path):
     import time
     import urllib.request
 
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
     from tests.test_vllm_server import _free_port, _server_env, server_command
 
     port = _free_port()

@@ -2,7 +2,7 @@
 
 Three layers, cheapest first:
 
-- the filter functions of ``stages._filters`` on constructed samples (one row per rule);
+- the filter functions of ``stages.common.filters`` on constructed samples (one row per rule);
 - the whole stage with a scripted sampler (no model): a prompt set with known duplicates,
   mixed-language reasoning, a contaminated prompt and mixed-in data, checking that each is
   removed and counted in the card, and that the funnel adds up;
@@ -23,8 +23,9 @@ from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
 from stages import generate
-from stages._filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
-                             longest_paragraph_chars, near_duplicate_flags, pass_rate, verdicts)
+from data.dedupe import near_duplicate_flags
+from stages.common.filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
+                                   longest_paragraph_chars, pass_rate, verdicts)
 
 GOOD = "<think>\nI add 2 and 3. Two plus three gives five, so the sum is five.\n</think>\n<answer>5</answer>"
 OK = {"accuracy": 1.0, "format": 1.0}
@@ -198,7 +199,7 @@ class ScriptedSampler:
         self.tokenizer = _Tokenizer()
 
     def sample(self, prompts, ids):
-        from stages._sampling import Completion
+        from stages.common.sampling import Completion
 
         self.asked += ids
         out = []
@@ -365,7 +366,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def shared_engine(tiny_model):
     """One vLLM engine for every run of this module (starting one costs ~25 s)."""
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     cfg = parse_stage_config({**TINY, "model": str(tiny_model)}, "tiny.yaml")
     with Sampler(str(tiny_model), cfg.sampling, seed=cfg.seed) as sampler:
@@ -432,7 +433,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(shared_engine, tmp_path, monk
 def test_filter_docstring_examples():
     import doctest
 
-    import stages._filters
+    import stages.common.filters
 
-    result = doctest.testmod(stages._filters)
+    result = doctest.testmod(stages.common.filters)
     assert result.attempted >= 7 and result.failed == 0

@@ -73,7 +73,7 @@ def test_this_machine_is_detected_consistently_with_torch():
 def test_stage_configs_default_to_auto_and_refuse_the_old_bf16_key():
     from pipeline.config import ConfigError, parse
     from stages import grpo, sft
-    from stages._sampling import SamplingConfig
+    from stages.common.sampling import SamplingConfig
 
     assert sft.Config(model="m", dataset="d").dtype == "auto"
     g = grpo.Config(model="m", prompts=[], rewards=[{"name": "format"}])

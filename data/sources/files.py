@@ -64,13 +64,15 @@ class FileSource(SourceConfig):
             question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field,
             answer_regex=self.answer_regex,
         )
-        records = _read_jsonl(self.path) if self.path.suffix == ".jsonl" else _read_parquet(self.path)
+        records = read_jsonl(self.path) if self.path.suffix == ".jsonl" else read_parquet(self.path)
         loaded = records_to_rows(records, mapping, template=template, on_bad_row=self.on_bad_row, split=split)
         loaded.rows = limit_per_split(loaded.rows, self.limit)
         return loaded
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each non-blank line (numbers from 1, blank lines counted); a
+    line that is not JSON gives a ``BadRowError`` in place of its record."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -81,8 +83,16 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, BadRowError(str(path), number, None, f"invalid JSON ({error})")
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(row number, record)`` of each row (numbers from 1).
+
+    Raises:
+        ValueError: the file is not readable parquet (names it).
+    """
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
-
+    try:
+        table = pq.ParquetFile(path).read()  # read_table imports pyarrow.dataset (~1 s)
+    except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+    yield from enumerate(table.to_pylist(), start=1)
