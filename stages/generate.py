@@ -19,6 +19,16 @@ Resume: prompts are processed in shards written to ``shards/``; a rerun samples 
 missing shards, and per-prompt seeds make the result identical to an uninterrupted run.
 Filters run once over all shards at the end, so their counts never depend on interruptions.
 
+A third use, ``output: prompts``, measures **pass rates** instead of writing SFT data: the
+starting policy samples each candidate prompt k times and ``dataset/`` holds the prompt rows
+themselves (the prompt-row schema of ``data.schema``) with ``pass_rate`` (share of the judged
+samples whose ``accuracy`` is 1.0; None when no sample could be judged), ``pass_samples``
+(judged samples), ``mean_tokens`` and ``truncated_rate``. GRPO reads it as a prompt pool with a
+pass-rate band and an optional easy-to-hard order (``prompt_pool`` in ``stages/grpo.py``): the
+prompts a policy always or never solves give all-equal groups, which carry no GRPO signal
+(DAPO, section 3.2; open-r1 keeps 0.1 < p < 0.6 for its DAPO data). The filters and ``mix`` do
+not apply in this mode.
+
 Launch: ``r1 generate configs/generate/smollm2-135m/rejection_sampling.yaml --run r1-demo``
 """
 
@@ -83,8 +93,12 @@ class Config(StageConfig):
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
     outputs: ClassVar[dict[str, str]] = {"dataset": "dataset", "samples": "samples.parquet"}
     training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # its samples become SFT data
-    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate")
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate",
+                                           "mean_pass_rate")
     model: str
+    # sft: filtered samples as SFT rows (cold start, rejection sampling); prompts: the prompt rows
+    # with each one's pass rate over its samples (a prompt pool for GRPO; module docstring)
+    output: Literal["sft", "prompts"] = "sft"
     prompts: list[PromptSource]
     split: Literal["train", "test"] = "train"
     few_shot: list[FewShot] = []
@@ -107,6 +121,12 @@ class Config(StageConfig):
             raise ValueError(f"mix shares add up to {total}; they must leave room for the sampled rows (< 1)")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.output == "prompts":
+            if "accuracy" not in self.rewards:
+                raise ValueError("output: prompts measures pass rates with the `accuracy` reward; add it to rewards")
+            if self.mix or self.few_shot:
+                raise ValueError("output: prompts writes the prompts with their pass rates: mix and few_shot do "
+                                 "not apply (the pass rate is the policy's own, on the bare prompt)")
         return self
 
 
@@ -359,6 +379,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     rows = [dict(r) for r in prompts]
 
     records = _sample_all(config, model_path, rows, ctx.work_dir / "shards", ctx)
+    if config.output == "prompts":
+        return _write_prompt_pool(config, rows, records, loaded, removed_ids, ctx)
     verdict_list = verdicts([_sample_view(r) for r in records], config.filters)
     kept = [{k: r[k] for k in SFT_COLUMNS} for r, v in zip(records, verdict_list) if v is None]
     mixed, mix_report = _mix_rows(config, ctx, len(kept), eval_set)
@@ -384,6 +406,99 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                       summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
                               + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
                       precision=sampling_precision(config.sampling))
+
+
+# ----------------------------------------------------------------------------- output: prompts
+
+POOL_COLUMNS = ("pass_rate", "pass_samples", "mean_tokens", "truncated_rate")
+PASS_RATE_BINS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+
+
+def pass_rate_histogram(rates: list[float | None]) -> dict[str, int]:
+    """Counts of prompts per pass-rate bin: ``"0"`` (never solved), ``"(a, b]"`` bins of
+    :data:`PASS_RATE_BINS`, ``"1"`` (always solved), ``"unjudged"``.
+
+    >>> pass_rate_histogram([0.0, 0.05, 0.5, 1.0, None])
+    {'0': 1, '(0, 0.1]': 1, '(0.1, 0.3]': 0, '(0.3, 0.5]': 1, '(0.5, 0.7]': 0, '(0.7, 0.9]': 0, '(0.9, 1)': 0, '1': 1, 'unjudged': 1}
+    """
+    bins = list(zip(PASS_RATE_BINS[:-1], PASS_RATE_BINS[1:]))
+    out = {"0": 0, **{f"({a:g}, {b:g}{')' if b == 1.0 else ']'}": 0 for a, b in bins}, "1": 0, "unjudged": 0}
+    for r in rates:
+        if r is None:
+            out["unjudged"] += 1
+        elif r <= 0.0:
+            out["0"] += 1
+        elif r >= 1.0:
+            out["1"] += 1
+        else:
+            a, b = next((a, b) for a, b in bins if a < r <= b)
+            out[f"({a:g}, {b:g}{')' if b == 1.0 else ']'}"] += 1
+    return out
+
+
+def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loaded: int, removed_ids: list[str],
+                       ctx: StepContext) -> StepResult:
+    """``dataset/`` = the prompt rows with their pass rates (module docstring), a card, samples."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.schema import PROMPT_COLUMNS
+    from stages.common.sampling import sampling_precision
+
+    by_prompt: dict[str, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    pool = []
+    for row in rows:
+        samples = by_prompt.get(row["id"], [])
+        acc = [json.loads(s["rewards"]).get("accuracy") for s in samples]
+        judged = [a for a in acc if a is not None]
+        metas = [json.loads(s["meta"]) for s in samples]
+        pool.append({**{k: row[k] for k in PROMPT_COLUMNS},
+                     "pass_rate": sum(a == 1.0 for a in judged) / len(judged) if judged else None,
+                     "pass_samples": len(judged),
+                     "mean_tokens": sum(m["num_tokens"] for m in metas) / len(metas) if metas else 0.0,
+                     "truncated_rate": sum(m["truncated"] for m in metas) / len(metas) if metas else 0.0})
+    out = ctx.work_dir / "dataset"
+    out.mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(pool), out / "data.parquet")
+    pq.write_table(pa.Table.from_pylist(records), ctx.work_dir / "samples.parquet")
+    rates = [p["pass_rate"] for p in pool]
+    judged = [r for r in rates if r is not None]
+    per_source = {src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
+                  for src in sorted({p["data_source"] for p in pool})}
+    card = {"output": "prompts", "source_model": cfg.model,
+            "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
+            "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows)},
+            "sampled": len(records), "histogram": pass_rate_histogram(rates), "per_source": per_source}
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    (out / "README.md").write_text(_render_pool_card(card))
+    informative = sum(0.0 < r < 1.0 for r in judged)
+    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids), "sampled": len(records),
+              "rows": len(pool), "prompts_never_solved": card["histogram"]["0"],
+              "prompts_always_solved": card["histogram"]["1"], "prompts_unjudged": card["histogram"]["unjudged"]}
+    metrics = {"mean_pass_rate": sum(judged) / len(judged) if judged else float("nan"),
+               "share_informative": informative / len(judged) if judged else float("nan")}
+    return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
+                      summary=f"pass rates of {len(rows)} prompts over {cfg.sampling.num_samples} samples: mean "
+                              f"{metrics['mean_pass_rate']:.3f}, {informative} of {len(judged)} neither always nor "
+                              "never solved", precision=sampling_precision(cfg.sampling))
+
+
+def _render_pool_card(card: dict) -> str:
+    s = card["sampling"]
+    lines = ["# Prompt pool with pass rates (generate stage, output: prompts)", "",
+             f"Pass rate = share of a prompt's judged samples that are correct (`accuracy` 1.0), over "
+             f"{s['num_samples']} samples of `{card['source_model']}` (temperature {s['temperature']}, top-p "
+             f"{s['top_p']}, at most {s['max_tokens']} new tokens, seed {s['seed']}).", "",
+             f"{card['prompts']['sampled']} prompts ({card['prompts']['decontaminated']} removed by decontamination).",
+             "", "| data_source | " + " | ".join(card["histogram"]) + " |",
+             "|---|" + "---:|" * len(card["histogram"])]
+    for src, hist in [("all", card["histogram"]), *card["per_source"].items()]:
+        lines.append(f"| {src} | " + " | ".join(str(v) for v in hist.values()) + " |")
+    lines += ["", "Columns: the prompt-row schema (`data.schema`) plus pass_rate, pass_samples, mean_tokens, "
+              "truncated_rate. GRPO reads it with `prompt_pool: <step>` and `pass_rate_band`.", ""]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- report

@@ -437,3 +437,51 @@ def test_filter_docstring_examples():
 
     result = doctest.testmod(stages.common.filters)
     assert result.attempted >= 7 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- output: prompts (pass rates)
+
+
+def test_prompt_pool_records_each_prompts_pass_rate(tmp_path, monkeypatch):
+    """`output: prompts` writes the prompt rows with pass rates over their samples: q/add is
+    right in the samples that answer 5, q/sub in 2 of 2, q/mul in 1 of 2, and q/apples cannot be
+    judged (its gold does not parse)."""
+    train = [{"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
+             {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
+             {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
+             {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"}]
+    cfg = parse_stage_config({
+        "kind": "generate", "model": "scripted", "output": "prompts",
+        "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
+        "sampling": {"num_samples": 9}, "shard_size": 3}, "pool.yaml")
+    monkeypatch.setattr(generate, "open_sampler", lambda *a, **k: ScriptedSampler(SCRIPT))
+    work = tmp_path / "step"
+    work.mkdir()
+    result = generate.run(cfg, StepContext(run="t", step="pool", run_dir=tmp_path, work_dir=work,
+                                           resolver=_NoModelResolver(tmp_path)))
+    pool = pd.read_parquet(work / "dataset" / "data.parquet").set_index("id")
+    correct_add = sum(t.endswith("<answer>5</answer>") for t, _ in SCRIPT["What is 2 + 3?"])
+    assert pool.loc["q/add", "pass_rate"] == pytest.approx(correct_add / 9)
+    assert pool.loc["q/sub", "pass_rate"] == 1.0 and pool.loc["q/mul", "pass_rate"] == 0.5
+    assert pd.isna(pool.loc["q/apples", "pass_rate"]) and pool.loc["q/apples", "pass_samples"] == 0
+    assert pool.loc["q/mul", "pass_samples"] == 2
+    # the prompt-row schema survives, so GRPO can read the pool as prompts
+    from data.schema import PROMPT_COLUMNS, validate_prompt_row
+
+    for row in pd.read_parquet(work / "dataset" / "data.parquet").to_dict("records"):
+        validate_prompt_row({k: (list(v) if k == "prompt" else v) for k, v in row.items() if k in PROMPT_COLUMNS})
+    card = json.loads((work / "dataset" / "card.json").read_text())
+    assert card["histogram"]["1"] == 1 and card["histogram"]["unjudged"] == 1
+    assert result.counts["prompts_always_solved"] == 1 and result.counts["rows"] == 4
+    assert result.metrics["mean_pass_rate"] == pytest.approx((correct_add / 9 + 1.0 + 0.5) / 3)
+    assert "pass_rate" in (work / "dataset" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"rewards": ["format"], "filters": {"require_correct": False}}, "accuracy"),
+    ({"few_shot": [{"question": "q", "response": "r"}]}, "few_shot"),
+])
+def test_prompt_pool_refuses_what_does_not_apply(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_stage_config({"kind": "generate", "model": "m", "output": "prompts",
+                            "prompts": [{"source": "humaneval"}], **extra}, "pool.yaml")
