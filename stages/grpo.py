@@ -49,7 +49,7 @@ mean/std, KL, entropy, completion lengths, clip ratios, ``frac_reward_zero_std``
 None/timeout counters, seconds per step and where they went: ``timing_s/<phase>`` for data,
 weight_sync, generation, reward, old_logprobs, ref_logprobs, advantages, forward, backward,
 optimizer, eval, save and other, summed in the manifest's ``metrics.timing_s``; see
-``pipeline.trainer``).
+``pipeline.trainer`` and ``pipeline.timing``).
 
 Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
@@ -71,6 +71,7 @@ from pydantic import PositiveInt, model_validator
 from data import PromptSource
 from data.prompts import Template
 from pipeline import distributed, precision
+from pipeline import timing
 from pipeline import trainer as scaffold
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
@@ -247,7 +248,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     dataset, dropped = load_prompt_rows(config, tokenizer)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
-    timer = scaffold.PhaseTimer()
+    timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
@@ -511,14 +512,14 @@ def install_rl_phase_timers(trainer: Any, timer: Any) -> None:
     ``forward``) and ``advantages`` (the rest of ``_generate_and_score_completions``).
 
     Raises:
-        AttributeError: a method is missing (another TRL release; see ``pipeline.trainer.time_calls``).
+        AttributeError: a method is missing (another TRL release; see ``pipeline.timing.time_calls``).
     """
     import torch
 
     if getattr(trainer, "vllm_generation", None) is not None:
-        scaffold.time_calls(trainer.vllm_generation, "sync_weights", timer, "weight_sync", escape=True)
-    scaffold.time_calls(trainer, "_generate", timer, "generation")
-    scaffold.time_calls(trainer, "_calculate_rewards", timer, "reward")
+        timing.time_calls(trainer.vllm_generation, "sync_weights", timer, "weight_sync", escape=True)
+    timing.time_calls(trainer, "_generate", timer, "generation")
+    timing.time_calls(trainer, "_calculate_rewards", timer, "reward")
     reference = getattr(trainer, "ref_model", None)
 
     def logprobs_phase(model, *args, **kwargs) -> str:
@@ -526,9 +527,9 @@ def install_rl_phase_timers(trainer: Any, timer: Any) -> None:
             return "forward"
         return "ref_logprobs" if reference is not None and model is reference else "old_logprobs"
 
-    scaffold.time_calls(trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase,
+    timing.time_calls(trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase,
                         phases=("old_logprobs", "ref_logprobs"))
-    scaffold.time_calls(trainer, "_generate_and_score_completions", timer, "advantages")
+    timing.time_calls(trainer, "_generate_and_score_completions", timer, "advantages")
 
 
 def reward_counters(reward_funcs: list) -> dict[str, Any]:
@@ -548,9 +549,9 @@ def reward_counters(reward_funcs: list) -> dict[str, Any]:
 def logged_steps(path: Path, key: str = "reward") -> list[dict]:
     """The lines of ``metrics.jsonl`` that hold ``key`` (``reward``: one per optimizer step;
     ``eval_reward``: the held-out measurements), in step order, the last line of a step winning
-    (``pipeline.trainer.logged_steps``). The whole run's reward at its start and end comes from
+    (``pipeline.timing.logged_steps``). The whole run's reward at its start and end comes from
     here, not from the trainer's in-memory history, which starts at the resume point."""
-    return scaffold.logged_steps(path, key)
+    return timing.logged_steps(path, key)
 
 
 def _mean(values: list[float | None]) -> float:

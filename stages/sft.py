@@ -51,8 +51,9 @@ from typing import ClassVar, Literal
 from pydantic import PositiveInt
 
 from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint  # noqa: F401  (sft.last_checkpoint)
-from pipeline.trainer import (EpochTrainerOptions, PhaseTimer, install_phase_timers, metrics_callback, resume_point,
-                              save_final, trainer_arguments, training_precision)
+from pipeline.timing import PhaseTimer
+from pipeline.trainer import (EpochTrainerOptions, install_phase_timers, metrics_callback, resume_point, save_final,
+                              trainer_arguments, training_precision)
 from pipeline.trainer import train as run_trainer
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"

@@ -112,7 +112,7 @@ def test_sft_resumes_from_the_last_checkpoint(tiny_model, sft_dataset, tmp_path)
 
 
 def test_sft_logs_where_each_step_went_across_a_resume(tiny_model, sft_dataset, tmp_path):
-    from pipeline.trainer import read_step_timings
+    from pipeline.timing import read_step_timings
 
     config = sft.Config(model=str(tiny_model), dataset=str(sft_dataset), max_steps=4, save_steps=2, **FAST)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -131,8 +131,8 @@ def test_sft_logs_where_each_step_went_across_a_resume(tiny_model, sft_dataset, 
     wall = steps[4]["time"] - steps[3]["time"]
     named = sum(v for k, v in steps[4].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
                                                                                            "timing_s/step"))
-    assert steps[4]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.01)
-    assert 0.95 * wall <= named <= wall + 0.01, (named, wall)  # the timed phases are nearly all of the step
+    assert steps[4]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
+    assert 0.95 * wall <= named <= wall + 0.05, (named, wall)  # the timed phases are nearly all of the step
     # The manifest: the resumed train() call, its setup (loading checkpoint-2) and checkpoint-4 included.
     timing = result.metrics["timing_s"]
     assert list(timing) == ["setup", "data", "forward", "backward", "optimizer", "save", "other"]

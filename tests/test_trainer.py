@@ -1,4 +1,4 @@
-"""pipeline.trainer: the options, arguments, phase timers and timing reader every trainer stage shares.
+"""pipeline.trainer and pipeline.timing: the options, arguments, phase timers and timing reader of every trainer stage.
 
 The trainers themselves run in tests/test_sft.py, test_grpo.py and test_distill.py (timings of
 real steps are checked there); here, the pieces on their own, with a fake clock where time matters.
@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import trainer
 from pipeline.config import ConfigError, parse
-from pipeline.trainer import PhaseTimer, StepTiming, mean_step_timing, read_step_timings, time_calls
+from pipeline.timing import PhaseTimer, StepTiming, mean_step_timing, read_step_timings, time_calls
 from stages import distill, grpo, sft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +142,6 @@ def test_sft_and_grpo_set_the_shared_trainer_arguments_the_same_way(tmp_path):
 
 
 def test_the_scaffolding_never_imports_stages():
-    code = ("import sys, pipeline.trainer; "
+    code = ("import sys, pipeline.trainer, pipeline.timing; "
             "assert not [m for m in sys.modules if m == 'stages' or m.startswith('stages.')], 'stages imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
