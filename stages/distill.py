@@ -43,7 +43,8 @@ REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and
 
 
 class Config(TrainingFields):
-    """Config of the distill stage (training options: see ``stages.sft.TrainingFields``)."""
+    """Config of the distill stage (training options: ``stages.sft.TrainingFields``, whose trainer
+    options are ``pipeline.trainer.EpochTrainerOptions``)."""
 
     kind: Literal["distill"] = "distill"
     input_fields: ClassVar[dict[str, str]] = {"teacher": "model", "dataset": "dataset", "student": "model"}

@@ -50,7 +50,10 @@ gathers at save time, i.e. **bf16** with ``dtype`` resolving to bfloat16 (fp16 w
 float32 master weights are then only in the optimizer state of ``checkpoints/``.
 Also: ``checkpoints/`` (a rerun resumes from the last one); ``metrics.jsonl`` (one line per
 logged step: reward and each reward function's mean/std, KL, entropy, completion lengths, clip
-ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step).
+ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step and where they
+went: ``timing_s/<phase>`` for data, weight_sync, generation, reward, old_logprobs,
+ref_logprobs, advantages, forward, backward, optimizer, evaluation, save and other, summed in the
+manifest's ``metrics.timing_s``; see ``pipeline.trainer`` and ``pipeline.timing``).
 
 Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
@@ -64,7 +67,6 @@ import contextlib
 import gc
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -72,10 +74,12 @@ from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline import distributed, precision, templates
+from pipeline import distributed, precision, templates, timing
+from pipeline import trainer as scaffold
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
-from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
+from pipeline.trainer import SchedulerType, TrainerOptions
 
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,7 @@ class RewardSpec(StrictModel):
     params: dict[str, Any] = {}
 
 
-class Config(StageConfig):
+class Config(TrainerOptions, StageConfig):
     """Config of the grpo stage. Batch arithmetic: one optimizer step uses
     ``per_device_train_batch_size * gradient_accumulation_steps * devices`` completions, that is
     that number / ``num_generations`` prompts, all sampled in one generation call."""
@@ -134,20 +138,15 @@ class Config(StageConfig):
     top_p: float = 1.0
     max_prompt_length: PositiveInt = 512  # tokens, chat template included; longer prompts are dropped
     max_completion_length: PositiveInt = 256  # tokens generated per completion
-    # optimisation
-    learning_rate: float = 1e-6  # peak AdamW learning rate
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
-    warmup_ratio: float = 0.05  # fraction of max_steps warming up linearly from 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
-    per_device_train_batch_size: int = 8  # completions per forward/backward pass
-    gradient_accumulation_steps: int = 4  # passes per optimizer step
-    max_steps: PositiveInt = 40  # optimizer steps
-    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
-    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
-    dtype: DtypeChoice = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
-    seed: int = 0  # data order, sampling, dropout
+    # Trainer options (batch, schedule, precision, checkpoints) are pipeline.trainer.TrainerOptions,
+    # documented there; RL defaults here.
+    learning_rate: float = 1e-6
+    lr_scheduler_type: SchedulerType = "constant_with_warmup"
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: PositiveInt = 4
+    max_steps: PositiveInt = 40
+    logging_steps: PositiveInt = 1
+    save_steps: PositiveInt = 10
     # Intra-op CPU threads for training and the colocated engine; None = torch's default (every
     # core). On a machine shared with other jobs, 1 is several times faster: OpenMP threads
     # spin-wait for each other whenever one of them is descheduled.
@@ -164,10 +163,6 @@ class Config(StageConfig):
     # float32 + autocast). Costs one extra forward pass over every rollout per step (~20% of a
     # CPU step); off = treat the rollouts as exactly on-policy.
     vllm_importance_sampling_correction: bool = True
-    # logging and checkpoints
-    logging_steps: PositiveInt = 1  # optimizer steps between metrics lines
-    save_steps: PositiveInt = 10  # optimizer steps between checkpoints (resume granularity)
-    save_total_limit: int = 2  # checkpoints kept
 
     @model_validator(mode="after")
     def _check(self):
@@ -260,15 +255,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     dataset, dropped = load_prompt_rows(config, tokenizer)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
-    callback = metrics_callback(ctx, reward_funcs)
+    timer = timing.PhaseTimer()
+    callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
     on_cpu = engine and _vllm_sync.on_cpu_platform()
-    chosen = {"training": precision.resolve(config.dtype, what="training")}
+    chosen = {"training": scaffold.training_precision(config)}
     if engine:
         chosen["rollouts"] = precision.resolve(config.vllm_dtype, what="rollouts")
-    for role, p in chosen.items():
-        precision.announce(p, role)
+        precision.announce(chosen["rollouts"], "rollouts")
     options = _vllm_sync.engine_options(
         cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
         dtype=chosen["rollouts"].dtype if engine else None,
@@ -282,19 +277,14 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
     templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
-    resume = last_checkpoint(ctx.checkpoints)
-    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
+    resume = scaffold.resume_point(ctx.checkpoints)
     try:
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
-        started = time.time()
-        trainer.train(resume_from_checkpoint=resume)
-        wall = time.time() - started
-        out_dir = ctx.work_dir / "model"
-        trainer.save_model(str(out_dir))  # weights, config, generation config
-        if trainer.accelerator.is_main_process:
-            tokenizer.save_pretrained(out_dir)  # the model's own chat template, for serving
-        distributed.write_weights_digest(ctx.work_dir, trainer)  # several processes: each rank's final weights
+        scaffold.install_phase_timers(trainer, timer)
+        install_rl_phase_timers(trainer, timer)
+        outcome = scaffold.train(trainer, resume, timer)
+        scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
         steps = trainer.state.global_step
         processes = trainer.accelerator.num_processes
     finally:
@@ -307,8 +297,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     evals = logged_steps(ctx.work_dir / "metrics.jsonl", key="eval_reward")
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
     counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
-              "resumed_from_step": resumed_from, "processes": processes,
-              "completions": (steps - resumed_from) * prompts_per_step * config.num_generations}
+              "resumed_from_step": resume.step, "processes": processes,
+              "completions": (steps - resume.step) * prompts_per_step * config.num_generations}
+    wall = outcome.wall_s
     metrics = {
         "reward_start": _mean([e["reward"] for e in logged[:3]]),
         "reward_end": _mean([e["reward"] for e in logged[-3:]]),
@@ -318,7 +309,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "train_wall_s": round(wall, 1),
         **({"eval_reward_start": evals[0]["eval_reward"], "eval_reward_end": evals[-1]["eval_reward"],
             "eval_reward_first_step": evals[0]["step"], "eval_reward_last_step": evals[-1]["step"]} if evals else {}),
-        "seconds_per_step": round(wall / (steps - resumed_from), 2) if steps > resumed_from else math.nan,
+        "seconds_per_step": round(wall / (steps - resume.step), 2) if steps > resume.step else math.nan,
+        "timing_s": outcome.timing_s,
     }
     summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
@@ -460,16 +452,14 @@ def _trainer_class():
 
 
 def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None):
-    """TRL ``GRPOConfig`` from our config; every option that changes results is set here.
-    ``eval_prompts``: the number of held-out prompts (0: no held-out reward curve). ``dtype``:
-    the resolved autocast dtype (default: ``config.dtype`` resolved on this machine)."""
-    import torch
+    """TRL ``GRPOConfig`` from our config; every option that changes results is set here (the ones
+    every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``eval_prompts``: the
+    number of held-out prompts (0: no held-out reward curve). ``dtype``: the resolved autocast
+    dtype (default: ``config.dtype`` resolved on this machine)."""
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available()
-    dtype = dtype or precision.resolve(config.dtype).dtype
     return GRPOConfig(
-        output_dir=str(output_dir),
+        **scaffold.trainer_arguments(config, output_dir, dtype),
         # policy and data
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function
@@ -510,85 +500,60 @@ def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtyp
         vllm_importance_sampling_correction=config.vllm_importance_sampling_correction,
         vllm_importance_sampling_mode="sequence_mask",
         vllm_importance_sampling_clip_max=3.0,
-        # optimisation
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
+        # optimizer
         optim="adamw_torch",
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_steps=config.max_steps,
-        # precision and device
-        bf16=dtype == "bfloat16",
-        fp16=dtype == "float16",
-        use_cpu=not cuda,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
-        # parameter search (transformers turns it on by default: an extra graph walk per step).
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=cuda,
-        seed=config.seed,
-        data_seed=config.seed,
-        # logging and checkpoints
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
+        # logging and held-out evaluation
         log_completions=False,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        save_only_model=False,  # optimizer, scheduler and RNG state: a resume continues exactly
         eval_strategy="steps" if eval_prompts else "no",
         eval_steps=config.eval_steps,
         eval_on_start=bool(eval_prompts),  # the curve's first point: the policy before any update
         num_generations_eval=config.eval_num_generations,
         # One batch per evaluation up to 32 prompts: one generation call samples them all.
         per_device_eval_batch_size=config.eval_num_generations * max(1, min(eval_prompts, 32)),
-        report_to="none",
-        disable_tqdm=False,  # progress bar with ETA
     )
 
 
-def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
-    """A ``TrainerCallback`` that keeps every trainer log line (``.history``) and appends it to
-    ``ctx.log_metrics``, adding ``seconds_per_step`` (wall) and ``cpu_seconds_per_step`` since
-    the previous line, and each reward's cumulative counters (``reward_stats/<name>/none_count``,
-    ``timeout_count``, ...) when the reward keeps ``fn.stats``."""
-    from transformers import TrainerCallback
+def install_rl_phase_timers(trainer: Any, timer: Any) -> None:
+    """Time GRPO's own phases on top of ``pipeline.trainer.install_phase_timers`` (TRL 1.16
+    ``GRPOTrainer`` methods): ``weight_sync`` (``vllm_generation.sync_weights``, counted as
+    itself even inside a held-out evaluation), ``generation`` (``_generate``), ``reward``
+    (``_calculate_rewards``), ``old_logprobs`` / ``ref_logprobs`` (``_get_per_token_logps_and_entropies``
+    without gradients, of the policy / of the reference model; with gradients it is the loss's
+    ``forward``) and ``advantages`` (the rest of ``_generate_and_score_completions``).
 
-    class MetricsCallback(TrainerCallback):
-        def __init__(self):
-            self.history: list[dict] = []
-            self._last = (time.time(), time.process_time(), 0)
+    Raises:
+        AttributeError: a method is missing (another TRL release; see ``pipeline.timing.time_calls``).
+    """
+    import torch
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._last = (time.time(), time.process_time(), state.global_step)
+    if getattr(trainer, "vllm_generation", None) is not None:
+        timing.time_calls(trainer.vllm_generation, "sync_weights", timer, "weight_sync", escape=True)
+    timing.time_calls(trainer, "_generate", timer, "generation")
+    timing.time_calls(trainer, "_calculate_rewards", timer, "reward")
+    reference = getattr(trainer, "ref_model", None)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs:
-                return
-            record = {"step": state.global_step, **logs}
-            now, cpu, step = time.time(), time.process_time(), state.global_step
-            if "reward" in logs and step > self._last[2]:
-                steps = step - self._last[2]
-                record["seconds_per_step"] = round((now - self._last[0]) / steps, 2)
-                # CPU seconds of this process (all threads): far below wall x threads means
-                # the machine is shared with other work.
-                record["cpu_seconds_per_step"] = round((cpu - self._last[1]) / steps, 2)
-                self._last = (now, cpu, step)
-            for fn in reward_funcs:
-                stats = getattr(fn, "stats", None)
-                if hasattr(stats, "as_dict"):
-                    stats = stats.as_dict()
-                if isinstance(stats, dict):
-                    name = getattr(fn, "__name__", type(fn).__name__)
-                    record.update({f"reward_stats/{name}/{k}": v for k, v in stats.items()})
-            self.history.append(record)
-            if state.is_world_process_zero:
-                ctx.log_metrics(record)
+    def logprobs_phase(model, *args, **kwargs) -> str:
+        if torch.is_grad_enabled():
+            return "forward"
+        return "ref_logprobs" if reference is not None and model is reference else "old_logprobs"
 
-    return MetricsCallback()
+    timing.time_calls(trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase,
+                        phases=("old_logprobs", "ref_logprobs"))
+    timing.time_calls(trainer, "_generate_and_score_completions", timer, "advantages")
+
+
+def reward_counters(reward_funcs: list) -> dict[str, Any]:
+    """Each reward's cumulative counters (``reward_stats/<name>/none_count``, ``timeout_count``,
+    ...) for the rewards that keep ``fn.stats``; added to every metrics line."""
+    out: dict[str, Any] = {}
+    for fn in reward_funcs:
+        stats = getattr(fn, "stats", None)
+        if hasattr(stats, "as_dict"):
+            stats = stats.as_dict()
+        if isinstance(stats, dict):
+            name = getattr(fn, "__name__", type(fn).__name__)
+            out.update({f"reward_stats/{name}/{k}": v for k, v in stats.items()})
+    return out
 
 
 def logged_steps(path: Path, key: str = "reward") -> list[dict]:

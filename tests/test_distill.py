@@ -14,7 +14,7 @@ from pipeline.runner import Resolver
 from pipeline.stage import StepContext
 from stages import distill
 
-FAST = dict(batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1)
+FAST = dict(per_device_train_batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1)
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,41 @@ def test_metrics_have_every_reward_and_trl_diagnostics(vllm_run):
     assert result.metrics["completion_length_end"] > 0
 
 
+# Every phase this run goes through (beta = 0: no reference model, so no ref_logprobs pass).
+RL_PHASES = ("data", "weight_sync", "generation", "reward", "old_logprobs", "advantages", "forward", "backward",
+             "optimizer", "evaluation")
+
+
+def test_every_step_logs_where_its_time_went(vllm_run):
+    from pipeline.timing import read_step_timings
+
+    ctx, result = vllm_run
+    lines = _metrics(ctx.work_dir)
+    steps = [m for m in lines if "reward" in m]
+    for m in steps:
+        for phase in RL_PHASES:  # eval (and the weight sync before it) runs before step 1 and after each step
+            assert m[f"timing_s/{phase}"] > 0, (m["step"], phase)
+        assert m["timing_s/ref_logprobs"] == 0
+    # checkpoint-1 is written after step 1's line: in step 2's
+    assert steps[0]["timing_s/save"] == 0 and steps[1]["timing_s/save"] > 0
+    # Step 2's wall time by another clock: between the two step lines (the `time` each was written at).
+    wall = steps[1]["time"] - steps[0]["time"]
+    named = sum(v for k, v in steps[1].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
+                                                                                           "timing_s/step"))
+    assert steps[1]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
+    assert 0.95 * wall <= named <= wall + 0.05, (named, wall)  # the timed phases are nearly all of the step
+    assert named + steps[1]["timing_s/other"] == pytest.approx(steps[1]["timing_s/step"], abs=2e-3)
+    # The manifest sums the whole train() call, the evaluation and checkpoint after the last step included.
+    timing = result.metrics["timing_s"]
+    assert sum(timing.values()) == pytest.approx(result.metrics["train_wall_s"], abs=0.1)
+    assert timing["evaluation"] > sum(m["timing_s/evaluation"] for m in steps) and timing["save"] > steps[1]["timing_s/save"]
+    assert timing["other"] < 0.05 * result.metrics["train_wall_s"]
+    phases, per_step = read_step_timings(ctx.work_dir / "metrics.jsonl")
+    assert phases == ["data", "weight_sync", "generation", "reward", "old_logprobs", "ref_logprobs", "advantages",
+                      "forward", "backward", "optimizer", "evaluation", "save", "other"]
+    assert [(s.step, s.step_s) for s in per_step] == [(m["step"], m["timing_s/step"]) for m in steps]
+
+
 def test_held_out_reward_is_measured_before_training_and_every_eval_steps(vllm_run):
     ctx, result = vllm_run
     evals = [m for m in _metrics(ctx.work_dir) if "eval_reward" in m]

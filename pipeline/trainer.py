@@ -1,0 +1,325 @@
+"""What every trainer stage shares: its options, TRL arguments, resume point, metrics, phase timings, final save.
+
+Used by ``stages/sft.py`` (and ``stages/distill.py`` through it), ``stages/grpo.py`` and any new
+trainer stage (a reward-model trainer, distillation losses). A trainer stage:
+
+1. derives its config from :class:`TrainerOptions` (fixed step count, as GRPO) or
+   :class:`EpochTrainerOptions` (passes over a dataset, as SFT): the fields carry the names
+   TRL / transformers users know (``per_device_train_batch_size``, ``gradient_accumulation_steps``,
+   ``num_train_epochs``, ``lr_scheduler_type``, ...) and are documented here, once; a stage
+   redeclares a field only to change its default;
+2. builds its TRL config with ``XConfig(**trainer_arguments(config, output_dir, dtype), ...)``
+   plus the arguments only it has (``training_precision`` resolves ``dtype: auto``);
+3. passes ``callbacks=[metrics_callback(ctx, timer)]`` (``timer``: a ``pipeline.timing.PhaseTimer``)
+   and calls :func:`install_phase_timers` on the trainer (and ``pipeline.timing.time_calls`` for
+   phases of its own, e.g. GRPO's generation);
+4. runs :func:`train` from :func:`resume_point` and ends with :func:`save_final`.
+
+This module imports transformers / trl inside functions only and never imports ``stages``.
+
+**Timing per phase.** Every trainer-log line of ``metrics.jsonl`` (the lines with ``loss``,
+one per ``logging_steps`` optimizer steps) carries ``timing_s/<phase>``: wall-clock seconds per
+optimizer step spent in each phase since the previous such line (verl's ``timing_s/*`` keys),
+``timing_s/other`` (what no phase timer covers: scheduler, zero_grad, logging, callbacks) and
+``timing_s/step`` (wall seconds per step, the sum of all of them). The phases
+(``pipeline.timing.PHASES``) are
+measured by wall-clock timers around the real calls of the trainer (instance wrappers of TRL /
+transformers methods, see :func:`install_phase_timers`), exclusively: a phase nested in another
+counts for the inner one only (weight sync inside generation is not generation), so the phases
+of a step add up to its wall time. A held-out evaluation or a checkpoint save runs *after* the
+trainer logged its step: it appears in the next step's line (the evaluation before step 1, in
+step 1's line); the ones after the last step, in the manifest only. The step's manifest sums the
+phases of the whole ``train()`` call (``metrics.timing_s``, plus ``setup``: loading, resuming and
+building the optimizer before the first step), adding up to ``train_wall_s``.
+``pipeline.timing.read_step_timings`` reads them back for a stacked bar per step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import PositiveInt, model_validator
+
+from pipeline import distributed, precision
+from pipeline.config import StrictModel
+from pipeline.precision import DtypeChoice, Precision
+from pipeline.stage import StepContext, last_checkpoint
+from pipeline.timing import OTHER, PhaseTimer, ordered, time_calls
+
+SchedulerType = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+#: Old config keys and the TRL name that replaced them: an old config fails with the new name.
+RENAMED = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+           "epochs": "num_train_epochs", "lr_scheduler": "lr_scheduler_type"}
+
+
+class TrainerOptions(StrictModel):
+    """Options of every trainer stage, named as in TRL / transformers ``TrainingArguments``.
+
+    A stage config derives from this class (with :class:`pipeline.stage.StageConfig`) and
+    redeclares a field only to give it another default.
+    """
+
+    learning_rate: float = 2e-5  # peak AdamW learning rate
+    lr_scheduler_type: SchedulerType = "cosine"  # learning-rate schedule after warm-up (transformers' names)
+    # Fraction of the optimizer steps warming up linearly from 0 (passed as transformers'
+    # warmup_steps, which reads a float in [0, 1) as a ratio of the total steps).
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over all parameters)
+    # Sequences per device per forward/backward pass (SFT: conversations; GRPO: completions).
+    per_device_train_batch_size: PositiveInt = 8
+    # Forward/backward passes per optimizer step: an optimizer step sees
+    # per_device_train_batch_size * gradient_accumulation_steps * processes sequences.
+    gradient_accumulation_steps: PositiveInt = 1
+    max_steps: int = -1  # optimizer steps (> 0); EpochTrainerOptions: -1 = num_train_epochs decides
+    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
+    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
+    dtype: DtypeChoice = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    seed: int = 0  # data order, sampling, dropout (and SFT's max_rows sample)
+    logging_steps: PositiveInt = 5  # optimizer steps between metrics lines
+    save_steps: PositiveInt = 50  # optimizer steps between checkpoints (resume granularity)
+    save_total_limit: int = 2  # checkpoints kept
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # An old config would otherwise fail with "unknown key 'batch_size'" and a long list.
+        if isinstance(data, dict):
+            old = [k for k in RENAMED if k in data and RENAMED[k] in cls.model_fields]
+            if old:
+                raise ValueError("; ".join(f"key '{k}' is now '{RENAMED[k]}' (the name TRL uses)" for k in old))
+        return data
+
+    @model_validator(mode="after")
+    def _check_trainer_options(self):
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        return self
+
+
+class EpochTrainerOptions(TrainerOptions):
+    """:class:`TrainerOptions` of a stage that passes over a dataset (SFT, distillation, reward models)."""
+
+    num_train_epochs: float = 1.0  # passes over the data; ignored when max_steps > 0
+
+    @model_validator(mode="after")
+    def _check_length(self):
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("set num_train_epochs > 0 or max_steps > 0")
+        return self
+
+
+def training_precision(options: TrainerOptions) -> Precision:
+    """``options.dtype`` resolved on this machine for training, printed with its reason."""
+    chosen = precision.resolve(options.dtype, what="training")
+    precision.announce(chosen, "training")
+    return chosen
+
+
+def trainer_arguments(options: TrainerOptions, output_dir: Path, dtype: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of a TRL config (``SFTConfig``, ``GRPOConfig``, ``RewardConfig``, ...)
+    that every trainer stage sets the same way; the stage adds its own (loss, data, optimizer).
+
+    ``dtype``: the resolved autocast dtype (default: ``options.dtype`` resolved on this machine).
+    Checkpoints keep the optimizer, scheduler and RNG state, so a resume continues exactly.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dtype = dtype or precision.resolve(options.dtype).dtype
+    epochs = {"num_train_epochs": options.num_train_epochs} if isinstance(options, EpochTrainerOptions) else {}
+    return dict(
+        output_dir=str(output_dir),
+        # optimisation
+        **epochs,
+        max_steps=options.max_steps,
+        learning_rate=options.learning_rate,
+        lr_scheduler_type=options.lr_scheduler_type,
+        warmup_steps=options.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=options.weight_decay,
+        max_grad_norm=options.max_grad_norm,
+        per_device_train_batch_size=options.per_device_train_batch_size,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        # precision and device
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=not cuda,
+        gradient_checkpointing=options.gradient_checkpointing,
+        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
+        # parameter search (transformers turns it on by default: an extra graph walk per step).
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=cuda,
+        seed=options.seed,
+        data_seed=options.seed,
+        # logging and checkpoints
+        logging_steps=options.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=options.save_steps,
+        save_total_limit=options.save_total_limit,
+        save_only_model=False,  # optimizer + scheduler + RNG state, so a resume continues exactly
+        report_to="none",
+        disable_tqdm=False,  # progress bar with ETA
+    )
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a (re)started step continues: the newest complete checkpoint, or the start."""
+
+    checkpoint: str | None  # checkpoint-N folder to pass to ``trainer.train``; None = from scratch
+    step: int  # its optimizer step N (0 without a checkpoint)
+
+    def logged(self, key: str) -> list[float]:
+        """Every value of ``key`` in the checkpoint's trainer-state log history (empty without one)."""
+        if self.checkpoint is None:
+            return []
+        state = json.loads((Path(self.checkpoint) / "trainer_state.json").read_text())
+        return [entry[key] for entry in state["log_history"] if key in entry]
+
+
+def resume_point(checkpoints: Path) -> ResumePoint:
+    """The :class:`ResumePoint` in a step's ``checkpoints/`` folder (incomplete checkpoints are
+    skipped: :func:`pipeline.stage.last_checkpoint`)."""
+    checkpoint = last_checkpoint(checkpoints)
+    return ResumePoint(checkpoint, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0)
+
+
+# ---------------------------------------------------------------------------- phase timings
+
+
+def install_phase_timers(trainer: Any, timer: PhaseTimer) -> None:
+    """Time the phases every transformers ``Trainer`` has: ``data``, ``forward``, ``backward``,
+    ``optimizer`` (clipping here; ``optimizer.step()`` by :func:`metrics_callback`), ``save``, and
+    ``eval`` when the trainer evaluates. Call after the trainer is built, before ``train``.
+
+    Raises:
+        AttributeError: see :func:`time_calls`.
+    """
+    time_calls(trainer, "get_batch_samples", timer, "data")
+    time_calls(trainer, "compute_loss", timer, "forward")
+    time_calls(trainer.accelerator, "backward", timer, "backward")
+    time_calls(trainer, "_clip_grad_norm", timer, "optimizer")
+    if trainer.args.eval_strategy != "no" or trainer.args.eval_on_start:
+        time_calls(trainer, "_evaluate", timer, "evaluation", absorbing=True)
+    time_calls(trainer, "_save_checkpoint", timer, "save", absorbing=True)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def metrics_callback(ctx: StepContext, timer: PhaseTimer | None = None,
+                     extra: Callable[[], dict] | None = None) -> Any:
+    """A ``TrainerCallback`` that appends every trainer log line to ``ctx.log_metrics`` (main
+    process only) and keeps them in ``.history`` (every process).
+
+    A trainer-log line (one with ``loss``) gets ``seconds_per_step`` (wall) and
+    ``cpu_seconds_per_step`` (this process, all threads: far below wall x threads means the
+    machine is shared) since the previous one, and with ``timer`` the ``timing_s/*`` keys (see
+    the module docstring). ``extra()`` adds keys to every line (e.g. GRPO's reward counters).
+    With ``timer`` it also times ``optimizer.step()`` and resets the timer when training starts.
+    """
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def __init__(self):
+            self.history: list[dict] = []
+            self._last: tuple[float, float, int, dict[str, float]] | None = None
+            self._optimizer = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if timer is not None:
+                timer.reset()
+            now, totals = timer.snapshot() if timer is not None else (time.perf_counter(), {})
+            self._last = (now, time.process_time(), state.global_step, totals)
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if timer is not None:
+                self._optimizer = timer.enter("optimizer")
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            if timer is not None:
+                timer.exit(self._optimizer)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs:
+                return
+            record = {"step": state.global_step, **logs}
+            if "loss" in logs and self._last is not None and state.global_step > self._last[2]:
+                record.update(self._per_step(state.global_step))
+            if extra is not None:
+                record.update(extra())
+            self.history.append(record)
+            if state.is_world_process_zero:
+                ctx.log_metrics(record)
+
+        def _per_step(self, step: int) -> dict[str, float]:
+            now, totals = timer.snapshot() if timer is not None else (time.perf_counter(), {})
+            cpu = time.process_time()
+            then, cpu_then, step_then, totals_then = self._last  # type: ignore[misc]
+            self._last = (now, cpu, step, totals)
+            steps = step - step_then
+            wall = (now - then) / steps
+            out = {"seconds_per_step": round(wall, 2), "cpu_seconds_per_step": round((cpu - cpu_then) / steps, 2)}
+            if timer is not None:
+                phases = {p: (totals.get(p, 0.0) - totals_then.get(p, 0.0)) / steps for p in ordered(totals)}
+                phases[OTHER] = wall - sum(phases.values())
+                out.update({f"timing_s/{p}": round(s, 4) for p, s in phases.items()})
+                out["timing_s/step"] = round(wall, 4)
+            return out
+
+    return MetricsCallback()
+
+
+# ---------------------------------------------------------------------------- train and save
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train` measured. ``timing_s``: seconds per phase over the whole ``train()``
+    call (``setup`` = before the first step; ``other`` = no phase), adding up to ``wall_s``."""
+
+    output: Any  # transformers.TrainOutput
+    wall_s: float
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+
+def train(trainer: Any, resume: ResumePoint, timer: PhaseTimer | None = None) -> TrainOutcome:
+    """``trainer.train()`` from ``resume``, timed (``timer``: the one given to the trainer's
+    :func:`metrics_callback` and :func:`install_phase_timers`)."""
+    started = time.perf_counter()
+    if timer is not None:
+        timer.reset()  # the callback resets it again when the loop starts: the gap is the setup
+    output = trainer.train(resume_from_checkpoint=resume.checkpoint)
+    ended, totals = timer.snapshot() if timer is not None else (time.perf_counter(), {})
+    timing: dict[str, float] = {}
+    if timer is not None:
+        timing["setup"] = timer.started - started
+        timing.update({p: totals[p] for p in ordered(totals)})
+        timing[OTHER] = ended - timer.started - sum(totals.values())
+    return TrainOutcome(output, ended - started, {k: round(v, 3) for k, v in timing.items()})
+
+
+def save_final(trainer: Any, work_dir: Path, tokenizer: Any) -> Path:
+    """Save the trained model and ``tokenizer`` to ``work_dir/model``; returns that folder.
+
+    Every process calls it (FSDP / ZeRO-3 gather the weights); the main process writes the
+    files. ``training_args.bin`` is removed (a pickle; the step's ``config.yaml`` says it all).
+    In a multi-process run each rank writes its weights digest (``pipeline.distributed``).
+    """
+    out_dir = Path(work_dir) / "model"
+    trainer.save_model(str(out_dir))  # weights, config, generation config
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
+    distributed.write_weights_digest(work_dir, trainer)
+    return out_dir
