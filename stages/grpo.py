@@ -29,8 +29,14 @@ with transformers ``generate`` (slower, no extra process or memory).
 
 Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
 ``max_prompt_length`` tokens (chat template included) are dropped and counted. TRL 1.16 has no
-dynamic sampling (drop all-equal groups and refill), so there is no option for it; the share of
-such groups is logged as ``frac_reward_zero_std``.
+dynamic sampling (drop all-equal groups and refill): ``dynamic_sampling`` adds it
+(``stages/common/dynamic_sampling.py``), filtering on a verifiable reward (``accuracy``), never
+on the weighted total. TRL's ``frac_reward_zero_std`` is computed on the total reward, whose
+format and language terms differ inside a group even when its accuracy does not: it hides the
+groups without an accuracy signal. ``zero_signal/frac_groups*`` counts those (always logged).
+A ``prompt_pool`` (a ``generate`` step with ``output: prompts``) replaces ``prompts`` with the
+starting policy's prompts inside a pass-rate band, optionally easy to hard
+(``stages/common/rl_prompts.py``).
 
 Reading the reward curve: a step's training reward depends on which prompts it drew as much
 as on the policy (on the demo's tasks one step's mean swings by 0.4 with the task mix).
@@ -80,6 +86,8 @@ from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
 from pipeline.trainer import SchedulerType, TrainerOptions
+from stages.common.dynamic_sampling import DynamicSampling
+from stages.common.rl_prompts import load_eval_rows, load_prompt_rows
 
 
 log = logging.getLogger(__name__)
@@ -103,13 +111,24 @@ class Config(TrainerOptions, StageConfig):
     that number / ``num_generations`` prompts, all sampled in one generation call."""
 
     kind: Literal["grpo"] = "grpo"
-    input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    input_fields: ClassVar[dict[str, str]] = {"model": "model", "prompt_pool": "dataset"}
     outputs: ClassVar[dict[str, str]] = {"model": "model"}
-    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # eval_prompts are held out
+    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # eval_prompts are held out; a pool's are its step's
     headline: ClassVar[tuple[str, ...]] = ("prompts", "steps", "reward_start", "reward_end", "eval_reward_start",
                                            "eval_reward_end", "completion_length_start", "completion_length_end")
     model: str  # model reference: the initial policy
-    prompts: list[PromptSource]  # data sources; their train split is used
+    prompts: list[PromptSource] = []  # data sources; their train split is used (or prompt_pool)
+    # Instead of `prompts`: a generate step with `output: prompts` (or its dataset folder), the
+    # prompts with their pass rates under the starting policy (stages/common/rl_prompts.py).
+    prompt_pool: str | None = None
+    # Keep pool prompts with low < pass rate < high (exclusive: (0, 1) drops the never and the
+    # always solved); null keeps all. Per data_source overrides in pass_rate_band_per_source.
+    pass_rate_band: tuple[float, float] | None = (0.0, 1.0)
+    pass_rate_band_per_source: dict[str, tuple[float, float]] = {}
+    curriculum: Literal["none", "easy_to_hard"] = "none"  # pool prompts by pass rate, highest first
+    # Drop groups whose verifiable reward is all-equal and sample more prompts (DAPO);
+    # stages/common/dynamic_sampling.py
+    dynamic_sampling: DynamicSampling = DynamicSampling()
     template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
     # Order in which steps take prompts. shuffled: TRL's sampler shuffles all rows with `seed`.
     # stratified: rows round-robin over data sources (each shuffled with `seed`), taken in that
@@ -169,6 +188,16 @@ class Config(TrainerOptions, StageConfig):
         # Each is a mistake that would otherwise surface minutes into a run.
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
+        if bool(self.prompts) == bool(self.prompt_pool):
+            raise ValueError("give either prompts (data sources) or prompt_pool (a generate step with output: "
+                             "prompts), not both and not neither")
+        bands = [("pass_rate_band", self.pass_rate_band)] if self.pass_rate_band else []
+        bands += [(f"pass_rate_band_per_source.{k}", v) for k, v in self.pass_rate_band_per_source.items()]
+        for key, (lo, hi) in bands:
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"{key}: need 0 <= low < high <= 1, got [{lo}, {hi}]")
+        if self.curriculum != "none" and not self.prompt_pool:
+            raise ValueError("curriculum orders prompts by pass rate: it needs prompt_pool")
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: duplicate names {names}; TRL logs them by name")
@@ -193,6 +222,9 @@ class Config(TrainerOptions, StageConfig):
                              f"multiple of num_generations ({self.num_generations}): whole groups per step")
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
+        if self.dynamic_sampling.enabled and self.dynamic_sampling.reward not in names:
+            raise ValueError(f"dynamic_sampling.reward {self.dynamic_sampling.reward!r} is not one of the step's "
+                             f"rewards: {', '.join(names)}")
         if self.vllm_mode == "server" and not self.use_vllm:
             raise ValueError("vllm_mode: server needs use_vllm: true")
         empty = [i for i, source in enumerate(self.eval_prompts) if getattr(source, "n_test", None) == 0]
@@ -252,7 +284,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset, dropped = load_prompt_rows(config, tokenizer)
+    pool = ctx.resolve_dataset(config.prompt_pool) if config.prompt_pool else None
+    dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
     timer = timing.PhaseTimer()
@@ -275,6 +308,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
                                 dtype=chosen["training"].dtype),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
+    names = [r.name for r in config.rewards]
+    filter_reward = config.dynamic_sampling.reward
+    trainer._r1_filter = names.index(filter_reward) if filter_reward in names else None
+    trainer._r1_dynamic = config.dynamic_sampling
     templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
     resume = scaffold.resume_point(ctx.checkpoints)
@@ -296,7 +333,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     logged = logged_steps(ctx.work_dir / "metrics.jsonl") or [e for e in callback.history if "reward" in e]
     evals = logged_steps(ctx.work_dir / "metrics.jsonl", key="eval_reward")
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
-    counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
+    counts = {"prompts": len(dataset), **prompt_counts, "steps": steps,
               "resumed_from_step": resume.step, "processes": processes,
               "completions": (steps - resume.step) * prompts_per_step * config.num_generations}
     wall = outcome.wall_s
@@ -347,90 +384,6 @@ def reserve_rendezvous_port() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 
 
-def load_prompt_rows(config: Config, tokenizer):
-    """The train split of ``config.prompts`` without prompts over ``max_prompt_length`` tokens.
-
-    Returns ``(dataset, dropped)``. Every prompt-row column stays: TRL passes the columns to
-    the reward functions (``answer``, ``verification``, ``data_source``, ...).
-
-    Raises:
-        ValueError: no prompt left.
-    """
-    from data import load_prompts
-
-    with distributed.main_first(local=True):  # hub data: each node's main process fills the cache first
-        dataset = load_prompts(config.prompts, split="train", template=config.template)
-    dataset, dropped = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
-    if len(dataset) == 0:
-        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {dropped} rows")
-    if config.prompt_order == "stratified":  # and grpo_arguments turns TRL's shuffling off
-        from data import stratify
-
-        dataset = stratify(dataset, "data_source", seed=config.seed)
-        sources = len(set(dataset["data_source"][:]))
-        if config.prompts_per_step % sources:
-            log.warning(
-                "prompt_order: stratified with %d prompts per step over %d sources: consecutive steps see "
-                "different sources, so their rewards differ by task as much as by learning; use a multiple "
-                "of %d prompts per step to compare steps", config.prompts_per_step, sources, sources)
-    return dataset, dropped
-
-
-def _drop_long_prompts(dataset, tokenizer, max_tokens: int):
-    """``(rows of at most max_tokens prompt tokens, chat template included; number dropped)``."""
-
-    def length(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, str):
-            return {"_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"])}
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return {"_tokens": len(ids["input_ids"])}
-
-    if len(dataset) == 0:  # map() adds no column to an empty dataset
-        return dataset, 0
-    dataset = dataset.map(length, desc="counting prompt tokens")
-    keep = [i for i, n in enumerate(dataset["_tokens"]) if n <= max_tokens]
-    return dataset.select(keep).remove_columns("_tokens"), len(dataset) - len(keep)
-
-
-def load_eval_rows(config: Config, tokenizer, train):
-    """The test split of ``config.eval_prompts`` (None when there are none), without prompts
-    over ``max_prompt_length`` tokens and without prompts whose question text (whitespace
-    collapsed) is also a training question: procedural generators repeat short questions
-    ("Calculate 10 - 7.") under other ids. Returns ``(dataset, dropped_seen_in_training)``.
-
-    Raises:
-        ValueError: an eval prompt id is also a training prompt id (a held-out curve must not
-            be measured on prompts the policy trains on), or no eval prompt is left.
-    """
-    if not config.eval_prompts:
-        return None, 0
-    from data import load_prompts, question_of
-
-    with distributed.main_first(local=True):  # as in load_prompt_rows
-        dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
-    shared = set(dataset["id"][:]) & set(train["id"][:])
-    if shared:
-        raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
-                         f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds")
-
-    def text(prompt) -> str:
-        return " ".join(question_of(prompt).split())
-
-    seen = {text(p) for p in train["prompt"][:]}
-    keep = [i for i, p in enumerate(dataset["prompt"][:]) if text(p) not in seen]
-    repeated = len(dataset) - len(keep)
-    if repeated:
-        log.warning("eval_prompts: %d held-out prompt(s) dropped: the same question is a training prompt", repeated)
-    dataset = dataset.select(keep)
-    dataset, _ = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
-    if len(dataset) == 0:
-        raise ValueError(f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
-                         "that is not also a training question (the test split is used: give the sources "
-                         "n_test > 0)")
-    return dataset, repeated
-
-
 def _trainer_class():
     """TRL's ``GRPOTrainer`` whose evaluation samples and scores the eval prompts, nothing else.
 
@@ -443,7 +396,9 @@ def _trainer_class():
     """
     from trl import GRPOTrainer
 
-    class Trainer(GRPOTrainer):
+    from stages.common.dynamic_sampling import trainer_mixin
+
+    class Trainer(trainer_mixin(), GRPOTrainer):
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             self._prepare_inputs(inputs)  # samples, scores, records the eval metrics
             return None, None, None
@@ -464,7 +419,8 @@ def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtyp
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function
         remove_unused_columns=False,  # reward functions read answer, verification, ...
-        shuffle_dataset=config.prompt_order == "shuffled",  # stratified: load_prompt_rows ordered them
+        # stratified or a curriculum: load_prompt_rows ordered them
+        shuffle_dataset=config.prompt_order == "shuffled" and config.curriculum == "none",
         # objective
         beta=config.beta,
         loss_type=config.loss_type,

@@ -217,7 +217,7 @@ def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
     ({"torch_threads": 0}, "torch_threads"),
     ({"eval_steps": 0}, "key 'eval_steps'"),
     ({"eval_num_generations": -1}, "key 'eval_num_generations'"),
-    ({"dynamic_sampling": True}, "unknown key"),  # TRL 1.16 has no dynamic sampling
+    ({"dynamic_sampling": {"enable": True}}, "unknown key 'dynamic_sampling.enable'"),  # ours: `enabled`
 ])
 def test_config_mistakes_fail_at_validation(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -240,7 +240,7 @@ def test_prompt_order_decides_which_sources_each_step_sees(order, tiny_model, tm
                                  "num_generations": 2, "per_device_train_batch_size": 8}, "test")
     assert config.prompts_per_step == 4
     dataset, dropped = grpo.load_prompt_rows(config, AutoTokenizer.from_pretrained(tiny_model))
-    assert (dropped, len(dataset)) == (0, 36)
+    assert (dropped["prompts_dropped_too_long"], len(dataset)) == (0, 36)
     args = grpo.grpo_arguments(config, tmp_path)
     assert args.shuffle_dataset is (order == "shuffled")
     sampler = RepeatSampler(data_source=dataset, mini_repeat_count=config.num_generations,
