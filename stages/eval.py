@@ -85,6 +85,10 @@ class Config(StageConfig):
     pass_k: list[int] = []  # j of the reported pass@j (j <= k); [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
+    # Paired comparisons (question by question, sign test): each evaluated step of the run against
+    # the model it started from (its `model` input), when that model is evaluated too; and `pairs`.
+    pair_with_start: bool = True
+    pairs: list[tuple[str, str]] = []  # (A, B): A against B; both must be in `models`
     seed: int = 1234  # per-question sampling seeds derive from it (stages/common/sampling.py)
 
     @field_validator("sampling", mode="before")
@@ -100,6 +104,9 @@ class Config(StageConfig):
         if min([self.sampling.num_samples, *self.k_per_source.values(), *self.pass_k], default=1) < 1:
             raise ValueError("sampling.num_samples, k_per_source and pass_k must be >= 1")
         # A server serves one model: several models would all be answered by it, under their names.
+        unknown = sorted({m for pair in self.pairs for m in pair} - set(self.models))
+        if unknown:
+            raise ValueError(f"pairs name model(s) {unknown} that are not in models: {self.models}")
         if self.sampling.backend == "server" and len(self.models) > 1:
             raise ValueError(f"sampling.backend 'server' samples the one model behind server_url, but `models` "
                              f"lists {len(self.models)}; evaluate one model per eval step (and server)")
@@ -362,7 +369,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "pass@j": "unbiased estimator, Chen et al. 2021", "maj@k": "most frequent extracted answer (Wang et al. 2023)",
         "interval": CI_METHOD, "contamination": contamination, **environment(),
     }
-    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results}, indent=2))
+    paired = paired_comparisons(config, ctx, records)
+    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results,
+                                                           "paired": paired}, indent=2))
     schema = pa.schema([("model", pa.string()), ("question_id", pa.string()), ("data_source", pa.string()),
                         ("domain", pa.string()), ("question", pa.string()), ("gold", pa.string()), ("k", pa.int64()),
                         ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
@@ -376,6 +385,11 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/pass@1_hi": o["pass@1_ci"][1], f"{ref}/maj@k": o["maj@k"],
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
+    for p in paired:
+        o = p["overall"]
+        metrics.update({f"{p['a']} - {p['b']}/pass@1_diff": o["diff"], f"{p['a']} - {p['b']}/diff_lo": o["diff_ci"][0],
+                        f"{p['a']} - {p['b']}/diff_hi": o["diff_ci"][1], f"{p['a']} - {p['b']}/wins": o["wins"],
+                        f"{p['a']} - {p['b']}/losses": o["losses"], f"{p['a']} - {p['b']}/p_value": o["p_value"]})
     best = max(results, key=lambda m: results[m]["overall"]["pass@1"]) if results else None
     from stages.common.sampling import sampling_precision
 
@@ -384,6 +398,25 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else ""))
+
+
+def paired_comparisons(config: Config, ctx: StepContext, records: list[dict]) -> list[dict]:
+    """The paired comparisons of the step (``Config.pairs``, ``pair_with_start``): one
+    ``eval_results.compare`` block per pair with ``a``, ``b`` and ``why``. The model a step
+    started from is its manifest's ``model`` input (``pipeline.store``'s run reader)."""
+    from pipeline.store import RunFolder
+
+    pairs = [(a, b, "configured") for a, b in config.pairs]
+    if config.pair_with_start:
+        finished = RunFolder(ctx.run_dir).finished()
+        for ref in config.models:
+            start = finished[ref].inputs.get("model") if ref in finished else None
+            if start in config.models and start != ref and (ref, start) not in {(a, b) for a, b, _ in pairs}:
+                pairs.append((ref, start, f"`{ref}` started from `{start}`"))
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_model[r["model"]].append(r)
+    return [{"a": a, "b": b, "why": why, **eval_results.compare(by_model[a], by_model[b])} for a, b, why in pairs]
 
 
 # ----------------------------------------------------------------------------- report and command line

@@ -596,10 +596,14 @@ REPORT = StageReport(
     panels=(TRAINER_PANELS[0],
             Panel("reward (mean of each function)", pattern="rewards/*/mean"),
             Panel("held-out reward (same prompts each time)", ("eval_reward",), optional=True),  # with eval_prompts
+            Panel("held-out accuracy (same prompts each time)", ("eval_rewards/accuracy/mean",), optional=True),
             Panel("KL to the reference model", ("kl",)),
             Panel("entropy (nats/token)", ("entropy",)),
             TRAINER_PANELS[1],
-            Panel("share of zero-std groups", ("frac_reward_zero_std",)),
+            Panel("share of zero-std groups (total reward, TRL)", ("frac_reward_zero_std",)),
+            # the groups without an accuracy signal: sampled (what plain GRPO trains on) and trained
+            Panel("share of groups without accuracy signal", pattern="zero_signal/*", optional=True),
+            Panel("dynamic sampling: groups per step", pattern="dynamic_sampling/groups_*", optional=True),
             Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
             Panel("truncated completions", ("completions/clipped_ratio",)),
             Panel("mean response length (tokens)", ("completions/mean_length",))),

@@ -481,3 +481,35 @@ def test_docstring_examples():
         result = doctest.testmod(module)
         assert result.failed == 0
     assert sum(doctest.testmod(m).attempted for m in eval_code) >= 8
+
+
+def test_each_rl_step_is_paired_with_the_model_it_started_from(tmp_path):
+    """`pair_with_start`: a step of the run is compared with its `model` input when both are
+    evaluated; `pairs` adds explicit ones. 10 questions: rl right on 0-5, start on 0-2 and 9."""
+    from pipeline.runner import Resolver
+    from pipeline.stage import StepContext
+    from stages import eval as eval_stage
+
+    for name, model in (("rl", "start"), ("start", "smollm2-135m-instruct")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps(
+            {"step": name, "kind": "grpo", "inputs": {"model": {"ref": model, "hash": "h"}}, "result": {}}))
+
+    def records(model: str, right: set[int]) -> list[dict]:
+        return [{"model": model, "question_id": f"q{i}", "data_source": "s", "pass@1": float(i in right)}
+                for i in range(10)]
+
+    recs = records("rl", {0, 1, 2, 3, 4, 5}) + records("start", {0, 1, 2, 9})
+    ctx = StepContext(run="r", step="eval", run_dir=tmp_path, work_dir=tmp_path / "w", resolver=Resolver(tmp_path, set()))
+    config = eval_stage.Config(models=["rl", "start"], prompts=[{"source": "humaneval"}])
+    (pair,) = eval_stage.paired_comparisons(config, ctx, recs)
+    assert (pair["a"], pair["b"]) == ("rl", "start") and "started from" in pair["why"]
+    o = pair["overall"]
+    assert (o["wins"], o["losses"], o["ties"]) == (3, 1, 6) and o["diff"] == pytest.approx(0.2)
+    assert o["p_value"] == pytest.approx(0.625)  # two-sided sign test, 3 vs 1
+    assert eval_stage.paired_comparisons(config.model_copy(update={"pair_with_start": False}), ctx, recs) == []
+    explicit = config.model_copy(update={"pair_with_start": False, "pairs": [("start", "rl")]})
+    (back,) = eval_stage.paired_comparisons(explicit, ctx, recs)
+    assert back["overall"]["diff"] == pytest.approx(-0.2) and back["why"] == "configured"
+    with pytest.raises(ValueError, match="not in models"):
+        eval_stage.Config(models=["rl"], prompts=[{"source": "humaneval"}], pairs=[("rl", "base")])

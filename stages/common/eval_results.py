@@ -232,6 +232,7 @@ def report_section(doc, steps: list) -> None:
         ax.legend(fontsize=7, ncols=min(3, len(models)))
         doc.figure(fig, f"eval_{s.name}.png", f"{s.name}: pass@1 per model and data source, bars = 95% intervals")
         _paired(doc, s, list(models))
+        _configured_pairs(doc, res.get("paired", []))
         _samples(doc, s)
 
 
@@ -268,6 +269,22 @@ def _paired(doc, step, models: list[str]) -> None:
                      o["wins"], o["losses"], o["ties"], f"{o['p_value']:.3g}"])
     doc.p(f"Each model against `{models[0]}`, question by question ({PAIRED_TEST}):")
     doc.table(["model", "questions", "pass@1 difference [95% CI]", "better on", "worse on", "tied", "p"], rows)
+
+
+def _configured_pairs(doc, paired: list[dict]) -> None:
+    """The step's own paired comparisons (each RL step against the model it started from, and
+    the configured pairs), overall and per data source."""
+    if not paired:
+        return
+    doc.p(f"Paired comparisons of the step ({PAIRED_TEST}); a positive difference favours the first model:")
+    rows = []
+    for p in paired:
+        for label, g in [("all", p["overall"]), *p.get("per_source", {}).items()]:
+            rows.append([f"{p['a']} vs {p['b']}" if label == "all" else "", label, g["questions"],
+                         f"{g['a']:.3f}", f"{g['b']:.3f}",
+                         f"{g['diff']:+.3f} [{g['diff_ci'][0]:+.3f}, {g['diff_ci'][1]:+.3f}]",
+                         g["wins"], g["losses"], f"{g['p_value']:.3g}"])
+    doc.table(["pair", "set", "questions", "pass@1 A", "pass@1 B", "A - B [95% CI]", "A better", "B better", "p"], rows)
 
 
 def _samples(doc, step) -> None:
