@@ -70,7 +70,7 @@ class TrainerOptions(StrictModel):
     # warmup_steps, which reads a float in [0, 1) as a ratio of the total steps).
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over all parameters)
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over all parameters); 0 = none
     # Sequences per device per forward/backward pass (SFT: conversations; GRPO: completions).
     per_device_train_batch_size: PositiveInt = 8
     # Forward/backward passes per optimizer step: an optimizer step sees
@@ -98,8 +98,19 @@ class TrainerOptions(StrictModel):
 
     @model_validator(mode="after")
     def _check_trainer_options(self):
+        # After-validation, so a stage that redeclares a field for its default keeps the check.
+        # Each value here would otherwise train without complaint: a negative learning rate
+        # ascends the loss, warmup_ratio 1.5 is read by transformers as 1 warm-up step.
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm >= 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}")
         return self
 
 

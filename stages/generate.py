@@ -40,7 +40,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.dedupe import prompt_key
@@ -66,7 +66,7 @@ class Decontamination(StrictModel):
 
     eval_prompts: list[PromptSource]  # the evaluation sets, as prompt sources
     split: Literal["train", "test"] | None = "test"  # which split of them is evaluated on
-    ngram: int = 8  # n-gram length in words (R1 / open-r1: 8)
+    ngram: PositiveInt = 8  # n-gram length in words (R1 / open-r1: 8)
 
 
 class MixSource(StrictModel):
@@ -75,7 +75,7 @@ class MixSource(StrictModel):
     dataset: str  # a step name, a folder of parquet/JSONL, a .parquet/.jsonl file, or a hub name
     split: str = "train"  # split of a hub dataset
     share: float | None = None  # fraction of the final dataset made of this source; None = all rows
-    max_rows: int | None = None  # at most this many rows from it
+    max_rows: PositiveInt | None = None  # at most this many rows from it
     data_source: str | None = None  # label for rows without `data_source`; None = file stem / hub name
     domain: str = "general"  # domain for rows without one
 

@@ -74,7 +74,7 @@ class TrainingFields(EpochTrainerOptions, StageConfig):
 
     dataset: str  # dataset reference with a `messages` column (see the module docstring)
     dataset_split: str = "train"  # split to read: of a hub or saved dataset, or of a folder's split-named files
-    max_rows: int | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
+    max_rows: PositiveInt | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
     max_length: PositiveInt = 1024  # tokens per conversation (template included)
     overlong: Literal["drop", "truncate"] = "drop"  # conversations over max_length: drop, or keep the start
     training_template: str = "auto"  # "auto", a name in stages/templates/ (e.g. "chatml_train") or a .jinja path

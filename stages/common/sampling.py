@@ -22,10 +22,10 @@ import gc
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import model_serializer, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_serializer, model_validator
 
 from pipeline import precision
 from pipeline.config import StrictModel
@@ -42,16 +42,16 @@ class SamplingConfig(StrictModel):
     # vllm = offline engine in this process; server = a running vLLM server (server_url);
     # hf = transformers generate, the explicit fallback
     backend: Literal["vllm", "hf", "server"] = "vllm"
-    num_samples: int = 4  # k completions per prompt
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 256  # new tokens per completion
-    max_model_len: int = 2048  # tokens, prompt + completion (vLLM KV-cache sizing)
+    num_samples: PositiveInt = 4  # k completions per prompt
+    temperature: NonNegativeFloat = 0.8  # 0 = greedy (every one of the k samples is the same)
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95  # nucleus: smallest token set with this probability mass
+    max_tokens: PositiveInt = 256  # new tokens per completion
+    max_model_len: PositiveInt = 2048  # tokens, prompt + completion (vLLM KV-cache sizing)
     # engine / HF model dtype; auto = bf16 where the hardware runs it fast, else float32
     # (pipeline.precision); the server backend uses the server's own --dtype
     dtype: DtypeChoice = "auto"
     enforce_eager: bool = True  # vLLM: skip graph compilation (start-up cost > gain for short runs)
-    batch_size: int = 64  # prompts per engine call (progress granularity; vLLM batches inside)
+    batch_size: PositiveInt = 64  # prompts per engine call (progress granularity; vLLM batches inside)
     server_url: str | None = None  # backend server: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     server_model: str | None = None  # backend server: served model name; None = the one model the server lists
     max_concurrency: int = 32  # backend server: requests in flight (one request = one prompt's k samples)
@@ -65,6 +65,9 @@ class SamplingConfig(StrictModel):
         if self.max_concurrency < 1 or self.request_timeout <= 0:
             raise ValueError(f"max_concurrency must be >= 1 and request_timeout > 0, got "
                              f"{self.max_concurrency} and {self.request_timeout}")
+        if self.backend != "server" and self.max_tokens >= self.max_model_len:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be below max_model_len ({self.max_model_len}): "
+                             "the prompt and the completion share the model length")
         return self
 
     @model_serializer(mode="wrap")
