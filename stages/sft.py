@@ -347,7 +347,7 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     metrics = {
         "loss_first": losses[0] if losses else math.nan,
         "loss_last": losses[-1] if losses else math.nan,
-        "train_loss": outcome.output.training_loss,
+        "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
         "train_wall_s": round(wall, 1),
         "tokens_per_s": round(tokens_run / wall, 1) if wall > 0 and tokens_run else math.nan,
         "seconds_per_step": round(wall / steps_run, 2) if steps_run > 0 else math.nan,
