@@ -247,6 +247,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     from rewards import registry
     from stages.common import vllm_sync as _vllm_sync
+    from stages.common.scoring import with_rendered_prompts
 
     preflight(config)
     reserve_rendezvous_port()
@@ -254,11 +255,14 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if config.template == "chat":  # a template with no end-of-turn token: rollouts would never end their turn
+        templates.require_end_of_turn(tokenizer, config.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset, dropped = load_prompt_rows(config, tokenizer)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
-    reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
+    # Registered rewards read the prompt as the policy saw it (a template's <think> prefill included)
+    reward_funcs = [with_rendered_prompts(registry.get(r.name, **r.params), tokenizer) for r in config.rewards]
     timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
