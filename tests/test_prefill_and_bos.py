@@ -247,3 +247,58 @@ def test_eval_refuses_prompts_that_do_not_fit_before_sampling(tiny_model, tmp_pa
     with pytest.raises(ValueError, match=r"3 of 3 questions have prompts of at least sampling.max_model_len = 24 "
                                          r"tokens \(longest \d+; e.g. reasoning_gym/basic_arithmetic"):
         eval_stage.run(config, _ctx(tmp_path, "eval"))
+
+
+@pytest.mark.slow
+def test_server_gets_the_prompt_tokens_trl_uses(bos_model, tmp_path):
+    """The real vLLM server (started as in tests/test_vllm_server.py) on the BOS model: the ids
+    it reports for each prompt are TRL's (before: the chat prompt went with
+    add_special_tokens=True, [0, 0, 1, ...], and the local check agreed with it)."""
+    pytest.importorskip("vllm")
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from stages.common.sampling import ServerClient
+    from tests.test_vllm_server import _free_port, _server_env, server_command
+
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(server_command(str(bos_model), port, dtype="float32", max_model_len=256),
+                            stdout=log, stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True)
+    reported: list[list[int]] = []
+    real_check = ServerClient._check_tokenizer
+
+    def check(self, text, server_ids, tokenizer, *rest):
+        reported.append(list(server_ids))
+        return real_check(self, text, server_ids, tokenizer, *rest)
+
+    try:
+        deadline = time.time() + 900
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.time() < deadline, "vLLM server not healthy after 900 s"
+                time.sleep(1)
+        cfg = SamplingConfig(backend="server", server_url=f"http://127.0.0.1:{port}/v1", num_samples=1, max_tokens=2)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ServerClient, "_check_tokenizer", check)
+            for prompt in PROMPTS:  # one sampler each: the first request of a client is checked
+                with Sampler(str(bos_model), cfg, seed=0) as sampler:
+                    sampler.sample([prompt], ["a"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    tokenizer = _tokenizer(bos_model)
+    assert reported == [_trl_ids(tokenizer, p) for p in PROMPTS]
+    assert reported[0][:2] == [0, 1] and reported[0].count(0) == 1

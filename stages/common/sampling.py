@@ -113,9 +113,9 @@ def sampling_precision(cfg: SamplingConfig) -> dict[str, dict[str, str]]:
 @dataclass
 class Completion:
     """One sampled completion. ``num_tokens`` counts generated tokens; ``truncated`` is True
-    when generation stopped at ``max_tokens`` instead of at EOS; ``skipped`` is True when the
-    prompt was not sampled at all because prompt + ``max_tokens`` exceed ``max_model_len``
-    (then ``text`` is "" and ``num_tokens`` 0)."""
+    when generation stopped at its token budget (``max_tokens``, or what ``max_model_len``
+    leaves) instead of at EOS; ``skipped`` is True when the prompt was not sampled at all, being
+    ``max_model_len`` tokens or longer (then ``text`` is "" and ``num_tokens`` 0)."""
 
     text: str
     num_tokens: int
