@@ -499,7 +499,8 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
     (out / "README.md").write_text(_render_pool_card(card))
     informative = sum(0.0 < r < 1.0 for r in judged)
     counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
-              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records), "rows": len(pool), "prompts_never_solved": card["histogram"]["0"],
+              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records), "rows": len(pool),
+              "prompts_never_solved": card["histogram"]["0"],
               "prompts_always_solved": card["histogram"]["1"], "prompts_unjudged": card["histogram"]["unjudged"]}
     metrics = {"mean_pass_rate": sum(judged) / len(judged) if judged else float("nan"),
                "share_informative": informative / len(judged) if judged else float("nan")}

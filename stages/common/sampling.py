@@ -255,7 +255,8 @@ class Sampler:
         import torch
 
         torch.manual_seed(prompt_seed(self.seed, prompt_id))
-        enc = {"input_ids": torch.tensor([token_ids]), "attention_mask": torch.ones(1, len(token_ids), dtype=torch.long)}
+        enc = {"input_ids": torch.tensor([token_ids]),
+               "attention_mask": torch.ones(1, len(token_ids), dtype=torch.long)}
         gen_eos = self.model.generation_config.eos_token_id
         eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
         budget = min(self.cfg.max_tokens, self.cfg.max_model_len - len(token_ids))  # as vLLM: the model length
