@@ -8,6 +8,7 @@ pairs two results; ``r1 report RUN`` writes a run's report; ``r1 validate`` chec
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import stages
 from data.cli import app as data_app
@@ -23,12 +24,45 @@ from pipeline import distributed, models
 from pipeline.config import ConfigError, read_yaml
 from pipeline import store
 from pipeline.runner import (Pipeline, load_pipeline, one_step_pipeline, parse_stage_config, run_pipeline,
-                             single_step_pipeline)
+                             select_steps, single_step_pipeline)
 from pipeline.stage import Front
 from rewards.cli import app as rewards_app
 
 console = Console()
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+
+
+# Help pages: docstrings are reStructuredText (``code``), shown with single backticks
+# (help_text); a flag shows no value type (_help_type).
+def help_text(doc: str | None) -> str:
+    """A docstring as terminal help: its reStructuredText literals (``x``) as `x` (typer's rich
+    help prints the text verbatim, double backticks included).
+
+    >>> help_text("The ``r1`` command")
+    'The `r1` command'
+    """
+    return re.sub(r"``(.+?)``", r"`\1`", doc or "", flags=re.DOTALL)
+
+
+def _help_type(display_type):
+    """The type column of a help page: nothing for a flag (typer 0.29 shows `<bool>`, as if
+    ``--force`` took a value), the element type for a repeatable option or a variadic argument
+    (`<str>`, not `<list[str]>`: one value per occurrence)."""
+    def shown(self, ctx):
+        if getattr(self, "is_flag", False):
+            return None
+        text = display_type(self, ctx)
+        if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
+            return "<" + text[len("<list["):].replace("]>", ">", 1)
+        return text
+
+    return shown
+
+
+# One place for every r1 help page (typer has no setting for either).
+TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)
+TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)
+
+app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 app.add_typer(models.app, name="models", help="Prepare and list models (aliases, local, hub).")
 app.add_typer(data_app, name="data", help="Preview prompt sources.")
@@ -59,6 +93,7 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         pipeline = load_pipeline(config, overrides)
         for warning in pipeline.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
+        select_steps(pipeline, only, from_step)  # a misspelt --only/--from: no run folder, no report
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
                          keep_checkpoints=keep_checkpoints)
@@ -124,15 +159,34 @@ def _run_config(raw: dict, source: str, kind: str, run: str, step: Optional[str]
         _fail(str(err))
 
 
+_IMPLICIT_RUN = "r1.implicit_run"
+
+
 class _DefaultRunGroup(TyperGroup):
     """A group whose first argument, when it is not a subcommand, goes to ``run``: so
     ``r1 eval CONFIG.yaml`` and ``r1 eval --model M --data D`` keep working next to
-    ``r1 eval compare A B`` (and ``r1 eval --help`` shows the stage command's options)."""
+    ``r1 eval compare A B`` (and ``r1 eval --help`` shows the stage command's options, with the
+    usage line the user typed: ``r1 eval [OPTIONS]``, not ``r1 eval run``)."""
 
     def parse_args(self, ctx, args):
         if not args or args[0] not in self.commands:
             args = ["run", *args]
+            ctx.meta[_IMPLICIT_RUN] = True  # ctx.meta is shared with the subcommand's context
         return super().parse_args(ctx, args)
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd_name == "run" and cmd is not None and not getattr(cmd, "_r1_usage", False):
+            explicit = cmd.format_usage
+
+            def format_usage(ctx, formatter):
+                if ctx.meta.get(_IMPLICIT_RUN) and ctx.parent is not None:
+                    formatter.write_usage(ctx.parent.command_path, " ".join(cmd.collect_usage_pieces(ctx)))
+                else:
+                    explicit(ctx, formatter)
+
+            cmd.format_usage, cmd._r1_usage = format_usage, True
+        return cmd
 
 
 FRONT = Front(run_config=_run_config, fail=_fail, set_option=SetOpt, keep_option=KeepOpt)

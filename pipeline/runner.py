@@ -259,20 +259,13 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
     """
     run = run or pipeline.config.run
     run_dir = store.runs_root() / run
-    run_dir.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in pipeline.steps]
-    for name in (only or []) + ([from_step] if from_step else []):
-        if name not in names:
-            raise ConfigError(f"no step {name!r} in {pipeline.source}; steps: {', '.join(names)}")
-    selected = names
-    if from_step:
-        selected = names[names.index(from_step):]
-    if only:
-        selected = [n for n in names if n in only]
+    selected = select_steps(pipeline, only, from_step)
     device.check()  # a run meant for GPUs fails here without CUDA, not hours later on CPUs
     if distributed.launched():
         _check_distributed_kinds(pipeline, selected)
         isolate = False  # the launcher already made one process per rank (pipeline.distributed)
+    run_dir.mkdir(parents=True, exist_ok=True)  # after the refusals: a refused run leaves no folder
     resolver = Resolver(run_dir, set(names))
     records: list[StepRecord] = []
     for step in pipeline.steps:
@@ -287,6 +280,21 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
 
         write_summary(run_dir, records)
     return records
+
+
+def select_steps(pipeline: Pipeline, only: list[str] | None = None, from_step: str | None = None) -> list[str]:
+    """The names of the steps ``--only`` / ``--from`` select, in pipeline order (all by default).
+
+    Raises:
+        ConfigError: a name that is no step of the pipeline (lists the steps).
+    """
+    names = [s.name for s in pipeline.steps]
+    for name in (only or []) + ([from_step] if from_step else []):
+        if name not in names:
+            raise ConfigError(f"no step {name!r} in {pipeline.source}; steps: {', '.join(names)}")
+    if only:
+        return [n for n in names if n in only]
+    return names[names.index(from_step):] if from_step else names
 
 
 def _check_distributed_kinds(pipeline: Pipeline, selected: list[str]) -> None:

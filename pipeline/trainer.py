@@ -36,6 +36,7 @@ building the optimizer before the first step), adding up to ``train_wall_s``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -70,7 +71,7 @@ class TrainerOptions(StrictModel):
     # warmup_steps, which reads a float in [0, 1) as a ratio of the total steps).
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over all parameters)
+    max_grad_norm: float = 1.0  # gradient clipping (L2 norm over all parameters); 0 = none
     # Sequences per device per forward/backward pass (SFT: conversations; GRPO: completions).
     per_device_train_batch_size: PositiveInt = 8
     # Forward/backward passes per optimizer step: an optimizer step sees
@@ -98,8 +99,19 @@ class TrainerOptions(StrictModel):
 
     @model_validator(mode="after")
     def _check_trainer_options(self):
+        # After-validation, so a stage that redeclares a field for its default keeps the check.
+        # Each value here would otherwise train without complaint: a negative learning rate
+        # ascends the loss, warmup_ratio 1.5 is read by transformers as 1 warm-up step.
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.max_grad_norm >= 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}")
         return self
 
 
@@ -192,6 +204,81 @@ def resume_point(checkpoints: Path) -> ResumePoint:
     skipped: :func:`pipeline.stage.last_checkpoint`)."""
     checkpoint = last_checkpoint(checkpoints)
     return ResumePoint(checkpoint, int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 63-bit seed of one epoch's data order (sha256 of ``"seed:epoch"``)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{epoch}".encode()).digest()[:8], "little") >> 1
+
+
+class EpochOrder:
+    """A shuffling sampler whose order in each epoch is a function of (``seed``, epoch) alone.
+
+    Wraps transformers' ``LengthGroupedSampler`` (sft and distill: ``group_by_length``) and TRL's
+    ``RepeatSampler`` (GRPO). The first draws its permutation from the global torch RNG when an
+    epoch starts; on a resume in epoch >= 2 transformers restores the RNG state only *after*
+    that, so the resumed epoch was shuffled differently from the uninterrupted one. The second
+    seeds its own generator once, when the trainer builds it, so a resumed run's first pass drew
+    epoch 1's order whatever epoch it resumed in. Here each pass sets the wrapped sampler's
+    ``generator`` to a fresh one seeded with :func:`epoch_seed`; the trainer calls
+    :meth:`set_epoch` before every epoch (accelerate's ``DataLoaderShard.set_epoch``, and on
+    every rank alike, so the ranks agree on the order). transformers' ``RandomSampler`` needs no
+    wrapper: accelerate replaces it by its ``SeedableRandomSampler`` (seeded with
+    ``data_seed + epoch``).
+    """
+
+    def __init__(self, sampler: Any, seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        import torch
+
+        self.sampler.generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        return iter(self.sampler)
+
+
+def order_by_epoch(trainer: Any) -> None:
+    """Make the trainer's training sampler an :class:`EpochOrder` (seeded with ``data_seed``, else
+    ``seed``) when it is one whose order depends on RNG state (see there). Call before ``train``."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    shuffling: tuple[type, ...] = (LengthGroupedSampler,)
+    try:
+        from trl.trainer.utils import RepeatSampler
+
+        shuffling += (RepeatSampler,)
+    except ImportError:  # an install without TRL trains no GRPO
+        pass
+    build = trainer._get_train_sampler
+    seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+
+    def train_sampler(*args, **kwargs):
+        sampler = build(*args, **kwargs)
+        return EpochOrder(sampler, seed) if isinstance(sampler, shuffling) else sampler
+
+    trainer._get_train_sampler = train_sampler
+
+
+def stop_at_max_steps(trainer: Any) -> None:
+    """Train no epoch once ``max_steps`` is reached. transformers (5.x) resumes from a checkpoint
+    at ``max_steps`` into the rest of its epoch and checks the step count only *after* a step: a
+    run interrupted between its last checkpoint and its end trained one step too many (global
+    step 11 of 10, weights changed). Call before ``train``."""
+    run_epoch = trainer._run_epoch
+
+    def guarded(*args, **kwargs):
+        if trainer.state.max_steps > 0 and trainer.state.global_step >= trainer.state.max_steps:
+            trainer.control.should_training_stop = True
+            return None
+        return run_epoch(*args, **kwargs)
+
+    trainer._run_epoch = guarded
 
 
 # ---------------------------------------------------------------------------- phase timings
@@ -295,8 +382,17 @@ class TrainOutcome:
 
 def train(trainer: Any, resume: ResumePoint, timer: PhaseTimer | None = None) -> TrainOutcome:
     """``trainer.train()`` from ``resume``, timed (``timer``: the one given to the trainer's
-    :func:`metrics_callback` and :func:`install_phase_timers`)."""
+    :func:`metrics_callback` and :func:`install_phase_timers`).
+
+    A resumed run trains exactly what the uninterrupted run would have: the data order of every
+    epoch is a function of (seed, epoch) (:func:`order_by_epoch`), and a checkpoint that already
+    reached ``max_steps`` trains nothing more (:func:`stop_at_max_steps`); the trainer then loads
+    the checkpoint's weights and state as usual, so :func:`save_final` saves them."""
     started = time.perf_counter()
+    order_by_epoch(trainer)
+    stop_at_max_steps(trainer)
+    if resume.checkpoint is not None and 0 < trainer.args.max_steps <= resume.step:
+        trainer.args.eval_on_start = False  # the last measurement was made by the run that got here
     if timer is not None:
         timer.reset()  # the callback resets it again when the loop starts: the gap is the setup
     output = trainer.train(resume_from_checkpoint=resume.checkpoint)

@@ -56,8 +56,8 @@ from data.prompts import Template, question_of
 from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
 from stages.common import eval_results
 from stages.common.contamination import check_contamination
-from stages.common.sampling import SamplingConfig
-from stages.common.scoring import majority_vote, score, vote_key
+from stages.common.sampling import SamplingConfig, prompt_token_ids
+from stages.common.scoring import assistant_turn, majority_vote, score, vote_key
 from stages.common.stats import CI_METHOD, bootstrap_ci, pass_at_k
 
 # DeepSeek-R1 report, sec. 3 ("Evaluation Setup"): k per benchmark, T = 0.6, top-p 0.95, 32768 tokens.
@@ -256,12 +256,15 @@ def environment() -> dict:
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64) -> list[list]:
+def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64,
+                     texts: list[str] | None = None) -> list[list]:
     """``ks[i]`` completions for ``rows[i]`` from an open ``stages.common.sampling.Sampler``, with the
     per-question seeds of ``seed``: one engine serves every k and seed (an engine start costs
     ~25 s). The Sampler reads k and the seed from its attributes at each call and its engine
-    settings do not depend on them, so they are set here per call and restored."""
+    settings do not depend on them, so they are set here per call and restored. ``texts``: the
+    prompts already rendered (``Sampler.render``)."""
     out: list = [None] * len(rows)
+    texts = [sampler.render(r["prompt"]) for r in rows] if texts is None else texts
     saved = sampler.cfg, sampler.seed
     try:
         sampler.seed = seed
@@ -271,7 +274,8 @@ def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_
             for b in range(0, len(idx), batch_size):
                 part = idx[b:b + batch_size]
                 for i, completions in zip(part, sampler.sample([rows[i]["prompt"] for i in part],
-                                                               [rows[i]["id"] for i in part])):
+                                                               [rows[i]["id"] for i in part],
+                                                               texts=[texts[i] for i in part])):
                     out[i] = completions
     finally:
         sampler.cfg, sampler.seed = saved
@@ -281,31 +285,55 @@ def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_
 def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, correctness: str = "accuracy",
              batch_size: int = 64) -> list[dict]:
     """Sample, score (``correctness`` and ``format`` rewards) and summarise every question:
-    one ``question_record`` per row, in row order."""
-    outs = sample_questions(sampler, rows, ks, seed, batch_size)
+    one ``question_record`` per row, in row order. The rewards see each prompt as rendered for
+    the model and a sample's ``text`` is the whole assistant turn, the template's ``<think>``
+    prefill included (``stages.common.scoring``)."""
+    texts = [sampler.render(r["prompt"]) for r in rows]
+    outs = sample_questions(sampler, rows, ks, seed, batch_size, texts=texts)
     flat_rows = [r for r, cs in zip(rows, outs) for _ in cs]
+    flat_texts = [t for t, cs in zip(texts, outs) for _ in cs]
     names = list(dict.fromkeys([correctness, "format"]))
-    scores = score(names, flat_rows, [c.text for cs in outs for c in cs])
+    scores = score(names, flat_rows, [c.text for cs in outs for c in cs], prompts=flat_texts)
     records, j = [], 0
     for row, cs in zip(rows, outs):
         samples = []
         for c in cs:
-            samples.append({"text": c.text, "num_tokens": c.num_tokens, "truncated": c.truncated,
-                            "rewards": {n: scores[n][j] for n in names}})
+            samples.append({"text": assistant_turn(flat_texts[j], c.text), "num_tokens": c.num_tokens,
+                            "truncated": c.truncated, "rewards": {n: scores[n][j] for n in names}})
             j += 1
         records.append(question_record(model, row, samples, correctness))
     return records
 
 
+def prompt_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Tokens of each prompt as the engine sees it (``stages.common.sampling.prompt_token_ids``)."""
+    return [len(prompt_token_ids(tokenizer, r["prompt"])) for r in rows]
+
+
 def max_prompt_tokens(tokenizer, rows: list[dict]) -> int:
     """Tokens of the longest prompt as the engine sees it (chat template applied to messages)."""
-    def length(prompt) -> int:
-        if isinstance(prompt, str):
-            return len(tokenizer(prompt)["input_ids"])
-        return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"])
+    return max(prompt_lengths(tokenizer, rows), default=0)
 
-    return max(map(length, (r["prompt"] for r in rows)), default=0)
+
+def check_prompts_fit(lengths: list[int], rows: list[dict], sampling: SamplingConfig, context: int | None) -> None:
+    """Refuse, before any engine starts, questions whose prompt leaves no room for an answer.
+
+    The engine refuses a prompt of ``max_model_len`` tokens or more, and the whole eval failed
+    with it; dropping such questions would change the eval set under the same name, so they are
+    refused instead (the server backend: its own ``--max-model-len`` decides).
+
+    Raises:
+        ValueError: names how many questions, the longest and the first ids, and the limits.
+    """
+    if sampling.backend == "server":
+        return
+    over = [(n, r["id"]) for n, r in zip(lengths, rows) if n >= sampling.max_model_len]
+    if over:
+        raise ValueError(
+            f"{len(over)} of {len(rows)} questions have prompts of at least sampling.max_model_len = "
+            f"{sampling.max_model_len} tokens (longest {max(over)[0]}; e.g. {', '.join(i for _, i in over[:3])}); "
+            f"raise max_model_len (the model's context: {context or 'unknown'} tokens) or leave them out of the "
+            "eval set")
 
 
 def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int]) -> tuple[dict, list[dict]]:
@@ -315,8 +343,10 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
     from pipeline import store
     from stages.common.sampling import Sampler
 
-    prompt_tokens = max_prompt_tokens(AutoTokenizer.from_pretrained(path), rows)
+    lengths = prompt_lengths(AutoTokenizer.from_pretrained(path), rows)
+    prompt_tokens = max(lengths, default=0)
     sampling, departures = effective_sampling(config, path, prompt_tokens)
+    check_prompts_fit(lengths, rows, sampling, _model_context(path))
     print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
     with Sampler(path, sampling, seed=config.seed) as sampler:
         rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)

@@ -35,12 +35,13 @@ Launch: ``r1 generate configs/generate/smollm2-135m/rejection_sampling.yaml --ru
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from data import PromptSource
 from data.dedupe import prompt_key
@@ -49,9 +50,10 @@ from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
 from stages.common.filters import FILTERS, Filters, Sample, funnel, funnel_from_counts, verdicts
 from stages.common.sampling import SamplingConfig
-from stages.common.scoring import score
+from stages.common.scoring import assistant_turn, score
 
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
+log = logging.getLogger(__name__)
 
 
 class FewShot(StrictModel):
@@ -66,7 +68,7 @@ class Decontamination(StrictModel):
 
     eval_prompts: list[PromptSource]  # the evaluation sets, as prompt sources
     split: Literal["train", "test"] | None = "test"  # which split of them is evaluated on
-    ngram: int = 8  # n-gram length in words (R1 / open-r1: 8)
+    ngram: PositiveInt = 8  # n-gram length in words (R1 / open-r1: 8)
 
 
 class MixSource(StrictModel):
@@ -75,7 +77,7 @@ class MixSource(StrictModel):
     dataset: str  # a step name, a folder of parquet/JSONL, a .parquet/.jsonl file, or a hub name
     split: str = "train"  # split of a hub dataset
     share: float | None = None  # fraction of the final dataset made of this source; None = all rows
-    max_rows: int | None = None  # at most this many rows from it
+    max_rows: PositiveInt | None = None  # at most this many rows from it
     data_source: str | None = None  # label for rows without `data_source`; None = file stem / hub name
     domain: str = "general"  # domain for rows without one
 
@@ -154,13 +156,22 @@ def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
 
 
 def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
-    """Sample and score one shard: one record per sample (the SFT columns plus ``prompt_id``)."""
+    """Sample and score one shard: one record per sample (the SFT columns plus ``prompt_id``).
+
+    Rewards see each prompt as rendered for the model, and the stored assistant turn starts
+    with what the chat template opened it with (``stages.common.scoring``). A prompt too long
+    for ``sampling.max_model_len`` gets no record (``run`` counts it)."""
     prompts = [_with_few_shot(list(r["prompt"]), cfg.few_shot) if cfg.few_shot else r["prompt"] for r in rows]
-    completions = sampler.sample(prompts, [r["id"] for r in rows])
+    texts = [sampler.render(p) for p in prompts]
+    sampled = sampler.sample(prompts, [r["id"] for r in rows], texts=texts)
+    keep = [i for i, cs in enumerate(sampled) if not any(c.skipped for c in cs)]
+    rows, texts, completions = [rows[i] for i in keep], [texts[i] for i in keep], [sampled[i] for i in keep]
     flat_rows = [r for r, cs in zip(rows, completions) for _ in cs]
+    flat_prompts = [t for t, cs in zip(texts, completions) for _ in cs]
     flat = [c for cs in completions for c in cs]
-    scores = score(cfg.rewards, flat_rows, [c.text for c in flat])
-    reasoning_tokens, answer_tokens = _part_tokens(sampler.tokenizer, [c.text for c in flat])
+    scores = score(cfg.rewards, flat_rows, [c.text for c in flat], prompts=flat_prompts)
+    turns = [assistant_turn(t, c.text) for t, c in zip(flat_prompts, flat)]
+    reasoning_tokens, answer_tokens = _part_tokens(sampler.tokenizer, turns)
     records, i = [], 0
     for row, cs in zip(rows, completions):
         correct = [scores["accuracy"][i + j] == 1.0 for j in range(len(cs))] if "accuracy" in scores else []
@@ -169,7 +180,7 @@ def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
                 [{"role": "user", "content": row["prompt"]}]
             records.append({
                 "id": f"{row['id']}#{j}", "prompt_id": row["id"],
-                "messages": prompt + [{"role": "assistant", "content": c.text}],
+                "messages": prompt + [{"role": "assistant", "content": turns[i]}],
                 "data_source": row["data_source"], "domain": row["domain"],
                 "rewards": json.dumps({name: scores[name][i] for name in cfg.rewards}),
                 "source_model": cfg.model,
@@ -272,6 +283,11 @@ def _decontaminate_messages(rows: list[dict], eval_set, n: int) -> tuple[list[di
 # ----------------------------------------------------------------------------- the card
 
 
+def too_long(prompts: int, records: list[dict]) -> int:
+    """Prompts that got no sample: too long for ``sampling.max_model_len`` (``_sample_shard``)."""
+    return prompts - len({r["prompt_id"] for r in records})
+
+
 def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records: list[dict],
                verdict_list: list, mix_report: list[dict], final_rows: list[dict]) -> dict:
     """The facts of the dataset card (also saved as ``card.json`` for ``r1 inspect``)."""
@@ -288,7 +304,8 @@ def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records
         "rewards": list(cfg.rewards),
         "reward_means_sampled": reward_means,
         "prompts": {"loaded": prompts_loaded, "decontaminated": len(removed_ids),
-                    "sampled": prompts_loaded - len(removed_ids)},
+                    "sampled": prompts_loaded - len(removed_ids),
+                    "too_long": too_long(prompts_loaded - len(removed_ids), records)},
         "decontamination": None if cfg.decontaminate is None else {
             "ngram": cfg.decontaminate.ngram, "split": cfg.decontaminate.split,
             "eval_sources": [s.label for s in cfg.decontaminate.eval_prompts],
@@ -316,7 +333,9 @@ def render_card(card: dict) -> str:
         + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in card["reward_means_sampled"].items())
         + ").", "",
         "## Prompts", "",
-        f"{p['loaded']} prompts loaded, {p['decontaminated']} removed by decontamination, {p['sampled']} sampled.",
+        f"{p['loaded']} prompts loaded, {p['decontaminated']} removed by decontamination, {p['sampled']} sampled"
+        + (f" ({p['too_long']} of them not, being at least `max_model_len` = {s['max_model_len']} tokens long)"
+           if p.get("too_long") else "") + ".",
     ]
     d = card["decontamination"]
     if d:
@@ -379,6 +398,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     rows = [dict(r) for r in prompts]
 
     records = _sample_all(config, model_path, rows, ctx.work_dir / "shards", ctx)
+    if too_long(len(rows), records):
+        log.warning("generate: %d of %d prompts are at least sampling.max_model_len = %d tokens long and were not "
+                    "sampled", too_long(len(rows), records), len(rows), config.sampling.max_model_len)
     if config.output == "prompts":
         return _write_prompt_pool(config, rows, records, loaded, removed_ids, ctx)
     verdict_list = verdicts([_sample_view(r) for r in records], config.filters)
@@ -395,7 +417,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     (out / "card.json").write_text(json.dumps(card, indent=2))
     (out / "README.md").write_text(render_card(card))
 
-    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids), "sampled": len(records),
+    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
+              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records),
               "kept": len(kept), "mixed_in": len(mixed), "rows": len(final),
               **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
     metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
@@ -469,13 +492,15 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
                   for src in sorted({p["data_source"] for p in pool})}
     card = {"output": "prompts", "source_model": cfg.model,
             "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
-            "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows)},
+            "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows),
+                        "too_long": too_long(len(rows), records)},
             "sampled": len(records), "histogram": pass_rate_histogram(rates), "per_source": per_source}
     (out / "card.json").write_text(json.dumps(card, indent=2))
     (out / "README.md").write_text(_render_pool_card(card))
     informative = sum(0.0 < r < 1.0 for r in judged)
-    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids), "sampled": len(records),
-              "rows": len(pool), "prompts_never_solved": card["histogram"]["0"],
+    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
+              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records), "rows": len(pool),
+              "prompts_never_solved": card["histogram"]["0"],
               "prompts_always_solved": card["histogram"]["1"], "prompts_unjudged": card["histogram"]["unjudged"]}
     metrics = {"mean_pass_rate": sum(judged) / len(judged) if judged else float("nan"),
                "share_informative": informative / len(judged) if judged else float("nan")}

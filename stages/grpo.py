@@ -74,9 +74,9 @@ import gc
 import logging
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
@@ -144,17 +144,17 @@ class Config(TrainerOptions, StageConfig):
     eval_steps: PositiveInt = 4  # optimizer steps between two held-out reward measurements
     eval_num_generations: PositiveInt = 4  # completions per held-out prompt
     # objective
-    beta: float = 0.0  # KL weight to the reference model (0: none loaded)
+    beta: NonNegativeFloat = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
-    epsilon: float = 0.2  # lower clip of the ratio: 1 - epsilon
+    epsilon: PositiveFloat = 0.2  # lower clip of the ratio: 1 - epsilon
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
     num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
     mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = 1.0  # > 0: the policy's logits are divided by it (TRL), and a group needs varied samples
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # nucleus sampling of the rollouts
     max_prompt_length: PositiveInt = 512  # tokens, chat template included; longer prompts are dropped
     max_completion_length: PositiveInt = 256  # tokens generated per completion
     # Trainer options (batch, schedule, precision, checkpoints) are pipeline.trainer.TrainerOptions,
@@ -174,8 +174,8 @@ class Config(TrainerOptions, StageConfig):
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
-    vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
-    vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3  # colocate on GPUs: share of GPU memory for vLLM
+    vllm_kv_cache_gib: PositiveInt = 2  # colocate on CPUs: KV cache size (GiB)
     vllm_dtype: DtypeChoice = "auto"  # colocated engine's weights; auto: as for `dtype`
     vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
     # Reweight tokens by p_policy / p_vLLM (the engine samples in bf16, the trainer scores in
@@ -216,6 +216,10 @@ class Config(TrainerOptions, StageConfig):
                     raise ValueError(f"rewards.{i}.params: {exc}") from None
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: a group of one has no advantage")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}: the policy's log-probabilities are "
+                             "those of logits / temperature (TRL), and greedy rollouts would make the completions of "
+                             "a group equal, so every advantage would be 0")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
@@ -275,6 +279,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     from rewards import registry
     from stages.common import vllm_sync as _vllm_sync
+    from stages.common.scoring import with_rendered_prompts
 
     preflight(config)
     reserve_rendezvous_port()
@@ -282,12 +287,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if config.template == "chat":  # a template with no end-of-turn token: rollouts would never end their turn
+        templates.require_end_of_turn(tokenizer, config.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     pool = ctx.resolve_dataset(config.prompt_pool) if config.prompt_pool else None
     dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
     eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
-    reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
+    # Registered rewards read the prompt as the policy saw it (a template's <think> prefill included)
+    reward_funcs = [with_rendered_prompts(registry.get(r.name, **r.params), tokenizer) for r in config.rewards]
     timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 

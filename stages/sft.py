@@ -74,7 +74,7 @@ class TrainingFields(EpochTrainerOptions, StageConfig):
 
     dataset: str  # dataset reference with a `messages` column (see the module docstring)
     dataset_split: str = "train"  # split to read: of a hub or saved dataset, or of a folder's split-named files
-    max_rows: int | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
+    max_rows: PositiveInt | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
     max_length: PositiveInt = 1024  # tokens per conversation (template included)
     overlong: Literal["drop", "truncate"] = "drop"  # conversations over max_length: drop, or keep the start
     training_template: str = "auto"  # "auto", a name in stages/templates/ (e.g. "chatml_train") or a .jinja path
@@ -347,7 +347,7 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     metrics = {
         "loss_first": losses[0] if losses else math.nan,
         "loss_last": losses[-1] if losses else math.nan,
-        "train_loss": outcome.output.training_loss,
+        "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
         "train_wall_s": round(wall, 1),
         "tokens_per_s": round(tokens_run / wall, 1) if wall > 0 and tokens_run else math.nan,
         "seconds_per_step": round(wall / steps_run, 2) if steps_run > 0 else math.nan,

@@ -198,7 +198,11 @@ class ScriptedSampler:
         self.asked: list[str] = []
         self.tokenizer = _Tokenizer()
 
-    def sample(self, prompts, ids):
+    def render(self, prompt):
+        """The prompt as text (no chat template here: the last message's content)."""
+        return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+    def sample(self, prompts, ids, texts=None):
         from stages.common.sampling import Completion
 
         self.asked += ids

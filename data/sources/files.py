@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from data.prompts import Template
 from data.schema import Domain, Split
 from data.sources.base import LoadedRows, SourceConfig, limit_per_split
-from data.sources.records import BadRowError, OnBadRow, RecordMapping, records_to_rows
+from data.sources.records import BadRowError, OnBadRow, RecordMapping, check_answer_regex, records_to_rows
 
 SUFFIXES = (".jsonl", ".parquet")
 
@@ -37,6 +37,11 @@ class FileSource(SourceConfig):
     answer_regex: str | None = Field(None, description=r"keep group 1 of the last match, e.g. `####\s*(.+)` (GSM8K)")
     on_bad_row: OnBadRow = Field("error", description="`error`: raise on the first bad row; `skip`: drop and count")
     limit: int | None = Field(None, ge=0, description="keep at most this many rows per split (first ones)")
+
+    @field_validator("answer_regex")
+    @classmethod
+    def _answer_regex_has_a_group(cls, pattern: str | None) -> str | None:
+        return check_answer_regex(pattern)  # at parse time (`r1 validate`), not at the first row
 
     @field_validator("path")
     @classmethod
