@@ -270,6 +270,17 @@ def _trainer_class():
     return PlainLossOnCPUSFTTrainer
 
 
+def load_training_messages(ref: str | Path, config: TrainingFields):
+    """The training rows of ``ref``: :func:`data.sft.load_messages` with the config's
+    ``dataset_split``, ``max_rows`` and ``seed``, loaded by each node's main process first.
+
+    A hub dataset is then downloaded once per node: the other ranks wait at a barrier and read
+    the cache (they are released too when the main process's load raises, and raise their own).
+    """
+    with distributed.main_first(local=True):
+        return load_messages(ref, config.dataset_split, config.max_rows, config.seed)
+
+
 def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None):
     """The ``SFTTrainer`` for ``model`` on ``config.dataset``; returns ``(trainer, stats)``.
 
@@ -284,10 +295,7 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, ti
     """
     template = training_template(tokenizer, config.training_template)
     _set_stop_token(model, tokenizer, stop_token_id(tokenizer, template))
-    # A hub dataset: each node's main process downloads it, the other ranks then read its cache.
-    with distributed.main_first(local=True):
-        dataset = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows,
-                                config.seed)
+    dataset = load_training_messages(ctx.resolve_dataset(config.dataset), config)
     dataset, stats = _measure(dataset, tokenizer, template, config.max_length, config.overlong)
     if stats["rows"] == 0:
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")

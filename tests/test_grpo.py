@@ -128,7 +128,9 @@ def test_every_step_logs_where_its_time_went(vllm_run):
     named = sum(v for k, v in steps[1].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
                                                                                            "timing_s/step"))
     assert steps[1]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
-    assert 0.95 * wall <= named <= wall + 0.05, (named, wall)  # the timed phases are nearly all of the step
+    # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
+    # machine stretches a 70 ms tiny-model step) may fall between them.
+    assert wall - max(0.05 * wall, 0.02) <= named <= wall + 0.05, (named, wall)
     assert named + steps[1]["timing_s/other"] == pytest.approx(steps[1]["timing_s/step"], abs=2e-3)
     # The manifest sums the whole train() call, the evaluation and checkpoint after the last step included.
     timing = result.metrics["timing_s"]

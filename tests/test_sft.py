@@ -132,7 +132,9 @@ def test_sft_logs_where_each_step_went_across_a_resume(tiny_model, sft_dataset, 
     named = sum(v for k, v in steps[4].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
                                                                                            "timing_s/step"))
     assert steps[4]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
-    assert 0.95 * wall <= named <= wall + 0.05, (named, wall)  # the timed phases are nearly all of the step
+    # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
+    # machine stretches a 70 ms tiny-model step) may fall between them.
+    assert wall - max(0.05 * wall, 0.02) <= named <= wall + 0.05, (named, wall)
     # The manifest: the resumed train() call, its setup (loading checkpoint-2) and checkpoint-4 included.
     timing = result.metrics["timing_s"]
     assert list(timing) == ["setup", "data", "forward", "backward", "optimizer", "save", "other"]
