@@ -59,11 +59,16 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         pipeline = load_pipeline(config, overrides)
         for warning in pipeline.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
+        run_dir = store.runs_root() / (run_name or pipeline.config.run)
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
                          keep_checkpoints=keep_checkpoints)
-        finally:  # also after a failed step: the report shows what finished and what did not
-            _write_report(store.runs_root() / (run_name or pipeline.config.run), pipeline)
+        except store.RunLockedError:
+            raise  # another process runs this folder: its report is its own
+        except BaseException:  # a failed or interrupted step: the report shows what finished and what did not
+            _write_report(run_dir, pipeline)
+            raise
+        _write_report(run_dir, pipeline)
     except ConfigError as err:
         _fail(str(err))
 
@@ -242,12 +247,34 @@ def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail u
 
 
 def main() -> None:
-    """Entry point of the ``r1`` script."""
+    """Entry point of the ``r1`` script. Exit codes (``docs/reliability.md``): 0 done; 1 a step
+    failed; 2 a bad config or command line; 75 the run folder is in use by another process;
+    124 a step stalled (no progress for the stall timeout); 130 interrupted by SIGINT (Ctrl-C);
+    143 stopped by SIGTERM (a scheduler). Interrupted runs keep their partial work and resume
+    when the same command runs again."""
+    from pipeline import runner
+
+    runner.install_signal_handlers()
     try:
-        app()
+        app()  # click ends with SystemExit; it turns a KeyboardInterrupt into "Aborted!" and 1
+    except SystemExit:
+        if runner.stopped_by() is not None:  # a signal ended it: say so, with the signal's exit code
+            _interrupted(runner.stopped_by())
+        raise
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; rerun the same command to resume[/]")
-        sys.exit(130)
+        _interrupted(runner.stopped_by() or 2)
+    except (runner.StepFailed, store.RunLockedError, store.DiskFullError) as err:
+        if distributed.is_main():
+            console.print(f"[red]error:[/] {escape(str(err))}")
+        sys.exit(runner.exit_code(err))
+
+
+def _interrupted(signum: int) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    console.print(f"[yellow]interrupted by {name}; partial work is kept: rerun the same command to resume[/]")
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":
