@@ -233,6 +233,12 @@ class StepRecord:
     result: dict = field(default_factory=dict)
 
 
+def step_config_hash(config: StageConfig, seed: int) -> str:
+    """The ``config_hash`` of a step's manifest: its config's identity (runtime fields such as
+    ``report_to`` left out) and the pipeline seed, which reaches the stage as ``ctx.seed``."""
+    return store.canonical_hash({"config": config.identity(), "pipeline_seed": seed})
+
+
 def _input_block(step: Step, resolver: Resolver) -> dict:
     return {key: {"ref": ref, "hash": resolver.input_hash(ref)} for key, ref in step.config.inputs().items()}
 
@@ -522,7 +528,7 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     main = distributed.is_main()
     config_dict = step.config.model_dump(mode="json")
     # The pipeline seed reaches the stage through ctx.seed, so it is part of the config identity.
-    config_hash = store.canonical_hash({"config": config_dict, "pipeline_seed": seed})
+    config_hash = step_config_hash(step.config, seed)
     with distributed.main_first():  # rank 0 prepares an alias once; the others then find it done
         inputs = _input_block(step, resolver)
     folders = store.StepFolders(run_dir, step.name)

@@ -71,6 +71,18 @@ class StageConfig(StrictModel):
     training_prompts: ClassVar[tuple[str, ...] | None] = None
     #: ``StepResult`` counts/metrics shown, in this order, in the run summary's key numbers.
     headline: ClassVar[tuple[str, ...]] = DEFAULT_HEADLINE
+    #: Fields that change how a step runs, never what it produces (e.g. a trainer's
+    #: ``report_to``): left out of :meth:`identity`, so changing them neither reruns a finished
+    #: step nor discards an unfinished one's checkpoints.
+    runtime_fields: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """The config as hashed into the step's manifest (``config_hash``) and resume fingerprint:
+        ``model_dump(mode="json")`` without the :attr:`runtime_fields`."""
+        data = self.model_dump(mode="json")
+        for name in self.runtime_fields:
+            data.pop(name, None)
+        return data
 
     def inputs(self) -> dict[str, str]:
         """Input name -> reference, for the fields in ``input_fields`` that are set.

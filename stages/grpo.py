@@ -273,12 +273,16 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
-                                dtype=chosen["training"].dtype),
+                                dtype=chosen["training"].dtype, ctx=ctx),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
     templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
     resume = scaffold.resume_point(ctx.checkpoints)
     try:
+        if engine:  # every engine step is a heartbeat for the stall watchdog (pipeline.progress)
+            from stages.common.sampling import beat_on_engine_steps
+
+            beat_on_engine_steps(getattr(trainer.vllm_generation, "llm", None), ctx.progress.beat)
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
         scaffold.install_phase_timers(trainer, timer)
@@ -451,15 +455,17 @@ def _trainer_class():
     return Trainer
 
 
-def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None):
+def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None,
+                   ctx: StepContext | None = None):
     """TRL ``GRPOConfig`` from our config; every option that changes results is set here (the ones
     every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``eval_prompts``: the
     number of held-out prompts (0: no held-out reward curve). ``dtype``: the resolved autocast
-    dtype (default: ``config.dtype`` resolved on this machine)."""
+    dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
-        **scaffold.trainer_arguments(config, output_dir, dtype),
+        **scaffold.trainer_arguments(config, output_dir, dtype, ctx),
         # policy and data
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function

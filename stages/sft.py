@@ -207,14 +207,15 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
     return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
 
 
-def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None):
+def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None, ctx: StepContext | None = None):
     """TRL ``SFTConfig`` from our config; every option that changes results is set here (the ones
     every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``dtype``: the resolved
-    autocast dtype (default: ``config.dtype`` resolved on this machine)."""
+    autocast dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import SFTConfig
 
     return SFTConfig(
-        **trainer_arguments(config, output_dir, dtype),
+        **trainer_arguments(config, output_dir, dtype, ctx),
         # data
         max_length=config.max_length,
         truncation_mode="keep_start",
@@ -293,7 +294,7 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, ti
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
     chosen = training_precision(config)
-    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype),
+    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx),
                                train_dataset=dataset, processing_class=tokenizer,
                                callbacks=[metrics_callback(ctx, timer)])
     if timer is not None:

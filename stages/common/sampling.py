@@ -107,13 +107,34 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def beat_on_engine_steps(llm, beat) -> None:
+    """Call ``beat()`` at every step of a vLLM offline engine (one scheduling iteration: a few
+    tokens for every running request), so the stall watchdog (``pipeline.progress``) sees a
+    long generation move and only a hung engine stalls. No-op for an object without an engine."""
+    engine = getattr(llm, "llm_engine", None)
+    step = getattr(engine, "step", None)
+    if step is None:
+        return
+
+    def stepped(*args, **kwargs):
+        out = step(*args, **kwargs)
+        beat()
+        return out
+
+    engine.step = stepped
+
+
 class Sampler:
-    """A started engine for one model. Use as a context manager; call :meth:`sample`."""
+    """A started engine for one model. Use as a context manager; call :meth:`sample`.
+
+    ``heartbeat``: called as generation moves (every vLLM engine step, every HF token, every
+    server reply); a stage sets it to its ``ctx.progress.beat`` (``pipeline.progress``)."""
 
     def __init__(self, model_path: str, cfg: SamplingConfig, seed: int = 0):
         self.cfg = cfg
         self.seed = seed
         self.model_path = model_path
+        self.heartbeat = lambda: None
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -147,6 +168,7 @@ class Sampler:
                            # nothing is rolled back (tests/test_sampling.py covers it).
                            enable_chunked_prefill=False,
                            max_num_batched_tokens=max(cfg.max_model_len, 4096))
+            beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
             import torch
             from transformers import AutoModelForCausalLM
@@ -169,7 +191,8 @@ class Sampler:
         if self.cfg.backend == "vllm":
             return self._sample_vllm(texts, ids)
         if self.cfg.backend == "server":
-            return self.server.sample(texts, [prompt_seed(self.seed, i) for i in ids], self.cfg, self.tokenizer)
+            return self.server.sample(texts, [prompt_seed(self.seed, i) for i in ids], self.cfg, self.tokenizer,
+                                      self.heartbeat)
         return [self._sample_hf(t, i) for t, i in zip(texts, ids)]
 
     def _sample_vllm(self, texts: list[str], ids: list[str]) -> list[list[Completion]]:
@@ -189,11 +212,21 @@ class Sampler:
         enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         gen_eos = self.model.generation_config.eos_token_id
         eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        sampler = self
+
+        class Beat(StoppingCriteria):  # never stops: a heartbeat per generated token
+            def __call__(self, input_ids, scores, **kwargs):
+                sampler.heartbeat()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         with torch.no_grad():
             out = self.model.generate(**enc, do_sample=self.cfg.temperature > 0,
                                       temperature=max(self.cfg.temperature, 1e-5), top_p=self.cfg.top_p,
                                       max_new_tokens=self.cfg.max_tokens, num_return_sequences=self.cfg.num_samples,
-                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos))
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos),
+                                      stopping_criteria=StoppingCriteriaList([Beat()]))
         result = []
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
@@ -329,14 +362,19 @@ class ServerClient:
                 f"local tokenizer ({len(server_ids)} vs {len(local)} tokens): it must serve the same model as "
                 "the config's `model`")
 
-    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer) -> list[list[Completion]]:
-        """k completions per text (in order, samples sorted by choice index), many requests at once."""
+    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer,
+               heartbeat=lambda: None) -> list[list[Completion]]:
+        """k completions per text (in order, samples sorted by choice index), many requests at once;
+        ``heartbeat()`` after each reply."""
         if texts and not self._checked_tokenizer:  # the first request alone, so the check runs once
             first = [self._request(texts[0], seeds[0], cfg, tokenizer)]
+            heartbeat()
             texts, seeds = texts[1:], seeds[1:]
         else:
             first = []
         futures = [self.pool.submit(self._request, t, s, cfg, tokenizer) for t, s in zip(texts, seeds)]
+        for f in futures:
+            f.add_done_callback(lambda _: heartbeat())
         try:
             return first + [f.result() for f in futures]
         except BaseException:
