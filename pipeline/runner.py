@@ -63,6 +63,7 @@ class Pipeline:
     steps: list[Step]
     source: str = ""
     warnings: list[str] = field(default_factory=list)  # e.g. an input that is likely a typo
+    single: bool = False  # one stage config run as a step (`r1 <kind> FILE`), not a pipeline file
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -162,7 +163,7 @@ def one_step_pipeline(raw: dict, source: str, run: str, step: str | None = None)
     stage_config = parse_stage_config(raw, source)
     name = step or f"{stage_config.kind}"
     pc = PipelineConfig(name=name, run=run, steps=[StepSpec(name=name, config=raw)])
-    return Pipeline(pc, [Step(name, stage_config, raw)], source)
+    return Pipeline(pc, [Step(name, stage_config, raw)], source, single=True)
 
 
 def single_step_pipeline(config_file: str | Path, overrides: list[str] | None, run: str,
@@ -290,6 +291,7 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
             console.print(f"[yellow]took over the lock of {run_dir}: its holder is no longer running "
                           f"({store.describe_holder(lock.took_over)})[/]")
         store.empty_trash(run_dir)
+        _record_plan(pipeline, run_dir)
     try:
         resolver = Resolver(run_dir, set(names))
         records: list[StepRecord] = []
@@ -309,6 +311,39 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
         if lock is not None:
             lock.release()
     return records
+
+
+PLAN = ".pipeline.json"  # the pipeline a run folder last ran with (r1 status)
+
+
+def _record_plan(pipeline: Pipeline, run_dir: Path) -> None:
+    """Save the pipeline this run executes (file, step order, kinds, inputs and config hashes
+    with the command line's overrides applied) as ``<run>/.pipeline.json``: ``r1 status`` shows
+    the steps not run yet and marks finished steps whose config changed since they ran."""
+    plan = {**plan_of(pipeline), "written": time.time()}
+    old = read_plan(run_dir)
+    if pipeline.single and old:  # one more step in a run folder: keep the pipeline's plan, add or update the step
+        new = plan["steps"][0]
+        steps = [new if s.get("name") == new["name"] else s for s in old.get("steps", [])]
+        plan = {**old, "steps": steps if new in steps else [*steps, new], "written": plan["written"]}
+    store.atomic_write_text(run_dir / PLAN, json.dumps(plan, indent=1))
+
+
+def read_plan(run_dir: Path) -> dict | None:
+    """The ``.pipeline.json`` of a run folder (:func:`_record_plan`), or None."""
+    try:
+        plan = json.loads((Path(run_dir) / PLAN).read_text())
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
+def plan_of(pipeline: Pipeline) -> dict:
+    """The plan of a loaded pipeline (as :func:`_record_plan` saves it)."""
+    return {"source": pipeline.source, "name": pipeline.config.name, "seed": pipeline.config.seed,
+            "steps": [{"name": s.name, "kind": s.config.kind, "inputs": s.config.inputs(),
+                       "config_hash": step_config_hash(s.config, pipeline.config.seed),
+                       "max_steps": getattr(s.config, "max_steps", None)} for s in pipeline.steps]}
 
 
 def _check_distributed_kinds(pipeline: Pipeline, selected: list[str]) -> None:
