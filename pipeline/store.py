@@ -269,7 +269,8 @@ class StepFolders:
         """Create (or reuse, for resume) the partial folder for this exact config+inputs.
 
         A partial folder left by a run with a different fingerprint is discarded: its
-        checkpoints belong to another config and must not be resumed.
+        checkpoints belong to another config and must not be resumed. In a reused one, the
+        temporary files of writes a crash cut off (``.<name>.<pid>.tmp``) are removed.
         """
         stamp = self.partial / ".fingerprint"
         if self.partial.exists():
@@ -277,6 +278,9 @@ class StepFolders:
             if old != fingerprint:
                 shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
+        for leftover in self.partial.rglob(".*.tmp"):  # a crash's half-written temporary files (atomic_write)
+            if leftover.is_file():
+                leftover.unlink()
         atomic_write_text(stamp, fingerprint)
         return self.partial
 
