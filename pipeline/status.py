@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from rich.console import Group
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
@@ -126,7 +125,10 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
             extra = far.get("extra") or {}
             entry["key_numbers"] = {k: extra[k] for k in ("reward", "loss", "seconds_per_step") if k in extra}
             if far.get("error"):
-                entry["reason"] = ("interrupted" if far.get("interrupted") else "failed: " + far["error"])
+                error = runner._read_error(partial)
+                how = f" by {error.get('message')}" if str(error.get("message", "")).startswith("SIG") else ""
+                entry["reason"] = (f"interrupted{how}; rerun to resume" if far.get("interrupted")
+                                   else "failed: " + far["error"])
             elif not alive:
                 entry["reason"] = "stopped (killed or lost); rerun to resume"
             if view.status.startswith("done"):
@@ -136,12 +138,20 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
             "pipeline": (plan or {}).get("source"), "steps": steps}
 
 
-def how_far(progress: dict) -> str:
-    """``12/40 steps (ETA 3 min 10 s); checkpoint 10/40; 3 shards kept`` from a step's progress."""
+def bar(done: float, total: float, width: int = 20) -> Text:
+    """A progress bar as text (``━━━━━━━━──────── 40%``), drawn the same in any table width."""
+    share = max(0.0, min(1.0, done / total)) if total else 0.0
+    filled = round(share * width)
+    return Text.assemble(("━" * filled, "cyan"), ("─" * (width - filled), "dim"), f" {share:.0%}")
+
+
+def how_far(progress: dict, running: bool = True) -> str:
+    """``12/40 steps (ETA 3 min 10 s); checkpoint 10/40; 3 shards kept`` from a step's progress
+    (the ETA only while it runs)."""
     parts = []
     if progress.get("done") is not None:
         total = f"/{progress['total']:g}" if progress.get("total") else ""
-        eta = f" (ETA {_duration(progress['eta_s'])})" if progress.get("eta_s") is not None else ""
+        eta = f" (ETA {_duration(progress['eta_s'])})" if running and progress.get("eta_s") is not None else ""
         parts.append(f"{progress['done']:g}{total} {progress.get('unit') or ''}".strip() + eta)
         extra = progress.get("extra") or {}
         if extra.get("shards"):
@@ -151,7 +161,7 @@ def how_far(progress: dict) -> str:
         parts.append(f"checkpoint at step {progress['checkpoint_step']}{total}")
     elif progress.get("shards_kept") is not None and not (progress.get("extra") or {}).get("shards"):
         parts.append(f"{progress['shards_kept']} shard(s) kept")
-    if progress.get("phase"):
+    if progress.get("phase") and running:
         parts.append(f"phase: {progress['phase']}")
     return "; ".join(parts) or "no progress recorded"
 
@@ -171,9 +181,9 @@ def status_table(status: dict) -> Table:
         p = s["progress"]
         cell: Text | Group = Text("")
         if s["status"] in ("running", "partial"):
-            lines = [Text(how_far(p))]
+            lines = [Text(how_far(p, s["status"] == "running"))]
             if p.get("done") is not None and p.get("total"):
-                lines.insert(0, ProgressBar(total=float(p["total"]), completed=float(p["done"]), width=24))
+                lines.insert(0, bar(float(p["done"]), float(p["total"])))
             if s["reason"]:
                 lines.append(Text(s["reason"], style="red" if s["reason"].startswith("failed") else "yellow"))
             cell = Group(*lines)
