@@ -324,7 +324,7 @@ def main() -> None:
     124 a step stalled (no progress for the stall timeout); 130 interrupted by SIGINT (Ctrl-C);
     143 stopped by SIGTERM (a scheduler). Interrupted runs keep their partial work and resume
     when the same command runs again."""
-    from pipeline import runner
+    from pipeline import progress, runner
 
     runner.install_signal_handlers()
     try:
@@ -335,7 +335,7 @@ def main() -> None:
         raise
     except KeyboardInterrupt:
         _interrupted(runner.stopped_by() or 2)
-    except (runner.StepFailed, store.RunLockedError, store.DiskFullError) as err:
+    except (runner.StepFailed, store.RunLockedError, store.DiskFullError, progress.StallError) as err:
         if distributed.is_main():
             console.print(f"[red]error:[/] {escape(str(err))}")
         sys.exit(runner.exit_code(err))

@@ -444,9 +444,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _save_error(work_dir: Path, err: BaseException | str) -> None:
+def _save_error(work_dir: Path, err: BaseException | str) -> bool:
     """``.error.json`` in the partial folder: the error's type and message (read by the parent
-    process and by ``r1 status``)."""
+    process and by ``r1 status``). Returns whether it was written (a full disk may refuse it)."""
     record = ({"type": "StallError", "message": err} if isinstance(err, str) else
               {"type": type(err).__name__, "message": str(err), "interrupted": isinstance(err, KeyboardInterrupt),
                "signum": getattr(err, "signum", None)})
@@ -454,7 +454,8 @@ def _save_error(work_dir: Path, err: BaseException | str) -> None:
     try:
         store.atomic_write_text(work_dir / store.ERROR, json.dumps(record))
     except OSError:
-        pass  # a full disk may refuse even this; the console still has the message
+        return False  # a full disk may refuse even this
+    return True
 
 
 def _watched_run(module, config: StageConfig, ctx: StepContext) -> StepResult:
@@ -480,9 +481,11 @@ def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step
         result = _watched_run(module, config, ctx)
         store.atomic_write_text(work / ".result.json", json.dumps(asdict(result), default=float))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, then the process ends
-        _save_error(work, err)
+        saved = _save_error(work, err)
         if not isinstance(err, (KeyboardInterrupt, *CLEAN_ERRORS)):
             traceback.print_exc()
+        elif not saved and not isinstance(err, KeyboardInterrupt):  # the parent cannot read it: say it here
+            print(f"error: {err}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(exit_code(err))  # not sys.exit: no interpreter teardown (engines, threads) to hang on
 
@@ -611,9 +614,7 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     except Exception as err:
         note = progress_note(work)
         console.print(f"[red]step {step.name} failed; partial work kept in {work}{f' ({note})' if note else ''}[/]")
-        if isinstance(err, (StepFailed, *CLEAN_ERRORS)):
-            print(f"error: {err}", file=sys.stderr, flush=True)
-        else:
+        if not isinstance(err, (StepFailed, *CLEAN_ERRORS)):  # those say all in one line (printed by r1)
             traceback.print_exc()
         raise
     wall = time.time() - started

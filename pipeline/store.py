@@ -147,6 +147,9 @@ class DiskFullError(OSError):
                                        f"{human_bytes(self.free)} free{need}. Free some space (or point R1_HOME "
                                        "elsewhere) and rerun the same command: finished work is kept and resumes")
 
+    def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
+        return self.strerror
+
 
 def human_bytes(n: int | float | None) -> str:
     """``1536`` -> ``'1.5 KiB'`` (binary units).

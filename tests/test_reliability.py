@@ -199,10 +199,11 @@ def test_exit_codes_are_documented_ones():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 96 MiB tmpfs mounted at ``tmp_path/disk`` (unmounted after the test)."""
+    """A 160 MiB tmpfs mounted at ``tmp_path/disk`` (unmounted after the test): room for the
+    tiny model's SFT run (3 checkpoints of ~40 MB while the oldest is rotated out)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(disk)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(disk)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
@@ -268,7 +269,7 @@ def test_disk_full_before_and_during_a_checkpoint(small_disk, monkeypatch, tiny_
     work = home / "ckpt" / ".partial" / "sft"
     filler = small_disk / "filler.bin"
 
-    real_save = trainer.guard_checkpoint_space
+    real_save, real_bytes = trainer.guard_checkpoint_space, trainer.checkpoint_bytes
     fooled = {"on": False}
 
     def guard(t):  # fill the disk right after checkpoint-2, leaving room for less than a checkpoint
@@ -287,16 +288,16 @@ def test_disk_full_before_and_during_a_checkpoint(small_disk, monkeypatch, tiny_
     monkeypatch.setattr(trainer, "guard_checkpoint_space", guard)
     with pytest.raises(store.DiskFullError, match=r"before writing checkpoint-4 in .*checkpoints: .* free; about .* needed"):
         run_pipeline(pipeline)
-    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
 
     fooled["on"] = True  # (2): the check passes, the write itself runs out of space
     with pytest.raises(store.DiskFullError, match=r"writing the checkpoint .*checkpoint-4: .* free; about"):
         run_pipeline(pipeline)
-    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["checkpoint-2"]  # the half one removed
+    assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]  # the half one removed
 
     filler.unlink()
     monkeypatch.setattr(trainer, "guard_checkpoint_space", real_save)
-    monkeypatch.setattr(trainer, "checkpoint_bytes", trainer.checkpoint_bytes)
+    monkeypatch.setattr(trainer, "checkpoint_bytes", real_bytes)
     run_pipeline(pipeline)
     counts = store.read_manifest(home / "ckpt" / "sft")["result"]["counts"]
     assert (counts["resumed_from_step"], counts["steps"]) == (2, 8)
