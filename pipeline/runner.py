@@ -460,10 +460,8 @@ def _save_error(work_dir: Path, err: BaseException | str) -> bool:
 
 def _watched_run(module, config: StageConfig, ctx: StepContext) -> StepResult:
     """``module.run`` under the stall watchdog (``pipeline.progress``)."""
-    return_value = None
     with ctx.progress.watch(progress.stall_timeout(), on_stall=lambda message: _save_error(ctx.work_dir, message)):
-        return_value = module.run(config, ctx)
-    return return_value
+        return module.run(config, ctx)
 
 
 def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step_names: list[str],
@@ -586,9 +584,10 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     if main:
         console.rule(f"[bold]{step.name}[/] ({step.config.kind})")
     fingerprint = store.canonical_hash({"config": config_hash, "inputs": inputs})
-    if main and not force and folders.recover(fingerprint):  # a crash between its manifest and its rename
+    # A crash between its manifest and its rename: finish the move (one process only: under a
+    # launch the ranks would have to agree on it first; they rerun the step instead).
+    if not distributed.launched() and not force and folders.recover(fingerprint):
         console.print(f"[green]✓ {step.name}[/] finished before an interruption (manifest written); moved into place")
-        distributed.barrier()
         return _record_from_manifest(step, store.read_manifest(folders.final), "recovered")
     if main:  # may discard a stale partial folder: no other rank may be using it yet
         work = folders.prepare_partial(fingerprint)
