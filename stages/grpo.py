@@ -252,8 +252,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset, dropped = load_prompt_rows(config, tokenizer)
-    eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
+    with ctx.progress.phase("loading prompts"):
+        dataset, dropped = load_prompt_rows(config, tokenizer)
+        eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     reward_funcs = [registry.get(r.name, **r.params) for r in config.rewards]
     timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
@@ -269,7 +270,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
-    with options:
+    with options, ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"):
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
@@ -287,8 +288,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
         scaffold.install_phase_timers(trainer, timer)
         install_rl_phase_timers(trainer, timer)
-        outcome = scaffold.train(trainer, resume, timer)
-        scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
+        with ctx.progress.phase("training"):
+            outcome = scaffold.train(trainer, resume, timer)
+        with ctx.progress.phase("saving the model"):
+            scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
         steps = trainer.state.global_step
         processes = trainer.accelerator.num_processes
     finally:

@@ -94,7 +94,8 @@ class Config(TrainingFields):
 def run(config: Config, ctx: StepContext) -> StepResult:
     """Fine-tune ``config.model`` on ``config.dataset``; write ``model/`` into ``ctx.work_dir``."""
     model_path = ctx.resolve_model(config.model)
-    model, tokenizer = load_model(model_path)
+    with ctx.progress.phase("loading the model"):
+        model, tokenizer = load_model(model_path)
     return train(model, tokenizer, config, ctx, summary_prefix=f"SFT of {config.model}")
 
 
@@ -318,15 +319,18 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     """
     serving_template = tokenizer.chat_template
     timer = PhaseTimer()
-    trainer, stats = build_trainer(model, tokenizer, config, ctx, timer)
+    with ctx.progress.phase("loading the data, building the trainer"):
+        trainer, stats = build_trainer(model, tokenizer, config, ctx, timer)
     resume = resume_point(ctx.checkpoints)
     # TRL counts tokens from 0 in every process; continue the count of the interrupted run
     # (TRL's cumulative num_tokens at the checkpoint's last log line: exact when save_steps is a
     # multiple of logging_steps, else short by the steps between that line and the checkpoint).
     trainer._total_train_tokens = tokens_start = int(max(resume.logged("num_tokens"), default=0))
-    outcome = run_trainer(trainer, resume, timer)
+    with ctx.progress.phase("training"):
+        outcome = run_trainer(trainer, resume, timer)
     tokenizer.chat_template = serving_template or tokenizer.chat_template  # serve with the model's own template
-    save_final(trainer, ctx.work_dir, tokenizer)
+    with ctx.progress.phase("saving the model"):
+        save_final(trainer, ctx.work_dir, tokenizer)
 
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]

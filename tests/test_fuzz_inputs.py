@@ -132,7 +132,7 @@ def _walk_keys(node):
             yield path[-1], value
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=300)
 @given(mutated_config())
 def test_a_mutated_stage_config_is_accepted_or_a_clear_config_error(case):
     name, how, config = case
