@@ -41,6 +41,7 @@ def _env(home: Path, **extra) -> dict:
 def _home(tmp_path: Path, r1_home: Path) -> Path:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
+    (r1_home / "models").mkdir(exist_ok=True)  # model aliases prepared once per session, shared
     if not (home / "models").exists():
         (home / "models").symlink_to(r1_home / "models", target_is_directory=True)
     return home
@@ -236,6 +237,7 @@ def test_disk_full_while_generate_writes_a_shard(small_disk, r1_home, tiny_model
     space needed; nothing half-written is left; after freeing space the rerun finishes."""
     home = small_disk / "home"
     home.mkdir()
+    (r1_home / "models").mkdir(exist_ok=True)
     (home / "models").symlink_to(r1_home / "models", target_is_directory=True)
     command = [*R1, "generate", "configs/generate/tiny/smoke.yaml", "--run", "full", "--set", "sampling.backend=hf",
                "--set", f"model={tiny_model}", "--set", "shard_size=3"]
