@@ -183,9 +183,10 @@ def load_sft_rows(ref: str | Path, split: str = "train", data_source: str | None
     label = data_source or (Path(ref).stem if Path(ref).exists() else str(ref))
     rows = []
     for i, (where, r) in enumerate(read_records(ref, split)):
+        messages = messages_of(where, r)  # first: it refuses a record that is not an object, by place
         rows.append({**r,
                      "id": str(r.get("id") or f"{label}/{i + 1}"),
-                     "messages": messages_of(where, r),
+                     "messages": messages,
                      "data_source": r.get("data_source") or label,
                      "domain": r.get("domain") or domain,
                      "rewards": _as_json(r.get("rewards")),

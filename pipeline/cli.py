@@ -87,18 +87,28 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         from_step: Optional[str] = typer.Option(None, "--from", help="Run this step and all after it."),
         force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
         keep_checkpoints: bool = KeepOpt,
+        stall_timeout: Optional[float] = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
         overrides: Optional[list[str]] = SetOpt) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
+    if stall_timeout is not None:
+        import os
+
+        os.environ["R1_STALL_TIMEOUT"] = str(stall_timeout)  # the step processes inherit it
     try:
         pipeline = load_pipeline(config, overrides)
         for warning in pipeline.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
         select_steps(pipeline, only, from_step)  # a misspelt --only/--from: no run folder, no report
+        run_dir = store.runs_root() / (run_name or pipeline.config.run)
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
                          keep_checkpoints=keep_checkpoints)
-        finally:  # also after a failed step: the report shows what finished and what did not
-            _write_report(store.runs_root() / (run_name or pipeline.config.run), pipeline)
+        except store.RunLockedError:
+            raise  # another process runs this folder: its report is its own
+        except BaseException:  # a failed or interrupted step: the report shows what finished and what did not
+            _write_report(run_dir, pipeline)
+            raise
+        _write_report(run_dir, pipeline)
     except ConfigError as err:
         _fail(str(err))
 
@@ -286,6 +296,73 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
         _fail(str(err))
 
 
+def _pick_run(run: Optional[str], config: Optional[Path]):
+    """``(run folder, plan or None)`` for ``r1 status``: RUN (a name or a folder), else the
+    ``run`` of ``--config``, else the run changed last."""
+    from pipeline.runner import plan_of
+
+    plan = None
+    if config is not None:
+        try:
+            pipeline = load_pipeline(config)
+        except ConfigError as err:
+            _fail(str(err))
+        plan = plan_of(pipeline)
+        run = run or pipeline.config.run
+    if run is None:
+        runs = [store.runs_root() / r for r in store.list_runs()]
+        runs = [r for r in runs if store.RunFolder(r).holds_steps()]
+        if not runs:
+            _fail(f"no runs in {store.runs_root()} (R1_HOME)")
+        return max(runs, key=lambda r: r.stat().st_mtime), plan
+    run_dir = store.runs_root() / run
+    if not run_dir.is_dir() and Path(run).is_dir():
+        run_dir = Path(run)
+    if not run_dir.is_dir():
+        _fail(f"no run folder {run_dir}; runs: {', '.join(store.list_runs()) or 'none'}")
+    return run_dir, plan
+
+
+@app.command()
+def status(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
+           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+           watch: Optional[float] = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
+    """Where a run stands: each step done / running / partial (how far) / pending / stale, wall time, key numbers."""
+    import json
+    import time
+
+    from pipeline import status as status_mod
+
+    run_dir, plan = _pick_run(run, config)
+    if as_json:
+        print(json.dumps(status_mod.run_status(run_dir, plan), indent=1, default=str))
+        return
+    if watch is None:
+        console.print(status_mod.status_table(status_mod.run_status(run_dir, plan)))
+        return
+    from rich.live import Live
+
+    with Live(status_mod.status_table(status_mod.run_status(run_dir, plan)), console=console) as live:
+        while True:
+            time.sleep(watch)
+            live.update(status_mod.status_table(status_mod.run_status(run_dir, plan)))
+
+
+@app.command(name="ls")
+def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the runs under $R1_HOME: steps by status, running or idle, last change."""
+    import json
+
+    from pipeline import status as status_mod
+
+    runs = status_mod.list_runs()
+    if as_json:
+        print(json.dumps(runs, indent=1, default=str))
+    else:
+        console.print(status_mod.runs_table(runs))
+
+
 @app.command()
 def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
            ranks: Optional[int] = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
@@ -296,12 +373,34 @@ def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail u
 
 
 def main() -> None:
-    """Entry point of the ``r1`` script."""
+    """Entry point of the ``r1`` script. Exit codes (``docs/reliability.md``): 0 done; 1 a step
+    failed; 2 a bad config or command line; 75 the run folder is in use by another process;
+    124 a step stalled (no progress for the stall timeout); 130 interrupted by SIGINT (Ctrl-C);
+    143 stopped by SIGTERM (a scheduler). Interrupted runs keep their partial work and resume
+    when the same command runs again."""
+    from pipeline import progress, runner
+
+    runner.install_signal_handlers()
     try:
-        app()
+        app()  # click ends with SystemExit; it turns a KeyboardInterrupt into "Aborted!" and 1
+    except SystemExit:
+        if runner.stopped_by() is not None:  # a signal ended it: say so, with the signal's exit code
+            _interrupted(runner.stopped_by())
+        raise
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; rerun the same command to resume[/]")
-        sys.exit(130)
+        _interrupted(runner.stopped_by() or 2)
+    except (runner.StepFailed, store.RunLockedError, store.DiskFullError, progress.StallError) as err:
+        if distributed.is_main():
+            console.print(f"[red]error:[/] {escape(str(err))}")
+        sys.exit(runner.exit_code(err))
+
+
+def _interrupted(signum: int) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    console.print(f"[yellow]interrupted by {name}; partial work is kept: rerun the same command to resume[/]")
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

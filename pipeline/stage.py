@@ -71,6 +71,18 @@ class StageConfig(StrictModel):
     training_prompts: ClassVar[tuple[str, ...] | None] = None
     #: ``StepResult`` counts/metrics shown, in this order, in the run summary's key numbers.
     headline: ClassVar[tuple[str, ...]] = DEFAULT_HEADLINE
+    #: Fields that change how a step runs, never what it produces (e.g. a trainer's
+    #: ``report_to``): left out of :meth:`identity`, so changing them neither reruns a finished
+    #: step nor discards an unfinished one's checkpoints.
+    runtime_fields: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """The config as hashed into the step's manifest (``config_hash``) and resume fingerprint:
+        ``model_dump(mode="json")`` without the :attr:`runtime_fields`."""
+        data = self.model_dump(mode="json")
+        for name in self.runtime_fields:
+            data.pop(name, None)
+        return data
 
     def inputs(self) -> dict[str, str]:
         """Input name -> reference, for the fields in ``input_fields`` that are set.
@@ -199,6 +211,17 @@ class StepContext:
     resolver: Any  # pipeline.runner.Resolver; typed loosely to keep this module import-light
     seed: int = 0
     _metrics_file: Path | None = None
+    _progress: Any = None  # pipeline.progress.StepProgress, made on first use
+
+    @property
+    def progress(self):
+        """The step's :class:`pipeline.progress.StepProgress`: ``update(done, total, unit, **extra)``,
+        ``phase(name)``, ``beat()``; read by ``r1 status`` and the stall watchdog."""
+        if self._progress is None:
+            from pipeline.progress import StepProgress
+
+            self._progress = StepProgress(self.work_dir, self.step)
+        return self._progress
 
     def resolve_model(self, ref: str) -> str:
         """Local folder (or hub id) for a model reference; see ``Resolver.model``."""
@@ -209,10 +232,18 @@ class StepContext:
         return self.resolver.dataset(ref)
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line (with a wall-clock ``time``) to ``work_dir/metrics.jsonl``."""
+        """Append one JSON line (with a wall-clock ``time``) to ``work_dir/metrics.jsonl``.
+
+        A process killed while appending leaves a cut-off last line; the next line starts on a
+        new line, so only the cut one is lost (``pipeline.store.read_metrics`` skips it)."""
         path = self.work_dir / "metrics.jsonl"
-        with path.open("a") as fh:
-            fh.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+        line = json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n"
+        with path.open("a+b") as fh:
+            if fh.tell() > 0:
+                fh.seek(-1, 2)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode())
 
     @property
     def checkpoints(self) -> Path:

@@ -29,17 +29,23 @@ def _stage(kind: str):
         return None
 
 
+def key_numbers(kind: str, result: dict) -> dict:
+    """The counts/metrics of a step's ``result`` (manifest) that its stage declares as
+    ``headline``, in that order."""
+    module = _stage(kind)
+    headline = module.Config.headline if module is not None else DEFAULT_HEADLINE
+    values = {**result.get("metrics", {}), **result.get("counts", {})}
+    return {k: values[k] for k in headline if k in values}
+
+
 def summary_rows(records: list) -> list[list[str]]:
     """One row per step record (``pipeline.runner.StepRecord``): name, kind, status, wall time,
     inputs, outputs, and the stage's ``headline`` numbers that the step reported."""
     rows = []
     for r in records:
-        module = _stage(r.kind)
-        headline = module.Config.headline if module is not None else DEFAULT_HEADLINE
         ins = ", ".join(f"{k}={v['ref']}" for k, v in r.inputs.items())
         outs = ", ".join(r.result.get("outputs", {}).keys())
-        values = {**r.result.get("metrics", {}), **r.result.get("counts", {})}
-        numbers = [f"{k}={fmt(values[k], 3)}" for k in headline if k in values]
+        numbers = [f"{k}={fmt(v, 3)}" for k, v in key_numbers(r.kind, r.result).items()]
         rows.append([r.name, r.kind, r.status, f"{r.wall_time_s:.0f}", ins, outs, ", ".join(numbers)])
     return rows
 

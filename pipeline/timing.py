@@ -63,6 +63,12 @@ class PhaseTimer:
         self.totals: dict[str, float] = {}  # phase -> seconds since the last reset
         self._stack: list[tuple[str, bool]] = []  # (phase, absorbing), innermost last
         self._since = self.started = clock()  # start of the innermost phase's current slice; of the run
+        #: Called at every phase change (the stall watchdog's beat: ``pipeline.progress``).
+        self.listener: Callable[[], None] | None = None
+
+    def current(self) -> str | None:
+        """The innermost open phase (None between phases)."""
+        return self._stack[-1][0] if self._stack else None
 
     def declare(self, *names: str) -> None:
         """Phases to report even when they never ran (a 0 says "not done here")."""
@@ -84,6 +90,8 @@ class PhaseTimer:
             self.totals[outer] = self.totals.get(outer, 0.0) + now - self._since
         self._stack.append((name, absorbing))
         self._since = now
+        if self.listener is not None:
+            self.listener()
         return True
 
     def exit(self, started: bool) -> None:
@@ -94,6 +102,8 @@ class PhaseTimer:
         name, _ = self._stack.pop()
         self.totals[name] = self.totals.get(name, 0.0) + now - self._since
         self._since = now
+        if self.listener is not None:
+            self.listener()
 
     @contextlib.contextmanager
     def phase(self, name: str, absorbing: bool = False, escape: bool = False) -> Iterator[None]:

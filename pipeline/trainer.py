@@ -15,6 +15,22 @@ trainer stage (a reward-model trainer, distillation losses). A trainer stage:
    phases of its own, e.g. GRPO's generation);
 4. runs :func:`train` from :func:`resume_point` and ends with :func:`save_final`.
 
+**Tracking.** ``report_to`` (``none``, or any of ``tensorboard``, ``trackio``, ``wandb``) is
+passed to the trainer as TRL users know it (``TrainingArguments.report_to``), with the run name
+``<run>/<step>``: TensorBoard event files go to ``<step>/tracking/tensorboard/``, W&B runs
+offline into ``<step>/tracking/wandb/`` unless ``WANDB_MODE`` says otherwise (``wandb sync`` it
+later), Trackio logs locally (its own default; no Space) under the project ``<run>``. Every
+trainer-log line the tracker receives carries the keys of ``metrics.jsonl`` (per-phase timings
+``timing_s/*``, seconds per step, GRPO's reward counters). ``report_to`` is a runtime field
+(``StageConfig.runtime_fields``): adding a tracker to an interrupted step resumes it.
+
+**Progress and space.** The metrics callback reports each optimizer step to ``ctx.progress``
+(``r1 status``: step, ETA, last loss or reward, seconds per step) and feeds the stall watchdog
+with every phase change. Before each checkpoint the free space is checked against the size of
+the last checkpoint (or 12 bytes per parameter: float32 weights and AdamW's two moments), and a
+save that fails for lack of space removes its half-written folder: both raise
+``pipeline.store.DiskFullError`` naming the folder and the space needed.
+
 This module imports transformers / trl inside functions only and never imports ``stages``.
 
 **Timing per phase.** Every trainer-log line of ``metrics.jsonl`` (the lines with ``loss``,
@@ -37,22 +53,32 @@ building the optimizer before the first step), adding up to ``train_wall_s``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import PositiveInt, model_validator
+from pydantic import PositiveInt, field_validator, model_validator
 
-from pipeline import distributed, precision
-from pipeline.config import StrictModel
+from pipeline import distributed, precision, store
+from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice, Precision
 from pipeline.stage import StepContext, last_checkpoint
 from pipeline.timing import OTHER, PhaseTimer, ordered, time_calls
 
 SchedulerType = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+Tracker = Literal["tensorboard", "trackio", "wandb"]
+#: The package each tracker needs, and the pin to install (what ``requirements/cpu.lock`` has).
+TRACKER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard==2.21.0"),
+    "trackio": (("trackio",), "trackio==0.43.0"),
+    "wandb": (("wandb",), "wandb==0.31.0"),
+}
 #: Old config keys and the TRL name that replaced them: an old config fails with the new name.
 RENAMED = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
            "epochs": "num_train_epochs", "lr_scheduler": "lr_scheduler_type"}
@@ -86,6 +112,22 @@ class TrainerOptions(StrictModel):
     logging_steps: PositiveInt = 5  # optimizer steps between metrics lines
     save_steps: PositiveInt = 50  # optimizer steps between checkpoints (resume granularity)
     save_total_limit: int = 2  # checkpoints kept
+    # Trackers that receive every logged line, as TRL's `report_to`: none, or a list of
+    # tensorboard, trackio, wandb (offline / local by default; module docstring). A runtime
+    # field: changing it never reruns a step.
+    report_to: list[Tracker] = []
+
+    runtime_fields: ClassVar[tuple[str, ...]] = ("report_to",)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # TRL's forms: "none", one name, or a list (a comma-separated string too).
+        if value is None or value == "none" or value == ["none"]:
+            return []
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -112,6 +154,8 @@ class TrainerOptions(StrictModel):
             raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 (checkpoints kept), got {self.save_total_limit}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise ValueError(f"report_to lists a tracker twice: {self.report_to}")
         return self
 
 
@@ -134,12 +178,56 @@ def training_precision(options: TrainerOptions) -> Precision:
     return chosen
 
 
-def trainer_arguments(options: TrainerOptions, output_dir: Path, dtype: str | None = None) -> dict[str, Any]:
+def check_trackers(trackers: list[str]) -> None:
+    """Refuse a ``report_to`` tracker whose package is not installed here.
+
+    Raises:
+        ConfigError: names the tracker and the pip command (the pin of ``requirements/cpu.lock``).
+    """
+    for name in trackers:
+        modules, pin = TRACKER_PACKAGES[name]
+        if not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"report_to: {name} needs the {modules[0]} package, which is not installed here: "
+                              f"pip install {pin} (or remove {name} from report_to)")
+
+
+def tracking_arguments(options: TrainerOptions, ctx: StepContext | None) -> dict[str, Any]:
+    """``report_to``, ``run_name`` (``<run>/<step>``) and the trackers' folders (module docstring).
+
+    Sets the environment the trackers read (``TENSORBOARD_LOGGING_DIR``; ``WANDB_DIR``,
+    ``WANDB_MODE=offline`` unless set, ``WANDB_PROJECT`` = the run unless set).
+
+    Raises:
+        ConfigError: a tracker is not installed (:func:`check_trackers`).
+    """
+    trackers = list(options.report_to)
+    check_trackers(trackers)
+    if ctx is None:
+        return {"report_to": trackers or "none"}
+    folder = ctx.work_dir / store.TRACKING
+    if "tensorboard" in trackers:
+        user = os.environ.get("R1_TENSORBOARD_DIR")  # one tree for every run: <dir>/<run>/<step>
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(user) / ctx.run / ctx.step if user else folder / "tensorboard")
+    if "wandb" in trackers:
+        (folder / "wandb").mkdir(parents=True, exist_ok=True)
+        os.environ["WANDB_DIR"] = str(folder / "wandb")
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_PROJECT", ctx.run)
+    return {"report_to": trackers or "none", "run_name": f"{ctx.run}/{ctx.step}", "project": ctx.run,
+            "trackio_space_id": None, "trackio_static_space_id": False}
+
+
+def trainer_arguments(options: TrainerOptions, output_dir: Path, dtype: str | None = None,
+                      ctx: StepContext | None = None) -> dict[str, Any]:
     """Keyword arguments of a TRL config (``SFTConfig``, ``GRPOConfig``, ``RewardConfig``, ...)
     that every trainer stage sets the same way; the stage adds its own (loss, data, optimizer).
 
     ``dtype``: the resolved autocast dtype (default: ``options.dtype`` resolved on this machine).
+    ``ctx``: the step, for the trackers' run name and folders (:func:`tracking_arguments`).
     Checkpoints keep the optimizer, scheduler and RNG state, so a resume continues exactly.
+
+    Raises:
+        ConfigError: a ``report_to`` tracker is not installed.
     """
     import torch
 
@@ -176,8 +264,8 @@ def trainer_arguments(options: TrainerOptions, output_dir: Path, dtype: str | No
         save_steps=options.save_steps,
         save_total_limit=options.save_total_limit,
         save_only_model=False,  # optimizer + scheduler + RNG state, so a resume continues exactly
-        report_to="none",
         disable_tqdm=False,  # progress bar with ETA
+        **tracking_arguments(options, ctx),
     )
 
 
@@ -298,7 +386,58 @@ def install_phase_timers(trainer: Any, timer: PhaseTimer) -> None:
     time_calls(trainer, "_clip_grad_norm", timer, "optimizer")
     if trainer.args.eval_strategy != "no" or trainer.args.eval_on_start:
         time_calls(trainer, "_evaluate", timer, "evaluation", absorbing=True)
+    guard_checkpoint_space(trainer)
     time_calls(trainer, "_save_checkpoint", timer, "save", absorbing=True)
+    _metrics_callback_first(trainer)
+
+
+def _metrics_callback_first(trainer: Any) -> None:
+    """Order the callbacks so the trackers (``report_to``) receive the keys the metrics callback
+    adds to each log line (timings, reward counters): the flow and progress-bar callbacks, then
+    ours, then the rest. (The progress bar prints the trainer's own keys only.)"""
+    callbacks = trainer.callback_handler.callbacks
+    ours = [c for c in callbacks if getattr(c, "r1_metrics", False)]
+    first = [c for c in callbacks if type(c).__name__ in ("DefaultFlowCallback", "ProgressCallback", "PrinterCallback")]
+    rest = [c for c in callbacks if c not in ours and c not in first]
+    trainer.callback_handler.callbacks = first + ours + rest
+
+
+def checkpoint_bytes(trainer: Any) -> int:
+    """Bytes a checkpoint will take: the newest one on disk, or (none yet) 12 bytes per
+    trainable parameter (float32 weights + AdamW's two float32 moments) plus 4 per frozen one."""
+    newest = last_checkpoint(Path(trainer.args.output_dir))
+    if newest:
+        return sum(f.stat().st_size for f in Path(newest).rglob("*") if f.is_file())
+    params = list(trainer.model.parameters())
+    return sum(p.numel() * (12 if p.requires_grad else 4) for p in params)
+
+
+def guard_checkpoint_space(trainer: Any) -> None:
+    """Check the space before each checkpoint and turn a save that runs out of it into a clear
+    error (module docstring). Installed by :func:`install_phase_timers`.
+
+    Raises (from the save):
+        pipeline.store.DiskFullError: names the checkpoint folder and the space needed.
+    """
+    original = trainer._save_checkpoint
+
+    def save(*args, **kwargs):
+        folder = Path(trainer.args.output_dir)
+        target = folder / f"checkpoint-{trainer.state.global_step}"
+        needed = checkpoint_bytes(trainer)
+        if trainer.args.should_save:
+            folder.mkdir(parents=True, exist_ok=True)
+            store.check_space(folder, needed, f"before writing {target.name} in")
+        try:
+            return original(*args, **kwargs)
+        except Exception as err:
+            if not store.is_disk_full(err, folder):
+                raise
+            if trainer.args.should_save:
+                shutil.rmtree(target, ignore_errors=True)  # never resumed from (no trainer_state.json); frees space
+            raise store.DiskFullError(target, needed, "writing the checkpoint") from err
+
+    trainer._save_checkpoint = save
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -318,14 +457,20 @@ def metrics_callback(ctx: StepContext, timer: PhaseTimer | None = None,
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
+        r1_metrics = True  # found by _metrics_callback_first
+
         def __init__(self):
             self.history: list[dict] = []
             self._last: tuple[float, float, int, dict[str, float]] | None = None
             self._optimizer = False
+            self._shown: dict[str, float] = {}  # last loss / reward / seconds per step, for r1 status
 
         def on_train_begin(self, args, state, control, **kwargs):
             if timer is not None:
+                timer.listener = ctx.progress.beat  # every phase change proves the step alive
+                ctx.progress.phase_source = timer.current
                 timer.reset()
+            ctx.progress.update(state.global_step, state.max_steps or None, "steps")
             now, totals = timer.snapshot() if timer is not None else (time.perf_counter(), {})
             self._last = (now, time.process_time(), state.global_step, totals)
 
@@ -337,15 +482,23 @@ def metrics_callback(ctx: StepContext, timer: PhaseTimer | None = None,
             if timer is not None:
                 timer.exit(self._optimizer)
 
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ctx.progress.update(state.global_step, state.max_steps or None, "steps", **self._shown)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs:
                 return
-            record = {"step": state.global_step, **logs}
+            # Added to `logs` itself: the trackers after this callback receive them too.
             if "loss" in logs and self._last is not None and state.global_step > self._last[2]:
-                record.update(self._per_step(state.global_step))
+                logs.update(self._per_step(state.global_step))
             if extra is not None:
-                record.update(extra())
+                logs.update(extra())
+            record = {"step": state.global_step, **logs}
             self.history.append(record)
+            for key in ("loss", "reward", "seconds_per_step"):
+                if isinstance(logs.get(key), (int, float)):
+                    self._shown[key] = logs[key]
             if state.is_world_process_zero:
                 ctx.log_metrics(record)
 
@@ -413,7 +566,14 @@ def save_final(trainer: Any, work_dir: Path, tokenizer: Any) -> Path:
     In a multi-process run each rank writes its weights digest (``pipeline.distributed``).
     """
     out_dir = Path(work_dir) / "model"
-    trainer.save_model(str(out_dir))  # weights, config, generation config
+    needed = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    store.check_space(work_dir, needed, "before saving the model into")
+    try:
+        trainer.save_model(str(out_dir))  # weights, config, generation config
+    except Exception as err:
+        if store.is_disk_full(err, work_dir):
+            raise store.DiskFullError(out_dir, needed, "saving the model") from err
+        raise
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir)
         (out_dir / "training_args.bin").unlink(missing_ok=True)

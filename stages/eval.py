@@ -336,8 +336,17 @@ def check_prompts_fit(lengths: list[int], rows: list[dict], sampling: SamplingCo
             "eval set")
 
 
-def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int]) -> tuple[dict, list[dict]]:
-    """One model: its protocol block (hashes, sampling actually used) and question records."""
+def ctx_progress_phase(progress, name: str):
+    """``progress.phase(name)``, or nothing without a progress (a direct call)."""
+    import contextlib
+
+    return progress.phase(name) if progress is not None else contextlib.nullcontext()
+
+
+def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int],
+                   progress=None) -> tuple[dict, list[dict]]:
+    """One model: its protocol block (hashes, sampling actually used) and question records.
+    ``progress``: the step's ``pipeline.progress.StepProgress`` (phases, engine heartbeats)."""
     from transformers import AutoTokenizer
 
     from pipeline import store
@@ -348,7 +357,11 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
     sampling, departures = effective_sampling(config, path, prompt_tokens)
     check_prompts_fit(lengths, rows, sampling, _model_context(path))
     print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
-    with Sampler(path, sampling, seed=config.seed) as sampler:
+    with ctx_progress_phase(progress, f"{sampling.backend} engine start for {ref}"):
+        sampler = Sampler(path, sampling, seed=config.seed)
+    with sampler, ctx_progress_phase(progress, f"sampling {ref}"):
+        if progress is not None:
+            sampler.heartbeat = progress.beat
         rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
         records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
         chat_template = sampler.tokenizer.chat_template or ""
@@ -374,15 +387,19 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
     results, records = {}, []
+    from pipeline import store
+
     done_dir = ctx.work_dir / "per_model"  # resume: a model evaluated before an interruption is kept
     done_dir.mkdir(exist_ok=True)
     for i, ref in enumerate(config.models):
+        ctx.progress.update(i, len(config.models), "models")
         done = done_dir / f"{i}-{sha256_text(ref)[:12]}.json"
         if done.is_file():
             model_protocol, model_records = json.loads(done.read_text())
         else:
-            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks)
-            done.write_text(json.dumps([model_protocol, model_records]))
+            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks, ctx.progress)
+            # whole or not at all: a rerun reads it back as this model's results
+            store.atomic_write_text(done, json.dumps([model_protocol, model_records]))
         records += model_records
         results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
         ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
@@ -400,13 +417,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "interval": CI_METHOD, "contamination": contamination, **environment(),
     }
     paired = paired_comparisons(config, ctx, records)
-    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results,
-                                                           "paired": paired}, indent=2))
+    ctx.progress.update(len(config.models), len(config.models), "models")
+    store.atomic_write_text(ctx.work_dir / "results.json", json.dumps({"protocol": protocol, "models": results,
+                                                                       "paired": paired}, indent=2))
     schema = pa.schema([("model", pa.string()), ("question_id", pa.string()), ("data_source", pa.string()),
                         ("domain", pa.string()), ("question", pa.string()), ("gold", pa.string()), ("k", pa.int64()),
                         ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
                         ("maj_correct", pa.bool_()), ("unverifiable", pa.int64()), ("samples", pa.string())])
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), ctx.work_dir / "samples.parquet")
+    table = pa.Table.from_pylist(records, schema=schema)
+    store.atomic_write(ctx.work_dir / "samples.parquet", lambda tmp: pq.write_table(table, tmp), needed=table.nbytes)
     shutil.rmtree(done_dir)  # everything it held is in samples.parquet and results.json now
     metrics = {}
     for ref, r in results.items():

@@ -199,9 +199,23 @@ def open_sampler(model_path: str, sampling: SamplingConfig, seed: int):
     return Sampler(model_path, sampling, seed=seed)
 
 
-def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path, ctx: StepContext) -> list[dict]:
-    """Sample every shard not yet on disk, then return the records of all shards in order."""
+def write_parquet(rows: list[dict], path: Path) -> None:
+    """``rows`` as a parquet file at ``path``, whole or not at all (``pipeline.store.atomic_write``;
+    a full disk raises ``DiskFullError`` with the rows' in-memory size as the space needed)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import store
+
+    table = pa.Table.from_pylist(rows)
+    store.atomic_write(path, lambda tmp: pq.write_table(table, tmp), needed=table.nbytes)
+
+
+def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path, ctx: StepContext) -> list[dict]:
+    """Sample every shard not yet on disk, then return the records of all shards in order.
+
+    A shard file exists only when complete (``write_parquet``); ``ctx.progress`` counts the
+    prompts done (``r1 status``) and the engine's steps feed the stall watchdog."""
     import pyarrow.parquet as pq
     from rich.progress import Progress
 
@@ -211,16 +225,22 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
         return shard_dir / f"shard-{i:05d}.parquet"
 
     todo = [i for i in range(len(shards)) if not path(i).exists()]
+    done = sum(len(shards[i]) for i in range(len(shards)) if i not in todo)
+    ctx.progress.update(done, len(rows), "prompts", shards=f"{len(shards) - len(todo)}/{len(shards)}")
     if todo:
-        with open_sampler(model_path, cfg.sampling, cfg.seed) as sampler, Progress() as progress:
+        with ctx.progress.phase(f"{cfg.sampling.backend} engine start"):
+            sampler = open_sampler(model_path, cfg.sampling, cfg.seed)
+        with sampler, Progress() as progress:
+            sampler.heartbeat = ctx.progress.beat
             task = progress.add_task(f"sampling {len(rows)} prompts x {cfg.sampling.num_samples}", total=len(rows),
-                                     completed=sum(len(shards[i]) for i in range(len(shards)) if i not in todo))
-            for i in todo:
-                records = _sample_shard(sampler, cfg, shards[i])
-                tmp = shard_dir / f".shard-{i:05d}.tmp"
-                pq.write_table(pa.Table.from_pylist(records), tmp)
-                tmp.rename(path(i))  # a shard exists only when complete
+                                     completed=done)
+            for k, i in enumerate(todo):
+                with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
+                    records = _sample_shard(sampler, cfg, shards[i])
+                write_parquet(records, path(i))  # a shard exists only when complete
                 progress.advance(task, len(shards[i]))
+                done += len(shards[i])
+                ctx.progress.update(done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}")
                 ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
     records: list[dict] = []
     for i in range(len(shards)):
@@ -381,9 +401,6 @@ def _sample_view(record: dict) -> Sample:
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from data import decontaminate, load_prompts
 
     model_path = ctx.resolve_model(config.model)
@@ -408,14 +425,16 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     mixed, mix_report = _mix_rows(config, ctx, len(kept), eval_set)
     final = kept + [{k: r[k] for k in SFT_COLUMNS} for r in mixed]
 
+    from pipeline import store
+
     out = ctx.work_dir / "dataset"
     out.mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(final), out / "data.parquet")
-    pq.write_table(pa.Table.from_pylist([{**r, "dropped_by": v} for r, v in zip(records, verdict_list)]),
-                   ctx.work_dir / "samples.parquet")
-    card = build_card(config, loaded, removed_ids, records, verdict_list, mix_report, final)
-    (out / "card.json").write_text(json.dumps(card, indent=2))
-    (out / "README.md").write_text(render_card(card))
+    with ctx.progress.phase("writing the dataset"):
+        write_parquet(final, out / "data.parquet")
+        write_parquet([{**r, "dropped_by": v} for r, v in zip(records, verdict_list)], ctx.work_dir / "samples.parquet")
+        card = build_card(config, loaded, removed_ids, records, verdict_list, mix_report, final)
+        store.atomic_write_text(out / "card.json", json.dumps(card, indent=2))
+        store.atomic_write_text(out / "README.md", render_card(card))
 
     counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
               "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records),
@@ -462,9 +481,6 @@ def pass_rate_histogram(rates: list[float | None]) -> dict[str, int]:
 def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loaded: int, removed_ids: list[str],
                        ctx: StepContext) -> StepResult:
     """``dataset/`` = the prompt rows with their pass rates (module docstring), a card, samples."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from data.schema import PROMPT_COLUMNS
     from stages.common.sampling import sampling_precision
 
@@ -482,10 +498,12 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
                      "pass_samples": len(judged),
                      "mean_tokens": sum(m["num_tokens"] for m in metas) / len(metas) if metas else 0.0,
                      "truncated_rate": sum(m["truncated"] for m in metas) / len(metas) if metas else 0.0})
+    from pipeline import store
+
     out = ctx.work_dir / "dataset"
     out.mkdir(exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(pool), out / "data.parquet")
-    pq.write_table(pa.Table.from_pylist(records), ctx.work_dir / "samples.parquet")
+    write_parquet(pool, out / "data.parquet")
+    write_parquet(records, ctx.work_dir / "samples.parquet")
     rates = [p["pass_rate"] for p in pool]
     judged = [r for r in rates if r is not None]
     per_source = {src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
@@ -495,8 +513,8 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
             "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows),
                         "too_long": too_long(len(rows), records)},
             "sampled": len(records), "histogram": pass_rate_histogram(rates), "per_source": per_source}
-    (out / "card.json").write_text(json.dumps(card, indent=2))
-    (out / "README.md").write_text(_render_pool_card(card))
+    store.atomic_write_text(out / "card.json", json.dumps(card, indent=2))
+    store.atomic_write_text(out / "README.md", _render_pool_card(card))
     informative = sum(0.0 < r < 1.0 for r in judged)
     counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
               "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records), "rows": len(pool),

@@ -292,8 +292,9 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     pool = ctx.resolve_dataset(config.prompt_pool) if config.prompt_pool else None
-    dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
-    eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
+    with ctx.progress.phase("loading prompts"):
+        dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
+        eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
     # Registered rewards read the prompt as the policy saw it (a template's <think> prefill included)
     reward_funcs = [with_rendered_prompts(registry.get(r.name, **r.params), tokenizer) for r in config.rewards]
     timer = timing.PhaseTimer()
@@ -310,11 +311,11 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
-    with options:
+    with options, ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"):
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
-                                dtype=chosen["training"].dtype),
+                                dtype=chosen["training"].dtype, ctx=ctx),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
     names = [r.name for r in config.rewards]
     filter_reward = config.dynamic_sampling.reward
@@ -324,12 +325,18 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     resume = scaffold.resume_point(ctx.checkpoints)
     try:
+        if engine:  # every engine step is a heartbeat for the stall watchdog (pipeline.progress)
+            from stages.common.sampling import beat_on_engine_steps
+
+            beat_on_engine_steps(getattr(trainer.vllm_generation, "llm", None), ctx.progress.beat)
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
         scaffold.install_phase_timers(trainer, timer)
         install_rl_phase_timers(trainer, timer)
-        outcome = scaffold.train(trainer, resume, timer)
-        scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
+        with ctx.progress.phase("training"):
+            outcome = scaffold.train(trainer, resume, timer)
+        with ctx.progress.phase("saving the model"):
+            scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
         steps = trainer.state.global_step
         processes = trainer.accelerator.num_processes
     finally:
@@ -414,15 +421,17 @@ def _trainer_class():
     return Trainer
 
 
-def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None):
+def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None,
+                   ctx: StepContext | None = None):
     """TRL ``GRPOConfig`` from our config; every option that changes results is set here (the ones
     every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``eval_prompts``: the
     number of held-out prompts (0: no held-out reward curve). ``dtype``: the resolved autocast
-    dtype (default: ``config.dtype`` resolved on this machine)."""
+    dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import GRPOConfig
 
     return GRPOConfig(
-        **scaffold.trainer_arguments(config, output_dir, dtype),
+        **scaffold.trainer_arguments(config, output_dir, dtype, ctx),
         # policy and data
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function

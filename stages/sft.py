@@ -94,7 +94,8 @@ class Config(TrainingFields):
 def run(config: Config, ctx: StepContext) -> StepResult:
     """Fine-tune ``config.model`` on ``config.dataset``; write ``model/`` into ``ctx.work_dir``."""
     model_path = ctx.resolve_model(config.model)
-    model, tokenizer = load_model(model_path)
+    with ctx.progress.phase("loading the model"):
+        model, tokenizer = load_model(model_path)
     return train(model, tokenizer, config, ctx, summary_prefix=f"SFT of {config.model}")
 
 
@@ -207,14 +208,15 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
     return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
 
 
-def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None):
+def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None, ctx: StepContext | None = None):
     """TRL ``SFTConfig`` from our config; every option that changes results is set here (the ones
     every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``dtype``: the resolved
-    autocast dtype (default: ``config.dtype`` resolved on this machine)."""
+    autocast dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import SFTConfig
 
     return SFTConfig(
-        **trainer_arguments(config, output_dir, dtype),
+        **trainer_arguments(config, output_dir, dtype, ctx),
         # data
         max_length=config.max_length,
         truncation_mode="keep_start",
@@ -301,7 +303,7 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, ti
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
     chosen = training_precision(config)
-    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype),
+    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx),
                                train_dataset=dataset, processing_class=tokenizer,
                                callbacks=[metrics_callback(ctx, timer)])
     if timer is not None:
@@ -325,15 +327,18 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     """
     serving_template = tokenizer.chat_template
     timer = PhaseTimer()
-    trainer, stats = build_trainer(model, tokenizer, config, ctx, timer)
+    with ctx.progress.phase("loading the data, building the trainer"):
+        trainer, stats = build_trainer(model, tokenizer, config, ctx, timer)
     resume = resume_point(ctx.checkpoints)
     # TRL counts tokens from 0 in every process; continue the count of the interrupted run
     # (TRL's cumulative num_tokens at the checkpoint's last log line: exact when save_steps is a
     # multiple of logging_steps, else short by the steps between that line and the checkpoint).
     trainer._total_train_tokens = tokens_start = int(max(resume.logged("num_tokens"), default=0))
-    outcome = run_trainer(trainer, resume, timer)
+    with ctx.progress.phase("training"):
+        outcome = run_trainer(trainer, resume, timer)
     tokenizer.chat_template = serving_template or tokenizer.chat_template  # serve with the model's own template
-    save_final(trainer, ctx.work_dir, tokenizer)
+    with ctx.progress.phase("saving the model"):
+        save_final(trainer, ctx.work_dir, tokenizer)
 
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]

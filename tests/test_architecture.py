@@ -15,7 +15,7 @@ PROJECT = ("pipeline", "stages", "rewards", "data")
 # The front end: the executor, the command line and the reports. Everything else in pipeline/
 # is the core that stages build on.
 FRONT = ("pipeline.runner", "pipeline.cli", "pipeline.report", "pipeline.inspect", "pipeline.summary",
-         "pipeline.slurm", "pipeline.doctor")
+         "pipeline.slurm", "pipeline.doctor", "pipeline.status")
 
 
 def _module(path: Path) -> str:

@@ -143,13 +143,34 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def beat_on_engine_steps(llm, beat) -> None:
+    """Call ``beat()`` at every step of a vLLM offline engine (one scheduling iteration: a few
+    tokens for every running request), so the stall watchdog (``pipeline.progress``) sees a
+    long generation move and only a hung engine stalls. No-op for an object without an engine."""
+    engine = getattr(llm, "llm_engine", None)
+    step = getattr(engine, "step", None)
+    if step is None:
+        return
+
+    def stepped(*args, **kwargs):
+        out = step(*args, **kwargs)
+        beat()
+        return out
+
+    engine.step = stepped
+
+
 class Sampler:
-    """A started engine for one model. Use as a context manager; call :meth:`sample`."""
+    """A started engine for one model. Use as a context manager; call :meth:`sample`.
+
+    ``heartbeat``: called as generation moves (every vLLM engine step, every HF token, every
+    server reply); a stage sets it to its ``ctx.progress.beat`` (``pipeline.progress``)."""
 
     def __init__(self, model_path: str, cfg: SamplingConfig, seed: int = 0):
         self.cfg = cfg
         self.seed = seed
         self.model_path = model_path
+        self.heartbeat = lambda: None
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -184,6 +205,7 @@ class Sampler:
                            # nothing is rolled back (tests/test_sampling.py covers it).
                            enable_chunked_prefill=False,
                            max_num_batched_tokens=max(cfg.max_model_len, 4096))
+            beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
             import torch
             from transformers import AutoModelForCausalLM
@@ -230,7 +252,8 @@ class Sampler:
         elif self.cfg.backend == "server":
             sampled = self.server.sample([texts[i] for i in keep], [prompt_seed(self.seed, ids[i]) for i in keep],
                                          self.cfg, self.tokenizer,
-                                         add_special_tokens=[isinstance(prompts[i], str) for i in keep])
+                                         add_special_tokens=[isinstance(prompts[i], str) for i in keep],
+                                         heartbeat=self.heartbeat)
         else:
             sampled = [self._sample_hf(token_ids[i], ids[i]) for i in keep]
         for i, completions in zip(keep, sampled):
@@ -260,11 +283,21 @@ class Sampler:
         gen_eos = self.model.generation_config.eos_token_id
         eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
         budget = min(self.cfg.max_tokens, self.cfg.max_model_len - len(token_ids))  # as vLLM: the model length
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        sampler = self
+
+        class Beat(StoppingCriteria):  # never stops: a heartbeat per generated token
+            def __call__(self, input_ids, scores, **kwargs):
+                sampler.heartbeat()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         with torch.no_grad():
             out = self.model.generate(**enc, do_sample=self.cfg.temperature > 0,
                                       temperature=max(self.cfg.temperature, 1e-5), top_p=self.cfg.top_p,
                                       max_new_tokens=budget, num_return_sequences=self.cfg.num_samples,
-                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos))
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos),
+                                      stopping_criteria=StoppingCriteriaList([Beat()]))
         result = []
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
@@ -404,17 +437,20 @@ class ServerClient:
                 "the config's `model`")
 
     def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer,
-               add_special_tokens: list[bool] | None = None) -> list[list[Completion]]:
+               add_special_tokens: list[bool] | None = None, heartbeat=lambda: None) -> list[list[Completion]]:
         """k completions per text (in order, samples sorted by choice index), many requests at once.
         ``add_special_tokens``: per text, whether the server adds the tokenizer's special tokens
-        (False for a rendered chat template; default: True for all)."""
+        (False for a rendered chat template; default: True for all). ``heartbeat()`` after each reply."""
         special = list(add_special_tokens) if add_special_tokens is not None else [True] * len(texts)
         if texts and not self._checked_tokenizer:  # the first request alone, so the check runs once
             first = [self._request(texts[0], seeds[0], cfg, tokenizer, special[0])]
+            heartbeat()
             texts, seeds, special = texts[1:], seeds[1:], special[1:]
         else:
             first = []
         futures = [self.pool.submit(self._request, t, s, cfg, tokenizer, a) for t, s, a in zip(texts, seeds, special)]
+        for f in futures:
+            f.add_done_callback(lambda _: heartbeat())
         try:
             return first + [f.result() for f in futures]
         except BaseException:
