@@ -76,11 +76,11 @@ from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import TRAINER_PANELS, Panel, StageReport, StepContext, StepResult
-from stages.common.pruning import decoder_layers_prefix as _decoder_layers_prefix  # noqa: F401  (kept name)
 from stages.common.pruning import derive_by_depth, layer_indices  # noqa: F401  (distill.layer_indices)
 from stages.sft import TrainingFields
 
 DERIVED = "derived"
+derive_student = derive_by_depth  # the depth-derived student (stages/common/pruning.py)
 TERMS = ("sft", "logits", "features")
 # Runs under `accelerate launch` with several processes, like sft (whose training code it uses):
 # every rank derives the same student from the teacher, then trains its share of each batch.

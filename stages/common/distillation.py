@@ -86,7 +86,11 @@ def teacher_topk(teacher_logits, k: int, temperature: float) -> TopK:
 def dense_divergence(student_logits, teacher_logits, beta: float, temperature: float):
     """Per-position divergence (N,) float32 between dense logits (N, V), times ``T^2`` (module
     docstring). TRL's ``GKDTrainer.generalized_jsd_loss`` (the ``beta`` endpoints are the KLs)."""
-    from trl.experimental.gkd import GKDTrainer
+    import warnings
+
+    with warnings.catch_warnings():  # "importing from trl.experimental": known, and pinned by the tests
+        warnings.simplefilter("ignore")
+        from trl.experimental.gkd import GKDTrainer
 
     jsd = GKDTrainer.generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=beta,
                                           temperature=temperature, reduction="none")
