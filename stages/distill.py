@@ -573,6 +573,9 @@ class _DistillMixin:
                 generation_kwargs={"stop_token_ids": self._stop_ids}, gpu_memory_utilization=0.3)
         if on_cpu:
             vllm_sync.install_cpu_weight_sync(self._vllm)
+        from pipeline import timing
+
+        timing.time_calls(self._vllm, "sync_weights", self._timer, "weight_sync", escape=True)
 
     def _sample(self, prompts: list[list[int]]) -> list[list[int]]:
         """The student's completion token ids for each prompt (ids, chat template applied),

@@ -194,8 +194,11 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
         return {"_tokens": min(len(out["input_ids"]), max_length), "_trained": sum(mask),
                 "_overlong": len(out["input_ids"]) > max_length}
 
-    dataset = dataset.map(count, desc="counting tokens")
     rows = len(dataset)
+    if rows == 0:  # map() adds no columns to an empty dataset; build_trainer reports "no usable rows"
+        return dataset, {"rows_in": 0, "rows": 0, "rows_no_assistant": 0, "rows_overlong": 0, "tokens_per_epoch": 0,
+                         "assistant_tokens_per_epoch": 0}
+    dataset = dataset.map(count, desc="counting tokens")
     no_assistant = sum(1 for n in dataset["_trained"] if n == 0)
     keep = [i for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
             if n > 0 and not (over and overlong == "drop")]
