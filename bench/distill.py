@@ -4,7 +4,7 @@
     python bench/distill.py --quick                                             # tiny models: checks the script works
     python bench/distill.py --teacher T --students width --methods logits,sft_logits --budget-s 300
 
-Same teacher, same data, same student size, same wall-clock budget per method; results in
+Same teacher, same data, same student size, same time budget per method; results in
 ``bench/results/distill.json`` and the table of ``docs/distillation.md``. Phases (each skipped
 when its output exists under ``runs/<--run>/``; ``--force`` redoes them):
 
@@ -19,7 +19,11 @@ when its output exists under ``runs/<--run>/``; ``--force`` redoes them):
    parameters) and method, one process: a pilot of ``--pilot-steps`` steps measures the method's
    setup (model build, width calibration, teacher cache, vLLM start) and seconds per step; the run
    then gets ``max_steps = (budget - setup) / seconds per step`` (cosine schedule over them) and a
-   wall-clock stop at ``budget - setup`` seconds of training, whichever comes first;
+   stop at ``budget - setup`` seconds of training, whichever comes first. ``--clock cpu`` (default)
+   counts the worker process's CPU seconds (all its threads; the colocated vLLM engine runs in
+   it), ``wall`` wall-clock seconds: on a machine shared with other jobs, wall-clock time depends
+   on what else runs (here 5-10x slower than idle at load 15-20), CPU time much less; both are
+   reported;
 5. **student evals** (same eval config, step ``eval-<student>-<method>``);
 6. **KL to the teacher**: per student, mean token-level ``KL(teacher || student)`` (T = 1, full
    vocabulary, nats per token) on the teacher's own held-out responses (its first eval sample per
@@ -141,13 +145,16 @@ def _pilot(cfg: dict, work: Path, steps: int) -> dict:
     from pipeline.config import parse
     from stages import distill
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = distill.run(parse(distill.Config, {**cfg, "max_steps": steps}), _ctx(work))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     lines = _step_lines(work)
     per_step = [x["timing_s/step"] for x in lines]
+    cpu_step = [x["cpu_seconds_per_step"] for x in lines]
     return {"wall_s": wall, "seconds_per_step": statistics.median(per_step[1:] or per_step),
             "setup_s": wall - sum(per_step), "step_seconds": per_step,
+            "cpu_s": cpu, "cpu_seconds_per_step": statistics.median(cpu_step[1:] or cpu_step),
+            "cpu_setup_s": cpu - sum(cpu_step),
             "phases": {k: statistics.median(x.get(k, 0.0) for x in lines[1:] or lines)
                        for k in lines[-1] if k.startswith("timing_s/")},
             "metrics": {k: v for k, v in result.metrics.items() if k != "timing_s"}}
@@ -161,24 +168,28 @@ def worker_train(spec: dict) -> dict:
     from stages import distill
 
     cfg, budget, out = spec["config"], spec["budget_s"], Path(spec["out"])
+    cpu = spec["clock"] == "cpu"
+    clock = time.process_time if cpu else time.perf_counter
     pilot = _pilot(cfg, out.with_name(out.name + "-pilot"), spec["pilot_steps"])
-    train_s = budget - pilot["setup_s"]
-    steps = max(1, int(train_s // pilot["seconds_per_step"]))
+    setup, per_step = ((pilot["cpu_setup_s"], pilot["cpu_seconds_per_step"]) if cpu
+                       else (pilot["setup_s"], pilot["seconds_per_step"]))
+    train_s = budget - setup
+    steps = max(1, int(train_s // per_step))
     limit = {"s": train_s, "stopped": False}
 
-    class WallClockStop(TrainerCallback):
+    class ClockStop(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
+            self.started = clock()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() - self.started > limit["s"]:
+            if clock() - self.started > limit["s"]:
                 control.should_training_stop = limit["stopped"] = True
 
     factory = distill.DistillTrainer
 
     def with_stop(**kwargs):
         trainer = factory(**kwargs)
-        trainer.add_callback(WallClockStop())
+        trainer.add_callback(ClockStop())
         return trainer
 
     distill.DistillTrainer = with_stop
@@ -187,16 +198,17 @@ def worker_train(spec: dict) -> dict:
     if cache.is_dir():  # computed by the pilot (its cost is in the pilot's setup): not again
         shutil.copytree(cache, out / "teacher_topk")
     load = os.getloadavg()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = distill.run(parse(distill.Config, {**cfg, "max_steps": steps}), ctx)
-    wall = time.perf_counter() - started
+    wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     lines = _step_lines(out)
     return {"name": spec["name"], "planned_steps": steps, "steps": result.counts["steps"],
             "stopped_by_clock": limit["stopped"], "rows": result.counts["rows"],
             "epochs": round(result.counts["steps"] * cfg["per_device_train_batch_size"] / result.counts["rows"], 2),
-            "budget_s": budget, "setup_s": round(pilot["setup_s"], 1),
+            "clock": spec["clock"], "budget_s": budget, "setup_s": round(setup, 1),
             "train_wall_s": result.metrics["train_wall_s"], "run_wall_s": round(wall, 1),
-            "seconds_per_step": round(pilot["seconds_per_step"], 2), "pilot": pilot,
+            "train_cpu_s": round(sum(x["cpu_seconds_per_step"] for x in lines), 1), "run_cpu_s": round(cpu_run, 1),
+            "seconds_per_step": round(per_step, 2), "pilot": pilot,
             "student_params": result.counts["student_params"], "teacher_params": result.counts.get("teacher_params"),
             "student_params_ratio": result.metrics.get("student_params_ratio"),
             "loss_first": result.metrics["loss_first"], "loss_last": result.metrics["loss_last"],
@@ -272,8 +284,10 @@ def main() -> None:
     parser.add_argument("--students", default=",".join(STUDENTS))
     parser.add_argument("--methods", default="sft,logits,logits_features,on_policy")
     parser.add_argument("--student-size", type=float, default=0.7, help="fraction of the teacher's parameters")
-    parser.add_argument("--budget-s", type=float, default=240.0, help="wall seconds per (student, method), setup included")
-    parser.add_argument("--pilot-steps", type=int, default=5)
+    parser.add_argument("--budget-s", type=float, default=240.0, help="seconds of --clock per (student, method), setup "
+                        "included")
+    parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="what the budget counts (module doc)")
+    parser.add_argument("--pilot-steps", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--on-policy-backend", default="auto", choices=("auto", "vllm", "hf"),
                         help="auto: pilot both, keep the one with more steps in the budget")
@@ -348,8 +362,9 @@ def main() -> None:
                 costs_file.write_text(json.dumps(costs, indent=2))
 
         def steps_in_budget(c):  # at lambda = 0.5: half the steps pay the sampling
-            per = (c["seconds_per_step"] + costs["cached"]["seconds_per_step"]) / 2
-            return (args.budget_s - c["setup_s"]) / per
+            key = "cpu_" if args.clock == "cpu" else ""
+            per = (c[f"{key}seconds_per_step"] + costs["cached"][f"{key}seconds_per_step"]) / 2
+            return (args.budget_s - c[f"{key}setup_s"]) / per
 
         backend = max(("vllm", "hf"), key=lambda s: steps_in_budget(costs[f"on_policy_{s}"]))
     C.log(f"on-policy backend: {backend}")
@@ -363,7 +378,8 @@ def main() -> None:
             info_file = out.with_suffix(".json")
             if args.force or not info_file.is_file():
                 spec = {"name": name, "config": train_config(args, student, method, backend, dataset),
-                        "budget_s": args.budget_s, "pilot_steps": args.pilot_steps, "out": str(out)}
+                        "budget_s": args.budget_s, "clock": args.clock, "pilot_steps": args.pilot_steps,
+                        "out": str(out)}
                 info_file.parent.mkdir(parents=True, exist_ok=True)
                 info_file.write_text(json.dumps(worker("train", spec, logs / f"train-{name}.log"), indent=2))
             runs[name] = json.loads(info_file.read_text())
@@ -389,18 +405,22 @@ def main() -> None:
     for name, r in runs.items():
         e = r["eval"]
         rows.append([name.split("-", 1)[0], name.split("-", 1)[1], f"{r['student_params_ratio']:.2f}",
-                     f"{r['steps']} ({r['epochs']:.1f} ep)", f"{r['setup_s']:.0f}+{r['train_wall_s']:.0f}",
+                     f"{r['steps']} ({r['epochs']:.1f} ep)",
+                     f"{r['setup_s']:.0f}+{r['train_cpu_s' if r['clock'] == 'cpu' else 'train_wall_s']:.0f} / "
+                     f"{r['run_wall_s']:.0f}",
                      f"{e['pass@1']:.3f} [{e['pass@1_ci'][0]:.3f}, {e['pass@1_ci'][1]:.3f}]",
                      f"{e['pass@1'] / t_pass:.0%}" if t_pass else "-", f"{e['format_rate']:.3f}",
                      f"{e['format_rate'] / t_fmt:.0%}" if t_fmt else "-", f"{e['truncation_rate']:.3f}",
                      f"{kl[name]['kl_per_token']:.3f}"])
-    columns = ["student", "method", "params", "steps", "wall s (setup+train)", "pass@1 [95% CI]", "of teacher",
+    columns = ["student", "method", "params", "steps", "budget s (setup+train) / wall s", "pass@1 [95% CI]", "of teacher",
                "format", "of teacher", "truncated", "KL nats/tok"]
-    C.print_table(f"distillation at equal wall-clock ({args.budget_s:.0f} s per method)", columns, rows,
+    C.print_table(f"distillation at equal time ({args.budget_s:.0f} {args.clock} s per method)", columns, rows,
                   caption=f"held-out: {teacher_eval['questions']} questions x k={teacher_eval['k']}")
-    cost = {side: {k: costs[side][k] for k in ("seconds_per_step", "setup_s", "wall_s")} for side in costs}
+    cost = {side: {k: costs[side][k] for k in ("seconds_per_step", "setup_s", "wall_s", "cpu_seconds_per_step",
+                                                "cpu_setup_s", "cpu_s", "phases", "metrics")} for side in costs}
     C.write_result(C.result_path(NAME, args.quick, args.out), NAME, {
         "teacher": args.teacher, "dataset": dataset, "teacher_data": data_card, "budget_s": args.budget_s,
+        "clock": args.clock,
         "student_size": args.student_size, "on_policy_backend": backend, "teacher_cost": cost,
         "teacher_eval": teacher_eval, "students": runs, "kl": kl, "table": {"columns": columns, "rows": rows},
     }, started, args.quick)
