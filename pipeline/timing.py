@@ -25,10 +25,12 @@ from typing import Any
 PHASES: dict[str, str] = {
     "data": "fetching and collating the step's batches (Trainer.get_batch_samples)",
     "weight_sync": "pushing the policy's weights into the vLLM engine (VLLMGeneration.sync_weights)",
-    "generation": "rollouts: tokenizing prompts, sampling completions, decoding (GRPOTrainer._generate)",
+    "generation": "rollouts: tokenizing prompts, sampling completions, decoding (GRPOTrainer._generate; distill: "
+                  "on-policy samples)",
     "reward": "scoring the completions with the reward functions (GRPOTrainer._calculate_rewards)",
     "old_logprobs": "no-grad log-prob pass of the policy over the rollouts (importance-sampling correction)",
     "ref_logprobs": "no-grad log-prob pass of the reference model (beta > 0)",
+    "teacher": "no-grad forward pass of the frozen teacher (distillation: live logits, hidden states)",
     "advantages": "rest of turning rollouts into a batch: padding, group advantages, rollout metrics",
     "forward": "loss forward pass with gradients (Trainer.compute_loss)",
     "backward": "backward pass, gradient all-reduce across processes included (Accelerator.backward)",

@@ -195,8 +195,11 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
         return {"_tokens": min(len(out["input_ids"]), max_length), "_trained": sum(mask),
                 "_overlong": len(out["input_ids"]) > max_length}
 
-    dataset = dataset.map(count, desc="counting tokens")
     rows = len(dataset)
+    if rows == 0:  # map() adds no columns to an empty dataset; build_trainer reports "no usable rows"
+        return dataset, {"rows_in": 0, "rows": 0, "rows_no_assistant": 0, "rows_overlong": 0, "tokens_per_epoch": 0,
+                         "assistant_tokens_per_epoch": 0}
+    dataset = dataset.map(count, desc="counting tokens")
     no_assistant = sum(1 for n in dataset["_trained"] if n == 0)
     keep = [i for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
             if n > 0 and not (over and overlong == "drop")]
@@ -283,14 +286,18 @@ def load_training_messages(ref: str | Path, config: TrainingFields):
         return load_messages(ref, config.dataset_split, config.max_rows, config.seed)
 
 
-def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None):
+def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None,
+                  trainer_class=None):
     """The ``SFTTrainer`` for ``model`` on ``config.dataset``; returns ``(trainer, stats)``.
 
     Picks the training template, makes the end-of-turn token the eos, loads and measures the
     dataset (``stats``: rows kept/dropped, tokens and assistant tokens per epoch) and leaves the
     training template on ``tokenizer`` (:func:`train` restores the serving one before saving).
     ``timer``: time the trainer's phases (data, forward, backward, optimizer, save) into it and
-    log them with every metrics line (``pipeline.trainer``).
+    log them with every metrics line (``pipeline.trainer``). ``trainer_class``: called like
+    ``SFTTrainer`` (keyword arguments ``model``, ``args``, ``train_dataset``,
+    ``processing_class``, ``callbacks``) instead of this module's trainer (``distill`` passes
+    its distillation trainer, a subclass).
 
     Raises:
         ValueError: bad dataset (no ``messages``, no usable rows) or no training template.
@@ -303,16 +310,17 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, ti
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
     chosen = training_precision(config)
-    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx),
-                               train_dataset=dataset, processing_class=tokenizer,
-                               callbacks=[metrics_callback(ctx, timer)])
+    trainer = (trainer_class or _trainer_class())(
+        model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx), train_dataset=dataset,
+        processing_class=tokenizer, callbacks=[metrics_callback(ctx, timer)])
     if timer is not None:
         install_phase_timers(trainer, timer)
     stats["precision"] = chosen.as_dict()
     return trainer, stats
 
 
-def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT") -> StepResult:
+def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT",
+          trainer_class=None, timer: PhaseTimer | None = None) -> StepResult:
     """Train ``model`` on ``config.dataset`` (assistant tokens only) and save it to ``work_dir/model``.
 
     Resumes from the last checkpoint in ``ctx.checkpoints``. Counts: rows trained on, dropped
@@ -320,15 +328,16 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
     steps, the step resumed from. Metrics: first and last logged loss (mean cross-entropy per
     assistant token, nats), wall time and tokens (prompt + answer) per second of the training
     loop, seconds per optimizer step, and ``timing_s``: seconds per phase of this run
-    (``pipeline.trainer.TrainOutcome``).
+    (``pipeline.trainer.TrainOutcome``). ``trainer_class``: see :func:`build_trainer`;
+    ``timer``: the phase timer to use (default: a new one).
 
     Raises:
         ValueError: see :func:`build_trainer`.
     """
     serving_template = tokenizer.chat_template
-    timer = PhaseTimer()
+    timer = timer or PhaseTimer()
     with ctx.progress.phase("loading the data, building the trainer"):
-        trainer, stats = build_trainer(model, tokenizer, config, ctx, timer)
+        trainer, stats = build_trainer(model, tokenizer, config, ctx, timer, trainer_class)
     resume = resume_point(ctx.checkpoints)
     # TRL counts tokens from 0 in every process; continue the count of the interrupted run
     # (TRL's cumulative num_tokens at the checkpoint's last log line: exact when save_steps is a
