@@ -13,8 +13,8 @@ Sides, both on the same model, prompts (``stages.grpo.load_prompt_rows`` of ``--
 shuffling seed), reward functions and batch:
 - *ours*: ``GRPOTrainer`` with ``stages.grpo.grpo_arguments(config)`` (``--config``, default
   ``configs/grpo/smollm2-135m/reasoning.yaml``), the engine options of ``stages.grpo.run``
-  (``_vllm_sync.engine_options``: ``vllm_dtype``, ``vllm_enforce_eager``, ``vllm_kv_cache_gib``)
-  and our CPU weight sync (``_vllm_sync.install_cpu_weight_sync``). Only change: no checkpoints
+  (``vllm_sync.engine_options``: ``vllm_dtype``, ``vllm_enforce_eager``, ``vllm_kv_cache_gib``)
+  and our CPU weight sync (``vllm_sync.install_cpu_weight_sync``). Only change: no checkpoints
   (``save_steps`` beyond the run), since saving is not part of a step.
 - *trl_defaults*: ``GRPOConfig`` with TRL 1.16's defaults except what makes the work equal:
   ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``num_generations``,
@@ -122,7 +122,8 @@ def worker(args) -> None:
     from trl import GRPOTrainer
 
     from rewards import registry
-    from stages import _vllm_sync, grpo
+    from stages import grpo
+    from stages.common import vllm_sync
 
     monitor = C.TreeRssMonitor().__enter__()
     t_start = time.perf_counter()
@@ -175,9 +176,9 @@ def worker(args) -> None:
 
     counts = {"tokens": 0, "completions": 0}
     engine = config.use_vllm and config.vllm_mode == "colocate"
-    on_cpu = engine and _vllm_sync.on_cpu_platform()
+    on_cpu = engine and vllm_sync.on_cpu_platform()
     if side == "ours" and engine:
-        options = _vllm_sync.engine_options(
+        options = vllm_sync.engine_options(
             cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None, dtype=precision.resolve(config.vllm_dtype).dtype,
             enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager)
     else:
@@ -190,7 +191,7 @@ def worker(args) -> None:
     rss_after_startup = C.peak_rss_gib()
     engine_facts = {}
     if on_cpu:
-        _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
+        vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
         timers.wrap(trainer.vllm_generation, "sync_weights", "weight_sync")
         llm_engine = trainer.vllm_generation.llm.llm_engine
         mc = llm_engine.model_config
@@ -228,7 +229,7 @@ def worker(args) -> None:
         trainer.train()
     finally:
         if engine:
-            _vllm_sync.shutdown(trainer.vllm_generation)
+            vllm_sync.shutdown(trainer.vllm_generation)
         shutil.rmtree(out_dir, ignore_errors=True)
     monitor.__exit__(None, None, None)
 

@@ -77,7 +77,7 @@ def main() -> None:
     from pipeline.runner import Resolver
     from pipeline.stage import StepContext
     from stages import generate
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     raw = read_yaml(Path(args.config))
     raw["model"] = model_ref

@@ -5,7 +5,7 @@
     python bench/rollout.py --reps 5 --prompts 32 --k 4    # environment.md's shape (32 prompts x 4 samples)
 
 Sides (all in this one process, interleaved per repetition: vllm, hf_bf16, hf_fp32, vllm, ...):
-- *vllm*: ``stages._sampling.Sampler`` with ``backend: vllm`` (the engine generate/eval use: in-process,
+- *vllm*: ``stages.common.sampling.Sampler`` with ``backend: vllm`` (the engine generate/eval use: in-process,
   ``enforce_eager``, bf16), its engine options taken from the GRPO config (``--config``, default
   ``configs/grpo/smollm2-135m/reasoning.yaml``): ``vllm_dtype``, ``vllm_enforce_eager``,
   ``vllm_kv_cache_gib``, ``max_model_len = max_prompt_length + max_completion_length``. The engine is
@@ -133,7 +133,7 @@ def main() -> None:
     from pipeline.config import parse, read_yaml
     from pipeline.models import resolve
     from stages import grpo
-    from stages._sampling import Sampler, SamplingConfig
+    from stages.common.sampling import Sampler, SamplingConfig
 
     config = parse(grpo.Config, read_yaml(Path(args.config)), args.config)
     if args.quick:

@@ -104,10 +104,11 @@ def worker(args) -> None:
     ctx = StepContext(run="bench", step="sft", run_dir=tmp, work_dir=tmp / "work", resolver=Resolver(tmp, set()))
     model, tokenizer = sft.load_model(resolve(config.model))
     ours_args = sft.sft_arguments(config, ctx.checkpoints)
-    trl_args = SFTConfig(output_dir=str(ctx.checkpoints), per_device_train_batch_size=config.batch_size,
-                         gradient_accumulation_steps=config.grad_accum, max_length=config.max_length,
-                         max_steps=config.max_steps, seed=config.seed, assistant_only_loss=True,
-                         use_cpu=not torch.cuda.is_available(), report_to="none")
+    trl_args = SFTConfig(output_dir=str(ctx.checkpoints),
+                         per_device_train_batch_size=config.per_device_train_batch_size,
+                         gradient_accumulation_steps=config.gradient_accumulation_steps,
+                         max_length=config.max_length, max_steps=config.max_steps, seed=config.seed,
+                         assistant_only_loss=True, use_cpu=not torch.cuda.is_available(), report_to="none")
     t0 = time.perf_counter()
     if side.startswith("ours"):
         trainer, stats = sft.build_trainer(model, tokenizer, config, ctx)

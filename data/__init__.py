@@ -6,7 +6,7 @@
                        {"source": "harmful_prompts"}], split="train", template="chat")
 
 Row schema: `data.schema`; sources: `data.sources`; templates: `data.prompts` and
-`data/templates/*.jinja`; non-reasoning SFT rows: `data.sft`; user guide: `docs/data.md`.
+`data/templates/*.jinja`; non-reasoning SFT rows: `data.non_reasoning`; user guide: `docs/data.md`.
 """
 
 from data.decontam import decontaminate, ngram_overlap
@@ -14,7 +14,7 @@ from data.load import LoadReport, load_prompts, load_prompts_with_report
 from data.mix import mix, stratify
 from data.prompts import TEMPLATES, question_of, render_prompt, system_prompt
 from data.schema import DOMAINS, PROMPT_COLUMNS, SPLITS, PromptRowError, validate_prompt_row
-from data.sft import non_reasoning_sft_row
+from data.non_reasoning import non_reasoning_sft_row
 from data.sources import (
     SOURCE_KINDS,
     BadRowError,

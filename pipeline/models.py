@@ -28,7 +28,6 @@ CLI (mounted as ``r1 models``)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -158,7 +157,7 @@ def prepare(alias: str, force: bool = False) -> Path:
     else:
         gguf = gguf_path(alias)
         _convert_gguf(gguf, tmp)
-        source = {"package": spec.package, "version": spec.version, "file": gguf.name, "sha256": _sha256(gguf)}
+        source = {"package": spec.package, "version": spec.version, "file": gguf.name, "sha256": store.file_sha256(gguf)}
     manifest = {"alias": alias, "source": source, "dtype": "float32", "packages": store.package_versions(),
                 "wall_time_s": round(time.time() - started, 2)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -176,14 +175,6 @@ def prepare(alias: str, force: bool = False) -> Path:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _convert_gguf(source: Path, out: Path) -> None:

@@ -69,7 +69,7 @@ def plan(pipeline_file: str, step: str, run: str | None = None, overrides: list[
         raise ConfigError(f"step {step}: {err}") from None
     config = chosen.config
     mode = "none"
-    if kind == "grpo" and config.use_vllm:
+    if getattr(config, "use_vllm", False):  # a trainer that rolls out with vLLM (the grpo stage)
         mode = config.vllm_mode
     out = {"KIND": kind, "STEP": step, "RUN": run, "MODE": mode, "MODEL": next(iter(model.values()), ""),
            "SETS": " ".join(shlex.quote(w) for s in sets for w in ("--set", s))}

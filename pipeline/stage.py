@@ -1,8 +1,35 @@
-"""What every stage kind shares: its config base, the context it runs in, and its result.
+"""The stage contract: what every stage kind declares, the context it runs in, and its result.
 
-A stage module in ``stages/`` defines ``Config`` (a :class:`StageConfig`) and
-``run(config, ctx) -> StepResult``. It imports heavy libraries (torch, trl, vllm) inside
-``run`` so that listing and validating configs stays fast.
+A stage kind is a module ``stages/<kind>.py`` (``stages.kinds()`` lists them). It defines:
+
+- ``Config``: a :class:`StageConfig` subclass (``kind: Literal["<kind>"]``), which declares as
+  class variables what the front end (runner, report, CLI, eval) needs to know about the stage
+  without knowing its name:
+
+  - ``input_fields``: fields holding references to models or datasets (resolved by the runner,
+    hashed into the manifest, checked to run earlier);
+  - ``outputs``: what the step writes into its folder (``model``, ``dataset``: what later steps
+    can take as input; any other name: a results file), checked by the runner after the run;
+  - ``training_prompts``: fields whose prompt sources the stage trains on (or makes training
+    data from); the eval contamination guard reads them. Default: **every** field holding
+    prompt sources (``data.PromptSource``), so a new stage that trains on prompts is checked
+    without declaring anything; a stage whose prompt fields are held out says so (eval: ``()``);
+  - ``headline``: the counts/metrics of its ``StepResult`` shown in the run summary table.
+
+- ``run(config, ctx) -> StepResult``. Heavy libraries (torch, trl, vllm) are imported inside
+  ``run`` so that listing and validating configs stays fast.
+
+And optionally, at module level:
+
+- ``REPORT``: a :class:`StageReport`: training-curve panels, a line for the report's "At a
+  glance", a report section of its own, a table for the run summary;
+- ``commands(group, front)``: turn ``r1 <kind>`` into a command group (eval: ``r1 eval compare``);
+  ``front`` is a :class:`Front`, the command line's services (stages never import the front);
+- ``preflight(config)``: refusals that depend on the machine, raised as ``ConfigError`` before
+  any folder or process exists;
+- ``DISTRIBUTED = True``: the stage runs under ``accelerate launch`` on several processes.
+
+``docs/architecture.md`` shows where this sits among the layers and how to add a stage.
 """
 
 from __future__ import annotations
@@ -11,6 +38,8 @@ import json
 import logging
 import re
 import time
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,9 +48,13 @@ from pipeline.config import StrictModel
 
 log = logging.getLogger(__name__)
 
+#: The summary table's key numbers of a stage that declares no ``headline``.
+DEFAULT_HEADLINE = ("rows", "steps", "loss_first", "loss_last")
+
 
 class StageConfig(StrictModel):
-    """Base of every stage's typed config.
+    """Base of every stage's typed config; the class variables are the stage's contract
+    (module docstring).
 
     ``input_fields`` maps the fields holding references (a step name of the same run, a model
     alias, a local path or a hub id) to what they reference, ``"model"`` or ``"dataset"``;
@@ -31,6 +64,25 @@ class StageConfig(StrictModel):
 
     kind: str
     input_fields: ClassVar[dict[str, str]] = {}
+    #: Output name -> path inside the step folder. ``model`` and ``dataset`` can be inputs of
+    #: later steps (``Resolver``); other names are results files (eval's ``results``).
+    outputs: ClassVar[dict[str, str]] = {}
+    #: Fields whose prompt sources the stage trains on; None = every prompt-source field.
+    training_prompts: ClassVar[tuple[str, ...] | None] = None
+    #: ``StepResult`` counts/metrics shown, in this order, in the run summary's key numbers.
+    headline: ClassVar[tuple[str, ...]] = DEFAULT_HEADLINE
+    #: Fields that change how a step runs, never what it produces (e.g. a trainer's
+    #: ``report_to``): left out of :meth:`identity`, so changing them neither reruns a finished
+    #: step nor discards an unfinished one's checkpoints.
+    runtime_fields: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """The config as hashed into the step's manifest (``config_hash``) and resume fingerprint:
+        ``model_dump(mode="json")`` without the :attr:`runtime_fields`."""
+        data = self.model_dump(mode="json")
+        for name in self.runtime_fields:
+            data.pop(name, None)
+        return data
 
     def inputs(self) -> dict[str, str]:
         """Input name -> reference, for the fields in ``input_fields`` that are set.
@@ -51,12 +103,85 @@ class StageConfig(StrictModel):
         """``"model"`` or ``"dataset"`` for an input name returned by :meth:`inputs`."""
         return self.input_fields[input_name.split(".")[0]]
 
+    @classmethod
+    def training_prompt_fields(cls) -> tuple[str, ...]:
+        """The fields of ``training_prompts``, or by default every field whose type holds a
+        prompt source (``list[PromptSource]``, ``PromptSource | None``, ...)."""
+        if cls.training_prompts is not None:
+            return cls.training_prompts
+        return tuple(name for name, f in cls.model_fields.items() if _holds_prompt_sources(f.annotation))
+
+
+def _holds_prompt_sources(annotation: Any) -> bool:
+    from data.sources import SourceConfig
+
+    if isinstance(annotation, type):
+        return issubclass(annotation, SourceConfig)
+    return any(_holds_prompt_sources(a) for a in typing.get_args(annotation))
+
+
+# ----------------------------------------------------------------------------- optional hooks
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One training-curve plot of the run report: metric keys of ``metrics.jsonl`` drawn
+    against the step. ``keys``: exact keys; or ``pattern``: ``"prefix*suffix"`` (every logged
+    key that matches). ``optional``: logged only when configured, so not reported as missing."""
+
+    title: str
+    keys: tuple[str, ...] = ()
+    pattern: str = ""
+    optional: bool = False
+
+
+#: The curves every trainer logs (``transformers.Trainer``): loss and learning rate.
+TRAINER_PANELS = (Panel("loss", ("loss",)), Panel("learning rate", ("learning_rate",)))
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What a stage adds to the run report (``pipeline.report``) and the run summary
+    (``pipeline.summary``); every part is optional.
+
+    - ``panels``: training curves drawn for each step of this kind (a stage with panels is a
+      training stage in the report);
+    - ``glance(step) -> str | None``: one line for "At a glance" (``step``: a
+      ``pipeline.store.StepView``);
+    - ``section(doc, steps)``: a section of its own (``doc``: a ``pipeline.render.Doc``;
+      ``steps``: the run's steps of this kind, possibly none: say what is missing);
+    - ``summary_table(records) -> (title, headers, rows) | None``: a table for ``summary.md``
+      from the run's step records of this kind (``pipeline.runner.StepRecord``).
+    """
+
+    panels: tuple[Panel, ...] = ()
+    glance: Callable[[Any], str | None] | None = None
+    section: Callable[[Any, list], None] | None = None
+    summary_table: Callable[[list], tuple[str, list[str], list[list[str]]] | None] | None = None
+
+
+@dataclass(frozen=True)
+class Front:
+    """The command line's services, handed to a stage's ``commands(group, front)`` hook.
+
+    ``run_config(raw, source, kind, run, step, force, keep_checkpoints)`` validates a config
+    mapping as a ``kind`` config (refusing another kind) and runs it as the one step ``step``
+    of run ``run``; ``fail(message)`` prints an error and exits with status 2;
+    ``set_option`` / ``keep_option`` are the ``--set`` / ``--keep-checkpoints`` options.
+    """
+
+    run_config: Callable[..., None]
+    fail: Callable[[str], typing.NoReturn]
+    set_option: Any
+    keep_option: Any
+
 
 @dataclass
 class StepResult:
     """What a finished step reports.
 
-    ``outputs``: output name -> folder relative to the step folder (``model`` or ``dataset``).
+    ``outputs``: output name -> path relative to the step folder (added to the ones the
+    config class declares, ``StageConfig.outputs``).
     ``counts``: integers for the summary (rows sampled, kept, ...). ``metrics``: floats
     (reward at start/end, pass@1, ...). ``summary``: one short human line for the table.
     ``precision``: what ran in which dtype and why, per role (``training``, ``rollouts``, ...;
@@ -86,6 +211,17 @@ class StepContext:
     resolver: Any  # pipeline.runner.Resolver; typed loosely to keep this module import-light
     seed: int = 0
     _metrics_file: Path | None = None
+    _progress: Any = None  # pipeline.progress.StepProgress, made on first use
+
+    @property
+    def progress(self):
+        """The step's :class:`pipeline.progress.StepProgress`: ``update(done, total, unit, **extra)``,
+        ``phase(name)``, ``beat()``; read by ``r1 status`` and the stall watchdog."""
+        if self._progress is None:
+            from pipeline.progress import StepProgress
+
+            self._progress = StepProgress(self.work_dir, self.step)
+        return self._progress
 
     def resolve_model(self, ref: str) -> str:
         """Local folder (or hub id) for a model reference; see ``Resolver.model``."""
@@ -96,10 +232,18 @@ class StepContext:
         return self.resolver.dataset(ref)
 
     def log_metrics(self, record: dict) -> None:
-        """Append one JSON line (with a wall-clock ``time``) to ``work_dir/metrics.jsonl``."""
+        """Append one JSON line (with a wall-clock ``time``) to ``work_dir/metrics.jsonl``.
+
+        A process killed while appending leaves a cut-off last line; the next line starts on a
+        new line, so only the cut one is lost (``pipeline.store.read_metrics`` skips it)."""
         path = self.work_dir / "metrics.jsonl"
-        with path.open("a") as fh:
-            fh.write(json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n")
+        line = json.dumps({"time": round(time.time(), 3), **record}, default=float) + "\n"
+        with path.open("a+b") as fh:
+            if fh.tell() > 0:
+                fh.seek(-1, 2)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+            fh.write(line.encode())
 
     @property
     def checkpoints(self) -> Path:

@@ -12,7 +12,7 @@ assumed per model family:
   transformers' ``generate`` on the generation config's, TRL's GRPO on both; so without the
   end-of-turn id as an explicit stop, such a model writes past the end of its answer
   (``<|im_end|><|im_start|>user ...``) until ``<|endoftext|>`` or the token limit.
-  :func:`stop_token_ids` is the list every sampler passes (``stages/_sampling.py``: vLLM in
+  :func:`stop_token_ids` is the list every sampler passes (``stages/common/sampling.py``: vLLM in
   process, vLLM server, HF ``generate``; :func:`use_end_of_turn_stops` for TRL's GRPO).
 - **A training template** (:func:`derive_chatml_training_template`): TRL's assistant-only loss
   needs ``{% generation %}`` markers, which models' own templates rarely have, and TRL only
@@ -35,26 +35,70 @@ from typing import Any
 _PROBE = "R1ENDOFTURNPROBE"
 
 
+def _after_assistant_turn(tokenizer) -> str | None:
+    """What the chat template writes right after an assistant turn's content (up to the next
+    turn's content), or None when it cannot render the probe conversations. Probed with a turn
+    that is followed by another (some templates close a turn only then) and, failing that, with
+    a final one."""
+    for messages in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE},
+                      {"role": "user", "content": "Bye"}],
+                     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]):
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that refuses this conversation: try the next one
+            continue
+        at = text.rfind(_PROBE)
+        if at >= 0:
+            rest = text[at + len(_PROBE):]
+            return rest[:rest.find("Bye")] if len(messages) == 3 and "Bye" in rest else rest
+    return None
+
+
 def end_of_turn_token(tokenizer) -> str | None:
     """The special token that closes an assistant turn in ``tokenizer``'s chat template.
 
-    Rendered ``[user "Hi", assistant <probe>]`` without a generation prompt; the first token after
-    the probe text is the end-of-turn token when it is one of the tokenizer's added (special)
-    tokens. None: no chat template, or the template writes nothing special after the content.
+    The first token after an assistant turn's content, past whitespace (Llama 2 writes
+    ``" </s>"``), is the end-of-turn token when it is one of the tokenizer's added (special)
+    tokens (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, ``<｜end▁of▁sentence｜>``). None: no
+    chat template, or the template writes nothing special there.
     """
     if not getattr(tokenizer, "chat_template", None):
         return None
-    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
-    try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that refuses this conversation has no answer here
-        return None
-    at = text.rfind(_PROBE)
-    rest = text[at + len(_PROBE):] if at >= 0 else ""
+    rest = _after_assistant_turn(tokenizer)
     ids = tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else []
-    if not ids or ids[0] not in tokenizer.added_tokens_decoder:
-        return None
-    return tokenizer.convert_ids_to_tokens(ids[0])
+    for token in ids:
+        if token in tokenizer.added_tokens_decoder:
+            return tokenizer.convert_ids_to_tokens(token)
+        if tokenizer.decode([token]).strip():
+            return None  # text before any special token: the turn ends with plain text
+    return None
+
+
+def require_end_of_turn(tokenizer, model: str) -> str:
+    """The end-of-turn token of ``model``'s chat template, for prompts given as messages.
+
+    Without it a sampler could stop only at the EOS, which a base model's template need not
+    write after a turn: the model would write the next turns itself until EOS or the token
+    limit (Qwen2.5 base and Llama 3 base declare an EOS other than their end-of-turn token;
+    :func:`stop_token_ids` adds the end of turn when it can be read from the template).
+
+    Raises:
+        ValueError: no chat template, or none whose assistant turn ends with a special token
+            (the message names ``model`` and what its template writes there).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{model}: the tokenizer has no chat template, so chat prompts (messages) cannot be "
+                         "rendered; use prompts as text (`template: r1_zero`, for base models) or a model with "
+                         "a chat template")
+    eot = end_of_turn_token(tokenizer)
+    if eot is None:
+        rest = _after_assistant_turn(tokenizer)
+        raise ValueError(
+            f"{model}: cannot tell where an assistant turn ends: its chat template writes "
+            f"{rest!r} after the turn, which starts with no special token, so generation would stop only "
+            f"at the EOS {getattr(tokenizer, 'eos_token', None)!r} and run into the next turns; use prompts "
+            "as text (`template: r1_zero`) or a template that closes a turn with a special token")
+    return eot
 
 
 def stop_token_ids(tokenizer, generation_eos: int | list[int] | None = None) -> list[int]:

@@ -8,10 +8,10 @@ Every reward has TRL's signature ``fn(prompts, completions, **columns) -> list[f
     steps = get("reasoning_steps", min_steps=3)
 
 `available()` lists names, parameters and semantics; ``r1 rewards list`` prints them.
-Families live in small modules: `format` (format, tag_count, reasoning_steps), `math`, `code`
-(code, code_binary), `rgym` (reasoning_gym), `accuracy`, `language`, `length` (cosine_length,
-overlong), `repetition`, `refusal` (the refusal rule), `reward_model` (a trained sequence
-classifier's score, per domain, of the answer or the whole response).
+Families live in small modules: `format`, `math`, `code`, `rgym`, `accuracy`, `language`,
+`length`, `repetition`, `refusal`, `reward_model` (a trained sequence classifier's score);
+each registers its rewards next to their code (``@register``), so this list of families is
+the only one to keep (``docs/architecture.md``: add a reward).
 """
 
 from rewards.registry import REGISTRY, available, get, register

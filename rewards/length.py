@@ -1,4 +1,5 @@
-r"""Length-shaped rewards: cosine length scaling and DAPO's soft overlong punishment.
+r"""Length-shaped rewards: cosine length scaling, Kimi k1.5's group length reward and DAPO's soft
+overlong punishment.
 
 Length unit: **tokens** when the trainer passes ``completion_ids`` (TRL's GRPOTrainer does);
 else tokens of the `tokenizer` parameter (a Hugging Face name or path, loaded once per
@@ -147,3 +148,60 @@ class Overlong(Reward):
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         lengths = completion_lengths(batch, self.tokenizer, self.__name__)
         return [overlong_penalty(n, self.max_tokens, self.cache_tokens) for n in lengths]
+
+
+def kimi_length(lengths: list[int], correct: list[bool | None], groups: list) -> list[float | None]:
+    """Length reward of Kimi k1.5 (Kimi Team 2025, "Kimi k1.5: Scaling Reinforcement Learning
+    with LLMs", arXiv:2501.12599, sec. 2.3.3 "Length Penalty"; open-r1's ``len_reward``).
+
+    Within each group of responses to one problem, ``lambda = 0.5 - (len - min_len) /
+    (max_len - min_len)``: +0.5 for the shortest, -0.5 for the longest. A correct response gets
+    ``lambda``, a wrong one ``min(0, lambda)`` (length is never rewarded on a wrong answer); a
+    group whose responses all have the same length gets 0. Correctness None -> None (its length
+    still counts toward the group's min and max). Departure from open-r1, which takes min and
+    max over the whole batch: here per problem, as the paper defines it.
+
+    >>> kimi_length([10, 20, 30, 30], [True, False, True, None], ["q", "q", "q", "q"])
+    [0.5, 0.0, -0.5, None]
+    >>> kimi_length([10, 30], [False, True], ["a", "b"])  # one response per problem: no spread
+    [0.0, 0.0]
+    """
+    spread: dict = {}
+    for n, g in zip(lengths, groups):
+        low, high = spread.get(g, (n, n))
+        spread[g] = (min(low, n), max(high, n))
+    out: list[float | None] = []
+    for n, ok, g in zip(lengths, correct, groups):
+        low, high = spread[g]
+        lam = 0.0 if high == low else 0.5 - (n - low) / (high - low)
+        out.append(None if ok is None else (lam if ok else min(0.0, lam)) + 0.0)  # + 0.0: no -0.0
+    return out
+
+
+@register("kimi_length")
+class KimiLength(Reward):
+    """Kimi k1.5 length reward per problem: in [-0.5, 0.5], shortest correct +0.5, longest -0.5, wrong ones <= 0.
+
+    Responses are grouped by the prompt row's ``id`` (the G completions of one prompt share it
+    in GRPO), else by prompt text. Correct = the `accuracy` dispatcher's 1.0; None where
+    accuracy is None. Length in tokens from ``completion_ids``, else `tokenizer` tokens, else
+    characters (module docstring). Meant to be added to the accuracy reward with a small weight
+    (the paper warms it up late in training).
+
+    >>> fn = KimiLength()
+    >>> fn(["", "", ""], [r"\\boxed{4}", r"\\boxed{5}", r"\\boxed{4}"], answer=["4"] * 3, id=["q"] * 3,
+    ...    completion_ids=[[0] * 10, [0] * 20, [0] * 30])
+    [0.5, 0.0, -0.5]
+    """
+
+    def __init__(self, tokenizer: str | None = None, timeout: float = 5.0) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self._accuracy = Accuracy(timeout=timeout)
+
+    def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
+        accuracy = self._accuracy.score_batch(batch, tally)
+        lengths = completion_lengths(batch, self.tokenizer, self.__name__)
+        groups = [prompt if row_id is None else row_id for row_id, prompt in zip(batch.column("id"), batch.prompts)]
+        return kimi_length(lengths, [None if a is None else a >= 1.0 for a in accuracy], groups)
+

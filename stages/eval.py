@@ -39,30 +39,28 @@ Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import platform
 import re
 import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import field_validator, model_serializer, model_validator
 
 from data import PromptSource
 from data.prompts import Template, question_of
-from pipeline.stage import StageConfig, StepContext, StepResult
-from stages import _general_eval
-from stages._general_eval import GENERAL_DOMAINS, GeneralEval
-from stages._sampling import SamplingConfig
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common import eval_results, general_eval
+from stages.common.contamination import check_contamination
+from stages.common.general_eval import GENERAL_DOMAINS, GeneralEval
+from stages.common.sampling import SamplingConfig, prompt_token_ids
+from stages.common.scoring import assistant_turn, majority_vote, score, vote_key
+from stages.common.stats import CI_METHOD, bootstrap_ci, pass_at_k
 
-CI_METHOD = "95% percentile bootstrap over questions (1000 resamples, resampling seed 0)"
-PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
-               "when k = 1) + 95% paired bootstrap interval of the pass@1 difference")
 # DeepSeek-R1 report, sec. 3 ("Evaluation Setup"): k per benchmark, T = 0.6, top-p 0.95, 32768 tokens.
 R1_K = {"aime": 64, "math 500": 4, "gpqa": 8, "livecodebench": 16, "lcb": 16}
 R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}
@@ -75,6 +73,9 @@ class Config(StageConfig):
 
     kind: Literal["eval"] = "eval"
     input_fields: ClassVar[dict[str, str]] = {"models": "model", "judge": "model"}
+    outputs: ClassVar[dict[str, str]] = {"results": "results.json", "samples": "samples.parquet"}
+    training_prompts: ClassVar[tuple[str, ...]] = ()  # `prompts` and `general` are held-out eval sets
+    headline: ClassVar[tuple[str, ...]] = ("questions", "models")
     models: list[str]
     prompts: list[PromptSource]  # eval sets: held-out splits, local JSONL/parquet, hub datasets
     split: Literal["train", "test"] = "test"
@@ -85,8 +86,12 @@ class Config(StageConfig):
     pass_k: list[int] = []  # j of the reported pass@j (j <= k); [] = powers of 2 up to k, and k
     correctness: str = "accuracy"  # reward whose 1.0 marks a correct sample (name or `pkg.mod:attr`)
     on_overlap: Literal["error", "drop", "allow"] = "error"  # eval questions found in this run's training prompts
-    seed: int = 1234  # per-question sampling seeds derive from it (stages/_sampling.py)
-    # Helpfulness win rate and refusal rates on general/harmful prompts (stages/_general_eval.py);
+    # Paired comparisons (question by question, sign test): each evaluated step of the run against
+    # the model it started from (its `model` input), when that model is evaluated too; and `pairs`.
+    pair_with_start: bool = True
+    pairs: list[tuple[str, str]] = []  # (A, B): A against B; both must be in `models`
+    seed: int = 1234  # per-question sampling seeds derive from it (stages/common/sampling.py)
+    # Helpfulness win rate and refusal rates on general/harmful prompts (stages/common/general_eval.py);
     # `judge`: model reference of the reward model that judges helpfulness.
     general: GeneralEval | None = None
     judge: str | None = None
@@ -107,6 +112,9 @@ class Config(StageConfig):
             raise ValueError("`general` (helpfulness and refusal rates) and `judge` (the reward model judging "
                              "helpfulness) go together: set both or neither")
         # A server serves one model: several models would all be answered by it, under their names.
+        unknown = sorted({m for pair in self.pairs for m in pair} - set(self.models))
+        if unknown:
+            raise ValueError(f"pairs name model(s) {unknown} that are not in models: {self.models}")
         if self.sampling.backend == "server" and len(self.models) > 1:
             raise ValueError(f"sampling.backend 'server' samples the one model behind server_url, but `models` "
                              f"lists {len(self.models)}; evaluate one model per eval step (and server)")
@@ -123,105 +131,7 @@ class Config(StageConfig):
         return data
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one question from ``n`` samples of which ``c`` are correct:
-    ``1 - C(n-c, k) / C(n, k)``, the probability that at least one of k samples drawn without
-    replacement is correct (Chen et al. 2021, "Evaluating Large Language Models Trained on
-    Code", eq. 1 and their numerically stable product form).
-
-    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), round(pass_at_k(10, 3, 2), 4)
-    (0.25, 1.0, 0.5333)
-
-    Raises:
-        ValueError: unless 0 <= c <= n and 1 <= k <= n.
-    """
-    if not (0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (one value per question).
-
-    Questions are resampled with replacement, so the k samples of a question stay together
-    (Efron & Tibshirani 1993, ch. 13). Deterministic for a given ``seed``. Empty input -> (nan, nan).
-
-    >>> bootstrap_ci([1.0] * 5)
-    (1.0, 1.0)
-    """
-    import numpy as np
-
-    x = np.asarray(list(values), dtype=float)
-    if x.size == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // x.size)  # bound the index matrix to ~16 MB
-    means = np.concatenate([x[rng.integers(0, x.size, size=(min(chunk, resamples - i), x.size))].mean(axis=1)
-                            for i in range(0, resamples, chunk)])
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return (float(lo), float(hi))
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Exact two-sided sign test: p-value of ``wins`` vs ``losses`` under "each non-tied question
-    is equally likely to go either way" (Binomial(wins + losses, 1/2); ties are dropped).
-    Equals the exact McNemar test when each question is one pass/fail trial.
-
-    >>> sign_test(0, 0), sign_test(5, 5), round(sign_test(9, 1), 4)
-    (1.0, 1.0, 0.0215)
-    """
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
 # ----------------------------------------------------------------------------- per question
-
-
-def vote_key(text: str, domain: str) -> str | None:
-    """The final answer a sample votes for in ``maj@k``: the answer region graded by the
-    rewards (``rewards.text.answer_region``: last ``<answer>`` block after ``</think>``); for
-    math its graded candidate (last ``\\boxed{}``, else the short answer, as
-    ``rewards.math.answer_candidate``); whitespace collapsed, lower-cased. None = no answer.
-    Answers are clustered by this string, not by mathematical equivalence (``1/2`` and
-    ``0.5`` are two votes).
-
-    >>> vote_key("<think>hm</think><answer> 42 </answer>", "math")
-    '\\\\boxed{42}'
-    >>> vote_key("<think>never closed", "math") is None
-    True
-    """
-    from rewards.math import answer_candidate
-    from rewards.text import answer_region
-
-    region = answer_region(text)
-    if region is None:
-        return None
-    key = answer_candidate(region) if domain == "math" else region
-    key = " ".join((key or "").split()).lower()
-    return key or None
-
-
-def majority_vote(keys: list[str | None], correct: list[bool]) -> tuple[str | None, bool]:
-    """``maj@k`` of one question (self-consistency, Wang et al. 2023): the most frequent
-    non-empty answer and whether it is correct. Ties go to the answer seen first (lowest sample
-    index), so the result is deterministic; no answer at all -> (None, False).
-
-    >>> majority_vote(["a", "b", "b", None], [True, False, False, False])
-    ('b', False)
-    """
-    votes = Counter(k for k in keys if k is not None)
-    if not votes:
-        return None, False
-    top = max(votes, key=lambda k: (votes[k], -keys.index(k)))
-    return top, next(c for k, c in zip(keys, correct) if k == top)
 
 
 def question_record(model: str, row: dict, samples: list[dict], correctness: str) -> dict:
@@ -361,149 +271,18 @@ def environment() -> dict:
             "git_commit": store.git_commit(), "platform": sys.platform}
 
 
-# ----------------------------------------------------------------------------- contamination
-
-
-class ContaminationError(ValueError):
-    """The eval set overlaps the training prompts of the same run."""
-
-
-def training_prompts(run_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """Training prompts of a run: ``id -> (data_source, question)`` over the prompt sources of
-    its ``generate`` and ``grpo`` steps (finished steps' manifest ``config``; unfinished steps'
-    ``config.yaml``), loaded with their own split (``train`` for grpo). Also returns the step
-    names read."""
-    import yaml
-
-    from data import load_prompts
-    from pipeline import store
-
-    configs = {}
-    for folder in sorted(p for p in run_dir.glob(".partial/*") if (p / "config.yaml").is_file()):
-        configs[folder.name] = yaml.safe_load((folder / "config.yaml").read_text())
-    for folder in sorted(p for p in run_dir.iterdir() if p.is_dir()) if run_dir.is_dir() else []:
-        manifest = store.read_manifest(folder)
-        if manifest:
-            configs[folder.name] = manifest.get("config", {})
-    prompts, steps = {}, []
-    for step, cfg in configs.items():
-        if not isinstance(cfg, dict) or cfg.get("kind") not in ("generate", "grpo") or not cfg.get("prompts"):
-            continue
-        steps.append(step)
-        for row in load_prompts(cfg["prompts"], split=cfg.get("split", "train")):
-            prompts[row["id"]] = (row["data_source"], question_of(row["prompt"]))
-    return prompts, steps
-
-
-_WORD = re.compile(r"\w+")  # the normalisation of data.decontam: lower-cased \w+ words
-TEMPLATE_N = 4  # template detection works on word 4-grams
-
-
-def template_ngrams(texts_by_source: dict[str, set[str]], min_texts: int = 3, min_share: float = 0.01) -> set:
-    """Word 4-grams that are task text, not content: found, within one data source, in at
-    least ``max(min_texts, min_share * texts of that source)`` distinct questions.
-
-    Counted per source, so a procedural task's instructions ("State the final answer to the
-    following arithmetic problem:") are template even when that task is a small part of the
-    mix, while a natural-language set only loses its truly common phrases."""
-    from data.decontam import word_ngrams
-
-    template = set()
-    for texts in texts_by_source.values():
-        counts = Counter(g for t in texts for g in word_ngrams(t, TEMPLATE_N))
-        floor = max(min_texts, min_share * len(texts))
-        template |= {g for g, c in counts.items() if c >= floor}
-    return template
-
-
-def content_ngrams(text: str, template: set, n: int = 8) -> set[tuple[str, ...]]:
-    """Word n-grams of ``text`` made only of content words: words covered by a template
-    4-gram are cut out and n-grams never span a cut.
-
-    Why not plain 8-grams (``data.ngram_overlap``): reasoning-gym questions are a fixed
-    sentence plus a few numbers or names, so an 8-gram of 7 template words and one number
-    ("... arithmetic problem: 62") links unrelated questions (26 of the recipe's 105 held-out
-    questions matched a training question that way, none of them a real copy).
-
-    >>> sorted(content_ngrams("a b c d e f", {("a", "b", "c", "d")}, n=2))
-    [('e', 'f')]
-    """
-    words = _WORD.findall(text.lower())
-    masked = [False] * len(words)
-    for i in range(len(words) - TEMPLATE_N + 1):
-        if tuple(words[i:i + TEMPLATE_N]) in template:
-            masked[i:i + TEMPLATE_N] = [True] * TEMPLATE_N
-    grams: set = set()
-    run: list[str] = []
-    for word, cut in zip([*words, ""], [*masked, True]):
-        if cut:
-            grams |= {tuple(run[i:i + n]) for i in range(len(run) - n + 1)}
-            run = []
-        else:
-            run.append(word)
-    return grams
-
-
-def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8) -> dict[str, list[str]]:
-    """Eval ids that overlap training prompts (``id -> (data_source, question)``), by check:
-    ``id`` (same id); ``exact`` (same question after lower-casing and collapsing whitespace:
-    short arithmetic questions have no 8-gram); ``ngram`` (a shared word n-gram of content
-    words, ``content_ngrams``; templates are learnt from both sets, ``template_ngrams``)."""
-    def norm(text: str) -> str:
-        return " ".join(text.lower().split())
-
-    questions = {r["id"]: (r["data_source"], question_of(r["prompt"])) for r in eval_rows}
-    by_source: dict[str, set[str]] = defaultdict(set)
-    for source, text in [*train.values(), *questions.values()]:
-        by_source[source].add(text)
-    template = template_ngrams(by_source)
-    train_grams = set().union(*(content_ngrams(t, template, n) for _, t in train.values()))
-    train_norm = {norm(t) for _, t in train.values()}
-    return {"id": [i for i in questions if i in train],
-            "exact": [i for i, (_, q) in questions.items() if norm(q) in train_norm],
-            "ngram": [i for i, (_, q) in questions.items() if not train_grams.isdisjoint(content_ngrams(q, template, n))]}
-
-
-def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = "error") -> tuple[list[dict], dict]:
-    """Check ``eval_rows`` against the run's training prompts (``training_prompts``, ``overlap``).
-
-    ``on_overlap``: ``error`` raises; ``drop`` removes the overlapping questions (the result is
-    on the clean subset); ``allow`` keeps them (the result is marked contaminated).
-
-    Returns:
-        (the rows to evaluate, a record for the protocol: steps checked, training prompt
-        count, overlapping ids per check, what was done).
-
-    Raises:
-        ContaminationError: an overlap with ``on_overlap="error"``.
-    """
-    train, steps = training_prompts(run_dir)
-    found = overlap(eval_rows, train)
-    bad = sorted({i for ids in found.values() for i in ids})
-    record = {"steps": steps, "training_prompts": len(train), "overlapping": len(bad),
-              "by_check": {k: len(v) for k, v in found.items()}, "ids": bad, "on_overlap": on_overlap}
-    if bad and on_overlap == "error":
-        detail = ", ".join(f"{k}: {len(v)}" for k, v in found.items())
-        raise ContaminationError(
-            f"{len(bad)} of {len(eval_rows)} eval questions overlap the training prompts of run "
-            f"{run_dir.name!r} (steps {', '.join(steps)}; {detail}), e.g. {bad[:3]}. Evaluate on the "
-            "test split of the same sources (same seeds) or another set; or set on_overlap: drop (evaluate "
-            "the clean questions only) or allow (measure training-set accuracy on purpose)")
-    if on_overlap == "drop":
-        dropped = set(bad)
-        eval_rows = [r for r in eval_rows if r["id"] not in dropped]
-    return eval_rows, record
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64) -> list[list]:
-    """``ks[i]`` completions for ``rows[i]`` from an open ``stages._sampling.Sampler``, with the
+def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64,
+                     texts: list[str] | None = None) -> list[list]:
+    """``ks[i]`` completions for ``rows[i]`` from an open ``stages.common.sampling.Sampler``, with the
     per-question seeds of ``seed``: one engine serves every k and seed (an engine start costs
     ~25 s). The Sampler reads k and the seed from its attributes at each call and its engine
-    settings do not depend on them, so they are set here per call and restored."""
+    settings do not depend on them, so they are set here per call and restored. ``texts``: the
+    prompts already rendered (``Sampler.render``)."""
     out: list = [None] * len(rows)
+    texts = [sampler.render(r["prompt"]) for r in rows] if texts is None else texts
     saved = sampler.cfg, sampler.seed
     try:
         sampler.seed = seed
@@ -513,7 +292,8 @@ def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_
             for b in range(0, len(idx), batch_size):
                 part = idx[b:b + batch_size]
                 for i, completions in zip(part, sampler.sample([rows[i]["prompt"] for i in part],
-                                                               [rows[i]["id"] for i in part])):
+                                                               [rows[i]["id"] for i in part],
+                                                               texts=[texts[i] for i in part])):
                     out[i] = completions
     finally:
         sampler.cfg, sampler.seed = saved
@@ -523,48 +303,85 @@ def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_
 def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, correctness: str = "accuracy",
              batch_size: int = 64) -> list[dict]:
     """Sample, score (``correctness`` and ``format`` rewards) and summarise every question:
-    one ``question_record`` per row, in row order."""
-    from stages.generate import score
-
-    outs = sample_questions(sampler, rows, ks, seed, batch_size)
+    one ``question_record`` per row, in row order. The rewards see each prompt as rendered for
+    the model and a sample's ``text`` is the whole assistant turn, the template's ``<think>``
+    prefill included (``stages.common.scoring``)."""
+    texts = [sampler.render(r["prompt"]) for r in rows]
+    outs = sample_questions(sampler, rows, ks, seed, batch_size, texts=texts)
     flat_rows = [r for r, cs in zip(rows, outs) for _ in cs]
+    flat_texts = [t for t, cs in zip(texts, outs) for _ in cs]
     names = list(dict.fromkeys([correctness, "format"]))
-    if any(r["domain"] in GENERAL_DOMAINS for r in rows):  # refusal rates (stages/_general_eval.py)
+    if any(r["domain"] in GENERAL_DOMAINS for r in rows):  # refusal rates (stages/common/general_eval.py)
         names.append("refusal")
-    scores = score(names, flat_rows, [c.text for cs in outs for c in cs])
+    scores = score(names, flat_rows, [c.text for cs in outs for c in cs], prompts=flat_texts)
     records, j = [], 0
     for row, cs in zip(rows, outs):
         samples = []
         for c in cs:
-            samples.append({"text": c.text, "num_tokens": c.num_tokens, "truncated": c.truncated,
-                            "rewards": {n: scores[n][j] for n in names}})
+            samples.append({"text": assistant_turn(flat_texts[j], c.text), "num_tokens": c.num_tokens,
+                            "truncated": c.truncated, "rewards": {n: scores[n][j] for n in names}})
             j += 1
         records.append(question_record(model, row, samples, correctness))
     return records
 
 
+def prompt_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Tokens of each prompt as the engine sees it (``stages.common.sampling.prompt_token_ids``)."""
+    return [len(prompt_token_ids(tokenizer, r["prompt"])) for r in rows]
+
+
 def max_prompt_tokens(tokenizer, rows: list[dict]) -> int:
     """Tokens of the longest prompt as the engine sees it (chat template applied to messages)."""
-    def length(prompt) -> int:
-        if isinstance(prompt, str):
-            return len(tokenizer(prompt)["input_ids"])
-        return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"])
-
-    return max(map(length, (r["prompt"] for r in rows)), default=0)
+    return max(prompt_lengths(tokenizer, rows), default=0)
 
 
-def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int]) -> tuple[dict, list[dict]]:
-    """One model: its protocol block (hashes, sampling actually used) and question records."""
+def check_prompts_fit(lengths: list[int], rows: list[dict], sampling: SamplingConfig, context: int | None) -> None:
+    """Refuse, before any engine starts, questions whose prompt leaves no room for an answer.
+
+    The engine refuses a prompt of ``max_model_len`` tokens or more, and the whole eval failed
+    with it; dropping such questions would change the eval set under the same name, so they are
+    refused instead (the server backend: its own ``--max-model-len`` decides).
+
+    Raises:
+        ValueError: names how many questions, the longest and the first ids, and the limits.
+    """
+    if sampling.backend == "server":
+        return
+    over = [(n, r["id"]) for n, r in zip(lengths, rows) if n >= sampling.max_model_len]
+    if over:
+        raise ValueError(
+            f"{len(over)} of {len(rows)} questions have prompts of at least sampling.max_model_len = "
+            f"{sampling.max_model_len} tokens (longest {max(over)[0]}; e.g. {', '.join(i for _, i in over[:3])}); "
+            f"raise max_model_len (the model's context: {context or 'unknown'} tokens) or leave them out of the "
+            "eval set")
+
+
+def ctx_progress_phase(progress, name: str):
+    """``progress.phase(name)``, or nothing without a progress (a direct call)."""
+    import contextlib
+
+    return progress.phase(name) if progress is not None else contextlib.nullcontext()
+
+
+def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int],
+                   progress=None) -> tuple[dict, list[dict]]:
+    """One model: its protocol block (hashes, sampling actually used) and question records.
+    ``progress``: the step's ``pipeline.progress.StepProgress`` (phases, engine heartbeats)."""
     from transformers import AutoTokenizer
 
     from pipeline import store
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
-    prompt_tokens = max_prompt_tokens(AutoTokenizer.from_pretrained(path), rows)
+    lengths = prompt_lengths(AutoTokenizer.from_pretrained(path), rows)
+    prompt_tokens = max(lengths, default=0)
     sampling, departures = effective_sampling(config, path, prompt_tokens)
+    check_prompts_fit(lengths, rows, sampling, _model_context(path))
     print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
-    with Sampler(path, sampling, seed=config.seed) as sampler:
+    with ctx_progress_phase(progress, f"{sampling.backend} engine start for {ref}"):
+        sampler = Sampler(path, sampling, seed=config.seed)
+    with sampler, ctx_progress_phase(progress, f"sampling {ref}"):
+        if progress is not None:
+            sampler.heartbeat = progress.beat
         rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
         records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
         chat_template = sampler.tokenizer.chat_template or ""
@@ -584,7 +401,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split, template=config.template)]
     if config.general is not None:
-        rows += _general_eval.load_rows(config.general, config.split, config.template)
+        rows += general_eval.load_rows(config.general, config.split, config.template)
     rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
     if config.models and not rows:
         raise ValueError(f"no questions to evaluate: the {config.split} split of the sources is empty"
@@ -592,16 +409,20 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
     results, records, general_records = {}, [], {}
+    from pipeline import store
+
     done_dir = ctx.work_dir / "per_model"  # resume: a model evaluated before an interruption is kept
     done_dir.mkdir(exist_ok=True)
     for i, ref in enumerate(config.models):
+        ctx.progress.update(i, len(config.models), "models")
         done = done_dir / f"{i}-{sha256_text(ref)[:12]}.json"
         if done.is_file():
             model_protocol, model_records = json.loads(done.read_text())
         else:
-            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks)
-            done.write_text(json.dumps([model_protocol, model_records]))
-        model_records, general_records[ref] = _general_eval.split_records(model_records)
+            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks, ctx.progress)
+            # whole or not at all: a rerun reads it back as this model's results
+            store.atomic_write_text(done, json.dumps([model_protocol, model_records]))
+        model_records, general_records[ref] = general_eval.split_records(model_records)
         records += model_records
         results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
         ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
@@ -620,16 +441,24 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     }
     general = None
     if config.general is not None:
-        general, general_samples = _general_eval.evaluate(config.general, ctx.resolve_model(config.judge), rows,
-                                                          general_records, list(config.models))
-        pq.write_table(pa.Table.from_pylist(general_samples), ctx.work_dir / "general_samples.parquet")
-    (ctx.work_dir / "results.json").write_text(json.dumps({"protocol": protocol, "models": results,
-                                                           **({"general": general} if general else {})}, indent=2))
+        with ctx.progress.phase("judging general prompts"):
+            general, general_samples = general_eval.evaluate(config.general, ctx.resolve_model(config.judge), rows,
+                                                             general_records, list(config.models))
+        general_table = pa.Table.from_pylist(general_samples)
+        store.atomic_write(ctx.work_dir / "general_samples.parquet", lambda tmp: pq.write_table(general_table, tmp),
+                           needed=general_table.nbytes)
+    paired = paired_comparisons(config, ctx, records)
+    ctx.progress.update(len(config.models), len(config.models), "models")
+    store.atomic_write_text(ctx.work_dir / "results.json", json.dumps({"protocol": protocol, "models": results,
+                                                                       "paired": paired,
+                                                                       **({"general": general} if general else {})},
+                                                                      indent=2))
     schema = pa.schema([("model", pa.string()), ("question_id", pa.string()), ("data_source", pa.string()),
                         ("domain", pa.string()), ("question", pa.string()), ("gold", pa.string()), ("k", pa.int64()),
                         ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
                         ("maj_correct", pa.bool_()), ("unverifiable", pa.int64()), ("samples", pa.string())])
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), ctx.work_dir / "samples.parquet")
+    table = pa.Table.from_pylist(records, schema=schema)
+    store.atomic_write(ctx.work_dir / "samples.parquet", lambda tmp: pq.write_table(table, tmp), needed=table.nbytes)
     shutil.rmtree(done_dir)  # everything it held is in samples.parquet and results.json now
     metrics = {}
     scored = {m: r for m, r in results.items() if r["overall"].get("questions")}  # a general-only eval has no pass@1
@@ -639,164 +468,97 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                         f"{ref}/pass@1_hi": o["pass@1_ci"][1], f"{ref}/maj@k": o["maj@k"],
                         f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
                         f"{ref}/truncation_rate": o["truncation_rate"]})
+    for p in paired:
+        o = p["overall"]
+        metrics.update({f"{p['a']} - {p['b']}/pass@1_diff": o["diff"], f"{p['a']} - {p['b']}/diff_lo": o["diff_ci"][0],
+                        f"{p['a']} - {p['b']}/diff_hi": o["diff_ci"][1], f"{p['a']} - {p['b']}/wins": o["wins"],
+                        f"{p['a']} - {p['b']}/losses": o["losses"], f"{p['a']} - {p['b']}/p_value": o["p_value"]})
     if general:
-        metrics.update(_general_eval.metrics(general))
+        metrics.update(general_eval.metrics(general))
     best = max(scored, key=lambda m: scored[m]["overall"]["pass@1"]) if scored else None
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     return StepResult(precision=sampling_precision(config.sampling),
                       outputs={"results": "results.json", "samples": "samples.parquet"},
                       counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
                       summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
                               + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else "")
-                              + (_general_eval.summary_line(general) if general else ""))
+                              + (general_eval.summary_line(general) if general else ""))
 
 
-# ----------------------------------------------------------------------------- compare
+def paired_comparisons(config: Config, ctx: StepContext, records: list[dict]) -> list[dict]:
+    """The paired comparisons of the step (``Config.pairs``, ``pair_with_start``): one
+    ``eval_results.compare`` block per pair with ``a``, ``b`` and ``why``. The model a step
+    started from is its manifest's ``model`` input (``pipeline.store``'s run reader)."""
+    from pipeline.store import RunFolder
+
+    pairs = [(a, b, "configured") for a, b in config.pairs]
+    if config.pair_with_start:
+        finished = RunFolder(ctx.run_dir).finished()
+        for ref in config.models:
+            start = finished[ref].inputs.get("model") if ref in finished else None
+            if start in config.models and start != ref and (ref, start) not in {(a, b) for a, b, _ in pairs}:
+                pairs.append((ref, start, f"`{ref}` started from `{start}`"))
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_model[r["model"]].append(r)
+    return [{"a": a, "b": b, "why": why, **eval_results.compare(by_model[a], by_model[b])} for a, b, why in pairs]
 
 
-def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict], dict, str]:
-    """Question records of one model from an eval output (a step folder holding
-    ``samples.parquet`` or the file itself). ``model`` picks one of several; with one model it
-    may be None. Returns ``(records, protocol, model)``.
+# ----------------------------------------------------------------------------- report and command line
 
-    Raises:
-        FileNotFoundError: no ``samples.parquet``. KeyError: ``model`` absent or ambiguous (lists models).
-        ValueError: ``samples.parquet`` or ``results.json`` is unreadable, or not an eval step's
-            (the message names the file).
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(where)
-    parquet = path / "samples.parquet" if path.is_dir() else path
-    if not parquet.is_file():
-        raise FileNotFoundError(f"no eval results at {path} (expected samples.parquet)")
-    try:
-        rows = pq.read_table(parquet).to_pylist()  # ArrowInvalid is a ValueError
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{parquet}: not a readable parquet file ({err})") from None
-    if rows and "model" not in rows[0]:
-        raise ValueError(f"{parquet}: not an eval step's samples (no 'model' column; columns: "
-                         f"{', '.join(rows[0])})")
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    if model is None and len(models) == 1:
-        model = models[0]
-    if model not in models:
-        raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
-                       f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
-    results_file = parquet.parent / "results.json"
-    protocol = {}
-    if results_file.is_file():
-        try:
-            data = json.loads(results_file.read_text())
-        except ValueError as err:
-            raise ValueError(f"{results_file}: not valid JSON ({err})") from None
-        protocol = {**data.get("protocol", {}), **data.get("models", {}).get(model, {}).get("protocol", {})}
-    return [r for r in rows if r["model"] == model], protocol, model
+REPORT = StageReport(glance=eval_results.glance, section=eval_results.report_section,
+                     summary_table=eval_results.summary_table)
 
 
-PROTOCOL_KEYS = ("k", "temperature", "top_p", "max_tokens", "template_sha256", "eval_set_sha256",
-                 "rendered_prompts_sha256", "correctness", "packages")
+def commands(group, front) -> None:
+    """``r1 eval``: ``run`` (the default: a config, or ``--model``/``--data`` shortcuts) and
+    ``compare`` (two results question by question). ``front``: ``pipeline.stage.Front``."""
+    import typer
 
-
-def compare(a: list[dict], b: list[dict]) -> dict:
-    """Pair two models' question records by question id and test the pass@1 difference.
-
-    A question is a win for A when A's per-question pass@1 is higher, a loss when lower, a tie
-    otherwise. The p-value is the exact two-sided sign test (``sign_test``); the interval is a
-    95% paired bootstrap over questions of mean(A) - mean(B). Also per data source.
-
-    Returns:
-        ``{"overall": {...}, "per_source": {...}, "only_a": n, "only_b": n}``; each group has
-        questions, pass@1 of a and b, diff, diff_ci, wins, losses, ties, p_value.
-    """
-    bmap = {r["question_id"]: r for r in b}
-    pairs = [(r, bmap[r["question_id"]]) for r in a if r["question_id"] in bmap]
-
-    def group(ps: list) -> dict:
-        d = [x["pass@1"] - y["pass@1"] for x, y in ps]
-        wins, losses = sum(v > 0 for v in d), sum(v < 0 for v in d)
-        n = len(ps)
-        return {"questions": n, "a": sum(x["pass@1"] for x, _ in ps) / n if n else math.nan,
-                "b": sum(y["pass@1"] for _, y in ps) / n if n else math.nan,
-                "diff": sum(d) / n if n else math.nan, "diff_ci": list(bootstrap_ci(d)),
-                "wins": wins, "losses": losses, "ties": n - wins - losses, "p_value": sign_test(wins, losses)}
-
-    by_source = defaultdict(list)
-    for p in pairs:
-        by_source[p[0]["data_source"]].append(p)
-    return {"overall": group(pairs), "per_source": {s: group(ps) for s, ps in sorted(by_source.items())},
-            "only_a": len(a) - len(pairs), "only_b": len({r["question_id"] for r in b} - {r["question_id"] for r in a}),
-            "test": PAIRED_TEST}
-
-
-def protocol_differences(pa_: dict, pb: dict) -> list[str]:
-    """Protocol fields that differ between two results (a comparison across them is suspect)."""
-    return [f"{k}: {pa_.get(k)!r} vs {pb.get(k)!r}" for k in PROTOCOL_KEYS
-            if k in pa_ and k in pb and pa_[k] != pb[k]]
-
-
-# ----------------------------------------------------------------------------- CLI helpers
-
-
-def source_from_spec(spec: str) -> dict:
-    """An eval-set source from ``r1 eval --data SPEC``: a YAML mapping (``{source: ..., ...}``,
-    exact control), ``humaneval``, ``reasoning_gym:<task>`` (n_train 512, n_test 50, seed 0),
-    a ``.jsonl``/``.parquet`` file (records without a ``split`` field are test rows), or a hub
-    dataset ``[hub:]<name>[:<subset>]`` (its ``test`` split).
-
-    >>> source_from_spec("reasoning_gym:countdown")["n_test"], source_from_spec("x.jsonl")["split"]
-    (50, 'test')
-
-    Raises:
-        ValueError: a ``{...}`` spec that is not valid YAML.
-    """
-    import yaml
-
-    from data.sources.files import SUFFIXES
-
-    if spec.lstrip().startswith("{"):
-        try:
-            return yaml.safe_load(spec)
-        except yaml.YAMLError as err:
-            raise ValueError(f"--data {spec!r}: not a YAML mapping ({err.problem})") from None
-    if spec == "humaneval":
-        return {"source": "humaneval"}
-    if spec.startswith("reasoning_gym:"):
-        return {"source": "reasoning_gym", "task": spec.split(":", 1)[1], "n_train": 512, "n_test": 50, "seed": 0}
-    if Path(spec).suffix in SUFFIXES:
-        return {"source": "file", "path": spec, "split": "test"}
-    name, _, subset = spec.removeprefix("hub:").partition(":")
-    return {"source": "hub", "name": name, "subset": subset or None, "splits": {"test": "test"}}
-
-
-def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
-    """Resolve one side of ``r1 eval compare``: ``WHERE[#MODEL]`` with WHERE an eval step
-    folder, a ``samples.parquet`` file or an eval step name of the run; or a model reference
-    (alias, step name, path) evaluated by one of the run's eval steps (the newest one wins).
-    Returns ``(records, protocol, model, where)``.
-
-    Raises:
-        FileNotFoundError: nothing matches (names the eval steps and models of the run).
-    """
     from pipeline import store
+    from pipeline.config import apply_overrides, deep_merge, read_yaml
 
-    where, _, model = spec.partition("#")
-    for candidate in (Path(where), run_dir / where):
-        if candidate.exists() and (candidate.is_file() or (candidate / "samples.parquet").is_file()):
-            records, protocol, name = load_records(candidate, model or None)
-            return records, protocol, name, str(candidate)
-    evals = sorted((m.get("started", 0), p) for p in run_dir.iterdir() if p.is_dir()
-                   for m in [store.read_manifest(p)] if m and m.get("kind") == "eval") if run_dir.is_dir() else []
-    seen = []
-    for _, folder in reversed(evals):
+    kind = Config.model_fields["kind"].default
+
+    @group.command("run")
+    def run_command(
+            config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
+            model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
+            data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
+            protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
+            k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
+            seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
+            run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
+            step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
+            force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
+            overrides: Optional[list[str]] = front.set_option) -> None:
+        from data.spec import source_from_spec
+
+        if config is None and not (model and data):
+            front.fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
+                       "--data reasoning_gym:chain_sum)")
         try:
-            records, protocol, name = load_records(folder, spec)
-            return records, protocol, name, str(folder)
-        except (KeyError, FileNotFoundError, ValueError):  # ValueError: this step's files are unreadable
-            import pyarrow.parquet as pq
+            raw = read_yaml(config) if config else {"kind": kind}
+            cli: dict = {}
+            if model:
+                cli["models"] = list(model)
+            if data:
+                cli["prompts"] = [source_from_spec(d, split="test") for d in data]
+            if protocol:
+                cli["protocol"] = protocol
+            if k:
+                cli["sampling"] = {"num_samples": k}
+            if seed is not None:
+                cli["seed"] = seed
+            raw = apply_overrides(deep_merge(raw, cli), overrides)
+        except ValueError as err:  # ConfigError, or a --data spec that is refused or not valid YAML
+            front.fail(str(err))
+        name = step or (kind if not (model or data) else f"{kind}-{store.canonical_hash(raw)[:8]}")
+        front.run_config(raw, str(config or f"r1 {kind}"), kind, run=run_name, step=name, force=force)
+        print(f"results: {store.runs_root() / run_name / name}/results.json, samples.parquet")
 
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                seen += [f"{folder.name}#{m}" for m in dict.fromkeys(pq.read_table(folder / "samples.parquet",
-                                                                                    columns=["model"])["model"].to_pylist())]
-    raise FileNotFoundError(f"no eval results for {spec!r} in {run_dir}; evaluated: {', '.join(seen) or '(nothing)'}")
+    run_command.__doc__ = (__doc__ or kind).strip().split("\n\n")[0] + (
+        "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
+    group.command("compare")(eval_results.compare_command(front))
+

@@ -21,7 +21,7 @@ below are ours, not TRL's):
   finish (DAPO masks them, with 16k-token budgets).
 
 Rollouts: vLLM colocated in the trainer process (``use_vllm: true``, ``vllm_mode: colocate``);
-on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/_vllm_sync.py``
+on vLLM's CPU backend the policy -> engine weight sync goes through ``stages/common/vllm_sync.py``
 (TRL's own sync fails there). ``vllm_mode: server`` is for GPU machines (start a vLLM server
 on other GPUs first: ``scripts/slurm/r1_step.sbatch``, ``pipeline.slurm``); without CUDA it is
 refused at start-up (:func:`preflight`: TRL's weight sync to the server is NCCL-only). ``use_vllm: false`` samples
@@ -29,8 +29,14 @@ with transformers ``generate`` (slower, no extra process or memory).
 
 Departures from TRL: TRL 1.16 has no prompt truncation; prompts longer than
 ``max_prompt_length`` tokens (chat template included) are dropped and counted. TRL 1.16 has no
-dynamic sampling (drop all-equal groups and refill), so there is no option for it; the share of
-such groups is logged as ``frac_reward_zero_std``.
+dynamic sampling (drop all-equal groups and refill): ``dynamic_sampling`` adds it
+(``stages/common/dynamic_sampling.py``), filtering on a verifiable reward (``accuracy``), never
+on the weighted total. TRL's ``frac_reward_zero_std`` is computed on the total reward, whose
+format and language terms differ inside a group even when its accuracy does not: it hides the
+groups without an accuracy signal. ``zero_signal/frac_groups*`` counts those (always logged).
+A ``prompt_pool`` (a ``generate`` step with ``output: prompts``) replaces ``prompts`` with the
+starting policy's prompts inside a pass-rate band, optionally easy to hard
+(``stages/common/rl_prompts.py``).
 
 Reading the reward curve: a step's training reward depends on which prompts it drew as much
 as on the policy (on the demo's tasks one step's mean swings by 0.4 with the task mix).
@@ -50,7 +56,10 @@ gathers at save time, i.e. **bf16** with ``dtype`` resolving to bfloat16 (fp16 w
 float32 master weights are then only in the optimizer state of ``checkpoints/``.
 Also: ``checkpoints/`` (a rerun resumes from the last one); ``metrics.jsonl`` (one line per
 logged step: reward and each reward function's mean/std, KL, entropy, completion lengths, clip
-ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step).
+ratios, ``frac_reward_zero_std``, reward None/timeout counters, seconds per step and where they
+went: ``timing_s/<phase>`` for data, weight_sync, generation, reward, old_logprobs,
+ref_logprobs, advantages, forward, backward, optimizer, evaluation, save and other, summed in the
+manifest's ``metrics.timing_s``; see ``pipeline.trainer`` and ``pipeline.timing``).
 
 Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
@@ -64,18 +73,21 @@ import contextlib
 import gc
 import logging
 import math
-import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from data import PromptSource
 from data.prompts import Template
-from pipeline import distributed, precision, templates
+from pipeline import distributed, precision, templates, timing
+from pipeline import trainer as scaffold
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
+from pipeline.trainer import SchedulerType, TrainerOptions
+from stages.common.dynamic_sampling import DynamicSampling
+from stages.common.rl_prompts import load_eval_rows, load_prompt_rows
 
 
 log = logging.getLogger(__name__)
@@ -93,15 +105,30 @@ class RewardSpec(StrictModel):
     params: dict[str, Any] = {}
 
 
-class Config(StageConfig):
+class Config(TrainerOptions, StageConfig):
     """Config of the grpo stage. Batch arithmetic: one optimizer step uses
     ``per_device_train_batch_size * gradient_accumulation_steps * devices`` completions, that is
     that number / ``num_generations`` prompts, all sampled in one generation call."""
 
     kind: Literal["grpo"] = "grpo"
-    input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    input_fields: ClassVar[dict[str, str]] = {"model": "model", "prompt_pool": "dataset"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
+    training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # eval_prompts are held out; a pool's are its step's
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "steps", "reward_start", "reward_end", "eval_reward_start",
+                                           "eval_reward_end", "completion_length_start", "completion_length_end")
     model: str  # model reference: the initial policy
-    prompts: list[PromptSource]  # data sources; their train split is used
+    prompts: list[PromptSource] = []  # data sources; their train split is used (or prompt_pool)
+    # Instead of `prompts`: a generate step with `output: prompts` (or its dataset folder), the
+    # prompts with their pass rates under the starting policy (stages/common/rl_prompts.py).
+    prompt_pool: str | None = None
+    # Keep pool prompts with low < pass rate < high (exclusive: (0, 1) drops the never and the
+    # always solved); null keeps all. Per data_source overrides in pass_rate_band_per_source.
+    pass_rate_band: tuple[float, float] | None = (0.0, 1.0)
+    pass_rate_band_per_source: dict[str, tuple[float, float]] = {}
+    curriculum: Literal["none", "easy_to_hard"] = "none"  # pool prompts by pass rate, highest first
+    # Drop groups whose verifiable reward is all-equal and sample more prompts (DAPO);
+    # stages/common/dynamic_sampling.py
+    dynamic_sampling: DynamicSampling = DynamicSampling()
     template: Template = "chat"  # chat (instruct models) or r1_zero (base models)
     # Order in which steps take prompts. shuffled: TRL's sampler shuffles all rows with `seed`.
     # stratified: rows round-robin over data sources (each shuffled with `seed`), taken in that
@@ -117,33 +144,28 @@ class Config(StageConfig):
     eval_steps: PositiveInt = 4  # optimizer steps between two held-out reward measurements
     eval_num_generations: PositiveInt = 4  # completions per held-out prompt
     # objective
-    beta: float = 0.0  # KL weight to the reference model (0: none loaded)
+    beta: NonNegativeFloat = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
-    epsilon: float = 0.2  # lower clip of the ratio: 1 - epsilon
+    epsilon: PositiveFloat = 0.2  # lower clip of the ratio: 1 - epsilon
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
     num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
     mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = 1.0  # > 0: the policy's logits are divided by it (TRL), and a group needs varied samples
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # nucleus sampling of the rollouts
     max_prompt_length: PositiveInt = 512  # tokens, chat template included; longer prompts are dropped
     max_completion_length: PositiveInt = 256  # tokens generated per completion
-    # optimisation
-    learning_rate: float = 1e-6  # peak AdamW learning rate
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant_with_warmup"
-    warmup_ratio: float = 0.05  # fraction of max_steps warming up linearly from 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
-    per_device_train_batch_size: int = 8  # completions per forward/backward pass
-    gradient_accumulation_steps: int = 4  # passes per optimizer step
-    max_steps: PositiveInt = 40  # optimizer steps
-    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
-    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
-    dtype: DtypeChoice = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
-    seed: int = 0  # data order, sampling, dropout
+    # Trainer options (batch, schedule, precision, checkpoints) are pipeline.trainer.TrainerOptions,
+    # documented there; RL defaults here.
+    learning_rate: float = 1e-6
+    lr_scheduler_type: SchedulerType = "constant_with_warmup"
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: PositiveInt = 4
+    max_steps: PositiveInt = 40
+    logging_steps: PositiveInt = 1
+    save_steps: PositiveInt = 10
     # Intra-op CPU threads for training and the colocated engine; None = torch's default (every
     # core). On a machine shared with other jobs, 1 is several times faster: OpenMP threads
     # spin-wait for each other whenever one of them is descheduled.
@@ -152,24 +174,30 @@ class Config(StageConfig):
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
-    vllm_gpu_memory_utilization: float = 0.3  # colocate on GPUs: share of GPU memory for vLLM
-    vllm_kv_cache_gib: int = 2  # colocate on CPUs: KV cache size (GiB)
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3  # colocate on GPUs: share of GPU memory for vLLM
+    vllm_kv_cache_gib: PositiveInt = 2  # colocate on CPUs: KV cache size (GiB)
     vllm_dtype: DtypeChoice = "auto"  # colocated engine's weights; auto: as for `dtype`
     vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
     # Reweight tokens by p_policy / p_vLLM (the engine samples in bf16, the trainer scores in
     # float32 + autocast). Costs one extra forward pass over every rollout per step (~20% of a
     # CPU step); off = treat the rollouts as exactly on-policy.
     vllm_importance_sampling_correction: bool = True
-    # logging and checkpoints
-    logging_steps: PositiveInt = 1  # optimizer steps between metrics lines
-    save_steps: PositiveInt = 10  # optimizer steps between checkpoints (resume granularity)
-    save_total_limit: int = 2  # checkpoints kept
 
     @model_validator(mode="after")
     def _check(self):
         # Each is a mistake that would otherwise surface minutes into a run.
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
+        if bool(self.prompts) == bool(self.prompt_pool):
+            raise ValueError("give either prompts (data sources) or prompt_pool (a generate step with output: "
+                             "prompts), not both and not neither")
+        bands = [("pass_rate_band", self.pass_rate_band)] if self.pass_rate_band else []
+        bands += [(f"pass_rate_band_per_source.{k}", v) for k, v in self.pass_rate_band_per_source.items()]
+        for key, (lo, hi) in bands:
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"{key}: need 0 <= low < high <= 1, got [{lo}, {hi}]")
+        if self.curriculum != "none" and not self.prompt_pool:
+            raise ValueError("curriculum orders prompts by pass rate: it needs prompt_pool")
         from rewards import REGISTRY  # light: the registry, no scoring workers
         from rewards.registry import log_name
 
@@ -191,12 +219,19 @@ class Config(StageConfig):
                     raise ValueError(f"rewards.{i}.params: {exc}") from None
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: a group of one has no advantage")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}: the policy's log-probabilities are "
+                             "those of logits / temperature (TRL), and greedy rollouts would make the completions of "
+                             "a group equal, so every advantage would be 0")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
                              f"multiple of num_generations ({self.num_generations}): whole groups per step")
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
+        if self.dynamic_sampling.enabled and self.dynamic_sampling.reward not in names:
+            raise ValueError(f"dynamic_sampling.reward {self.dynamic_sampling.reward!r} is not one of the step's "
+                             f"rewards: {', '.join(names)}")
         if self.vllm_mode == "server" and not self.use_vllm:
             raise ValueError("vllm_mode: server needs use_vllm: true")
         empty = [i for i, source in enumerate(self.eval_prompts) if getattr(source, "n_test", None) == 0]
@@ -259,7 +294,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from transformers import AutoTokenizer
 
     from rewards import registry
-    from stages import _vllm_sync
+    from stages.common import vllm_sync as _vllm_sync
+    from stages.common.scoring import with_rendered_prompts
 
     preflight(config)
     reserve_rendezvous_port()
@@ -267,48 +303,58 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         torch.set_num_threads(config.torch_threads)  # before vLLM starts: it then pins the thread count
     model_path = ctx.resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if config.template == "chat":  # a template with no end-of-turn token: rollouts would never end their turn
+        templates.require_end_of_turn(tokenizer, config.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset, dropped = load_prompt_rows(config, tokenizer)
-    eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
-    # A reward's model references (a reward model's step name) become folders first.
-    reward_funcs = [registry.get(r.name, **registry.with_resolved_models(r.name, r.params, ctx.resolve_model))
-                    for r in config.rewards]
-    callback = metrics_callback(ctx, reward_funcs)
+    pool = ctx.resolve_dataset(config.prompt_pool) if config.prompt_pool else None
+    with ctx.progress.phase("loading prompts"):
+        dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
+        eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
+    # Registered rewards read the prompt as the policy saw it (a template's <think> prefill
+    # included); a reward's model references (a reward model's step name) become folders first.
+    reward_funcs = [with_rendered_prompts(registry.get(r.name, **registry.with_resolved_models(
+        r.name, r.params, ctx.resolve_model)), tokenizer) for r in config.rewards]
+    timer = timing.PhaseTimer()
+    callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
     on_cpu = engine and _vllm_sync.on_cpu_platform()
-    chosen = {"training": precision.resolve(config.dtype, what="training")}
+    chosen = {"training": scaffold.training_precision(config)}
     if engine:
         chosen["rollouts"] = precision.resolve(config.vllm_dtype, what="rollouts")
-    for role, p in chosen.items():
-        precision.announce(p, role)
+        precision.announce(chosen["rollouts"], "rollouts")
     options = _vllm_sync.engine_options(
         cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
         dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
-    with options:
+    with options, ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"):
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
-                                dtype=chosen["training"].dtype),
+                                dtype=chosen["training"].dtype, ctx=ctx),
             train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
+    names = [r.name for r in config.rewards]
+    filter_reward = config.dynamic_sampling.reward
+    trainer._r1_filter = names.index(filter_reward) if filter_reward in names else None
+    trainer._r1_dynamic = config.dynamic_sampling
     templates.use_end_of_turn_stops(trainer, tokenizer)  # rollouts end at <|im_end|> even if EOS is another token
 
-    resume = last_checkpoint(ctx.checkpoints)
-    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
+    resume = scaffold.resume_point(ctx.checkpoints)
     try:
+        if engine:  # every engine step is a heartbeat for the stall watchdog (pipeline.progress)
+            from stages.common.sampling import beat_on_engine_steps
+
+            beat_on_engine_steps(getattr(trainer.vllm_generation, "llm", None), ctx.progress.beat)
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
-        started = time.time()
-        trainer.train(resume_from_checkpoint=resume)
-        wall = time.time() - started
-        out_dir = ctx.work_dir / "model"
-        trainer.save_model(str(out_dir))  # weights, config, generation config
-        if trainer.accelerator.is_main_process:
-            tokenizer.save_pretrained(out_dir)  # the model's own chat template, for serving
-        distributed.write_weights_digest(ctx.work_dir, trainer)  # several processes: each rank's final weights
+        scaffold.install_phase_timers(trainer, timer)
+        install_rl_phase_timers(trainer, timer)
+        with ctx.progress.phase("training"):
+            outcome = scaffold.train(trainer, resume, timer)
+        with ctx.progress.phase("saving the model"):
+            scaffold.save_final(trainer, ctx.work_dir, tokenizer)  # the model's own chat template, for serving
         steps = trainer.state.global_step
         processes = trainer.accelerator.num_processes
     finally:
@@ -320,9 +366,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     logged = logged_steps(ctx.work_dir / "metrics.jsonl") or [e for e in callback.history if "reward" in e]
     evals = logged_steps(ctx.work_dir / "metrics.jsonl", key="eval_reward")
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
-    counts = {"prompts": len(dataset), "prompts_dropped_too_long": dropped, "steps": steps,
-              "resumed_from_step": resumed_from, "processes": processes,
-              "completions": (steps - resumed_from) * prompts_per_step * config.num_generations}
+    counts = {"prompts": len(dataset), **prompt_counts, "steps": steps,
+              "resumed_from_step": resume.step, "processes": processes,
+              "completions": (steps - resume.step) * prompts_per_step * config.num_generations}
+    wall = outcome.wall_s
     metrics = {
         "reward_start": _mean([e["reward"] for e in logged[:3]]),
         "reward_end": _mean([e["reward"] for e in logged[-3:]]),
@@ -332,7 +379,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "train_wall_s": round(wall, 1),
         **({"eval_reward_start": evals[0]["eval_reward"], "eval_reward_end": evals[-1]["eval_reward"],
             "eval_reward_first_step": evals[0]["step"], "eval_reward_last_step": evals[-1]["step"]} if evals else {}),
-        "seconds_per_step": round(wall / (steps - resumed_from), 2) if steps > resumed_from else math.nan,
+        "seconds_per_step": round(wall / (steps - resume.step), 2) if steps > resume.step else math.nan,
+        "timing_s": outcome.timing_s,
     }
     summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
                f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
@@ -369,90 +417,6 @@ def reserve_rendezvous_port() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 
 
-def load_prompt_rows(config: Config, tokenizer):
-    """The train split of ``config.prompts`` without prompts over ``max_prompt_length`` tokens.
-
-    Returns ``(dataset, dropped)``. Every prompt-row column stays: TRL passes the columns to
-    the reward functions (``answer``, ``verification``, ``data_source``, ...).
-
-    Raises:
-        ValueError: no prompt left.
-    """
-    from data import load_prompts
-
-    with distributed.main_first(local=True):  # hub data: each node's main process fills the cache first
-        dataset = load_prompts(config.prompts, split="train", template=config.template)
-    dataset, dropped = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
-    if len(dataset) == 0:
-        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens in {dropped} rows")
-    if config.prompt_order == "stratified":  # and grpo_arguments turns TRL's shuffling off
-        from data import stratify
-
-        dataset = stratify(dataset, "data_source", seed=config.seed)
-        sources = len(set(dataset["data_source"][:]))
-        if config.prompts_per_step % sources:
-            log.warning(
-                "prompt_order: stratified with %d prompts per step over %d sources: consecutive steps see "
-                "different sources, so their rewards differ by task as much as by learning; use a multiple "
-                "of %d prompts per step to compare steps", config.prompts_per_step, sources, sources)
-    return dataset, dropped
-
-
-def _drop_long_prompts(dataset, tokenizer, max_tokens: int):
-    """``(rows of at most max_tokens prompt tokens, chat template included; number dropped)``."""
-
-    def length(row):
-        prompt = row["prompt"]
-        if isinstance(prompt, str):
-            return {"_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"])}
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return {"_tokens": len(ids["input_ids"])}
-
-    if len(dataset) == 0:  # map() adds no column to an empty dataset
-        return dataset, 0
-    dataset = dataset.map(length, desc="counting prompt tokens")
-    keep = [i for i, n in enumerate(dataset["_tokens"]) if n <= max_tokens]
-    return dataset.select(keep).remove_columns("_tokens"), len(dataset) - len(keep)
-
-
-def load_eval_rows(config: Config, tokenizer, train):
-    """The test split of ``config.eval_prompts`` (None when there are none), without prompts
-    over ``max_prompt_length`` tokens and without prompts whose question text (whitespace
-    collapsed) is also a training question: procedural generators repeat short questions
-    ("Calculate 10 - 7.") under other ids. Returns ``(dataset, dropped_seen_in_training)``.
-
-    Raises:
-        ValueError: an eval prompt id is also a training prompt id (a held-out curve must not
-            be measured on prompts the policy trains on), or no eval prompt is left.
-    """
-    if not config.eval_prompts:
-        return None, 0
-    from data import load_prompts, question_of
-
-    with distributed.main_first(local=True):  # as in load_prompt_rows
-        dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
-    shared = set(dataset["id"][:]) & set(train["id"][:])
-    if shared:
-        raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
-                         f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds")
-
-    def text(prompt) -> str:
-        return " ".join(question_of(prompt).split())
-
-    seen = {text(p) for p in train["prompt"][:]}
-    keep = [i for i, p in enumerate(dataset["prompt"][:]) if text(p) not in seen]
-    repeated = len(dataset) - len(keep)
-    if repeated:
-        log.warning("eval_prompts: %d held-out prompt(s) dropped: the same question is a training prompt", repeated)
-    dataset = dataset.select(keep)
-    dataset, _ = _drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
-    if len(dataset) == 0:
-        raise ValueError(f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
-                         "that is not also a training question (the test split is used: give the sources "
-                         "n_test > 0)")
-    return dataset, repeated
-
-
 def _trainer_class():
     """TRL's ``GRPOTrainer`` whose evaluation samples and scores the eval prompts, nothing else.
 
@@ -465,7 +429,9 @@ def _trainer_class():
     """
     from trl import GRPOTrainer
 
-    class Trainer(GRPOTrainer):
+    from stages.common.dynamic_sampling import trainer_mixin
+
+    class Trainer(trainer_mixin(), GRPOTrainer):
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             self._prepare_inputs(inputs)  # samples, scores, records the eval metrics
             return None, None, None
@@ -473,22 +439,23 @@ def _trainer_class():
     return Trainer
 
 
-def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None):
-    """TRL ``GRPOConfig`` from our config; every option that changes results is set here.
-    ``eval_prompts``: the number of held-out prompts (0: no held-out reward curve). ``dtype``:
-    the resolved autocast dtype (default: ``config.dtype`` resolved on this machine)."""
-    import torch
+def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None,
+                   ctx: StepContext | None = None):
+    """TRL ``GRPOConfig`` from our config; every option that changes results is set here (the ones
+    every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``eval_prompts``: the
+    number of held-out prompts (0: no held-out reward curve). ``dtype``: the resolved autocast
+    dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available()
-    dtype = dtype or precision.resolve(config.dtype).dtype
     return GRPOConfig(
-        output_dir=str(output_dir),
+        **scaffold.trainer_arguments(config, output_dir, dtype, ctx),
         # policy and data
         model_init_kwargs={"dtype": "float32"},  # float32 master weights; bf16 is autocast
         disable_dropout=True,  # the sampled and the trained log-probs must come from one function
         remove_unused_columns=False,  # reward functions read answer, verification, ...
-        shuffle_dataset=config.prompt_order == "shuffled",  # stratified: load_prompt_rows ordered them
+        # stratified or a curriculum: load_prompt_rows ordered them
+        shuffle_dataset=config.prompt_order == "shuffled" and config.curriculum == "none",
         # objective
         beta=config.beta,
         loss_type=config.loss_type,
@@ -524,85 +491,60 @@ def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtyp
         vllm_importance_sampling_correction=config.vllm_importance_sampling_correction,
         vllm_importance_sampling_mode="sequence_mask",
         vllm_importance_sampling_clip_max=3.0,
-        # optimisation
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of max_steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
+        # optimizer
         optim="adamw_torch",
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_steps=config.max_steps,
-        # precision and device
-        bf16=dtype == "bfloat16",
-        fp16=dtype == "float16",
-        use_cpu=not cuda,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
-        # parameter search (transformers turns it on by default: an extra graph walk per step).
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=cuda,
-        seed=config.seed,
-        data_seed=config.seed,
-        # logging and checkpoints
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
+        # logging and held-out evaluation
         log_completions=False,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        save_only_model=False,  # optimizer, scheduler and RNG state: a resume continues exactly
         eval_strategy="steps" if eval_prompts else "no",
         eval_steps=config.eval_steps,
         eval_on_start=bool(eval_prompts),  # the curve's first point: the policy before any update
         num_generations_eval=config.eval_num_generations,
         # One batch per evaluation up to 32 prompts: one generation call samples them all.
         per_device_eval_batch_size=config.eval_num_generations * max(1, min(eval_prompts, 32)),
-        report_to="none",
-        disable_tqdm=False,  # progress bar with ETA
     )
 
 
-def metrics_callback(ctx: StepContext, reward_funcs: list) -> Any:
-    """A ``TrainerCallback`` that keeps every trainer log line (``.history``) and appends it to
-    ``ctx.log_metrics``, adding ``seconds_per_step`` (wall) and ``cpu_seconds_per_step`` since
-    the previous line, and each reward's cumulative counters (``reward_stats/<name>/none_count``,
-    ``timeout_count``, ...) when the reward keeps ``fn.stats``."""
-    from transformers import TrainerCallback
+def install_rl_phase_timers(trainer: Any, timer: Any) -> None:
+    """Time GRPO's own phases on top of ``pipeline.trainer.install_phase_timers`` (TRL 1.16
+    ``GRPOTrainer`` methods): ``weight_sync`` (``vllm_generation.sync_weights``, counted as
+    itself even inside a held-out evaluation), ``generation`` (``_generate``), ``reward``
+    (``_calculate_rewards``), ``old_logprobs`` / ``ref_logprobs`` (``_get_per_token_logps_and_entropies``
+    without gradients, of the policy / of the reference model; with gradients it is the loss's
+    ``forward``) and ``advantages`` (the rest of ``_generate_and_score_completions``).
 
-    class MetricsCallback(TrainerCallback):
-        def __init__(self):
-            self.history: list[dict] = []
-            self._last = (time.time(), time.process_time(), 0)
+    Raises:
+        AttributeError: a method is missing (another TRL release; see ``pipeline.timing.time_calls``).
+    """
+    import torch
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            self._last = (time.time(), time.process_time(), state.global_step)
+    if getattr(trainer, "vllm_generation", None) is not None:
+        timing.time_calls(trainer.vllm_generation, "sync_weights", timer, "weight_sync", escape=True)
+    timing.time_calls(trainer, "_generate", timer, "generation")
+    timing.time_calls(trainer, "_calculate_rewards", timer, "reward")
+    reference = getattr(trainer, "ref_model", None)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs:
-                return
-            record = {"step": state.global_step, **logs}
-            now, cpu, step = time.time(), time.process_time(), state.global_step
-            if "reward" in logs and step > self._last[2]:
-                steps = step - self._last[2]
-                record["seconds_per_step"] = round((now - self._last[0]) / steps, 2)
-                # CPU seconds of this process (all threads): far below wall x threads means
-                # the machine is shared with other work.
-                record["cpu_seconds_per_step"] = round((cpu - self._last[1]) / steps, 2)
-                self._last = (now, cpu, step)
-            for fn in reward_funcs:
-                stats = getattr(fn, "stats", None)
-                if hasattr(stats, "as_dict"):
-                    stats = stats.as_dict()
-                if isinstance(stats, dict):
-                    name = getattr(fn, "__name__", type(fn).__name__)
-                    record.update({f"reward_stats/{name}/{k}": v for k, v in stats.items()})
-            self.history.append(record)
-            if state.is_world_process_zero:
-                ctx.log_metrics(record)
+    def logprobs_phase(model, *args, **kwargs) -> str:
+        if torch.is_grad_enabled():
+            return "forward"
+        return "ref_logprobs" if reference is not None and model is reference else "old_logprobs"
 
-    return MetricsCallback()
+    timing.time_calls(trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase,
+                        phases=("old_logprobs", "ref_logprobs"))
+    timing.time_calls(trainer, "_generate_and_score_completions", timer, "advantages")
+
+
+def reward_counters(reward_funcs: list) -> dict[str, Any]:
+    """Each reward's cumulative counters (``reward_stats/<name>/none_count``, ``timeout_count``,
+    ...) for the rewards that keep ``fn.stats``; added to every metrics line."""
+    out: dict[str, Any] = {}
+    for fn in reward_funcs:
+        stats = getattr(fn, "stats", None)
+        if hasattr(stats, "as_dict"):
+            stats = stats.as_dict()
+        if isinstance(stats, dict):
+            name = getattr(fn, "__name__", type(fn).__name__)
+            out.update({f"reward_stats/{name}/{k}": v for k, v in stats.items()})
+    return out
 
 
 def logged_steps(path: Path, key: str = "reward") -> list[dict]:
@@ -610,20 +552,13 @@ def logged_steps(path: Path, key: str = "reward") -> list[dict]:
     ``eval_reward``: the held-out measurements), in step order.
 
     A resumed run appends to the file of the interrupted one, and may log again the steps
-    after its last checkpoint: the last line of each step wins. This (not the trainer's
-    in-memory history, which starts at the resume point) gives the whole run's reward at its
-    start and end.
+    after its last checkpoint: the last line of each step wins (``pipeline.store.logged``).
+    This (not the trainer's in-memory history, which starts at the resume point) gives the
+    whole run's reward at its start and end.
     """
-    import json
+    from pipeline import store
 
-    if not path.exists():
-        return []
-    by_step: dict[int, dict] = {}
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if key in entry and "step" in entry:
-            by_step[entry["step"]] = entry
-    return [by_step[k] for k in sorted(by_step)]
+    return [line for line in store.logged(store.read_metrics(path), key) if "step" in line]
 
 
 def _mean(values: list[float | None]) -> float:
@@ -640,3 +575,72 @@ def _slope(steps: list[int], rewards: list[float | None]) -> float:
     if len({s for s, _ in points}) < 2:
         return math.nan
     return statistics.linear_regression([s for s, _ in points], [r for _, r in points]).slope
+
+
+# ---------------------------------------------------------------------------- report hook
+
+
+def _glance(step) -> str | None:
+    """Training reward, held-out reward and mean length, first vs last: the mean of the first
+    and of the last 3 logged steps, as the manifest and the summary give them (one step alone
+    is noise); the held-out reward: its first and last measurement (same prompts each time)."""
+    from pipeline import store
+
+    log, parts = step.log(), []
+    for key, label, digits, span in (("reward", "reward", 3, 3), ("eval_reward", "held-out reward", 3, 1),
+                                     ("completions/mean_length", "mean length (tokens)", 0, 3)):
+        _, ys = store.series(log, key)
+        if ys:
+            first, last = sum(ys[:span]) / len(ys[:span]), sum(ys[-span:]) / len(ys[-span:])
+            what = " (first -> last 3 steps)" if span > 1 and len(ys) > 1 else ""
+            parts.append(f"{label}{what} {first:.{digits}f} -> {last:.{digits}f}")
+    if not parts:
+        return None
+    state = "" if step.done else f", {step.status}"
+    return f"RL `{step.name}` ({len(store.series(log, 'reward')[0])} logged steps{state}): {', '.join(parts)}."
+
+
+def _report_section(doc, steps: list) -> None:
+    """Mean response length over all RL steps, consecutive RL stages end to end."""
+    from matplotlib.figure import Figure
+
+    from pipeline import store
+
+    doc.h(2, "Mean response length over RL steps")
+    started = [s for s in steps if s.status != "not run"]
+    series = [(s, store.series(s.log(), "completions/mean_length")) for s in started]
+    series = [(s, xy) for s, xy in series if xy[0]]
+    if not series:
+        doc.missing("no RL (grpo) step logged `completions/mean_length`" if started else "no RL (grpo) step")
+        return
+    fig = Figure(figsize=(8, 3), layout="constrained")
+    ax = fig.subplots()
+    offset = 0.0
+    for s, (xs, ys) in series:
+        ax.plot([x + offset for x in xs], ys, marker="." if len(xs) < 40 else None, label=s.name)
+        offset += max(xs)
+        ax.axvline(offset, color="#bbb", lw=0.8)
+    ax.set_xlabel("RL step (steps of consecutive RL stages added up)")
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize=8)
+    doc.figure(fig, "response_length.png", "Mean response length (tokens) over RL steps: R1-style RL "
+                                           "typically lengthens the reasoning")
+
+
+REPORT = StageReport(
+    panels=(TRAINER_PANELS[0],
+            Panel("reward (mean of each function)", pattern="rewards/*/mean"),
+            Panel("held-out reward (same prompts each time)", ("eval_reward",), optional=True),  # with eval_prompts
+            Panel("held-out accuracy (same prompts each time)", ("eval_rewards/accuracy/mean",), optional=True),
+            Panel("KL to the reference model", ("kl",)),
+            Panel("entropy (nats/token)", ("entropy",)),
+            TRAINER_PANELS[1],
+            Panel("share of zero-std groups (total reward, TRL)", ("frac_reward_zero_std",)),
+            # the groups without an accuracy signal: sampled (what plain GRPO trains on) and trained
+            Panel("share of groups without accuracy signal", pattern="zero_signal/*", optional=True),
+            Panel("dynamic sampling: groups per step", pattern="dynamic_sampling/groups_*", optional=True),
+            Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
+            Panel("truncated completions", ("completions/clipped_ratio",)),
+            Panel("mean response length (tokens)", ("completions/mean_length",))),
+    glance=_glance, section=_report_section)
+

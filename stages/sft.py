@@ -28,11 +28,14 @@ CPU-heavy processes share the cores, two OpenMP threads collapse (measured 20-40
 run with ``OMP_NUM_THREADS=1`` then.
 
 Inputs: ``model`` (step name, alias, folder or hub id); ``dataset`` (a step's ``dataset/``
-folder of parquet files, a local ``.parquet``/``.jsonl`` file, or a hub dataset name) with a
-``messages`` column (list of ``{role, content}``; other columns are ignored).
+folder, a local ``.parquet``/``.jsonl`` file or folder, a ``save_to_disk`` folder, or a hub
+dataset name; read by ``data.sft.load_messages``) with a ``messages`` column (list of
+``{role, content}``; other columns are ignored).
 Outputs: ``model/`` (safetensors, tokenizer with the serving chat template, generation config
 stopping at the end-of-turn token); ``checkpoints/`` (trainer state: a rerun resumes from the
-last one); ``metrics.jsonl`` (loss, learning rate, grad norm, tokens per logging step).
+last one); ``metrics.jsonl`` (loss, learning rate, grad norm, tokens, seconds per optimizer step
+and its phases ``timing_s/data|forward|backward|optimizer|save|other``, per logging step; see
+``pipeline.trainer``).
 
 Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml``; on several processes
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli sft FILE``
@@ -44,61 +47,39 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt
 
-from pipeline import distributed, precision
-from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from data.sft import load_messages
+from pipeline import distributed
+from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint  # noqa: F401  (sft.last_checkpoint)
+from pipeline.timing import PhaseTimer
+from pipeline.trainer import (EpochTrainerOptions, install_phase_timers, metrics_callback, resume_point, save_final,
+                              trainer_arguments, training_precision)
+from pipeline.trainer import train as run_trainer
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
 # trains; shared files are written by the main process (TRL/transformers save on rank 0).
 DISTRIBUTED = True
+REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and learning rate
 
 
-class TrainingFields(StageConfig):
-    """The SFT options shared by ``sft`` and ``distill`` (``distill`` trains with this code)."""
+class TrainingFields(EpochTrainerOptions, StageConfig):
+    """The SFT options shared by ``sft`` and ``distill`` (``distill`` trains with this code). The
+    trainer options (batch, schedule, precision, checkpoints: ``per_device_train_batch_size``,
+    ``num_train_epochs``, ``learning_rate``, ...) are ``pipeline.trainer.EpochTrainerOptions``."""
 
     dataset: str  # dataset reference with a `messages` column (see the module docstring)
-    dataset_split: str = "train"  # split to read from a hub dataset (local files are read whole)
-    max_rows: int | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
-    max_length: int = 1024  # tokens per conversation (template included)
+    dataset_split: str = "train"  # split to read: of a hub or saved dataset, or of a folder's split-named files
+    max_rows: PositiveInt | None = None  # train on a random sample of N rows (seeded by `seed`), before dropping
+    max_length: PositiveInt = 1024  # tokens per conversation (template included)
     overlong: Literal["drop", "truncate"] = "drop"  # conversations over max_length: drop, or keep the start
     training_template: str = "auto"  # "auto", a name in stages/templates/ (e.g. "chatml_train") or a .jinja path
-    epochs: float = 1.0  # passes over the data; ignored when max_steps > 0
-    max_steps: int = -1  # optimizer steps; > 0 overrides epochs
-    learning_rate: float = 2e-5  # peak AdamW learning rate
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = 0.03  # fraction of the optimizer steps spent warming up linearly from 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
-    batch_size: int = 8  # conversations per device per forward pass
-    grad_accum: int = 1  # forward passes per optimizer step (effective batch = batch_size * grad_accum * devices)
-    # Autocast dtype over float32 master weights; auto = bf16 where the hardware runs it fast,
-    # float32 on CPUs without AMX/AVX512-BF16, float16 on GPUs without bf16 (pipeline.precision).
-    dtype: DtypeChoice = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     packing: bool = False  # pack conversations into max_length blocks; needs flash-attention (GPU) to keep them apart
     group_by_length: bool = True  # batch conversations of similar length together: less padding
-    logging_steps: int = 5  # optimizer steps between metrics lines
-    save_steps: int = 50  # optimizer steps between checkpoints (resume granularity)
-    save_total_limit: int = 2  # checkpoints kept
-    seed: int = 0  # data order, the max_rows sample, dropout
-
-    @model_validator(mode="after")
-    def _check(self):
-        # Each is a mistake that would otherwise surface minutes into a run, or never.
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if min(self.batch_size, self.grad_accum, self.max_length, self.logging_steps, self.save_steps) < 1:
-            raise ValueError("batch_size, grad_accum, max_length, logging_steps and save_steps must be >= 1")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
-        return self
 
 
 class Config(TrainingFields):
@@ -106,13 +87,15 @@ class Config(TrainingFields):
 
     kind: Literal["sft"] = "sft"
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
     model: str  # model reference: the model to fine-tune
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
     """Fine-tune ``config.model`` on ``config.dataset``; write ``model/`` into ``ctx.work_dir``."""
     model_path = ctx.resolve_model(config.model)
-    model, tokenizer = load_model(model_path)
+    with ctx.progress.phase("loading the model"):
+        model, tokenizer = load_model(model_path)
     return train(model, tokenizer, config, ctx, summary_prefix=f"SFT of {config.model}")
 
 
@@ -127,46 +110,6 @@ def load_model(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tokenizer
-
-
-def load_messages(ref: str, split: str = "train", max_rows: int | None = None, seed: int = 0):
-    """A ``datasets.Dataset`` with one column, ``messages``, from a resolved dataset reference.
-
-    ``ref``: a folder (every ``*.parquet`` in it, sorted by name; else every ``*.jsonl``), a
-    ``.parquet`` or ``.jsonl`` file, or a hub dataset name (``split`` is read). Local files are
-    read into memory (nothing written to the datasets cache). Messages stored as JSON strings
-    are parsed. ``max_rows``: keep a random sample of that many rows (seeded, in random order),
-    since generated datasets are sorted by source and their first rows are one task only.
-
-    Raises:
-        ValueError: no ``messages`` column, or a folder with no data files.
-    """
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(ref)
-    files = (sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))) if path.is_dir() else [path]
-    if path.is_dir() and not files:
-        raise ValueError(f"{path}: no *.parquet or *.jsonl files")
-    if path.exists():
-        if files[0].suffix == ".parquet":
-            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-            ds = datasets.Dataset(table)
-        else:
-            rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-            ds = datasets.Dataset.from_list(rows)
-    else:  # a hub dataset: each node's main process downloads it, the other ranks then read its cache
-        with distributed.main_first(local=True):
-            ds = datasets.load_dataset(ref, split=split)
-    if "messages" not in ds.column_names:
-        raise ValueError(f"{ref}: no 'messages' column (columns: {', '.join(ds.column_names)})")
-    ds = ds.select_columns(["messages"])
-    if max_rows is not None and max_rows < len(ds):
-        ds = ds.shuffle(seed=seed).select(range(max_rows))
-    if len(ds) and isinstance(ds[0]["messages"], str):
-        ds = ds.map(lambda row: {"messages": json.loads(row["messages"])})
-    return ds
 
 
 _PROBES = [
@@ -252,8 +195,11 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
         return {"_tokens": min(len(out["input_ids"]), max_length), "_trained": sum(mask),
                 "_overlong": len(out["input_ids"]) > max_length}
 
-    dataset = dataset.map(count, desc="counting tokens")
     rows = len(dataset)
+    if rows == 0:  # map() adds no columns to an empty dataset; build_trainer reports "no usable rows"
+        return dataset, {"rows_in": 0, "rows": 0, "rows_no_assistant": 0, "rows_overlong": 0, "tokens_per_epoch": 0,
+                         "assistant_tokens_per_epoch": 0}
+    dataset = dataset.map(count, desc="counting tokens")
     no_assistant = sum(1 for n in dataset["_trained"] if n == 0)
     keep = [i for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
             if n > 0 and not (over and overlong == "drop")]
@@ -265,16 +211,15 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
     return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
 
 
-def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None):
-    """TRL ``SFTConfig`` from our config; every option that changes results is set here.
-    ``dtype``: the resolved autocast dtype (default: ``config.dtype`` resolved on this machine)."""
-    import torch
+def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = None, ctx: StepContext | None = None):
+    """TRL ``SFTConfig`` from our config; every option that changes results is set here (the ones
+    every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``dtype``: the resolved
+    autocast dtype (default: ``config.dtype`` resolved on this machine). ``ctx``: the step, for the
+    trackers of ``report_to`` (``pipeline.trainer.tracking_arguments``)."""
     from trl import SFTConfig
 
-    cuda = torch.cuda.is_available()
-    dtype = dtype or precision.resolve(config.dtype).dtype
     return SFTConfig(
-        output_dir=str(output_dir),
+        **trainer_arguments(config, output_dir, dtype, ctx),
         # data
         max_length=config.max_length,
         truncation_mode="keep_start",
@@ -286,39 +231,10 @@ def sft_arguments(config: TrainingFields, output_dir: Path, dtype: str | None = 
         shuffle_dataset=False,  # the sampler shuffles every epoch (seeded)
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         remove_unused_columns=True,
-        # optimisation
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim="adamw_torch_fused",  # fused AdamW has CPU kernels too
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        # loss and optimizer
         loss_type="nll",
-        # precision and device
-        bf16=dtype == "bfloat16",
-        fp16=dtype == "float16",
-        use_cpu=not cuda,
-        gradient_checkpointing=config.gradient_checkpointing,
-        # Several processes (DDP): every parameter takes part in the loss, so skip the unused-
-        # parameter search (transformers turns it on by default: an extra graph walk per step).
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=cuda,
-        seed=config.seed,
-        data_seed=config.seed,
-        # logging and checkpoints
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        save_only_model=False,  # optimizer + scheduler + RNG state, so a resume continues exactly
+        optim="adamw_torch_fused",  # fused AdamW has CPU kernels too
         eval_strategy="no",
-        report_to="none",
-        disable_tqdm=False,
     )
 
 
@@ -359,76 +275,84 @@ def _trainer_class():
     return PlainLossOnCPUSFTTrainer
 
 
-def _metrics_callback(ctx: StepContext):
-    from transformers import TrainerCallback
+def load_training_messages(ref: str | Path, config: TrainingFields):
+    """The training rows of ``ref``: :func:`data.sft.load_messages` with the config's
+    ``dataset_split``, ``max_rows`` and ``seed``, loaded by each node's main process first.
 
-    class MetricsCallback(TrainerCallback):
-        """Copies every trainer log line (loss, lr, grad norm, tokens) to ``ctx.log_metrics``."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs:
-                ctx.log_metrics({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
-
-    return MetricsCallback()
+    A hub dataset is then downloaded once per node: the other ranks wait at a barrier and read
+    the cache (they are released too when the main process's load raises, and raise their own).
+    """
+    with distributed.main_first(local=True):
+        return load_messages(ref, config.dataset_split, config.max_rows, config.seed)
 
 
-def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext):
+def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None,
+                  trainer_class=None):
     """The ``SFTTrainer`` for ``model`` on ``config.dataset``; returns ``(trainer, stats)``.
 
     Picks the training template, makes the end-of-turn token the eos, loads and measures the
     dataset (``stats``: rows kept/dropped, tokens and assistant tokens per epoch) and leaves the
     training template on ``tokenizer`` (:func:`train` restores the serving one before saving).
+    ``timer``: time the trainer's phases (data, forward, backward, optimizer, save) into it and
+    log them with every metrics line (``pipeline.trainer``). ``trainer_class``: called like
+    ``SFTTrainer`` (keyword arguments ``model``, ``args``, ``train_dataset``,
+    ``processing_class``, ``callbacks``) instead of this module's trainer (``distill`` passes
+    its distillation trainer, a subclass).
 
     Raises:
         ValueError: bad dataset (no ``messages``, no usable rows) or no training template.
     """
     template = training_template(tokenizer, config.training_template)
     _set_stop_token(model, tokenizer, stop_token_id(tokenizer, template))
-    dataset = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows, config.seed)
+    dataset = load_training_messages(ctx.resolve_dataset(config.dataset), config)
     dataset, stats = _measure(dataset, tokenizer, template, config.max_length, config.overlong)
     if stats["rows"] == 0:
         raise ValueError(f"{config.dataset}: no usable rows ({stats})")
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
-    chosen = precision.resolve(config.dtype, what="training")
-    precision.announce(chosen, "training")
-    trainer = _trainer_class()(model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype),
-                               train_dataset=dataset, processing_class=tokenizer, callbacks=[_metrics_callback(ctx)])
+    chosen = training_precision(config)
+    trainer = (trainer_class or _trainer_class())(
+        model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx), train_dataset=dataset,
+        processing_class=tokenizer, callbacks=[metrics_callback(ctx, timer)])
+    if timer is not None:
+        install_phase_timers(trainer, timer)
     stats["precision"] = chosen.as_dict()
     return trainer, stats
 
 
-def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT") -> StepResult:
+def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT",
+          trainer_class=None, timer: PhaseTimer | None = None) -> StepResult:
     """Train ``model`` on ``config.dataset`` (assistant tokens only) and save it to ``work_dir/model``.
 
     Resumes from the last checkpoint in ``ctx.checkpoints``. Counts: rows trained on, dropped
     rows, tokens (prompt + answer, per epoch), assistant tokens trained (all epochs), optimizer
     steps, the step resumed from. Metrics: first and last logged loss (mean cross-entropy per
-    assistant token, nats), wall time and tokens (prompt + answer) per second of the training loop.
+    assistant token, nats), wall time and tokens (prompt + answer) per second of the training
+    loop, seconds per optimizer step, and ``timing_s``: seconds per phase of this run
+    (``pipeline.trainer.TrainOutcome``). ``trainer_class``: see :func:`build_trainer`;
+    ``timer``: the phase timer to use (default: a new one).
 
     Raises:
         ValueError: see :func:`build_trainer`.
     """
     serving_template = tokenizer.chat_template
-    trainer, stats = build_trainer(model, tokenizer, config, ctx)
-    resume = last_checkpoint(ctx.checkpoints)
-    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
+    timer = timer or PhaseTimer()
+    with ctx.progress.phase("loading the data, building the trainer"):
+        trainer, stats = build_trainer(model, tokenizer, config, ctx, timer, trainer_class)
+    resume = resume_point(ctx.checkpoints)
     # TRL counts tokens from 0 in every process; continue the count of the interrupted run
-    trainer._total_train_tokens = tokens_start = _tokens_at(resume) if resume else 0
-    started = time.time()
-    output = trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - started
-
-    out_dir = ctx.work_dir / "model"
-    trainer.save_model(str(out_dir))  # weights, config, generation config (and the training tokenizer)
+    # (TRL's cumulative num_tokens at the checkpoint's last log line: exact when save_steps is a
+    # multiple of logging_steps, else short by the steps between that line and the checkpoint).
+    trainer._total_train_tokens = tokens_start = int(max(resume.logged("num_tokens"), default=0))
+    with ctx.progress.phase("training"):
+        outcome = run_trainer(trainer, resume, timer)
     tokenizer.chat_template = serving_template or tokenizer.chat_template  # serve with the model's own template
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(out_dir)
-        (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the step's config.yaml says it all
-    distributed.write_weights_digest(ctx.work_dir, trainer)  # several processes: each rank's final weights
+    with ctx.progress.phase("saving the model"):
+        save_final(trainer, ctx.work_dir, tokenizer)
 
     state = trainer.state
     losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
     tokens_run = trainer._total_train_tokens - tokens_start
+    wall, steps_run = outcome.wall_s, state.global_step - resume.step
     dropped = config.overlong == "drop"
     counts = {
         "rows": stats["rows"],
@@ -439,30 +363,22 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
         "tokens_seen": int(trainer._total_train_tokens),  # prompt + answer, padding excluded, all epochs
         "assistant_tokens_trained": round(stats["assistant_tokens_per_epoch"] * (state.epoch or 0)),
         "steps": state.global_step,
-        "resumed_from_step": resumed_from,
+        "resumed_from_step": resume.step,
         "processes": trainer.accelerator.num_processes,
     }
     metrics = {
         "loss_first": losses[0] if losses else math.nan,
         "loss_last": losses[-1] if losses else math.nan,
-        "train_loss": output.training_loss,
+        "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
         "train_wall_s": round(wall, 1),
         "tokens_per_s": round(tokens_run / wall, 1) if wall > 0 and tokens_run else math.nan,
+        "seconds_per_step": round(wall / steps_run, 2) if steps_run > 0 else math.nan,
+        "timing_s": outcome.timing_s,
     }
     summary = (f"{summary_prefix}: {counts['rows']} conversations, {state.global_step} steps, "
                f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
     return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
                       precision={"training": stats["precision"]})
-
-
-def _tokens_at(checkpoint: str) -> int:
-    """TRL's cumulative ``num_tokens`` at the last log line before ``checkpoint`` (0 if none).
-
-    Exact when ``save_steps`` is a multiple of ``logging_steps``; otherwise it misses the
-    tokens of the steps between that log line and the checkpoint.
-    """
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return int(max((entry.get("num_tokens", 0) for entry in state["log_history"]), default=0))
 
 
 def _set_stop_token(model, tokenizer, stop_id: int) -> None:

@@ -122,3 +122,49 @@ def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
     """``model/`` of a reward model trained from the tiny model on separable toy pairs
     (``scope: answer``; calibration in ``reward_model.json``; ``result.json`` beside it)."""
     return train_toy_reward_model(tiny_model, tmp_path_factory.mktemp("tiny_rm")) / "model"
+
+
+# A ChatML template (SmolLM2's, without its default system prompt) whose generation prompt opens
+# the reasoning itself, as DeepSeek-R1-Distill's and Qwen3's (thinking mode) do.
+PREFILL_THINK_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}")
+
+
+def dress_tiny_model(src: Path, out: Path, chat_template: str | None = None, bos_token: str | None = None) -> Path:
+    """A copy of the tiny model ``src`` whose tokenizer has another chat template and/or adds
+    ``bos_token`` to every text it encodes with special tokens (a post-processor, saved in
+    ``tokenizer.json`` so vLLM's tokenizer does the same), like Llama 3 and R1-Distill."""
+    import shutil
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    shutil.copytree(src, out, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    if bos_token is not None:
+        bos_id = tokenizer.convert_tokens_to_ids(bos_token)
+        tokenizer._tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos_token} $A", pair=f"{bos_token} $A $B", special_tokens=[(bos_token, bos_id)])
+        tokenizer.bos_token = bos_token
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prefill_think_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a chat template that ends its generation prompt with ``<think>\\n``."""
+    return dress_tiny_model(tiny_model, tmp_path_factory.mktemp("prefill_think_model"), PREFILL_THINK_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def bos_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a BOS-adding tokenizer (BOS ``<|endoftext|>``, id 0) and a chat template
+    that writes ``{{ bos_token }}`` itself (Llama 3, DeepSeek-R1-Distill)."""
+    from transformers import AutoTokenizer
+
+    template = "{{ bos_token }}" + AutoTokenizer.from_pretrained(tiny_model).chat_template
+    return dress_tiny_model(tiny_model, tmp_path_factory.mktemp("bos_model"), template, bos_token="<|endoftext|>")

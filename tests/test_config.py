@@ -65,7 +65,7 @@ def test_unknown_nested_key_names_dotted_path_and_nested_valid_keys():
     msg = str(info.value)
     assert "'sampling.temprature'" in msg
     # the valid keys are those of the *sampling* block, not of the stage config
-    from stages._sampling import SamplingConfig
+    from stages.common.sampling import SamplingConfig
 
     assert _valid_keys(msg) == set(SamplingConfig.model_fields)
     assert "temperature" in _valid_keys(msg)

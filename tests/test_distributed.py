@@ -159,6 +159,31 @@ def test_grpo_two_processes_with_colocated_vllm(r1_home):
     assert proc.stdout.count("finished in") == 1
 
 
+@slow
+def test_grpo_two_processes_agree_on_dynamic_sampling(r1_home):
+    """Dynamic sampling under a 2-process launch: every process takes part in every generation
+    round (rewards are gathered across them), so both finish each step together, train the
+    same number of informative groups and end with the same weights. The scripted accuracy
+    (tests/test_dynamic_sampling.py) makes every chain_sum group all-correct."""
+    rewards = ("rewards=[{name: 'tests.test_dynamic_sampling:dropping_accuracy'}, "
+               "{name: 'tests.test_grpo:vowel_share', weight: 0.5}]")
+    proc = _launch("grpo", "configs/grpo/tiny/hf_generate.yaml", "--run", "ddp-ds", "--set", rewards,
+                   "--set", "prompts=[{source: reasoning_gym, task: basic_arithmetic, n_train: 8, n_test: 0, seed: 1}, "
+                            "{source: reasoning_gym, task: chain_sum, n_train: 8, n_test: 0, seed: 2}]",
+                   "--set", "dynamic_sampling={enabled: true, reward: 'tests.test_dynamic_sampling:dropping_accuracy'}",
+                   "--set", "learning_rate=1.0e-3", "--set", "save_steps=10", home=r1_home)
+    _ok(proc)
+    step_dir = r1_home / "ddp-ds" / "grpo"
+    _check_ranks_agree(step_dir)
+    lines = [json.loads(x) for x in (step_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "dynamic_sampling/groups_kept" in x]
+    assert len(steps) == 2
+    for s in steps:  # summed over the 2 processes: 2 groups each per step
+        assert s["dynamic_sampling/groups_kept"] == 4 and s["dynamic_sampling/filled_zero_signal"] == 0
+        assert s["dynamic_sampling/groups_sampled"] == (s["dynamic_sampling/groups_informative"]
+                                                        + s["dynamic_sampling/groups_all_correct"])
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

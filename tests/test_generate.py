@@ -2,7 +2,7 @@
 
 Three layers, cheapest first:
 
-- the filter functions of ``stages._filters`` on constructed samples (one row per rule);
+- the filter functions of ``stages.common.filters`` on constructed samples (one row per rule);
 - the whole stage with a scripted sampler (no model): a prompt set with known duplicates,
   mixed-language reasoning, a contaminated prompt and mixed-in data, checking that each is
   removed and counted in the card, and that the funnel adds up;
@@ -23,8 +23,9 @@ from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
 from stages import generate
-from stages._filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
-                             longest_paragraph_chars, near_duplicate_flags, pass_rate, verdicts)
+from data.dedupe import near_duplicate_flags
+from stages.common.filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
+                                   longest_paragraph_chars, pass_rate, verdicts)
 
 GOOD = "<think>\nI add 2 and 3. Two plus three gives five, so the sum is five.\n</think>\n<answer>5</answer>"
 OK = {"accuracy": 1.0, "format": 1.0}
@@ -197,8 +198,12 @@ class ScriptedSampler:
         self.asked: list[str] = []
         self.tokenizer = _Tokenizer()
 
-    def sample(self, prompts, ids):
-        from stages._sampling import Completion
+    def render(self, prompt):
+        """The prompt as text (no chat template here: the last message's content)."""
+        return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+    def sample(self, prompts, ids, texts=None):
+        from stages.common.sampling import Completion
 
         self.asked += ids
         out = []
@@ -365,7 +370,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def shared_engine(tiny_model):
     """One vLLM engine for every run of this module (starting one costs ~25 s)."""
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     cfg = parse_stage_config({**TINY, "model": str(tiny_model)}, "tiny.yaml")
     with Sampler(str(tiny_model), cfg.sampling, seed=cfg.seed) as sampler:
@@ -432,7 +437,55 @@ def test_interrupted_run_resumes_to_the_same_bytes(shared_engine, tmp_path, monk
 def test_filter_docstring_examples():
     import doctest
 
-    import stages._filters
+    import stages.common.filters
 
-    result = doctest.testmod(stages._filters)
+    result = doctest.testmod(stages.common.filters)
     assert result.attempted >= 7 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- output: prompts (pass rates)
+
+
+def test_prompt_pool_records_each_prompts_pass_rate(tmp_path, monkeypatch):
+    """`output: prompts` writes the prompt rows with pass rates over their samples: q/add is
+    right in the samples that answer 5, q/sub in 2 of 2, q/mul in 1 of 2, and q/apples cannot be
+    judged (its gold does not parse)."""
+    train = [{"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
+             {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
+             {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
+             {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"}]
+    cfg = parse_stage_config({
+        "kind": "generate", "model": "scripted", "output": "prompts",
+        "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
+        "sampling": {"num_samples": 9}, "shard_size": 3}, "pool.yaml")
+    monkeypatch.setattr(generate, "open_sampler", lambda *a, **k: ScriptedSampler(SCRIPT))
+    work = tmp_path / "step"
+    work.mkdir()
+    result = generate.run(cfg, StepContext(run="t", step="pool", run_dir=tmp_path, work_dir=work,
+                                           resolver=_NoModelResolver(tmp_path)))
+    pool = pd.read_parquet(work / "dataset" / "data.parquet").set_index("id")
+    correct_add = sum(t.endswith("<answer>5</answer>") for t, _ in SCRIPT["What is 2 + 3?"])
+    assert pool.loc["q/add", "pass_rate"] == pytest.approx(correct_add / 9)
+    assert pool.loc["q/sub", "pass_rate"] == 1.0 and pool.loc["q/mul", "pass_rate"] == 0.5
+    assert pd.isna(pool.loc["q/apples", "pass_rate"]) and pool.loc["q/apples", "pass_samples"] == 0
+    assert pool.loc["q/mul", "pass_samples"] == 2
+    # the prompt-row schema survives, so GRPO can read the pool as prompts
+    from data.schema import PROMPT_COLUMNS, validate_prompt_row
+
+    for row in pd.read_parquet(work / "dataset" / "data.parquet").to_dict("records"):
+        validate_prompt_row({k: (list(v) if k == "prompt" else v) for k, v in row.items() if k in PROMPT_COLUMNS})
+    card = json.loads((work / "dataset" / "card.json").read_text())
+    assert card["histogram"]["1"] == 1 and card["histogram"]["unjudged"] == 1
+    assert result.counts["prompts_always_solved"] == 1 and result.counts["rows"] == 4
+    assert result.metrics["mean_pass_rate"] == pytest.approx((correct_add / 9 + 1.0 + 0.5) / 3)
+    assert "pass_rate" in (work / "dataset" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"rewards": ["format"], "filters": {"require_correct": False}}, "accuracy"),
+    ({"few_shot": [{"question": "q", "response": "r"}]}, "few_shot"),
+])
+def test_prompt_pool_refuses_what_does_not_apply(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_stage_config({"kind": "generate", "model": "m", "output": "prompts",
+                            "prompts": [{"source": "humaneval"}], **extra}, "pool.yaml")

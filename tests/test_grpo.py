@@ -106,6 +106,43 @@ def test_metrics_have_every_reward_and_trl_diagnostics(vllm_run):
     assert result.metrics["completion_length_end"] > 0
 
 
+# Every phase this run goes through (beta = 0: no reference model, so no ref_logprobs pass).
+RL_PHASES = ("data", "weight_sync", "generation", "reward", "old_logprobs", "advantages", "forward", "backward",
+             "optimizer", "evaluation")
+
+
+def test_every_step_logs_where_its_time_went(vllm_run):
+    from pipeline.timing import read_step_timings
+
+    ctx, result = vllm_run
+    lines = _metrics(ctx.work_dir)
+    steps = [m for m in lines if "reward" in m]
+    for m in steps:
+        for phase in RL_PHASES:  # eval (and the weight sync before it) runs before step 1 and after each step
+            assert m[f"timing_s/{phase}"] > 0, (m["step"], phase)
+        assert m["timing_s/ref_logprobs"] == 0
+    # checkpoint-1 is written after step 1's line: in step 2's
+    assert steps[0]["timing_s/save"] == 0 and steps[1]["timing_s/save"] > 0
+    # Step 2's wall time by another clock: between the two step lines (the `time` each was written at).
+    wall = steps[1]["time"] - steps[0]["time"]
+    named = sum(v for k, v in steps[1].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
+                                                                                           "timing_s/step"))
+    assert steps[1]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
+    # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
+    # machine stretches a 70 ms tiny-model step) may fall between them.
+    assert wall - max(0.05 * wall, 0.02) <= named <= wall + 0.05, (named, wall)
+    assert named + steps[1]["timing_s/other"] == pytest.approx(steps[1]["timing_s/step"], abs=2e-3)
+    # The manifest sums the whole train() call, the evaluation and checkpoint after the last step included.
+    timing = result.metrics["timing_s"]
+    assert sum(timing.values()) == pytest.approx(result.metrics["train_wall_s"], abs=0.1)
+    assert timing["evaluation"] > sum(m["timing_s/evaluation"] for m in steps) and timing["save"] > steps[1]["timing_s/save"]
+    assert timing["other"] < 0.05 * result.metrics["train_wall_s"]
+    phases, per_step = read_step_timings(ctx.work_dir / "metrics.jsonl")
+    assert phases == ["data", "weight_sync", "generation", "reward", "old_logprobs", "ref_logprobs", "advantages",
+                      "forward", "backward", "optimizer", "evaluation", "save", "other"]
+    assert [(s.step, s.step_s) for s in per_step] == [(m["step"], m["timing_s/step"]) for m in steps]
+
+
 def test_held_out_reward_is_measured_before_training_and_every_eval_steps(vllm_run):
     ctx, result = vllm_run
     evals = [m for m in _metrics(ctx.work_dir) if "eval_reward" in m]
@@ -182,7 +219,7 @@ def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
     ({"torch_threads": 0}, "torch_threads"),
     ({"eval_steps": 0}, "key 'eval_steps'"),
     ({"eval_num_generations": -1}, "key 'eval_num_generations'"),
-    ({"dynamic_sampling": True}, "unknown key"),  # TRL 1.16 has no dynamic sampling
+    ({"dynamic_sampling": {"enable": True}}, "unknown key 'dynamic_sampling.enable'"),  # ours: `enabled`
 ])
 def test_config_mistakes_fail_at_validation(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -205,7 +242,7 @@ def test_prompt_order_decides_which_sources_each_step_sees(order, tiny_model, tm
                                  "num_generations": 2, "per_device_train_batch_size": 8}, "test")
     assert config.prompts_per_step == 4
     dataset, dropped = grpo.load_prompt_rows(config, AutoTokenizer.from_pretrained(tiny_model))
-    assert (dropped, len(dataset)) == (0, 36)
+    assert (dropped["prompts_dropped_too_long"], len(dataset)) == (0, 36)
     args = grpo.grpo_arguments(config, tmp_path)
     assert args.shuffle_dataset is (order == "shuffled")
     sampler = RepeatSampler(data_source=dataset, mini_repeat_count=config.num_generations,

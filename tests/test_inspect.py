@@ -258,3 +258,41 @@ def test_unreadable_files_are_named(tmp_path):
                         (tmp_path / "notes.txt", "notes.txt: not a dataset file")):
         result = runner.invoke(app, ["inspect", str(path)])
         assert result.exit_code != 0 and words in _flat(result.output), result.output
+
+
+# ----------------------------------------------------------------------------- duplicates agree with the funnel
+
+
+@pytest.mark.parametrize("scope", ["prompt", "dataset"])
+def test_duplicate_shares_agree_with_the_generate_funnel(scope):
+    """``r1 inspect`` flags exactly the samples the generate filters dropped as duplicates (one
+    key, ``data.dedupe``). Before, inspect keyed on the user message alone and always per prompt:
+    two prompts with one question and different system prompts made a "duplicate" the filters
+    had kept, and ``dedupe_scope: dataset`` duplicates across prompts went uncounted."""
+    from data.dedupe import prompt_key
+    from stages.common.filters import Filters, Sample, funnel, verdicts
+
+    def messages(system: str, user: str, response: str) -> list[dict]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": response}]
+
+    same = ("<think>\nTwo plus three is five: adding three to two gives five in total, so the sum is five.\n"
+            "</think>\n<answer>5</answer>")
+    convs = [messages("Be brief.", "What is 2 + 3?", same),
+             messages("Be brief.", "What is 2 + 3?", same.replace("\n", "  \n")),  # exact (whitespace)
+             messages("Be brief.", "What is 2 + 3?", same.replace("in total", "in all")),  # near (Jaccard 0.87)
+             messages("Think step by step.", "What is 2 + 3?", same),  # same question, other prompt
+             messages("Be brief.", "What is 7 + 1?", same),  # other question, same response
+             messages("Be brief.", "What is 7 + 1?", "<think>\nSeven and one.\n</think>\n<answer>8</answer>")]
+    samples = [Sample(prompt_id=f"q{i}", index=0, domain="math", text=c[-1]["content"], prompt_text=prompt_key(c[:-1]))
+               for i, c in enumerate(convs)]
+    only_dedupe = Filters(drop_truncated=False, require_correct=False, require_format=False, language=None,
+                          max_paragraph_chars=None, drop_unexpected_code=False, max_per_prompt=None, dedupe_scope=scope)
+    dropped = {row["filter"]: row["dropped"] for row in funnel(verdicts(samples, only_dedupe))}
+    rows = [{"id": f"q{i}", "messages": c, "data_source": "toy", "domain": "math", "rewards": "{}",
+             "source_model": "toy", "meta": "{}"} for i, c in enumerate(convs)]
+    df, _ = inspect_mod.frame(rows, near_threshold=only_dedupe.near_duplicate_threshold, dedupe_scope=scope)
+    assert (int(df["duplicate"].sum()), int(df["near_duplicate"].sum())) == \
+        (dropped["duplicate"], dropped["near_duplicate"])
+    assert dropped == ({"duplicate": 1, "near_duplicate": 1} if scope == "prompt" else {"duplicate": 3, "near_duplicate": 1}) | \
+        {k: 0 for k in dropped if k not in ("duplicate", "near_duplicate")}

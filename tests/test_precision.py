@@ -73,10 +73,10 @@ def test_this_machine_is_detected_consistently_with_torch():
 def test_stage_configs_default_to_auto_and_refuse_the_old_bf16_key():
     from pipeline.config import ConfigError, parse
     from stages import grpo, sft
-    from stages._sampling import SamplingConfig
+    from stages.common.sampling import SamplingConfig
 
     assert sft.Config(model="m", dataset="d").dtype == "auto"
-    g = grpo.Config(model="m", prompts=[], rewards=[{"name": "format"}])
+    g = grpo.Config(model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}])
     assert (g.dtype, g.vllm_dtype) == ("auto", "auto")
     assert SamplingConfig().dtype == "auto"
     with pytest.raises(ConfigError, match="unknown key 'bf16'.*valid keys:.*dtype"):
@@ -91,5 +91,5 @@ def test_training_arguments_follow_the_resolved_dtype(tmp_path, dtype, flags):
     from stages import grpo, sft
 
     s = sft.sft_arguments(sft.Config(model="m", dataset="d"), tmp_path, dtype=dtype)
-    g = grpo.grpo_arguments(grpo.Config(model="m", prompts=[], rewards=[{"name": "format"}]), tmp_path, dtype=dtype)
+    g = grpo.grpo_arguments(grpo.Config(model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}]), tmp_path, dtype=dtype)
     assert (s.bf16, s.fp16) == flags and (g.bf16, g.fp16) == flags

@@ -48,7 +48,7 @@ from stages import grpo, sft
 
 current["log"] = os.path.join(logs, "sft.log")
 try:
-    sft.load_messages("r1-tests/no-such-dataset")  # offline: fails, on each rank in turn
+    sft.load_training_messages("r1-tests/no-such-dataset", sft.Config(model=model, dataset="d"))  # offline: fails
 except Exception as err:
     print(f"rank {rank}: sft hub load failed as expected: {type(err).__name__}")
 current["log"] = os.path.join(logs, "grpo.log")

@@ -24,6 +24,7 @@ from pipeline import store
 from pipeline.cli import app
 from pipeline.report import write_report
 from stages import eval as ev
+from stages.common import eval_results
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -250,11 +251,11 @@ def test_damaged_files_are_reported_not_dropped_or_crashed_on(tmp_path):
     assert "| rejection_sampling | ? | manifest unreadable |" in md
     assert "no paired comparison" in md and "samples.parquet: not a readable parquet file" in md
     with pytest.raises(ValueError, match="samples.parquet: not a readable parquet file"):
-        ev.load_records(folder, "a")
+        eval_results.load_records(folder, "a")
     (folder / "samples.parquet").unlink()
     pq.write_table(pa.table({"step": [1], "reward": [0.5]}), folder / "samples.parquet")
     with pytest.raises(ValueError, match="not an eval step's samples"):
-        ev.load_records(folder, "a")
+        eval_results.load_records(folder, "a")
 
 
 def test_report_and_compare_refuse_what_is_not_theirs(tmp_path):
@@ -271,3 +272,21 @@ def test_report_and_compare_refuse_what_is_not_theirs(tmp_path):
     assert result.exit_code != 0 and "not an eval step's samples" in " ".join(result.output.split())
     result = CliRunner().invoke(app, ["eval", "compare", "sft", "eval", "--run", "no-such-run"])
     assert result.exit_code != 0 and "no run 'no-such-run'" in " ".join(result.output.split())
+
+
+def test_a_resumed_runs_relogged_steps_are_plotted_once(tmp_path):
+    """A run resumed from its checkpoint at step 3 logs steps 4-5 again (metrics.jsonl holds
+    them twice); the report takes the last line of each step: 8 points, not 10, and the
+    first/last means of the glance line come from steps 1-3 and 6-8."""
+    from pipeline.store import read_metrics, series
+
+    run_dir = store.runs_root() / f"resumed-{tmp_path.name}"
+    first_try = [{"step": s, "reward": 0.1 * s, "loss": 1.0} for s in range(1, 6)]  # killed after step 5
+    resumed = [{"step": s, "reward": 0.1 * s + 0.01, "loss": 1.0} for s in range(4, 9)]  # from checkpoint 3
+    folder = _step(run_dir, "reasoning_rl", "grpo", {"model": "m"}, 1.0,
+                   {"outputs": {"model": "model"}, "counts": {"steps": 8}, "metrics": {}, "summary": ""},
+                   metrics=first_try + resumed)
+    xs, ys = series(read_metrics(folder), "reward")
+    assert xs == [1, 2, 3, 4, 5, 6, 7, 8] and ys[3:5] == pytest.approx([0.41, 0.51])  # the resumed lines win
+    md = write_report(run_dir)[0].read_text()
+    assert "RL `reasoning_rl` (8 logged steps): reward (first -> last 3 steps) 0.200 -> 0.710." in md

@@ -392,3 +392,29 @@ def test_isolated_failure_raises_and_keeps_partial(tmp_path):
     assert not (_run_dir() / "ev").exists()
     partial = _run_dir() / ".partial" / "ev"
     assert (partial / ".fingerprint").is_file() and not (partial / store.MANIFEST).exists()
+
+
+# ----------------------------------------------------------------------------- the stage contract
+
+
+def test_a_declared_output_the_stage_did_not_write_fails_the_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeConfig, "outputs", {"dataset": "dataset", "report": "report.txt"})
+    path = _pipeline_file(tmp_path, [{"name": "a", "config": {"kind": "fake", "text": "A"}}])
+    with pytest.raises(RuntimeError, match=r"finished without its output\(s\) report \(report.txt\)"):
+        _run(path)
+    assert store.read_manifest(_run_dir() / "a") is None and (_run_dir() / ".partial" / "a").is_dir()
+
+
+def test_the_manifest_records_declared_outputs_and_inputs_must_exist_there(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeConfig, "outputs", {"dataset": "dataset", "log": "metrics.jsonl"})
+    _run(_two_steps(tmp_path))
+    assert store.read_manifest(_run_dir() / "a")["result"]["outputs"] == {"dataset": "dataset", "log": "metrics.jsonl"}
+    with pytest.raises(RuntimeError, match="names a fake step, whose outputs are dataset, log: no model"):
+        Resolver(_run_dir(), set()).model("a")  # a dataset step named where a model is expected
+
+
+def test_the_summary_shows_the_numbers_the_stage_declares(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeConfig, "headline", ("other_count", "loss_last"))
+    _run(_two_steps(tmp_path))
+    row = [line for line in (_run_dir() / "summary.md").read_text().splitlines() if line.startswith("| a |")][0]
+    assert row.endswith("| other_count=5, loss_last=0.500 |") and "rows=1" not in row

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages._sampling import Sampler, SamplingConfig, prompt_seed
+from stages.common.sampling import Sampler, SamplingConfig, prompt_seed
 
 
 @pytest.fixture(scope="module")

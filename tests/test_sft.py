@@ -15,7 +15,8 @@ from pipeline.runner import Resolver
 from pipeline.stage import StepContext
 from stages import sft
 
-FAST = dict(batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, dtype="auto")
+FAST = dict(per_device_train_batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1,
+            dtype="auto")
 
 
 def make_ctx(tmp_path: Path, cls=StepContext) -> StepContext:
@@ -110,6 +111,42 @@ def test_sft_resumes_from_the_last_checkpoint(tiny_model, sft_dataset, tmp_path)
     assert (ctx.work_dir / "model" / "model.safetensors").is_file()
 
 
+def test_sft_logs_where_each_step_went_across_a_resume(tiny_model, sft_dataset, tmp_path):
+    from pipeline.timing import read_step_timings
+
+    config = sft.Config(model=str(tiny_model), dataset=str(sft_dataset), max_steps=4, save_steps=2, **FAST)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        sft.run(config, make_ctx(tmp_path, _CrashAfterStep3))
+    ctx = make_ctx(tmp_path)
+    result = sft.run(config, ctx)
+    lines = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 3, 4]  # 1-3 by the crashed run, 3-4 by the resumed one
+    for r in steps:
+        for phase in ("data", "forward", "backward", "optimizer"):
+            assert r[f"timing_s/{phase}"] > 0, (r["step"], phase)
+    # checkpoint-2 is written after step 2's line: in the crashed run's step-3 line only
+    assert [r["timing_s/save"] > 0 for r in steps] == [False, False, True, False, False]
+    # Step 4's wall time by another clock: between the resumed run's two lines.
+    wall = steps[4]["time"] - steps[3]["time"]
+    named = sum(v for k, v in steps[4].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
+                                                                                           "timing_s/step"))
+    assert steps[4]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
+    # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
+    # machine stretches a 70 ms tiny-model step) may fall between them.
+    assert wall - max(0.05 * wall, 0.02) <= named <= wall + 0.05, (named, wall)
+    # The manifest: the resumed train() call, its setup (loading checkpoint-2) and checkpoint-4 included.
+    timing = result.metrics["timing_s"]
+    assert list(timing) == ["setup", "data", "forward", "backward", "optimizer", "save", "other"]
+    assert sum(timing.values()) == pytest.approx(result.metrics["train_wall_s"], abs=0.1)
+    assert timing["setup"] > 0 and timing["save"] > 0
+    assert result.metrics["seconds_per_step"] > 0
+    phases, per_step = read_step_timings(ctx.work_dir / "metrics.jsonl")
+    assert phases == ["data", "forward", "backward", "optimizer", "save", "other"]
+    assert [s.step for s in per_step] == [1, 2, 3, 4]
+    assert per_step[2].phases["save"] == 0 and per_step[2].step_s == steps[3]["timing_s/step"]  # last line wins
+
+
 def test_training_template_choice(tiny_model, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     assert sft.training_template(tokenizer) == (sft.TEMPLATES_DIR / "chatml_train.jinja").read_text()
@@ -125,7 +162,7 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown key 'learning_rat'.*valid keys"):
         parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "learning_rat": 1e-5})
     with pytest.raises(ConfigError, match="epochs > 0 or max_steps > 0"):
-        parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "epochs": 0})
+        parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "num_train_epochs": 0})
     assert sft.Config.input_fields == {"model": "model", "dataset": "dataset"}
 
 

@@ -34,7 +34,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
-from stages._sampling import (SERVER_KEYS, SamplingConfig, SamplingServerError, ServerClient, prompt_seed,
+from stages.common.sampling import (SERVER_KEYS, SamplingConfig, SamplingServerError, ServerClient, prompt_seed,
                               server_base_url)
 
 slow = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_backend_server_needs_a_url_and_the_error_names_the_key():
 def test_docstring_examples():
     import doctest
 
-    from stages import _sampling
+    from stages.common import sampling as _sampling
 
     assert doctest.testmod(_sampling).failed == 0
 
@@ -246,7 +246,7 @@ def _samples(work: Path) -> tuple[list[dict], list[dict]]:
 def reference(tiny_model, tmp_path_factory):
     """Both stages on the in-process engine (one engine for both: the settings that size it
     are equal; k and the seed are read per call). Closed before the server starts."""
-    from stages import _sampling
+    from stages.common import sampling as _sampling
 
     gen_cfg, ev_cfg = _configs(str(tiny_model))
     engine_keys = ("dtype", "max_model_len", "enforce_eager")
@@ -399,7 +399,7 @@ def test_eval_through_the_server_equals_the_in_process_engine(reference, through
 
 
 def test_a_stage_sampler_on_a_dead_server_fails_with_its_url(tiny_model):
-    from stages._sampling import Sampler
+    from stages.common.sampling import Sampler
 
     url = f"http://127.0.0.1:{_free_port()}/v1"
     cfg = SamplingConfig(backend="server", server_url=url, max_tokens=4)

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from stages import _vllm_sync
+from stages.common import vllm_sync as _vllm_sync
 
 PROMPTS = [[{"role": "user", "content": "What is 17 + 25?"}],
            [{"role": "user", "content": "Name a prime number."}]]
@@ -160,7 +160,7 @@ def test_engine_options_refuses_what_trl_sets():
 
 def test_trl_colocate_sync_still_broken_on_cpu(colocated):
     """Documents why the fix exists. When this fails, TRL's own sync works on vLLM's CPU
-    backend and ``stages/_vllm_sync.py`` can go. Runs last: it leaves the engine half-loaded,
+    backend and ``stages/common/vllm_sync.py`` can go. Runs last: it leaves the engine half-loaded,
     so it resyncs with the fix afterwards."""
     from trl.generation.vllm_generation import VLLMGeneration
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from data.prompts import Template
 from data.schema import Domain, Split
 from data.sources.base import LoadedRows, SourceConfig, limit_per_split
-from data.sources.records import BadRowError, OnBadRow, RecordMapping, records_to_rows
+from data.sources.records import BadRowError, OnBadRow, RecordMapping, check_answer_regex, records_to_rows
 
 SUFFIXES = (".jsonl", ".parquet")
 
@@ -37,6 +37,11 @@ class FileSource(SourceConfig):
     answer_regex: str | None = Field(None, description=r"keep group 1 of the last match, e.g. `####\s*(.+)` (GSM8K)")
     on_bad_row: OnBadRow = Field("error", description="`error`: raise on the first bad row; `skip`: drop and count")
     limit: int | None = Field(None, ge=0, description="keep at most this many rows per split (first ones)")
+
+    @field_validator("answer_regex")
+    @classmethod
+    def _answer_regex_has_a_group(cls, pattern: str | None) -> str | None:
+        return check_answer_regex(pattern)  # at parse time (`r1 validate`), not at the first row
 
     @field_validator("path")
     @classmethod
@@ -64,13 +69,15 @@ class FileSource(SourceConfig):
             question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field,
             answer_regex=self.answer_regex,
         )
-        records = _read_jsonl(self.path) if self.path.suffix == ".jsonl" else _read_parquet(self.path)
+        records = read_jsonl(self.path) if self.path.suffix == ".jsonl" else read_parquet(self.path)
         loaded = records_to_rows(records, mapping, template=template, on_bad_row=self.on_bad_row, split=split)
         loaded.rows = limit_per_split(loaded.rows, self.limit)
         return loaded
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, record)`` of each non-blank line (numbers from 1, blank lines counted); a
+    line that is not JSON gives a ``BadRowError`` in place of its record."""
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -81,8 +88,16 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 yield number, BadRowError(str(path), number, None, f"invalid JSON ({error})")
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+def read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(row number, record)`` of each row (numbers from 1).
+
+    Raises:
+        ValueError: the file is not readable parquet (names it).
+    """
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
-
+    try:
+        table = pq.ParquetFile(path).read()  # read_table imports pyarrow.dataset (~1 s)
+    except (OSError, ValueError) as err:  # ArrowInvalid is a ValueError
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+    yield from enumerate(table.to_pylist(), start=1)

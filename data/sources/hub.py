@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from data.prompts import Template
 from data.schema import SPLITS, Domain, Split
 from data.sources.base import LoadedRows, SourceConfig, limit_per_split
-from data.sources.records import OnBadRow, RecordMapping, records_to_rows
+from data.sources.records import OnBadRow, RecordMapping, check_answer_regex, records_to_rows
 
 
 class HubSource(SourceConfig):
@@ -41,6 +41,11 @@ class HubSource(SourceConfig):
     on_bad_row: OnBadRow = Field("error", description="`error`: raise on the first bad row; `skip`: drop and count")
     limit: int | None = Field(None, ge=0, description="read at most this many records per split (first ones)")
     load_kwargs: dict[str, Any] = Field({}, description="extra keyword arguments for `datasets.load_dataset`")
+
+    @field_validator("answer_regex")
+    @classmethod
+    def _answer_regex_has_a_group(cls, pattern: str | None) -> str | None:
+        return check_answer_regex(pattern)  # at parse time (`r1 validate`), not at the first row
 
     @property
     def label(self) -> str:

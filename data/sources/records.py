@@ -51,6 +51,29 @@ class BadRowError(ValueError):
         self.where, self.row, self.field, self.reason = where, row, field, reason
 
 
+def check_answer_regex(pattern: str | None) -> str | None:
+    r"""`pattern` if it can extract a gold answer: it compiles and has a capture group (the first
+    group of its last match is the gold). For the `answer_regex` of file and hub sources, checked
+    when the config is parsed (`r1 validate`) instead of at the first row.
+
+    >>> check_answer_regex(r"####\s*(.+)")
+    '####\\s*(.+)'
+
+    Raises:
+        ValueError: the pattern does not compile, or has no capture group.
+    """
+    if pattern is None:
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"answer_regex {pattern!r} is not a valid regular expression: {err}") from None
+    if compiled.groups < 1:
+        raise ValueError(f"answer_regex {pattern!r} has no capture group; the gold is the first group of its "
+                         r"last match, e.g. '####\s*(.+)'")
+    return pattern
+
+
 @dataclass(frozen=True)
 class RecordMapping:
     """How one source's records map to prompt rows (the table in the module docstring)."""
@@ -148,7 +171,10 @@ def _convert(record: Any, number: int, mapping: RecordMapping, template: Templat
         matches = list(re.finditer(mapping.answer_regex, answer))
         if not matches:
             raise bad(field, f"does not match answer_regex {mapping.answer_regex!r}")
-        answer = matches[-1].group(1).strip()  # the last match: the final answer
+        group = matches[-1].group(1)  # the last match: the final answer
+        if group is None:  # e.g. `(\d+)|none` matched by its second branch
+            raise bad(field, f"answer_regex {mapping.answer_regex!r} matched without its group 1")
+        answer = group.strip()
 
     row_id = record.get(mapping.id_field) if mapping.id_field else None
     if row_id is None:

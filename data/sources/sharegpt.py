@@ -41,7 +41,7 @@ conversation lands in the same split and the split does not depend on the filter
 Each row: id `sharegpt/<record id>`, `data_source` `sharegpt`, domain `general`, the prompt
 rendered from the first user turn, answer "" (a reference answer is not a gold: math-verify
 must never grade against it), verification `{"kind": "reference", "reference": <first ChatGPT
-turn>, "turns": <turns in the record>}`. `data.sft.non_reasoning_sft_row` turns a row into an
+turn>, "turns": <turns in the record>}`. `data.non_reasoning.non_reasoning_sft_row` turns a row into an
 SFT row answering with the reference.
 
 Licence: the package states none. Its file is the `ShareGPT_V3_unfiltered_cleaned_split.json`

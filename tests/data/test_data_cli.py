@@ -5,8 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from data.cli import app, source_from_spec
-from data.sources import FileSource, HubSource, HumanEvalSource, ReasoningGymSource
+from data.cli import app
+from data.sources import FileSource, HubSource, HumanEvalSource, ReasoningGymSource, parse_source
+from data.spec import source_from_spec
 
 runner = CliRunner()
 
@@ -23,8 +24,8 @@ runner = CliRunner()
     ],
 )
 def test_source_from_spec(spec, kind):
-    assert isinstance(source_from_spec(spec, n=3), kind)
-    assert source_from_spec("openai/gsm8k:main", n=3).subset == "main"
+    assert isinstance(parse_source(source_from_spec(spec, limit=3)), kind)
+    assert parse_source(source_from_spec("openai/gsm8k:main", limit=3)).subset == "main"
 
 
 def test_preview_reasoning_gym_and_humaneval():

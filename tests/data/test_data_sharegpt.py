@@ -8,7 +8,8 @@ import pydantic
 import pytest
 
 from data import BadRowError, ShareGPTSource, load_prompts_with_report, parse_source, validate_prompt_row
-from data.sft import SFT_COLUMNS, non_reasoning_sft_row, write_sft_rows
+from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
+from data.sft import SFT_COLUMNS
 from data.sources.sharegpt import is_english, package_file, read_sharegpt, sharegpt_split
 
 
@@ -202,7 +203,7 @@ def test_real_file_counts():
     assert len(set(dataset["id"])) == 8447 and set(dataset["domain"]) == {"general"}
 
 
-@pytest.mark.parametrize("module", ["data.sft", "data.decontam", "data.sources.sharegpt", "data.sources.base"])
+@pytest.mark.parametrize("module", ["data.non_reasoning", "data.decontam", "data.sources.sharegpt", "data.sources.base"])
 def test_docstring_examples(module):
     import doctest
     import importlib

@@ -27,9 +27,10 @@ HOSTILE = {
 # things (one_megabyte_in_think is well formatted): any value in their range, the point is time.
 RANGES = {"repetition": (-1.0, 0.0), "overlong": (-1.0, 0.0), "language": (0.0, 1.0), "format": (0.0, 1.0),
           "reasoning_gym": (0.0, 1.0),  # the task's own partial credit (reasoning-gym's default scorer)
-          "cosine_length": (-1.0, 1.0), "reasoning_steps": (0.0, 1.0), "tag_count": (0.0, 1.0)}
+          "cosine_length": (-1.0, 1.0), "kimi_length": (-0.5, 0.5), "reasoning_steps": (0.0, 1.0),
+          "tag_count": (0.0, 1.0)}
 FAST = {"accuracy": {"timeout": 1.0, "code_timeout": 3.0}, "math": {"timeout": 1.0},
-        "reasoning_gym": {"timeout": 1.0}, "cosine_length": {"timeout": 1.0},
+        "reasoning_gym": {"timeout": 1.0}, "cosine_length": {"timeout": 1.0}, "kimi_length": {"timeout": 1.0},
         "code": {"timeout": 3.0}, "code_binary": {"timeout": 3.0}}
 VERIFICATION = {
     "code": json.dumps({"kind": "python_tests", "entry_point": "f", "test": "def check(c):\n    assert c() == 1\n"}),

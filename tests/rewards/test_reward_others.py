@@ -6,7 +6,7 @@ import pytest
 import reasoning_gym
 
 from rewards import get
-from rewards.length import cosine_scaled, overlong_penalty
+from rewards.length import cosine_scaled, kimi_length, overlong_penalty
 
 LANGUAGE_ROWS = [
     # (language, prompt, completion, expected)
@@ -72,6 +72,33 @@ def test_length_rewards_refuse_token_ids_for_only_some_rows(name):
     fn = get(name)
     with pytest.raises(ValueError, match=rf"reward '{name}': completion_ids given for 1 of 2 rows"):
         fn(["", ""], [r"\boxed{4}", r"\boxed{4}"], answer=["4", "4"], completion_ids=[[1] * 5, None])
+
+
+KIMI_ROWS = [
+    # (lengths, correct, groups, expected): Kimi k1.5 length reward, per problem
+    ([10, 20, 30], [True, True, True], ["q"] * 3, [0.5, 0.0, -0.5]),  # shortest +0.5, longest -0.5
+    ([10, 20, 30], [False, False, False], ["q"] * 3, [0.0, 0.0, -0.5]),  # wrong: never above 0
+    ([10, 30, 10, 30], [True] * 4, ["a", "a", "b", "b"], [0.5, -0.5, 0.5, -0.5]),  # min/max per problem
+    ([10, 30, 20], [True, True, True], ["a", "a", "b"], [0.5, -0.5, 0.0]),  # a lone response: no spread
+    ([25, 25], [True, False], ["q", "q"], [0.0, 0.0]),  # equal lengths: 0
+    ([10, 40, 20], [None, True, True], ["q"] * 3, [None, -0.5, pytest.approx(1 / 6)]),  # None's length still counts
+]
+
+
+@pytest.mark.parametrize("lengths,correct,groups,expected", KIMI_ROWS)
+def test_kimi_length_formula(lengths, correct, groups, expected):
+    assert kimi_length(lengths, correct, groups) == expected
+
+
+def test_kimi_length_groups_by_id_then_prompt_and_scores_correctness():
+    fn = get("kimi_length")
+    completions = [r"\boxed{4}", r"\boxed{4}", r"\boxed{5}", r"\boxed{4}"]
+    ids = [[1] * 10, [1] * 30, [1] * 10, [1] * 30]
+    by_id = fn([""] * 4, completions, answer=["4"] * 4, id=["a", "a", "b", "b"], completion_ids=ids)
+    assert by_id == [0.5, -0.5, 0.0, -0.5]  # b's short answer is wrong: min(0, 0.5)
+    by_prompt = fn(["p", "p", "q", "q"], completions, answer=["4"] * 4, completion_ids=ids)  # no id column
+    assert by_prompt == by_id
+    assert fn(["", ""], ["x", "y"], answer=["forty-two apples"] * 2, id=["a", "a"]) == [None, None]
 
 
 OVERLONG_ROWS = [

@@ -14,6 +14,22 @@ rendered here (chat template of the local tokenizer) and sent as text, so the se
 template it again; with the same model and dtype the completions equal the offline engine's
 (``tests/test_vllm_server.py``). The config's model must still resolve to a local folder (or
 hub id) for the tokenizer, and the server must serve that same model.
+
+**The same prompt tokens on every backend** (:meth:`Sampler.prompt_ids`), as TRL builds them
+for GRPO: a chat prompt is its rendered template, tokenized *without* adding special tokens
+(the template writes the BOS it wants: ``{{ bos_token }}`` in Llama 3, R1-Distill); a text
+prompt gets the tokenizer's special tokens (a base model's BOS). The in-process engine receives
+these ids; the server receives the text with ``add_special_tokens`` set the same way. vLLM's
+text path tokenizes with special tokens, which gave a templated prompt two BOS tokens
+(``[bos, bos, ...]``) where TRL and transformers have one.
+
+**Prompts that do not fit** (at least ``max_model_len`` tokens: no room for one generated
+token) are not sent to the in-process engines: vLLM refuses such a request, and the whole batch
+(a shard, an eval) failed with it. Their completions are empty, with ``Completion.skipped``
+set; ``generate`` drops and counts them, ``eval`` refuses them before sampling. A prompt that
+fits gets ``min(max_tokens, max_model_len - prompt tokens)`` new tokens on both in-process
+backends (what vLLM does). The server backend sends every prompt (its own ``--max-model-len``
+decides).
 """
 
 from __future__ import annotations
@@ -22,15 +38,15 @@ import gc
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import model_serializer, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveInt, model_serializer, model_validator
 
 from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice, Precision
-from pipeline.templates import stop_token_ids
+from pipeline.templates import require_end_of_turn, stop_token_ids
 
 
 class SamplingConfig(StrictModel):
@@ -42,16 +58,16 @@ class SamplingConfig(StrictModel):
     # vllm = offline engine in this process; server = a running vLLM server (server_url);
     # hf = transformers generate, the explicit fallback
     backend: Literal["vllm", "hf", "server"] = "vllm"
-    num_samples: int = 4  # k completions per prompt
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_tokens: int = 256  # new tokens per completion
-    max_model_len: int = 2048  # tokens, prompt + completion (vLLM KV-cache sizing)
+    num_samples: PositiveInt = 4  # k completions per prompt
+    temperature: NonNegativeFloat = 0.8  # 0 = greedy (every one of the k samples is the same)
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95  # nucleus: smallest token set with this probability mass
+    max_tokens: PositiveInt = 256  # new tokens per completion
+    max_model_len: PositiveInt = 2048  # tokens, prompt + completion (vLLM KV-cache sizing)
     # engine / HF model dtype; auto = bf16 where the hardware runs it fast, else float32
     # (pipeline.precision); the server backend uses the server's own --dtype
     dtype: DtypeChoice = "auto"
     enforce_eager: bool = True  # vLLM: skip graph compilation (start-up cost > gain for short runs)
-    batch_size: int = 64  # prompts per engine call (progress granularity; vLLM batches inside)
+    batch_size: PositiveInt = 64  # prompts per engine call (progress granularity; vLLM batches inside)
     server_url: str | None = None  # backend server: OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     server_model: str | None = None  # backend server: served model name; None = the one model the server lists
     max_concurrency: int = 32  # backend server: requests in flight (one request = one prompt's k samples)
@@ -65,6 +81,9 @@ class SamplingConfig(StrictModel):
         if self.max_concurrency < 1 or self.request_timeout <= 0:
             raise ValueError(f"max_concurrency must be >= 1 and request_timeout > 0, got "
                              f"{self.max_concurrency} and {self.request_timeout}")
+        if self.backend != "server" and self.max_tokens >= self.max_model_len:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be below max_model_len ({self.max_model_len}): "
+                             "the prompt and the completion share the model length")
         return self
 
     @model_serializer(mode="wrap")
@@ -94,11 +113,28 @@ def sampling_precision(cfg: SamplingConfig) -> dict[str, dict[str, str]]:
 @dataclass
 class Completion:
     """One sampled completion. ``num_tokens`` counts generated tokens; ``truncated`` is True
-    when generation stopped at ``max_tokens`` instead of at EOS."""
+    when generation stopped at its token budget (``max_tokens``, or what ``max_model_len``
+    leaves) instead of at EOS; ``skipped`` is True when the prompt was not sampled at all, being
+    ``max_model_len`` tokens or longer (then ``text`` is "" and ``num_tokens`` 0)."""
 
     text: str
     num_tokens: int
     truncated: bool
+    skipped: bool = False
+
+
+def prompt_token_ids(tokenizer, prompt, text: str | None = None) -> list[int]:
+    """A prompt's token ids as every backend (and TRL) feeds them to the model (module
+    docstring): a chat prompt (messages) is its rendered template (``text``, else rendered here
+    with the generation prompt) tokenized without added special tokens; a string gets the
+    tokenizer's special tokens (a base model's BOS). A ``{{ bos_token }}`` template thus gives
+    ``[bos, <|im_start|>, ...]`` with one BOS (vLLM's text path gave two).
+    """
+    if isinstance(prompt, str):
+        return tokenizer(prompt if text is None else text)["input_ids"]
+    if text is None:
+        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -107,18 +143,40 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def beat_on_engine_steps(llm, beat) -> None:
+    """Call ``beat()`` at every step of a vLLM offline engine (one scheduling iteration: a few
+    tokens for every running request), so the stall watchdog (``pipeline.progress``) sees a
+    long generation move and only a hung engine stalls. No-op for an object without an engine."""
+    engine = getattr(llm, "llm_engine", None)
+    step = getattr(engine, "step", None)
+    if step is None:
+        return
+
+    def stepped(*args, **kwargs):
+        out = step(*args, **kwargs)
+        beat()
+        return out
+
+    engine.step = stepped
+
+
 class Sampler:
-    """A started engine for one model. Use as a context manager; call :meth:`sample`."""
+    """A started engine for one model. Use as a context manager; call :meth:`sample`.
+
+    ``heartbeat``: called as generation moves (every vLLM engine step, every HF token, every
+    server reply); a stage sets it to its ``ctx.progress.beat`` (``pipeline.progress``)."""
 
     def __init__(self, model_path: str, cfg: SamplingConfig, seed: int = 0):
         self.cfg = cfg
         self.seed = seed
         self.model_path = model_path
+        self.heartbeat = lambda: None
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         # End of turn + EOS: a base model's EOS alone (Qwen2.5-Math: <|endoftext|>) runs past its turn.
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self._chat_checked = False
         # None with a server: its command line decides (docs/eval.md)
         self.precision: Precision | None = None
         if cfg.backend != "server":
@@ -147,6 +205,7 @@ class Sampler:
                            # nothing is rolled back (tests/test_sampling.py covers it).
                            enable_chunked_prefill=False,
                            max_num_batched_tokens=max(cfg.max_model_len, 4096))
+            beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
             import torch
             from transformers import AutoModelForCausalLM
@@ -158,47 +217,92 @@ class Sampler:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def render(self, prompt) -> str:
-        """Prompt text: messages go through the model's chat template; strings pass as is."""
+        """Prompt text, what the completion continues: messages go through the model's chat
+        template (with the generation prompt, and whatever the template opens the assistant turn
+        with, e.g. ``<think>\\n``); strings pass as is.
+
+        Raises:
+            ValueError: messages for a model whose chat template is missing or ends an assistant
+                turn with no special token (``pipeline.templates.require_end_of_turn``).
+        """
         if isinstance(prompt, str):
             return prompt
+        if not self._chat_checked:
+            require_end_of_turn(self.tokenizer, self.model_path)
+            self._chat_checked = True
         return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
-    def sample(self, prompts: list, ids: list[str]) -> list[list[Completion]]:
-        """``num_samples`` completions for each prompt (messages or text); one list per prompt."""
-        texts = [self.render(p) for p in prompts]
-        if self.cfg.backend == "vllm":
-            return self._sample_vllm(texts, ids)
-        if self.cfg.backend == "server":
-            return self.server.sample(texts, [prompt_seed(self.seed, i) for i in ids], self.cfg, self.tokenizer)
-        return [self._sample_hf(t, i) for t, i in zip(texts, ids)]
+    def prompt_ids(self, prompt, text: str | None = None) -> list[int]:
+        """The prompt's token ids as every backend feeds them to the model (:func:`prompt_token_ids`);
+        ``text``: the prompt already rendered (:meth:`render`)."""
+        return prompt_token_ids(self.tokenizer, prompt, self.render(prompt) if text is None else text)
 
-    def _sample_vllm(self, texts: list[str], ids: list[str]) -> list[list[Completion]]:
+    def sample(self, prompts: list, ids: list[str], texts: list[str] | None = None) -> list[list[Completion]]:
+        """``num_samples`` completions for each prompt (messages or text); one list per prompt.
+        ``texts``: the prompts already rendered (:meth:`render`), to render them once."""
+        texts = [self.render(p) for p in prompts] if texts is None else texts
+        token_ids = [self.prompt_ids(p, t) for p, t in zip(prompts, texts)]
+        keep = [i for i, t in enumerate(token_ids) if self.fits(t)]
+        out: list[list[Completion]] = [[Completion("", 0, False, skipped=True)] * self.cfg.num_samples
+                                       for _ in prompts]
+        if not keep:
+            return out
+        if self.cfg.backend == "vllm":
+            sampled = self._sample_vllm([token_ids[i] for i in keep], [ids[i] for i in keep])
+        elif self.cfg.backend == "server":
+            sampled = self.server.sample([texts[i] for i in keep], [prompt_seed(self.seed, ids[i]) for i in keep],
+                                         self.cfg, self.tokenizer,
+                                         add_special_tokens=[isinstance(prompts[i], str) for i in keep],
+                                         heartbeat=self.heartbeat)
+        else:
+            sampled = [self._sample_hf(token_ids[i], ids[i]) for i in keep]
+        for i, completions in zip(keep, sampled):
+            out[i] = completions
+        return out
+
+    def fits(self, token_ids: list[int]) -> bool:
+        """Whether a prompt of these tokens leaves room for a completion (module docstring)."""
+        return self.cfg.backend == "server" or len(token_ids) < self.cfg.max_model_len
+
+    def _sample_vllm(self, token_ids: list[list[int]], ids: list[str]) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         params = [SamplingParams(n=self.cfg.num_samples, temperature=self.cfg.temperature,
                                  top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, stop_token_ids=self.stop_ids,
                                  seed=prompt_seed(self.seed, i)) for i in ids]
-        outputs = self.llm.generate(texts, params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_ids], params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
                 for out in outputs]
 
-    def _sample_hf(self, text: str, prompt_id: str) -> list[Completion]:
+    def _sample_hf(self, token_ids: list[int], prompt_id: str) -> list[Completion]:
         import torch
 
         torch.manual_seed(prompt_seed(self.seed, prompt_id))
-        enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        enc = {"input_ids": torch.tensor([token_ids]),
+               "attention_mask": torch.ones(1, len(token_ids), dtype=torch.long)}
         gen_eos = self.model.generation_config.eos_token_id
         eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
+        budget = min(self.cfg.max_tokens, self.cfg.max_model_len - len(token_ids))  # as vLLM: the model length
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        sampler = self
+
+        class Beat(StoppingCriteria):  # never stops: a heartbeat per generated token
+            def __call__(self, input_ids, scores, **kwargs):
+                sampler.heartbeat()
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
         with torch.no_grad():
             out = self.model.generate(**enc, do_sample=self.cfg.temperature > 0,
                                       temperature=max(self.cfg.temperature, 1e-5), top_p=self.cfg.top_p,
-                                      max_new_tokens=self.cfg.max_tokens, num_return_sequences=self.cfg.num_samples,
-                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos))
+                                      max_new_tokens=budget, num_return_sequences=self.cfg.num_samples,
+                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos),
+                                      stopping_criteria=StoppingCriteriaList([Beat()]))
         result = []
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             result.append(Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), n,
-                                     n == self.cfg.max_tokens and row[n - 1] not in eos))
+                                     n == budget and row[n - 1] not in eos))
         return result
 
     def close(self) -> None:
@@ -289,7 +393,8 @@ class ServerClient:
                                       f"({', '.join(served) or 'none'}); name one in sampling.server_model")
         return served[0]
 
-    def _request(self, text: str, seed: int, cfg: SamplingConfig, tokenizer) -> list[Completion]:
+    def _request(self, text: str, seed: int, cfg: SamplingConfig, tokenizer,
+                 add_special_tokens: bool = True) -> list[Completion]:
         import openai
 
         try:
@@ -299,7 +404,9 @@ class ServerClient:
                 frequency_penalty=0.0,
                 extra_body={"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
                             "stop_token_ids": stop_token_ids(tokenizer),  # the end of turn, as in-process
-                            "add_special_tokens": True, "skip_special_tokens": True, "return_token_ids": True})
+                            # a rendered chat template has its BOS already (Sampler.prompt_ids)
+                            "add_special_tokens": add_special_tokens, "skip_special_tokens": True,
+                            "return_token_ids": True})
         except openai.OpenAIError as err:
             raise self._error(err, f"POST /completions (model {self.model!r})") from err
         choices = sorted(response.choices, key=lambda c: c.index)
@@ -307,7 +414,7 @@ class ServerClient:
             raise SamplingServerError(f"sampling server {self.url} returned {len(choices)} completions, "
                                       f"asked for n={cfg.num_samples}")
         if not self._checked_tokenizer:
-            self._check_tokenizer(text, getattr(choices[0], "prompt_token_ids", None), tokenizer)
+            self._check_tokenizer(text, getattr(choices[0], "prompt_token_ids", None), tokenizer, add_special_tokens)
         out = []
         for c in choices:
             token_ids = getattr(c, "token_ids", None)  # vLLM's extra field (return_token_ids)
@@ -316,27 +423,34 @@ class ServerClient:
             out.append(Completion(c.text, n, c.finish_reason == "length"))
         return out
 
-    def _check_tokenizer(self, text: str, server_ids, tokenizer) -> None:
+    def _check_tokenizer(self, text: str, server_ids, tokenizer, add_special_tokens: bool = True) -> None:
         """The server's tokens of the first prompt must equal the local tokenizer's: a server
         running another model (or tokenizer) fails here instead of producing silent nonsense."""
         self._checked_tokenizer = True
         if server_ids is None:
             return
-        local = tokenizer(text)["input_ids"]
+        local = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
         if list(server_ids) != list(local):
             raise SamplingServerError(
                 f"sampling server {self.url} (model {self.model!r}) tokenizes the prompt differently from the "
                 f"local tokenizer ({len(server_ids)} vs {len(local)} tokens): it must serve the same model as "
                 "the config's `model`")
 
-    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer) -> list[list[Completion]]:
-        """k completions per text (in order, samples sorted by choice index), many requests at once."""
+    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer,
+               add_special_tokens: list[bool] | None = None, heartbeat=lambda: None) -> list[list[Completion]]:
+        """k completions per text (in order, samples sorted by choice index), many requests at once.
+        ``add_special_tokens``: per text, whether the server adds the tokenizer's special tokens
+        (False for a rendered chat template; default: True for all). ``heartbeat()`` after each reply."""
+        special = list(add_special_tokens) if add_special_tokens is not None else [True] * len(texts)
         if texts and not self._checked_tokenizer:  # the first request alone, so the check runs once
-            first = [self._request(texts[0], seeds[0], cfg, tokenizer)]
-            texts, seeds = texts[1:], seeds[1:]
+            first = [self._request(texts[0], seeds[0], cfg, tokenizer, special[0])]
+            heartbeat()
+            texts, seeds, special = texts[1:], seeds[1:], special[1:]
         else:
             first = []
-        futures = [self.pool.submit(self._request, t, s, cfg, tokenizer) for t, s in zip(texts, seeds)]
+        futures = [self.pool.submit(self._request, t, s, cfg, tokenizer, a) for t, s, a in zip(texts, seeds, special)]
+        for f in futures:
+            f.add_done_callback(lambda _: heartbeat())
         try:
             return first + [f.result() for f in futures]
         except BaseException:

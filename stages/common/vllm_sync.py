@@ -56,7 +56,7 @@ def driver_worker(llm: Any) -> Any:
     if worker is None or not hasattr(worker, "reload_weights"):
         raise RuntimeError("the colocated vLLM engine exposes no in-process driver worker with reload_weights "
                            "(llm.llm_engine.model_executor.driver_worker); this vLLM version is not supported "
-                           "by stages/_vllm_sync.py")
+                           "by stages/common/vllm_sync.py")
     return worker
 
 
@@ -114,7 +114,7 @@ def install_cpu_weight_sync(vllm_generation: Any) -> bool:
         return False
     driver_worker(vllm_generation.llm)  # fail now, not at the first optimizer step
     if not hasattr(vllm_generation, "_iter_named_params"):
-        raise RuntimeError("TRL's VLLMGeneration has no _iter_named_params; update stages/_vllm_sync.py "
+        raise RuntimeError("TRL's VLLMGeneration has no _iter_named_params; update stages/common/vllm_sync.py "
                            "for this TRL version")
     vllm_generation.sync_weights = types.MethodType(_sync_weights_cpu, vllm_generation)
     return True

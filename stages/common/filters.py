@@ -13,11 +13,9 @@ Units: lengths are **tokens** of the sampling model for ``min_tokens``/``max_tok
 sampler's count of generated tokens) and **characters** for ``max_paragraph_chars``; language
 mixing counts **words** (CJK: characters), see :mod:`rewards.language`.
 
-Departures from the report: the report does not say how duplicates are found; here a near
-duplicate is a response whose character 5-gram set has a Jaccard similarity of at least a
-threshold with an earlier one: computed exactly within one prompt's samples, estimated with
-MinHash LSH (datasketch) across the whole dataset. The pass-rate band comes from data-selection
-practice in open reproductions (keep prompts neither always nor never solved), not from R1.
+Duplicates (exact and near) are found by :mod:`data.dedupe`, with the key ``r1 inspect`` uses
+too. The pass-rate band comes from data-selection practice in open reproductions (keep prompts
+neither always nor never solved), not from R1.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from data.dedupe import duplicate_verdicts
 from pipeline.config import StrictModel
 
 # Order matters: a sample is counted under the first filter that drops it.
@@ -36,10 +35,6 @@ FILTERS = ("truncated", "length", "incorrect", "unverifiable", "bad_format", "la
            "long_paragraph", "unexpected_code", "pass_rate", "duplicate", "near_duplicate",
            "over_max_per_prompt")
 
-MINHASH_PERMUTATIONS = 128
-MINHASH_SEED = 1  # fixed: verdicts must not change between runs
-SHINGLE_CHARS = 5
-EXACT_LIMIT = 64  # up to this many texts, near duplicates are found by exact pairwise Jaccard
 
 
 class Filters(StrictModel):
@@ -122,20 +117,14 @@ class Sample:
 _TAGS = re.compile(r"</?(?:think|answer)>")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _FENCE = re.compile(r"```")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Whitespace collapsed to one space and stripped: the key of exact-duplicate detection.
-
-    >>> normalise("  <think>a\\n\\n b</think> ")
-    '<think>a b</think>'
-    """
-    return _SPACE.sub(" ", text).strip()
 
 
 def reasoning_of(text: str) -> str:
-    """The reasoning of a response: its think block, or the whole text without one."""
+    """The reasoning of a response: its think block, or the whole text without one.
+
+    >>> reasoning_of("<think>a b</think><answer>c</answer>"), reasoning_of("just c")
+    ('a b', 'just c')
+    """
     from rewards.text import reasoning_text
 
     return reasoning_text(text)
@@ -181,68 +170,13 @@ def has_code_block(text: str) -> bool:
     return _FENCE.search(text) is not None
 
 
-def shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
-    """Character ``size``-grams of the lower-cased, whitespace-normalised text (UTF-8 bytes).
-
-    >>> sorted(shingles("Ab  C", size=3))
-    [b'ab ', b'b c']
-    """
-    norm = normalise(text).lower()
-    if len(norm) <= size:
-        return {norm.encode()}
-    return {norm[i:i + size].encode() for i in range(len(norm) - size + 1)}
-
-
-def minhashes(texts: Sequence[str]) -> list:
-    """One ``datasketch.MinHash`` (128 permutations, fixed seed) per text, over :func:`shingles`."""
-    from datasketch import MinHash
-
-    return MinHash.bulk([list(shingles(t)) for t in texts], num_perm=MINHASH_PERMUTATIONS, seed=MINHASH_SEED)
-
-
-def jaccard(a: set, b: set) -> float:
-    """Exact Jaccard similarity |a & b| / |a | b| of two shingle sets (1.0 for two empty sets)."""
-    return len(a & b) / len(a | b) if a or b else 1.0
-
-
-def near_duplicate_flags(texts: Sequence[str], threshold: float = 0.85) -> list[bool]:
-    """For each text, True when its Jaccard similarity over character 5-gram shingles
-    (:func:`shingles`) with an **earlier unflagged** text is at least ``threshold``.
-
-    Up to ``EXACT_LIMIT`` (64) texts — one prompt's samples — all pairs are compared with the
-    exact Jaccard similarity. Larger inputs (``dedupe_scope: dataset``) go through a
-    ``datasketch.MinHashLSH`` index (128 permutations, fixed seed) and the candidates it
-    returns are kept when their MinHash estimate reaches ``threshold``. Deterministic.
-
-    >>> near_duplicate_flags(["The sum is 12, so the answer is 12.",
-    ...                       "The sum is 12, so the answer is 12!", "Completely different text."])
-    [False, True, False]
-    """
-    if len(texts) <= EXACT_LIMIT:
-        kept: list[set] = []
-        flags = []
-        for t in texts:
-            sh = shingles(t)
-            flags.append(any(jaccard(sh, other) >= threshold for other in kept))
-            if not flags[-1]:
-                kept.append(sh)
-        return flags
-    from datasketch import MinHashLSH
-
-    hashes = minhashes(texts)
-    flags = [False] * len(texts)
-    lsh = MinHashLSH(threshold=threshold, num_perm=MINHASH_PERMUTATIONS)
-    for i, h in enumerate(hashes):
-        if any(h.jaccard(hashes[j]) >= threshold for j in lsh.query(h)):
-            flags[i] = True
-        else:
-            lsh.insert(i, h)
-    return flags
-
-
 def pass_rate(samples: Sequence[Sample]) -> float | None:
     """Share of a prompt's samples with ``accuracy`` 1.0, among those with a verdict;
-    None when no sample could be judged (or ``accuracy`` was not scored)."""
+    None when no sample could be judged (or ``accuracy`` was not scored).
+
+    >>> pass_rate([Sample("p", i, "math", "x", rewards={"accuracy": a}) for i, a in enumerate([1.0, 0.0, None])])
+    0.5
+    """
     judged = [s.rewards.get("accuracy") for s in samples if s.rewards.get("accuracy") is not None]
     return sum(a >= 1.0 for a in judged) / len(judged) if judged else None
 
@@ -300,30 +234,14 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
                 for i in idx:
                     out[i] = out[i] or "pass_rate"
 
-    by_text: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_text.setdefault(s.prompt_text or "\0" + s.prompt_id, []).append(i)
-
-    def groups() -> list[list[int]]:
-        alive = [i for i in range(len(samples)) if out[i] is None]
-        if f.dedupe_scope == "dataset":
-            return [alive]
-        return [[i for i in idx if out[i] is None] for idx in by_text.values()]
-
-    if f.dedupe:
-        for group in groups():
-            seen: set[str] = set()
-            for i in group:
-                key = normalise(samples[i].text)
-                if key in seen:
-                    out[i] = "duplicate"
-                seen.add(key)
-    if f.near_duplicate_threshold is not None:
-        for group in groups():
-            flags = near_duplicate_flags([samples[i].text for i in group], f.near_duplicate_threshold)
-            for i, flag in zip(group, flags):
-                if flag:
-                    out[i] = "near_duplicate"
+    # Duplicates among the samples still kept, within a prompt (same prompt text: procedural
+    # generators repeat questions under new ids) or across the dataset (data.dedupe).
+    alive = [i for i in range(len(samples)) if out[i] is None]
+    groups = None if f.dedupe_scope == "dataset" else [samples[i].prompt_text or "\0" + samples[i].prompt_id
+                                                        for i in alive]
+    for i, verdict in zip(alive, duplicate_verdicts([samples[i].text for i in alive], groups, f.dedupe,
+                                                    f.near_duplicate_threshold)):
+        out[i] = verdict or out[i]
 
     if f.max_per_prompt is not None:
         for idx in by_prompt.values():
@@ -339,11 +257,30 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
 
 def funnel(verdict_list: Sequence[str | None]) -> list[dict]:
     """The filter funnel: ``[{"filter", "dropped", "remaining"}, ...]`` in ``FILTERS`` order,
-    starting from every sample; the last ``remaining`` is the number kept."""
+    starting from every sample; the last ``remaining`` is the number kept.
+
+    >>> funnel([None, "incorrect", "duplicate", None])[2]
+    {'filter': 'incorrect', 'dropped': 1, 'remaining': 3}
+    """
     remaining = len(verdict_list)
     rows = []
     for name in FILTERS:
         dropped = sum(v == name for v in verdict_list)
         remaining -= dropped
         rows.append({"filter": name, "dropped": dropped, "remaining": remaining})
+    return rows
+
+
+def funnel_from_counts(counts: dict) -> list[dict]:
+    """The funnel again from a ``generate`` step's manifest counts (``sampled`` and one
+    ``dropped_<filter>`` per filter, in the order applied), for readers without its card.
+
+    >>> funnel_from_counts({"sampled": 10, "kept": 6, "dropped_truncated": 3, "dropped_incorrect": 1})
+    [{'filter': 'truncated', 'dropped': 3, 'remaining': 7}, {'filter': 'incorrect', 'dropped': 1, 'remaining': 6}]
+    """
+    remaining, rows = counts.get("sampled", 0), []
+    for key, dropped in counts.items():
+        if key.startswith("dropped_"):
+            remaining -= dropped
+            rows.append({"filter": key.removeprefix("dropped_"), "dropped": dropped, "remaining": remaining})
     return rows

@@ -1,0 +1,90 @@
+"""The structure the code keeps (``docs/architecture.md``), checked on the source with ``ast``:
+the layers import only downwards, and no module outside a stage names a stage kind."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import stages
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = ("pipeline", "stages", "rewards", "data")
+# The front end: the executor, the command line and the reports. Everything else in pipeline/
+# is the core that stages build on.
+FRONT = ("pipeline.runner", "pipeline.cli", "pipeline.report", "pipeline.inspect", "pipeline.summary",
+         "pipeline.slurm", "pipeline.doctor", "pipeline.status")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _files(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions (absolute names)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    return {n for n in names if n.split(".")[0] in PROJECT}
+
+
+def _is(name: str, targets: tuple[str, ...]) -> bool:
+    return any(name == t or name.startswith(t + ".") for t in targets)
+
+
+def _violations(folder: str, allowed) -> list[str]:
+    return [f"{path.relative_to(REPO)} imports {name}" for path in _files(folder)
+            for name in sorted(imports(path)) if not allowed(_module(path), name)]
+
+
+def test_the_scanner_sees_imports_inside_functions(tmp_path):
+    file = tmp_path / "m.py"
+    file.write_text("import os\nfrom data.sft import SFT_COLUMNS\ndef f():\n    from stages import eval\n    import pipeline.cli\n")
+    assert imports(file) == {"data.sft", "data.sft.SFT_COLUMNS", "stages", "stages.eval", "pipeline.cli"}
+
+
+@pytest.mark.parametrize("package", ["data", "rewards"])
+def test_data_and_rewards_import_nothing_else_of_the_project(package):
+    assert _violations(package, lambda module, name: name.split(".")[0] == package) == []
+
+
+def test_stages_never_import_the_front():
+    assert _violations("stages", lambda module, name: not _is(name, FRONT)) == []
+
+
+def test_the_core_of_pipeline_never_imports_stages_or_the_front():
+    def allowed(module: str, name: str) -> bool:
+        return _is(module, FRONT) or not _is(name, ("stages", *FRONT))
+
+    assert _violations("pipeline", allowed) == []
+
+
+def test_no_kind_name_outside_its_stage_module():
+    """The front asks the stage contract (pipeline.stage), never ``kind == "grpo"``: a string
+    constant equal to a stage kind's name is allowed only in ``stages/<kind>.py``."""
+    kinds = set(stages.kinds())
+    assert {"eval", "generate", "grpo", "sft", "distill"} <= kinds  # the names this test guards
+    found = []
+    for folder in ("pipeline", "stages/common", "data", "rewards"):
+        for path in _files(folder):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in kinds:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert found == []
+
+
+def test_kinds_are_the_modules_of_stages_not_its_packages():
+    assert (REPO / "stages" / "common" / "__init__.py").is_file()
+    assert "common" not in stages.kinds()
+    assert stages.kinds() == sorted(p.stem for p in (REPO / "stages").glob("*.py") if not p.stem.startswith("_"))
