@@ -88,10 +88,11 @@ def step_batch(tokenizer, kind: str, n: int, tokens: int) -> tuple[list, list[st
 def as_reward_model(ref: str, folder: Path) -> str:
     """``ref`` itself when it is a reward model; else (a causal LM: the stand-in of the module
     docstring) the same model with a fresh one-logit head, saved in ``folder``."""
-    from rewards.reward_model import _resolve, read_config
+    from pipeline.models import resolve
+    from rewards.reward_model import read_config
     from stages.reward_model import load_classifier
 
-    path = _resolve(ref)
+    path = resolve(ref)
     if any(a.endswith("ForSequenceClassification") for a in read_config(path).get("architectures") or []):
         return path
     model, tokenizer = load_classifier(path)
@@ -105,9 +106,11 @@ def prepare_rm(helpfulness: str, harmlessness: str, generations: int, tokens: in
     reward-model rows and returns its seconds."""
     import tempfile
 
+    from pipeline import precision
     from rewards import get
     from rewards.reward_model import load
 
+    dtype = precision.resolve(dtype, what="reward models").dtype  # `auto` as grpo resolves it
     scratch = Path(tempfile.mkdtemp(prefix="bench_rm_"))
     helpfulness = as_reward_model(helpfulness, scratch / "helpfulness")
     harmlessness = as_reward_model(harmlessness, scratch / "harmlessness")
@@ -139,9 +142,9 @@ def prepare_forward_backward(policy: str, sequences: int, prompt: list, tokens: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline import precision
-    from rewards.reward_model import _resolve
+    from pipeline.models import resolve
 
-    path = _resolve(policy)
+    path = resolve(policy)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.train()

@@ -1,7 +1,9 @@
 """``r1 inspect``: look at an SFT dataset in the terminal, or as one self-contained HTML page.
 
-Works on our SFT rows (``id, messages, data_source, domain, rewards, source_model, meta``,
-e.g. a ``generate`` step's ``dataset/`` or its ``samples.parquet``) and on any plain
+Preference pairs (``data/preference.py``: a ``preference_pairs`` step's ``dataset/``) get their
+own summary (:func:`inspect_pairs`). Otherwise it works on our SFT rows (``id, messages,
+data_source, domain, rewards, source_model, meta``, e.g. a ``generate`` step's ``dataset/`` or
+its ``samples.parquet``) and on any plain
 ``messages`` dataset (a parquet/JSONL file, a folder of them, a ``save_to_disk`` folder, a
 hub snapshot or a hub name; read by ``data.sft``, ``--split`` picks the split). Reported: size,
 columns, rows per domain and source, the filter funnel of the step that made it (``card.json``
@@ -29,6 +31,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -410,6 +413,77 @@ def render_html(df, s: dict, seed: int = 0) -> str:
     return doc.html(f"r1 inspect: {s['source']}")
 
 
+# ----------------------------------------------------------------------------- preference pairs
+
+
+def inspect_pairs(ref: str | Path, sample: int = 3, seed: int = 0, where: str | None = None) -> dict[str, Any]:
+    """``r1 inspect`` of a pair dataset (``data/preference.py`` rows): pairs per rule / domain / source, where each side came
+    from, lengths in **characters**, refusal shares per side (``rewards.refusal``), the
+    producing step's card (prompts skipped per rule and why) and ``sample`` random pairs.
+    ``where``: a pandas query over ``id, rule, domain, data_source, chosen_from, rejected_from,
+    chosen_chars, rejected_chars, chosen_refusal, rejected_refusal``. Returns the numbers.
+
+    Raises:
+        PreferenceRowError: a bad row (``FILE:LINE``). ValueError: a ``where`` pandas cannot evaluate.
+    """
+    import pandas as pd
+    from rich.markup import escape
+    from rich.table import Table
+
+    from data.preference import read_pairs
+    from rewards.refusal import is_refusal
+
+    console = Console(width=160)
+    rows = read_pairs(ref)
+    frame = pd.DataFrame([{
+        "id": r["id"], "rule": r["rule"], "domain": r["domain"], "data_source": r["data_source"],
+        "chosen_from": json.loads(r["meta"]).get("chosen_from", ""), "rejected_from": json.loads(r["meta"]).get("rejected_from", ""),
+        "chosen_chars": len(r["chosen"]), "rejected_chars": len(r["rejected"]),
+        "chosen_refusal": is_refusal(r["chosen"]), "rejected_refusal": is_refusal(r["rejected"]),
+        "question": r["prompt"][-1]["content"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    if where and len(frame):
+        try:
+            frame = frame.query(where, engine="python")
+        except Exception as err:
+            raise ValueError(f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(frame.columns)}") from None
+    table = Table(title=f"{ref}: {len(frame)} preference pairs" + (f" (where {where})" if where else ""))
+    for column in ("rule", "pairs", "domains", "chosen from", "rejected from", "chosen chars p50", "rejected chars p50",
+                   "chosen refusal", "rejected refusal"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+    summary: dict[str, Any] = {"pairs": len(frame), "per_rule": {}}
+    for rule, group in frame.groupby("rule") if len(frame) else []:
+        numbers = {"pairs": len(group), "domains": sorted(group["domain"].unique()),
+                   "chosen_from": group["chosen_from"].value_counts().to_dict(),
+                   "rejected_from": group["rejected_from"].value_counts().to_dict(),
+                   "chosen_chars_p50": float(group["chosen_chars"].median()),
+                   "rejected_chars_p50": float(group["rejected_chars"].median()),
+                   "chosen_refusal": float(group["chosen_refusal"].mean()),
+                   "rejected_refusal": float(group["rejected_refusal"].mean())}
+        summary["per_rule"][rule] = numbers
+        table.add_row(rule, str(numbers["pairs"]), ", ".join(numbers["domains"]),
+                      ", ".join(f"{k} {v}" for k, v in numbers["chosen_from"].items()),
+                      ", ".join(f"{k} {v}" for k, v in numbers["rejected_from"].items()),
+                      f"{numbers['chosen_chars_p50']:.0f}", f"{numbers['rejected_chars_p50']:.0f}",
+                      f"{numbers['chosen_refusal']:.2f}", f"{numbers['rejected_refusal']:.2f}")
+    console.print(table)
+    card_file = Path(ref) / "card.json" if Path(ref).is_dir() else Path(ref).parent / "card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    if card.get("funnel"):
+        funnel = Table(title="prompts per rule (the producing step's card)")
+        for column in ("rule", "prompts", "with pairs", "skipped"):
+            funnel.add_column(column)
+        for rule, f in card["funnel"].items():
+            funnel.add_row(rule, str(f["prompts"]), str(f["with_pairs"]),
+                           ", ".join(f"{k} {v}" for k, v in f["skipped"].items()) or "-")
+        console.print(funnel)
+        summary["funnel"] = card["funnel"]
+    for _, r in frame.sample(min(sample, len(frame)), random_state=seed).iterrows() if len(frame) else []:
+        console.print(f"[bold]{escape(r['id'])}[/] ({r['rule']})\n[dim]prompt:[/] {escape(r['question'][:300])}\n"
+                      f"[green]chosen ({r['chosen_from']}):[/] {escape(r['chosen'][:400])}\n"
+                      f"[red]rejected ({r['rejected_from']}):[/] {escape(r['rejected'][:400])}\n", highlight=False)
+    return summary
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -426,7 +500,7 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     """
     started = time.time()
     ref = locate(path, run_name, config)
-    from data.preference import inspect_pairs, is_pair_dataset
+    from data.preference import is_pair_dataset
 
     if is_pair_dataset(ref):  # (prompt, chosen, rejected) rows have their own summary
         if html_path:

@@ -3,7 +3,7 @@ r"""Refusal detection: does a response decline the request?
 One documented rule, used everywhere a refusal is counted: the safety preference pairs
 (``stages/preference_pairs.py``: a refusal is the chosen answer to a harmful prompt, and the
 rejected answer to a benign one), the eval's harmful-prompt refusal rate and benign
-over-refusal rate (``stages/_general_eval.py``), and the ``refusal`` reward below.
+over-refusal rate (``stages/common/general_eval.py``), and the ``refusal`` reward below.
 
 **The rule** (:func:`is_refusal`). The text looked at is the *answer*: the text after the last
 ``</think>`` (inside its last ``<answer>`` block if there is one, ``rewards.text.answer_region``);

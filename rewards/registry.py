@@ -131,9 +131,29 @@ def model_references(name: str, params: dict[str, Any]) -> dict[str, str]:
     return {p: params[p] for p in fields if isinstance(params.get(p), str) and params[p]}
 
 
-def with_resolved_models(name: str, params: dict[str, Any], resolve: Callable[[str], str]) -> dict[str, Any]:
-    """`params` with each model reference (`model_references`) replaced by `resolve(ref)`."""
-    return {**params, **{p: resolve(ref) for p, ref in model_references(name, params).items()}}
+def with_resolved_models(name: str, params: dict[str, Any], resolve: Callable[[str], str],
+                         resolve_dtype: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """`params` with each model reference (`model_references`) replaced by `resolve(ref)` and,
+    with `resolve_dtype`, each dtype choice of the factory's `dtype_params` (its default when
+    unset, e.g. `auto`) replaced by `resolve_dtype(choice)`. The rewards import nothing else of
+    the project: a stage passes its resolvers (a step name -> its `model/` folder; `auto` -> the
+    dtype this machine runs fast).
+
+    >>> with_resolved_models("reward_model", {"model": "rm"}, str.upper, lambda d: "float32")
+    {'model': 'RM', 'dtype': 'float32'}
+    >>> with_resolved_models("format", {}, str.upper, lambda d: "float32")
+    {}
+    """
+    out = {**params, **{p: resolve(ref) for p, ref in model_references(name, params).items()}}
+    factory = REGISTRY.get(name)
+    if resolve_dtype is not None and factory is not None:
+        accepted = _parameters(factory)
+        for p in getattr(factory, "dtype_params", ()):
+            default = accepted[p].default if p in accepted else None
+            choice = params.get(p, default)
+            if isinstance(choice, str):
+                out[p] = resolve_dtype(choice)
+    return out
 
 
 def available() -> list[tuple[str, str, str]]:

@@ -12,10 +12,11 @@ to the user while minimizing interference with the underlying reasoning process"
 - ``full``: the whole response as generated.
 
 **The model's input** (:func:`conversation`, :func:`encode`): the prompt's messages up to its
-last user message (a string prompt, e.g. template ``r1_zero``, becomes one user message with
-its question) plus one assistant message holding the scoped response, rendered with the reward
-model's own chat template (no generation prompt) and tokenized; the score is the model's one
-logit at the last token. The ``reward_model`` stage trains on exactly this input (it imports
+last user message (a string prompt becomes one user message holding that string: a caller with
+an ``r1_zero`` prompt passes its question, as ``stages.common.scoring.AssistantTurns`` does)
+plus one assistant message holding the scoped response, rendered with the reward model's own
+chat template (no generation prompt) and tokenized; the score is the model's one logit at the
+last token. The ``reward_model`` stage trains on exactly this input (it imports
 :func:`encode`), so training and scoring cannot drift apart. Inputs over ``max_length``
 tokens keep their **last** ``max_length`` tokens (the answer and the scored last token; the
 start of a long prompt is lost).
@@ -35,14 +36,21 @@ of the sum of rewards; so one GRPO run can hold rule-rewarded reasoning rows and
 general rows. Rows without a ``domain`` column score None too (unless ``domains`` is empty,
 which scores every row).
 
-**Backends**: ``local`` loads the model in this process (``AutoModelForSequenceClassification``,
-``dtype: auto`` = bf16 where the hardware runs it fast, ``pipeline.precision``), once per process
-and (path, dtype), and scores in batches of ``batch_size`` inputs sorted by length. ``server``
+**Backends**: ``local`` loads the model in this process (``AutoModelForSequenceClassification``
+in ``dtype``), once per process and (path, dtype), and scores in batches of ``batch_size``
+inputs sorted by length. ``server``
 sends the same token ids to a vLLM server running the model as a pooling model (``vllm serve
 MODEL --runner pooling``; ``docs/reward_models.md``): ``POST <server_url>/classify`` with
 ``{"input": [[ids], ...], "use_activation": false}`` returns the raw logit (vLLM pools the
 last token, as transformers' sequence classifiers do); the tokenizer and the calibration file
 still come from ``model``, which must name the same model.
+
+**What the caller resolves** (rewards import nothing else of the project): the parameters in
+``model_params`` and ``dtype_params`` (``rewards.registry.with_resolved_models``). A stage turns
+``model`` (a step name, an alias) into a folder with its resolver and ``dtype: auto`` into the
+dtype this machine runs fast (``pipeline.precision``: bf16 with AMX / AVX512-BF16 or a bf16
+GPU); ``grpo`` and the eval's judge do. Built directly (``r1 rewards score``, a script),
+``model`` must be a folder or hub id and ``auto`` scores in float32, the exact choice.
 
 **Where it runs**: in the calling process (the GRPO trainer, the eval stage, ``r1 rewards
 score``), not in the reward worker pool (``rewards/_pool.py``): those workers are forked per task
@@ -98,16 +106,17 @@ def scoped_response(response: str, scope: str) -> str:
 
 
 def conversation(prompt: Any, response: str, scope: str) -> list[dict[str, str]]:
-    """The messages the reward model scores: the prompt up to its last user message, then the
-    scoped response as the assistant's turn.
+    """The messages the reward model scores: the prompt up to its last user message (a string
+    prompt: one user message holding it), then the scoped response as the assistant's turn.
+
+    >>> conversation([{"role": "user", "content": "Hi?"}], "<think>r</think><answer>Hello.</answer>", "answer")
+    [{'role': 'user', 'content': 'Hi?'}, {'role': 'assistant', 'content': 'Hello.'}]
 
     Raises:
         ValueError: a message-list prompt without a user message; an unknown scope.
     """
-    from data.prompts import question_of
-
     if isinstance(prompt, str):
-        messages = [{"role": "user", "content": question_of(prompt)}]
+        messages = [{"role": "user", "content": prompt}]
     else:
         messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
@@ -117,11 +126,22 @@ def conversation(prompt: Any, response: str, scope: str) -> list[dict[str, str]]
     return messages + [{"role": "assistant", "content": scoped_response(response, scope)}]
 
 
+def encodable(text: str) -> str:
+    """``text`` with each lone surrogate (not valid UTF-8; a tokenizer refuses it) replaced by
+    U+FFFD, the replacement character; any other text is returned unchanged.
+
+    >>> encodable("a\\ud800b") == "a\\ufffdb", encodable("héllo")
+    (True, 'héllo')
+    """
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def encode(tokenizer, prompt: Any, response: str, scope: str, max_length: int | None = None) -> list[int]:
-    """Token ids of :func:`conversation` rendered with the tokenizer's chat template; over
-    ``max_length`` tokens, the last ``max_length`` are kept."""
-    ids = tokenizer.apply_chat_template(conversation(prompt, response, scope), tokenize=True,
-                                        return_dict=True)["input_ids"]
+    """Token ids of :func:`conversation` rendered with the tokenizer's chat template (lone
+    surrogates replaced, :func:`encodable`); over ``max_length`` tokens, the last
+    ``max_length`` are kept."""
+    messages = [{**m, "content": encodable(m["content"])} for m in conversation(prompt, response, scope)]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     ids = list(ids)
     return ids[-max_length:] if max_length and len(ids) > max_length else ids
 
@@ -145,27 +165,47 @@ def read_info(model_path: str) -> dict:
 # ----------------------------------------------------------------------------- scorers
 
 
+#: Weight dtypes of the local backend; ``auto`` (unresolved by the caller) means float32.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def weights_dtype(dtype: str) -> str:
+    """The dtype the local backend loads the weights in: ``dtype``, or float32 for an ``auto``
+    no caller resolved (module docstring).
+
+    >>> weights_dtype("bfloat16"), weights_dtype("auto")
+    ('bfloat16', 'float32')
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"reward_model: dtype {dtype!r}; valid values: {', '.join(DTYPES)}")
+    return "float32" if dtype == "auto" else dtype
+
+
 class LocalScorer:
-    """A sequence-classification model in this process: ``score(list of id lists) -> logits``."""
+    """A sequence-classification model in this process: ``score(list of id lists) -> logits``.
+
+    ``dtype``: the weights' dtype (:func:`weights_dtype`), kept as ``self.dtype``.
+
+    Raises:
+        ValueError: a model that is not a one-label sequence classifier, or has no pad token id.
+    """
 
     def __init__(self, path: str, dtype: str):
         import torch
         from transformers import AutoModelForSequenceClassification
-
-        from pipeline import precision
 
         if _FORKED:
             # GNU OpenMP's thread pool does not survive fork(): a forked child that runs a
             # multi-threaded op waits forever for the parent's threads. One thread avoids it
             # (what PyTorch's DataLoader does in its forked workers).
             torch.set_num_threads(1)
-        self.precision = precision.resolve(dtype, what="reward model")
+        self.dtype = weights_dtype(dtype)
         architectures = read_config(path).get("architectures") or []
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise ValueError(f"{path} is a {', '.join(architectures)}, not a reward model (a *ForSequenceClassification "
                              "with one label); train one with the reward_model stage")
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
+            path, dtype=getattr(torch, self.dtype)).eval()
         if self.model.config.num_labels != 1:
             raise ValueError(f"{path}: a reward model has one output (num_labels=1), this one has "
                              f"{self.model.config.num_labels}")
@@ -260,13 +300,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _resolve(ref: str) -> str:
-    """A local folder or hub id for a model reference (aliases are prepared; step names must
-    have been resolved by the stage that built the reward)."""
+    """The absolute folder of a local model, else ``ref`` as a hub id (step names and aliases are
+    resolved by the stage that built the reward: module docstring)."""
     if Path(ref).expanduser().exists():
         return str(Path(ref).expanduser().resolve())
-    from pipeline import models
-
-    return models.resolve(ref)
+    return ref
 
 
 def load(ref: str, dtype: str = "auto", backend: str = "local"):
@@ -303,13 +341,14 @@ class ModelRewardStats(RewardStats):
 class RewardModelReward(Reward):
     """A reward model's score (one-logit sequence classifier) of the answer or the whole response; None outside `domains`.
 
-    Parameters: ``model`` (folder, alias or hub id; in a pipeline also a step name, resolved by
+    Parameters: ``model`` (folder or hub id; in a pipeline also a step name or alias, resolved by
     the stage); ``scope`` ``answer`` (text after the reasoning block) or ``full``; ``domains``
     (rows of other domains score None; empty = all rows); ``normalize`` ``calibrated`` (z-score
     with the stage's held-out statistics) or ``none`` (raw logit); ``backend`` ``local`` or
     ``server`` (``server_url``, ``server_model``, ``request_timeout`` seconds); ``batch_size``
     (inputs per forward pass or request); ``max_length`` (tokens kept, from the end);
-    ``dtype`` (local backend: auto | bfloat16 | float16 | float32); ``label`` (logged as
+    ``dtype`` (local backend: auto | bfloat16 | float16 | float32; ``auto`` as the caller
+    resolves it, else float32); ``label`` (logged as
     ``reward_model_<label>``, so two reward models can sit in one GRPO config).
     See the module docstring for the input, the normalisation and where it runs.
 
@@ -321,6 +360,11 @@ class RewardModelReward(Reward):
 
     #: Parameters holding model references (stages resolve step names in them before building).
     model_params: ClassVar[tuple[str, ...]] = ("model",)
+    #: Parameters holding a dtype choice (stages resolve ``auto`` for this machine before building).
+    dtype_params: ClassVar[tuple[str, ...]] = ("dtype",)
+    #: It scores the conversation: callers pass the prompt messages and the whole assistant turn,
+    #: not the rendered prompt text (``stages.common.scoring.with_rendered_prompts``).
+    reads_messages: ClassVar[bool] = True
 
     def __init__(self, model: str, scope: str = "answer", domains: list[str] | tuple[str, ...] = ("general",),
                  normalize: str = "calibrated", backend: str = "local", server_url: str | None = None,
@@ -333,6 +377,7 @@ class RewardModelReward(Reward):
                 raise ValueError(f"reward_model: {key} {value!r}; valid values: {', '.join(valid)}")
         if backend == "server" and not server_url:
             raise ValueError("reward_model: backend 'server' needs server_url (e.g. http://127.0.0.1:8001)")
+        weights_dtype(dtype)  # refuses an unknown dtype now, not at the first call
         if batch_size < 1 or max_length < 1:
             raise ValueError(f"reward_model: batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
         if not model:
@@ -352,11 +397,12 @@ class RewardModelReward(Reward):
         self.__name__ = self.log_name({"label": label})
         self.stats = ModelRewardStats()
 
-    @staticmethod
-    def log_name(params: dict[str, Any]) -> str:
-        """The name TRL logs this reward under, from its parameters."""
+    @classmethod
+    def log_name(cls, params: dict[str, Any]) -> str:
+        """The name TRL logs this reward under, from its parameters: the registered name, with
+        ``_<label>`` when a label is given."""
         label = params.get("label") or ""
-        return f"reward_model_{label}" if label else "reward_model"
+        return f"{cls.name}_{label}" if label else cls.name
 
     def _offset_scale(self, path: str) -> tuple[float, float]:
         if self.normalize == "none":

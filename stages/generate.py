@@ -49,18 +49,11 @@ from data.sft import SFT_COLUMNS, load_sft_rows, split_response
 from pipeline.config import StrictModel
 from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
 from stages.common.filters import FILTERS, Filters, Sample, funnel, funnel_from_counts, verdicts
-from stages.common.sampling import SamplingConfig
+from stages.common.sampling import FewShot, SamplingConfig, with_few_shot
 from stages.common.scoring import assistant_turn, score
 
 FILTER_ORDER = FILTERS  # the name this module exported before the filters moved
 log = logging.getLogger(__name__)
-
-
-class FewShot(StrictModel):
-    """One exemplar shown before the real question (as earlier chat turns)."""
-
-    question: str
-    response: str  # the full assistant text: <think>…</think> then <answer>…</answer>
 
 
 class Decontamination(StrictModel):
@@ -135,16 +128,6 @@ class Config(StageConfig):
 # ----------------------------------------------------------------------------- sampling
 
 
-def _with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
-    """Insert exemplar turns after the system message (if any), before the real question."""
-    system = [m for m in prompt if m["role"] == "system"]
-    rest = [m for m in prompt if m["role"] != "system"]
-    shots = []
-    for ex in few_shot:
-        shots += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.response}]
-    return system + shots + rest
-
-
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
     """Tokens of the reasoning and of the rest (the answer part) of each completion
     (``data.sft.split_response``)."""
@@ -161,7 +144,7 @@ def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
     Rewards see each prompt as rendered for the model, and the stored assistant turn starts
     with what the chat template opened it with (``stages.common.scoring``). A prompt too long
     for ``sampling.max_model_len`` gets no record (``run`` counts it)."""
-    prompts = [_with_few_shot(list(r["prompt"]), cfg.few_shot) if cfg.few_shot else r["prompt"] for r in rows]
+    prompts = [with_few_shot(list(r["prompt"]), cfg.few_shot) if cfg.few_shot else r["prompt"] for r in rows]
     texts = [sampler.render(p) for p in prompts]
     sampled = sampler.sample(prompts, [r["id"] for r in rows], texts=texts)
     keep = [i for i, cs in enumerate(sampled) if not any(c.skipped for c in cs)]

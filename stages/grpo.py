@@ -189,8 +189,8 @@ class Config(TrainerOptions, StageConfig):
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
         if bool(self.prompts) == bool(self.prompt_pool):
-            raise ValueError("give either prompts (data sources) or prompt_pool (a generate step with output: "
-                             "prompts), not both and not neither")
+            raise ValueError("keys prompts and prompt_pool: give one of them, prompts (data sources) or prompt_pool "
+                             "(a generate step with output: prompts), not both and not neither")
         bands = [("pass_rate_band", self.pass_rate_band)] if self.pass_rate_band else []
         bands += [(f"pass_rate_band_per_source.{k}", v) for k, v in self.pass_rate_band_per_source.items()]
         for key, (lo, hi) in bands:
@@ -311,16 +311,22 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     with ctx.progress.phase("loading prompts"):
         dataset, prompt_counts = load_prompt_rows(config, tokenizer, pool)
         eval_dataset, eval_repeated = load_eval_rows(config, tokenizer, dataset)
+    chosen = {"training": scaffold.training_precision(config)}
+
+    def reward_dtype(choice: str) -> str:  # a reward model's weights (rewards.reward_model)
+        chosen["reward_models"] = precision.resolve(choice, what="reward models")
+        precision.announce(chosen["reward_models"], "reward models")
+        return chosen["reward_models"].dtype
+
     # Registered rewards read the prompt as the policy saw it (a template's <think> prefill
     # included); a reward's model references (a reward model's step name) become folders first.
     reward_funcs = [with_rendered_prompts(registry.get(r.name, **registry.with_resolved_models(
-        r.name, r.params, ctx.resolve_model)), tokenizer) for r in config.rewards]
+        r.name, r.params, ctx.resolve_model, reward_dtype)), tokenizer) for r in config.rewards]
     timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
     engine = config.use_vllm and config.vllm_mode == "colocate"
     on_cpu = engine and _vllm_sync.on_cpu_platform()
-    chosen = {"training": scaffold.training_precision(config)}
     if engine:
         chosen["rollouts"] = precision.resolve(config.vllm_dtype, what="rollouts")
         precision.announce(chosen["rollouts"], "rollouts")

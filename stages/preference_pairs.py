@@ -8,7 +8,7 @@ one **rule** per pair, recorded in the row (``data/preference.py`` has the schem
   1.0 over one it scores below 1.0 (same prompt);
 - general prompts (ShareGPT, with a reference answer) -> ``reference_vs_policy``: the reference
   (wrapped as ``<think>\\n</think>\\n<answer>…</answer>`` like the policy's answers,
-  ``data.sft.assistant_text``) over a policy sample that does not refuse; and
+  ``data.non_reasoning.assistant_text``) over a policy sample that does not refuse; and
   ``helpful_vs_refusal``: a helpful answer (a non-refusing policy sample, else the reference)
   over a refusal of the benign prompt, so over-refusal is punished;
 - safety prompts (Do-Not-Answer, HarmBench) -> ``refusal_vs_compliance``: a refusal over an
@@ -23,12 +23,17 @@ join the refusal candidates (``chosen_from``/``rejected_from`` = ``few_shot_refu
 off-topic rather than harmful; the pair still prefers the refusal. ``fallback_refusals``
 (fixed texts, off by default) stand in when a harmful prompt got no refusal at all.
 
+A sample's text is the whole assistant turn: what the chat template opened it with (a
+``<think>`` prefill, if any) and the completion; the ``accuracy`` reward reads each prompt as
+rendered for the policy (``stages.common.scoring``). Prompts too long for
+``sampling.max_model_len`` are not sampled and are counted (``prompts_too_long``).
+
 Inputs: ``model`` (the policy: step name, alias, folder or hub id); ``prompts`` (data sources;
 ``split`` of them). Outputs: ``dataset/`` (``data.parquet`` of pair rows, ``card.json`` and the
 ``README.md`` card: pairs per rule, domain and source, prompts skipped per rule and why);
 ``samples.parquet`` (every sample: prompt id, plain or few-shot, text, accuracy, refusal).
-Resume: prompts are sampled in shards (``shards/``) with per-prompt seeds; a rerun samples only
-the missing shards and makes the same pairs.
+Resume: prompts are sampled in shards (``shards/``, each written whole or not at all) with
+per-prompt seeds; a rerun samples only the missing shards and makes the same pairs.
 
 Launch: ``r1 preference-pairs configs/preference_pairs/smollm2-135m/pairs.yaml --run r1-demo``
 """
@@ -44,9 +49,8 @@ from pydantic import model_validator
 
 from data import PromptSource
 from data.preference import PAIR_RULES
-from pipeline.stage import StageConfig, StepContext, StepResult
-from stages._sampling import SamplingConfig
-from stages.generate import FewShot
+from pipeline.stage import StageConfig, StageReport, StepContext, StepResult
+from stages.common.sampling import FewShot, SamplingConfig, with_few_shot
 
 VERIFIABLE_DOMAINS = ("math", "code", "logic")
 Rule = Literal["correct_vs_incorrect", "reference_vs_policy", "helpful_vs_refusal", "refusal_vs_compliance"]
@@ -75,6 +79,10 @@ class Config(StageConfig):
 
     kind: Literal["preference_pairs"] = "preference_pairs"
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
+    outputs: ClassVar[dict[str, str]] = {"dataset": "dataset", "samples": "samples.parquet"}
+    # training_prompts: the default, `prompts` (its pairs train the reward models): the eval's
+    # contamination guard checks them.
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "samples", "pairs", "prompts_too_long")
     model: str  # the policy whose samples make the pairs (R1: the SFT model all-domain RL starts from)
     prompts: list[PromptSource]  # math/code/logic, general (sharegpt) and safety (harmful_prompts) sources
     split: Literal["train", "test"] = "train"
@@ -111,57 +119,89 @@ def _wants_refusals(config: Config, domain: str) -> bool:
 
 def _sample_shard(sampler, config: Config, rows: list[dict]) -> list[dict]:
     """Plain samples of every row, few-shot refusal samples of general/safety rows, scored:
-    one record per sample."""
+    one record per sample. A row too long to sample (its plain prompt, or its few-shot prompt)
+    gets no record of that kind."""
     from rewards.refusal import is_refusal
-    from stages.generate import _with_few_shot, score
+    from stages.common.scoring import assistant_turn, score
 
-    plain = sampler.sample([r["prompt"] for r in rows], [r["id"] for r in rows])
+    def draw(prompts: list, ids: list[str]) -> tuple[list[str], list]:
+        texts = [sampler.render(p) for p in prompts]
+        return texts, sampler.sample(prompts, ids, texts=texts)
+
+    plain_texts, plain = draw([r["prompt"] for r in rows], [r["id"] for r in rows])
     asked = [r for r in rows if _wants_refusals(config, r["domain"])]
-    prompted: list = []
+    prompted_texts, prompted = [], []
     if asked:
         saved = sampler.cfg
         sampler.cfg = saved.model_copy(update={"num_samples": config.refusal_samples})
         try:
-            prompted = sampler.sample([_with_few_shot(list(r["prompt"]), config.refusal_few_shot) for r in asked],
-                                      [f"{r['id']}#refusal" for r in asked])
+            prompted_texts, prompted = draw([with_few_shot(list(r["prompt"]), config.refusal_few_shot) for r in asked],
+                                            [f"{r['id']}#refusal" for r in asked])
         finally:
             sampler.cfg = saved
-    records = []
-    for kind, group, outs in (("plain", rows, plain), ("few_shot_refusal", asked, prompted)):
-        for row, completions in zip(group, outs):
+    records, rendered = [], []
+    for kind, group, texts, outs in (("plain", rows, plain_texts, plain),
+                                     ("few_shot_refusal", asked, prompted_texts, prompted)):
+        for row, text, completions in zip(group, texts, outs):
+            if any(c.skipped for c in completions):
+                continue
             for j, c in enumerate(completions):
+                turn = assistant_turn(text, c.text)  # the template's <think> prefill, then the completion
                 records.append({"prompt_id": row["id"], "domain": row["domain"], "data_source": row["data_source"],
-                                "kind": kind, "index": j, "text": c.text, "num_tokens": c.num_tokens,
-                                "truncated": c.truncated, "accuracy": None, "refusal": is_refusal(c.text)})
-    verifiable = [(i, rec) for i, rec in enumerate(records) if rec["domain"] in VERIFIABLE_DOMAINS]
+                                "kind": kind, "index": j, "text": turn, "num_tokens": c.num_tokens,
+                                "truncated": c.truncated, "accuracy": None, "refusal": is_refusal(turn)})
+                rendered.append((text, c.text))
+    verifiable = [i for i, rec in enumerate(records) if rec["domain"] in VERIFIABLE_DOMAINS]
     if verifiable and "correct_vs_incorrect" in config.rules:
         by_id = {r["id"]: r for r in rows}
-        values = score(["accuracy"], [by_id[rec["prompt_id"]] for _, rec in verifiable],
-                       [rec["text"] for _, rec in verifiable])["accuracy"]
-        for (i, _), value in zip(verifiable, values):
+        values = score(["accuracy"], [by_id[records[i]["prompt_id"]] for i in verifiable],
+                       [rendered[i][1] for i in verifiable], prompts=[rendered[i][0] for i in verifiable])["accuracy"]
+        for i, value in zip(verifiable, values):
             records[i]["accuracy"] = value
     return records
 
 
-def _sample_all(config: Config, model_path: str, rows: list[dict], ctx: StepContext) -> list[dict]:
-    """Sample every shard not on disk yet; the records of all shards, in order."""
+def open_sampler(model_path: str, sampling: SamplingConfig, seed: int):
+    """The engine :func:`run` samples with (a seam: a test or bench may hand out a running one)."""
+    from stages.common.sampling import Sampler
+
+    return Sampler(model_path, sampling, seed=seed)
+
+
+def _write_parquet(records: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from stages.generate import open_sampler
+    from pipeline import store
+
+    table = pa.Table.from_pylist(records)
+    store.atomic_write(path, lambda tmp: pq.write_table(table, tmp), needed=table.nbytes)
+
+
+def _sample_all(config: Config, model_path: str, rows: list[dict], ctx: StepContext) -> list[dict]:
+    """Sample every shard not on disk yet; the records of all shards, in order.
+    ``ctx.progress`` counts the prompts done (``r1 status``); the engine's steps feed the stall
+    watchdog."""
+    import pyarrow.parquet as pq
 
     shard_dir = ctx.work_dir / "shards"
     shard_dir.mkdir(exist_ok=True)
     shards = [rows[i:i + config.shard_size] for i in range(0, len(rows), config.shard_size)]
     paths = [shard_dir / f"shard-{i:05d}.parquet" for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
+    done = sum(len(shards[i]) for i in range(len(shards)) if i not in todo)
+    ctx.progress.update(done, len(rows), "prompts")
     if todo:
-        with open_sampler(model_path, config.sampling, config.seed) as sampler:
+        with ctx.progress.phase(f"{config.sampling.backend} engine start"):
+            sampler = open_sampler(model_path, config.sampling, config.seed)
+        with sampler:
+            sampler.heartbeat = ctx.progress.beat
             for i in todo:
-                records = _sample_shard(sampler, config, shards[i])
-                tmp = paths[i].with_suffix(".tmp")
-                pq.write_table(pa.Table.from_pylist(records), tmp)
-                tmp.rename(paths[i])  # a shard exists only when complete
+                with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
+                    records = _sample_shard(sampler, config, shards[i])
+                _write_parquet(records, paths[i])  # a shard exists only when complete
+                done += len(shards[i])
+                ctx.progress.update(done, len(rows), "prompts")
                 ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
                 print(f"preference_pairs: shard {i + 1}/{len(shards)} sampled ({len(records)} samples)")
     return [rec for p in paths for rec in pq.read_table(p).to_pylist()]
@@ -198,7 +238,7 @@ def pairs_for_prompt(row: dict, samples: list[dict], config: Config) -> tuple[li
     """The pairs of one prompt row from its sample records (``_sample_shard``) and, per rule
     that made none, why (``no_correct``, ``no_incorrect``, ``no_policy_answer``, ``no_refusal``,
     ``no_compliance``, ``no_reference``)."""
-    from data.sft import assistant_text
+    from data.non_reasoning import assistant_text
 
     plain = [s for s in samples if s["kind"] == "plain"]
     prompted = [s for s in samples if s["kind"] == "few_shot_refusal"]
@@ -251,18 +291,18 @@ def _rate(values: list[bool]) -> float | None:
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from data import load_prompts
     from data.preference import write_pairs
-    from stages._sampling import sampling_precision
+    from stages.common.sampling import sampling_precision
 
     model_path = ctx.resolve_model(config.model)
-    rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split)]
+    with ctx.progress.phase("loading prompts"):
+        rows = [dict(r) for r in load_prompts(list(config.prompts), split=config.split)]
     if isinstance(rows[0]["prompt"] if rows else [], str):
         raise ValueError("preference_pairs needs chat prompts (template chat), not r1_zero strings")
     records = _sample_all(config, model_path, rows, ctx)
+    # a prompt with no plain sample was too long for sampling.max_model_len (Completion.skipped)
+    too_long = len({r["id"] for r in rows} - {rec["prompt_id"] for rec in records if rec["kind"] == "plain"})
     by_prompt: dict[str, list[dict]] = defaultdict(list)
     for rec in records:
         by_prompt[rec["prompt_id"]].append(rec)
@@ -296,19 +336,30 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                     f"refusal exemplars; rules {', '.join(config.rules)}; at most {config.max_pairs_per_prompt} "
                     f"pairs per prompt and rule. Refusals by `rewards.refusal.is_refusal`."),
         "source_model": config.model, "sampling": {**s.model_dump(mode="json"), "seed": config.seed},
-        "rules": list(config.rules), "prompts": len(rows), "samples": len(records), "funnel": funnel,
+        "rules": list(config.rules), "prompts": len(rows), "prompts_too_long": too_long, "samples": len(records),
+        "funnel": funnel,
         "sample_rates": rates, "sources": [p.label for p in config.prompts],
         "notes": ["compliant = not a refusal by the rule; a weak policy's non-refusal may be off-topic rather "
                   "than harmful", "reference answers are wrapped as <think>\\n</think>\\n<answer>...</answer> "
-                  "(data.sft.assistant_text), the layout of the policy's answers"],
+                  "(data.non_reasoning.assistant_text), the layout of the policy's answers"],
     }
     write_pairs(pairs, ctx.work_dir / "dataset", card)
-    pq.write_table(pa.Table.from_pylist(records), ctx.work_dir / "samples.parquet")
+    _write_parquet(records, ctx.work_dir / "samples.parquet")
     per_rule = Counter(p["rule"] for p in pairs)
-    counts = {"prompts": len(rows), "samples": len(records), "pairs": len(pairs),
+    counts = {"prompts": len(rows), "prompts_too_long": too_long, "samples": len(records), "pairs": len(pairs),
               **{f"pairs_{rule}": per_rule.get(rule, 0) for rule in config.rules}}
-    return StepResult(outputs={"dataset": "dataset"}, counts=counts,
+    return StepResult(outputs={"dataset": "dataset", "samples": "samples.parquet"}, counts=counts,
                       metrics={k: v for k, v in rates.items() if v is not None},
                       summary=f"{len(pairs)} preference pairs from {len(rows)} prompts ("
                               + ", ".join(f"{rule} {per_rule.get(rule, 0)}" for rule in config.rules) + ")",
                       precision=sampling_precision(config.sampling))
+
+
+def _glance(step) -> str | None:
+    pairs = step.counts.get("pairs")
+    rules = {k.removeprefix("pairs_"): v for k, v in step.counts.items() if k.startswith("pairs_")}
+    return (f"`{step.name}` made {pairs} preference pairs from {step.counts.get('prompts', '?')} prompts ("
+            + ", ".join(f"{rule} {n}" for rule, n in rules.items()) + ").") if pairs is not None else None
+
+
+REPORT = StageReport(glance=_glance)

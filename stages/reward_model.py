@@ -25,11 +25,17 @@ in logits. The same measure before training (random head, float32) is reported a
 and standard deviation of the held-out logits (chosen and rejected) are the reward's
 calibration (``normalize: calibrated``), stored in ``model/reward_model.json`` with the scope.
 
+Trainer options (batch, schedule, precision, checkpoints, ``report_to``) are those of every
+trainer stage, named as in TRL (``pipeline.trainer.EpochTrainerOptions``); checkpoints, resume,
+the metrics callback (``r1 status`` progress, ``timing_s/*`` per phase) and the final save are
+``pipeline.trainer``'s.
+
 Inputs: ``model`` (step name, alias, folder or hub id), ``dataset`` (pair rows,
 ``data/preference.py``: a ``preference_pairs`` step, a folder or a .parquet/.jsonl file).
 Outputs: ``model/`` (safetensors loadable by ``AutoModelForSequenceClassification``:
 ``num_labels=1``, ``pad_token_id`` set; the tokenizer; ``reward_model.json``);
-``checkpoints/`` (a rerun resumes); ``metrics.jsonl`` (loss, accuracy, margin per logging step).
+``checkpoints/`` (a rerun resumes); ``metrics.jsonl`` (loss, TRL's batch pair accuracy and
+margin, seconds per step and its phases, per logging step).
 
 Launch: ``r1 reward-model configs/reward_model/smollm2-135m/helpfulness.yaml --run r1-demo``
 """
@@ -40,59 +46,48 @@ import hashlib
 import json
 import math
 import random
-import time
 from collections import defaultdict
 from typing import ClassVar, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from pipeline import precision
-from pipeline.precision import DtypeChoice
-from pipeline.stage import StageConfig, StepContext, StepResult, last_checkpoint
+from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
+from pipeline.timing import PhaseTimer
+from pipeline.trainer import (EpochTrainerOptions, SchedulerType, install_phase_timers, metrics_callback,
+                              resume_point, save_final, trainer_arguments, training_precision)
+from pipeline.trainer import train as run_trainer
+from stages.common.stats import wilson_interval
 
 
-class Config(StageConfig):
-    """Config of the reward_model stage."""
+class Config(EpochTrainerOptions, StageConfig):
+    """Config of the reward_model stage. The trainer options (``per_device_train_batch_size``:
+    pairs per forward pass, i.e. 2 x that many sequences; ``num_train_epochs``, ``learning_rate``,
+    ``dtype``, ...) are ``pipeline.trainer.EpochTrainerOptions``; redeclared here only for
+    their defaults. ``dtype`` is also the dtype of the held-out scoring."""
 
     kind: Literal["reward_model"] = "reward_model"
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
+    outputs: ClassVar[dict[str, str]] = {"model": "model"}
+    headline: ClassVar[tuple[str, ...]] = ("pairs_train", "steps", "held_out_accuracy_start", "held_out_accuracy",
+                                           "loss_first", "loss_last")
     model: str = "smollm2-135m-instruct"  # model reference the classifier starts from (default: the embedded base)
     dataset: str  # preference pairs (data/preference.py)
     rules: list[str] = []  # train and evaluate on pairs of these rules only; [] = every rule
     domains: list[str] = []  # ... and of these domains only; [] = every domain
     scope: Literal["answer", "full"] = "answer"  # answer: text after the reasoning block; full: the whole response
     eval_share: float = 0.1  # share of prompts (hashed ids) whose pairs are held out for the pair accuracy
-    max_pairs: int | None = None  # train on a seeded sample of at most this many pairs (after holding out)
-    max_length: int = 1024  # tokens per input (prompt + response, template included); longer pairs are dropped
+    max_pairs: PositiveInt | None = None  # train on a seeded sample of at most this many pairs (after holding out)
+    max_length: PositiveInt = 1024  # tokens per input (prompt + response, template included); longer pairs are dropped
     center_rewards_coefficient: float | None = 0.01  # weight of mean((r_c + r_r)^2); None = off
-    epochs: float = 1.0  # passes over the training pairs; ignored when max_steps > 0
-    max_steps: int = -1  # optimizer steps; > 0 overrides epochs
-    learning_rate: float = 2e-5  # peak AdamW learning rate
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "linear"
-    warmup_ratio: float = 0.05  # fraction of the optimizer steps warming up linearly from 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping (L2 norm)
-    batch_size: int = 8  # pairs per forward pass (2 x batch_size sequences)
-    grad_accum: int = 1  # forward passes per optimizer step
-    # Autocast dtype over float32 master weights during training, and the dtype of the
-    # held-out scoring; auto = bf16 where the hardware runs it fast (pipeline.precision).
-    dtype: DtypeChoice = "auto"
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
-    logging_steps: int = 5  # optimizer steps between metrics lines
-    save_steps: int = 50  # optimizer steps between checkpoints (resume granularity)
-    save_total_limit: int = 1  # checkpoints kept
-    seed: int = 0  # head initialisation, data order, the max_pairs sample
+    lr_scheduler_type: SchedulerType = "linear"
+    warmup_ratio: float = 0.05
+    save_total_limit: int = 1
 
     @model_validator(mode="after")
     def _check(self):
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise ValueError("set epochs > 0 or max_steps > 0")
-        if min(self.batch_size, self.grad_accum, self.max_length, self.logging_steps, self.save_steps) < 1:
-            raise ValueError("batch_size, grad_accum, max_length, logging_steps and save_steps must be >= 1")
         if not 0.0 <= self.eval_share < 1.0:
             raise ValueError(f"eval_share must be in [0, 1), got {self.eval_share}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
         return self
 
 
@@ -104,20 +99,6 @@ def held_out(prompt_id: str, share: float) -> bool:
     """
     digest = hashlib.sha256(f"rm:{prompt_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n (Wilson 1927); (nan, nan) for n = 0.
-
-    >>> [round(x, 3) for x in wilson_interval(45, 50)]
-    [0.786, 0.957]
-    """
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def pair_metrics(pairs: list[dict], chosen: list[float], rejected: list[float]) -> dict:
@@ -179,45 +160,21 @@ def load_pairs(config: Config, ctx: StepContext) -> tuple[list[dict], list[dict]
     return train, test, {"pairs_read": len(rows), "pairs_selected": len(selected)}
 
 
-def reward_arguments(config: Config, output_dir, dtype: str):
-    """TRL ``RewardConfig`` from our config; every option that changes results is set here."""
-    import torch
+def reward_arguments(config: Config, output_dir, dtype: str, ctx: StepContext | None = None):
+    """TRL ``RewardConfig`` from our config; every option that changes results is set here (the
+    ones every trainer stage shares by ``pipeline.trainer.trainer_arguments``: RewardConfig's own
+    defaults ``bf16=True`` and ``gradient_checkpointing=True`` are overridden there)."""
     from trl import RewardConfig
 
-    cuda = torch.cuda.is_available()
     return RewardConfig(
-        output_dir=str(output_dir),
+        **trainer_arguments(config, output_dir, dtype, ctx),
         disable_dropout=True,
         max_length=config.max_length,  # TRL drops longer pairs too; ours are already dropped and counted
         pad_to_multiple_of=None,
         center_rewards_coefficient=config.center_rewards_coefficient,
         remove_unused_columns=True,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
         optim="adamw_torch_fused",
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        bf16=dtype == "bfloat16",  # RewardConfig's default is bf16=True: set from dtype: auto instead
-        fp16=dtype == "float16",
-        use_cpu=not cuda,
-        gradient_checkpointing=config.gradient_checkpointing,  # RewardConfig's default is True
-        dataloader_pin_memory=cuda,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        save_only_model=False,  # optimizer, scheduler and RNG state: a resume continues exactly
         eval_strategy="no",  # the held-out pairs are scored after training, as the reward scores them
-        report_to="none",
-        disable_tqdm=False,
     )
 
 
@@ -246,11 +203,11 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     from trl import RewardTrainer
 
     from rewards.reward_model import INFO_FILE, LocalScorer, encode
-    from stages.sft import _metrics_callback
 
-    train, test, counts = load_pairs(config, ctx)
-    base = ctx.resolve_model(config.model)
-    model, tokenizer = load_classifier(base, config.seed)
+    with ctx.progress.phase("loading pairs and the model"):
+        train, test, counts = load_pairs(config, ctx)
+        base = ctx.resolve_model(config.model)
+        model, tokenizer = load_classifier(base, config.seed)
 
     def tokenize(pairs: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]], int]:
         kept, ids, dropped = [], [], 0
@@ -263,46 +220,48 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             ids.append((c, r))
         return kept, ids, dropped
 
-    train, train_ids, dropped_train = tokenize(train)
-    test, test_ids, dropped_test = tokenize(test)
+    with ctx.progress.phase("tokenizing pairs"):
+        train, train_ids, dropped_train = tokenize(train)
+        test, test_ids, dropped_test = tokenize(test)
     if not train:
         raise ValueError(f"no training pairs of at most {config.max_length} tokens ({dropped_train} longer)")
-    chosen_dtype = precision.resolve(config.dtype, what="training").dtype
-    precision.announce(precision.resolve(config.dtype), "reward model training")
+    chosen_dtype = training_precision(config)
     start = None
     if test:  # the untrained classifier (random head): the accuracy to beat
-        start = pair_metrics(test, *_score_pairs(_ModelScorer(model, tokenizer.pad_token_id),
-                                                 test_ids, config.batch_size * 2))
+        with ctx.progress.phase("scoring held-out pairs (start)"):
+            start = pair_metrics(test, *_score_pairs(_ModelScorer(model, tokenizer.pad_token_id), test_ids,
+                                                     config.per_device_train_batch_size * 2))
 
     dataset = datasets.Dataset.from_list([{"chosen_ids": c, "rejected_ids": r} for c, r in train_ids])
-    trainer = RewardTrainer(model=model, args=reward_arguments(config, ctx.checkpoints, chosen_dtype),
-                            train_dataset=dataset, processing_class=tokenizer, callbacks=[_metrics_callback(ctx)])
-    resume = last_checkpoint(ctx.checkpoints)
-    resumed_from = int(resume.rsplit("-", 1)[1]) if resume else 0
-    started = time.time()
-    output = trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - started
-    out_dir = ctx.work_dir / "model"
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the step's config.yaml says it all
+    timer = PhaseTimer()
+    trainer = RewardTrainer(model=model, args=reward_arguments(config, ctx.checkpoints, chosen_dtype.dtype, ctx),
+                            train_dataset=dataset, processing_class=tokenizer, callbacks=[metrics_callback(ctx, timer)])
+    install_phase_timers(trainer, timer)
+    resume = resume_point(ctx.checkpoints)
+    with ctx.progress.phase("training"):
+        outcome = run_trainer(trainer, resume, timer)
+    with ctx.progress.phase("saving the model"):
+        out_dir = save_final(trainer, ctx.work_dir, tokenizer)
     state = trainer.state
     del trainer
 
-    # Reload as the reward will (rewards.reward_model.LocalScorer), then measure.
-    scorer = LocalScorer(str(out_dir), config.dtype)
-    measured = test if test else train[:256]
-    measured_ids = test_ids if test else train_ids[:256]
-    chosen, rejected = _score_pairs(scorer, measured_ids, config.batch_size * 2)
-    end = pair_metrics(measured, chosen, rejected)
-    logits = chosen + rejected
-    mean = sum(logits) / len(logits)
-    std = math.sqrt(sum((x - mean) ** 2 for x in logits) / max(1, len(logits) - 1))
-    fit_n = min(len(train_ids), 256)
-    fit = pair_metrics(train[:fit_n], *_score_pairs(scorer, train_ids[:fit_n], config.batch_size * 2))
+    # Reload as the reward will (rewards.reward_model.LocalScorer, `auto` resolved as grpo does), then measure.
+    scoring = precision.resolve(config.dtype, what="reward model scoring")
+    with ctx.progress.phase("scoring held-out pairs"):
+        scorer = LocalScorer(str(out_dir), scoring.dtype)
+        measured = test if test else train[:256]
+        measured_ids = test_ids if test else train_ids[:256]
+        batch = config.per_device_train_batch_size * 2
+        chosen, rejected = _score_pairs(scorer, measured_ids, batch)
+        end = pair_metrics(measured, chosen, rejected)
+        logits = chosen + rejected
+        mean = sum(logits) / len(logits)
+        std = math.sqrt(sum((x - mean) ** 2 for x in logits) / max(1, len(logits) - 1))
+        fit_n = min(len(train_ids), 256)
+        fit = pair_metrics(train[:fit_n], *_score_pairs(scorer, train_ids[:fit_n], batch))
     info = {
         "scope": config.scope, "base": config.model, "dataset": config.dataset, "rules": config.rules,
-        "domains": config.domains, "max_length": config.max_length, "scored_in": scorer.precision.dtype,
+        "domains": config.domains, "max_length": config.max_length, "scored_in": scorer.dtype,
         "calibration": {"mean": mean, "std": std if std > 0 else 1.0, "responses": len(logits),
                         "from": "held-out pairs" if test else "training pairs (no held-out pairs)"},
         "held_out": end if test else None, "held_out_start": start, "train_fit": fit,
@@ -310,11 +269,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
 
     losses = [e["loss"] for e in state.log_history if "loss" in e]
+    steps_run = state.global_step - resume.step
     counts.update({"pairs_train": len(train), "pairs_held_out": len(test),
                    "pairs_dropped_overlong": dropped_train + dropped_test, "steps": state.global_step,
-                   "resumed_from_step": resumed_from})
+                   "resumed_from_step": resume.step})
     metrics = {"loss_first": losses[0] if losses else math.nan, "loss_last": losses[-1] if losses else math.nan,
-               "train_loss": output.training_loss, "train_wall_s": round(wall, 1),
+               "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
+               "train_wall_s": round(outcome.wall_s, 1),
+               "seconds_per_step": round(outcome.wall_s / steps_run, 2) if steps_run > 0 else math.nan,
+               "timing_s": outcome.timing_s,
                "train_pair_accuracy": fit["accuracy"], "calibration_mean": mean, "calibration_std": std}
     if test:
         metrics.update({"held_out_accuracy": end["accuracy"], "held_out_accuracy_lo": end["accuracy_ci"][0],
@@ -327,5 +290,20 @@ def run(config: Config, ctx: StepContext) -> StepResult:
                   f"margin {end['margin_mean']:+.2f}" if test else
                   f"no held-out pairs; training-pair accuracy {fit['accuracy']:.3f}"))
     return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
-                      precision={"training": precision.resolve(config.dtype).as_dict(),
-                                 "scoring": scorer.precision.as_dict()})
+                      precision={"training": chosen_dtype.as_dict(), "scoring": scoring.as_dict()})
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _glance(step) -> str | None:
+    accuracy, start = step.metrics.get("held_out_accuracy"), step.metrics.get("held_out_accuracy_start")
+    if accuracy is None:
+        return None
+    return (f"`{step.name}` ranks {accuracy:.0%} of its held-out preference pairs right"
+            + (f" (untrained head: {start:.0%})." if start is not None else "."))
+
+
+REPORT = StageReport(panels=(*TRAINER_PANELS, Panel("pair accuracy (training batches)", ("accuracy",)),
+                             Panel("reward margin r(chosen) - r(rejected) (training batches)", ("margin",))),
+                     glance=_glance)

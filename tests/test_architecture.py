@@ -70,18 +70,39 @@ def test_the_core_of_pipeline_never_imports_stages_or_the_front():
     assert _violations("pipeline", allowed) == []
 
 
+def _reward_names(tree: ast.AST) -> set[int]:
+    """The ``id`` of each string constant that names a reward in ``@register("<name>")``: a
+    reward's name, not a stage kind's, even when the two are spelled alike (the ``reward_model``
+    reward scores with what the ``reward_model`` stage trains)."""
+    return {id(node.args[0]) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register"}
+
+
 def test_no_kind_name_outside_its_stage_module():
     """The front asks the stage contract (pipeline.stage), never ``kind == "grpo"``: a string
-    constant equal to a stage kind's name is allowed only in ``stages/<kind>.py``."""
+    constant equal to a stage kind's name is allowed only in ``stages/<kind>.py`` (and as a
+    reward's registered name, :func:`_reward_names`)."""
     kinds = set(stages.kinds())
-    assert {"eval", "generate", "grpo", "sft", "distill"} <= kinds  # the names this test guards
+    assert {"eval", "generate", "grpo", "sft", "distill", "reward_model"} <= kinds  # the names this test guards
     found = []
     for folder in ("pipeline", "stages/common", "data", "rewards"):
         for path in _files(folder):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in kinds:
+            tree = ast.parse(path.read_text(), str(path))
+            allowed = _reward_names(tree) if folder == "rewards" else set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in kinds \
+                        and id(node) not in allowed:
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+def test_a_reward_registered_under_a_kind_name_is_the_only_exception():
+    source = 'from rewards.registry import register\n@register("reward_model")\nclass R: ...\nNAME = "reward_model"\n'
+    tree = ast.parse(source)
+    flagged = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "reward_model"
+               and id(n) not in _reward_names(tree)]
+    assert flagged == [4]  # the registration is a reward's name; the module-level constant is a kind name
 
 
 def test_kinds_are_the_modules_of_stages_not_its_packages():

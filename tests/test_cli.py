@@ -75,6 +75,16 @@ def test_stage_subcommand_help(kind):
         assert option in out
 
 
+def test_stage_commands_use_hyphens_and_keep_the_kind_as_a_hidden_alias(tmp_path):
+    commands = typer.main.get_command(app).commands
+    assert not commands["reward-model"].hidden and not commands["preference-pairs"].hidden
+    assert commands["reward_model"].hidden and commands["preference_pairs"].hidden  # the kind, as in configs
+    assert "sft" in commands and "sft" == commands["sft"].name  # no underscore: one name
+    config = _write(tmp_path / "rm.yaml", {"kind": "reward_model", "dataset": "pairs"})
+    result = runner.invoke(app, ["sft", str(config)])
+    assert result.exit_code == 2 and "is a `kind: reward_model` config; use `r1 reward-model`" in _flat(result.output)
+
+
 @pytest.mark.parametrize("command", ["run", "validate", "inspect", "rewards", "models", "data"])
 def test_tool_command_help(command):
     result = runner.invoke(app, [command, "--help"])

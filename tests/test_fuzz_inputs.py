@@ -10,7 +10,8 @@ key, and the reason, or is accepted; never a traceback.
   random records; accepted or ``BadRowError`` / ``SFTRowError`` naming the file and the row.
 - **``r1 rewards score`` input**: random JSONL lines through the command itself; exit 0, or
   exit 2 with ``error: FILE:LINE: reason`` and no traceback.
-- Preference rows: ``data/`` has no reader for them yet (nothing to fuzz).
+- **Preference pairs** (``data.preference.read_pairs``, JSONL): random records; accepted or
+  ``PreferenceRowError`` naming the file, the line and the field.
 
 Examples are derandomized (the same cases in every run); ``CASES`` counts the cases tried and
 the last test prints the figures that docs/reliability.md quotes.
@@ -85,6 +86,13 @@ CONFLICTS = {
              lambda c: {**c, "pass_k": [0]}],
     "distill": [lambda c: {**c, "student": "some/model", "student_layers": 2},
                 lambda c: {**c, "student_layers": 0}],
+    "preference_pairs": [lambda c: {**c, "sampling": {**c["sampling"], "num_samples": 1},
+                                    "rules": ["correct_vs_incorrect"]},
+                         lambda c: {**c, "refusal_samples": 2, "refusal_few_shot": []},
+                         lambda c: {**c, "rules": []}],
+    "reward_model": [lambda c: {**c, "eval_share": 1.0},
+                     lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
+                     lambda c: {**c, "warmup_ratio": 1.5}],
     "sft": [lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
             lambda c: {**c, "warmup_ratio": 1.5},
             lambda c: {**c, "report_to": ["wandb", "wandb"]}],
@@ -245,6 +253,29 @@ def test_random_sft_rows_load_or_name_file_and_line(tmp_path_factory, lines):
             assert str(err).startswith(f"{path}:") and str(err).split(":", 2)[1].strip().isdigit(), err
         except (ValueError, FileNotFoundError) as err:  # a file with no row at all is refused by name
             assert str(path) in str(err), err
+
+
+PAIR_RECORD = st.one_of(JSON, st.fixed_dictionaries(
+    {"prompt": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
+     "chosen": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
+     "rejected": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON)},
+    optional={"id": JSON, "prompt_id": JSON, "rule": JSON, "domain": st.one_of(JSON, st.sampled_from(["general", "x"])),
+              "data_source": JSON, "meta": st.one_of(JSON, JSON.map(json.dumps))}))
+
+
+@SETTINGS
+@given(st.lists(st.one_of(PAIR_RECORD.map(json.dumps), st.text(max_size=20)), min_size=1, max_size=5))
+def test_random_preference_pairs_load_or_name_file_line_and_field(tmp_path_factory, lines):
+    from data.preference import PreferenceRowError, read_pairs
+
+    _count("preference pairs (JSONL)")
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+    try:
+        read_pairs(path)
+    except PreferenceRowError as err:
+        assert str(err).startswith(f"{path}:{err.line}: field {err.field!r}: ") and 1 <= err.line <= len(lines), err
+        assert len(err.reason) > 5, err
 
 
 # ----------------------------------------------------------------------------- r1 rewards score

@@ -1,4 +1,4 @@
-"""Helpfulness win rates and refusal rates in the eval stage (stages/_general_eval.py), judged by
+"""Helpfulness win rates and refusal rates in the eval stage (stages/common/general_eval.py), judged by
 a tiny reward model trained to prefer praise over scolding (tests/conftest.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
-from stages import _general_eval as ge
+from stages.common import general_eval as ge
 
 PRAISE = "<think>\nok\n</think>\n<answer>Gladly! apple river: great clear.</answer>"
 SCOLD = "<think>\nok\n</think>\n<answer>No. apple river: awful rude.</answer>"
@@ -62,6 +62,21 @@ def test_win_rates_and_refusal_rates_with_a_real_judge(tiny_reward_model):
     with pytest.raises(ValueError, match="baseline 'other' is not one of"):
         ge.evaluate(block.model_copy(update={"baseline": "other"}), str(tiny_reward_model), ROWS, records,
                     ["base", "tuned"])
+
+
+def test_the_judge_reads_an_r1_zero_prompt_as_its_question(tiny_reward_model):
+    """Eval with template r1_zero (a base model): the judge still sees one user message with the
+    question, as the reward model was trained, not the r1_zero preamble."""
+    from data.prompts import render_prompt
+
+    question = "Tell me about apple river."
+    records = {"m": [_record("m", "g0", "general", [PRAISE, SCOLD])]}
+    block = ge.GeneralEval(general=[{"source": "sharegpt", "limit": 1}], judge_dtype="float32")
+    chat = [{"id": "g0", "prompt": [{"role": "user", "content": question}]}]
+    r1_zero = [{"id": "g0", "prompt": render_prompt(question, "r1_zero")}]
+    logits = [[s["judge_logit"] for s in ge.evaluate(block, str(tiny_reward_model), rows, records, ["m"])[1]]
+              for rows in (chat, r1_zero)]
+    assert logits[0] == pytest.approx(logits[1], abs=1e-6) and logits[0][0] > logits[0][1]
 
 
 def test_eval_config_needs_judge_and_general_together():

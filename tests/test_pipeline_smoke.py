@@ -132,7 +132,7 @@ def test_eval_numbers_are_in_range(smoke_run):
         for key in ("pass@1", "format_rate", "truncation_rate"):
             assert 0.0 <= overall[key] <= 1.0, (model, key)
         assert overall["questions"] > 0
-    general = results["general"]  # helpfulness win rates and refusal rates (stages/_general_eval.py)
+    general = results["general"]  # helpfulness win rates and refusal rates (stages/common/general_eval.py)
     assert general["models"]["tiny-random-llama"]["helpfulness"]["rate"] == 0.5  # the baseline against itself
     for model, g in general["models"].items():
         assert g["helpfulness"]["prompts"] == 2 and g["harmful_refusal"]["prompts"] == 2, model

@@ -117,3 +117,34 @@ def test_stage_on_the_tiny_model_writes_checked_pairs_and_a_card(tiny_model, tmp
     assert "Prompts per rule" in (work / "dataset" / "README.md").read_text()
     # a rerun samples nothing (all shards on disk) and makes the same pairs
     assert pp.run(config, ctx).counts == result.counts and read_pairs(work / "dataset") == pairs
+
+
+def _run(model, tmp_path, **extra) -> tuple:
+    config = parse_stage_config({
+        "kind": "preference_pairs", "model": str(model),
+        "prompts": [{"source": "sharegpt", "limit": 2, "max_prompt_chars": 300}],
+        "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "temperature": 1.0, "dtype": "float32",
+                     **extra.pop("sampling", {})},
+        "refusal_samples": 1, "shard_size": 4, "seed": 0, **extra}, "pairs.yaml")
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = StepContext(run="t", step="pairs", run_dir=tmp_path, work_dir=work, resolver=Resolver(tmp_path, set()))
+    return pp.run(config, ctx), work
+
+
+def test_samples_are_whole_assistant_turns_with_the_template_prefill(prefill_think_model, tmp_path):
+    """A chat template that opens the turn with <think>: every stored sample starts with it (the
+    pairs read like the policy's turns, as grpo hands them to a reward model)."""
+    result, work = _run(prefill_think_model, tmp_path)
+    samples = pq.read_table(work / "samples.parquet").to_pylist()
+    assert len(samples) == 2 * 2 + 2 * 1 and all(s["text"].startswith("<think>\n") for s in samples)
+    assert all(p["rejected"].startswith("<think>\n") for p in read_pairs(work / "dataset")
+               if p["rule"] == "reference_vs_policy")
+    assert result.counts["prompts_too_long"] == 0
+
+
+def test_prompts_too_long_to_sample_are_counted_not_paired(tiny_model, tmp_path):
+    result, work = _run(tiny_model, tmp_path, sampling={"max_model_len": 8})  # no ShareGPT prompt fits in 8 tokens
+    assert result.counts["prompts"] == 2 and result.counts["prompts_too_long"] == 2
+    assert result.counts["samples"] == 0 and result.counts["pairs"] == 0
+    assert json.loads((work / "dataset" / "card.json").read_text())["prompts_too_long"] == 2

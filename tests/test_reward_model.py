@@ -14,6 +14,7 @@ from pipeline.config import ConfigError
 from pipeline.runner import Resolver, load_pipeline, parse_stage_config
 from rewards import get, registry
 from rewards import reward_model as rm
+from rewards.base import Reward
 from stages.reward_model import held_out
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about apple river stone."}]
@@ -139,6 +140,7 @@ def test_calibrated_needs_the_stage_calibration(tmp_path, tiny_reward_model):
 
 @pytest.mark.parametrize("params,message", [
     ({"scope": "reasoning"}, "scope 'reasoning'; valid values: answer, full"),
+    ({"dtype": "bf16"}, "dtype 'bf16'; valid values: auto, bfloat16, float16, float32"),
     ({"normalize": "zscore"}, "normalize 'zscore'; valid values: calibrated, none"),
     ({"backend": "server"}, "needs server_url"),
     ({"batch_size": 0}, "must be >= 1"),
@@ -197,6 +199,61 @@ def test_pipeline_orders_reward_model_steps_and_resolves_them(tmp_path):
     resolver = Resolver(tmp_path / "run", {"helpfulness_rm"})
     params = registry.with_resolved_models("reward_model", {"model": "helpfulness_rm", "scope": "full"}, resolver.model)
     assert params == {"model": str(finished / "model"), "scope": "full"}
+    # ... and `dtype` (unset: its default `auto`) becomes what the stage resolves it to on this machine
+    seen = []
+    params = registry.with_resolved_models("reward_model", {"model": "helpfulness_rm"}, resolver.model,
+                                           lambda choice: seen.append(choice) or "bfloat16")
+    assert params["dtype"] == "bfloat16" and seen == ["auto"]
+    params = registry.with_resolved_models("reward_model", {"model": "m", "dtype": "float32"}, str, lambda c: c)
+    assert params["dtype"] == "float32"
+
+
+def test_auto_unresolved_by_a_caller_scores_in_float32(tiny_reward_model):
+    import torch
+
+    scorer, _, _ = rm.load(str(tiny_reward_model), "auto")  # r1 rewards score, a script: no stage resolved it
+    assert scorer.dtype == "float32" and next(scorer.model.parameters()).dtype == torch.float32
+
+
+class _Recorder(Reward):
+    """Records what it is called with (a stand-in reward reading the conversation)."""
+
+    reads_messages = True
+
+    def __init__(self):
+        super().__init__()
+        self.__name__ = "recorder"
+        self.calls = []
+
+    def __call__(self, prompts, completions, **columns):
+        self.calls.append((list(prompts), list(completions)))
+        return [0.0] * len(completions)
+
+    def score_batch(self, batch, tally):
+        return [0.0] * len(batch)
+
+
+def test_grpo_hands_a_reward_model_the_messages_and_the_whole_assistant_turn(prefill_think_model):
+    """TRL calls the rewards with message-list prompts and completions; a reward model gets the
+    messages (an r1_zero string: its question) and the template's <think> prefill + completion,
+    what preference_pairs stores and the reward_model stage trains on."""
+    from transformers import AutoTokenizer
+
+    from data.prompts import render_prompt
+    from stages.common.scoring import AssistantTurns, RenderedPrompts, with_rendered_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(prefill_think_model)  # its generation prompt ends with <think>\n
+    recorder = _Recorder()
+    wrapped = with_rendered_prompts(recorder, tokenizer)
+    assert isinstance(wrapped, AssistantTurns) and wrapped.__name__ == "recorder"
+    assert type(with_rendered_prompts(get("format"), tokenizer)) is RenderedPrompts  # a text reward: rendered
+    completion = [{"role": "assistant", "content": "hm\n</think>\n<answer>Hi.</answer>"}]
+    r1_zero = render_prompt("Say hi.", "r1_zero")
+    wrapped([PROMPT, r1_zero], [completion, "hm</think><answer>Hi.</answer>"])
+    prompts, turns = recorder.calls[0]
+    assert prompts == [PROMPT, [{"role": "user", "content": "Say hi."}]]
+    assert turns[0] == "<think>\nhm\n</think>\n<answer>Hi.</answer>"  # the chat template's prefill, then the completion
+    assert turns[1] == "hm</think><answer>Hi.</answer>"  # r1_zero ends with "Assistant:": no prefill
 
 
 def test_grpo_step_with_a_reward_model_named_by_step(tiny_model, tiny_reward_model, tmp_path):

@@ -1,7 +1,7 @@
 """Sampling k completions per prompt: the vLLM offline engine, a separate vLLM server, or HF
 ``generate`` as fallback.
 
-Shared by the ``generate`` and ``eval`` stages. One engine is started per call of
+Shared by the ``generate``, ``eval`` and ``preference_pairs`` stages. One engine is started per call of
 :func:`open_sampler` (vLLM start-up costs ~25-35 s on a 2-core CPU, so a stage starts it once
 and feeds it every prompt). Each prompt gets its own sampling seed derived from the run seed
 and the prompt id, so a prompt's samples do not depend on which other prompts share its batch
@@ -100,6 +100,24 @@ class SamplingConfig(StrictModel):
 
 
 SERVER_KEYS = ("server_url", "server_model", "max_concurrency", "request_timeout")
+
+
+class FewShot(StrictModel):
+    """One exemplar shown before the real question (as earlier chat turns)."""
+
+    question: str
+    response: str  # the full assistant text: <think>…</think> then <answer>…</answer>
+
+
+def with_few_shot(prompt: list[dict], few_shot: list[FewShot]) -> list[dict]:
+    """Insert exemplar turns after the system message (if any), before the real question
+    (``generate``'s ``few_shot``, ``preference_pairs``' refusal exemplars)."""
+    system = [m for m in prompt if m["role"] == "system"]
+    rest = [m for m in prompt if m["role"] != "system"]
+    shots = []
+    for ex in few_shot:
+        shots += [{"role": "user", "content": ex.question}, {"role": "assistant", "content": ex.response}]
+    return system + shots + rest
 
 
 def sampling_precision(cfg: SamplingConfig) -> dict[str, dict[str, str]]:

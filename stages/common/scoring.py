@@ -73,26 +73,53 @@ class RenderedPrompts:
             return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return prompt
 
-    def __call__(self, prompts, completions, **columns):
+    def rendered(self, prompts) -> list[Any]:
+        """:meth:`render` of each prompt, each distinct prompt once (a group's G prompts are the same)."""
         import json
 
-        rendered: dict[str, Any] = {}  # a group's G prompts are the same: render each once
+        cache: dict[str, Any] = {}
+        out = []
+        for p in prompts:
+            key = json.dumps(p, sort_keys=True, default=str)
+            if key not in cache:
+                cache[key] = self.render(p)
+            out.append(cache[key])
+        return out
 
-        def text(prompt):
-            key = json.dumps(prompt, sort_keys=True, default=str)
-            if key not in rendered:
-                rendered[key] = self.render(prompt)
-            return rendered[key]
+    def __call__(self, prompts, completions, **columns):
+        return self.reward(self.rendered(prompts), completions, **columns)
 
-        return self.reward([text(p) for p in prompts], completions, **columns)
+
+class AssistantTurns(RenderedPrompts):
+    """A registered reward that scores the conversation (``reads_messages``: a reward model,
+    ``rewards.reward_model``), called by TRL's ``GRPOTrainer``: it gets the prompt as messages
+    (an ``r1_zero`` string becomes one user message with its question, ``data.prompts.question_of``)
+    and each completion as the whole assistant turn, the template's ``<think>`` prefill included
+    (:func:`assistant_turn`): what the ``preference_pairs`` stage stores and the
+    ``reward_model`` stage trains on."""
+
+    def __call__(self, prompts, completions, **columns):
+        from data.prompts import question_of
+        from rewards.base import completion_text
+
+        # TRL passes a conversational completion as messages; a prompt that ends with an
+        # assistant prefill renders as itself (a list): no <think> prefill then
+        turns = [assistant_turn(r if isinstance(r, str) else "", completion_text(c))
+                 for r, c in zip(self.rendered(prompts), completions)]
+        messages = [[{"role": "user", "content": question_of(p)}] if isinstance(p, str) else p for p in prompts]
+        return self.reward(messages, turns, **columns)
 
 
 def with_rendered_prompts(reward: Any, tokenizer: Any) -> Any:
     """``reward`` wrapped in :class:`RenderedPrompts` when it is a registered reward (which reads
-    prompts as text); another callable (a user's ``module:attr``) keeps TRL's contract."""
+    prompts as text), in :class:`AssistantTurns` when it reads the conversation
+    (``reads_messages``); another callable (a user's ``module:attr``) keeps TRL's contract."""
     from rewards.base import Reward
 
-    return RenderedPrompts(reward, tokenizer) if isinstance(reward, Reward) else reward
+    if not isinstance(reward, Reward):
+        return reward
+    return AssistantTurns(reward, tokenizer) if getattr(reward, "reads_messages", False) else \
+        RenderedPrompts(reward, tokenizer)
 
 
 def vote_key(text: str, domain: str) -> str | None:

@@ -1,7 +1,8 @@
-"""Estimators and tests of the eval stage: unbiased pass@k, bootstrap intervals, the sign test.
+"""Estimators and tests: unbiased pass@k, bootstrap intervals, the sign test, Wilson intervals.
 
 Pure functions of numbers (numpy imported inside), shared by the ``eval`` stage, its paired
-comparison (``r1 eval compare``) and the report.
+comparison (``r1 eval compare``), its general block (``stages.common.general_eval``), the
+``reward_model`` stage's pair accuracy and the report.
 """
 
 from __future__ import annotations
@@ -65,3 +66,18 @@ def sign_test(wins: int, losses: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
     return min(1.0, 2 * tail / 2**n)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (Wilson 1927, "Probable inference, the law
+    of succession, and statistical inference", JASA 22); (nan, nan) for n = 0.
+
+    >>> [round(x, 3) for x in wilson_interval(45, 50)]
+    [0.786, 0.957]
+    """
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

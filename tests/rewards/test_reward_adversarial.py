@@ -28,7 +28,8 @@ HOSTILE = {
 RANGES = {"repetition": (-1.0, 0.0), "overlong": (-1.0, 0.0), "language": (0.0, 1.0), "format": (0.0, 1.0),
           "reasoning_gym": (0.0, 1.0),  # the task's own partial credit (reasoning-gym's default scorer)
           "cosine_length": (-1.0, 1.0), "kimi_length": (-0.5, 0.5), "reasoning_steps": (0.0, 1.0),
-          "tag_count": (0.0, 1.0)}
+          "tag_count": (0.0, 1.0),
+          "reward_model": (-math.inf, math.inf)}  # a raw logit (normalize: none): any finite value
 FAST = {"accuracy": {"timeout": 1.0, "code_timeout": 3.0}, "math": {"timeout": 1.0},
         "reasoning_gym": {"timeout": 1.0}, "cosine_length": {"timeout": 1.0}, "kimi_length": {"timeout": 1.0},
         "code": {"timeout": 3.0}, "code_binary": {"timeout": 3.0}}
@@ -39,9 +40,16 @@ VERIFICATION = {
 }
 
 
+def _build(name: str, request):
+    if name == "reward_model":  # a real (tiny) reward model, scoring every row (no domain filter)
+        model = request.getfixturevalue("tiny_reward_model")
+        return get(name, model=str(model), domains=[], normalize="none", dtype="float32")
+    return get(name, **FAST.get(name, {}))
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_hostile_completions(name):
-    fn = get(name, **FAST.get(name, {}))
+def test_hostile_completions(name, request):
+    fn = _build(name, request)
     names = list(HOSTILE)
     verification = VERIFICATION.get(name.split("_")[0] if name.startswith("code") else name, "")
     started = time.monotonic()

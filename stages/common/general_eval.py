@@ -8,10 +8,12 @@ same engine, k, temperature and seeds as the reasoning questions):
   base): on each benign general prompt, the share of (model sample, baseline sample) pairs in
   which the ``judge`` reward model scores the model's sample higher (a tie counts one half),
   over all k x k pairs; averaged over prompts. 0.5 = no better than the baseline. 95% interval:
-  percentile bootstrap over prompts (``stages.eval.bootstrap_ci``, paired: each prompt's value
+  percentile bootstrap over prompts (``stages.common.stats.bootstrap_ci``, paired: each prompt's value
   compares the two models on that prompt); p-value: exact sign test over prompts won (> 0.5)
   vs lost (< 0.5). The judge reads ``judge_scope`` of each sample (``answer`` by default, as
-  R1's helpfulness model) through ``rewards.reward_model`` (raw logits: a win only compares).
+  R1's helpfulness model) through ``rewards.reward_model`` (raw logits: a win only compares):
+  the prompt's messages (an ``r1_zero`` prompt: its question) and the sample's whole assistant
+  turn, as the ``reward_model`` stage trained it.
 - **harmful-prompt refusal rate**: the share of samples on the held-out harmful prompts that
   refuse (``rewards.refusal.is_refusal``); interval: bootstrap over prompts.
 - **over-refusal rate**: the same share on the benign general prompts (lower is better).
@@ -33,6 +35,7 @@ from typing import Literal
 from data import PromptSource
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice
+from stages.common.stats import bootstrap_ci, sign_test
 
 GENERAL_DOMAINS = ("general", "safety")
 WIN_RATE = ("mean over prompts of P(judge score of a model sample > that of a baseline sample), ties 1/2, "
@@ -83,8 +86,6 @@ def _pair_win(a: list[float], b: list[float]) -> float:
 
 
 def _rate(per_prompt: list[float]) -> dict:
-    from stages.eval import bootstrap_ci
-
     return {"rate": sum(per_prompt) / len(per_prompt) if per_prompt else math.nan,
             "ci": list(bootstrap_ci(per_prompt)), "prompts": len(per_prompt)}
 
@@ -108,15 +109,20 @@ def evaluate(block: GeneralEval, judge_path: str, rows: list[dict], records: dic
     Raises:
         ValueError: a ``baseline`` that is not among ``models``.
     """
+    from data.prompts import question_of
+    from pipeline import precision
     from rewards.reward_model import RewardModelReward
-    from stages.eval import sign_test
 
     baseline = block.baseline or models[0]
     if baseline not in models:
         raise ValueError(f"general.baseline {baseline!r} is not one of the evaluated models {models}")
+    judge_precision = precision.resolve(block.judge_dtype, what="judge")
+    precision.announce(judge_precision, "judge")
     judge = RewardModelReward(model=judge_path, scope=block.judge_scope, domains=(), normalize="none",
-                              batch_size=block.judge_batch_size, dtype=block.judge_dtype)
-    prompt_of = {r["id"]: r["prompt"] for r in rows}
+                              batch_size=block.judge_batch_size, dtype=judge_precision.dtype)
+    # The judge reads messages: an r1_zero prompt (one string) becomes its question
+    prompt_of = {r["id"]: [{"role": "user", "content": question_of(r["prompt"])}] if isinstance(r["prompt"], str)
+                 else r["prompt"] for r in rows}
     scores: dict[str, dict[str, list[float]]] = {}  # model -> question id -> judge logit per sample
     sample_rows: list[dict] = []
     for model in models:
@@ -150,6 +156,7 @@ def evaluate(block: GeneralEval, judge_path: str, rows: list[dict], records: dic
             "over_refusal": _rate(refusal["general"]),
         }
     summary = {"protocol": {"judge": judge_path, "judge_scope": block.judge_scope, "baseline": baseline,
+                            "judge_precision": judge_precision.as_dict(),
                             "win_rate": WIN_RATE, "refusal_rule": "rewards.refusal.is_refusal",
                             "interval": "95% percentile bootstrap over prompts (1000 resamples, seed 0)",
                             "sources": {"general": [s.label for s in block.general],
