@@ -8,6 +8,7 @@ refilled, the cap on rounds); and a real tiny GRPO run (HF generate) with dynami
 
 from __future__ import annotations
 
+import math
 import json
 from collections import defaultdict
 from types import SimpleNamespace
@@ -160,6 +161,21 @@ def test_a_partly_filled_batch_trains_only_its_informative_rows():
     assert 1 <= kept < 3
     assert batch["completion_mask"][: kept * G].all() and not batch["completion_mask"][kept * G:].any()
     assert batch["num_items_in_batch"].item() == kept * G * 3
+
+
+def test_unjudged_groups_are_dropped_unless_kept():
+    # 30-39: prompts the filter reward cannot judge (a reward model's general prompts: accuracy None)
+    script = lambda pid, j: math.nan if pid >= 30 else scripted(pid, j)  # noqa: E731 - TRL: None -> NaN
+    first = [31, 21, 1, 32]
+    for keep in (False, True):
+        t = _trainer(list(range(40)), script, keep_unjudged=keep)
+        batch = t._generate_and_score_completions([{"pid": p} for p in first for _ in range(G)])
+        trained = batch["prompt_ids"][::G, -1].tolist()
+        sampled = [p for r in t.rounds for p in r]
+        usable = [p for p in sampled if 20 <= p < 30 or (keep and p >= 30)]
+        assert trained == usable[:len(first)]
+        assert any(p >= 30 for p in trained) == keep
+        assert t._metrics["train"]["dynamic_sampling/groups_unjudged"][0] == sum(p >= 30 for p in sampled)
 
 
 def test_without_dynamic_sampling_the_zero_signal_share_is_still_logged():

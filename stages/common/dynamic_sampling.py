@@ -16,7 +16,7 @@ the reward could not judge a completion and is ignored):
 - ``all_correct``: every judged value is 1, ``all_wrong``: every judged value is 0,
 - ``all_equal``: every judged value is the same other number (e.g. a partial test pass rate),
 - ``unjudged``: fewer than two judged completions.
-Only ``informative`` groups are trained on.
+Only ``informative`` groups are trained on (and ``unjudged`` ones with ``keep_unjudged``).
 
 Refill prompts are drawn from the whole training pool, uniformly with replacement, by a seeded
 generator keyed on ``(seed, optimizer step, round, rank)`` (:func:`refill_indices`): a resumed
@@ -186,6 +186,10 @@ class DynamicSampling(StrictModel):
     # A refill round samples missing / (share of informative groups so far) groups, at most this
     # many times the step's groups: expected to fill the batch in one more round.
     max_refill_factor: PositiveInt = 4
+    # Train on groups the filter reward cannot judge (``unjudged``: e.g. general or safety
+    # prompts scored by reward models, whose accuracy is None) instead of dropping them: their
+    # signal comes from the step's other rewards. For mixed all-domain steps.
+    keep_unjudged: bool = False
 
 
 def trainer_mixin():
@@ -237,6 +241,7 @@ def trainer_mixin():
 
         def _r1_dynamic_batch(self, inputs):
             cfg, G = self._r1_dynamic, self.num_generations
+            trained_labels = {"informative", "unjudged"} if cfg.keep_unjudged else {"informative"}
             need = len(inputs) // G
             rank, device = self.accelerator.process_index, self.accelerator.device
             pad = self.processing_class.pad_token_id
@@ -252,11 +257,11 @@ def trainer_mixin():
                     zero = sum(label != "informative" for label in labels)
                     self._metrics["train"]["zero_signal/frac_groups_sampled"].append(
                         self._r1_global_share(zero, len(labels)))
-                good = [g for g, label in enumerate(labels) if label == "informative"][: need - have]
+                good = [g for g, label in enumerate(labels) if label in trained_labels][: need - have]
                 if good:
                     kept.append(take_rows(out, [g * G + j for g in good for j in range(G)]))
                     have += len(good)
-                bad = [g for g, label in enumerate(labels) if label != "informative"][: need - spare_groups]
+                bad = [g for g, label in enumerate(labels) if label not in trained_labels][: need - spare_groups]
                 if bad:
                     spare.append(take_rows(out, [g * G + j for g in bad for j in range(G)]))
                     spare_groups += len(bad)
@@ -264,7 +269,8 @@ def trainer_mixin():
                 missing = int(self.accelerator.gather(torch.tensor([need - have], device=device)).max().item())
                 if missing == 0 or round_ >= cfg.max_rounds:
                     break
-                rate = max(self._r1_global_share(stats["groups_informative"], stats["groups_sampled"]), 0.2)
+                usable = stats["groups_informative"] + (stats["groups_unjudged"] if cfg.keep_unjudged else 0)
+                rate = max(self._r1_global_share(usable, stats["groups_sampled"]), 0.2)
                 n = min(math.ceil(missing / rate), cfg.max_refill_factor * need)
                 idx = refill_indices(self.args.seed, self.state.global_step, round_, rank, n, len(self.train_dataset))
                 batch_inputs = [dict(self.train_dataset[i]) for i in idx for _ in range(G)]
