@@ -189,7 +189,7 @@ class Config(TrainerOptions, StageConfig):
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
         if bool(self.prompts) == bool(self.prompt_pool):
-            raise ValueError("keys prompts and prompt_pool: give one of them, prompts (data sources) or prompt_pool "
+            raise ValueError("keys prompts and prompt_pool: give either prompts (data sources) or prompt_pool "
                              "(a generate step with output: prompts), not both and not neither")
         bands = [("pass_rate_band", self.pass_rate_band)] if self.pass_rate_band else []
         bands += [(f"pass_rate_band_per_source.{k}", v) for k, v in self.pass_rate_band_per_source.items()]
