@@ -212,8 +212,8 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
     ctx.progress.update(done, len(rows), "prompts", shards=f"{len(shards) - len(todo)}/{len(shards)}")
     if todo:
         with ctx.progress.phase(f"{cfg.sampling.backend} engine start"):
-            sampler = open_sampler(model_path, cfg.sampling, cfg.seed)
-        with sampler, Progress() as progress:
+            engine = open_sampler(model_path, cfg.sampling, cfg.seed)
+        with engine as sampler, Progress() as progress:  # what __enter__ returns (a seam may lend an engine)
             sampler.heartbeat = ctx.progress.beat
             task = progress.add_task(f"sampling {len(rows)} prompts x {cfg.sampling.num_samples}", total=len(rows),
                                      completed=done)

@@ -193,8 +193,8 @@ def _sample_all(config: Config, model_path: str, rows: list[dict], ctx: StepCont
     ctx.progress.update(done, len(rows), "prompts")
     if todo:
         with ctx.progress.phase(f"{config.sampling.backend} engine start"):
-            sampler = open_sampler(model_path, config.sampling, config.seed)
-        with sampler:
+            engine = open_sampler(model_path, config.sampling, config.seed)
+        with engine as sampler:
             sampler.heartbeat = ctx.progress.beat
             for i in todo:
                 with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
