@@ -53,10 +53,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 C.enter_repo()
-from pipeline import precision  # noqa: E402
+from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
 SIDES = ("ours", "trl_defaults")
@@ -236,7 +236,9 @@ def worker(args) -> None:
     steps = []
     for r in records:
         raw = r["raw"]
-        g = lambda k: raw.get(k, 0.0)  # noqa: E731
+        def g(k: str, raw: dict = raw) -> float:  # raw bound now (one record per loop turn)
+            return raw.get(k, 0.0)
+
         parts = {
             "generation": g("generation"), "weight_sync": g("weight_sync"), "rewards": g("rewards"),
             "old_logps": g("old_logps"), "ref_logps": g("ref_logps"),

@@ -197,7 +197,7 @@ class Ceiling:
                 child.kill()
                 child.join()
 
-    def __enter__(self) -> "Ceiling":
+    def __enter__(self) -> Ceiling:
         return self
 
     def __exit__(self, *exc) -> None:

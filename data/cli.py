@@ -25,9 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from data.load import load_prompts, load_prompts_with_report
+from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
 from data.prompts import TEMPLATES
 from data.schema import SPLITS
-from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
 from data.sources import parse_source
 from data.spec import source_from_spec
 

@@ -117,8 +117,8 @@ def write_sft_rows(rows: Iterable[dict[str, Any]], path: Path | str) -> int:
         path.write_text("".join(json.dumps({c: r[c] for c in SFT_COLUMNS}, ensure_ascii=False) + "\n" for r in rows),
                         encoding="utf-8")
     elif path.suffix == ".parquet":
-        import pyarrow as pa  # noqa: PLC0415
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist([{c: r[c] for c in SFT_COLUMNS} for r in rows]), path)
     else:

@@ -121,7 +121,7 @@ def read_records(ref: str | Path, split: str = "train") -> list[tuple[str, dict]
     name, _, subset = str(ref).partition(":")
     try:
         loaded = datasets.load_dataset(name, subset or None, split=split)
-    except Exception as err:  # offline, unknown name, ...: say what was tried
+    except Exception as err:  # noqa: BLE001 - offline, unknown name, ...: say what was tried
         raise FileNotFoundError(f"no local dataset at {ref}, and the hub dataset {name!r} could not be "
                                 f"loaded: {type(err).__name__}: {err}") from None
     return [(f"{name} [{split}]:{i}", r) for i, r in enumerate(loaded.to_list(), 1)]

@@ -20,11 +20,17 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import stages
 from data.cli import app as data_app
-from pipeline import distributed, models
+from pipeline import distributed, models, store
 from pipeline.config import ConfigError, read_yaml
-from pipeline import store
-from pipeline.runner import (Pipeline, load_pipeline, one_step_pipeline, parse_stage_config, run_pipeline,
-                             select_steps, single_step_pipeline)
+from pipeline.runner import (
+    Pipeline,
+    load_pipeline,
+    one_step_pipeline,
+    parse_stage_config,
+    run_pipeline,
+    select_steps,
+    single_step_pipeline,
+)
 from pipeline.stage import Front
 from rewards.cli import app as rewards_app
 

@@ -223,7 +223,10 @@ def _pct(values) -> dict:
 def summarize(df, unit: str, card: dict | None, source: str, where: str | None) -> dict:
     """Every number the terminal and HTML reports show (see the module docstring)."""
     n = len(df)
-    rate = lambda col: float(df[col].mean()) if n else 0.0
+
+    def rate(col: str) -> float:
+        return float(df[col].mean()) if n else 0.0
+
     rewards = {}
     for col in [c for c in df.columns if c.startswith("reward_")]:
         vals = df[col]
@@ -437,7 +440,7 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     if where:
         try:
             df = df.query(where, engine="python")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any error of a user's expression becomes a clear one
             raise ValueError(f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(df.columns)}") from None
     df.attrs["columns"] = columns
     summary = summarize(df, unit, card, str(ref), where)

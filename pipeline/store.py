@@ -399,7 +399,7 @@ class RunLock:
         self._fd: int | None = None
         self._stop = threading.Event()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock.
 
         Raises:
@@ -453,7 +453,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -631,7 +631,7 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def named(cls, run: str) -> "RunFolder":
+    def named(cls, run: str) -> RunFolder:
         return cls(runs_root() / run)
 
     def exists(self) -> bool:

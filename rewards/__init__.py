@@ -13,9 +13,8 @@ Families live in small modules: `format`, `math`, `code`, `rgym`, `accuracy`, `l
 this list of families is the only one to keep (``docs/architecture.md``: add a reward).
 """
 
-from rewards.registry import REGISTRY, available, get, register
-
 # Importing the families fills the registry.
-from rewards import accuracy, code, format, language, length, math, repetition, rgym  # noqa: E402,F401
+from rewards import accuracy, code, format, language, length, math, repetition, rgym  # noqa: F401
+from rewards.registry import REGISTRY, available, get, register
 
 __all__ = ["REGISTRY", "available", "get", "register"]

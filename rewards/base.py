@@ -20,7 +20,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-
 #: Per-row columns the rewards read; their lengths are checked. Other keywords are ignored
 #: (TRL adds trainer_state, log_metric, log_extra, environments, ... and every dataset column).
 ROW_COLUMNS = ("answer", "verification", "domain", "data_source", "id", "completion_ids")

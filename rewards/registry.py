@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: name -> factory. Filled by the `@register` decorators when `rewards` is imported.
 REGISTRY: dict[str, Callable[..., Callable]] = {}

@@ -76,7 +76,7 @@ from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import TRAINER_PANELS, Panel, StageReport, StepContext, StepResult
-from stages.common.pruning import derive_by_depth, layer_indices  # noqa: F401  (distill.layer_indices)
+from stages.common.pruning import derive_by_depth, layer_indices
 from stages.sft import TrainingFields
 
 DERIVED = "derived"

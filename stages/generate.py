@@ -82,7 +82,7 @@ class MixSource(StrictModel):
     domain: str = "general"  # domain for rows without one
 
     @model_validator(mode="after")
-    def _check(self) -> "MixSource":
+    def _check(self) -> MixSource:
         if self.share is not None and not 0.0 < self.share < 1.0:
             raise ValueError(f"share must be in (0, 1), got {self.share}")
         return self
@@ -113,7 +113,7 @@ class Config(StageConfig):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         missing = self.filters.needed_rewards() - set(self.rewards)
         if missing:
             raise ValueError(f"the filters read reward(s) {sorted(missing)}, which `rewards` does not "

@@ -89,7 +89,6 @@ from pipeline.trainer import SchedulerType, TrainerOptions
 from stages.common.dynamic_sampling import DynamicSampling
 from stages.common.rl_prompts import load_eval_rows, load_prompt_rows
 
-
 log = logging.getLogger(__name__)
 
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank

@@ -45,7 +45,6 @@ writes its weights digest to ``distributed/rank-<r>.json``; see ``docs/distribut
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -56,8 +55,15 @@ from data.sft import load_messages
 from pipeline import distributed
 from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint  # noqa: F401  (sft.last_checkpoint)
 from pipeline.timing import PhaseTimer
-from pipeline.trainer import (EpochTrainerOptions, install_phase_timers, metrics_callback, resume_point, save_final,
-                              trainer_arguments, training_precision)
+from pipeline.trainer import (
+    EpochTrainerOptions,
+    install_phase_timers,
+    metrics_callback,
+    resume_point,
+    save_final,
+    trainer_arguments,
+    training_precision,
+)
 from pipeline.trainer import train as run_trainer
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -143,8 +149,9 @@ def training_template(tokenizer, choice: str = "auto") -> str:
     Raises:
         ValueError: no suitable template, or the chosen one renders differently from the model's.
     """
-    from pipeline.templates import derive_chatml_training_template
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from pipeline.templates import derive_chatml_training_template
 
     own = tokenizer.chat_template
     if choice != "auto":

@@ -260,7 +260,7 @@ def test_a_new_stage_that_trains_on_prompts_is_checked_without_naming_it(tmp_pat
     prompt-source field), not a list of kind names: a stage added later (a preference trainer
     here) is checked as soon as it exists, and its held-out field is not, once it says so."""
     import types
-    from typing import ClassVar, Literal
+    from typing import Literal
 
     import stages
     from data import PromptSource

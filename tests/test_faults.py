@@ -105,7 +105,7 @@ class Baseline:
         self.seconds: dict[str, float] = {}
         self._done = self.root / "done"  # the home after the last step computed
 
-    def upto(self, step: str) -> "Baseline":
+    def upto(self, step: str) -> Baseline:
         names = [s["name"] for s in STEPS]
         for name in names[:names.index(step) + 1]:
             if name in self.output:

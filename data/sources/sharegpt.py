@@ -160,7 +160,7 @@ def package_file() -> Path:
     Raises:
         FileNotFoundError: the package is not installed, or its file is missing.
     """
-    from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         path = Path(str(distribution(PACKAGE).locate_file(PACKAGE_FILE)))
@@ -373,7 +373,7 @@ class ShareGPTSource(SourceConfig):
         )
 
     def _card(self, parsed: ShareGPTFile, filtered: dict[str, int], kept: dict[Split, list], rows: int) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+        from importlib.metadata import PackageNotFoundError, version
 
         try:
             package = f"{PACKAGE}=={version(PACKAGE)}" if self.path is None else None

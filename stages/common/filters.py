@@ -61,7 +61,7 @@ class Filters(StrictModel):
     max_per_prompt: int | None = 2  # keep at most N samples per prompt; None = all survivors
 
     @model_validator(mode="after")
-    def _check(self) -> "Filters":
+    def _check(self) -> Filters:
         # Checked here so a typo fails at config time, not after an hour of sampling.
         from rewards.language import LANGUAGES
 

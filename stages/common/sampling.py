@@ -74,7 +74,7 @@ class SamplingConfig(StrictModel):
     request_timeout: float = 600.0  # backend server: seconds one request may take
 
     @model_validator(mode="after")
-    def _check_server(self) -> "SamplingConfig":
+    def _check_server(self) -> SamplingConfig:
         if self.backend == "server" and not self.server_url:
             raise ValueError("backend 'server' needs `server_url`, the base URL of a running vLLM server's "
                              "OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)")
@@ -196,7 +196,7 @@ class Sampler:
             from vllm import LLM
 
             self.llm = LLM(model=model_path, dtype=self.precision.dtype, max_model_len=cfg.max_model_len,
-                           seed=seed, enforce_eager=cfg.enforce_eager, 
+                           seed=seed, enforce_eager=cfg.enforce_eager,
                            distributed_executor_backend="uni",
                            # Per-prompt seeds make vLLM keep a torch.Generator per request. When
                            # a prefill is chunked, vLLM rolls that generator back with
@@ -207,7 +207,6 @@ class Sampler:
                            max_num_batched_tokens=max(cfg.max_model_len, 4096))
             beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
-            import torch
             from transformers import AutoModelForCausalLM
 
             self.model = AutoModelForCausalLM.from_pretrained(
@@ -319,7 +318,7 @@ class Sampler:
             del self.model
         gc.collect()
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         return self
 
     def __exit__(self, *exc) -> None:
