@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -88,13 +87,13 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/r1.yaml."),
-        run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
-        only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this step (repeatable)."),
-        from_step: Optional[str] = typer.Option(None, "--from", help="Run this step and all after it."),
+        run_name: str | None = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
+        only: list[str] | None = typer.Option(None, "--only", help="Run only this step (repeatable)."),
+        from_step: str | None = typer.Option(None, "--from", help="Run this step and all after it."),
         force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
         keep_checkpoints: bool = KeepOpt,
-        stall_timeout: Optional[float] = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
-        overrides: Optional[list[str]] = SetOpt) -> None:
+        stall_timeout: float | None = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
+        overrides: list[str] | None = SetOpt) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
     if stall_timeout is not None:
         import os
@@ -144,10 +143,10 @@ def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
 def _stage_command(kind: str):
     def command(config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
                 run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
-                step: Optional[str] = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
+                step: str | None = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
                 force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
                 keep_checkpoints: bool = KeepOpt,
-                overrides: Optional[list[str]] = SetOpt) -> None:
+                overrides: list[str] | None = SetOpt) -> None:
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
             _check_kind(pipeline.steps[0].config.kind, kind, str(config))
@@ -164,7 +163,7 @@ def _check_kind(found: str, kind: str, source: str) -> None:
         _fail(f"{source} is a `kind: {found}` config; use `r1 {found}`")
 
 
-def _run_config(raw: dict, source: str, kind: str, run: str, step: Optional[str] = None, force: bool = False,
+def _run_config(raw: dict, source: str, kind: str, run: str, step: str | None = None, force: bool = False,
                 keep_checkpoints: bool = False) -> None:
     """Run a stage config mapping as one step (``pipeline.stage.Front.run_config``)."""
     try:
@@ -221,8 +220,8 @@ for _kind in stages.kinds():
 
 
 @app.command()
-def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
-           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order.")) -> None:
+def report(run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
+           config: Path | None = typer.Option(None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order.")) -> None:
     """Write the run report: report.md, a self-contained report.html and PNG figures in <run>/report/."""
     order, planned = None, None
     if config is not None:
@@ -281,13 +280,13 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
 
 @app.command()
 def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
-            run_name: Optional[str] = typer.Option(None, "--run", help="Run that holds the step."),
-            config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
+            run_name: str | None = typer.Option(None, "--run", help="Run that holds the step."),
+            config: Path | None = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
             sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
             seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
-            where: Optional[str] = typer.Option(None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."),
-            html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-            tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
+            where: str | None = typer.Option(None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."),
+            html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+            tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
             split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset.")) -> None:
     """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""
     from pipeline import inspect as inspect_mod
@@ -302,7 +301,7 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
         _fail(str(err))
 
 
-def _pick_run(run: Optional[str], config: Optional[Path]):
+def _pick_run(run: str | None, config: Path | None):
     """``(run folder, plan or None)`` for ``r1 status``: RUN (a name or a folder), else the
     ``run`` of ``--config``, else the run changed last."""
     from pipeline.runner import plan_of
@@ -330,10 +329,10 @@ def _pick_run(run: Optional[str], config: Optional[Path]):
 
 
 @app.command()
-def status(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
-           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
+def status(run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
+           config: Path | None = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-           watch: Optional[float] = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
+           watch: float | None = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
     """Where a run stands: each step done / running / partial (how far) / pending / stale, wall time, key numbers."""
     import json
     import time
@@ -371,7 +370,7 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 @app.command()
 def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
-           ranks: Optional[int] = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
+           ranks: int | None = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
     """Check this machine in seconds: versions, stack, CUDA/driver, device, dtype, vLLM, bwrap, reward workers."""
     from pipeline import doctor as doctor_checks
 

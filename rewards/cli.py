@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -172,7 +172,7 @@ def score(
         "passed to the rewards as columns. A malformed row stops the run naming its line.")),
     output: Path = typer.Option(..., "--output", "-o", help="JSONL file to write (rows + 'rewards')."),
     rewards: str = typer.Option("accuracy,format", "--rewards", "-r", help="Comma-separated reward names (or module:attr)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes for checks (default: the CPU count)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes for checks (default: the CPU count)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows scored per batch."),
     param: list[str] = typer.Option([], "--param", "-p", help="Reward parameter NAME.KEY=VALUE (VALUE as JSON); repeatable."),
 ) -> None:

@@ -47,7 +47,7 @@ import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -486,16 +486,16 @@ def commands(group, front) -> None:
 
     @group.command("run")
     def run_command(
-            config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
-            model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
-            data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
-            protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
-            k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
-            seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
+            config: Path | None = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
+            model: list[str] | None = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
+            data: list[str] | None = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
+            protocol: str | None = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
+            k: int | None = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
+            seed: int | None = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
             run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
-            step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
+            step: str | None = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
             force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-            overrides: Optional[list[str]] = front.set_option) -> None:
+            overrides: list[str] | None = front.set_option) -> None:
         from data.spec import source_from_spec
 
         if config is None and not (model and data):
