@@ -179,8 +179,10 @@ def worker(args) -> None:
     on_cpu = engine and vllm_sync.on_cpu_platform()
     if side == "ours" and engine:
         options = vllm_sync.engine_options(
-            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None, dtype=precision.resolve(config.vllm_dtype).dtype,
-            enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager)
+            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
+            dtype=precision.resolve(config.vllm_dtype).dtype,
+            enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+        )
     else:
         options = contextlib.nullcontext()
     t0 = time.perf_counter()

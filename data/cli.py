@@ -43,8 +43,13 @@ def _group() -> None:
 
 @app.command()
 def preview(
-    source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
-                                               "<file.jsonl|.parquet> | [hub:]<name>[:<subset>] | '{source: ..., ...}'")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
+            "<file.jsonl|.parquet> | [hub:]<name>[:<subset>] | '{source: ..., ...}'"
+        ),
+    ],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to show")] = 5,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     seed: Annotated[int, typer.Option(help="seed (reasoning-gym sources)")] = 0,
@@ -80,7 +85,9 @@ def export_sft(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to write (first ones of the split)")] = 1000,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     template: Annotated[str, typer.Option(help="chat or r1_zero (the prompt part of the messages)")] = "chat",
-    think: Annotated[str, typer.Option(help="empty: '<think>\\n</think>' then <answer>; none: the bare answer")] = "empty",
+    think: Annotated[
+        str, typer.Option(help="empty: '<think>\\n</think>' then <answer>; none: the bare answer")
+    ] = "empty",
 ) -> None:
     """Write non-reasoning SFT rows (prompt + reference answer, no chain of thought) for `mix:`."""
     if split not in SPLITS or template not in TEMPLATES or think not in ("empty", "none"):
@@ -112,4 +119,6 @@ def _panel(row: dict) -> Panel:
 
 
 def _cut(text: str) -> str:
-    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + f"… (+{len(text) - MAX_FIELD_CHARS} chars)"
+    return (
+        text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + f"… (+{len(text) - MAX_FIELD_CHARS} chars)"
+    )

@@ -45,7 +45,9 @@ def load_prompts_with_report(
         report.skipped[label] = loaded.skipped
         if loaded.card:
             report.cards[label] = loaded.card
-        log.info("%s: %d rows (%s), %d bad rows skipped", label, len(loaded.rows), split or "all splits", loaded.skipped)
+        log.info(
+            "%s: %d rows (%s), %d bad rows skipped", label, len(loaded.rows), split or "all splits", loaded.skipped
+        )
         rows += loaded.rows
     duplicates = [i for i, n in Counter(row["id"] for row in rows).items() if n > 1]
     if duplicates:

@@ -154,7 +154,9 @@ def messages_of(where: str, record: dict) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise SFTRowError(f"{where}: field 'messages.{i}': expected {{role, content}} with a string role, got {m!r:.80}")
+            raise SFTRowError(
+                f"{where}: field 'messages.{i}': expected {{role, content}} with a string role, got {m!r:.80}"
+            )
         content = m.get("content")
         if content is not None and not isinstance(content, str):
             raise SFTRowError(f"{where}: field 'messages.{i}.content': expected text, got {type(content).__name__}")

@@ -73,7 +73,9 @@ app.add_typer(models.app, name="models", help="Prepare and list models (aliases,
 app.add_typer(data_app, name="data", help="Preview prompt sources.")
 app.add_typer(rewards_app, name="rewards", help="List reward functions; score JSONL files with them.")
 
-SetOpt = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (repeatable; STEP.KEY=VALUE for pipelines).")
+SetOpt = typer.Option(
+    None, "--set", help="Override a config value: KEY=VALUE (repeatable; STEP.KEY=VALUE for pipelines)."
+)
 KeepOpt = typer.Option(False, "--keep-checkpoints",
                        help="Keep a finished training step's checkpoints/ (resume state, ~1.6 GB each for 135M); "
                             "by default only unfinished steps keep them.")
@@ -86,14 +88,26 @@ def _fail(msg: str) -> None:
 
 
 @app.command()
-def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/r1.yaml."),
-        run_name: str | None = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
-        only: list[str] | None = typer.Option(None, "--only", help="Run only this step (repeatable)."),
-        from_step: str | None = typer.Option(None, "--from", help="Run this step and all after it."),
-        force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
-        keep_checkpoints: bool = KeepOpt,
-        stall_timeout: float | None = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
-        overrides: list[str] | None = SetOpt) -> None:
+def run(
+    config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/r1.yaml."),
+    run_name: str | None = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only this step (repeatable)."),
+    from_step: str | None = typer.Option(None, "--from", help="Run this step and all after it."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and "
+        "inputs still resumes; delete runs/RUN/.partial/STEP to start it over).",
+    ),
+    keep_checkpoints: bool = KeepOpt,
+    stall_timeout: float | None = typer.Option(
+        None,
+        "--stall-timeout",
+        help="Seconds a step may go without any progress before it fails naming its phase "
+        "(default: $R1_STALL_TIMEOUT, else 1800; 0: never).",
+    ),
+    overrides: list[str] | None = SetOpt,
+) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
     if stall_timeout is not None:
         import os
@@ -141,12 +155,19 @@ def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
 
 
 def _stage_command(kind: str):
-    def command(config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
-                run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
-                step: str | None = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
-                force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-                keep_checkpoints: bool = KeepOpt,
-                overrides: list[str] | None = SetOpt) -> None:
+    def command(
+        config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
+        run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
+        step: str | None = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; "
+            "delete runs/RUN/.partial/STEP to start over).",
+        ),
+        keep_checkpoints: bool = KeepOpt,
+        overrides: list[str] | None = SetOpt,
+    ) -> None:
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
             _check_kind(pipeline.steps[0].config.kind, kind, str(config))
@@ -220,8 +241,12 @@ for _kind in stages.kinds():
 
 
 @app.command()
-def report(run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
-           config: Path | None = typer.Option(None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order.")) -> None:
+def report(
+    run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order."
+    ),
+) -> None:
     """Write the run report: report.md, a self-contained report.html and PNG figures in <run>/report/."""
     order, planned = None, None
     if config is not None:
@@ -279,16 +304,20 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
 
 
 @app.command()
-def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
-            run_name: str | None = typer.Option(None, "--run", help="Run that holds the step."),
-            config: Path | None = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
-            sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
-            seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
-            where: str | None = typer.Option(None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."),
-            html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-            tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
-            split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset.")) -> None:
-    """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""
+def inspect(
+    path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
+    run_name: str | None = typer.Option(None, "--run", help="Run that holds the step."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
+    sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
+    where: str | None = typer.Option(
+        None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."
+    ),
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
+    split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset."),
+) -> None:
+    """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""  # noqa: E501 - one line: typer's help
     from pipeline import inspect as inspect_mod
 
     if html is not None and html.is_dir():  # refused before the work, not after it
@@ -329,10 +358,16 @@ def _pick_run(run: str | None, config: Path | None):
 
 
 @app.command()
-def status(run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
-           config: Path | None = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
-           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-           watch: float | None = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
+def status(
+    run: str | None = typer.Argument(
+        None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    watch: float | None = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted."),
+) -> None:
     """Where a run stands: each step done / running / partial (how far) / pending / stale, wall time, key numbers."""
     import json
     import time
@@ -369,8 +404,15 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 
 @app.command()
-def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
-           ranks: int | None = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
+def doctor(
+    require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
+    ranks: int | None = typer.Option(
+        None,
+        "--ranks",
+        min=1,
+        help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).",
+    ),
+) -> None:
     """Check this machine in seconds: versions, stack, CUDA/driver, device, dtype, vLLM, bwrap, reward workers."""
     from pipeline import doctor as doctor_checks
 

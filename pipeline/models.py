@@ -157,7 +157,12 @@ def prepare(alias: str, force: bool = False) -> Path:
     else:
         gguf = gguf_path(alias)
         _convert_gguf(gguf, tmp)
-        source = {"package": spec.package, "version": spec.version, "file": gguf.name, "sha256": store.file_sha256(gguf)}
+        source = {
+            "package": spec.package,
+            "version": spec.version,
+            "file": gguf.name,
+            "sha256": store.file_sha256(gguf),
+        }
     manifest = {"alias": alias, "source": source, "dtype": "float32", "packages": store.package_versions(),
                 "wall_time_s": round(time.time() - started, 2)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -531,8 +531,9 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
         raise Interrupted(error.get("signum") or signal.SIGTERM)
     if proc.exitcode == progress.STALL_EXIT_CODE and not error:
         error = {"message": "stalled (ended by its watchdog)"}
-    what = error.get("message") or (f"killed by signal {signal.Signals(-proc.exitcode).name}" if (proc.exitcode or 0) < 0
-                                    else "see the error above")
+    what = error.get("message") or (
+        f"killed by signal {signal.Signals(-proc.exitcode).name}" if (proc.exitcode or 0) < 0 else "see the error above"
+    )
     raise StepFailed(f"step {step.name} failed in its process (exit code {proc.exitcode}): {what}")
 
 
@@ -577,8 +578,12 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         inputs = _input_block(step, resolver)
     folders = store.StepFolders(run_dir, step.name)
     manifest = store.read_manifest(folders.final)
-    if (not force and manifest and manifest.get("config_hash") == config_hash
-            and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}):
+    if (
+        not force
+        and manifest
+        and manifest.get("config_hash") == config_hash
+        and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}
+    ):
         if main:
             console.print(f"[green]✓ {step.name}[/] up to date (manifest matches config and inputs); skipped")
         return _record_from_manifest(step, manifest, "skipped (up to date)")
@@ -650,8 +655,10 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         if ranks is not None:
             manifest["distributed"] = ranks
             if ranks["weights_identical"] is False:
-                console.print(f"[red]warning: the {ranks['world_size']} processes of {step.name} ended with "
-                              f"different weights (see {work / distributed.DIGEST_DIR}); the saved model is rank 0's[/]")
+                console.print(
+                    f"[red]warning: the {ranks['world_size']} processes of {step.name} ended with "
+                    f"different weights (see {work / distributed.DIGEST_DIR}); the saved model is rank 0's[/]"
+                )
         folders.finalize(manifest)
         console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
     distributed.barrier()  # no rank reads the store (next step, exit) before the final folder exists

@@ -132,7 +132,9 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
             elif not alive:
                 entry["reason"] = "stopped (killed or lost); rerun to resume"
             if view.status.startswith("done"):
-                entry["reason"] = (entry["reason"] + "; " if entry["reason"] else "") + "an older finished version is kept"
+                entry["reason"] = (
+                    entry["reason"] + "; " if entry["reason"] else ""
+                ) + "an older finished version is kept"
         steps.append(entry)
     return {"run": run_dir.name, "path": str(run_dir), "running": holder,
             "pipeline": (plan or {}).get("source"), "steps": steps}

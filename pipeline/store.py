@@ -414,7 +414,9 @@ class RunLock:
         except BlockingIOError:
             holder = _read_record(fd)
             os.close(fd)
-            raise RunLockedError(self.run_dir, holder or {"pid": "?", "command": "(its record is not written yet)"}) from None
+            raise RunLockedError(
+                self.run_dir, holder or {"pid": "?", "command": "(its record is not written yet)"}
+            ) from None
         previous = _read_record(fd)
         ours = previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname()
         if previous and not ours and holder_alive(previous, os.fstat(fd).st_mtime):

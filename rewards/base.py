@@ -202,7 +202,9 @@ class Reward:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in ("stats", "__name__"))
+        params = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in ("stats", "__name__")
+        )
         return f"{type(self).__name__}({params})"
 
     def __getstate__(self) -> dict[str, Any]:

@@ -295,8 +295,12 @@ def _answer_keys() -> list[Path]:
         candidates.append(Path(spec.origin).parent / "data")
     candidates.append(Path(os.environ.get("R1_HOME") or "runs"))
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    candidates += [Path(hf_home)] + ([Path(os.environ["HF_DATASETS_CACHE"])] if os.environ.get("HF_DATASETS_CACHE") else [])
-    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *_site_paths())]
+    candidates += [Path(hf_home)] + (
+        [Path(os.environ["HF_DATASETS_CACHE"])] if os.environ.get("HF_DATASETS_CACHE") else []
+    )
+    needed = [
+        Path(p).resolve() for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *_site_paths())
+    ]
     hidden = []
     for path in candidates:
         try:
@@ -346,7 +350,9 @@ def _use_bwrap(sandbox: str) -> bool:
     if bwrap_works():
         return True
     if sandbox == "bwrap":
-        raise RuntimeError("sandbox='bwrap' but bubblewrap is missing or not permitted here (apt-get install bubblewrap)")
+        raise RuntimeError(
+            "sandbox='bwrap' but bubblewrap is missing or not permitted here (apt-get install bubblewrap)"
+        )
     _warn_once("no-bwrap",
                "bubblewrap (bwrap) is not usable: generated code runs with rlimits and a seccomp filter only, "
                "WITHOUT file-system, process or network isolation, so it can reach the test verdicts. "
@@ -371,7 +377,9 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _command(args: list[str], file_mb: int, use_bwrap: bool, candidate: bool) -> tuple[list[str], str | None, dict[str, str]]:
+def _command(
+    args: list[str], file_mb: int, use_bwrap: bool, candidate: bool
+) -> tuple[list[str], str | None, dict[str, str]]:
     """(argv, cwd, env) running the harness with `args` in a sandbox (cwd None) or, without
     bubblewrap, in a fresh working folder (cwd, the caller removes it). The `candidate`'s
     sandbox dies with this process and hides `_answer_keys()`; the judge server's does neither."""
@@ -685,7 +693,9 @@ def code_task(prompt: str, completion: str, verification: dict[str, Any]) -> Cod
     stub = verification.get("prompt") or ""
     entry_point = verification.get("entry_point")
     try:
-        plan = plan_tests(test, stub if isinstance(stub, str) else "", entry_point if isinstance(entry_point, str) else None)
+        plan = plan_tests(
+            test, stub if isinstance(stub, str) else "", entry_point if isinstance(entry_point, str) else None
+        )
     except UnsupportedTests as exc:
         _warn_once(f"unsupported:{exc}", "code tests not supported (%s); such rows score None", exc)
         return None

@@ -168,10 +168,14 @@ class Config(TrainingFields):
     # that fits); depth: alternative to student_layers; width: required.
     student_size: float | None = Field(None, gt=0, lt=1)
     student_layers: PositiveInt | None = None  # depth: decoder layers kept; default a third of the teacher's
-    student_heads: PositiveInt | None = None  # width: query heads kept (multiple of the KV heads); default: see pruning.width_plan
+    student_heads: PositiveInt | None = (
+        None  # width: query heads kept (multiple of the KV heads); default: see pruning.width_plan
+    )
     calibration_rows: PositiveInt = 64  # width: dataset conversations whose activations rank channels and heads
     loss: Loss = Loss(sft=SftTerm())  # the terms; default: data distillation only
-    teacher_logits: Literal["cached", "live"] = "cached"  # logits term, off-policy batches: stored top-k, or run the teacher every step
+    teacher_logits: Literal["cached", "live"] = (
+        "cached"  # logits term, off-policy batches: stored top-k, or run the teacher every step
+    )
     teacher_dtype: DtypeChoice = "auto"  # the frozen teacher's weights; auto = the fast dtype of the hardware
     on_policy: OnPolicy = OnPolicy()  # student-sampled batches (fraction 0: none)
 
@@ -312,13 +316,22 @@ def derive(config: Config, teacher, tokenizer, ctx: StepContext) -> Student:
     kv_heads = getattr(teacher.config, "num_key_value_heads", None) or teacher.config.num_attention_heads
     channels, heads = pruning.select_width(importance, plan, kv_heads)
     model = pruning.derive_by_width(teacher, channels, heads)
-    return Student(model, tokenizer, {i: i for i in range(n_teacher)},
-                   f"width-pruned student of {config.teacher} ({plan.intermediate_size}/"
-                   f"{teacher.config.intermediate_size} MLP channels, {plan.heads}/{teacher.config.num_attention_heads} "
-                   f"heads per layer)",
-                   {"width": {"intermediate_size": plan.intermediate_size, "heads": plan.heads,
-                              "calibration_sequences": importance.sequences,
-                              "heads_kept": heads}})
+    return Student(
+        model,
+        tokenizer,
+        {i: i for i in range(n_teacher)},
+        f"width-pruned student of {config.teacher} ({plan.intermediate_size}/"
+        f"{teacher.config.intermediate_size} MLP channels, {plan.heads}/{teacher.config.num_attention_heads} "
+        f"heads per layer)",
+        {
+            "width": {
+                "intermediate_size": plan.intermediate_size,
+                "heads": plan.heads,
+                "calibration_sequences": importance.sequences,
+                "heads_kept": heads,
+            }
+        },
+    )
 
 
 def calibration_batches(config: Config, ctx: StepContext, tokenizer, batch_size: int = 8):

@@ -240,7 +240,9 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
                 write_parquet(records, path(i))  # a shard exists only when complete
                 progress.advance(task, len(shards[i]))
                 done += len(shards[i])
-                ctx.progress.update(done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}")
+                ctx.progress.update(
+                    done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}"
+                )
                 ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
     records: list[dict] = []
     for i in range(len(shards)):
@@ -460,8 +462,9 @@ def pass_rate_histogram(rates: list[float | None]) -> dict[str, int]:
     """Counts of prompts per pass-rate bin: ``"0"`` (never solved), ``"(a, b]"`` bins of
     :data:`PASS_RATE_BINS`, ``"1"`` (always solved), ``"unjudged"``.
 
-    >>> pass_rate_histogram([0.0, 0.05, 0.5, 1.0, None])
-    {'0': 1, '(0, 0.1]': 1, '(0.1, 0.3]': 0, '(0.3, 0.5]': 1, '(0.5, 0.7]': 0, '(0.7, 0.9]': 0, '(0.9, 1)': 0, '1': 1, 'unjudged': 1}
+    >>> pass_rate_histogram([0.0, 0.05, 0.5, 1.0, None])  # doctest: +NORMALIZE_WHITESPACE
+    {'0': 1, '(0, 0.1]': 1, '(0.1, 0.3]': 0, '(0.3, 0.5]': 1, '(0.5, 0.7]': 0, '(0.7, 0.9]': 0,
+     '(0.9, 1)': 0, '1': 1, 'unjudged': 1}
     """
     bins = list(zip(PASS_RATE_BINS[:-1], PASS_RATE_BINS[1:]))
     out = {"0": 0, **{f"({a:g}, {b:g}{')' if b == 1.0 else ']'}": 0 for a, b in bins}, "1": 0, "unjudged": 0}

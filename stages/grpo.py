@@ -145,7 +145,9 @@ class Config(TrainerOptions, StageConfig):
     # objective
     beta: NonNegativeFloat = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = (
+        "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
+    )
     epsilon: PositiveFloat = 0.2  # lower clip of the ratio: 1 - epsilon
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
     num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
@@ -173,7 +175,9 @@ class Config(TrainerOptions, StageConfig):
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
-    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3  # colocate on GPUs: share of GPU memory for vLLM
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = (
+        0.3  # colocate on GPUs: share of GPU memory for vLLM
+    )
     vllm_kv_cache_gib: PositiveInt = 2  # colocate on CPUs: KV cache size (GiB)
     vllm_dtype: DtypeChoice = "auto"  # colocated engine's weights; auto: as for `dtype`
     vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
@@ -310,7 +314,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
-    with options, ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"):
+    with (
+        options,
+        ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"),
+    ):
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,

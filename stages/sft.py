@@ -23,8 +23,9 @@ Precision: ``dtype: auto`` (default) trains with bf16 autocast over float32 mast
 the hardware has fast bf16 (GPUs with bf16, CPUs with AMX or AVX512-BF16) and in plain float32
 elsewhere (``pipeline.precision``: without those instructions bf16 matmuls are ~90x slower).
 Speed on CPU (SmolLM2-135M, batch 8 x ~276 tokens, one thread, CPU time per step, AMX): bf16
-autocast ~160 tokens per CPU-second, float32 ~105. Two threads on an idle 2-core machine should give roughly 1.7x that (~280 tokens/s); when other
-CPU-heavy processes share the cores, two OpenMP threads collapse (measured 20-40 tokens/s):
+autocast ~160 tokens per CPU-second, float32 ~105. Two threads on an idle 2-core machine should
+give roughly 1.7x that (~280 tokens/s); when other CPU-heavy processes share the cores, two
+OpenMP threads collapse (measured 20-40 tokens/s):
 run with ``OMP_NUM_THREADS=1`` then.
 
 Inputs: ``model`` (step name, alias, folder or hub id); ``dataset`` (a step's ``dataset/``

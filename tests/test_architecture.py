@@ -50,7 +50,9 @@ def _violations(folder: str, allowed) -> list[str]:
 
 def test_the_scanner_sees_imports_inside_functions(tmp_path):
     file = tmp_path / "m.py"
-    file.write_text("import os\nfrom data.sft import SFT_COLUMNS\ndef f():\n    from stages import eval\n    import pipeline.cli\n")
+    file.write_text(
+        "import os\nfrom data.sft import SFT_COLUMNS\ndef f():\n    from stages import eval\n    import pipeline.cli\n"
+    )
     assert imports(file) == {"data.sft", "data.sft.SFT_COLUMNS", "stages", "stages.eval", "pipeline.cli"}
 
 

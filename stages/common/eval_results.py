@@ -339,17 +339,23 @@ def compare_command(front):
     from pipeline import store
 
     def compare_cmd(
-            a: str = typer.Argument(..., help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), or a model evaluated in --run."),
-            b: str = typer.Argument(..., help="The same for the second model."),
-            run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
-            as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        a: str = typer.Argument(
+            ...,
+            help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), "
+            "or a model evaluated in --run.",
+        ),
+        b: str = typer.Argument(..., help="The same for the second model."),
+        run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
+        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     ) -> None:
         """Compare two eval results question by question: wins, losses, ties and an exact sign test."""
         console = Console()
         run_dir = store.runs_root() / run_name
         if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):
-            front.fail(f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(store.list_runs()) or 'none'}); "
-                       "give --run")
+            front.fail(
+                f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(store.list_runs()) or 'none'}); "
+                "give --run"
+            )
         try:
             ra, pa, ma, wa = find_results(a, run_dir)
             rb, pb, mb, wb = find_results(b, run_dir)
@@ -363,17 +369,37 @@ def compare_command(front):
             return
         console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
         table = Table()
-        for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
+        for h in (
+            "questions",
+            "set",
+            "A pass@1",
+            "B pass@1",
+            "A - B [95% CI]",
+            "A wins",
+            "B wins",
+            "ties",
+            "p (sign test)",
+        ):
             table.add_column(h, overflow="fold")  # a narrow terminal or a pipe wraps cells instead of cutting them
         for label, g in [("all", result["overall"]), *result["per_source"].items()]:
             interval = g["diff_ci"]
-            table.add_row(str(g["questions"]), escape(label), f"{g['a']:.3f}", f"{g['b']:.3f}",
-                          f"{g['diff']:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]", str(g["wins"]), str(g["losses"]),
-                          str(g["ties"]), f"{g['p_value']:.3g}")
+            table.add_row(
+                str(g["questions"]),
+                escape(label),
+                f"{g['a']:.3f}",
+                f"{g['b']:.3f}",
+                f"{g['diff']:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]",
+                str(g["wins"]),
+                str(g["losses"]),
+                str(g["ties"]),
+                f"{g['p_value']:.3g}",
+            )
         console.print(table)
         console.print(f"Test: {result['test']}.")
         if result["only_a"] or result["only_b"]:
-            console.print(f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]")
+            console.print(
+                f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]"
+            )
         for d in differences:
             console.print(f"[yellow]protocol differs: {escape(d)}[/]")
 
