@@ -69,8 +69,8 @@ def group_labels(values: Sequence[float | None], group_size: int) -> list[str]:
     Raises:
         ValueError: ``len(values)`` is not a multiple of ``group_size``.
 
-    >>> group_labels([1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, None, None, None, 0.5, 0.5], 4)
-    ['informative', 'all_wrong', 'all_correct', 'unjudged']
+    >>> group_labels([1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, None, None, None, 0.5, 0.5, None, 1, None, None], 4)
+    ['informative', 'all_wrong', 'all_correct', 'all_equal', 'unjudged']
     """
     if group_size < 1 or len(values) % group_size:
         raise ValueError(f"{len(values)} rewards do not split into groups of {group_size}")
