@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import pydantic
 import typer
@@ -26,8 +26,8 @@ from rich.text import Text
 
 from data.load import load_prompts, load_prompts_with_report
 from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
-from data.prompts import TEMPLATES
-from data.schema import SPLITS
+from data.prompts import TEMPLATES, Template
+from data.schema import SPLITS, Split
 from data.sources import parse_source
 from data.spec import source_from_spec
 
@@ -61,7 +61,10 @@ def preview(
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}")
     try:
         config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n, seed=seed))
-        dataset, report = load_prompts_with_report([config], split=split, template=template)
+        # --split and --template were checked above
+        dataset, report = load_prompts_with_report(
+            [config], split=cast(Split, split), template=cast(Template, template)
+        )
     except (pydantic.ValidationError, ValueError, OSError) as error:  # OSError: missing file, no network
         console.print(Text(f"error: {error}", style="bold red"))
         raise typer.Exit(1) from None
@@ -95,7 +98,7 @@ def export_sft(
                                  "--think empty or none")
     try:
         config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n))
-        rows = load_prompts([config], split=split, template=template).to_list()[:n]
+        rows = load_prompts([config], split=cast(Split, split), template=cast(Template, template)).to_list()[:n]
         sft = [non_reasoning_sft_row(r, think="" if think == "empty" else None) for r in rows]
         written = write_sft_rows(sft, out)
     except (pydantic.ValidationError, ValueError, OSError) as error:

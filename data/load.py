@@ -11,7 +11,7 @@ import datasets
 
 from data.prompts import TEMPLATES, Template
 from data.schema import PROMPT_COLUMNS, SPLITS, Split, prompt_features
-from data.sources import PromptSource, SourceConfig, parse_source
+from data.sources import SourceConfig, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class LoadReport:
 
 
 def load_prompts_with_report(
-    sources: Sequence[PromptSource | dict],
+    sources: Sequence[SourceConfig | dict],
     split: Split | None = None,
     template: Template = "chat",
 ) -> tuple[datasets.Dataset, LoadReport]:
@@ -60,7 +60,7 @@ def load_prompts_with_report(
 
 
 def load_prompts(
-    sources: Sequence[PromptSource | dict],
+    sources: Sequence[SourceConfig | dict],
     split: Split | None = None,
     template: Template = "chat",
 ) -> datasets.Dataset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -64,8 +65,8 @@ def _help_type(display_type):
 
 
 # One place for every r1 help page (typer has no setting for either).
-TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)
-TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)
+TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)  # type: ignore[method-assign]
 
 app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -81,7 +82,7 @@ KeepOpt = typer.Option(False, "--keep-checkpoints",
                             "by default only unfinished steps keep them.")
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     if distributed.is_main():  # every rank of a launch fails alike; say it once
         console.print(f"[red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
@@ -259,7 +260,7 @@ def report(
                 data = read_yaml(config)
             except ConfigError as err:
                 _fail(str(err))
-            order = [s.get("name") for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name")]
+            order = [s["name"] for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name")]
             run = run or data.get("run")
     if not run:
         _fail("give a run name (or --config PIPELINE.yaml)")
@@ -431,8 +432,9 @@ def main() -> None:
     try:
         app()  # click ends with SystemExit; it turns a KeyboardInterrupt into "Aborted!" and 1
     except SystemExit:
-        if runner.stopped_by() is not None:  # a signal ended it: say so, with the signal's exit code
-            _interrupted(runner.stopped_by())
+        signum = runner.stopped_by()
+        if signum is not None:  # a signal ended it: say so, with the signal's exit code
+            _interrupted(signum)
         raise
     except KeyboardInterrupt:
         _interrupted(runner.stopped_by() or 2)

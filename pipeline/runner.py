@@ -455,7 +455,7 @@ def _die_with_parent() -> None:
 def _save_error(work_dir: Path, err: BaseException | str) -> bool:
     """``.error.json`` in the partial folder: the error's type and message (read by the parent
     process and by ``r1 status``). Returns whether it was written (a full disk may refuse it)."""
-    record = ({"type": "StallError", "message": err} if isinstance(err, str) else
+    record: dict[str, Any] = ({"type": "StallError", "message": err} if isinstance(err, str) else
               {"type": type(err).__name__, "message": str(err), "interrupted": isinstance(err, KeyboardInterrupt),
                "signum": getattr(err, "signum", None)})
     record["time"] = time.time()
@@ -513,7 +513,7 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
         # already; a `kill` from a scheduler reached only this process), give it time to
         # unwind; a second signal here ends it at once (its partial work is crash-safe).
         try:
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:  # alive: started, so it has a pid
                 os.kill(proc.pid, getattr(err, "signum", signal.SIGINT))
             proc.join(timeout=60)
         except KeyboardInterrupt:
@@ -531,8 +531,9 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
         raise Interrupted(error.get("signum") or signal.SIGTERM)
     if proc.exitcode == progress.STALL_EXIT_CODE and not error:
         error = {"message": "stalled (ended by its watchdog)"}
+    exitcode = proc.exitcode or 0
     what = error.get("message") or (
-        f"killed by signal {signal.Signals(-proc.exitcode).name}" if (proc.exitcode or 0) < 0 else "see the error above"
+        f"killed by signal {signal.Signals(-exitcode).name}" if exitcode < 0 else "see the error above"
     )
     raise StepFailed(f"step {step.name} failed in its process (exit code {proc.exitcode}): {what}")
 
@@ -601,7 +602,9 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     # launch the ranks would have to agree on it first; they rerun the step instead).
     if not distributed.launched() and not force and folders.recover(fingerprint):
         console.print(f"[green]✓ {step.name}[/] finished before an interruption (manifest written); moved into place")
-        return _record_from_manifest(step, store.read_manifest(folders.final), "recovered")
+        manifest = store.read_manifest(folders.final)
+        assert manifest is not None  # recover() moves a folder into place only with its manifest
+        return _record_from_manifest(step, manifest, "recovered")
     if main:  # may discard a stale partial folder: no other rank may be using it yet
         work = folders.prepare_partial(fingerprint)
         store.atomic_write_text(work / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))

@@ -148,7 +148,7 @@ class DiskFullError(OSError):
                                        "elsewhere) and rerun the same command: finished work is kept and resumes")
 
     def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
-        return self.strerror
+        return self.strerror or ""
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -219,7 +219,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], needed: int | None = None) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], needed: int | None = None) -> Path:
     """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file next to it,
     which is flushed to disk and renamed over ``path`` (a rename within a folder is atomic, so
     a reader sees the old file or the new one, never half of one, even after a crash).

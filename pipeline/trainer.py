@@ -58,7 +58,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -178,7 +178,7 @@ def training_precision(options: TrainerOptions) -> Precision:
     return chosen
 
 
-def check_trackers(trackers: list[str]) -> None:
+def check_trackers(trackers: Sequence[str]) -> None:
     """Refuse a ``report_to`` tracker whose package is not installed here.
 
     Raises:

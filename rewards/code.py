@@ -76,7 +76,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from rewards._pool import wait_readable, worker_count
 from rewards.base import Batch, Reward, Tally, parse_verification
@@ -156,7 +156,7 @@ class TestPlan:
     candidate_names: tuple[str, ...]
 
 
-def _is_stub(node: ast.stmt) -> bool:
+def _is_stub(node: ast.stmt) -> TypeGuard[ast.FunctionDef | ast.AsyncFunctionDef]:
     """A function the completion is to write: its body is only a docstring, ``pass`` or ``...``."""
     return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
         isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in node.body)
@@ -177,7 +177,8 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 
 def _unbound_names(tree: ast.Module) -> set[str]:
     """Names `tree` reads and binds nowhere (no assignment, parameter, import, def or handler)."""
-    read, bound = set(), set()
+    read: set[str] = set()
+    bound: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
@@ -421,6 +422,7 @@ class _JudgeServer:
         finally:
             theirs.close()
         self.sock = ours
+        assert self.proc.stdin is not None  # stdin=PIPE
         _write_all(self.proc.stdin.fileno(), json.dumps({"paths": _site_paths()}).encode(), time.monotonic() + 30)
         self.proc.stdin.close()
         if not wait_readable([ours.fileno()], 30) or ours.recv(16) != b"ready":
@@ -585,6 +587,7 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
             os.close(config_w)
             config_w = -1
             if candidate is not None:
+                assert candidate.stdin is not None  # stdin=PIPE
                 _write_all(candidate.stdin.fileno(),
                            json.dumps(candidate_config).encode("utf-8", "surrogatepass"), deadline)
                 candidate.stdin.close()
@@ -612,13 +615,16 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
                     else "the program's sandbox did not start")
             return RunResult(0, total, "error", seconds), f"{what}: {text or 'no stderr'}"
     passed = min(int(report.get("passed", 0)), total)
-    status = "unsupported" if report.get("unsupported") else "timeout" if report.get("timeout") else "ok"
+    status: Literal["unsupported", "timeout", "ok"] = (
+        "unsupported" if report.get("unsupported") else "timeout" if report.get("timeout") else "ok"
+    )
     return RunResult(passed, total, status, seconds), ""
 
 
 def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
     """Read `fd` to its end or the deadline (then True), at most `_MAX_OUTPUT` bytes."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while size <= _MAX_OUTPUT:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -715,12 +721,13 @@ def run_code_batch(tasks: list[CodeTask | float | None], limits: Limits, sandbox
     A run whose sandbox failed gives None and counts an error; unsupported tests give None
     (logged once); a timeout keeps its partial score and counts a timeout."""
     scores: list[float | None] = [t if not isinstance(t, CodeTask) else None for t in tasks]
-    pending = [i for i, t in enumerate(tasks) if isinstance(t, CodeTask)]
+    code_tasks = {i: t for i, t in enumerate(tasks) if isinstance(t, CodeTask)}
+    pending = list(code_tasks)
     if not pending:
         return scores
 
     def run(i: int) -> RunResult:
-        return run_tests(tasks[i], limits, sandbox)
+        return run_tests(code_tasks[i], limits, sandbox)
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as executor:
         for i, result in zip(pending, executor.map(run, pending)):

@@ -66,6 +66,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -257,6 +258,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         student = Student(model, student_tokenizer, config.loss.features.layer_map if config.loss.features else None,
                           f"student {config.student}")
     if config.loss.features is not None:
+        assert teacher is not None  # a features term needs the teacher's weights (needs_teacher_model)
         check_layer_map(student.layer_map, student.model.config.num_hidden_layers, teacher.config.num_hidden_layers)
     teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else None
     if teacher is not None and not (config.loss.logits or config.loss.features):
@@ -309,6 +311,7 @@ def derive(config: Config, teacher, tokenizer, ctx: StepContext) -> Student:
         return Student(model, tokenizer, {j: i for j, i in enumerate(keep)},
                        f"{len(keep)}-layer student of {config.teacher} (teacher layers {keep})",
                        {"teacher_layers_kept": keep})
+    assert config.student_size is not None  # prune: width requires it (Config validator)
     plan = pruning.width_plan(teacher.config, config.student_size, config.student_heads)
     batches = calibration_batches(config, ctx, tokenizer)
     fast = precision.resolve(config.teacher_dtype).dtype
@@ -433,6 +436,17 @@ class _DistillMixin:
     # so transformers' dataset-based token count cannot normalise it).
     loss_is_scaled_for_ga = False
 
+    # Attributes and methods of the transformers Trainer this class is mixed into, declared for
+    # the type checker (annotations only: nothing is set on the class).
+    model: Any
+    args: Any
+    state: Any
+    accelerator: Any
+    processing_class: Any
+    train_dataset: Any
+    data_collator: Any
+    autocast_smart_context_manager: Callable[..., Any]
+
     def __init__(self, *, teacher, config: Config, ctx: StepContext, layer_map, timer, **kwargs):
         self.distill = config
         self.teacher = teacher
@@ -441,7 +455,7 @@ class _DistillMixin:
         self.layer_map = layer_map if config.loss.features is not None else None
         self._timer = timer
         self._micro = 0
-        self._vllm = None
+        self._vllm: Any = None  # TRL's VLLMGeneration, started on the first on-policy batch
         self._vllm_step = -1
         self._cache_stats: dict = {}
         self._on_policy_counts = {"batches": 0, "on_policy": 0, "tokens": 0, "truncated": 0}
@@ -486,6 +500,7 @@ class _DistillMixin:
         from datasets import Dataset
 
         term = self.distill.loss.logits
+        assert term is not None  # called for a logits term only
         folder = self.ctx.work_dir / "teacher_topk"
         key = {"teacher": self.distill.teacher, "top_k": term.top_k, "temperature": term.temperature,
                "teacher_dtype": self.teacher_precision["dtype"] if self.teacher_precision else None,
@@ -516,6 +531,8 @@ class _DistillMixin:
         from stages.common.distillation import teacher_topk
 
         term = self.distill.loss.logits
+        # called for a cached logits term only, which has a top_k (Config validator)
+        assert term is not None and term.top_k is not None
         pad = self.processing_class.pad_token_id
         out_ids, out_lp = [], []
         rows = list(self.train_dataset)

@@ -192,12 +192,12 @@ def r1_k(data_source: str) -> int | None:
 
 def k_plan(config: Config, sources: list[str]) -> dict[str, tuple[int, str]]:
     """data_source -> (k, where that k comes from)."""
-    plan = {}
+    plan: dict[str, tuple[int, str]] = {}
     for source in sorted(set(sources)):
         if source in config.k_per_source:
             plan[source] = (config.k_per_source[source], "k_per_source")
-        elif config.protocol == "r1" and r1_k(source) is not None:
-            plan[source] = (r1_k(source), "R1 report")
+        elif config.protocol == "r1" and (k := r1_k(source)) is not None:
+            plan[source] = (k, "R1 report")
         else:
             plan[source] = (config.sampling.num_samples, "sampling.num_samples")
     return plan

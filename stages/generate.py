@@ -39,7 +39,7 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt, model_validator
 
@@ -236,14 +236,14 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
                                      completed=done)
             for k, i in enumerate(todo):
                 with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
-                    records = _sample_shard(sampler, cfg, shards[i])
-                write_parquet(records, path(i))  # a shard exists only when complete
+                    shard_records = _sample_shard(sampler, cfg, shards[i])
+                write_parquet(shard_records, path(i))  # a shard exists only when complete
                 progress.advance(task, len(shards[i]))
                 done += len(shards[i])
                 ctx.progress.update(
                     done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}"
                 )
-                ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
+                ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(shard_records)})
     records: list[dict] = []
     for i in range(len(shards)):
         records += pq.read_table(path(i)).to_pylist()
@@ -269,6 +269,7 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
         rows = load_sft_rows(ref, split=m.split, data_source=label, domain=m.domain)
         removed = 0
         if eval_set is not None:
+            assert cfg.decontaminate is not None  # the eval set is loaded only to decontaminate
             rows, removed = _decontaminate_messages(rows, eval_set, cfg.decontaminate.ngram)
         rows = random.Random(f"{cfg.seed}:{label}").sample(rows, len(rows))
         if m.max_rows is not None:
@@ -278,7 +279,8 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
     fixed = reasoning_rows + sum(len(rows) for m, _, rows, _, _ in loaded if m.share is None)
     total_share = sum(m.share or 0.0 for m in cfg.mix)
     final_size = fixed / (1.0 - total_share)
-    out, report = [], []
+    out: list[dict] = []
+    report: list[dict[str, Any]] = []
     for m, label, rows, removed, content in loaded:
         take = rows if m.share is None else rows[:round(m.share * final_size)]
         for r in take:
@@ -511,7 +513,7 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
     judged = [r for r in rates if r is not None]
     per_source = {src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
                   for src in sorted({p["data_source"] for p in pool})}
-    card = {"output": "prompts", "source_model": cfg.model,
+    card: dict[str, Any] = {"output": "prompts", "source_model": cfg.model,
             "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
             "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows),
                         "too_long": too_long(len(rows), records)},

@@ -527,7 +527,7 @@ def reward_counters(reward_funcs: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fn in reward_funcs:
         stats = getattr(fn, "stats", None)
-        if hasattr(stats, "as_dict"):
+        if stats is not None and hasattr(stats, "as_dict"):
             stats = stats.as_dict()
         if isinstance(stats, dict):
             name = getattr(fn, "__name__", type(fn).__name__)
@@ -550,8 +550,8 @@ def logged_steps(path: Path, key: str = "reward") -> list[dict]:
 
 
 def _mean(values: list[float | None]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
+    judged = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(judged) / len(judged) if judged else math.nan
 
 
 def _slope(steps: list[int], rewards: list[float | None]) -> float:

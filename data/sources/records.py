@@ -108,7 +108,7 @@ def records_to_rows(
         BadRowError: the first bad record (missing field, wrong type, empty prompt, invalid
             domain/split/verification, duplicate id) when `on_bad_row="error"`.
     """
-    result, seen = LoadedRows([]), {}
+    result, seen = LoadedRows([]), dict[str, int]()
     for number, record in records:
         try:
             if isinstance(record, BadRowError):

@@ -147,7 +147,7 @@ class ShareGPTFile:
         return self.cut_at_byte is None
 
     def describe_cut(self) -> str:
-        if self.complete:
+        if self.cut_at_byte is None:  # complete
             return f"{self.path}: complete, {self.records_read} records"
         return (f"{self.path} is cut off mid-record at byte {self.cut_at_byte:,} of {self.file_bytes:,}: "
                 f"read the {self.records_read:,} complete records before it; the incomplete last record "

