@@ -4,6 +4,11 @@
 runs one stage config; ``r1 eval`` also evaluates any model on any set and ``r1 eval compare``
 pairs two results; ``r1 report RUN`` writes a run's report; ``r1 validate`` checks configs;
 ``r1 doctor`` checks the machine; ``r1 models|data|rewards`` are the tool groups.
+
+Why one file: these are the top-level `r1` commands (run, one stage, report, validate, inspect,
+status, ls, doctor) and the process-level handling of interrupts and errors (`main`), thin
+wrappers over the modules that do the work; the tool groups (`models`, `data`, `rewards`) and
+each stage's own commands live with their code.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ console = Console()
 # (help_text); a flag shows no value type (_help_type).
 def help_text(doc: str | None) -> str:
     """A docstring as terminal help: its reStructuredText literals (``x``) as `x` (typer's rich
-    help prints the text verbatim, double backticks included).
+    help prints the text verbatim, double backticks included), without its "Why one file:"
+    paragraph (a note for developers, tests/test_architecture.py).
 
-    >>> help_text("The ``r1`` command")
-    'The `r1` command'
+    >>> help_text("The ``r1`` command.\\n\\nWhy one file: a note for developers.\\n")
+    'The `r1` command.'
     """
-    return re.sub(r"``(.+?)``", r"`\1`", doc or "", flags=re.DOTALL)
+    text = "\n\n".join(p for p in (doc or "").split("\n\n") if not p.lstrip().startswith("Why one file:"))
+    return re.sub(r"``(.+?)``", r"`\1`", text, flags=re.DOTALL)
 
 
 def _help_type(display_type):

@@ -20,6 +20,10 @@ Columns usable in ``--where``: ``id, data_source, domain, source_model, user, th
 reasoning_tokens, answer_tokens, format_ok, language_share, language_mixed, duplicate,
 near_duplicate``, ``reward_<name>`` for each reward, ``meta_<key>`` for each scalar meta key,
 and any other scalar column of the file (``dropped_by`` in ``samples.parquet``).
+
+Why one file: `r1 inspect` is one command over one table: finding and loading the dataset, the
+derived columns, the numbers and their two renderings (terminal, HTML) read the same columns,
+listed above; the rendering machinery itself is shared (`pipeline/render.py`).
 """
 
 from __future__ import annotations

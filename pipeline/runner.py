@@ -5,6 +5,12 @@
 with inline values. A field listed in a stage's ``input_fields`` may name an earlier step;
 the runner resolves it to that step's output folder, records input hashes in the manifest
 and skips a step whose manifest already matches its config and inputs.
+
+Why one file: a step's life in the executor is one sequence: parse and resolve the pipeline,
+decide what to skip (config and input hashes), run the step in its own process, pass signals on
+and read back what the process wrote (`.result.json`, `.error.json`). The parent's and the
+child's halves of that exchange (`_run_isolated`, `_child`, `_save_error`, `_read_error`, the
+signal handlers) change together.
 """
 
 from __future__ import annotations

@@ -14,6 +14,12 @@ Crash safety (``docs/reliability.md``): files that a rerun reads back are writte
 at all (:func:`atomic_write_text`, :func:`atomic_write`: a temporary file, fsync, rename); a run
 holds ``<run>/.lock`` (:class:`RunLock`) so that two runs never write one folder; a write that
 fails for lack of space raises :class:`DiskFullError` naming the path and the space needed.
+
+Why one file: the layout of a run folder is defined here once: the writer (`StepFolders`, atomic
+writes), the run lock (`<run>/.lock`) and the one reader (`RunFolder`, `StepView`,
+`read_metrics`) name the same files (`manifest.json`, `.partial/`, `.progress.json`,
+`.error.json`, `metrics.jsonl`), so a change to the layout is made and reviewed in one module.
+The three parts are sections below.
 """
 
 from __future__ import annotations

@@ -48,6 +48,10 @@ step 1's line); the ones after the last step, in the manifest only. The step's m
 phases of the whole ``train()`` call (``metrics.timing_s``, plus ``setup``: loading, resuming and
 building the optimizer before the first step), adding up to ``train_wall_s``.
 ``pipeline.timing.read_step_timings`` reads them back for a stacked bar per step.
+
+Why one file: it is the one home of the scaffolding that the trainer stages (sft, grpo, distill)
+share: options, TRL arguments, resume, epoch order, phase timers, metrics and the final save, so
+that a new trainer stage touches one module of `pipeline/`. Each part is a section below.
 """
 
 from __future__ import annotations

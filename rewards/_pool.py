@@ -14,6 +14,10 @@ forks a worker per request in milliseconds. Workers talk length-prefixed pickles
 socket. The pool is started lazily, reused by every reward in the process, and closed at exit.
 Each worker has an address-space limit (`memory_mb`), so a runaway computation raises
 MemoryError instead of swapping the machine.
+
+Why one file: the zygote, the workers and the pool are one process protocol (length-prefixed
+frames over a Unix socket, a deadline per task, kills and restarts), read together when a worker
+hangs or dies.
 """
 
 from __future__ import annotations

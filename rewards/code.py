@@ -50,6 +50,12 @@ Without bubblewrap (``sandbox="auto"`` and ``bwrap`` missing or not permitted) t
 rlimits and seccomp filter only, and a warning is logged once: the program then runs as the
 user, can write wherever the user can and reach the user's other processes, so no boundary
 holds against it (use ``sandbox="bwrap"`` for RL).
+
+Why one file: the reward, the rewriting of its tests (what the judge counts: `__r1_assert__`)
+and the driver of its two sandboxed processes (the command, the judge server, `_run_once`
+reading the judge's report) are one mechanism, whose other half is `rewards/_code_harness.py`. A
+change to the frames, the limits or the report touches this file and the harness, nothing else;
+split further, the two ends of one protocol would sit in three files.
 """
 
 from __future__ import annotations

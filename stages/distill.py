@@ -59,6 +59,12 @@ Outputs: ``model/`` (the trained student, like ``sft``), ``checkpoints/``, ``met
 Launch: ``r1 distill configs/distill/smollm2-135m/derived_student.yaml`` (several processes:
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli distill FILE``,
 as for ``sft``; see ``docs/distributed.md``)
+
+Why one file: a stage kind is one module of `stages/` (its config, `run` and trainer;
+`stages.kinds()` lists the modules), and the parts of this one share its config: the trainer
+reads every loss term, the teacher cache and the on-policy options. The formulas are in
+`stages/common/distillation.py` and the cutting of a student in `stages/common/pruning.py`; what
+stays is the config (~130 lines), the run (~180) and the trainer (~450), each a section below.
 """
 
 from __future__ import annotations

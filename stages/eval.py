@@ -35,6 +35,12 @@ result identical to an uninterrupted run).
 
 Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 ``r1 eval --model reasoning_rl --run r1-demo --data reasoning_gym:countdown --protocol r1``
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules).
+Reading results back and `r1 eval compare` are in `stages/common/eval_results.py`, the
+statistics in `stages/common/stats.py`, the contamination check in
+`stages/common/contamination.py`; what stays is the config, the protocol (k per benchmark,
+sampling), the run and the `r1 eval` command.
 """
 
 from __future__ import annotations

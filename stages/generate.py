@@ -30,6 +30,11 @@ prompts a policy always or never solves give all-equal groups, which carry no GR
 not apply in this mode.
 
 Launch: ``r1 generate configs/generate/smollm2-135m/rejection_sampling.yaml --run r1-demo``
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules). What
+it shares with `eval` is in `stages/common/` (sampling, filters, scoring); what stays is this
+kind's own: its config, sampling into resumable shards, mixing extra SFT data, the dataset card,
+the prompt-pool output and its report hook, each a section below.
 """
 
 from __future__ import annotations

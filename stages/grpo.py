@@ -65,6 +65,12 @@ Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several process
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
 (no device code here; each process samples and trains on its own prompts, with its own
 colocated engine; see ``docs/distributed.md``).
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules). What
+it shares is elsewhere (`pipeline/trainer.py`: options, resume, metrics, timings;
+`stages/common/`: dynamic sampling, vLLM weight sync, prompt pools); what stays is its config
+(every TRL GRPO option it sets, with its reason: ~140 lines), the run, the trainer class and the
+report hook.
 """
 
 from __future__ import annotations

@@ -42,6 +42,10 @@ Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml``; on several processe
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli sft FILE``
 (no device code here; every rank calls :func:`run`, rank 0 writes ``model/``, each rank
 writes its weights digest to ``distributed/rank-<r>.json``; see ``docs/distributed.md``).
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules);
+`distill` builds on its pieces (`load_model`, `training_template`, `train`), and the scaffolding
+every trainer shares is `pipeline/trainer.py`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ An eval step writes ``results.json`` (protocol + metrics per model) and ``sample
 (one row per model and question). ``r1 eval compare A B`` and the run report read them here:
 ``load_records`` / ``find_results`` find one model's records, ``compare`` pairs two models
 question by question (exact sign test, paired bootstrap interval).
+
+Why one file: everything here reads the two files an eval step writes (`results.json`,
+`samples.parquet`): the run report's eval section and `r1 eval compare` share the loading, the
+protocol comparison and the pairing.
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ set; ``generate`` drops and counts them, ``eval`` refuses them before sampling. 
 fits gets ``min(max_tokens, max_model_len - prompt tokens)`` new tokens on both in-process
 backends (what vLLM does). The server backend sends every prompt (its own ``--max-model-len``
 decides).
+
+Why one file: the three backends (vLLM offline engine, vLLM server, HF ``generate``) answer one
+interface (`Sampler`, `Completion`) under one config (`SamplingConfig`) and must agree on the
+token budget, the stop ids and the per-prompt seeds; `ServerClient` (~120 lines) is the server
+backend.
 """
 
 from __future__ import annotations
