@@ -18,10 +18,10 @@ ARGS   ?=
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup pipeline test test-fast doctor gpu-check cold-start reasoning-rl rejection-sampling sft preference-pairs reward-models all-domain-rl distill eval inspect report clean-venv help
+.PHONY: setup pipeline test test-fast lint doctor gpu-check cold-start reasoning-rl rejection-sampling sft preference-pairs reward-models all-domain-rl distill eval inspect report clean-venv help
 
 help:
-	@echo "make pipeline | test | setup | doctor | gpu-check | cold-start | reasoning-rl | rejection-sampling | sft | preference-pairs | reward-models | all-domain-rl | distill | eval | inspect | report"
+	@echo "make pipeline | test | lint | setup | doctor | gpu-check | cold-start | reasoning-rl | rejection-sampling | sft | preference-pairs | reward-models | all-domain-rl | distill | eval | inspect | report"
 	@echo "variables: CONFIG=$(CONFIG) RUN=<run name> ARGS='extra r1 flags' STACK=auto|cpu|gpu (now: $(STACK_NAME) in $(VENV))"
 
 # The stamp depends on the files that define the install: a second `make setup` with nothing
@@ -47,6 +47,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# Lint, format and types (settings in pyproject.toml); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # One target per R1 step of the pipeline file (step names of configs/pipeline/r1.yaml).
 cold-start: $(STAMP)

@@ -182,7 +182,7 @@ class TreeRssMonitor:
             self.peak_bytes = max(self.peak_bytes, self._sample())
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "TreeRssMonitor":
+    def __enter__(self) -> TreeRssMonitor:
         self._thread.start()
         return self
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -49,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 C.enter_repo()
 
@@ -202,20 +201,34 @@ def worker_train(spec: dict) -> dict:
     result = distill.run(parse(distill.Config, {**cfg, "max_steps": steps}), ctx)
     wall, cpu_run = time.perf_counter() - started, time.process_time() - cpu_started
     lines = _step_lines(out)
-    return {"name": spec["name"], "planned_steps": steps, "steps": result.counts["steps"],
-            "stopped_by_clock": limit["stopped"], "rows": result.counts["rows"],
-            "epochs": round(result.counts["steps"] * cfg["per_device_train_batch_size"] / result.counts["rows"], 2),
-            "clock": spec["clock"], "budget_s": budget, "setup_s": round(setup, 1),
-            "train_wall_s": result.metrics["train_wall_s"], "run_wall_s": round(wall, 1),
-            "train_cpu_s": round(sum(x["cpu_seconds_per_step"] for x in lines), 1), "run_cpu_s": round(cpu_run, 1),
-            "seconds_per_step": round(per_step, 2), "pilot": pilot,
-            "student_params": result.counts["student_params"], "teacher_params": result.counts.get("teacher_params"),
-            "student_params_ratio": result.metrics.get("student_params_ratio"),
-            "loss_first": result.metrics["loss_first"], "loss_last": result.metrics["loss_last"],
-            "terms_last": {k: v for k, v in lines[-1].items() if k.startswith("term/")} if lines else {},
-            "on_policy": result.metrics.get("on_policy"), "width": result.metrics.get("width"),
-            "teacher_layers_kept": result.metrics.get("teacher_layers_kept"),
-            "load_average_start": [round(x, 2) for x in load], "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "name": spec["name"],
+        "planned_steps": steps,
+        "steps": result.counts["steps"],
+        "stopped_by_clock": limit["stopped"],
+        "rows": result.counts["rows"],
+        "epochs": round(result.counts["steps"] * cfg["per_device_train_batch_size"] / result.counts["rows"], 2),
+        "clock": spec["clock"],
+        "budget_s": budget,
+        "setup_s": round(setup, 1),
+        "train_wall_s": result.metrics["train_wall_s"],
+        "run_wall_s": round(wall, 1),
+        "train_cpu_s": round(sum(x["cpu_seconds_per_step"] for x in lines), 1),
+        "run_cpu_s": round(cpu_run, 1),
+        "seconds_per_step": round(per_step, 2),
+        "pilot": pilot,
+        "student_params": result.counts["student_params"],
+        "teacher_params": result.counts.get("teacher_params"),
+        "student_params_ratio": result.metrics.get("student_params_ratio"),
+        "loss_first": result.metrics["loss_first"],
+        "loss_last": result.metrics["loss_last"],
+        "terms_last": {k: v for k, v in lines[-1].items() if k.startswith("term/")} if lines else {},
+        "on_policy": result.metrics.get("on_policy"),
+        "width": result.metrics.get("width"),
+        "teacher_layers_kept": result.metrics.get("teacher_layers_kept"),
+        "load_average_start": [round(x, 2) for x in load],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def worker_pilot(spec: dict) -> dict:
@@ -412,8 +425,19 @@ def main() -> None:
                      f"{e['pass@1'] / t_pass:.0%}" if t_pass else "-", f"{e['format_rate']:.3f}",
                      f"{e['format_rate'] / t_fmt:.0%}" if t_fmt else "-", f"{e['truncation_rate']:.3f}",
                      f"{kl[name]['kl_per_token']:.3f}"])
-    columns = ["student", "method", "params", "steps", "budget s (setup+train) / wall s", "pass@1 [95% CI]", "of teacher",
-               "format", "of teacher", "truncated", "KL nats/tok"]
+    columns = [
+        "student",
+        "method",
+        "params",
+        "steps",
+        "budget s (setup+train) / wall s",
+        "pass@1 [95% CI]",
+        "of teacher",
+        "format",
+        "of teacher",
+        "truncated",
+        "KL nats/tok",
+    ]
     C.print_table(f"distillation at equal time ({args.budget_s:.0f} {args.clock} s per method)", columns, rows,
                   caption=f"held-out: {teacher_eval['questions']} questions x k={teacher_eval['k']}")
     cost = {side: {k: costs[side][k] for k in ("seconds_per_step", "setup_s", "wall_s", "cpu_seconds_per_step",

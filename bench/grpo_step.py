@@ -53,10 +53,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 C.enter_repo()
-from pipeline import precision  # noqa: E402
+from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
 SIDES = ("ours", "trl_defaults")
@@ -179,8 +179,10 @@ def worker(args) -> None:
     on_cpu = engine and vllm_sync.on_cpu_platform()
     if side == "ours" and engine:
         options = vllm_sync.engine_options(
-            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None, dtype=precision.resolve(config.vllm_dtype).dtype,
-            enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager)
+            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
+            dtype=precision.resolve(config.vllm_dtype).dtype,
+            enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+        )
     else:
         options = contextlib.nullcontext()
     t0 = time.perf_counter()
@@ -236,7 +238,9 @@ def worker(args) -> None:
     steps = []
     for r in records:
         raw = r["raw"]
-        g = lambda k: raw.get(k, 0.0)  # noqa: E731
+        def g(k: str, raw: dict = raw) -> float:  # raw bound now (one record per loop turn)
+            return raw.get(k, 0.0)
+
         parts = {
             "generation": g("generation"), "weight_sync": g("weight_sync"), "rewards": g("rewards"),
             "old_logps": g("old_logps"), "ref_logps": g("ref_logps"),

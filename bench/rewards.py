@@ -72,7 +72,11 @@ def _gold_and_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
         n = a * b
         return str(n), [str(n), f"{n:,}", f"{n}.0"], [str(n + 1), str(n - a)]
     if kind == "frac":
-        return rf"\frac{{{a}}}{{{a + b}}}", [rf"\frac{{{a}}}{{{a + b}}}", f"{a}/{a + b}", rf"\dfrac{{{2 * a}}}{{{2 * (a + b)}}}"], [rf"\frac{{{b}}}{{{a + b}}}"]
+        return (
+            rf"\frac{{{a}}}{{{a + b}}}",
+            [rf"\frac{{{a}}}{{{a + b}}}", f"{a}/{a + b}", rf"\dfrac{{{2 * a}}}{{{2 * (a + b)}}}"],
+            [rf"\frac{{{b}}}{{{a + b}}}"],
+        )
     if kind == "sqrt":
         return rf"{a}\sqrt{{{b}}}", [rf"{a}\sqrt{{{b}}}", rf"\sqrt{{{a * a * b}}}"], [rf"{a}\sqrt{{{b + 1}}}", str(a)]
     if kind == "pi":
@@ -197,7 +201,7 @@ class Ceiling:
                 child.kill()
                 child.join()
 
-    def __enter__(self) -> "Ceiling":
+    def __enter__(self) -> Ceiling:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -377,7 +381,8 @@ started = time.perf_counter()
 with ThreadPoolExecutor(max_workers=workers) as ex:
     results = list(ex.map(run, tasks))
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "latencies": [r.seconds for r in results], "asserts": sum(r.total for r in results),
+print(json.dumps({"seconds": seconds, "latencies": [r.seconds for r in results],
+                  "asserts": sum(r.total for r in results),
                   "canonical_pass": sum(r.passed == r.total for r in results[::2]),
                   "broken_pass": sum(r.passed == r.total for r in results[1::2])}))
 """
@@ -455,7 +460,8 @@ def render(math: dict, groups: dict, no_dedupe: dict, command: str) -> str:
         "",
         "| mode | checks/s | p50 latency | p99 latency |",
         "|---|---|---|---|",
-        f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} | {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
+        f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} "
+        f"| {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
         f"| {math['workers']} processes sharing a counter, no deadline, no messages (ceiling) "
         f"| {math['ceiling_checks_per_s']:.0f} | | |",
         f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
@@ -471,7 +477,8 @@ def render(math: dict, groups: dict, no_dedupe: dict, command: str) -> str:
         f"sharing a gold, batches of {groups['batch']}; {groups['unique_share']:.0%} of the checks in a batch are "
         f"distinct: `accuracy` reward (equal checks once, pool) {groups['accuracy_per_s']:.0f} completions/s, "
         f"naive serial reward (each completion math-verified in process) {groups['naive_per_s']:.0f}/s: "
-        f"**{groups['speedup']:.2f}x** (median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}). "
+        f"**{groups['speedup']:.2f}x** "
+        f"(median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}). "
         f"The same with `dedupe=False` (other sets of the same shape): "
         f"{no_dedupe['accuracy_per_s']:.0f} vs {no_dedupe['naive_per_s']:.0f}/s, **{no_dedupe['speedup']:.2f}x** "
         f"(per set: {', '.join(f'{x:.2f}x' for x in no_dedupe['speedup_per_rep'])}).",
@@ -497,8 +504,10 @@ def render_code(code: dict, command: str) -> str:
         lines += [
             "",
             f"Baseline `{code['revision']}` (its `rewards/`, rounds alternating with the above): "
-            f"{base['completions_per_s']:.1f} completions/s (per round {', '.join(f'{x:.1f}' for x in base['per_round'])}), "
-            f"p50 {base['p50_ms']:.0f} ms, p99 {base['p99_ms']:.0f} ms, canonical all-pass {base['canonical_all_pass']}: "
+            f"{base['completions_per_s']:.1f} completions/s "
+            f"(per round {', '.join(f'{x:.1f}' for x in base['per_round'])}), "
+            f"p50 {base['p50_ms']:.0f} ms, p99 {base['p99_ms']:.0f} ms, "
+            f"canonical all-pass {base['canonical_all_pass']}: "
             f"current / baseline **{cur['completions_per_s'] / base['completions_per_s']:.2f}x** completions/s, "
             f"p99 {cur['p99_ms'] - base['p99_ms']:+.0f} ms.",
         ]

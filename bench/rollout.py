@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 C.enter_repo()
-from pipeline import precision  # noqa: E402
+from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "rollout"
 SIDES = ("vllm", "hf_bf16", "hf_fp32")

@@ -12,9 +12,9 @@ Row schema: `data.schema`; sources: `data.sources`; templates: `data.prompts` an
 from data.decontam import decontaminate, ngram_overlap
 from data.load import LoadReport, load_prompts, load_prompts_with_report
 from data.mix import mix, stratify
+from data.non_reasoning import non_reasoning_sft_row
 from data.prompts import TEMPLATES, question_of, render_prompt, system_prompt
 from data.schema import DOMAINS, PROMPT_COLUMNS, SPLITS, PromptRowError, validate_prompt_row
-from data.non_reasoning import non_reasoning_sft_row
 from data.sources import (
     SOURCE_KINDS,
     BadRowError,

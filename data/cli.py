@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import pydantic
 import typer
@@ -25,9 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from data.load import load_prompts, load_prompts_with_report
-from data.prompts import TEMPLATES
-from data.schema import SPLITS
 from data.non_reasoning import non_reasoning_sft_row, write_sft_rows
+from data.prompts import TEMPLATES, Template
+from data.schema import SPLITS, Split
 from data.sources import parse_source
 from data.spec import source_from_spec
 
@@ -43,8 +43,13 @@ def _group() -> None:
 
 @app.command()
 def preview(
-    source: Annotated[str, typer.Argument(help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
-                                               "<file.jsonl|.parquet> | [hub:]<name>[:<subset>] | '{source: ..., ...}'")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="reasoning_gym:<task> | humaneval | sharegpt | harmful_prompts | "
+            "<file.jsonl|.parquet> | [hub:]<name>[:<subset>] | '{source: ..., ...}'"
+        ),
+    ],
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to show")] = 5,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     seed: Annotated[int, typer.Option(help="seed (reasoning-gym sources)")] = 0,
@@ -56,7 +61,10 @@ def preview(
         raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}")
     try:
         config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n, seed=seed))
-        dataset, report = load_prompts_with_report([config], split=split, template=template)
+        # --split and --template were checked above
+        dataset, report = load_prompts_with_report(
+            [config], split=cast(Split, split), template=cast(Template, template)
+        )
     except (pydantic.ValidationError, ValueError, OSError) as error:  # OSError: missing file, no network
         console.print(Text(f"error: {error}", style="bold red"))
         raise typer.Exit(1) from None
@@ -80,7 +88,9 @@ def export_sft(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="rows to write (first ones of the split)")] = 1000,
     split: Annotated[str, typer.Option(help="train or test")] = "train",
     template: Annotated[str, typer.Option(help="chat or r1_zero (the prompt part of the messages)")] = "chat",
-    think: Annotated[str, typer.Option(help="empty: '<think>\\n</think>' then <answer>; none: the bare answer")] = "empty",
+    think: Annotated[
+        str, typer.Option(help="empty: '<think>\\n</think>' then <answer>; none: the bare answer")
+    ] = "empty",
 ) -> None:
     """Write non-reasoning SFT rows (prompt + reference answer, no chain of thought) for `mix:`."""
     if split not in SPLITS or template not in TEMPLATES or think not in ("empty", "none"):
@@ -88,7 +98,7 @@ def export_sft(
                                  "--think empty or none")
     try:
         config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n))
-        rows = load_prompts([config], split=split, template=template).to_list()[:n]
+        rows = load_prompts([config], split=cast(Split, split), template=cast(Template, template)).to_list()[:n]
         sft = [non_reasoning_sft_row(r, think="" if think == "empty" else None) for r in rows]
         written = write_sft_rows(sft, out)
     except (pydantic.ValidationError, ValueError, OSError) as error:
@@ -112,4 +122,6 @@ def _panel(row: dict) -> Panel:
 
 
 def _cut(text: str) -> str:
-    return text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + f"… (+{len(text) - MAX_FIELD_CHARS} chars)"
+    return (
+        text if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS] + f"… (+{len(text) - MAX_FIELD_CHARS} chars)"
+    )

@@ -11,7 +11,7 @@ import datasets
 
 from data.prompts import TEMPLATES, Template
 from data.schema import PROMPT_COLUMNS, SPLITS, Split, prompt_features
-from data.sources import PromptSource, SourceConfig, parse_source
+from data.sources import SourceConfig, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class LoadReport:
 
 
 def load_prompts_with_report(
-    sources: Sequence[PromptSource | dict],
+    sources: Sequence[SourceConfig | dict],
     split: Split | None = None,
     template: Template = "chat",
 ) -> tuple[datasets.Dataset, LoadReport]:
@@ -45,7 +45,9 @@ def load_prompts_with_report(
         report.skipped[label] = loaded.skipped
         if loaded.card:
             report.cards[label] = loaded.card
-        log.info("%s: %d rows (%s), %d bad rows skipped", label, len(loaded.rows), split or "all splits", loaded.skipped)
+        log.info(
+            "%s: %d rows (%s), %d bad rows skipped", label, len(loaded.rows), split or "all splits", loaded.skipped
+        )
         rows += loaded.rows
     duplicates = [i for i, n in Counter(row["id"] for row in rows).items() if n > 1]
     if duplicates:
@@ -58,7 +60,7 @@ def load_prompts_with_report(
 
 
 def load_prompts(
-    sources: Sequence[PromptSource | dict],
+    sources: Sequence[SourceConfig | dict],
     split: Split | None = None,
     template: Template = "chat",
 ) -> datasets.Dataset:

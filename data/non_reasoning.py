@@ -15,7 +15,8 @@ SFT rows follow the project's schema (`docs/rejection_sampling.md`, `stages.gene
 | `domain`       | str         | the prompt row's (`general` for ShareGPT)                         |
 | `rewards`      | str (JSON)  | `"{}"`: nothing was scored                                        |
 | `source_model` | str         | who wrote the response (`chatgpt` for ShareGPT references)        |
-| `meta`         | str (JSON)  | `{"non_reasoning": true, "think": "empty" | "short" | "none", "prompt_split", "response_chars"}` |
+| `meta`         | str (JSON)  | `{"non_reasoning": true, "think", "prompt_split", "response_chars"}` |
+|                |             | with `think` one of `"empty"`, `"short"`, `"none"`                |
 
 A string prompt (template `r1_zero`) becomes one user message holding the whole string, as the
 generate stage stores it. Rows written with `write_sft_rows` can be mixed into rejection sampling
@@ -117,8 +118,8 @@ def write_sft_rows(rows: Iterable[dict[str, Any]], path: Path | str) -> int:
         path.write_text("".join(json.dumps({c: r[c] for c in SFT_COLUMNS}, ensure_ascii=False) + "\n" for r in rows),
                         encoding="utf-8")
     elif path.suffix == ".parquet":
-        import pyarrow as pa  # noqa: PLC0415
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist([{c: r[c] for c in SFT_COLUMNS} for r in rows]), path)
     else:

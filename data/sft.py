@@ -121,7 +121,7 @@ def read_records(ref: str | Path, split: str = "train") -> list[tuple[str, dict]
     name, _, subset = str(ref).partition(":")
     try:
         loaded = datasets.load_dataset(name, subset or None, split=split)
-    except Exception as err:  # offline, unknown name, ...: say what was tried
+    except Exception as err:  # noqa: BLE001 - offline, unknown name, ...: say what was tried
         raise FileNotFoundError(f"no local dataset at {ref}, and the hub dataset {name!r} could not be "
                                 f"loaded: {type(err).__name__}: {err}") from None
     return [(f"{name} [{split}]:{i}", r) for i, r in enumerate(loaded.to_list(), 1)]
@@ -154,7 +154,9 @@ def messages_of(where: str, record: dict) -> list[dict[str, str]]:
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise SFTRowError(f"{where}: field 'messages.{i}': expected {{role, content}} with a string role, got {m!r:.80}")
+            raise SFTRowError(
+                f"{where}: field 'messages.{i}': expected {{role, content}} with a string role, got {m!r:.80}"
+            )
         content = m.get("content")
         if content is not None and not isinstance(content, str):
             raise SFTRowError(f"{where}: field 'messages.{i}.content': expected text, got {type(content).__name__}")

@@ -4,6 +4,11 @@
 runs one stage config; ``r1 eval`` also evaluates any model on any set and ``r1 eval compare``
 pairs two results; ``r1 report RUN`` writes a run's report; ``r1 validate`` checks configs;
 ``r1 doctor`` checks the machine; ``r1 models|data|rewards`` are the tool groups.
+
+Why one file: these are the top-level `r1` commands (run, one stage, report, validate, inspect,
+status, ls, doctor) and the process-level handling of interrupts and errors (`main`), thin
+wrappers over the modules that do the work; the tool groups (`models`, `data`, `rewards`) and
+each stage's own commands live with their code.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -20,11 +25,17 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 import stages
 from data.cli import app as data_app
-from pipeline import distributed, models
+from pipeline import distributed, models, store
 from pipeline.config import ConfigError, read_yaml
-from pipeline import store
-from pipeline.runner import (Pipeline, load_pipeline, one_step_pipeline, parse_stage_config, run_pipeline,
-                             select_steps, single_step_pipeline)
+from pipeline.runner import (
+    Pipeline,
+    load_pipeline,
+    one_step_pipeline,
+    parse_stage_config,
+    run_pipeline,
+    select_steps,
+    single_step_pipeline,
+)
 from pipeline.stage import Front
 from rewards.cli import app as rewards_app
 
@@ -35,12 +46,14 @@ console = Console()
 # (help_text); a flag shows no value type (_help_type).
 def help_text(doc: str | None) -> str:
     """A docstring as terminal help: its reStructuredText literals (``x``) as `x` (typer's rich
-    help prints the text verbatim, double backticks included).
+    help prints the text verbatim, double backticks included), without its "Why one file:"
+    paragraph (a note for developers, tests/test_architecture.py).
 
-    >>> help_text("The ``r1`` command")
-    'The `r1` command'
+    >>> help_text("The ``r1`` command.\\n\\nWhy one file: a note for developers.\\n")
+    'The `r1` command.'
     """
-    return re.sub(r"``(.+?)``", r"`\1`", doc or "", flags=re.DOTALL)
+    text = "\n\n".join(p for p in (doc or "").split("\n\n") if not p.lstrip().startswith("Why one file:"))
+    return re.sub(r"``(.+?)``", r"`\1`", text, flags=re.DOTALL)
 
 
 def _help_type(display_type):
@@ -59,8 +72,8 @@ def _help_type(display_type):
 
 
 # One place for every r1 help page (typer has no setting for either).
-TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)
-TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)
+TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)  # type: ignore[method-assign]
 
 app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
@@ -68,27 +81,41 @@ app.add_typer(models.app, name="models", help="Prepare and list models (aliases,
 app.add_typer(data_app, name="data", help="Preview prompt sources.")
 app.add_typer(rewards_app, name="rewards", help="List reward functions; score JSONL files with them.")
 
-SetOpt = typer.Option(None, "--set", help="Override a config value: KEY=VALUE (repeatable; STEP.KEY=VALUE for pipelines).")
+SetOpt = typer.Option(
+    None, "--set", help="Override a config value: KEY=VALUE (repeatable; STEP.KEY=VALUE for pipelines)."
+)
 KeepOpt = typer.Option(False, "--keep-checkpoints",
                        help="Keep a finished training step's checkpoints/ (resume state, ~1.6 GB each for 135M); "
                             "by default only unfinished steps keep them.")
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     if distributed.is_main():  # every rank of a launch fails alike; say it once
         console.print(f"[red]error:[/] {escape(msg)}")
     raise typer.Exit(2)
 
 
 @app.command()
-def run(config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/r1.yaml."),
-        run_name: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
-        only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this step (repeatable)."),
-        from_step: Optional[str] = typer.Option(None, "--from", help="Run this step and all after it."),
-        force: bool = typer.Option(False, "--force", help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start it over)."),
-        keep_checkpoints: bool = KeepOpt,
-        stall_timeout: Optional[float] = typer.Option(None, "--stall-timeout", help="Seconds a step may go without any progress before it fails naming its phase (default: $R1_STALL_TIMEOUT, else 1800; 0: never)."),
-        overrides: Optional[list[str]] = SetOpt) -> None:
+def run(
+    config: Path = typer.Argument(..., help="Pipeline YAML, e.g. configs/pipeline/r1.yaml."),
+    run_name: str | None = typer.Option(None, "--run", help="Run folder name (default: the file's `run`)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only this step (repeatable)."),
+    from_step: str | None = typer.Option(None, "--from", help="Run this step and all after it."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Rerun steps even when their manifest is up to date (a step's unfinished work of the same config and "
+        "inputs still resumes; delete runs/RUN/.partial/STEP to start it over).",
+    ),
+    keep_checkpoints: bool = KeepOpt,
+    stall_timeout: float | None = typer.Option(
+        None,
+        "--stall-timeout",
+        help="Seconds a step may go without any progress before it fails naming its phase "
+        "(default: $R1_STALL_TIMEOUT, else 1800; 0: never).",
+    ),
+    overrides: list[str] | None = SetOpt,
+) -> None:
     """Run a pipeline: each step in order, skipping those already done with the same config and inputs."""
     if stall_timeout is not None:
         import os
@@ -136,12 +163,19 @@ def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
 
 
 def _stage_command(kind: str):
-    def command(config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
-                run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
-                step: Optional[str] = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
-                force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-                keep_checkpoints: bool = KeepOpt,
-                overrides: Optional[list[str]] = SetOpt) -> None:
+    def command(
+        config: Path = typer.Argument(..., help=f"A `kind: {kind}` config, e.g. configs/{kind}/..."),
+        run_name: str = typer.Option("single", "--run", help="Run folder; inputs may name its finished steps."),
+        step: str | None = typer.Option(None, "--step", help=f"Step folder name (default: {kind})."),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; "
+            "delete runs/RUN/.partial/STEP to start over).",
+        ),
+        keep_checkpoints: bool = KeepOpt,
+        overrides: list[str] | None = SetOpt,
+    ) -> None:
         try:
             pipeline = single_step_pipeline(config, overrides, run_name, step)
             _check_kind(pipeline.steps[0].config.kind, kind, str(config))
@@ -164,7 +198,7 @@ def _command_name(kind: str) -> str:
     return kind.replace("_", "-")
 
 
-def _run_config(raw: dict, source: str, kind: str, run: str, step: Optional[str] = None, force: bool = False,
+def _run_config(raw: dict, source: str, kind: str, run: str, step: str | None = None, force: bool = False,
                 keep_checkpoints: bool = False) -> None:
     """Run a stage config mapping as one step (``pipeline.stage.Front.run_config``)."""
     try:
@@ -226,8 +260,12 @@ for _kind in stages.kinds():
 
 
 @app.command()
-def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
-           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order.")) -> None:
+def report(
+    run: str | None = typer.Argument(None, help="Run name under $R1_HOME, or a run folder."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Pipeline file: its `run` (when RUN is not given) and step order."
+    ),
+) -> None:
     """Write the run report: report.md, a self-contained report.html and PNG figures in <run>/report/."""
     order, planned = None, None
     if config is not None:
@@ -240,7 +278,7 @@ def report(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HO
                 data = read_yaml(config)
             except ConfigError as err:
                 _fail(str(err))
-            order = [s.get("name") for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name")]
+            order = [s["name"] for s in data.get("steps") or [] if isinstance(s, dict) and s.get("name")]
             run = run or data.get("run")
     if not run:
         _fail("give a run name (or --config PIPELINE.yaml)")
@@ -285,16 +323,20 @@ def validate(files: list[Path] = typer.Argument(..., help="Pipeline or stage YAM
 
 
 @app.command()
-def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
-            run_name: Optional[str] = typer.Option(None, "--run", help="Run that holds the step."),
-            config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
-            sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
-            seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
-            where: Optional[str] = typer.Option(None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."),
-            html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
-            tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
-            split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset.")) -> None:
-    """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""
+def inspect(
+    path: str = typer.Argument(..., help="A dataset folder/file, a step name of a run, or a hub dataset name."),
+    run_name: str | None = typer.Option(None, "--run", help="Run that holds the step."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline file (its `run` is the default run)."),
+    sample: int = typer.Option(3, "--sample", min=0, help="Rows to print, reasoning and answer apart."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the row sample (terminal and HTML browser)."),
+    where: str | None = typer.Option(
+        None, "--where", help="Keep rows matching a pandas query, e.g. 'domain == \"code\"' or 'reward_accuracy < 1'."
+    ),
+    html: Path | None = typer.Option(None, "--html", help="Also write a self-contained HTML report here."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer (folder or hub name) for token lengths."),
+    split: str = typer.Option("train", "--split", help="Split of a hub or save_to_disk dataset."),
+) -> None:
+    """Summarise an SFT dataset: size, mix, filter funnel, lengths, quality, rewards, samples (--html: a report page)."""  # noqa: E501 - one line: typer's help
     from pipeline import inspect as inspect_mod
 
     if html is not None and html.is_dir():  # refused before the work, not after it
@@ -307,7 +349,7 @@ def inspect(path: str = typer.Argument(..., help="A dataset folder/file, a step 
         _fail(str(err))
 
 
-def _pick_run(run: Optional[str], config: Optional[Path]):
+def _pick_run(run: str | None, config: Path | None):
     """``(run folder, plan or None)`` for ``r1 status``: RUN (a name or a folder), else the
     ``run`` of ``--config``, else the run changed last."""
     from pipeline.runner import plan_of
@@ -335,10 +377,16 @@ def _pick_run(run: Optional[str], config: Optional[Path]):
 
 
 @app.command()
-def status(run: Optional[str] = typer.Argument(None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."),
-           config: Optional[Path] = typer.Option(None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."),
-           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-           watch: Optional[float] = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted.")) -> None:
+def status(
+    run: str | None = typer.Argument(
+        None, help="Run name under $R1_HOME, or a run folder (default: the run changed last)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="Pipeline file to compare with (default: the one the run last ran with)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    watch: float | None = typer.Option(None, "--watch", min=0.5, help="Redraw every SECONDS until interrupted."),
+) -> None:
     """Where a run stands: each step done / running / partial (how far) / pending / stale, wall time, key numbers."""
     import json
     import time
@@ -375,8 +423,15 @@ def list_runs(as_json: bool = typer.Option(False, "--json", help="Print JSON ins
 
 
 @app.command()
-def doctor(require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
-           ranks: Optional[int] = typer.Option(None, "--ranks", min=1, help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).")) -> None:
+def doctor(
+    require_gpu: bool = typer.Option(False, "--require-gpu", help="Fail unless torch can use the GPUs."),
+    ranks: int | None = typer.Option(
+        None,
+        "--ranks",
+        min=1,
+        help="Processes per node of the launch, for the reward-pool size per rank (default: LOCAL_WORLD_SIZE or 1).",
+    ),
+) -> None:
     """Check this machine in seconds: versions, stack, CUDA/driver, device, dtype, vLLM, bwrap, reward workers."""
     from pipeline import doctor as doctor_checks
 
@@ -395,8 +450,9 @@ def main() -> None:
     try:
         app()  # click ends with SystemExit; it turns a KeyboardInterrupt into "Aborted!" and 1
     except SystemExit:
-        if runner.stopped_by() is not None:  # a signal ended it: say so, with the signal's exit code
-            _interrupted(runner.stopped_by())
+        signum = runner.stopped_by()
+        if signum is not None:  # a signal ended it: say so, with the signal's exit code
+            _interrupted(signum)
         raise
     except KeyboardInterrupt:
         _interrupted(runner.stopped_by() or 2)

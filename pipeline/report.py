@@ -120,10 +120,16 @@ def section_steps(doc: Doc, steps: list[StepView]) -> None:
         ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=12, color="#555", lw=1))
     info = {s.name: s for s in steps}
     for name, (x, y) in pos.items():
-        s = info.get(name)
-        label = short(name) if s is None else (
-            f"{name}\n{s.kind} · {s.status}" + (f" · {s.wall_time_s:.0f} s" if s.wall_time_s is not None else ""))
-        colour = "#dbe9f6" if s is None else colours.get(s.status.split(" (")[0], "#eeeeee")
+        view = info.get(name)
+        label = (
+            short(name)
+            if view is None
+            else (
+                f"{name}\n{view.kind} · {view.status}"
+                + (f" · {view.wall_time_s:.0f} s" if view.wall_time_s is not None else "")
+            )
+        )
+        colour = "#dbe9f6" if view is None else colours.get(view.status.split(" (")[0], "#eeeeee")
         ax.add_patch(FancyBboxPatch((x - 1.0, y - 0.45), 2.0, 0.9, boxstyle="round,pad=0.02", fc=colour, ec="#666"))
         ax.text(x, y, label, ha="center", va="center", fontsize=7.5)
     ax.set_xlim(-1.2, (width - 1) * 2.6 + 1.2)

@@ -5,6 +5,12 @@
 with inline values. A field listed in a stage's ``input_fields`` may name an earlier step;
 the runner resolves it to that step's output folder, records input hashes in the manifest
 and skips a step whose manifest already matches its config and inputs.
+
+Why one file: a step's life in the executor is one sequence: parse and resolve the pipeline,
+decide what to skip (config and input hashes), run the step in its own process, pass signals on
+and read back what the process wrote (`.result.json`, `.error.json`). The parent's and the
+child's halves of that exchange (`_run_isolated`, `_child`, `_save_error`, `_read_error`, the
+signal handlers) change together.
 """
 
 from __future__ import annotations
@@ -455,7 +461,7 @@ def _die_with_parent() -> None:
 def _save_error(work_dir: Path, err: BaseException | str) -> bool:
     """``.error.json`` in the partial folder: the error's type and message (read by the parent
     process and by ``r1 status``). Returns whether it was written (a full disk may refuse it)."""
-    record = ({"type": "StallError", "message": err} if isinstance(err, str) else
+    record: dict[str, Any] = ({"type": "StallError", "message": err} if isinstance(err, str) else
               {"type": type(err).__name__, "message": str(err), "interrupted": isinstance(err, KeyboardInterrupt),
                "signum": getattr(err, "signum", None)})
     record["time"] = time.time()
@@ -513,7 +519,7 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
         # already; a `kill` from a scheduler reached only this process), give it time to
         # unwind; a second signal here ends it at once (its partial work is crash-safe).
         try:
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:  # alive: started, so it has a pid
                 os.kill(proc.pid, getattr(err, "signum", signal.SIGINT))
             proc.join(timeout=60)
         except KeyboardInterrupt:
@@ -531,8 +537,10 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
         raise Interrupted(error.get("signum") or signal.SIGTERM)
     if proc.exitcode == progress.STALL_EXIT_CODE and not error:
         error = {"message": "stalled (ended by its watchdog)"}
-    what = error.get("message") or (f"killed by signal {signal.Signals(-proc.exitcode).name}" if (proc.exitcode or 0) < 0
-                                    else "see the error above")
+    exitcode = proc.exitcode or 0
+    what = error.get("message") or (
+        f"killed by signal {signal.Signals(-exitcode).name}" if exitcode < 0 else "see the error above"
+    )
     raise StepFailed(f"step {step.name} failed in its process (exit code {proc.exitcode}): {what}")
 
 
@@ -577,8 +585,12 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         inputs = _input_block(step, resolver)
     folders = store.StepFolders(run_dir, step.name)
     manifest = store.read_manifest(folders.final)
-    if (not force and manifest and manifest.get("config_hash") == config_hash
-            and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}):
+    if (
+        not force
+        and manifest
+        and manifest.get("config_hash") == config_hash
+        and {k: v["hash"] for k, v in manifest.get("inputs", {}).items()} == {k: v["hash"] for k, v in inputs.items()}
+    ):
         if main:
             console.print(f"[green]✓ {step.name}[/] up to date (manifest matches config and inputs); skipped")
         return _record_from_manifest(step, manifest, "skipped (up to date)")
@@ -596,7 +608,9 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     # launch the ranks would have to agree on it first; they rerun the step instead).
     if not distributed.launched() and not force and folders.recover(fingerprint):
         console.print(f"[green]✓ {step.name}[/] finished before an interruption (manifest written); moved into place")
-        return _record_from_manifest(step, store.read_manifest(folders.final), "recovered")
+        manifest = store.read_manifest(folders.final)
+        assert manifest is not None  # recover() moves a folder into place only with its manifest
+        return _record_from_manifest(step, manifest, "recovered")
     if main:  # may discard a stale partial folder: no other rank may be using it yet
         work = folders.prepare_partial(fingerprint)
         store.atomic_write_text(work / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
@@ -650,8 +664,10 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         if ranks is not None:
             manifest["distributed"] = ranks
             if ranks["weights_identical"] is False:
-                console.print(f"[red]warning: the {ranks['world_size']} processes of {step.name} ended with "
-                              f"different weights (see {work / distributed.DIGEST_DIR}); the saved model is rank 0's[/]")
+                console.print(
+                    f"[red]warning: the {ranks['world_size']} processes of {step.name} ended with "
+                    f"different weights (see {work / distributed.DIGEST_DIR}); the saved model is rank 0's[/]"
+                )
         folders.finalize(manifest)
         console.print(f"[green]✓ {step.name}[/] finished in {wall:.1f} s: {result.summary}")
     distributed.barrier()  # no rank reads the store (next step, exit) before the final folder exists

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from typing import Any
 
 import stages
 from pipeline import precision, store
@@ -67,7 +68,7 @@ def plan(pipeline_file: str, step: str, run: str | None = None, overrides: list[
                 resolver.dataset(ref)
     except RuntimeError as err:  # an input step of RUN has not finished
         raise ConfigError(f"step {step}: {err}") from None
-    config = chosen.config
+    config: Any = chosen.config  # the vLLM fields below are read by duck typing, as `use_vllm` is
     mode = "none"
     if getattr(config, "use_vllm", False):  # a trainer that rolls out with vLLM (the grpo stage)
         mode = config.vllm_mode

@@ -104,9 +104,10 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
         elif view.done and not view.status.endswith("unfinished"):
             entry.update(status="done", wall_time_s=view.wall_time_s, key_numbers=key_numbers(view.kind, view.result))
             reasons = []
-            if plan_step.get("config_hash") and view.manifest.get("config_hash") != plan_step["config_hash"]:
+            manifest = view.manifest or {}  # a done view always has its manifest
+            if plan_step.get("config_hash") and manifest.get("config_hash") != plan_step["config_hash"]:
                 reasons.append("config changed since it ran")
-            for name, block in view.manifest.get("inputs", {}).items():
+            for name, block in manifest.get("inputs", {}).items():
                 ref = block.get("ref")
                 if ref in outputs and outputs[ref] and block.get("hash") != outputs[ref]:
                     reasons.append(f"input {name} ({ref}) has new output")
@@ -132,7 +133,9 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
             elif not alive:
                 entry["reason"] = "stopped (killed or lost); rerun to resume"
             if view.status.startswith("done"):
-                entry["reason"] = (entry["reason"] + "; " if entry["reason"] else "") + "an older finished version is kept"
+                entry["reason"] = (
+                    entry["reason"] + "; " if entry["reason"] else ""
+                ) + "an older finished version is kept"
         steps.append(entry)
     return {"run": run_dir.name, "path": str(run_dir), "running": holder,
             "pipeline": (plan or {}).get("source"), "steps": steps}

@@ -14,6 +14,12 @@ Crash safety (``docs/reliability.md``): files that a rerun reads back are writte
 at all (:func:`atomic_write_text`, :func:`atomic_write`: a temporary file, fsync, rename); a run
 holds ``<run>/.lock`` (:class:`RunLock`) so that two runs never write one folder; a write that
 fails for lack of space raises :class:`DiskFullError` naming the path and the space needed.
+
+Why one file: the layout of a run folder is defined here once: the writer (`StepFolders`, atomic
+writes), the run lock (`<run>/.lock`) and the one reader (`RunFolder`, `StepView`,
+`read_metrics`) name the same files (`manifest.json`, `.partial/`, `.progress.json`,
+`.error.json`, `metrics.jsonl`), so a change to the layout is made and reviewed in one module.
+The three parts are sections below.
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ class DiskFullError(OSError):
                                        "elsewhere) and rerun the same command: finished work is kept and resumes")
 
     def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
-        return self.strerror
+        return self.strerror or ""
 
 
 def human_bytes(n: int | float | None) -> str:
@@ -219,7 +225,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], needed: int | None = None) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object], needed: int | None = None) -> Path:
     """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file next to it,
     which is flushed to disk and renamed over ``path`` (a rename within a folder is atomic, so
     a reader sees the old file or the new one, never half of one, even after a crash).
@@ -399,7 +405,7 @@ class RunLock:
         self._fd: int | None = None
         self._stop = threading.Event()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock.
 
         Raises:
@@ -414,7 +420,9 @@ class RunLock:
         except BlockingIOError:
             holder = _read_record(fd)
             os.close(fd)
-            raise RunLockedError(self.run_dir, holder or {"pid": "?", "command": "(its record is not written yet)"}) from None
+            raise RunLockedError(
+                self.run_dir, holder or {"pid": "?", "command": "(its record is not written yet)"}
+            ) from None
         previous = _read_record(fd)
         ours = previous.get("pid") == os.getpid() and previous.get("host") == socket.gethostname()
         if previous and not ours and holder_alive(previous, os.fstat(fd).st_mtime):
@@ -453,7 +461,7 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -631,7 +639,7 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def named(cls, run: str) -> "RunFolder":
+    def named(cls, run: str) -> RunFolder:
         return cls(runs_root() / run)
 
     def exists(self) -> bool:

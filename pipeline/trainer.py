@@ -48,6 +48,10 @@ step 1's line); the ones after the last step, in the manifest only. The step's m
 phases of the whole ``train()`` call (``metrics.timing_s``, plus ``setup``: loading, resuming and
 building the optimizer before the first step), adding up to ``train_wall_s``.
 ``pipeline.timing.read_step_timings`` reads them back for a stacked bar per step.
+
+Why one file: it is the one home of the scaffolding that the trainer stages (sft, grpo, distill)
+share: options, TRL arguments, resume, epoch order, phase timers, metrics and the final save, so
+that a new trainer stage touches one module of `pipeline/`. Each part is a section below.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -178,7 +182,7 @@ def training_precision(options: TrainerOptions) -> Precision:
     return chosen
 
 
-def check_trackers(trackers: list[str]) -> None:
+def check_trackers(trackers: Sequence[str]) -> None:
     """Refuse a ``report_to`` tracker whose package is not installed here.
 
     Raises:

@@ -14,10 +14,19 @@ each registers its rewards next to their code (``@register``), so this list of f
 the only one to keep (``docs/architecture.md``: add a reward).
 """
 
-from rewards.registry import REGISTRY, available, get, register
-
 # Importing the families fills the registry.
-from rewards import (accuracy, code, format, language, length, math, refusal, repetition,  # noqa: E402,F401
-                     reward_model, rgym)
+from rewards import (  # noqa: F401
+    accuracy,
+    code,
+    format,
+    language,
+    length,
+    math,
+    refusal,
+    repetition,
+    reward_model,
+    rgym,
+)
+from rewards.registry import REGISTRY, available, get, register
 
 __all__ = ["REGISTRY", "available", "get", "register"]

@@ -42,6 +42,9 @@ file size, processes, no core files) and, on Linux x86-64/aarch64, a seccomp fil
 new processes (fork, vfork, clone without CLONE_THREAD; clone3 reports ENOSYS so threads fall
 back to clone) and IPv4/IPv6 sockets. RLIMIT_NPROC alone does not stop a fork bomb when the
 sandbox runs as root.
+
+Why one file: `rewards.code` runs this file's text with `python -I -B -S -c` in a sandbox that
+sees nothing of the project, so it can only be one file.
 """
 
 import builtins

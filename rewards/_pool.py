@@ -14,6 +14,10 @@ forks a worker per request in milliseconds. Workers talk length-prefixed pickles
 socket. The pool is started lazily, reused by every reward in the process, and closed at exit.
 Each worker has an address-space limit (`memory_mb`), so a runaway computation raises
 MemoryError instead of swapping the machine.
+
+Why one file: the zygote, the workers and the pool are one process protocol (length-prefixed
+frames over a Unix socket, a deadline per task, kills and restarts), read together when a worker
+hangs or dies.
 """
 
 from __future__ import annotations
@@ -475,16 +479,17 @@ def run_in_pool(fn_path: str, tasks: list[tuple | None], timeout: float, tally: 
     crash of the one check then scores every equal task 0.0.
     """
     values: list[Any] = [None] * len(tasks)
-    todo = [i for i, task in enumerate(tasks) if task is not None]
+    runnable = {i: task for i, task in enumerate(tasks) if task is not None}
+    todo = list(runnable)
     if not todo:
         return values
     # run[i]: the index whose task is run for task i (itself, or the first equal task)
     run = {i: i for i in todo}
     if dedupe:
         first: dict[bytes, int] = {}
-        run = {i: first.setdefault(pickle.dumps(tasks[i], protocol=pickle.HIGHEST_PROTOCOL), i) for i in todo}
+        run = {i: first.setdefault(pickle.dumps(runnable[i], protocol=pickle.HIGHEST_PROTOCOL), i) for i in todo}
     unique = sorted(set(run.values()))
-    outcomes = dict(zip(unique, get_pool().map(fn_path, [tasks[i] for i in unique], timeout, warmup)))
+    outcomes = dict(zip(unique, get_pool().map(fn_path, [runnable[i] for i in unique], timeout, warmup)))
     for i in todo:
         outcome = outcomes[run[i]]
         if outcome.status == "ok":

@@ -26,7 +26,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rewards._pool import recv_frame, send_frame
 
@@ -41,7 +42,7 @@ def _resolve(path: str, cache: dict[str, Callable[..., Any]]) -> Callable[..., A
 def _describe(exc: BaseException) -> str:
     try:
         text = f"{type(exc).__name__}: {exc}"
-    except Exception:  # str() of some sympy objects fails or takes long; the type is enough
+    except Exception:  # noqa: BLE001 - str() of some sympy objects fails or takes long; the type is enough
         text = type(exc).__name__
     return text[:500]
 

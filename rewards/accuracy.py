@@ -41,7 +41,7 @@ class Accuracy(Reward):
     >>> Accuracy()(["", ""], [r"<think>6*7</think><answer>\\boxed{42}</answer>", "def inc(x):\\n    return x + 1\\n"],
     ...            answer=["42", ""], verification=["", tests])
     [1.0, 1.0]
-    """
+    """  # noqa: E501 - the first line is `r1 rewards list`'s one-line summary
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, code_timeout: float = 10.0, code_memory_mb: int = 1024,
                  sandbox: str = "auto", dedupe: bool = True) -> None:
@@ -58,7 +58,9 @@ class Accuracy(Reward):
         rgym_tasks: list = [None] * n
         code_tasks: list = [None] * n
         route: list[str | None] = [None] * n  # which checker scores row i
-        for i, (prompt, completion, raw) in enumerate(zip(batch.prompts, batch.completions, batch.column("verification"))):
+        for i, (prompt, completion, raw) in enumerate(
+            zip(batch.prompts, batch.completions, batch.column("verification"))
+        ):
             try:
                 verification = parse_verification(raw)
             except ValueError as exc:  # cannot judge the row; say so once, like an unknown kind

@@ -20,7 +20,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-
 #: Per-row columns the rewards read; their lengths are checked. Other keywords are ignored
 #: (TRL adds trainer_state, log_metric, log_extra, environments, ... and every dataset column).
 ROW_COLUMNS = ("answer", "verification", "domain", "data_source", "id", "completion_ids")
@@ -203,7 +202,9 @@ class Reward:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in ("stats", "__name__"))
+        params = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in ("stats", "__name__")
+        )
         return f"{type(self).__name__}({params})"
 
     def __getstate__(self) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -165,16 +165,28 @@ def score_rows(rows: list[dict[str, Any]], fns: dict[str, Callable]) -> list[dic
 
 @app.command("score")
 def score(
-    input: Path = typer.Argument(..., exists=True, dir_okay=False, help=(
-        "JSONL file, one row per completion: 'completion' (a string or a list of messages; required), "
-        "'answer' (the gold), optional 'prompt', 'verification' (code tests: {\"kind\": \"python_tests\", "
-        "\"test\": ..., \"entry_point\": ...}; absent for math) and 'completion_ids'; other fields are "
-        "passed to the rewards as columns. A malformed row stops the run naming its line.")),
+    input: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help=(
+            "JSONL file, one row per completion: 'completion' (a string or a list of messages; required), "
+            "'answer' (the gold), optional 'prompt', 'verification' (code tests: {\"kind\": \"python_tests\", "
+            '"test": ..., "entry_point": ...}; absent for math) and \'completion_ids\'; other fields are '
+            "passed to the rewards as columns. A malformed row stops the run naming its line."
+        ),
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="JSONL file to write (rows + 'rewards')."),
-    rewards: str = typer.Option("accuracy,format", "--rewards", "-r", help="Comma-separated reward names (or module:attr)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes for checks (default: the CPU count)."),
+    rewards: str = typer.Option(
+        "accuracy,format", "--rewards", "-r", help="Comma-separated reward names (or module:attr)."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="Worker processes for checks (default: the CPU count)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Rows scored per batch."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Reward parameter NAME.KEY=VALUE (VALUE as JSON); repeatable."),
+    param: list[str] = typer.Option(
+        [], "--param", "-p", help="Reward parameter NAME.KEY=VALUE (VALUE as JSON); repeatable."
+    ),
 ) -> None:
     """Score every row of INPUT with the chosen rewards and write OUTPUT (row format: INPUT below; docs/rewards.md)."""
     names = [n.strip() for n in rewards.split(",") if n.strip()]

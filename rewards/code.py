@@ -50,6 +50,12 @@ Without bubblewrap (``sandbox="auto"`` and ``bwrap`` missing or not permitted) t
 rlimits and seccomp filter only, and a warning is logged once: the program then runs as the
 user, can write wherever the user can and reach the user's other processes, so no boundary
 holds against it (use ``sandbox="bwrap"`` for RL).
+
+Why one file: the reward, the rewriting of its tests (what the judge counts: `__r1_assert__`)
+and the driver of its two sandboxed processes (the command, the judge server, `_run_once`
+reading the judge's report) are one mechanism, whose other half is `rewards/_code_harness.py`. A
+change to the frames, the limits or the report touches this file and the harness, nothing else;
+split further, the two ends of one protocol would sit in three files.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from rewards._pool import wait_readable, worker_count
 from rewards.base import Batch, Reward, Tally, parse_verification
@@ -156,7 +162,7 @@ class TestPlan:
     candidate_names: tuple[str, ...]
 
 
-def _is_stub(node: ast.stmt) -> bool:
+def _is_stub(node: ast.stmt) -> TypeGuard[ast.FunctionDef | ast.AsyncFunctionDef]:
     """A function the completion is to write: its body is only a docstring, ``pass`` or ``...``."""
     return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
         isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in node.body)
@@ -177,7 +183,8 @@ def _top_level_names(tree: ast.Module) -> set[str]:
 
 def _unbound_names(tree: ast.Module) -> set[str]:
     """Names `tree` reads and binds nowhere (no assignment, parameter, import, def or handler)."""
-    read, bound = set(), set()
+    read: set[str] = set()
+    bound: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
@@ -295,8 +302,12 @@ def _answer_keys() -> list[Path]:
         candidates.append(Path(spec.origin).parent / "data")
     candidates.append(Path(os.environ.get("R1_HOME") or "runs"))
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    candidates += [Path(hf_home)] + ([Path(os.environ["HF_DATASETS_CACHE"])] if os.environ.get("HF_DATASETS_CACHE") else [])
-    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *_site_paths())]
+    candidates += [Path(hf_home)] + (
+        [Path(os.environ["HF_DATASETS_CACHE"])] if os.environ.get("HF_DATASETS_CACHE") else []
+    )
+    needed = [
+        Path(p).resolve() for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), *_site_paths())
+    ]
     hidden = []
     for path in candidates:
         try:
@@ -346,7 +357,9 @@ def _use_bwrap(sandbox: str) -> bool:
     if bwrap_works():
         return True
     if sandbox == "bwrap":
-        raise RuntimeError("sandbox='bwrap' but bubblewrap is missing or not permitted here (apt-get install bubblewrap)")
+        raise RuntimeError(
+            "sandbox='bwrap' but bubblewrap is missing or not permitted here (apt-get install bubblewrap)"
+        )
     _warn_once("no-bwrap",
                "bubblewrap (bwrap) is not usable: generated code runs with rlimits and a seccomp filter only, "
                "WITHOUT file-system, process or network isolation, so it can reach the test verdicts. "
@@ -371,7 +384,9 @@ _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _command(args: list[str], file_mb: int, use_bwrap: bool, candidate: bool) -> tuple[list[str], str | None, dict[str, str]]:
+def _command(
+    args: list[str], file_mb: int, use_bwrap: bool, candidate: bool
+) -> tuple[list[str], str | None, dict[str, str]]:
     """(argv, cwd, env) running the harness with `args` in a sandbox (cwd None) or, without
     bubblewrap, in a fresh working folder (cwd, the caller removes it). The `candidate`'s
     sandbox dies with this process and hides `_answer_keys()`; the judge server's does neither."""
@@ -413,6 +428,7 @@ class _JudgeServer:
         finally:
             theirs.close()
         self.sock = ours
+        assert self.proc.stdin is not None  # stdin=PIPE
         _write_all(self.proc.stdin.fileno(), json.dumps({"paths": _site_paths()}).encode(), time.monotonic() + 30)
         self.proc.stdin.close()
         if not wait_readable([ours.fileno()], 30) or ours.recv(16) != b"ready":
@@ -577,6 +593,7 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
             os.close(config_w)
             config_w = -1
             if candidate is not None:
+                assert candidate.stdin is not None  # stdin=PIPE
                 _write_all(candidate.stdin.fileno(),
                            json.dumps(candidate_config).encode("utf-8", "surrogatepass"), deadline)
                 candidate.stdin.close()
@@ -604,13 +621,16 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
                     else "the program's sandbox did not start")
             return RunResult(0, total, "error", seconds), f"{what}: {text or 'no stderr'}"
     passed = min(int(report.get("passed", 0)), total)
-    status = "unsupported" if report.get("unsupported") else "timeout" if report.get("timeout") else "ok"
+    status: Literal["unsupported", "timeout", "ok"] = (
+        "unsupported" if report.get("unsupported") else "timeout" if report.get("timeout") else "ok"
+    )
     return RunResult(passed, total, status, seconds), ""
 
 
 def _read_until(fd: int, deadline: float) -> tuple[bytes, bool]:
     """Read `fd` to its end or the deadline (then True), at most `_MAX_OUTPUT` bytes."""
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while size <= _MAX_OUTPUT:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -685,7 +705,9 @@ def code_task(prompt: str, completion: str, verification: dict[str, Any]) -> Cod
     stub = verification.get("prompt") or ""
     entry_point = verification.get("entry_point")
     try:
-        plan = plan_tests(test, stub if isinstance(stub, str) else "", entry_point if isinstance(entry_point, str) else None)
+        plan = plan_tests(
+            test, stub if isinstance(stub, str) else "", entry_point if isinstance(entry_point, str) else None
+        )
     except UnsupportedTests as exc:
         _warn_once(f"unsupported:{exc}", "code tests not supported (%s); such rows score None", exc)
         return None
@@ -705,12 +727,13 @@ def run_code_batch(tasks: list[CodeTask | float | None], limits: Limits, sandbox
     A run whose sandbox failed gives None and counts an error; unsupported tests give None
     (logged once); a timeout keeps its partial score and counts a timeout."""
     scores: list[float | None] = [t if not isinstance(t, CodeTask) else None for t in tasks]
-    pending = [i for i, t in enumerate(tasks) if isinstance(t, CodeTask)]
+    code_tasks = {i: t for i, t in enumerate(tasks) if isinstance(t, CodeTask)}
+    pending = list(code_tasks)
     if not pending:
         return scores
 
     def run(i: int) -> RunResult:
-        return run_tests(tasks[i], limits, sandbox)
+        return run_tests(code_tasks[i], limits, sandbox)
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(pending)))) as executor:
         for i, result in zip(pending, executor.map(run, pending)):

@@ -58,7 +58,7 @@ def _words(text: str):
     for match in _LETTERS.finditer(text):
         run = match.group(0)
         start = 0
-        current = _script(run[0])
+        current: str | None = _script(run[0])
         for j in range(1, len(run) + 1):
             script = _script(run[j]) if j < len(run) else None
             if script != current or current in _PER_CHARACTER_SCRIPTS:

@@ -142,7 +142,9 @@ class Overlong(Reward):
     def __init__(self, max_tokens: int = 4096, cache_tokens: int = 512, tokenizer: str | None = None) -> None:
         super().__init__()
         if not 0 < cache_tokens <= max_tokens:
-            raise ValueError(f"need 0 < cache_tokens <= max_tokens, got cache_tokens={cache_tokens}, max_tokens={max_tokens}")
+            raise ValueError(
+                f"need 0 < cache_tokens <= max_tokens, got cache_tokens={cache_tokens}, max_tokens={max_tokens}"
+            )
         self.max_tokens, self.cache_tokens, self.tokenizer = max_tokens, cache_tokens, tokenizer
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:

@@ -20,7 +20,13 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from rewards.base import Reward
+
+R = TypeVar("R", bound="type[Reward]")
 
 #: name -> factory. Filled by the `@register` decorators when `rewards` is imported.
 REGISTRY: dict[str, Callable[..., Callable]] = {}
@@ -33,14 +39,14 @@ class UnknownRewardError(KeyError, ValueError):
         return str(self.args[0])
 
 
-def register(name: str) -> Callable[[type], type]:
+def register(name: str) -> Callable[[R], R]:
     """Class decorator adding a factory to `REGISTRY` under `name`.
 
     Raises:
         ValueError: if `name` is already registered (two rewards must never share a log name).
     """
 
-    def decorator(factory: type) -> type:
+    def decorator(factory: R) -> R:
         if name in REGISTRY:
             raise ValueError(f"reward name {name!r} is already registered by {REGISTRY[name]!r}")
         factory.name = name
@@ -76,7 +82,7 @@ def get(name: str, **params: Any) -> Callable:
         module_name, _, attr = name.partition(":")
         obj = getattr(importlib.import_module(module_name), attr)
         if inspect.isclass(obj):
-            return obj(**params)
+            return cast(Callable, obj(**params))  # a reward class: its instances are the reward functions
         return functools.partial(obj, **params) if params else obj
     raise UnknownRewardError(f"unknown reward {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
 

@@ -59,6 +59,12 @@ Outputs: ``model/`` (the trained student, like ``sft``), ``checkpoints/``, ``met
 Launch: ``r1 distill configs/distill/smollm2-135m/derived_student.yaml`` (several processes:
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli distill FILE``,
 as for ``sft``; see ``docs/distributed.md``)
+
+Why one file: a stage kind is one module of `stages/` (its config, `run` and trainer;
+`stages.kinds()` lists the modules), and the parts of this one share its config: the trainer
+reads every loss term, the teacher cache and the on-policy options. The formulas are in
+`stages/common/distillation.py` and the cutting of a student in `stages/common/pruning.py`; what
+stays is the config (~130 lines), the run (~180) and the trainer (~450), each a section below.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -76,7 +83,7 @@ from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice
 from pipeline.stage import TRAINER_PANELS, Panel, StageReport, StepContext, StepResult
-from stages.common.pruning import derive_by_depth, layer_indices  # noqa: F401  (distill.layer_indices)
+from stages.common.pruning import derive_by_depth, layer_indices
 from stages.sft import TrainingFields
 
 DERIVED = "derived"
@@ -168,10 +175,14 @@ class Config(TrainingFields):
     # that fits); depth: alternative to student_layers; width: required.
     student_size: float | None = Field(None, gt=0, lt=1)
     student_layers: PositiveInt | None = None  # depth: decoder layers kept; default a third of the teacher's
-    student_heads: PositiveInt | None = None  # width: query heads kept (multiple of the KV heads); default: see pruning.width_plan
+    student_heads: PositiveInt | None = (
+        None  # width: query heads kept (multiple of the KV heads); default: see pruning.width_plan
+    )
     calibration_rows: PositiveInt = 64  # width: dataset conversations whose activations rank channels and heads
     loss: Loss = Loss(sft=SftTerm())  # the terms; default: data distillation only
-    teacher_logits: Literal["cached", "live"] = "cached"  # logits term, off-policy batches: stored top-k, or run the teacher every step
+    teacher_logits: Literal["cached", "live"] = (
+        "cached"  # logits term, off-policy batches: stored top-k, or run the teacher every step
+    )
     teacher_dtype: DtypeChoice = "auto"  # the frozen teacher's weights; auto = the fast dtype of the hardware
     on_policy: OnPolicy = OnPolicy()  # student-sampled batches (fraction 0: none)
 
@@ -253,6 +264,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         student = Student(model, student_tokenizer, config.loss.features.layer_map if config.loss.features else None,
                           f"student {config.student}")
     if config.loss.features is not None:
+        assert teacher is not None  # a features term needs the teacher's weights (needs_teacher_model)
         check_layer_map(student.layer_map, student.model.config.num_hidden_layers, teacher.config.num_hidden_layers)
     teacher_params = sum(p.numel() for p in teacher.parameters()) if teacher is not None else None
     if teacher is not None and not (config.loss.logits or config.loss.features):
@@ -305,6 +317,7 @@ def derive(config: Config, teacher, tokenizer, ctx: StepContext) -> Student:
         return Student(model, tokenizer, {j: i for j, i in enumerate(keep)},
                        f"{len(keep)}-layer student of {config.teacher} (teacher layers {keep})",
                        {"teacher_layers_kept": keep})
+    assert config.student_size is not None  # prune: width requires it (Config validator)
     plan = pruning.width_plan(teacher.config, config.student_size, config.student_heads)
     batches = calibration_batches(config, ctx, tokenizer)
     fast = precision.resolve(config.teacher_dtype).dtype
@@ -312,13 +325,22 @@ def derive(config: Config, teacher, tokenizer, ctx: StepContext) -> Student:
     kv_heads = getattr(teacher.config, "num_key_value_heads", None) or teacher.config.num_attention_heads
     channels, heads = pruning.select_width(importance, plan, kv_heads)
     model = pruning.derive_by_width(teacher, channels, heads)
-    return Student(model, tokenizer, {i: i for i in range(n_teacher)},
-                   f"width-pruned student of {config.teacher} ({plan.intermediate_size}/"
-                   f"{teacher.config.intermediate_size} MLP channels, {plan.heads}/{teacher.config.num_attention_heads} "
-                   f"heads per layer)",
-                   {"width": {"intermediate_size": plan.intermediate_size, "heads": plan.heads,
-                              "calibration_sequences": importance.sequences,
-                              "heads_kept": heads}})
+    return Student(
+        model,
+        tokenizer,
+        {i: i for i in range(n_teacher)},
+        f"width-pruned student of {config.teacher} ({plan.intermediate_size}/"
+        f"{teacher.config.intermediate_size} MLP channels, {plan.heads}/{teacher.config.num_attention_heads} "
+        f"heads per layer)",
+        {
+            "width": {
+                "intermediate_size": plan.intermediate_size,
+                "heads": plan.heads,
+                "calibration_sequences": importance.sequences,
+                "heads_kept": heads,
+            }
+        },
+    )
 
 
 def calibration_batches(config: Config, ctx: StepContext, tokenizer, batch_size: int = 8):
@@ -420,6 +442,17 @@ class _DistillMixin:
     # so transformers' dataset-based token count cannot normalise it).
     loss_is_scaled_for_ga = False
 
+    # Attributes and methods of the transformers Trainer this class is mixed into, declared for
+    # the type checker (annotations only: nothing is set on the class).
+    model: Any
+    args: Any
+    state: Any
+    accelerator: Any
+    processing_class: Any
+    train_dataset: Any
+    data_collator: Any
+    autocast_smart_context_manager: Callable[..., Any]
+
     def __init__(self, *, teacher, config: Config, ctx: StepContext, layer_map, timer, **kwargs):
         self.distill = config
         self.teacher = teacher
@@ -428,7 +461,7 @@ class _DistillMixin:
         self.layer_map = layer_map if config.loss.features is not None else None
         self._timer = timer
         self._micro = 0
-        self._vllm = None
+        self._vllm: Any = None  # TRL's VLLMGeneration, started on the first on-policy batch
         self._vllm_step = -1
         self._cache_stats: dict = {}
         self._on_policy_counts = {"batches": 0, "on_policy": 0, "tokens": 0, "truncated": 0}
@@ -473,6 +506,7 @@ class _DistillMixin:
         from datasets import Dataset
 
         term = self.distill.loss.logits
+        assert term is not None  # called for a logits term only
         folder = self.ctx.work_dir / "teacher_topk"
         key = {"teacher": self.distill.teacher, "top_k": term.top_k, "temperature": term.temperature,
                "teacher_dtype": self.teacher_precision["dtype"] if self.teacher_precision else None,
@@ -503,6 +537,8 @@ class _DistillMixin:
         from stages.common.distillation import teacher_topk
 
         term = self.distill.loss.logits
+        # called for a cached logits term only, which has a top_k (Config validator)
+        assert term is not None and term.top_k is not None
         pad = self.processing_class.pad_token_id
         out_ids, out_lp = [], []
         rows = list(self.train_dataset)

@@ -35,6 +35,12 @@ result identical to an uninterrupted run).
 
 Launch: ``r1 eval configs/eval/smollm2-135m/held_out.yaml`` or
 ``r1 eval --model reasoning_rl --run r1-demo --data reasoning_gym:countdown --protocol r1``
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules).
+Reading results back and `r1 eval compare` are in `stages/common/eval_results.py`, the
+statistics in `stages/common/stats.py`, the contamination check in
+`stages/common/contamination.py`; what stays is the config, the protocol (k per benchmark,
+sampling), the run and the `r1 eval` command.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal, Optional
+from typing import ClassVar, Literal
 
 from pydantic import field_validator, model_serializer, model_validator
 
@@ -210,12 +216,12 @@ def r1_k(data_source: str) -> int | None:
 
 def k_plan(config: Config, sources: list[str]) -> dict[str, tuple[int, str]]:
     """data_source -> (k, where that k comes from)."""
-    plan = {}
+    plan: dict[str, tuple[int, str]] = {}
     for source in sorted(set(sources)):
         if source in config.k_per_source:
             plan[source] = (config.k_per_source[source], "k_per_source")
-        elif config.protocol == "r1" and r1_k(source) is not None:
-            plan[source] = (r1_k(source), "R1 report")
+        elif config.protocol == "r1" and (k := r1_k(source)) is not None:
+            plan[source] = (k, "R1 report")
         else:
             plan[source] = (config.sampling.num_samples, "sampling.num_samples")
     return plan
@@ -404,8 +410,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         rows += general_eval.load_rows(config.general, config.split, config.template)
     rows, contamination = check_contamination(rows, ctx.run_dir, config.on_overlap)  # before any model loads
     if config.models and not rows:
-        raise ValueError(f"no questions to evaluate: the {config.split} split of the sources is empty"
-                         + (f" after dropping {contamination['overlapping']} overlapping" if contamination["overlapping"] else ""))
+        raise ValueError(
+            f"no questions to evaluate: the {config.split} split of the sources is empty"
+            + (f" after dropping {contamination['overlapping']} overlapping" if contamination["overlapping"] else "")
+        )
     plan = k_plan(config, [r["data_source"] for r in rows])
     ks = [plan[r["data_source"]][0] for r in rows]
     results, records, general_records = {}, [], {}
@@ -428,16 +436,25 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
     r1 = config.protocol == "r1"
     protocol = {
-        "name": config.protocol, "k": {s: {"k": k, "from": why} for s, (k, why) in plan.items()},
+        "name": config.protocol,
+        "k": {s: {"k": k, "from": why} for s, (k, why) in plan.items()},
         "temperature": R1_SAMPLING["temperature"] if r1 else config.sampling.temperature,
         "top_p": R1_SAMPLING["top_p"] if r1 else config.sampling.top_p,
         "max_tokens": R1_SAMPLING["max_tokens"] if r1 else config.sampling.max_tokens,  # requested; per model: sampling
-        "seed": config.seed, "split": config.split, "template": config.template, "template_sha256": template_hash(),
-        "eval_set_sha256": eval_set_hash(rows), "questions": len(rows),
+        "seed": config.seed,
+        "split": config.split,
+        "template": config.template,
+        "template_sha256": template_hash(),
+        "eval_set_sha256": eval_set_hash(rows),
+        "questions": len(rows),
         "questions_per_source": dict(sorted(Counter(r["data_source"] for r in rows).items())),
-        "correctness": config.correctness, "pass@1": "mean correctness over the k samples of a question, averaged over questions",
-        "pass@j": "unbiased estimator, Chen et al. 2021", "maj@k": "most frequent extracted answer (Wang et al. 2023)",
-        "interval": CI_METHOD, "contamination": contamination, **environment(),
+        "correctness": config.correctness,
+        "pass@1": "mean correctness over the k samples of a question, averaged over questions",
+        "pass@j": "unbiased estimator, Chen et al. 2021",
+        "maj@k": "most frequent extracted answer (Wang et al. 2023)",
+        "interval": CI_METHOD,
+        "contamination": contamination,
+        **environment(),
     }
     general = None
     if config.general is not None:
@@ -523,16 +540,43 @@ def commands(group, front) -> None:
 
     @group.command("run")
     def run_command(
-            config: Optional[Path] = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
-            model: Optional[list[str]] = typer.Option(None, "--model", help="Model to evaluate: step name of --run, alias, folder or hub id (repeatable; replaces the config's models)."),
-            data: Optional[list[str]] = typer.Option(None, "--data", help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | '{source: ..., ...}' (repeatable; replaces the config's prompts)."),
-            protocol: Optional[str] = typer.Option(None, "--protocol", help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); `config`: the config's sampling."),
-            k: Optional[int] = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
-            seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
-            run_name: str = typer.Option("single", "--run", help="Run folder; models may name its finished steps; its training prompts are checked for overlap."),
-            step: Optional[str] = typer.Option(None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."),
-            force: bool = typer.Option(False, "--force", help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; delete runs/RUN/.partial/STEP to start over)."),
-            overrides: Optional[list[str]] = front.set_option) -> None:
+        config: Path | None = typer.Argument(None, help="A `kind: eval` config (optional with --model and --data)."),
+        model: list[str] | None = typer.Option(
+            None,
+            "--model",
+            help="Model to evaluate: step name of --run, alias, folder or hub id "
+            "(repeatable; replaces the config's models).",
+        ),
+        data: list[str] | None = typer.Option(
+            None,
+            "--data",
+            help="Eval set: reasoning_gym:<task> | humaneval | FILE.jsonl/.parquet | (hub:)NAME[:SUBSET] | "
+            "'{source: ..., ...}' (repeatable; replaces the config's prompts).",
+        ),
+        protocol: str | None = typer.Option(
+            None,
+            "--protocol",
+            help="`r1`: temperature 0.6, top-p 0.95, 32768 tokens, k per benchmark (R1 report); "
+            "`config`: the config's sampling.",
+        ),
+        k: int | None = typer.Option(None, "--k", help="Samples per question (sampling.num_samples)."),
+        seed: int | None = typer.Option(None, "--seed", help="Sampling seed (per-question seeds derive from it)."),
+        run_name: str = typer.Option(
+            "single",
+            "--run",
+            help="Run folder; models may name its finished steps; its training prompts are checked for overlap.",
+        ),
+        step: str | None = typer.Option(
+            None, "--step", help="Step folder name (default: eval, or eval-<hash> for --model/--data evals)."
+        ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Rerun even if up to date (unfinished work of the same config and inputs still resumes; "
+            "delete runs/RUN/.partial/STEP to start over).",
+        ),
+        overrides: list[str] | None = front.set_option,
+    ) -> None:
         from data.spec import source_from_spec
 
         if config is None and not (model and data):

@@ -30,6 +30,11 @@ prompts a policy always or never solves give all-equal groups, which carry no GR
 not apply in this mode.
 
 Launch: ``r1 generate configs/generate/smollm2-135m/rejection_sampling.yaml --run r1-demo``
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules). What
+it shares with `eval` is in `stages/common/` (sampling, filters, scoring); what stays is this
+kind's own: its config, sampling into resumable shards, mixing extra SFT data, the dataset card,
+the prompt-pool output and its report hook, each a section below.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import logging
 import random
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt, model_validator
 
@@ -75,7 +80,7 @@ class MixSource(StrictModel):
     domain: str = "general"  # domain for rows without one
 
     @model_validator(mode="after")
-    def _check(self) -> "MixSource":
+    def _check(self) -> MixSource:
         if self.share is not None and not 0.0 < self.share < 1.0:
             raise ValueError(f"share must be in (0, 1), got {self.share}")
         return self
@@ -106,7 +111,7 @@ class Config(StageConfig):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         missing = self.filters.needed_rewards() - set(self.rewards)
         if missing:
             raise ValueError(f"the filters read reward(s) {sorted(missing)}, which `rewards` does not "
@@ -219,12 +224,14 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
                                      completed=done)
             for k, i in enumerate(todo):
                 with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
-                    records = _sample_shard(sampler, cfg, shards[i])
-                write_parquet(records, path(i))  # a shard exists only when complete
+                    shard_records = _sample_shard(sampler, cfg, shards[i])
+                write_parquet(shard_records, path(i))  # a shard exists only when complete
                 progress.advance(task, len(shards[i]))
                 done += len(shards[i])
-                ctx.progress.update(done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}")
-                ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(records)})
+                ctx.progress.update(
+                    done, len(rows), "prompts", shards=f"{len(shards) - len(todo) + k + 1}/{len(shards)}"
+                )
+                ctx.log_metrics({"shard": i, "prompts": len(shards[i]), "sampled": len(shard_records)})
     records: list[dict] = []
     for i in range(len(shards)):
         records += pq.read_table(path(i)).to_pylist()
@@ -250,6 +257,7 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
         rows = load_sft_rows(ref, split=m.split, data_source=label, domain=m.domain)
         removed = 0
         if eval_set is not None:
+            assert cfg.decontaminate is not None  # the eval set is loaded only to decontaminate
             rows, removed = _decontaminate_messages(rows, eval_set, cfg.decontaminate.ngram)
         rows = random.Random(f"{cfg.seed}:{label}").sample(rows, len(rows))
         if m.max_rows is not None:
@@ -259,7 +267,8 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
     fixed = reasoning_rows + sum(len(rows) for m, _, rows, _, _ in loaded if m.share is None)
     total_share = sum(m.share or 0.0 for m in cfg.mix)
     final_size = fixed / (1.0 - total_share)
-    out, report = [], []
+    out: list[dict] = []
+    report: list[dict[str, Any]] = []
     for m, label, rows, removed, content in loaded:
         take = rows if m.share is None else rows[:round(m.share * final_size)]
         for r in take:
@@ -443,8 +452,9 @@ def pass_rate_histogram(rates: list[float | None]) -> dict[str, int]:
     """Counts of prompts per pass-rate bin: ``"0"`` (never solved), ``"(a, b]"`` bins of
     :data:`PASS_RATE_BINS`, ``"1"`` (always solved), ``"unjudged"``.
 
-    >>> pass_rate_histogram([0.0, 0.05, 0.5, 1.0, None])
-    {'0': 1, '(0, 0.1]': 1, '(0.1, 0.3]': 0, '(0.3, 0.5]': 1, '(0.5, 0.7]': 0, '(0.7, 0.9]': 0, '(0.9, 1)': 0, '1': 1, 'unjudged': 1}
+    >>> pass_rate_histogram([0.0, 0.05, 0.5, 1.0, None])  # doctest: +NORMALIZE_WHITESPACE
+    {'0': 1, '(0, 0.1]': 1, '(0.1, 0.3]': 0, '(0.3, 0.5]': 1, '(0.5, 0.7]': 0, '(0.7, 0.9]': 0,
+     '(0.9, 1)': 0, '1': 1, 'unjudged': 1}
     """
     bins = list(zip(PASS_RATE_BINS[:-1], PASS_RATE_BINS[1:]))
     out = {"0": 0, **{f"({a:g}, {b:g}{')' if b == 1.0 else ']'}": 0 for a, b in bins}, "1": 0, "unjudged": 0}
@@ -491,7 +501,7 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
     judged = [r for r in rates if r is not None]
     per_source = {src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
                   for src in sorted({p["data_source"] for p in pool})}
-    card = {"output": "prompts", "source_model": cfg.model,
+    card: dict[str, Any] = {"output": "prompts", "source_model": cfg.model,
             "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
             "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows),
                         "too_long": too_long(len(rows), records)},

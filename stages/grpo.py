@@ -65,6 +65,12 @@ Launch: ``r1 grpo configs/grpo/smollm2-135m/reasoning.yaml``; on several process
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli grpo FILE``
 (no device code here; each process samples and trains on its own prompts, with its own
 colocated engine; see ``docs/distributed.md``).
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules). What
+it shares is elsewhere (`pipeline/trainer.py`: options, resume, metrics, timings;
+`stages/common/`: dynamic sampling, vLLM weight sync, prompt pools); what stays is its config
+(every TRL GRPO option it sets, with its reason: ~140 lines), the run, the trainer class and the
+report hook.
 """
 
 from __future__ import annotations
@@ -88,7 +94,6 @@ from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, Step
 from pipeline.trainer import SchedulerType, TrainerOptions
 from stages.common.dynamic_sampling import DynamicSampling
 from stages.common.rl_prompts import load_eval_rows, load_prompt_rows
-
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +151,9 @@ class Config(TrainerOptions, StageConfig):
     # objective
     beta: NonNegativeFloat = 0.0  # KL weight to the reference model (0: none loaded)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"  # how token losses are averaged
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = (
+        "group"  # divide advantages by the std of the group / batch, or not (Dr. GRPO)
+    )
     epsilon: PositiveFloat = 0.2  # lower clip of the ratio: 1 - epsilon
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
     num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
@@ -174,7 +181,9 @@ class Config(TrainerOptions, StageConfig):
     use_vllm: bool = True  # false: transformers generate
     vllm_mode: Literal["colocate", "server"] = "colocate"  # server: a vLLM server on other GPUs (docs/distributed.md)
     vllm_server_base_url: str | None = None  # server mode, e.g. http://localhost:8000
-    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3  # colocate on GPUs: share of GPU memory for vLLM
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = (
+        0.3  # colocate on GPUs: share of GPU memory for vLLM
+    )
     vllm_kv_cache_gib: PositiveInt = 2  # colocate on CPUs: KV cache size (GiB)
     vllm_dtype: DtypeChoice = "auto"  # colocated engine's weights; auto: as for `dtype`
     vllm_enforce_eager: bool | None = None  # skip graph compilation; None = on CPUs only (~1 min start-up there)
@@ -335,7 +344,10 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         dtype=chosen["rollouts"].dtype if engine else None,
         enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
     ) if engine else contextlib.nullcontext()
-    with options, ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"):
+    with (
+        options,
+        ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"),
+    ):
         trainer = _trainer_class()(
             model=model_path, reward_funcs=reward_funcs,
             args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
@@ -545,7 +557,7 @@ def reward_counters(reward_funcs: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fn in reward_funcs:
         stats = getattr(fn, "stats", None)
-        if hasattr(stats, "as_dict"):
+        if stats is not None and hasattr(stats, "as_dict"):
             stats = stats.as_dict()
         if isinstance(stats, dict):
             name = getattr(fn, "__name__", type(fn).__name__)
@@ -568,8 +580,8 @@ def logged_steps(path: Path, key: str = "reward") -> list[dict]:
 
 
 def _mean(values: list[float | None]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else math.nan
+    judged = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(judged) / len(judged) if judged else math.nan
 
 
 def _slope(steps: list[int], rewards: list[float | None]) -> float:

@@ -23,8 +23,9 @@ Precision: ``dtype: auto`` (default) trains with bf16 autocast over float32 mast
 the hardware has fast bf16 (GPUs with bf16, CPUs with AMX or AVX512-BF16) and in plain float32
 elsewhere (``pipeline.precision``: without those instructions bf16 matmuls are ~90x slower).
 Speed on CPU (SmolLM2-135M, batch 8 x ~276 tokens, one thread, CPU time per step, AMX): bf16
-autocast ~160 tokens per CPU-second, float32 ~105. Two threads on an idle 2-core machine should give roughly 1.7x that (~280 tokens/s); when other
-CPU-heavy processes share the cores, two OpenMP threads collapse (measured 20-40 tokens/s):
+autocast ~160 tokens per CPU-second, float32 ~105. Two threads on an idle 2-core machine should
+give roughly 1.7x that (~280 tokens/s); when other CPU-heavy processes share the cores, two
+OpenMP threads collapse (measured 20-40 tokens/s):
 run with ``OMP_NUM_THREADS=1`` then.
 
 Inputs: ``model`` (step name, alias, folder or hub id); ``dataset`` (a step's ``dataset/``
@@ -41,11 +42,14 @@ Launch: ``r1 sft configs/sft/smollm2-135m/cold_start.yaml``; on several processe
 ``accelerate launch --config_file configs/accelerate/ddp_cpu.yaml -m pipeline.cli sft FILE``
 (no device code here; every rank calls :func:`run`, rank 0 writes ``model/``, each rank
 writes its weights digest to ``distributed/rank-<r>.json``; see ``docs/distributed.md``).
+
+Why one file: a stage kind is one module of `stages/` (`stages.kinds()` lists the modules);
+`distill` builds on its pieces (`load_model`, `training_template`, `train`), and the scaffolding
+every trainer shares is `pipeline/trainer.py`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -56,8 +60,15 @@ from data.sft import load_messages
 from pipeline import distributed
 from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint  # noqa: F401  (sft.last_checkpoint)
 from pipeline.timing import PhaseTimer
-from pipeline.trainer import (EpochTrainerOptions, install_phase_timers, metrics_callback, resume_point, save_final,
-                              trainer_arguments, training_precision)
+from pipeline.trainer import (
+    EpochTrainerOptions,
+    install_phase_timers,
+    metrics_callback,
+    resume_point,
+    save_final,
+    trainer_arguments,
+    training_precision,
+)
 from pipeline.trainer import train as run_trainer
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -143,8 +154,9 @@ def training_template(tokenizer, choice: str = "auto") -> str:
     Raises:
         ValueError: no suitable template, or the chosen one renders differently from the model's.
     """
-    from pipeline.templates import derive_chatml_training_template
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from pipeline.templates import derive_chatml_training_template
 
     own = tokenizer.chat_template
     if choice != "auto":

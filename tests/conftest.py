@@ -15,10 +15,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes-long tests (still run by make test)")
-
-
 @pytest.fixture(scope="session", autouse=True)
 def r1_home(tmp_path_factory) -> Path:
     """A fresh ``R1_HOME`` for the session, reusing already-prepared model aliases."""

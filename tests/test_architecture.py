@@ -50,7 +50,9 @@ def _violations(folder: str, allowed) -> list[str]:
 
 def test_the_scanner_sees_imports_inside_functions(tmp_path):
     file = tmp_path / "m.py"
-    file.write_text("import os\nfrom data.sft import SFT_COLUMNS\ndef f():\n    from stages import eval\n    import pipeline.cli\n")
+    file.write_text(
+        "import os\nfrom data.sft import SFT_COLUMNS\ndef f():\n    from stages import eval\n    import pipeline.cli\n"
+    )
     assert imports(file) == {"data.sft", "data.sft.SFT_COLUMNS", "stages", "stages.eval", "pipeline.cli"}
 
 
@@ -109,3 +111,47 @@ def test_kinds_are_the_modules_of_stages_not_its_packages():
     assert (REPO / "stages" / "common" / "__init__.py").is_file()
     assert "common" not in stages.kinds()
     assert stages.kinds() == sorted(p.stem for p in (REPO / "stages").glob("*.py") if not p.stem.startswith("_"))
+
+
+# A module longer than this says why it is one file: a paragraph of its docstring that starts
+# with "Why one file:" (docs/architecture.md).
+MAX_LINES = 450
+WHY = "Why one file:"
+
+
+def oversized(path: Path, max_lines: int = MAX_LINES) -> str | None:
+    """Why ``path`` breaks the size rule (None when it keeps it): over ``max_lines`` lines and no
+    docstring paragraph starting with :data:`WHY` that says something after it."""
+    text = path.read_text()
+    lines = len(text.splitlines())
+    if lines <= max_lines:
+        return None
+    doc = ast.get_docstring(ast.parse(text, str(path))) or ""
+    reasons = [p.strip()[len(WHY):].strip() for p in doc.split("\n\n") if p.strip().startswith(WHY)]
+    if any(len(r) >= 40 for r in reasons):
+        return None
+    return f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {lines} lines, no '{WHY}' paragraph"
+
+
+def test_the_size_rule_reads_the_docstring(tmp_path):
+    body = "x = 1\n" * 10
+    plain = tmp_path / "plain.py"
+    plain.write_text('"""A module."""\n' + body)
+    assert oversized(plain, max_lines=20) is None  # short enough
+    assert oversized(plain, max_lines=5) == f"{plain}: 11 lines, no '{WHY}' paragraph"
+    empty = tmp_path / "empty.py"
+    empty.write_text(f'"""A module.\n\n{WHY} because.\n"""\n' + body)
+    assert oversized(empty, max_lines=5) is not None  # a reason of one word says nothing
+    justified = tmp_path / "justified.py"
+    justified.write_text(f'"""A module.\n\n{WHY} its parts share one protocol, split it and both ends drift.\n"""\n'
+                         + body)
+    assert oversized(justified, max_lines=5) is None
+    buried = tmp_path / "buried.py"  # mid-paragraph does not count: the reason must stand on its own
+    buried.write_text(f'"""A module. {WHY} its parts share one protocol, split it and both ends drift.\n"""\n' + body)
+    assert oversized(buried, max_lines=5) is not None
+
+
+def test_no_module_over_the_size_limit_without_saying_why():
+    paths = [p for package in PROJECT for p in _files(package)]
+    assert len(paths) > 50  # the scan sees the packages
+    assert [reason for p in paths if (reason := oversized(p))] == []

@@ -195,13 +195,21 @@ def test_stage_command_runs_one_step_and_skips_when_up_to_date(tmp_path):
 
 
 def _sft_rows(n: int) -> list[dict]:
-    return [{
-        "id": f"toy/{i}", "data_source": "toy" if i % 2 else "other", "domain": "math",
-        "messages": [{"role": "user", "content": f"What is {i} + 1?"},
-                     {"role": "assistant", "content": f"<think>\n{i} + 1 = {i + 1}\n</think>\n<answer>{i + 1}</answer>"}],
-        "rewards": json.dumps({"accuracy": 1.0, "format": None if i == 0 else 1.0}),
-        "source_model": "toy", "meta": "{}",
-    } for i in range(n)]
+    return [
+        {
+            "id": f"toy/{i}",
+            "data_source": "toy" if i % 2 else "other",
+            "domain": "math",
+            "messages": [
+                {"role": "user", "content": f"What is {i} + 1?"},
+                {"role": "assistant", "content": f"<think>\n{i} + 1 = {i + 1}\n</think>\n<answer>{i + 1}</answer>"},
+            ],
+            "rewards": json.dumps({"accuracy": 1.0, "format": None if i == 0 else 1.0}),
+            "source_model": "toy",
+            "meta": "{}",
+        }
+        for i in range(n)
+    ]
 
 
 SFT_COLUMNS = "id, data_source, domain, messages, rewards, source_model, meta"

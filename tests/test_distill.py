@@ -197,7 +197,9 @@ def test_width_pruned_student_matches_a_hand_pruned_copy(wide_teacher):
             h.mlp.gate_proj.weight.copy_(torch.stack([t.mlp.gate_proj.weight[c] for c in channels[i]]))
             h.mlp.up_proj.weight.copy_(torch.stack([t.mlp.up_proj.weight[c] for c in channels[i]]))
             h.mlp.down_proj.weight.copy_(torch.stack([t.mlp.down_proj.weight[:, c] for c in channels[i]], dim=1))
-            h.self_attn.q_proj.weight.copy_(torch.cat([t.self_attn.q_proj.weight[32 * j:32 * (j + 1)] for j in heads[i]]))
+            h.self_attn.q_proj.weight.copy_(
+                torch.cat([t.self_attn.q_proj.weight[32 * j : 32 * (j + 1)] for j in heads[i]])
+            )
             h.self_attn.o_proj.weight.copy_(torch.cat([t.self_attn.o_proj.weight[:, 32 * j:32 * (j + 1)]
                                                        for j in heads[i]], dim=1))
             h.self_attn.k_proj.weight.copy_(t.self_attn.k_proj.weight)

@@ -168,7 +168,11 @@ def test_r1_protocol_caps_max_tokens_at_the_model_context_and_says_so(tmp_path):
 
 def test_data_specs_become_sources():
     assert source_from_spec("humaneval", split="test") == {"source": "humaneval"}
-    assert source_from_spec("math500.jsonl", split="test") == {"source": "file", "path": "math500.jsonl", "split": "test"}
+    assert source_from_spec("math500.jsonl", split="test") == {
+        "source": "file",
+        "path": "math500.jsonl",
+        "split": "test",
+    }
     assert source_from_spec("{source: reasoning_gym, task: chain_sum, seed: 2}", split="test")["seed"] == 2
     assert source_from_spec("hub:HuggingFaceH4/MATH-500", split="test")["name"] == "HuggingFaceH4/MATH-500"
     assert source_from_spec("openai/gsm8k:main", split="test")["subset"] == "main"
@@ -260,7 +264,7 @@ def test_a_new_stage_that_trains_on_prompts_is_checked_without_naming_it(tmp_pat
     prompt-source field), not a list of kind names: a stage added later (a preference trainer
     here) is checked as soon as it exists, and its held-out field is not, once it says so."""
     import types
-    from typing import ClassVar, Literal
+    from typing import Literal
 
     import stages
     from data import PromptSource
@@ -317,7 +321,9 @@ def test_a_rerun_keeps_the_models_evaluated_before_an_interruption(tmp_path):
     (tmp_path / "per_model").mkdir()
     (tmp_path / "per_model" / f"0-{ev.sha256_text('no/such-model')[:12]}.json").write_text(
         json.dumps([{"model_sha256": "m"}, stored]))
-    ctx = StepContext(run="r", step="ev", run_dir=tmp_path / "run", work_dir=tmp_path, resolver=Resolver(tmp_path, set()))
+    ctx = StepContext(
+        run="r", step="ev", run_dir=tmp_path / "run", work_dir=tmp_path, resolver=Resolver(tmp_path, set())
+    )
     result = ev.run(ev.Config(models=["no/such-model"], prompts=[source], sampling={"num_samples": 1}), ctx)
     assert result.metrics["no/such-model/pass@1"] == 1.0 and result.counts == {"models": 1, "questions": 3}
     assert not (tmp_path / "per_model").exists()  # folded into samples.parquet and results.json
@@ -433,7 +439,11 @@ def test_same_seed_gives_identical_per_question_results(stage_run, sampler):
     for r in again:
         s = stored[r["question_id"]]
         assert r["samples"] == s["samples"], r["question_id"]
-        assert (r["n_correct"], r["maj_answer"], r["maj_correct"]) == (s["n_correct"], s["maj_answer"], s["maj_correct"])
+        assert (r["n_correct"], r["maj_answer"], r["maj_correct"]) == (
+            s["n_correct"],
+            s["maj_answer"],
+            s["maj_correct"],
+        )
 
 
 def test_other_seeds_agree_within_the_intervals_and_compare_prints_a_sign_test(stage_run, sampler, tmp_path):
@@ -500,7 +510,9 @@ def test_each_rl_step_is_paired_with_the_model_it_started_from(tmp_path):
                 for i in range(10)]
 
     recs = records("rl", {0, 1, 2, 3, 4, 5}) + records("start", {0, 1, 2, 9})
-    ctx = StepContext(run="r", step="eval", run_dir=tmp_path, work_dir=tmp_path / "w", resolver=Resolver(tmp_path, set()))
+    ctx = StepContext(
+        run="r", step="eval", run_dir=tmp_path, work_dir=tmp_path / "w", resolver=Resolver(tmp_path, set())
+    )
     config = eval_stage.Config(models=["rl", "start"], prompts=[{"source": "humaneval"}])
     (pair,) = eval_stage.paired_comparisons(config, ctx, recs)
     assert (pair["a"], pair["b"]) == ("rl", "start") and "started from" in pair["why"]

@@ -56,10 +56,31 @@ STEPS = [
 KIND = {"data": "generate", "sft": "sft", "rl": "grpo", "distill": "distill", "eval": "eval"}
 RESULTS: dict[str, dict] = {}
 # Imported once by the fork server (transformers and TRL import their trainers lazily: named here).
-PRELOAD = ["fault_injection", "torch", "transformers", "transformers.trainer", "transformers.models.llama.modeling_llama",
-           "trl", "trl.trainer.sft_trainer", "trl.trainer.grpo_trainer", "datasets", "pyarrow.parquet", "reasoning_gym",
-           "matplotlib.pyplot", "safetensors.torch", "pipeline.runner", "pipeline.models", "stages.generate",
-           "stages.sft", "stages.grpo", "stages.distill", "stages.eval", "rewards.math", "math_verify", "sympy"]  # step -> {"tried", "survived", "events", "points": [...]}
+PRELOAD = [
+    "fault_injection",
+    "torch",
+    "transformers",
+    "transformers.trainer",
+    "transformers.models.llama.modeling_llama",
+    "trl",
+    "trl.trainer.sft_trainer",
+    "trl.trainer.grpo_trainer",
+    "datasets",
+    "pyarrow.parquet",
+    "reasoning_gym",
+    "matplotlib.pyplot",
+    "safetensors.torch",
+    "pipeline.runner",
+    "pipeline.models",
+    "stages.generate",
+    "stages.sft",
+    "stages.grpo",
+    "stages.distill",
+    "stages.eval",
+    "rewards.math",
+    "math_verify",
+    "sympy",
+]  # step -> {"tried", "survived", "events", "points": [...]}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +126,7 @@ class Baseline:
         self.seconds: dict[str, float] = {}
         self._done = self.root / "done"  # the home after the last step computed
 
-    def upto(self, step: str) -> "Baseline":
+    def upto(self, step: str) -> Baseline:
         names = [s["name"] for s in STEPS]
         for name in names[:names.index(step) + 1]:
             if name in self.output:
@@ -243,7 +264,12 @@ def test_kill_9_while_vllm_starts_then_rerun_finishes(tmp_path, r1_home):
     assert "took over the lock" in rerun.stdout
     manifest = json.loads((home / "v" / "generate" / "manifest.json").read_text())
     assert manifest["result"]["counts"]["sampled"] == 16
-    RESULTS["vllm start (CLI)"] = {"tried": 1, "survived": 1, "events": None, "points": [("SIGKILL in engine start", True)]}
+    RESULTS["vllm start (CLI)"] = {
+        "tried": 1,
+        "survived": 1,
+        "events": None,
+        "points": [("SIGKILL in engine start", True)],
+    }
 
 
 def test_zz_print_the_figures(capsys):

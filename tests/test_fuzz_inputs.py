@@ -48,9 +48,15 @@ def _count(name: str) -> None:
 
 # ----------------------------------------------------------------------------- configs
 
-ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                      st.text(max_size=12), st.lists(st.integers(-3, 3), max_size=3),
-                      st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=5), st.integers(), max_size=2))
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(string.ascii_lowercase, min_size=1, max_size=5), st.integers(), max_size=2),
+)
 KEY = st.text(string.ascii_lowercase + "_", min_size=1, max_size=14)
 
 
@@ -154,12 +160,28 @@ def test_a_mutated_stage_config_is_accepted_or_a_clear_config_error(case):
 
 
 @SETTINGS
-@given(st.one_of(st.text(max_size=60), st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
-                 st.lists(st.integers(), max_size=3).map(yaml.safe_dump),
-                 st.sampled_from(["kind: [sft]\n", "kind: {a: 1}\n", "kind: null\n", "- a\n- b\n", ": :\n", "a: [\n",
-                                  "steps: 3\n", "steps: [1, 2]\n", "name: x\nrun: y\nsteps: [{name: a}]\n",
-                                  "name: x\nrun: y\nsteps: [{name: a, config_file: nowhere.yaml}]\n",
-                                  "name: x\nrun: y\nsteps: [{name: a, config: {kind: sft}}, {name: a, config: {}}]\n"])))
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.binary(max_size=60).map(lambda b: b.decode("latin-1")),
+        st.lists(st.integers(), max_size=3).map(yaml.safe_dump),
+        st.sampled_from(
+            [
+                "kind: [sft]\n",
+                "kind: {a: 1}\n",
+                "kind: null\n",
+                "- a\n- b\n",
+                ": :\n",
+                "a: [\n",
+                "steps: 3\n",
+                "steps: [1, 2]\n",
+                "name: x\nrun: y\nsteps: [{name: a}]\n",
+                "name: x\nrun: y\nsteps: [{name: a, config_file: nowhere.yaml}]\n",
+                "name: x\nrun: y\nsteps: [{name: a, config: {kind: sft}}, {name: a, config: {}}]\n",
+            ]
+        ),
+    )
+)
 def test_any_file_text_is_a_config_or_a_clear_config_error(tmp_path_factory, text):
     _count("file text (YAML, pipelines)")
     path = tmp_path_factory.mktemp("fz") / SOURCE
@@ -282,10 +304,20 @@ def test_random_preference_pairs_load_or_name_file_line_and_field(tmp_path_facto
 
 SCORE_ROW = st.one_of(
     JSON,
-    st.fixed_dictionaries({}, optional={"completion": st.one_of(JSON, st.lists(MESSAGE, max_size=2)), "answer": JSON,
-                                        "prompt": st.one_of(JSON, st.lists(MESSAGE, max_size=2)),
-                                        "verification": JSON, "completion_ids": JSON}),
-    st.fixed_dictionaries({"completion": st.text(max_size=40), "answer": st.one_of(st.text(max_size=5), st.integers())}))
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "completion": st.one_of(JSON, st.lists(MESSAGE, max_size=2)),
+            "answer": JSON,
+            "prompt": st.one_of(JSON, st.lists(MESSAGE, max_size=2)),
+            "verification": JSON,
+            "completion_ids": JSON,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"completion": st.text(max_size=40), "answer": st.one_of(st.text(max_size=5), st.integers())}
+    ),
+)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -308,7 +340,9 @@ def test_r1_rewards_score_scores_or_names_file_line_and_reason(tmp_path_factory,
     assert "Traceback" not in output
     if result.exit_code == 2:  # "error: FILE:LINE: reason" (rich may wrap it: compare without whitespace)
         flat = "".join(output.split())
-        assert f"error:{path}:" in flat and flat.split(f"{path}:", 1)[1].split(":", 1)[0].replace("-", "").isdigit(), output
+        assert f"error:{path}:" in flat and flat.split(f"{path}:", 1)[1].split(":", 1)[0].replace("-", "").isdigit(), (
+            output
+        )
         assert not (folder / "out.jsonl").exists()
     else:
         assert len((folder / "out.jsonl").read_text().splitlines()) == sum(1 for line in lines if line.strip())

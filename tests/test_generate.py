@@ -19,13 +19,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from data.dedupe import near_duplicate_flags
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
 from stages import generate
-from data.dedupe import near_duplicate_flags
-from stages.common.filters import (FILTERS, Filters, Sample, funnel, has_code_block, is_language_mixed,
-                                   longest_paragraph_chars, pass_rate, verdicts)
+from stages.common.filters import (
+    FILTERS,
+    Filters,
+    Sample,
+    funnel,
+    has_code_block,
+    is_language_mixed,
+    longest_paragraph_chars,
+    pass_rate,
+    verdicts,
+)
 
 GOOD = "<think>\nI add 2 and 3. Two plus three gives five, so the sum is five.\n</think>\n<answer>5</answer>"
 OK = {"accuracy": 1.0, "format": 1.0}
@@ -102,7 +111,13 @@ def test_exact_and_near_duplicates_within_a_prompt():
                _s("<think>Three plus two is five as well.</think><answer>5</answer>", index=3),
                _s(GOOD, prompt="other", index=0)]  # the same text for another prompt is no duplicate
     assert verdicts(samples, Filters(max_per_prompt=None)) == [None, "duplicate", "near_duplicate", None, None]
-    assert verdicts(samples, Filters(max_per_prompt=None, near_duplicate_threshold=None)) == [None, "duplicate", None, None, None]
+    assert verdicts(samples, Filters(max_per_prompt=None, near_duplicate_threshold=None)) == [
+        None,
+        "duplicate",
+        None,
+        None,
+        None,
+    ]
     assert verdicts(samples, Filters(max_per_prompt=None, dedupe_scope="dataset"))[4] == "duplicate"
     # two prompt ids with the same question text (generators repeat questions) are one prompt here
     same = [_s(GOOD, prompt="a", prompt_text="Calculate 2 + 3."), _s(GOOD, prompt="b", prompt_text="Calculate 2 + 3.")]
@@ -222,23 +237,26 @@ class ScriptedSampler:
 CONTAMINATED = "Please compute the sum of the first ten positive integers exactly."
 SCRIPT = {
     "What is 2 + 3?": [
-        (GOOD, False),                                                        # kept
-        (GOOD, False),                                                        # duplicate
-        (GOOD.replace("five.", "five!"), False),                              # near_duplicate
-        ("<think>\nFirst add 2 and 3, 然后 我们 检查 the sum is five.\n</think>\n<answer>5</answer>", False),  # language_mixing
-        ("<think>\nTwo plus three is six.\n</think>\n<answer>6</answer>", False),          # incorrect
+        (GOOD, False),  # kept
+        (GOOD, False),  # duplicate
+        (GOOD.replace("five.", "five!"), False),  # near_duplicate
+        (
+            "<think>\nFirst add 2 and 3, 然后 我们 检查 the sum is five.\n</think>\n<answer>5</answer>",
+            False,
+        ),  # language_mixing
+        ("<think>\nTwo plus three is six.\n</think>\n<answer>6</answer>", False),  # incorrect
         ("<think>\nIn code:\n```python\nprint(2 + 3)\n```\n</think>\n<answer>5</answer>", False),  # unexpected_code
-        ("<think>\n" + "add " * 600 + "\n</think>\n<answer>5</answer>", False),            # long_paragraph
-        ("<answer>5</answer>", False),                                                     # bad_format
-        (GOOD.replace("so the", "hence the"), True),                                       # truncated
+        ("<think>\n" + "add " * 600 + "\n</think>\n<answer>5</answer>", False),  # long_paragraph
+        ("<answer>5</answer>", False),  # bad_format
+        (GOOD.replace("so the", "hence the"), True),  # truncated
     ],
     "Compute 10 minus 4.": [  # always solved: outside the pass-rate band
         ("<think>\nTen minus four leaves six.\n</think>\n<answer>6</answer>", False),
         ("<think>\nCount down four from ten: six.\n</think>\n<answer>6</answer>", False),
     ],
     "What is 7 times 6?": [
-        ("<think>\nSeven sixes make forty-two.\n</think>\n<answer>42</answer>", False),    # kept
-        ("<think>\nSeven sixes make forty.\n</think>\n<answer>40</answer>", False),        # incorrect
+        ("<think>\nSeven sixes make forty-two.\n</think>\n<answer>42</answer>", False),  # kept
+        ("<think>\nSeven sixes make forty.\n</think>\n<answer>40</answer>", False),  # incorrect
     ],
     "How many apples are there?": [  # a gold that does not parse: unverifiable
         ("<think>\nI count them.\n</think>\n<answer>42</answer>", False),
@@ -429,7 +447,9 @@ def test_interrupted_run_resumes_to_the_same_bytes(shared_engine, tmp_path, monk
     samples = pd.read_parquet(part / "samples.parquet")
     assert len(samples) == 10 * 2 and samples["id"].is_unique  # no duplicated rows
     card = json.loads((part / "dataset" / "card.json").read_text())
-    assert card["sampled"] == result.counts["sampled"] == sum(r["dropped"] for r in card["funnel"]) + card["kept_sampled"]
+    assert (
+        card["sampled"] == result.counts["sampled"] == sum(r["dropped"] for r in card["funnel"]) + card["kept_sampled"]
+    )
     meta = json.loads(pd.read_parquet(part / "dataset" / "data.parquet")["meta"].iloc[0])
     assert {"reasoning_tokens", "answer_tokens", "num_tokens", "truncated"} <= set(meta)
 

@@ -135,7 +135,10 @@ def test_every_step_logs_where_its_time_went(vllm_run):
     # The manifest sums the whole train() call, the evaluation and checkpoint after the last step included.
     timing = result.metrics["timing_s"]
     assert sum(timing.values()) == pytest.approx(result.metrics["train_wall_s"], abs=0.1)
-    assert timing["evaluation"] > sum(m["timing_s/evaluation"] for m in steps) and timing["save"] > steps[1]["timing_s/save"]
+    assert (
+        timing["evaluation"] > sum(m["timing_s/evaluation"] for m in steps)
+        and timing["save"] > steps[1]["timing_s/save"]
+    )
     assert timing["other"] < 0.05 * result.metrics["train_wall_s"]
     phases, per_step = read_step_timings(ctx.work_dir / "metrics.jsonl")
     assert phases == ["data", "weight_sync", "generation", "reward", "old_logprobs", "ref_logprobs", "advantages",
@@ -291,7 +294,9 @@ def test_validate_refuses_a_held_out_source_without_test_prompts(tmp_path):
 
     from pipeline.cli import app
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/grpo/smollm2-135m/reasoning.yaml").read_text())
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs/grpo/smollm2-135m/reasoning.yaml").read_text()
+    )
     config["eval_prompts"][2]["n_test"] = 0
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -294,5 +294,6 @@ def test_duplicate_shares_agree_with_the_generate_funnel(scope):
     df, _ = inspect_mod.frame(rows, near_threshold=only_dedupe.near_duplicate_threshold, dedupe_scope=scope)
     assert (int(df["duplicate"].sum()), int(df["near_duplicate"].sum())) == \
         (dropped["duplicate"], dropped["near_duplicate"])
-    assert dropped == ({"duplicate": 1, "near_duplicate": 1} if scope == "prompt" else {"duplicate": 3, "near_duplicate": 1}) | \
-        {k: 0 for k in dropped if k not in ("duplicate", "near_duplicate")}
+    assert dropped == (
+        {"duplicate": 1, "near_duplicate": 1} if scope == "prompt" else {"duplicate": 3, "near_duplicate": 1}
+    ) | {k: 0 for k in dropped if k not in ("duplicate", "near_duplicate")}

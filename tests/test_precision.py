@@ -91,5 +91,7 @@ def test_training_arguments_follow_the_resolved_dtype(tmp_path, dtype, flags):
     from stages import grpo, sft
 
     s = sft.sft_arguments(sft.Config(model="m", dataset="d"), tmp_path, dtype=dtype)
-    g = grpo.grpo_arguments(grpo.Config(model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}]), tmp_path, dtype=dtype)
+    g = grpo.grpo_arguments(
+        grpo.Config(model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}]), tmp_path, dtype=dtype
+    )
     assert (s.bf16, s.fp16) == flags and (g.bf16, g.fp16) == flags

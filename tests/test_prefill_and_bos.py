@@ -24,7 +24,7 @@ import pytest
 from pipeline.config import parse, read_yaml
 from pipeline.runner import Resolver
 from pipeline.stage import StepContext
-from stages.common.sampling import SamplingConfig, Sampler, prompt_token_ids
+from stages.common.sampling import Sampler, SamplingConfig, prompt_token_ids
 from stages.common.scoring import score, with_rendered_prompts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -290,14 +289,18 @@ def test_disk_full_before_and_during_a_checkpoint(small_disk, monkeypatch, tiny_
             monkeypatch.setattr(trainer, "checkpoint_bytes", lambda _t: 1)
 
     monkeypatch.setattr(trainer, "guard_checkpoint_space", guard)
-    with pytest.raises(store.DiskFullError, match=r"before writing checkpoint-4 in .*checkpoints: .* free; about .* needed"):
+    with pytest.raises(
+        store.DiskFullError, match=r"before writing checkpoint-4 in .*checkpoints: .* free; about .* needed"
+    ):
         run_pipeline(pipeline)
     assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
 
     fooled["on"] = True  # (2): the check passes, the write itself runs out of space
     with pytest.raises(store.DiskFullError, match=r"writing the checkpoint .*checkpoint-4: .* free; about"):
         run_pipeline(pipeline)
-    assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]  # the half one removed
+    assert sorted(p.name for p in (work / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2"
+    ]  # the half one removed
 
     filler.unlink()
     monkeypatch.setattr(trainer, "guard_checkpoint_space", real_save)

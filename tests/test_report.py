@@ -89,8 +89,17 @@ def full_run(name: str) -> Path:
     """A run with every section: generate (funnel), sft, grpo, eval of two models, and a step
     that did not finish (a partial folder)."""
     run_dir = store.runs_root() / name
-    counts = {"prompts": 8, "sampled": 64, "kept": 10, "dropped_truncated": 20, "dropped_incorrect": 25,
-              "dropped_unverifiable": 0, "dropped_bad_format": 5, "dropped_duplicate": 2, "dropped_over_max_per_prompt": 2}
+    counts = {
+        "prompts": 8,
+        "sampled": 64,
+        "kept": 10,
+        "dropped_truncated": 20,
+        "dropped_incorrect": 25,
+        "dropped_unverifiable": 0,
+        "dropped_bad_format": 5,
+        "dropped_duplicate": 2,
+        "dropped_over_max_per_prompt": 2,
+    }
     _step(run_dir, "cold_start_data", "generate", {"model": "smollm2-135m-instruct"}, 1.0,
           {"outputs": {"dataset": "dataset"}, "counts": counts, "metrics": {}, "summary": "kept 10/64"})
     _step(run_dir, "cold_start_sft", "sft", {"model": "smollm2-135m-instruct", "dataset": "cold_start_data"}, 2.0,
@@ -170,9 +179,15 @@ def test_full_report_renders_in_chromium_with_every_figure(tmp_path, chromium):
     assert page.count('class="samples"') == 3 and page.count('class="sample"') == 6
     assert md.count("Not in this run") == 2  # KL of the two RL steps; nothing else is missing
     # the held-out reward curve of the step that measured one (all_domain_rl did not: not "missing")
-    assert "RL `reasoning_rl` (8 logged steps): reward (first -> last 3 steps) 0.300 -> 0.550, held-out reward 0.300 -> 0.500," in md
+    assert (
+        "RL `reasoning_rl` (8 logged steps): reward (first -> last 3 steps) 0.300 -> 0.550, "
+        "held-out reward 0.300 -> 0.500,"
+        in md
+    )
     assert "- `eval` pass@1: reasoning_rl 0.583 [" in md  # at a glance: models ranked, with intervals
-    assert re.search(r"\| reasoning_rl \| 12 \| \+0\.292 \[\+0\.\d{3}, \+0\.\d{3}\] \| 12 \| 0 \| 0 \| 0\.000488 \|", md)
+    assert re.search(
+        r"\| reasoning_rl \| 12 \| \+0\.292 \[\+0\.\d{3}, \+0\.\d{3}\] \| 12 \| 0 \| 0 \| 0\.000488 \|", md
+    )
 
     probe = html_path.with_name("probe.html")  # the report plus a probe and one broken image
     probe.write_text(page.replace("</body>", '<img src="missing.png" alt="negative control">' + PROBE + "</body>"))

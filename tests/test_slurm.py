@@ -28,17 +28,23 @@ IPS = {"gpu-a": "10.0.0.11", "gpu-b": "10.0.0.12", "gpu-c": "10.0.0.13"}
 
 FAKES = {
     "scontrol": '#!/bin/bash\n[[ "$1 $2" == "show hostnames" ]] || exit 1\necho gpu-a; echo gpu-b; echo gpu-c\n',
-    "srun": ('#!/bin/bash\n'
-             'echo "srun $*" >> "$FAKE_LOG"\n'
-             'node=""\n'
-             'while [[ $1 == --* ]]; do [[ $1 == --nodelist=* ]] && node=${1#--nodelist=}; shift; done\n'
-             'FAKE_NODE=$node exec "$@"\n'),
-    "hostname": ('#!/bin/bash\n'
-                 'if [[ ${1:-} == -I ]]; then grep "^$FAKE_NODE " "$FAKE_HOSTS" | cut -d" " -f2; else echo "$FAKE_NODE"; fi\n'),
-    "getent": ('#!/bin/bash\n'
-               '[[ $1 == ahostsv4 ]] || exit 2\n'
-               'echo "127.0.1.1       STREAM $2"\n'
-               'grep "^$2 " "$FAKE_HOSTS" | awk \'{print $2 "       STREAM " $1}\'\n'),
+    "srun": (
+        "#!/bin/bash\n"
+        'echo "srun $*" >> "$FAKE_LOG"\n'
+        'node=""\n'
+        "while [[ $1 == --* ]]; do [[ $1 == --nodelist=* ]] && node=${1#--nodelist=}; shift; done\n"
+        'FAKE_NODE=$node exec "$@"\n'
+    ),
+    "hostname": (
+        "#!/bin/bash\n"
+        'if [[ ${1:-} == -I ]]; then grep "^$FAKE_NODE " "$FAKE_HOSTS" | cut -d" " -f2; else echo "$FAKE_NODE"; fi\n'
+    ),
+    "getent": (
+        "#!/bin/bash\n"
+        "[[ $1 == ahostsv4 ]] || exit 2\n"
+        'echo "127.0.1.1       STREAM $2"\n'
+        'grep "^$2 " "$FAKE_HOSTS" | awk \'{print $2 "       STREAM " $1}\'\n'
+    ),
 }
 
 

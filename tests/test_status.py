@@ -86,9 +86,25 @@ def test_a_step_whose_upstream_has_new_output_is_stale(tmp_path, home):
     path = tmp_path / "chain.yaml"
     data = tmp_path / "rows.jsonl"
     data.write_text('{"question": "1+1?", "answer": "2"}\n')
-    path.write_text(yaml.safe_dump({"name": "p", "run": "ch", "steps": [
-        {"name": "up", "config": _eval(1)},
-        {"name": "down", "config": {"kind": "eval", "models": ["up"], "prompts": [{"source": "file", "path": str(data)}]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run": "ch",
+                "steps": [
+                    {"name": "up", "config": _eval(1)},
+                    {
+                        "name": "down",
+                        "config": {
+                            "kind": "eval",
+                            "models": ["up"],
+                            "prompts": [{"source": "file", "path": str(data)}],
+                        },
+                    },
+                ],
+            }
+        )
+    )
     run_pipeline(load_pipeline(path), only=["up"])
     manifest = home / "ch" / "down"
     manifest.mkdir(parents=True)  # a finished `down` that read an older output of `up`

@@ -94,13 +94,20 @@ def test_read_step_timings_orders_phases_and_keeps_the_last_line_of_a_step(tmp_p
     assert read_step_timings(tmp_path / "absent.jsonl") == ([], [])
 
 
-@pytest.mark.parametrize(("stage", "base", "key", "new"), [
-    (sft, {"kind": "sft", "model": "m", "dataset": "d"}, "batch_size", "per_device_train_batch_size"),
-    (sft, {"kind": "sft", "model": "m", "dataset": "d"}, "grad_accum", "gradient_accumulation_steps"),
-    (distill, {"kind": "distill", "teacher": "t", "dataset": "d"}, "epochs", "num_train_epochs"),
-    (grpo, {"kind": "grpo", "model": "m", "prompts": [{"source": "humaneval"}], "rewards": [{"name": "format"}]}, "lr_scheduler",
-     "lr_scheduler_type"),
-])
+@pytest.mark.parametrize(
+    ("stage", "base", "key", "new"),
+    [
+        (sft, {"kind": "sft", "model": "m", "dataset": "d"}, "batch_size", "per_device_train_batch_size"),
+        (sft, {"kind": "sft", "model": "m", "dataset": "d"}, "grad_accum", "gradient_accumulation_steps"),
+        (distill, {"kind": "distill", "teacher": "t", "dataset": "d"}, "epochs", "num_train_epochs"),
+        (
+            grpo,
+            {"kind": "grpo", "model": "m", "prompts": [{"source": "humaneval"}], "rewards": [{"name": "format"}]},
+            "lr_scheduler",
+            "lr_scheduler_type",
+        ),
+    ],
+)
 def test_an_old_key_names_its_new_name(stage, base, key, new):
     with pytest.raises(ConfigError, match=f"key '{key}' is now '{new}'"):
         parse(stage.Config, {**base, key: 4}, "old.yaml")
@@ -110,8 +117,17 @@ def test_an_old_key_names_its_new_name(stage, base, key, new):
 def test_grpo_has_no_epochs():
     # GRPO runs a fixed number of steps: no num_train_epochs to rename `epochs` to, so the usual error.
     with pytest.raises(ConfigError, match="unknown key 'epochs'; valid keys:"):
-        parse(grpo.Config, {"kind": "grpo", "model": "m", "prompts": [{"source": "humaneval"}], "rewards": [{"name": "format"}],
-                            "epochs": 1}, "x.yaml")
+        parse(
+            grpo.Config,
+            {
+                "kind": "grpo",
+                "model": "m",
+                "prompts": [{"source": "humaneval"}],
+                "rewards": [{"name": "format"}],
+                "epochs": 1,
+            },
+            "x.yaml",
+        )
 
 
 def test_trainer_option_checks():
@@ -120,8 +136,16 @@ def test_trainer_option_checks():
     with pytest.raises(ConfigError, match="per_device_train_batch_size"):
         parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "per_device_train_batch_size": 0})
     with pytest.raises(ConfigError, match="max_steps"):
-        parse(grpo.Config, {"kind": "grpo", "model": "m", "prompts": [{"source": "humaneval"}], "rewards": [{"name": "format"}],
-                            "max_steps": 0})
+        parse(
+            grpo.Config,
+            {
+                "kind": "grpo",
+                "model": "m",
+                "prompts": [{"source": "humaneval"}],
+                "rewards": [{"name": "format"}],
+                "max_steps": 0,
+            },
+        )
 
 
 def test_sft_and_grpo_set_the_shared_trainer_arguments_the_same_way(tmp_path):
@@ -130,8 +154,12 @@ def test_sft_and_grpo_set_the_shared_trainer_arguments_the_same_way(tmp_path):
                "max_steps": 7, "gradient_checkpointing": True, "seed": 3, "logging_steps": 2, "save_steps": 3,
                "save_total_limit": 1, "dtype": "float32"}
     s = sft.sft_arguments(sft.Config(model="m", dataset="d", **options), tmp_path).to_dict()
-    g = grpo.grpo_arguments(grpo.Config(model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}], num_generations=2,
-                                        **options), tmp_path).to_dict()
+    g = grpo.grpo_arguments(
+        grpo.Config(
+            model="m", prompts=[{"source": "humaneval"}], rewards=[{"name": "format"}], num_generations=2, **options
+        ),
+        tmp_path,
+    ).to_dict()
     shared = trainer.trainer_arguments(sft.Config(model="m", dataset="d", **options), tmp_path)
     shared.pop("num_train_epochs")  # GRPO runs max_steps
     for key in shared:

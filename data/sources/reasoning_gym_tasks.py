@@ -61,7 +61,7 @@ DEFAULT_TASK_KWARGS: dict[str, dict[str, Any]] = {
 
 
 def _registry() -> dict[str, Any]:
-    import reasoning_gym.factory  # noqa: PLC0415 - 1.5 s import, only when this source is used
+    import reasoning_gym.factory  # 1.5 s import, only when this source is used
 
     return reasoning_gym.factory.DATASETS
 
@@ -125,7 +125,7 @@ class ReasoningGymSource(SourceConfig):
 
     def _items(self, seed: int, n: int) -> Iterator[dict[str, Any]]:
         """Items 0..n-1 of the stream seeded `seed`, generated lazily (countdown: ~5 ms each)."""
-        import reasoning_gym  # noqa: PLC0415
+        import reasoning_gym
 
         dataset = reasoning_gym.create_dataset(self.task, seed=seed, size=max(n, 1), **self.kwargs)
         return (dataset[i] for i in range(n))
@@ -163,7 +163,7 @@ class ReasoningGymSource(SourceConfig):
 
 @cache
 def _score_fn(task: str):
-    import reasoning_gym  # noqa: PLC0415
+    import reasoning_gym
 
     return reasoning_gym.get_score_answer_fn(task)
 

@@ -108,7 +108,7 @@ def records_to_rows(
         BadRowError: the first bad record (missing field, wrong type, empty prompt, invalid
             domain/split/verification, duplicate id) when `on_bad_row="error"`.
     """
-    result, seen = LoadedRows([]), {}
+    result, seen = LoadedRows([]), dict[str, int]()
     for number, record in records:
         try:
             if isinstance(record, BadRowError):
@@ -200,7 +200,11 @@ def _convert(record: Any, number: int, mapping: RecordMapping, template: Templat
         row["prompt"] = apply_template(row["prompt"], template)
     except PromptRowError as error:
         if error.field == "answer":  # name the record's own field (answer_field)
-            reason = f"is NaN (a missing value), but a {row['domain']!r} row needs a gold answer" if nan_gold else error.reason
+            reason = (
+                f"is NaN (a missing value), but a {row['domain']!r} row needs a gold answer"
+                if nan_gold
+                else error.reason
+            )
             raise bad(field, reason) from None
         raise bad(error.field, error.reason) from None
     return row

@@ -147,7 +147,7 @@ class ShareGPTFile:
         return self.cut_at_byte is None
 
     def describe_cut(self) -> str:
-        if self.complete:
+        if self.cut_at_byte is None:  # complete
             return f"{self.path}: complete, {self.records_read} records"
         return (f"{self.path} is cut off mid-record at byte {self.cut_at_byte:,} of {self.file_bytes:,}: "
                 f"read the {self.records_read:,} complete records before it; the incomplete last record "
@@ -160,7 +160,7 @@ def package_file() -> Path:
     Raises:
         FileNotFoundError: the package is not installed, or its file is missing.
     """
-    from importlib.metadata import PackageNotFoundError, distribution  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         path = Path(str(distribution(PACKAGE).locate_file(PACKAGE_FILE)))
@@ -251,7 +251,11 @@ def _exchange(record: Any, number: int, path: str) -> Exchange | BadRowError:
     if not isinstance(turns, list):
         return BadRowError(path, number, "conversations", "missing or not a list")
     for k, turn in enumerate(turns[:2]):
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("from"), str)
+            or not isinstance(turn.get("value"), str)
+        ):
             return BadRowError(path, number, "conversations", f"turn {k + 1} needs string 'from' and 'value'")
     first, reply = (turns + [None, None])[:2]
     return Exchange(
@@ -278,7 +282,9 @@ class ShareGPTSource(SourceConfig):
     language: Literal["en", "any"] = Field("en", description="`en`: keep prompts passing `is_english`; `any`: no check")
     min_prompt_chars: int = Field(1, ge=1, description="shortest prompt kept, in characters")
     max_prompt_chars: int | None = Field(2000, ge=1, description="longest prompt kept, in characters; None = any")
-    max_reference_chars: int | None = Field(4000, ge=1, description="longest reference answer kept, in characters; None = any")
+    max_reference_chars: int | None = Field(
+        4000, ge=1, description="longest reference answer kept, in characters; None = any"
+    )
     multi_turn: Literal["first_turn", "drop"] = Field(
         "first_turn", description="`first_turn`: use the first exchange of every conversation; "
         "`drop`: keep single-exchange conversations only")
@@ -372,8 +378,10 @@ class ShareGPTSource(SourceConfig):
             template=template,
         )
 
-    def _card(self, parsed: ShareGPTFile, filtered: dict[str, int], kept: dict[Split, list], rows: int) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+    def _card(
+        self, parsed: ShareGPTFile, filtered: dict[str, int], kept: dict[Split, list], rows: int
+    ) -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
 
         try:
             package = f"{PACKAGE}=={version(PACKAGE)}" if self.path is None else None

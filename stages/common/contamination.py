@@ -72,9 +72,11 @@ def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8
     template = template_ngrams(by_source.values(), TEMPLATE_MIN_TEXTS)
     train_grams = set().union(*(content_ngrams(t, template, n) for _, t in train.values()))
     train_norm = {norm(t) for _, t in train.values()}
-    return {"id": [i for i in questions if i in train],
-            "exact": [i for i, (_, q) in questions.items() if norm(q) in train_norm],
-            "ngram": [i for i, (_, q) in questions.items() if not train_grams.isdisjoint(content_ngrams(q, template, n))]}
+    return {
+        "id": [i for i in questions if i in train],
+        "exact": [i for i, (_, q) in questions.items() if norm(q) in train_norm],
+        "ngram": [i for i, (_, q) in questions.items() if not train_grams.isdisjoint(content_ngrams(q, template, n))],
+    }
 
 
 def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = "error") -> tuple[list[dict], dict]:

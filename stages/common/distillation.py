@@ -41,7 +41,10 @@ hidden state (through a learned linear projection when the widths differ) and th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 Distance = Literal["mse", "cosine"]
@@ -70,8 +73,8 @@ class TopK:
     ``logprobs`` (N, k) float32, log-probabilities at temperature T (``log_softmax(z / T)``,
     normalised over the whole vocabulary, so their exp sums to at most 1)."""
 
-    ids: object
-    logprobs: object
+    ids: torch.Tensor
+    logprobs: torch.Tensor
 
 
 def teacher_topk(teacher_logits, k: int, temperature: float) -> TopK:

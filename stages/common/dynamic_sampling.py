@@ -69,8 +69,8 @@ def group_labels(values: Sequence[float | None], group_size: int) -> list[str]:
     Raises:
         ValueError: ``len(values)`` is not a multiple of ``group_size``.
 
-    >>> group_labels([1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, None, None, None, 0.5, 0.5], 4)
-    ['informative', 'all_wrong', 'all_correct', 'unjudged']
+    >>> group_labels([1, 0, 1, 1, 0, 0, 0, 0, 1, 1, 1, None, None, None, 0.5, 0.5, None, 1, None, None], 4)
+    ['informative', 'all_wrong', 'all_correct', 'all_equal', 'unjudged']
     """
     if group_size < 1 or len(values) % group_size:
         raise ValueError(f"{len(values)} rewards do not split into groups of {group_size}")
@@ -156,7 +156,7 @@ def concat(batches: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, An
             continue
         parts = [b[k] for b in batches]
         if k in PROMPT_SIDE:
-            value = pad_token_id if k == "prompt_ids" else 0
+            value: float = pad_token_id if k == "prompt_ids" else 0
             parts = [_pad_to(t, p, value, left=True) for t in parts]
         elif k in COMPLETION_SIDE or (k == RATIO_KEY and parts[0].dim() == 2 and parts[0].shape[1] > 1):
             value = pad_token_id if k == "completion_ids" else (1.0 if k == RATIO_KEY else 0)
@@ -213,6 +213,7 @@ def trainer_mixin():
         _r1_filter: int | None = None
         _r1_dynamic: DynamicSampling | None = None
         _r1_last_rewards = None
+        accelerator: Any  # the GRPOTrainer's, which this class is mixed into
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

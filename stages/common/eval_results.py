@@ -4,6 +4,10 @@ An eval step writes ``results.json`` (protocol + metrics per model) and ``sample
 (one row per model and question). ``r1 eval compare A B`` and the run report read them here:
 ``load_records`` / ``find_results`` find one model's records, ``compare`` pairs two models
 question by question (exact sign test, paired bootstrap interval).
+
+Why one file: everything here reads the two files an eval step writes (`results.json`,
+`samples.parquet`): the run report's eval section and `r1 eval compare` share the loading, the
+protocol comparison and the pairing.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     if model not in models:
         raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
                        f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
+    assert model is not None  # one of the file's model names
     results_file = parquet.parent / "results.json"
     protocol = {}
     if results_file.is_file():
@@ -182,8 +187,7 @@ def report_section(doc, steps: list) -> None:
     from matplotlib.figure import Figure
 
     doc.h(2, "Evaluation")
-    evals = [(s, read_results(s)) for s in steps if s.done]
-    evals = [(s, r) for s, r in evals if r is not None]
+    evals = [(s, r) for s in steps if s.done if (r := read_results(s)) is not None]
     if not evals:
         doc.missing("no finished eval step")
         return
@@ -216,7 +220,8 @@ def report_section(doc, steps: list) -> None:
         ax = fig.subplots()
         width = 0.8 / len(models)
         for i, (ref, m) in enumerate(models.items()):
-            vals, errs = [], [[], []]
+            vals: list[float] = []
+            errs: list[list[float]] = [[], []]
             for g in groups:
                 o = m["overall"] if g == "overall" else m["per_source"].get(g, {})
                 v, interval = o.get("pass@1", math.nan), o.get("pass@1_ci") or [math.nan, math.nan]
@@ -339,17 +344,23 @@ def compare_command(front):
     from pipeline import store
 
     def compare_cmd(
-            a: str = typer.Argument(..., help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), or a model evaluated in --run."),
-            b: str = typer.Argument(..., help="The same for the second model."),
-            run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
-            as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+        a: str = typer.Argument(
+            ...,
+            help="Eval step folder / samples.parquet / eval step name of --run (add #MODEL to pick one), "
+            "or a model evaluated in --run.",
+        ),
+        b: str = typer.Argument(..., help="The same for the second model."),
+        run_name: str = typer.Option("single", "--run", help="Run whose eval steps A and B may name."),
+        as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     ) -> None:
         """Compare two eval results question by question: wins, losses, ties and an exact sign test."""
         console = Console()
         run_dir = store.runs_root() / run_name
         if not run_dir.is_dir() and not (Path(a.partition("#")[0]).exists() and Path(b.partition("#")[0]).exists()):
-            front.fail(f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(store.list_runs()) or 'none'}); "
-                       "give --run")
+            front.fail(
+                f"no run {run_name!r} under {store.runs_root()} (runs: {', '.join(store.list_runs()) or 'none'}); "
+                "give --run"
+            )
         try:
             ra, pa, ma, wa = find_results(a, run_dir)
             rb, pb, mb, wb = find_results(b, run_dir)
@@ -363,17 +374,37 @@ def compare_command(front):
             return
         console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
         table = Table()
-        for h in ("questions", "set", "A pass@1", "B pass@1", "A - B [95% CI]", "A wins", "B wins", "ties", "p (sign test)"):
+        for h in (
+            "questions",
+            "set",
+            "A pass@1",
+            "B pass@1",
+            "A - B [95% CI]",
+            "A wins",
+            "B wins",
+            "ties",
+            "p (sign test)",
+        ):
             table.add_column(h, overflow="fold")  # a narrow terminal or a pipe wraps cells instead of cutting them
         for label, g in [("all", result["overall"]), *result["per_source"].items()]:
             interval = g["diff_ci"]
-            table.add_row(str(g["questions"]), escape(label), f"{g['a']:.3f}", f"{g['b']:.3f}",
-                          f"{g['diff']:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]", str(g["wins"]), str(g["losses"]),
-                          str(g["ties"]), f"{g['p_value']:.3g}")
+            table.add_row(
+                str(g["questions"]),
+                escape(label),
+                f"{g['a']:.3f}",
+                f"{g['b']:.3f}",
+                f"{g['diff']:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]",
+                str(g["wins"]),
+                str(g["losses"]),
+                str(g["ties"]),
+                f"{g['p_value']:.3g}",
+            )
         console.print(table)
         console.print(f"Test: {result['test']}.")
         if result["only_a"] or result["only_b"]:
-            console.print(f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]")
+            console.print(
+                f"[yellow]{result['only_a']} questions only in A, {result['only_b']} only in B: not compared[/]"
+            )
         for d in differences:
             console.print(f"[yellow]protocol differs: {escape(d)}[/]")
 

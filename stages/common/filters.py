@@ -61,7 +61,7 @@ class Filters(StrictModel):
     max_per_prompt: int | None = 2  # keep at most N samples per prompt; None = all survivors
 
     @model_validator(mode="after")
-    def _check(self) -> "Filters":
+    def _check(self) -> Filters:
         # Checked here so a typo fails at config time, not after an hour of sampling.
         from rewards.language import LANGUAGES
 
@@ -177,7 +177,7 @@ def pass_rate(samples: Sequence[Sample]) -> float | None:
     >>> pass_rate([Sample("p", i, "math", "x", rewards={"accuracy": a}) for i, a in enumerate([1.0, 0.0, None])])
     0.5
     """
-    judged = [s.rewards.get("accuracy") for s in samples if s.rewards.get("accuracy") is not None]
+    judged = [a for s in samples if (a := s.rewards.get("accuracy")) is not None]
     return sum(a >= 1.0 for a in judged) / len(judged) if judged else None
 
 

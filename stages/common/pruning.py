@@ -152,8 +152,10 @@ def depth_for_ratio(config, ratio: float) -> int:
         else:
             break
     if best is None:
-        raise ValueError(f"student_size {ratio}: even a 1-layer student has more than {ratio:.0%} of the "
-                         f"teacher's {total:,} parameters (the embeddings dominate); use a larger ratio or prune: width")
+        raise ValueError(
+            f"student_size {ratio}: even a 1-layer student has more than {ratio:.0%} of the "
+            f"teacher's {total:,} parameters (the embeddings dominate); use a larger ratio or prune: width"
+        )
     return best
 
 
@@ -229,7 +231,9 @@ def width_plan(config, ratio: float, heads: int | None = None) -> WidthPlan:
 
 
 def _layer_parameters(config) -> int:
-    return parameter_count(_changed(config, num_hidden_layers=2)) - parameter_count(_changed(config, num_hidden_layers=1))
+    return parameter_count(_changed(config, num_hidden_layers=2)) - parameter_count(
+        _changed(config, num_hidden_layers=1)
+    )
 
 
 def _layer_modules(layer):

@@ -30,6 +30,11 @@ set; ``generate`` drops and counts them, ``eval`` refuses them before sampling. 
 fits gets ``min(max_tokens, max_model_len - prompt tokens)`` new tokens on both in-process
 backends (what vLLM does). The server backend sends every prompt (its own ``--max-model-len``
 decides).
+
+Why one file: the three backends (vLLM offline engine, vLLM server, HF ``generate``) answer one
+interface (`Sampler`, `Completion`) under one config (`SamplingConfig`) and must agree on the
+token budget, the stop ids and the per-prompt seeds; `ServerClient` (~120 lines) is the server
+backend.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class SamplingConfig(StrictModel):
     request_timeout: float = 600.0  # backend server: seconds one request may take
 
     @model_validator(mode="after")
-    def _check_server(self) -> "SamplingConfig":
+    def _check_server(self) -> SamplingConfig:
         if self.backend == "server" and not self.server_url:
             raise ValueError("backend 'server' needs `server_url`, the base URL of a running vLLM server's "
                              "OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)")
@@ -167,7 +172,7 @@ def beat_on_engine_steps(llm, beat) -> None:
     long generation move and only a hung engine stalls. No-op for an object without an engine."""
     engine = getattr(llm, "llm_engine", None)
     step = getattr(engine, "step", None)
-    if step is None:
+    if engine is None or step is None:
         return
 
     def stepped(*args, **kwargs):
@@ -213,8 +218,9 @@ class Sampler:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
 
+            assert self.precision is not None  # resolved above for the in-process backends
             self.llm = LLM(model=model_path, dtype=self.precision.dtype, max_model_len=cfg.max_model_len,
-                           seed=seed, enforce_eager=cfg.enforce_eager, 
+                           seed=seed, enforce_eager=cfg.enforce_eager,
                            distributed_executor_backend="uni",
                            # Per-prompt seeds make vLLM keep a torch.Generator per request. When
                            # a prefill is chunked, vLLM rolls that generator back with
@@ -225,9 +231,9 @@ class Sampler:
                            max_num_batched_tokens=max(cfg.max_model_len, 4096))
             beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
-            import torch
             from transformers import AutoModelForCausalLM
 
+            assert self.precision is not None  # resolved above for the in-process backends
             self.model = AutoModelForCausalLM.from_pretrained(
                 model_path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
             self.tokenizer.padding_side = "left"
@@ -248,7 +254,10 @@ class Sampler:
         if not self._chat_checked:
             require_end_of_turn(self.tokenizer, self.model_path)
             self._chat_checked = True
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+        # tokenize=False returns the text; transformers types the return for every mode at once
+        return self.tokenizer.apply_chat_template(  # type: ignore[return-value]
+            list(prompt), tokenize=False, add_generation_prompt=True
+        )
 
     def prompt_ids(self, prompt, text: str | None = None) -> list[int]:
         """The prompt's token ids as every backend feeds them to the model (:func:`prompt_token_ids`);
@@ -284,11 +293,12 @@ class Sampler:
 
     def _sample_vllm(self, token_ids: list[list[int]], ids: list[str]) -> list[list[Completion]]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=self.cfg.num_samples, temperature=self.cfg.temperature,
                                  top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, stop_token_ids=self.stop_ids,
                                  seed=prompt_seed(self.seed, i)) for i in ids]
-        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_ids], params, use_tqdm=False)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_ids], params, use_tqdm=False)
         return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
                 for out in outputs]
 
@@ -319,8 +329,9 @@ class Sampler:
         result = []
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-            result.append(Completion(self.tokenizer.decode(row[:n], skip_special_tokens=True), n,
-                                     n == budget and row[n - 1] not in eos))
+            # one sequence decodes to one str (transformers types decode for batches too)
+            text: str = self.tokenizer.decode(row[:n], skip_special_tokens=True)  # type: ignore[assignment]
+            result.append(Completion(text, n, n == budget and row[n - 1] not in eos))
         return result
 
     def close(self) -> None:
@@ -337,7 +348,7 @@ class Sampler:
             del self.model
         gc.collect()
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         return self
 
     def __exit__(self, *exc) -> None:

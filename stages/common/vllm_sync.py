@@ -145,13 +145,14 @@ def engine_options(cpu_kv_cache_gib: int | None = None, **llm_kwargs: Any) -> It
         raise ValueError(f"TRL sets {clash} itself; use the matching GRPOConfig fields")
     original = trl_vllm.LLM
     env_before = os.environ.get(_KV_ENV)
-    trl_vllm.LLM = functools.partial(original, **llm_kwargs)
+    # TRL builds its engine through this name: patched for the duration of the context
+    trl_vllm.LLM = functools.partial(original, **llm_kwargs)  # type: ignore[misc,assignment]
     if cpu_kv_cache_gib is not None:
         os.environ[_KV_ENV] = str(int(cpu_kv_cache_gib))
     try:
         yield
     finally:
-        trl_vllm.LLM = original
+        trl_vllm.LLM = original  # type: ignore[misc]
         if cpu_kv_cache_gib is not None:
             if env_before is None:
                 os.environ.pop(_KV_ENV, None)

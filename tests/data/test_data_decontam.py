@@ -9,7 +9,8 @@ EVAL = "Natalia sold clips to 48 of her friends in April, and then she sold half
 def test_ngram_overlap_finds_injected_copy():
     train = {
         "clean": "A farmer has 12 cows and buys 7 more cows at the market on Monday morning.",
-        "copied": "Intro text. NATALIA sold clips to 48 of her friends, in April! More text.",  # case/punctuation differ
+        # case and punctuation differ
+        "copied": "Intro text. NATALIA sold clips to 48 of her friends, in April! More text.",
         "short": "sold clips to 48",  # fewer than 8 words can never match
         "seven": "natalia sold clips to 48 of her",  # 7 shared words: below n
     }
@@ -67,7 +68,10 @@ def test_tiny_eval_set_still_catches_copies():
     _, removed = decontaminate(_chain_sum(40, 0, "train").add_item(copy), [evaluation])
     assert removed == ["copy"]  # an exact copy: too short for an 8-gram of content
     gsm = load_prompts([{"source": "reasoning_gym", "task": "gsm_symbolic", "n_train": 20, "n_test": 1}])
-    train, test = gsm.filter(lambda s: s == "train", input_columns="split"), gsm.filter(lambda s: s == "test", input_columns="split")
+    train, test = (
+        gsm.filter(lambda s: s == "train", input_columns="split"),
+        gsm.filter(lambda s: s == "test", input_columns="split"),
+    )
     leak = train.to_list()[0] | {"id": "leak", "prompt": render_prompt("Background. " + question_of(test[0]["prompt"]))}
     _, removed = decontaminate(train.add_item(leak), [test])
     # train/11 is the same GSM8K problem as the test question with other names and numbers

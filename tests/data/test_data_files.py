@@ -54,7 +54,9 @@ def test_parquet_rows(tmp_path):
     assert [(r["id"], r["split"], r["answer"]) for r in rows] == [("file:pq/1", "test", "2")]
     full = tmp_path / "full.parquet"
     datasets.Dataset.from_list(FileSource(path=path).load().rows).to_parquet(full)
-    assert [r["prompt"] for r in FileSource(path=full).load().rows] == [r["prompt"] for r in FileSource(path=path).load().rows]
+    assert [r["prompt"] for r in FileSource(path=full).load().rows] == [
+        r["prompt"] for r in FileSource(path=path).load().rows
+    ]
 
 
 def test_answer_regex_and_question_field(tmp_path):

@@ -98,7 +98,11 @@ def test_own_data_dir_and_bad_lines(tmp_path):
     loaded = HarmfulPromptsSource(data_dir=folder, on_bad_row="skip", test_share=0.0).load()
     assert [r["id"] for r in loaded.rows] == ["harmful_prompts/donotanswer/risky/1", "harmful_prompts/harmbench/1",
                                               "harmful_prompts/harmbench/3"]
-    assert loaded.skipped == 3 and "field 'prompt'" in loaded.skip_reasons[1] and "field 'intents'" in loaded.skip_reasons[2]
+    assert (
+        loaded.skipped == 3
+        and "field 'prompt'" in loaded.skip_reasons[1]
+        and "field 'intents'" in loaded.skip_reasons[2]
+    )
     with pytest.raises(ValueError, match=r"test_categories: \['donotanswer/other'\] not found"):
         HarmfulPromptsSource(data_dir=folder, on_bad_row="skip", test_categories=["donotanswer/other"]).load()
     with pytest.raises(FileNotFoundError, match="no .jsonl files"):

@@ -44,7 +44,10 @@ def test_plain_data_folder_through_load_dataset(tmp_path):
     source = HubSource(name=str(folder), limit=2, answer_regex=r"####\s*(.+)", domain="general",
                        load_kwargs={"cache_dir": str(tmp_path / "cache")})
     rows = source.load().rows
-    assert [(r["answer"], r["split"], r["domain"]) for r in rows] == [("2", "train", "general"), ("3", "train", "general")]
+    assert [(r["answer"], r["split"], r["domain"]) for r in rows] == [
+        ("2", "train", "general"),
+        ("3", "train", "general"),
+    ]
     assert source.load("test").rows == []  # no test split configured
 
 

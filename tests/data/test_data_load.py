@@ -16,7 +16,10 @@ def test_concatenates_in_order_and_is_deterministic():
     dataset, report = load_prompts_with_report(SOURCES, split="train")
     assert dataset.column_names == list(PROMPT_COLUMNS)
     assert report.rows == {"reasoning_gym:chain_sum": 10, "reasoning_gym:knights_knaves": 5, "humaneval": 3}
-    assert [r["data_source"] for r in dataset][::5] == ["reasoning_gym/chain_sum"] * 2 + ["reasoning_gym/knights_knaves", "humaneval"]
+    assert [r["data_source"] for r in dataset][::5] == ["reasoning_gym/chain_sum"] * 2 + [
+        "reasoning_gym/knights_knaves",
+        "humaneval",
+    ]
     assert set(dataset["split"]) == {"train"}
     for row in dataset:
         validate_prompt_row(row)

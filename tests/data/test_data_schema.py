@@ -41,7 +41,10 @@ def test_valid_rows_pass():
         ({"prompt": "   "}, "prompt"),  # blank string prompt
         ({"prompt": [{"role": "user", "content": ""}]}, "prompt"),  # empty content
         ({"prompt": [{"role": "robot", "content": "hi"}]}, "prompt"),  # unknown role
-        ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "prompt"),  # ends with assistant
+        (
+            {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            "prompt",
+        ),  # ends with assistant
         ({"prompt": 5}, "prompt"),  # wrong type
         ({"answer": 2}, "answer"),  # answers are strings
         ({"verification": "not json"}, "verification"),  # must parse

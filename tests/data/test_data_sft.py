@@ -57,8 +57,12 @@ def test_save_to_disk_folders_single_and_with_splits(tmp_path):
     datasets.Dataset.from_list([_conv(i, "s") for i in range(3)]).save_to_disk(str(single))
     assert len(load_messages(str(single))) == 3
     both = tmp_path / "both"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list([_conv(0, "train")]),
-                          "test": datasets.Dataset.from_list([_conv(0, "test"), _conv(1, "test")])}).save_to_disk(str(both))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([_conv(0, "train")]),
+            "test": datasets.Dataset.from_list([_conv(0, "test"), _conv(1, "test")]),
+        }
+    ).save_to_disk(str(both))
     assert _users(load_messages(str(both))) == ["train question 0"]
     assert len(load_messages(str(both), split="test")) == 2
     with pytest.raises(ValueError, match="no split 'dev'; splits: train, test"):
@@ -93,8 +97,15 @@ def test_rows_are_filled_to_the_schema(tmp_path):
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
                                                                                  "content": None}]}) + "\n")
     (row,) = load_sft_rows(path)
-    assert row == {"id": "chat/1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],
-                   "data_source": "chat", "domain": "general", "rewards": "{}", "source_model": "", "meta": "{}"}
+    assert row == {
+        "id": "chat/1",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}],
+        "data_source": "chat",
+        "domain": "general",
+        "rewards": "{}",
+        "source_model": "",
+        "meta": "{}",
+    }
 
 
 def test_max_rows_is_a_seeded_sample(tmp_path):

@@ -70,7 +70,9 @@ def test_every_kind_of_cut_is_tolerated(tmp_path, cut):
     elif cut == "after_key":
         data = text[: start + len('{\n    "id"')].encode("utf-8")
     else:
-        data = text.encode("utf-8")[: len(text[: text.index("é", start)].encode("utf-8")) + (1 if cut == "inside_utf8_character" else 4)]
+        data = text.encode("utf-8")[
+            : len(text[: text.index("é", start)].encode("utf-8")) + (1 if cut == "inside_utf8_character" else 4)
+        ]
     (tmp_path / "f.json").write_bytes(data)
     parsed = read_sharegpt(tmp_path / "f.json")
     assert parsed.records_read == 11 and not parsed.complete
@@ -88,7 +90,9 @@ def test_complete_file_and_empty_array(tmp_path):
 def test_invalid_json_before_the_end_is_an_error(tmp_path):
     text = json.dumps(RECORDS[:3], indent=2).replace('"b_0"', "b_0", 1)  # record 2 broken, record 3 after it
     (tmp_path / "bad.json").write_text(text)
-    with pytest.raises(ValueError, match=r"bad.json: byte \d+: record 2 is not valid JSON .*the 1 records before it are fine"):
+    with pytest.raises(
+        ValueError, match=r"bad.json: byte \d+: record 2 is not valid JSON .*the 1 records before it are fine"
+    ):
         read_sharegpt(tmp_path / "bad.json")
     (tmp_path / "obj.json").write_text('{"id": 1}')
     with pytest.raises(ValueError, match="not a JSON array"):
@@ -133,7 +137,9 @@ def test_split_by_conversation_hash(tmp_path):
 def test_malformed_records_named_or_skipped(tmp_path):
     records = [RECORDS[0], {"id": "x", "conversations": [{"from": "human"}]}, ["not", "an", "object"], RECORDS[-1]]
     (tmp_path / "m.json").write_text(json.dumps(records))
-    with pytest.raises(BadRowError, match=r"m.json: row 2: field 'conversations': turn 1 needs string 'from' and 'value'"):
+    with pytest.raises(
+        BadRowError, match=r"m.json: row 2: field 'conversations': turn 1 needs string 'from' and 'value'"
+    ):
         ShareGPTSource(path=tmp_path / "m.json").load()
     loaded = ShareGPTSource(path=tmp_path / "m.json", on_bad_row="skip", test_share=0.0).load()
     assert len(loaded.rows) == 2 and loaded.skipped == 2
@@ -203,7 +209,9 @@ def test_real_file_counts():
     assert len(set(dataset["id"])) == 8447 and set(dataset["domain"]) == {"general"}
 
 
-@pytest.mark.parametrize("module", ["data.non_reasoning", "data.decontam", "data.sources.sharegpt", "data.sources.base"])
+@pytest.mark.parametrize(
+    "module", ["data.non_reasoning", "data.decontam", "data.sources.sharegpt", "data.sources.base"]
+)
 def test_docstring_examples(module):
     import doctest
     import importlib

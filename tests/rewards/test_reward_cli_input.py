@@ -32,7 +32,9 @@ def test_a_malformed_row_names_file_line_and_field_and_writes_nothing(tmp_path, 
     source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out.jsonl"
     out.write_text("previous results\n", encoding="utf-8")
-    result = CliRunner().invoke(app, ["score", str(source), "-r", "accuracy,format", "-o", str(out), "--batch-size", "2"])
+    result = CliRunner().invoke(
+        app, ["score", str(source), "-r", "accuracy,format", "-o", str(out), "--batch-size", "2"]
+    )
     text = " ".join(result.output.split())  # rich wraps long lines
     assert result.exit_code == 2, result.output
     assert f"{source}:5:" in text.replace(" ", "") or f"{source}:5:" in text
@@ -64,7 +66,11 @@ def test_param_of_a_module_attr_reward(tmp_path):
     result = CliRunner().invoke(app, ["score", str(source), "-r", name, "-p", f"{name}.ngram=2", "-o", str(out)])
     assert result.exit_code == 0, result.output
     value = json.loads(out.read_text())["rewards"][name]
-    assert value == get("repetition", ngram=2)([""], ["a b a b a b a b"])[0] != get("repetition")([""], ["a b a b a b a b"])[0]
+    assert (
+        value
+        == get("repetition", ngram=2)([""], ["a b a b a b a b"])[0]
+        != get("repetition")([""], ["a b a b a b a b"])[0]
+    )
 
 
 def test_completion_text_names_what_a_bad_list_holds():

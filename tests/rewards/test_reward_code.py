@@ -26,11 +26,18 @@ ROWS = [
     ("def add(a, b):\n    return a + b if a != -1 else 5\n", 0.75, 0.0),  # one of four asserts fails
     ("    return a + b\n", 1.0, 1.0),  # body only: runs after the prompt's signature
     ("<think>easy</think><answer>```python\ndef add(a, b):\n    return a + b\n```</answer>", 1.0, 1.0),  # fenced
-    ("```python\ndef add(a, b):\n    return 0\n```\nfixed:\n```python\ndef add(a, b):\n    return a + b\n```",
-     1.0, 1.0),  # the last python block wins
+    (
+        "```python\ndef add(a, b):\n    return 0\n```\nfixed:\n```python\ndef add(a, b):\n    return a + b\n```",
+        1.0,
+        1.0,
+    ),  # the last python block wins
     ("def add(a, b):\n    return a - b\n", 0.25, 0.0),  # wrong: only the loop's assert (i - 0 == i) holds
     ("def add(a, b):\n    return a + b if a != 2 else 0\n", 0.5, 0.0),  # fails assert 2 and the loop at i=2
-    ("def add(a, b):\n    if a == 2:\n        raise ValueError\n    return a + b\n", 0.5, 0.0),  # crashes fail the same two
+    (
+        "def add(a, b):\n    if a == 2:\n        raise ValueError\n    return a + b\n",
+        0.5,
+        0.0,
+    ),  # crashes fail the same two
     ("def add(a, b):\n    return a + b + (a == 1)\n", 0.5, 0.0),  # the loop assert fails at i=1: counts as failed
     ("<think>def add(a, b): return a + b", 0.0, 0.0),  # reasoning never closed: no code
     ("", 0.0, 0.0),  # no code
@@ -61,7 +68,11 @@ def test_tests_without_asserts_count_as_one():
 
 
 def test_module_level_asserts_mbpp_style():
-    v = {"kind": "python_tests", "entry_point": None, "test": "assert sq(2) == 4\nassert sq(3) == 9\nassert sq(0) == 1\n"}
+    v = {
+        "kind": "python_tests",
+        "entry_point": None,
+        "test": "assert sq(2) == 4\nassert sq(3) == 9\nassert sq(0) == 1\n",
+    }
     assert get("code")([""], ["def sq(x):\n    return x * x\n"], verification=[v]) == [pytest.approx(2 / 3)]
 
 
@@ -87,7 +98,8 @@ HOSTILE = {
     "allocate_10gb": "x = bytearray(10 * 1024 ** 3)\ndef add(a, b): return a + b\n",
     "write_outside": "open('{outside}', 'w').write('x')\ndef add(a, b): return a + b\n",
     "socket": "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\ndef add(a, b): return a + b\n",
-    "fake_results_on_stdout": "import os\nfor i in range(4):\n    os.write(1, f'{{i}} 1\\n'.encode())\n    print(i, 1)\n",
+    "fake_results_on_stdout": "import os\nfor i in range(4):\n"
+    "    os.write(1, f'{{i}} 1\\n'.encode())\n    print(i, 1)\n",
     "exit_early": "import sys\nsys.exit(0)\n",
     "os_exit_in_candidate": "import os\ndef add(a, b):\n    os._exit(0)\n",
     "always_equal": "class E:\n    def __eq__(self, other): return True\ndef add(a, b): return E()\n",

@@ -66,7 +66,9 @@ ROWS = {"inc": INC, "list": LIST, "math": MATH, "loop": LOOP, "helper": HELPER}
 # name: (row, program, the honest fraction)
 ATTACKS = {
     # -- (a) reading the harness's state from the interpreter and writing the verdicts ----------
-    "frame_walk_writes_verdicts": ("inc", """
+    "frame_walk_writes_verdicts": (
+        "inc",
+        """
 import os, sys
 def f(x):
     frame = sys._getframe()
@@ -80,8 +82,12 @@ def f(x):
             os._exit(0)
         frame = frame.f_back
     return x
-""", 0.0),
-    "gc_finds_the_reporter": ("inc", """
+""",
+        0.0,
+    ),
+    "gc_finds_the_reporter": (
+        "inc",
+        """
 import gc, os
 def f(x):
     for obj in gc.get_objects():
@@ -94,8 +100,12 @@ def f(x):
                     pass
             os._exit(0)
     return x
-""", 0.0),
-    "load_time_nonce_and_pipe_scan": ("inc", """
+""",
+        0.0,
+    ),
+    "load_time_nonce_and_pipe_scan": (
+        "inc",
+        """
 import os, sys
 frame = sys._getframe()
 nonce = None
@@ -112,8 +122,12 @@ if nonce:
     os._exit(0)
 def f(x):
     return x
-""", 0.0),
-    "rebinds_the_assert_hook": ("inc", """
+""",
+        0.0,
+    ),
+    "rebinds_the_assert_hook": (
+        "inc",
+        """
 def f(x):
     names = globals()
     real = names.get("__r1_assert__")
@@ -123,8 +137,12 @@ def f(x):
         fake.hacked = True
         names["__r1_assert__"] = fake
     return x
-""", 0.0),
-    "patched_exec_overwrites_check": ("inc", """
+""",
+        0.0,
+    ),
+    "patched_exec_overwrites_check": (
+        "inc",
+        """
 import builtins
 real_exec = builtins.exec
 def exec_and_replace_check(code, namespace=None, *rest):
@@ -135,8 +153,12 @@ def exec_and_replace_check(code, namespace=None, *rest):
 builtins.exec = exec_and_replace_check
 def f(x):
     return x
-""", 0.0),
-    "overwrites_check_and_candidate_names": ("inc", """
+""",
+        0.0,
+    ),
+    "overwrites_check_and_candidate_names": (
+        "inc",
+        """
 import sys
 def check(candidate):
     return None
@@ -150,21 +172,33 @@ def f(x):
         except Exception:
             pass
     return x
-""", 0.0),
+""",
+        0.0,
+    ),
     # -- (b) patching what the checking code relies on ----------------------------------------
-    "patches_builtin_bool": ("inc", """
+    "patches_builtin_bool": (
+        "inc",
+        """
 import builtins
 builtins.bool = lambda *args: True
 def f(x):
     return x
-""", 0.0),
-    "patches_builtin_abs": ("list", """
+""",
+        0.0,
+    ),
+    "patches_builtin_abs": (
+        "list",
+        """
 import builtins
 builtins.abs = lambda value: 0
 def g(xs):
     return xs
-""", 1 / 7),
-    "patches_builtin_type_to_pass_the_class_guard": ("inc", """
+""",
+        1 / 7,
+    ),
+    "patches_builtin_type_to_pass_the_class_guard": (
+        "inc",
+        """
 import builtins
 real_type = builtins.type
 class Yes:
@@ -173,21 +207,33 @@ class Yes:
 builtins.type = lambda *args: int if len(args) == 1 else real_type(*args)
 def f(x):
     return Yes()
-""", 0.0),
-    "patches_math": ("math", """
+""",
+        0.0,
+    ),
+    "patches_math": (
+        "math",
+        """
 import math
 math.isclose = lambda *args, **kwargs: True
 math.fabs = lambda value: 0.0
 def f(x):
     return x
-""", 0.0),
-    "patches_operator": ("math", """
+""",
+        0.0,
+    ),
+    "patches_operator": (
+        "math",
+        """
 import operator
 operator.eq = lambda a, b: True
 def f(x):
     return x
-""", 0.0),
-    "replaces_math_in_sys_modules": ("math", """
+""",
+        0.0,
+    ),
+    "replaces_math_in_sys_modules": (
+        "math",
+        """
 import sys, types
 fake = types.ModuleType("math")
 fake.isclose = lambda *args, **kwargs: True
@@ -195,8 +241,12 @@ fake.fabs = lambda value: 0.0
 sys.modules["math"] = fake
 def f(x):
     return x
-""", 0.0),
-    "hooks_import": ("math", """
+""",
+        0.0,
+    ),
+    "hooks_import": (
+        "math",
+        """
 import builtins, types
 real_import = builtins.__import__
 fake = types.ModuleType("math")
@@ -207,41 +257,65 @@ def fake_import(name, *args, **kwargs):
 builtins.__import__ = fake_import
 def f(x):
     return x
-""", 0.0),
-    "redefines_the_prompts_helper": ("helper", """
+""",
+        0.0,
+    ),
+    "redefines_the_prompts_helper": (
+        "helper",
+        """
 def poly(xs, x):
     return 0
 def find_zero(xs):
     return 0.0
-""", 0.0),
+""",
+        0.0,
+    ),
     # -- (c) values that compare equal to anything ------------------------------------------
-    "always_equal_claiming_builtins_module": ("inc", """
+    "always_equal_claiming_builtins_module": (
+        "inc",
+        """
 class Yes:
     def __eq__(self, other):
         return True
 Yes.__module__ = "builtins"
 def f(x):
     return Yes()
-""", 0.0),
-    "always_equal_made_by_type": ("inc", """
+""",
+        0.0,
+    ),
+    "always_equal_made_by_type": (
+        "inc",
+        """
 Yes = type("Yes", (), {"__eq__": lambda s, o: True, "__ne__": lambda s, o: False, "__module__": "collections"})
 def f(x):
     return Yes()
-""", 0.0),
-    "unittest_mock_any": ("inc", """
+""",
+        0.0,
+    ),
+    "unittest_mock_any": (
+        "inc",
+        """
 from unittest.mock import ANY
 def f(x):
     return ANY
-""", 0.0),
-    "int_subclass_equal_to_all": ("inc", """
+""",
+        0.0,
+    ),
+    "int_subclass_equal_to_all": (
+        "inc",
+        """
 class Num(int):
     def __eq__(self, other):
         return True
     __hash__ = int.__hash__
 def f(x):
     return Num(x)
-""", 0.0),
-    "float_subclass_fools_math_and_operator": ("math", """
+""",
+        0.0,
+    ),
+    "float_subclass_fools_math_and_operator": (
+        "math",
+        """
 class Num(float):
     def __eq__(self, other):
         return True
@@ -251,8 +325,12 @@ class Num(float):
 Num.__module__ = "builtins"
 def f(x):
     return Num(x)
-""", 0.0),
-    "magic_elements_in_a_builtin_list": ("list", """
+""",
+        0.0,
+    ),
+    "magic_elements_in_a_builtin_list": (
+        "list",
+        """
 class Any:
     def __eq__(self, other):
         return True
@@ -266,8 +344,12 @@ class Any:
         return 4.0
 def g(xs):
     return [Any() for _ in xs]
-""", 1 / 7),
-    "bool_trick_on_comparison_results": ("list", """
+""",
+        1 / 7,
+    ),
+    "bool_trick_on_comparison_results": (
+        "list",
+        """
 class Truthy:
     def __bool__(self):
         return True
@@ -286,8 +368,12 @@ class Slippery:
         return 2
 def g(xs):
     return [Slippery() for _ in xs]
-""", 1 / 7),
-    "mutates_itself_on_comparison": ("list", """
+""",
+        1 / 7,
+    ),
+    "mutates_itself_on_comparison": (
+        "list",
+        """
 class Chameleon(list):
     def __eq__(self, other):
         self[:] = list(other)
@@ -298,8 +384,12 @@ class Chameleon(list):
 Chameleon.__module__ = "builtins"
 def g(xs):
     return Chameleon(xs)
-""", 1 / 7),
-    "equal_once_then_honest": ("loop", """
+""",
+        1 / 7,
+    ),
+    "equal_once_then_honest": (
+        "loop",
+        """
 class Once:
     used = False
     def __init__(self, value):
@@ -312,28 +402,52 @@ class Once:
 Once.__module__ = "builtins"
 def f(x):
     return Once(x)
-""", 0.0),
+""",
+        0.0,
+    ),
     # -- exits, signals, exceptions, output -------------------------------------------------
     "os_exit_in_f": ("inc", "import os\ndef f(x):\n    os._exit(0)\n", 0.0),
     "sys_exit_in_f": ("inc", "import sys\ndef f(x):\n    sys.exit(0)\n", 0.0),
     "keyboard_interrupt_in_f": ("inc", "def f(x):\n    raise KeyboardInterrupt\n", 0.0),
-    "system_exit_on_one_input_only": ("inc", "def f(x):\n    if x == 1:\n        raise SystemExit(0)\n    return x + 1\n",
-                                      2 / 3),
+    "system_exit_on_one_input_only": (
+        "inc",
+        "def f(x):\n    if x == 1:\n        raise SystemExit(0)\n    return x + 1\n",
+        2 / 3,
+    ),
     "keyboard_interrupt_on_one_input_only": (
-        "inc", "def f(x):\n    if x == 10:\n        raise KeyboardInterrupt\n    return x + 1\n", 2 / 3),
-    "right_once_then_exits_in_a_loop": ("loop", "import os\ndef f(x):\n    if x == 0:\n        return 1\n    os._exit(0)\n",
-                                        0.0),
+        "inc",
+        "def f(x):\n    if x == 10:\n        raise KeyboardInterrupt\n    return x + 1\n",
+        2 / 3,
+    ),
+    "right_once_then_exits_in_a_loop": (
+        "loop",
+        "import os\ndef f(x):\n    if x == 0:\n        return 1\n    os._exit(0)\n",
+        0.0,
+    ),
     "right_once_then_kills_itself_in_a_loop": (
-        "loop", "import os, signal\ndef f(x):\n    if x == 0:\n        return 1\n    os.kill(os.getpid(), signal.SIGKILL)\n",
-        0.0),
-    "right_once_then_hangs_in_a_loop": ("loop", "def f(x):\n    if x == 0:\n        return 1\n    while True:\n        pass\n",
-                                        0.0),
-    "infinite_output_in_f": ("inc", "import sys\ndef f(x):\n    while True:\n        sys.stdout.write('1 1\\n' * 4096)\n",
-                             0.0),
-    "kills_its_parent": ("inc", "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return x\n",
-                         0.0),
+        "loop",
+        "import os, signal\ndef f(x):\n    if x == 0:\n        return 1\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        0.0,
+    ),
+    "right_once_then_hangs_in_a_loop": (
+        "loop",
+        "def f(x):\n    if x == 0:\n        return 1\n    while True:\n        pass\n",
+        0.0,
+    ),
+    "infinite_output_in_f": (
+        "inc",
+        "import sys\ndef f(x):\n    while True:\n        sys.stdout.write('1 1\\n' * 4096)\n",
+        0.0,
+    ),
+    "kills_its_parent": (
+        "inc",
+        "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return x\n",
+        0.0,
+    ),
     # -- reading the tests from the file system ---------------------------------------------
-    "reads_the_tests_from_disk": ("inc", r"""
+    "reads_the_tests_from_disk": (
+        "inc",
+        r"""
 import os, re
 ANSWERS = {}
 for root in ("/tmp", os.getcwd()):
@@ -347,16 +461,23 @@ for root in ("/tmp", os.getcwd()):
                 ANSWERS[int(args)] = int(expected)
 def f(x):
     return ANSWERS.get(x, x)
-""", 0.0),
+""",
+        0.0,
+    ),
     # -- the boundary itself -------------------------------------------------------------------
     "returns_a_huge_string": ("inc", "def f(x):\n    return 'x' * (64 << 20)\n", 0.0),
-    "returns_a_deeply_nested_list": ("inc", "def f(x):\n    v = []\n    for _ in range(100000):\n        v = [v]\n    return v\n",
-                                     0.0),
+    "returns_a_deeply_nested_list": (
+        "inc",
+        "def f(x):\n    v = []\n    for _ in range(100000):\n        v = [v]\n    return v\n",
+        0.0,
+    ),
     "returns_nan": ("inc", "def f(x):\n    return float('nan')\n", 0.0),
     # not plain data, so every assert on it fails (in one process, sum() and set() over the
     # generator would have passed 3 of the 7)
     "returns_a_generator": ("list", "def g(xs):\n    return (x + 1 for x in xs)\n", 0.0),
-    "writes_raw_frames_to_every_pipe": ("inc", """
+    "writes_raw_frames_to_every_pipe": (
+        "inc",
+        """
 import json, os, struct
 def f(x):
     for fd in range(64):
@@ -368,14 +489,20 @@ def f(x):
         except OSError:
             pass
     return x
-""", 0.0),
-    "patches_its_own_serialiser": ("inc", """
+""",
+        0.0,
+    ),
+    "patches_its_own_serialiser": (
+        "inc",
+        """
 import json
 json.dumps = lambda *args, **kwargs: '["ok", true]'
 json.JSONEncoder.encode = lambda self, o: '["ok", true]'
 def f(x):
     return x
-""", 0.0),
+""",
+        0.0,
+    ),
     # -- honest functions, for comparison -------------------------------------------------------
     "honest_right": ("inc", "def f(x):\n    return x + 1\n", 1.0),
     "honest_partly_right": ("inc", "def f(x):\n    return x + 1 if x < 10 else 0\n", 2 / 3),
@@ -383,14 +510,18 @@ def f(x):
     "honest_identity": ("list", "def g(xs):\n    return xs\n", 1 / 7),
     "honest_math": ("math", "def f(x):\n    return x + 1\n", 1.0),
     "honest_loop_right_below_100": ("loop", "def f(x):\n    return x + 1 if x < 100 else 0\n", 0.5),
-    "honest_find_zero": ("helper", """
+    "honest_find_zero": (
+        "helper",
+        """
 def find_zero(xs):
     x = 0.0
     for _ in range(100):  # Newton's method
         slope = (poly(xs, x + 1e-7) - poly(xs, x - 1e-7)) / 2e-7
         x -= poly(xs, x) / slope
     return x
-""", 1.0),
+""",
+        1.0,
+    ),
 }
 
 
@@ -456,43 +587,91 @@ SEMANTICS = [
     # (what, tests, program, score): each row is one behaviour of the judge, scored honestly
     ("tuples stay tuples", "def check(c):\n    assert c(1) == (1, 2)\n", "def f(x):\n    return (x, x + 1)\n", 1.0),
     ("a list is not a tuple", "def check(c):\n    assert c(1) == (1, 2)\n", "def f(x):\n    return [x, x + 1]\n", 0.0),
-    ("nested builtins round-trip",
-     "def check(c):\n    assert c() == {'a': {1, 2}, (1, 'b'): [b'x', 1 + 2j, None, True, frozenset({3}), -0.0, 2 ** 100]}\n",
-     "def f():\n    return {'a': {1, 2}, (1, 'b'): [b'x', 1 + 2j, None, True, frozenset({3}), -0.0, 2 ** 100]}\n", 1.0),
-    ("is None and is True keep their identity", "def check(c):\n    assert c(0) is None\n    assert c(1) is True\n",
-     "def f(x):\n    return None if x == 0 else True\n", 1.0),
-    ("subclasses become their builtin value",
-     "def check(c):\n    assert c() == (1, 2.5, 'a', [1])\n",
-     "import enum, collections\nclass E(enum.IntEnum):\n    ONE = 1\nP = collections.namedtuple('P', 'a b c d')\n"
-     "class L(list):\n    pass\ndef f():\n    return P(E.ONE, 2.5, 'a', L([1]))\n", 1.0),
-    ("numpy scalars are numbers", "def check(c):\n    assert c(1) == 2\n    assert c(2) == 3.0\n",
-     "import numpy as np\ndef f(x):\n    return np.int64(x + 1) if x == 1 else np.float64(x + 1)\n", 1.0),
-    ("arguments are copies: the caller's list is untouched",
-     "def check(c):\n    xs = [3, 1, 2]\n    assert c(xs) == [1, 2, 3]\n    assert xs == [3, 1, 2]\n",
-     "def f(xs):\n    xs.sort()\n    return xs\n", 1.0),
+    (
+        "nested builtins round-trip",
+        "def check(c):\n"
+        "    assert c() == {'a': {1, 2}, (1, 'b'): [b'x', 1 + 2j, None, True, frozenset({3}), -0.0, 2 ** 100]}\n",
+        "def f():\n    return {'a': {1, 2}, (1, 'b'): [b'x', 1 + 2j, None, True, frozenset({3}), -0.0, 2 ** 100]}\n",
+        1.0,
+    ),
+    (
+        "is None and is True keep their identity",
+        "def check(c):\n    assert c(0) is None\n    assert c(1) is True\n",
+        "def f(x):\n    return None if x == 0 else True\n",
+        1.0,
+    ),
+    (
+        "subclasses become their builtin value",
+        "def check(c):\n    assert c() == (1, 2.5, 'a', [1])\n",
+        "import enum, collections\nclass E(enum.IntEnum):\n    ONE = 1\nP = collections.namedtuple('P', 'a b c d')\n"
+        "class L(list):\n    pass\ndef f():\n    return P(E.ONE, 2.5, 'a', L([1]))\n",
+        1.0,
+    ),
+    (
+        "numpy scalars are numbers",
+        "def check(c):\n    assert c(1) == 2\n    assert c(2) == 3.0\n",
+        "import numpy as np\ndef f(x):\n    return np.int64(x + 1) if x == 1 else np.float64(x + 1)\n",
+        1.0,
+    ),
+    (
+        "arguments are copies: the caller's list is untouched",
+        "def check(c):\n    xs = [3, 1, 2]\n    assert c(xs) == [1, 2, 3]\n    assert xs == [3, 1, 2]\n",
+        "def f(xs):\n    xs.sort()\n    return xs\n",
+        1.0,
+    ),
     ("keyword arguments", "def check(c):\n    assert c(1, y=2) == 3\n", "def f(x, y=0):\n    return x + y\n", 1.0),
-    ("a builtin exception is raised as itself",
-     "def check(c):\n    try:\n        c(-1)\n        raised = False\n    except ValueError:\n        raised = True\n    assert raised\n",
-     "class Negative(ValueError):\n    pass\ndef f(x):\n    raise Negative('no')\n", 1.0),
-    ("a different exception is not the expected one",
-     "def check(c):\n    try:\n        c(-1)\n        raised = False\n    except ValueError:\n        raised = True\n    assert raised\n",
-     "def f(x):\n    raise TypeError('no')\n", 0.0),
-    ("SystemExit is not caught by the tests' except Exception",  # as in one process: `ok` stays False
-     "def check(c):\n    ok = False\n    try:\n        c(-1)\n    except Exception:\n        ok = True\n    assert ok\n"
-     "    assert c(1) == 2\n",
-     "import sys\ndef f(x):\n    if x < 0:\n        sys.exit(0)\n    return x + 1\n", 0.5),
-    ("a value over the size limit fails its assert",
-     "def check(c):\n    assert len(c(3)) == 3 << 20\n    assert len(c(5)) == 5 << 20\n    assert c(0) == ''\n",
-     "def f(mb):\n    return 'x' * (mb << 20)\n", 2 / 3),
-    ("a stub in the prompt is the program's to write",
-     "def check(c):\n    assert helper(2) == 4\n    assert c(2) == 5\n",
-     "def helper(x):\n    return x * 2\ndef f(x):\n    return helper(x) + 1\n", 1.0),
-    ("the tests may name the entry point (HumanEval/33)", "def check(c):\n    assert c(1) == f(1)\n    assert f(1) == 2\n",
-     "def f(x):\n    return x + 1\n", 1.0),
-    ("module-level asserts on several functions (MBPP)", "assert sq(2) == 4\nassert cube(2) == 8\nassert sq(3) == 10\n",
-     "def sq(x):\n    return x * x\ndef cube(x):\n    return x ** 3\n", 2 / 3),
+    (
+        "a builtin exception is raised as itself",
+        "def check(c):\n    try:\n        c(-1)\n        raised = False\n"
+        "    except ValueError:\n        raised = True\n    assert raised\n",
+        "class Negative(ValueError):\n    pass\ndef f(x):\n    raise Negative('no')\n",
+        1.0,
+    ),
+    (
+        "a different exception is not the expected one",
+        "def check(c):\n    try:\n        c(-1)\n        raised = False\n"
+        "    except ValueError:\n        raised = True\n    assert raised\n",
+        "def f(x):\n    raise TypeError('no')\n",
+        0.0,
+    ),
+    (
+        "SystemExit is not caught by the tests' except Exception",  # as in one process: `ok` stays False
+        "def check(c):\n    ok = False\n    try:\n        c(-1)\n"
+        "    except Exception:\n        ok = True\n    assert ok\n"
+        "    assert c(1) == 2\n",
+        "import sys\ndef f(x):\n    if x < 0:\n        sys.exit(0)\n    return x + 1\n",
+        0.5,
+    ),
+    (
+        "a value over the size limit fails its assert",
+        "def check(c):\n    assert len(c(3)) == 3 << 20\n    assert len(c(5)) == 5 << 20\n    assert c(0) == ''\n",
+        "def f(mb):\n    return 'x' * (mb << 20)\n",
+        2 / 3,
+    ),
+    (
+        "a stub in the prompt is the program's to write",
+        "def check(c):\n    assert helper(2) == 4\n    assert c(2) == 5\n",
+        "def helper(x):\n    return x * 2\ndef f(x):\n    return helper(x) + 1\n",
+        1.0,
+    ),
+    (
+        "the tests may name the entry point (HumanEval/33)",
+        "def check(c):\n    assert c(1) == f(1)\n    assert f(1) == 2\n",
+        "def f(x):\n    return x + 1\n",
+        1.0,
+    ),
+    (
+        "module-level asserts on several functions (MBPP)",
+        "assert sq(2) == 4\nassert cube(2) == 8\nassert sq(3) == 10\n",
+        "def sq(x):\n    return x * x\ndef cube(x):\n    return x ** 3\n",
+        2 / 3,
+    ),
 ]
-PROMPTS = {"a stub in the prompt is the program's to write": 'def helper(x):\n    """Double x."""\n\n\ndef f(x):\n    """2x + 1."""\n'}
+PROMPTS = {
+    "a stub in the prompt is the program's to write": (
+        'def helper(x):\n    """Double x."""\n\n\ndef f(x):\n    """2x + 1."""\n'
+    )
+}
 
 
 @pytest.mark.parametrize("what,tests,program,expected", SEMANTICS, ids=[row[0] for row in SEMANTICS])

@@ -171,7 +171,11 @@ def test_reasoning_gym_uses_the_task_verifier():
 
 def test_accuracy_dispatch_by_verification():
     code = {"kind": "python_tests", "entry_point": "inc", "test": "def check(f):\n    assert f(1) == 2\n"}
-    chain = {"kind": "reasoning_gym", "task": "chain_sum", "entry": {"question": "1 + 2 =", "answer": "3", "metadata": {}}}
+    chain = {
+        "kind": "reasoning_gym",
+        "task": "chain_sum",
+        "entry": {"question": "1 + 2 =", "answer": "3", "metadata": {}},
+    }
     rows = [
         # (completion, answer, verification, expected)
         (r"\boxed{3}", "3", "", 1.0),  # empty verification: math-verify against the answer
@@ -187,5 +191,7 @@ def test_accuracy_dispatch_by_verification():
         ("Hello!", "", "", None),  # general domain: no gold, no tests
     ]
     completions, answers, verifications, expected = zip(*rows)
-    scores = get("accuracy")([""] * len(rows), list(completions), answer=list(answers), verification=list(verifications))
+    scores = get("accuracy")(
+        [""] * len(rows), list(completions), answer=list(answers), verification=list(verifications)
+    )
     assert scores == list(expected)

@@ -55,7 +55,7 @@ def test_dotted_paths():
 def test_available_describes_every_reward():
     rows = available()
     assert [name for name, _, _ in rows] == sorted(EXPECTED)
-    for name, params, semantics in rows:
+    for name, _params, semantics in rows:
         assert semantics and not semantics.startswith(" "), name
     assert ("repetition", "ngram=3, max_penalty=-1.0") in [(n, p) for n, p, _ in rows]
 
