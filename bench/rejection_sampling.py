@@ -49,11 +49,16 @@ SIDES = ("vllm", "hf")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="generate config (default "
-                        "configs/generate/smollm2-135m/rejection_sampling.yaml; configs/generate/tiny/smoke.yaml, "
-                        "filters off, with --quick)")
-    parser.add_argument("--model", default=None, help="model reference (default smollm2-135m-instruct; "
-                        "tiny-random-llama with --quick)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="generate config (default "
+        "configs/generate/smollm2-135m/rejection_sampling.yaml; configs/generate/tiny/smoke.yaml, "
+        "filters off, with --quick)",
+    )
+    parser.add_argument(
+        "--model", default=None, help="model reference (default smollm2-135m-instruct; tiny-random-llama with --quick)"
+    )
     parser.add_argument("--per-source", type=int, default=4, help="train prompts per prompt source")
     parser.add_argument("--max-tokens", type=int, default=None, help="override sampling.max_tokens")
     parser.add_argument("--sides", default=",".join(SIDES))
@@ -86,8 +91,9 @@ def main() -> None:
         raw["sampling"] = {**raw.get("sampling", {}), "max_tokens": args.max_tokens}
     configs = {}
     for side in sides:
-        configs[side] = parse(generate.Config, {**raw, "sampling": {**raw.get("sampling", {}), "backend": side}},
-                              args.config)
+        configs[side] = parse(
+            generate.Config, {**raw, "sampling": {**raw.get("sampling", {}), "backend": side}}, args.config
+        )
     model_path = resolve(model_ref)
 
     samplers, startup, sample_s = {}, {}, {s: 0.0 for s in sides}
@@ -120,8 +126,7 @@ def main() -> None:
         work_root = Path(tempfile.mkdtemp(prefix=f"bench-rs-{side}-"))
         work = work_root / ".partial" / "rs"
         work.mkdir(parents=True)
-        ctx = StepContext(run="bench", step="rs", run_dir=work_root, work_dir=work,
-                          resolver=Resolver(work_root, set()))
+        ctx = StepContext(run="bench", step="rs", run_dir=work_root, work_dir=work, resolver=Resolver(work_root, set()))
         sample_s[side] = 0.0
         t = time.perf_counter()
         result = generate.run(cfg, ctx)
@@ -132,56 +137,122 @@ def main() -> None:
         shutil.rmtree(work_root, ignore_errors=True)
         tokens = sum(m["num_tokens"] for m in metas)
         sampled, kept = result.counts["sampled"], result.counts["kept"]
-        return {"wall_s": wall, "sampling_s": sample_s[side], "prompts": result.counts["prompts"],
-                "sampled": sampled, "kept": kept, "acceptance_rate": kept / sampled if sampled else 0.0,
-                "accepted_per_min": 60 * kept / wall, "sampled_per_s": sampled / wall,
-                "generated_tokens": tokens, "tokens_per_s": tokens / sample_s[side] if sample_s[side] else None,
-                "truncated_share": sum(m["truncated"] for m in metas) / len(metas) if metas else None,
-                "non_sampling_share": 1 - sample_s[side] / wall,
-                "funnel": {k: v for k, v in result.counts.items() if k.startswith("dropped_")}}
+        return {
+            "wall_s": wall,
+            "sampling_s": sample_s[side],
+            "prompts": result.counts["prompts"],
+            "sampled": sampled,
+            "kept": kept,
+            "acceptance_rate": kept / sampled if sampled else 0.0,
+            "accepted_per_min": 60 * kept / wall,
+            "sampled_per_s": sampled / wall,
+            "generated_tokens": tokens,
+            "tokens_per_s": tokens / sample_s[side] if sample_s[side] else None,
+            "truncated_share": sum(m["truncated"] for m in metas) / len(metas) if metas else None,
+            "non_sampling_share": 1 - sample_s[side] / wall,
+            "funnel": {k: v for k, v in result.counts.items() if k.startswith("dropped_")},
+        }
 
     for side in sides:  # warm-up: imports, reward workers, first engine calls
-        warm = configs[side].model_copy(update={"prompts": [
-            p.model_copy(update={"n_train": 1}) if hasattr(p, "n_train") else p for p in configs[side].prompts[:2]]})
+        warm = configs[side].model_copy(
+            update={
+                "prompts": [
+                    p.model_copy(update={"n_train": 1}) if hasattr(p, "n_train") else p
+                    for p in configs[side].prompts[:2]
+                ]
+            }
+        )
         run(side, warm)
     per_rep = {s: [] for s in sides}
     for rep in range(args.reps):
         for side in sides:
             r = run(side, configs[side])
             per_rep[side].append(r)
-            C.log(f"rep {rep + 1}/{args.reps} {side}: kept {r['kept']}/{r['sampled']} in {r['wall_s']:.1f} s = "
-                  f"{r['accepted_per_min']:.1f} accepted/min, {r['sampled_per_s']:.2f} sampled/s, "
-                  f"{r['tokens_per_s'] or 0:.0f} tokens/s sampling")
+            C.log(
+                f"rep {rep + 1}/{args.reps} {side}: kept {r['kept']}/{r['sampled']} in {r['wall_s']:.1f} s = "
+                f"{r['accepted_per_min']:.1f} accepted/min, {r['sampled_per_s']:.2f} sampled/s, "
+                f"{r['tokens_per_s'] or 0:.0f} tokens/s sampling"
+            )
     for s in samplers.values():
         s.close()
 
-    keys = ("accepted_per_min", "sampled_per_s", "acceptance_rate", "tokens_per_s", "wall_s", "sampling_s",
-            "non_sampling_share", "generated_tokens", "truncated_share")
-    results = {s: {k: C.summary([r[k] for r in per_rep[s]]) for k in keys} | {"startup_s": startup[s],
-               "reps": per_rep[s]} for s in sides}
+    keys = (
+        "accepted_per_min",
+        "sampled_per_s",
+        "acceptance_rate",
+        "tokens_per_s",
+        "wall_s",
+        "sampling_s",
+        "non_sampling_share",
+        "generated_tokens",
+        "truncated_share",
+    )
+    results = {
+        s: {k: C.summary([r[k] for r in per_rep[s]]) for k in keys} | {"startup_s": startup[s], "reps": per_rep[s]}
+        for s in sides
+    }
     ratios = {}
     if set(SIDES) <= set(sides):
         for k in ("accepted_per_min", "sampled_per_s", "tokens_per_s"):
             ratios[f"{k} vllm/hf"] = C.ratio(results["vllm"][k]["median"], results["hf"][k]["median"])
-    rows = [[s, C.fmt(results[s]["accepted_per_min"]["median"]), C.fmt(results[s]["sampled_per_s"]["median"], 2),
-             f"{100 * results[s]['acceptance_rate']['median']:.1f}%", C.fmt(results[s]["tokens_per_s"]["median"]),
-             C.fmt(results[s]["generated_tokens"]["median"], 0), C.fmt(results[s]["wall_s"]["median"]),
-             f"{100 * results[s]['non_sampling_share']['median']:.0f}%", C.fmt(startup[s])] for s in sides]
+    rows = [
+        [
+            s,
+            C.fmt(results[s]["accepted_per_min"]["median"]),
+            C.fmt(results[s]["sampled_per_s"]["median"], 2),
+            f"{100 * results[s]['acceptance_rate']['median']:.1f}%",
+            C.fmt(results[s]["tokens_per_s"]["median"]),
+            C.fmt(results[s]["generated_tokens"]["median"], 0),
+            C.fmt(results[s]["wall_s"]["median"]),
+            f"{100 * results[s]['non_sampling_share']['median']:.0f}%",
+            C.fmt(startup[s]),
+        ]
+        for s in sides
+    ]
     n_prompts = per_rep[sides[0]][0]["prompts"]
     sampling = configs[sides[0]].sampling
-    caption = (f"{n_prompts} prompts x k={sampling.num_samples}, <= {sampling.max_tokens} tokens, temperature "
-               f"{sampling.temperature}; median of {args.reps} reps (1 warm-up run per side excluded). "
-               + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items()))
-    C.print_table(f"rejection sampling, {model_ref}" + (" (QUICK: not a measurement)" if args.quick else ""),
-                  ["side", "accepted/min", "sampled/s", "acceptance", "tokens/s (sampling)", "tokens/run",
-                   "run s", "not sampling", "start-up s"], rows, caption)
+    caption = (
+        f"{n_prompts} prompts x k={sampling.num_samples}, <= {sampling.max_tokens} tokens, temperature "
+        f"{sampling.temperature}; median of {args.reps} reps (1 warm-up run per side excluded). "
+        + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items())
+    )
+    C.print_table(
+        f"rejection sampling, {model_ref}" + (" (QUICK: not a measurement)" if args.quick else ""),
+        [
+            "side",
+            "accepted/min",
+            "sampled/s",
+            "acceptance",
+            "tokens/s (sampling)",
+            "tokens/run",
+            "run s",
+            "not sampling",
+            "start-up s",
+        ],
+        rows,
+        caption,
+    )
     path = C.result_path(NAME, args.quick, args.out)
-    C.write_result(path, NAME, {
-        "config": args.config, "model": model_ref, "model_path": model_path,
-        "workload": {"prompts": n_prompts, "per_source": args.per_source, **sampling.model_dump(mode="json"),
-                     "reps": args.reps, "warmup": "one run per side on 2 prompts, excluded"},
-        "results": results, "ratios": ratios,
-    }, started, args.quick)
+    C.write_result(
+        path,
+        NAME,
+        {
+            "config": args.config,
+            "model": model_ref,
+            "model_path": model_path,
+            "workload": {
+                "prompts": n_prompts,
+                "per_source": args.per_source,
+                **sampling.model_dump(mode="json"),
+                "reps": args.reps,
+                "warmup": "one run per side on 2 prompts, excluded",
+            },
+            "results": results,
+            "ratios": ratios,
+        },
+        started,
+        args.quick,
+    )
     C.log(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
 
 

@@ -60,8 +60,10 @@ from rewards.math import grade, math_task  # noqa: E402
 DOCS = ROOT / "docs" / "rewards.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 CODE_START, CODE_END = "<!-- bench-code:start -->", "<!-- bench-code:end -->"
-FILLER = ("Let me compute this step by step. First, {a} + {b} = {c}. Then multiply by {d} to get {e}. "
-          "Wait, let me double-check: {e} / {d} = {c}, which matches. So the intermediate value is $x = {c}$. ")
+FILLER = (
+    "Let me compute this step by step. First, {a} + {b} = {c}. Then multiply by {d} to get {e}. "
+    "Wait, let me double-check: {e} / {d} = {c}, which matches. So the intermediate value is $x = {c}$. "
+)
 
 
 def _gold_and_forms(rng: random.Random) -> tuple[str, list[str], list[str]]:
@@ -241,7 +243,7 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     def run_pool(tasks):
         started, outcomes = time.perf_counter(), []
         for i in range(0, len(tasks), batch):
-            outcomes += pool.map("rewards.math:grade", tasks[i:i + batch], timeout=5.0)
+            outcomes += pool.map("rewards.math:grade", tasks[i : i + batch], timeout=5.0)
         return time.perf_counter() - started, [o.value for o in outcomes], [o.seconds for o in outcomes]
 
     seconds = {"serial": [], "pool": [], "ceiling": []}  # per set: summed block times
@@ -253,9 +255,9 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
             tasks = math_rows_tasks(n, seed=100 + rep)
             spent = dict.fromkeys(seconds, 0.0)
             for k, i in enumerate(range(0, n, block)):
-                chunk = tasks[i:i + block]
+                chunk = tasks[i : i + block]
                 order = ["serial", "pool", "ceiling"]
-                order = order[k % 3:] + order[:k % 3]
+                order = order[k % 3 :] + order[: k % 3]
                 for mode in order:
                     if mode == "serial":
                         s, scores, lat = run_serial(chunk)
@@ -275,17 +277,29 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     fresh = math_rows(n, seed=1)  # texts no process has seen
     started = time.perf_counter()
     for i in range(0, n, batch):
-        chunk = fresh[i:i + batch]
+        chunk = fresh[i : i + batch]
         accuracy([""] * len(chunk), [c for c, _ in chunk], answer=[g for _, g in chunk])
     reward_seconds = time.perf_counter() - started
     rates = {mode: [n / s for s in spent] for mode, spent in seconds.items()}
     speedups = [s / p for s, p in zip(seconds["serial"], seconds["pool"])]
     return {
-        "n": n, "reps": reps, "block": block, "workers": workers, "correct": correct,
-        "serial": {"checks_per_s": statistics.median(rates["serial"]), "p50_ms": 1000 * percentile(latencies, 0.5),
-                   "p99_ms": 1000 * percentile(latencies, 0.99), "per_rep": rates["serial"]},
-        "pool": {"checks_per_s": statistics.median(rates["pool"]), "p50_ms": 1000 * percentile(pool_latencies, 0.5),
-                 "p99_ms": 1000 * percentile(pool_latencies, 0.99), "per_rep": rates["pool"]},
+        "n": n,
+        "reps": reps,
+        "block": block,
+        "workers": workers,
+        "correct": correct,
+        "serial": {
+            "checks_per_s": statistics.median(rates["serial"]),
+            "p50_ms": 1000 * percentile(latencies, 0.5),
+            "p99_ms": 1000 * percentile(latencies, 0.99),
+            "per_rep": rates["serial"],
+        },
+        "pool": {
+            "checks_per_s": statistics.median(rates["pool"]),
+            "p50_ms": 1000 * percentile(pool_latencies, 0.5),
+            "p99_ms": 1000 * percentile(pool_latencies, 0.99),
+            "per_rep": rates["pool"],
+        },
         "ceiling_checks_per_s": statistics.median(rates["ceiling"]),
         "ceiling_speedup_per_rep": [s / c for s, c in zip(seconds["serial"], seconds["ceiling"])],
         "pool_of_ceiling_per_rep": [c / p for c, p in zip(seconds["ceiling"], seconds["pool"])],
@@ -295,8 +309,7 @@ def bench_math(n: int, workers: int, reps: int = 5, block: int = 128) -> dict:
     }
 
 
-def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3, dedupe: bool = True,
-                 seed: int = 200) -> dict:
+def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3, dedupe: bool = True, seed: int = 200) -> dict:
     """The `accuracy` reward on GRPO-shaped batches vs a naive serial reward, same completions.
 
     `reps` sets of `n` completions (seeds `seed`, `seed` + 1, ...) in groups of `group` sharing
@@ -326,10 +339,10 @@ def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3, dedupe:
         rows = math_rows(n, seed=seed + rep, group=group)
         tt = dict.fromkeys(spent, 0.0)
         for k, i in enumerate(range(0, n, batch)):
-            chunk = rows[i:i + batch]
+            chunk = rows[i : i + batch]
             unique += len({math_task("", c, g) for c, g in chunk})
             results = {}
-            for mode in (["naive", "accuracy"] if k % 2 == 0 else ["accuracy", "naive"]):
+            for mode in ["naive", "accuracy"] if k % 2 == 0 else ["accuracy", "naive"]:
                 started = time.perf_counter()
                 results[mode] = naive(chunk) if mode == "naive" else reward(chunk)
                 tt[mode] += time.perf_counter() - started
@@ -338,11 +351,16 @@ def bench_groups(n: int, group: int = 8, batch: int = 64, reps: int = 3, dedupe:
             spent[mode].append(tt[mode])
     speedups = [a / b for a, b in zip(spent["naive"], spent["accuracy"])]
     return {
-        "n": n, "reps": reps, "group": group, "batch": batch, "dedupe": dedupe,
+        "n": n,
+        "reps": reps,
+        "group": group,
+        "batch": batch,
+        "dedupe": dedupe,
         "unique_share": unique / (n * reps),
         "naive_per_s": statistics.median(n / s for s in spent["naive"]),
         "accuracy_per_s": statistics.median(n / s for s in spent["accuracy"]),
-        "speedup": statistics.median(speedups), "speedup_per_rep": speedups,
+        "speedup": statistics.median(speedups),
+        "speedup_per_rep": speedups,
     }
 
 
@@ -390,8 +408,14 @@ print(json.dumps({"seconds": seconds, "latencies": [r.seconds for r in results],
 
 def _code_round(root: Path, n_problems: int, workers: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(root))
-    done = subprocess.run([sys.executable, "-c", _CODE_ROUND, str(n_problems), str(workers)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, "-c", _CODE_ROUND, str(n_problems), str(workers)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"code benchmark round in {root} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -416,7 +440,7 @@ def bench_code(n_problems: int, workers: int, rounds: int = 3, baseline: str | N
             sides["baseline"] = Path(tmp)
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(rounds):
-            for side in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            for side in list(sides) if r % 2 == 0 else list(sides)[::-1]:
                 runs[side].append(_code_round(sides[side], n_problems, workers))
     summary = {}
     for side, results in runs.items():
@@ -430,8 +454,14 @@ def bench_code(n_problems: int, workers: int, rounds: int = 3, baseline: str | N
             "canonical_all_pass": f"{results[0]['canonical_pass']}/{n_problems}",
             "broken_all_pass": f"{results[0]['broken_pass']}/{n_problems}",
         }
-    return {"completions": 2 * n_problems, "workers": workers, "rounds": rounds, "revision": baseline,
-            "sandbox": "bubblewrap" if bwrap_works() else "rlimits only", **summary}
+    return {
+        "completions": 2 * n_problems,
+        "workers": workers,
+        "rounds": rounds,
+        "revision": baseline,
+        "sandbox": "bubblewrap" if bwrap_works() else "rlimits only",
+        **summary,
+    }
 
 
 def machine() -> str:
@@ -444,46 +474,50 @@ def machine() -> str:
     except OSError:
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-            f"math-verify {metadata.version('math-verify')}, load average at start {load}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"math-verify {metadata.version('math-verify')}, load average at start {load}"
+    )
 
 
 def render(math: dict, groups: dict, no_dedupe: dict, command: str) -> str:
     s, p = math["serial"], math["pool"]
-    return "\n".join([
-        START,
-        f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
-        "",
-        f"**Math accuracy**, {math['reps']} x {math['n']} completions ({math['correct']} correct), "
-        f"{math['workers']} workers, the three modes interleaved in blocks of {math['block']}; "
-        f"checks/s are medians over the {math['reps']} sets:",
-        "",
-        "| mode | checks/s | p50 latency | p99 latency |",
-        "|---|---|---|---|",
-        f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} "
-        f"| {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
-        f"| {math['workers']} processes sharing a counter, no deadline, no messages (ceiling) "
-        f"| {math['ceiling_checks_per_s']:.0f} | | |",
-        f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
-        f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
-        f"| {math['reward_per_s']:.0f} | | |",
-        "",
-        f"Pool / serial: **{math['speedup']:.2f}x** (median; per set: "
-        f"{', '.join(f'{x:.2f}x' for x in math['speedup_per_rep'])}); ceiling / serial per set: "
-        f"{', '.join(f'{x:.2f}x' for x in math['ceiling_speedup_per_rep'])}; pool / ceiling per set: "
-        f"{', '.join(f'{x:.0%}' for x in math['pool_of_ceiling_per_rep'])}.",
-        "",
-        f"**GRPO-shaped batches**: {groups['reps']} x {groups['n']} completions in groups of {groups['group']} "
-        f"sharing a gold, batches of {groups['batch']}; {groups['unique_share']:.0%} of the checks in a batch are "
-        f"distinct: `accuracy` reward (equal checks once, pool) {groups['accuracy_per_s']:.0f} completions/s, "
-        f"naive serial reward (each completion math-verified in process) {groups['naive_per_s']:.0f}/s: "
-        f"**{groups['speedup']:.2f}x** "
-        f"(median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}). "
-        f"The same with `dedupe=False` (other sets of the same shape): "
-        f"{no_dedupe['accuracy_per_s']:.0f} vs {no_dedupe['naive_per_s']:.0f}/s, **{no_dedupe['speedup']:.2f}x** "
-        f"(per set: {', '.join(f'{x:.2f}x' for x in no_dedupe['speedup_per_rep'])}).",
-        END,
-    ])
+    return "\n".join(
+        [
+            START,
+            f"Measured {datetime.date.today().isoformat()} with `{command}` on: {machine()}.",
+            "",
+            f"**Math accuracy**, {math['reps']} x {math['n']} completions ({math['correct']} correct), "
+            f"{math['workers']} workers, the three modes interleaved in blocks of {math['block']}; "
+            f"checks/s are medians over the {math['reps']} sets:",
+            "",
+            "| mode | checks/s | p50 latency | p99 latency |",
+            "|---|---|---|---|",
+            f"| serial, in process (no deadline) | {s['checks_per_s']:.0f} "
+            f"| {s['p50_ms']:.1f} ms | {s['p99_ms']:.1f} ms |",
+            f"| {math['workers']} processes sharing a counter, no deadline, no messages (ceiling) "
+            f"| {math['ceiling_checks_per_s']:.0f} | | |",
+            f"| worker pool, batches of 64 | {p['checks_per_s']:.0f} | {p['p50_ms']:.1f} ms | {p['p99_ms']:.1f} ms |",
+            f"| `accuracy` reward end to end (extraction + pool; another {math['n']} completions) "
+            f"| {math['reward_per_s']:.0f} | | |",
+            "",
+            f"Pool / serial: **{math['speedup']:.2f}x** (median; per set: "
+            f"{', '.join(f'{x:.2f}x' for x in math['speedup_per_rep'])}); ceiling / serial per set: "
+            f"{', '.join(f'{x:.2f}x' for x in math['ceiling_speedup_per_rep'])}; pool / ceiling per set: "
+            f"{', '.join(f'{x:.0%}' for x in math['pool_of_ceiling_per_rep'])}.",
+            "",
+            f"**GRPO-shaped batches**: {groups['reps']} x {groups['n']} completions in groups of {groups['group']} "
+            f"sharing a gold, batches of {groups['batch']}; {groups['unique_share']:.0%} of the checks in a batch are "
+            f"distinct: `accuracy` reward (equal checks once, pool) {groups['accuracy_per_s']:.0f} completions/s, "
+            f"naive serial reward (each completion math-verified in process) {groups['naive_per_s']:.0f}/s: "
+            f"**{groups['speedup']:.2f}x** "
+            f"(median; per set: {', '.join(f'{x:.2f}x' for x in groups['speedup_per_rep'])}). "
+            f"The same with `dedupe=False` (other sets of the same shape): "
+            f"{no_dedupe['accuracy_per_s']:.0f} vs {no_dedupe['naive_per_s']:.0f}/s, **{no_dedupe['speedup']:.2f}x** "
+            f"(per set: {', '.join(f'{x:.2f}x' for x in no_dedupe['speedup_per_rep'])}).",
+            END,
+        ]
+    )
 
 
 def render_code(code: dict, command: str) -> str:
@@ -533,8 +567,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-write-docs", action="store_true")
     args = parser.parse_args()
-    command = "python bench/rewards.py" + "".join(
-        f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
+    command = "python bench/rewards.py" + "".join(f" {a}" for a in sys.argv[1:] if a != "--no-write-docs")
     texts = []
     if not args.code_only:
         math = bench_math(args.n, args.workers, args.reps)

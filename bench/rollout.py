@@ -49,8 +49,10 @@ def load_prompts(config, n: int) -> list:
     from data import load_prompts as load
 
     per_source = math.ceil(n / len(config.prompts))
-    sources = [s.model_copy(update={"n_train": min(s.n_train, per_source)}) if hasattr(s, "n_train") else s
-               for s in config.prompts]
+    sources = [
+        s.model_copy(update={"n_train": min(s.n_train, per_source)}) if hasattr(s, "n_train") else s
+        for s in config.prompts
+    ]
     columns = [list(load([s], split="train", template=config.template)) for s in sources]
     rows = [col[i] for i in range(per_source) for col in columns if i < len(col)]
     return [(r["id"], r["prompt"]) for r in rows[:n]]
@@ -89,38 +91,58 @@ class HFSide:
         torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
 
-    def sample(self, texts: list[str], k: int, max_tokens: int, temperature: float, top_p: float,
-               batch: int, seed: int) -> int:
+    def sample(
+        self, texts: list[str], k: int, max_tokens: int, temperature: float, top_p: float, batch: int, seed: int
+    ) -> int:
         """Generated tokens (all forced to ``max_tokens`` per sequence; checked)."""
         import torch
 
         torch.manual_seed(seed)
         total = 0
         for i in range(0, len(texts), batch):
-            enc = self.tokenizer(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                out = self.model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                          max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                          num_return_sequences=k, pad_token_id=self.tokenizer.pad_token_id)
+                out = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=0,
+                    max_new_tokens=max_tokens,
+                    min_new_tokens=max_tokens,
+                    num_return_sequences=k,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
             new = out.shape[1] - enc["input_ids"].shape[1]
             if new != max_tokens or out.shape[0] != k * enc["input_ids"].shape[0]:
-                raise RuntimeError(f"HF generate returned {out.shape[0]} x {new} new tokens, "
-                                   f"expected {k * enc['input_ids'].shape[0]} x {max_tokens}")
+                raise RuntimeError(
+                    f"HF generate returned {out.shape[0]} x {new} new tokens, "
+                    f"expected {k * enc['input_ids'].shape[0]} x {max_tokens}"
+                )
             total += out.shape[0] * new
         return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model reference (default smollm2-135m-instruct; "
-                        "tiny-random-llama with --quick)")
-    parser.add_argument("--config", default="configs/grpo/smollm2-135m/reasoning.yaml",
-                        help="GRPO config: prompt sources, k, max tokens, temperature, engine options")
+    parser.add_argument(
+        "--model", default=None, help="model reference (default smollm2-135m-instruct; tiny-random-llama with --quick)"
+    )
+    parser.add_argument(
+        "--config",
+        default="configs/grpo/smollm2-135m/reasoning.yaml",
+        help="GRPO config: prompt sources, k, max tokens, temperature, engine options",
+    )
     parser.add_argument("--prompts", type=int, default=16, help="prompts per call (default 16: x k=8 = 128 sequences)")
-    parser.add_argument("--k", type=int, default=None,
-                        help="samples per prompt (default: the config's num_generations)")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="new tokens per completion (default: the config's max_completion_length)")
+    parser.add_argument(
+        "--k", type=int, default=None, help="samples per prompt (default: the config's num_generations)"
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="new tokens per completion (default: the config's max_completion_length)",
+    )
     parser.add_argument("--hf-batch", type=int, default=None, help="prompts per HF generate call (default: all)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
     parser.add_argument("--reps", type=int, default=3)
@@ -155,14 +177,23 @@ def main() -> None:
         torch.set_num_threads(config.torch_threads)
     C.log(f"{model_ref}: {len(prompts)} prompts x k={k} x {max_tokens} tokens, sides {sides}, {args.reps} reps")
 
-    engine_opts = {"dtype": precision.resolve(config.vllm_dtype).dtype,
-                   "enforce_eager": True if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
-                   "max_model_len": config.max_prompt_length + config.max_completion_length,
-                   "kv_cache_gib": config.vllm_kv_cache_gib}
-    sampling = SamplingConfig(backend="vllm", num_samples=k, temperature=config.temperature, top_p=config.top_p,
-                              max_tokens=max_tokens, max_model_len=engine_opts["max_model_len"],
-                              dtype=engine_opts["dtype"], enforce_eager=engine_opts["enforce_eager"],
-                              batch_size=len(prompts))
+    engine_opts = {
+        "dtype": precision.resolve(config.vllm_dtype).dtype,
+        "enforce_eager": True if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+        "max_model_len": config.max_prompt_length + config.max_completion_length,
+        "kv_cache_gib": config.vllm_kv_cache_gib,
+    }
+    sampling = SamplingConfig(
+        backend="vllm",
+        num_samples=k,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=max_tokens,
+        max_model_len=engine_opts["max_model_len"],
+        dtype=engine_opts["dtype"],
+        enforce_eager=engine_opts["enforce_eager"],
+        batch_size=len(prompts),
+    )
     startup = {}
     sampler = None
     if "vllm" in sides:
@@ -199,12 +230,15 @@ def main() -> None:
                 out = sampler.sample(messages[:n_prompts], ids[:n_prompts])
             lengths = [c.num_tokens for cs in out for c in cs]
             if len(lengths) != n_prompts * k or any(n != tokens for n in lengths):
-                raise RuntimeError(f"vLLM returned lengths {sorted(set(lengths))} for {len(lengths)} completions, "
-                                   f"expected {n_prompts * k} x {tokens}")
+                raise RuntimeError(
+                    f"vLLM returned lengths {sorted(set(lengths))} for {len(lengths)} completions, "
+                    f"expected {n_prompts * k} x {tokens}"
+                )
             generated = sum(lengths)
         else:
-            generated = hf[side].sample(texts[:n_prompts], k, tokens, config.temperature, config.top_p,
-                                        args.hf_batch or n_prompts, args.seed)
+            generated = hf[side].sample(
+                texts[:n_prompts], k, tokens, config.temperature, config.top_p, args.hf_batch or n_prompts, args.seed
+            )
         return time.perf_counter() - t, generated
 
     for side in sides:  # warm-up, excluded
@@ -214,8 +248,10 @@ def main() -> None:
         for side in sides:
             seconds, generated = run(side, len(texts), max_tokens)
             per_rep[side].append({"seconds": seconds, "tokens": generated, "tokens_per_s": generated / seconds})
-            C.log(f"rep {rep + 1}/{args.reps} {side}: {generated} tokens in {seconds:.1f} s = "
-                  f"{generated / seconds:.1f} tokens/s")
+            C.log(
+                f"rep {rep + 1}/{args.reps} {side}: {generated} tokens in {seconds:.1f} s = "
+                f"{generated / seconds:.1f} tokens/s"
+            )
     if sampler is not None:
         sampler.close()
 
@@ -224,46 +260,82 @@ def main() -> None:
         tps = C.summary([r["tokens_per_s"] for r in per_rep[side]])
         gflops = 2 * params * tps["median"] / 1e9
         roof = C.ROOFLINE_GFLOPS[DTYPE[side]]
-        results[side] = {"tokens_per_s": tps, "seconds": C.summary([r["seconds"] for r in per_rep[side]]),
-                         "tokens_per_call": per_rep[side][0]["tokens"], "compute_dtype": DTYPE[side],
-                         "achieved_gflops": gflops, "roofline_gflops": roof, "roofline_fraction": gflops / roof,
-                         "startup_s": startup.get(side), "reps": per_rep[side]}
+        results[side] = {
+            "tokens_per_s": tps,
+            "seconds": C.summary([r["seconds"] for r in per_rep[side]]),
+            "tokens_per_call": per_rep[side][0]["tokens"],
+            "compute_dtype": DTYPE[side],
+            "achieved_gflops": gflops,
+            "roofline_gflops": roof,
+            "roofline_fraction": gflops / roof,
+            "startup_s": startup.get(side),
+            "reps": per_rep[side],
+        }
     ratios = {}
     for a, b in (("vllm", "hf_bf16"), ("vllm", "hf_fp32"), ("hf_bf16", "hf_fp32")):
         if a in results and b in results:
             ratios[f"{a}/{b}"] = C.ratio(results[a]["tokens_per_s"]["median"], results[b]["tokens_per_s"]["median"])
             # per-repetition ratios: how stable the comparison is on a noisy machine
-            ratios[f"{a}/{b} per rep"] = [x["tokens_per_s"] / y["tokens_per_s"]
-                                          for x, y in zip(per_rep[a], per_rep[b])]
+            ratios[f"{a}/{b} per rep"] = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(per_rep[a], per_rep[b])]
 
     rows = []
     for side in sides:
         r = results[side]
-        rows.append([side, r["compute_dtype"], C.fmt(r["tokens_per_s"]["median"]),
-                     f"{C.fmt(r['tokens_per_s']['min'])}-{C.fmt(r['tokens_per_s']['max'])}",
-                     C.fmt(r["seconds"]["median"]), C.fmt(r["achieved_gflops"]),
-                     f"{100 * r['roofline_fraction']:.1f}% of {r['roofline_gflops']:.0f}",
-                     C.fmt(r["startup_s"])])
-    caption = (f"{len(texts)} prompts x k={k} x {max_tokens} new tokens (forced), prompt tokens mean "
-               f"{sum(prompt_tokens) / len(prompt_tokens):.0f}; {params / 1e6:.1f}M params; "
-               f"median of {args.reps} reps. "
-               + "; ".join(f"{k_}: {v:.2f}x" for k_, v in ratios.items() if not k_.endswith("per rep"))
-               + f". Roofline: {C.ROOFLINE_SOURCE}.")
-    C.print_table(f"rollout throughput, {model_ref}" + (" (QUICK: not a measurement)" if args.quick else ""),
-                  ["side", "dtype", "tokens/s (median)", "min-max", "s/call", "GFLOP/s", "roofline", "start-up s"],
-                  rows, caption)
+        rows.append(
+            [
+                side,
+                r["compute_dtype"],
+                C.fmt(r["tokens_per_s"]["median"]),
+                f"{C.fmt(r['tokens_per_s']['min'])}-{C.fmt(r['tokens_per_s']['max'])}",
+                C.fmt(r["seconds"]["median"]),
+                C.fmt(r["achieved_gflops"]),
+                f"{100 * r['roofline_fraction']:.1f}% of {r['roofline_gflops']:.0f}",
+                C.fmt(r["startup_s"]),
+            ]
+        )
+    caption = (
+        f"{len(texts)} prompts x k={k} x {max_tokens} new tokens (forced), prompt tokens mean "
+        f"{sum(prompt_tokens) / len(prompt_tokens):.0f}; {params / 1e6:.1f}M params; "
+        f"median of {args.reps} reps. "
+        + "; ".join(f"{k_}: {v:.2f}x" for k_, v in ratios.items() if not k_.endswith("per rep"))
+        + f". Roofline: {C.ROOFLINE_SOURCE}."
+    )
+    C.print_table(
+        f"rollout throughput, {model_ref}" + (" (QUICK: not a measurement)" if args.quick else ""),
+        ["side", "dtype", "tokens/s (median)", "min-max", "s/call", "GFLOP/s", "roofline", "start-up s"],
+        rows,
+        caption,
+    )
     path = C.result_path(NAME, args.quick, args.out)
-    C.write_result(path, NAME, {
-        "model": model_ref, "model_path": model_path, "params": params, "config": args.config,
-        "workload": {"prompts": len(texts), "k": k, "max_tokens": max_tokens, "forced_length": True,
-                     "temperature": config.temperature, "top_p": config.top_p, "hf_batch": args.hf_batch or len(texts),
-                     "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens), "reps": args.reps,
-                     "warmup": "one call per side, 2 prompts x 8 tokens, excluded"},
-        "vllm_engine": {**engine_opts, "executor": "uni (in-process)", "enable_chunked_prefill": False},
-        "torch_threads": {"before_engine": threads_before, "after_engine": threads_after},
-        "roofline_source": C.ROOFLINE_SOURCE,
-        "results": results, "ratios": ratios,
-    }, started, args.quick)
+    C.write_result(
+        path,
+        NAME,
+        {
+            "model": model_ref,
+            "model_path": model_path,
+            "params": params,
+            "config": args.config,
+            "workload": {
+                "prompts": len(texts),
+                "k": k,
+                "max_tokens": max_tokens,
+                "forced_length": True,
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "hf_batch": args.hf_batch or len(texts),
+                "prompt_tokens_mean": sum(prompt_tokens) / len(prompt_tokens),
+                "reps": args.reps,
+                "warmup": "one call per side, 2 prompts x 8 tokens, excluded",
+            },
+            "vllm_engine": {**engine_opts, "executor": "uni (in-process)", "enable_chunked_prefill": False},
+            "torch_threads": {"before_engine": threads_before, "after_engine": threads_after},
+            "roofline_source": C.ROOFLINE_SOURCE,
+            "results": results,
+            "ratios": ratios,
+        },
+        started,
+        args.quick,
+    )
     C.log(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
 
 

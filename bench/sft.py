@@ -46,8 +46,10 @@ C.enter_repo()
 
 NAME = "sft"
 SIDES = ("ours_bf16", "ours_fp32", "trl_defaults")
-FILLER = ("Let me work through this carefully. The first quantity is {a} and the second is {b}, so together "
-          "they make {c}. Checking again: {c} minus {b} gives {a}, which matches. ")
+FILLER = (
+    "Let me work through this carefully. The first quantity is {a} and the second is {b}, so together "
+    "they make {c}. Checking again: {c} minus {b} gives {a}, which matches. "
+)
 
 
 def synthetic_dataset(folder: Path, n: int, seed: int = 0) -> Path:
@@ -64,12 +66,22 @@ def synthetic_dataset(folder: Path, n: int, seed: int = 0) -> Path:
     rng.shuffle(rows_in)
     rows = []
     for r in rows_in[:n]:
-        think = "".join(FILLER.format(a=a, b=b, c=a + b) for a, b in
-                        ((rng.randint(1, 999), rng.randint(1, 999)) for _ in range(rng.randint(2, 10))))
+        think = "".join(
+            FILLER.format(a=a, b=b, c=a + b)
+            for a, b in ((rng.randint(1, 999), rng.randint(1, 999)) for _ in range(rng.randint(2, 10)))
+        )
         answer = f"<think>\n{think.strip()}\n</think>\n<answer>{r['answer']}</answer>"
-        rows.append({"id": r["id"], "messages": list(r["prompt"]) + [{"role": "assistant", "content": answer}],
-                     "data_source": r["data_source"], "domain": r["domain"], "rewards": "{}",
-                     "source_model": "synthetic", "meta": "{}"})
+        rows.append(
+            {
+                "id": r["id"],
+                "messages": list(r["prompt"]) + [{"role": "assistant", "content": answer}],
+                "data_source": r["data_source"],
+                "domain": r["domain"],
+                "rewards": "{}",
+                "source_model": "synthetic",
+                "meta": "{}",
+            }
+        )
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(folder / "data.parquet")
     return folder
@@ -92,8 +104,14 @@ def worker(args) -> None:
     monitor = C.TreeRssMonitor().__enter__()
     side = args.worker
     raw = read_yaml(Path(args.config))
-    raw.update({"dataset": args.dataset, "max_steps": args.warmup + args.steps, "save_steps": 10**6,
-                "dtype": "float32" if side == "ours_fp32" else "bfloat16"})
+    raw.update(
+        {
+            "dataset": args.dataset,
+            "max_steps": args.warmup + args.steps,
+            "save_steps": 10**6,
+            "dtype": "float32" if side == "ours_fp32" else "bfloat16",
+        }
+    )
     if args.all_rows:
         raw.pop("max_rows", None)
     if args.model:
@@ -104,19 +122,26 @@ def worker(args) -> None:
     ctx = StepContext(run="bench", step="sft", run_dir=tmp, work_dir=tmp / "work", resolver=Resolver(tmp, set()))
     model, tokenizer = sft.load_model(resolve(config.model))
     ours_args = sft.sft_arguments(config, ctx.checkpoints)
-    trl_args = SFTConfig(output_dir=str(ctx.checkpoints),
-                         per_device_train_batch_size=config.per_device_train_batch_size,
-                         gradient_accumulation_steps=config.gradient_accumulation_steps,
-                         max_length=config.max_length, max_steps=config.max_steps, seed=config.seed,
-                         assistant_only_loss=True, use_cpu=not torch.cuda.is_available(), report_to="none")
+    trl_args = SFTConfig(
+        output_dir=str(ctx.checkpoints),
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        max_steps=config.max_steps,
+        seed=config.seed,
+        assistant_only_loss=True,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+    )
     t0 = time.perf_counter()
     if side.startswith("ours"):
         trainer, stats = sft.build_trainer(model, tokenizer, config, ctx)
     else:  # the same preparation as build_trainer (template, stop token, data, filtering), TRL's trainer
         template = sft.training_template(tokenizer, config.training_template)
         sft._set_stop_token(model, tokenizer, sft.stop_token_id(tokenizer, template))
-        dataset = sft.load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows,
-                                    config.seed)
+        dataset = sft.load_messages(
+            ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows, config.seed
+        )
         dataset, stats = sft._measure(dataset, tokenizer, template, config.max_length, config.overlong)
         tokenizer.chat_template = template
         trainer = SFTTrainer(model=model, args=trl_args, train_dataset=dataset, processing_class=tokenizer)
@@ -153,21 +178,37 @@ def worker(args) -> None:
     trainer.train()
     monitor.__exit__(None, None, None)
     shutil.rmtree(tmp, ignore_errors=True)
-    measured = records[args.warmup:]
+    measured = records[args.warmup :]
     wall = sum(r["wall_s"] for r in measured)
     total = {k: sum(r[k] for r in measured) for k in counts}
     skip = {"output_dir", "logging_dir"}
     a, b = ours_args.to_dict(), trl_args.to_dict()
-    C.write_worker_result(args.worker_out, {
-        "side": side, "setup_s": setup_s, "peak_rss_gib": C.peak_rss_gib(), "peak_tree_rss_gib": monitor.peak_gib,
-        "torch_threads": torch.get_num_threads(), "dataset_stats": stats, "steps": records, "measured_wall_s": wall,
-        "tokens_per_s": total["tokens"] / wall, "loss_tokens_per_s": total["loss_tokens"] / wall,
-        "padded_tokens_per_s": total["padded_tokens"] / wall, "step_s": wall / len(measured),
-        "padding_share": 1 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else None,
-        "bf16": (trl_args if side == "trl_defaults" else ours_args).bf16,
-        "options_that_differ": {k: {"ours": a.get(k), "trl_defaults": b.get(k)} for k in sorted(set(a) | set(b))
-                                if k not in skip and a.get(k) != b.get(k)} if side == "trl_defaults" else None,
-    })
+    C.write_worker_result(
+        args.worker_out,
+        {
+            "side": side,
+            "setup_s": setup_s,
+            "peak_rss_gib": C.peak_rss_gib(),
+            "peak_tree_rss_gib": monitor.peak_gib,
+            "torch_threads": torch.get_num_threads(),
+            "dataset_stats": stats,
+            "steps": records,
+            "measured_wall_s": wall,
+            "tokens_per_s": total["tokens"] / wall,
+            "loss_tokens_per_s": total["loss_tokens"] / wall,
+            "padded_tokens_per_s": total["padded_tokens"] / wall,
+            "step_s": wall / len(measured),
+            "padding_share": 1 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else None,
+            "bf16": (trl_args if side == "trl_defaults" else ours_args).bf16,
+            "options_that_differ": {
+                k: {"ours": a.get(k), "trl_defaults": b.get(k)}
+                for k in sorted(set(a) | set(b))
+                if k not in skip and a.get(k) != b.get(k)
+            }
+            if side == "trl_defaults"
+            else None,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- driver
@@ -218,43 +259,88 @@ def main() -> None:
             for side in sides:
                 C.log(f"rep {rep + 1}/{args.reps}: {side} (subprocess; log in {log_dir.relative_to(C.ROOT)})")
                 res = C.run_worker(Path(__file__), side, forward, log_dir, rep)
-                C.log(f"  {side}: {res['tokens_per_s']:.1f} tokens/s ({res['loss_tokens_per_s']:.1f} loss tokens/s), "
-                      f"step {res['step_s']:.2f} s, peak RSS {res['peak_rss_gib']:.2f} GiB")
+                C.log(
+                    f"  {side}: {res['tokens_per_s']:.1f} tokens/s ({res['loss_tokens_per_s']:.1f} loss tokens/s), "
+                    f"step {res['step_s']:.2f} s, peak RSS {res['peak_rss_gib']:.2f} GiB"
+                )
                 runs[side].append(res)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    keys = ("tokens_per_s", "loss_tokens_per_s", "padded_tokens_per_s", "step_s", "padding_share", "peak_rss_gib",
-            "peak_tree_rss_gib", "setup_s")
-    results = {s: {k: C.summary([r[k] for r in runs[s]]) for k in keys} | {"bf16": runs[s][0]["bf16"],
-               "torch_threads": runs[s][0]["torch_threads"], "dataset_stats": runs[s][0]["dataset_stats"]}
-               for s in sides}
+    keys = (
+        "tokens_per_s",
+        "loss_tokens_per_s",
+        "padded_tokens_per_s",
+        "step_s",
+        "padding_share",
+        "peak_rss_gib",
+        "peak_tree_rss_gib",
+        "setup_s",
+    )
+    results = {
+        s: {k: C.summary([r[k] for r in runs[s]]) for k in keys}
+        | {
+            "bf16": runs[s][0]["bf16"],
+            "torch_threads": runs[s][0]["torch_threads"],
+            "dataset_stats": runs[s][0]["dataset_stats"],
+        }
+        for s in sides
+    }
     ratios = {}
     for a, b in (("ours_bf16", "ours_fp32"), ("ours_bf16", "trl_defaults"), ("ours_fp32", "trl_defaults")):
         if a in results and b in results:
-            ratios[f"tokens/s {a}/{b}"] = C.ratio(results[a]["tokens_per_s"]["median"],
-                                                  results[b]["tokens_per_s"]["median"])
-            ratios[f"tokens/s {a}/{b} per rep"] = [x["tokens_per_s"] / y["tokens_per_s"]
-                                                   for x, y in zip(runs[a], runs[b])]
-    rows = [[s, str(results[s]["bf16"]), C.fmt(results[s]["tokens_per_s"]["median"]),
-             f"{C.fmt(results[s]['tokens_per_s']['min'])}-{C.fmt(results[s]['tokens_per_s']['max'])}",
-             C.fmt(results[s]["loss_tokens_per_s"]["median"]), C.fmt(results[s]["padded_tokens_per_s"]["median"]),
-             f"{100 * (results[s]['padding_share']['median'] or 0):.0f}%", C.fmt(results[s]["step_s"]["median"], 2),
-             C.fmt(results[s]["peak_rss_gib"]["median"], 2)] for s in sides]
+            ratios[f"tokens/s {a}/{b}"] = C.ratio(
+                results[a]["tokens_per_s"]["median"], results[b]["tokens_per_s"]["median"]
+            )
+            ratios[f"tokens/s {a}/{b} per rep"] = [
+                x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b])
+            ]
+    rows = [
+        [
+            s,
+            str(results[s]["bf16"]),
+            C.fmt(results[s]["tokens_per_s"]["median"]),
+            f"{C.fmt(results[s]['tokens_per_s']['min'])}-{C.fmt(results[s]['tokens_per_s']['max'])}",
+            C.fmt(results[s]["loss_tokens_per_s"]["median"]),
+            C.fmt(results[s]["padded_tokens_per_s"]["median"]),
+            f"{100 * (results[s]['padding_share']['median'] or 0):.0f}%",
+            C.fmt(results[s]["step_s"]["median"], 2),
+            C.fmt(results[s]["peak_rss_gib"]["median"], 2),
+        ]
+        for s in sides
+    ]
     differ = next((r["options_that_differ"] for r in runs.get("trl_defaults", []) if r["options_that_differ"]), {})
-    caption = (f"median over {args.reps} processes x {args.steps} steps ({args.warmup} warm-up steps excluded); "
-               + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items() if isinstance(v, float))
-               + (f". trl_defaults differs in: {', '.join(differ)}" if differ else ""))
-    C.print_table(f"SFT throughput, {args.config}" + (" (QUICK: not a measurement)" if args.quick else ""),
-                  ["side", "bf16", "tokens/s", "min-max", "loss tok/s", "padded tok/s", "padding", "step s",
-                   "peak RSS GiB"], rows, caption)
+    caption = (
+        f"median over {args.reps} processes x {args.steps} steps ({args.warmup} warm-up steps excluded); "
+        + "; ".join(f"{k}: {v:.2f}x" for k, v in ratios.items() if isinstance(v, float))
+        + (f". trl_defaults differs in: {', '.join(differ)}" if differ else "")
+    )
+    C.print_table(
+        f"SFT throughput, {args.config}" + (" (QUICK: not a measurement)" if args.quick else ""),
+        ["side", "bf16", "tokens/s", "min-max", "loss tok/s", "padded tok/s", "padding", "step s", "peak RSS GiB"],
+        rows,
+        caption,
+    )
     path = C.result_path(NAME, args.quick, args.out)
-    C.write_result(path, NAME, {
-        "config": args.config, "model": args.model, "dataset": args.dataset or f"synthetic ({args.rows} rows)",
-        "warmup_steps": args.warmup, "measured_steps": args.steps, "reps": args.reps,
-        "options_that_differ_trl_defaults": differ, "results": results, "ratios": ratios, "runs": runs,
-    }, started, args.quick)
+    C.write_result(
+        path,
+        NAME,
+        {
+            "config": args.config,
+            "model": args.model,
+            "dataset": args.dataset or f"synthetic ({args.rows} rows)",
+            "warmup_steps": args.warmup,
+            "measured_steps": args.steps,
+            "reps": args.reps,
+            "options_that_differ_trl_defaults": differ,
+            "results": results,
+            "ratios": ratios,
+            "runs": runs,
+        },
+        started,
+        args.quick,
+    )
     C.log(f"wrote {path.relative_to(C.ROOT) if path.is_relative_to(C.ROOT) else path}")
 
 

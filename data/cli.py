@@ -94,8 +94,9 @@ def export_sft(
 ) -> None:
     """Write non-reasoning SFT rows (prompt + reference answer, no chain of thought) for `mix:`."""
     if split not in SPLITS or template not in TEMPLATES or think not in ("empty", "none"):
-        raise typer.BadParameter(f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}, "
-                                 "--think empty or none")
+        raise typer.BadParameter(
+            f"--split must be one of {list(SPLITS)}, --template one of {list(TEMPLATES)}, --think empty or none"
+        )
     try:
         config = parse_source(source_from_spec(source, limit=n, n_train=n, n_test=n))
         rows = load_prompts([config], split=cast(Split, split), template=cast(Template, template)).to_list()[:n]

@@ -74,8 +74,9 @@ def word_ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def template_ngrams(groups: Iterable[Collection[str]], min_texts: int,
-                    min_share: float = TEMPLATE_MIN_SHARE) -> set[tuple[str, ...]]:
+def template_ngrams(
+    groups: Iterable[Collection[str]], min_texts: int, min_share: float = TEMPLATE_MIN_SHARE
+) -> set[tuple[str, ...]]:
     """Word 4-grams found in at least `max(min_texts, min_share * len(group))` distinct texts of
     one group (module docstring).
 
@@ -134,7 +135,8 @@ def _overlap(
         for row_id, text in train_texts.items():
             by_group[train_groups[row_id] if train_groups is not None else ""].add(text)
         template = template_ngrams(eval_groups, template_min_texts) | template_ngrams(
-            by_group.values(), max(TRAIN_TEMPLATE_MIN_TEXTS, template_min_texts))
+            by_group.values(), max(TRAIN_TEMPLATE_MIN_TEXTS, template_min_texts)
+        )
     eval_grams: set[tuple[str, ...]] = set()
     eval_keys: set[str] = set()
     for group in eval_groups:
@@ -142,8 +144,11 @@ def _overlap(
             eval_grams |= content_ngrams(text, template, n)
             eval_keys.add(_exact_key(text))
     eval_keys.discard("")
-    return [row_id for row_id, text in train_texts.items()
-            if _exact_key(text) in eval_keys or not eval_grams.isdisjoint(content_ngrams(text, template, n))]
+    return [
+        row_id
+        for row_id, text in train_texts.items()
+        if _exact_key(text) in eval_keys or not eval_grams.isdisjoint(content_ngrams(text, template, n))
+    ]
 
 
 def ngram_overlap(
@@ -208,8 +213,13 @@ def decontaminate(
     lost = Counter(train_groups[row_id] for row_id in removed)
     for source, k in lost.items():
         if k == sizes[source]:
-            log.warning("decontamination removed every prompt of %s (%d/%d): its questions share n-grams with "
-                        "the evaluation questions; too few evaluation or training questions of it to tell "
-                        "instructions from content? (data.decontam)", source, k, k)
+            log.warning(
+                "decontamination removed every prompt of %s (%d/%d): its questions share n-grams with "
+                "the evaluation questions; too few evaluation or training questions of it to tell "
+                "instructions from content? (data.decontam)",
+                source,
+                k,
+                k,
+            )
     kept = train.filter(lambda row_id: row_id not in dropped, input_columns="id")
     return kept, removed

@@ -56,7 +56,7 @@ def shingles(text: str, size: int = SHINGLE_CHARS) -> set[bytes]:
     norm = normalise(text).lower()
     if len(norm) <= size:
         return {norm.encode()}
-    return {norm[i:i + size].encode() for i in range(len(norm) - size + 1)}
+    return {norm[i : i + size].encode() for i in range(len(norm) - size + 1)}
 
 
 def minhashes(texts: Sequence[str]) -> list:
@@ -106,8 +106,9 @@ def near_duplicate_flags(texts: Sequence[str], threshold: float = 0.85) -> list[
     return flags
 
 
-def duplicate_verdicts(texts: Sequence[str], groups: Sequence[str] | None = None, exact: bool = True,
-                       near_threshold: float | None = 0.85) -> list[str | None]:
+def duplicate_verdicts(
+    texts: Sequence[str], groups: Sequence[str] | None = None, exact: bool = True, near_threshold: float | None = 0.85
+) -> list[str | None]:
     """``"duplicate"``, ``"near_duplicate"`` or None for each text (module docstring).
 
     Args:

@@ -77,8 +77,10 @@ def non_reasoning_sft_row(
     if response is None:
         spec = json.loads(row["verification"] or "{}")
         if spec.get("kind") != "reference" or not isinstance(spec.get("reference"), str):
-            raise ValueError(f"row {row['id']!r} has no reference answer (verification kind "
-                             f"{spec.get('kind')!r}); pass response= and source_model=")
+            raise ValueError(
+                f"row {row['id']!r} has no reference answer (verification kind "
+                f"{spec.get('kind')!r}); pass response= and source_model="
+            )
         response, source_model = spec["reference"], source_model or REFERENCE_MODEL
     elif not source_model:
         raise ValueError(f"row {row['id']!r}: say who wrote the response (source_model=)")
@@ -94,8 +96,9 @@ def non_reasoning_sft_row(
         "domain": row["domain"],
         "rewards": "{}",
         "source_model": source_model,
-        "meta": json.dumps({"non_reasoning": True, "think": mode, "prompt_split": row["split"],
-                            "response_chars": len(response)}),
+        "meta": json.dumps(
+            {"non_reasoning": True, "think": mode, "prompt_split": row["split"], "response_chars": len(response)}
+        ),
     }
 
 
@@ -115,8 +118,10 @@ def write_sft_rows(rows: Iterable[dict[str, Any]], path: Path | str) -> int:
         if missing:
             raise ValueError(f"SFT row {i}: missing column(s) {missing}; SFT columns: {list(SFT_COLUMNS)}")
     if path.suffix == ".jsonl":
-        path.write_text("".join(json.dumps({c: r[c] for c in SFT_COLUMNS}, ensure_ascii=False) + "\n" for r in rows),
-                        encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps({c: r[c] for c in SFT_COLUMNS}, ensure_ascii=False) + "\n" for r in rows),
+            encoding="utf-8",
+        )
     elif path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -82,8 +82,9 @@ def _prompt_messages(value: Any) -> list[dict[str, str]]:
             raise ValueError("missing or empty")
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
-        raise ValueError("missing or empty" if value in (None, []) else
-                         f"expected messages or a string, got {type(value).__name__}")
+        raise ValueError(
+            "missing or empty" if value in (None, []) else f"expected messages or a string, got {type(value).__name__}"
+        )
     messages = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
@@ -108,15 +109,24 @@ def normalize_pair(row: dict[str, Any], where: str, line: int, label: str | None
     texts = {}
     for field in ("prompt", "chosen", "rejected"):
         try:
-            texts[field] = _prompt_messages(row.get(field)) if field == "prompt" else _response_text(row.get(field), field)
+            texts[field] = (
+                _prompt_messages(row.get(field)) if field == "prompt" else _response_text(row.get(field), field)
+            )
         except ValueError as err:
             raise PreferenceRowError(where, line, field, str(err)) from None
-    if texts["chosen"].strip() == texts["rejected"].strip():
-        raise PreferenceRowError(where, line, "rejected", "equal to chosen: a pair must prefer one response "
-                                 "over a different one")
-    out = {"id": row.get("id") or f"{label}/{line}", "prompt": texts["prompt"], "chosen": texts["chosen"],
-           "rejected": texts["rejected"], "rule": row.get("rule") or "external",
-           "domain": row.get("domain") or "general", "data_source": row.get("data_source") or label}
+    if str(texts["chosen"]).strip() == str(texts["rejected"]).strip():  # responses are text (above)
+        raise PreferenceRowError(
+            where, line, "rejected", "equal to chosen: a pair must prefer one response over a different one"
+        )
+    out = {
+        "id": row.get("id") or f"{label}/{line}",
+        "prompt": texts["prompt"],
+        "chosen": texts["chosen"],
+        "rejected": texts["rejected"],
+        "rule": row.get("rule") or "external",
+        "domain": row.get("domain") or "general",
+        "data_source": row.get("data_source") or label,
+    }
     out["prompt_id"] = row.get("prompt_id") or out["id"]
     for field in ("id", "prompt_id", "rule", "data_source"):
         if not isinstance(out[field], str):
@@ -206,8 +216,14 @@ def write_pairs(rows: list[dict[str, Any]], folder: str | Path, card: dict[str, 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checked = [normalize_pair(r, str(folder / DATA_FILE), i) for i, r in enumerate(rows, start=1)]
-    schema = pa.schema([(c, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
-                        if c == "prompt" else (c, pa.string()) for c in PAIR_COLUMNS])
+    schema = pa.schema(
+        [
+            (c, pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
+            if c == "prompt"
+            else (c, pa.string())
+            for c in PAIR_COLUMNS
+        ]
+    )
     pq.write_table(pa.Table.from_pylist(checked, schema=schema), folder / DATA_FILE)
     card = {**card, "pairs": len(checked), "counts": pair_counts(checked)}
     (folder / "card.json").write_text(json.dumps(card, indent=2))
@@ -218,24 +234,45 @@ def write_pairs(rows: list[dict[str, Any]], folder: str | Path, card: dict[str, 
 def render_card(card: dict[str, Any]) -> str:
     """The dataset card (markdown) of a pair dataset."""
     counts = card.get("counts", {})
-    lines = ["# Preference pairs", "", card.get("made_by", "Preference pairs."), "",
-             f"**{card.get('pairs', 0)} pairs.**", ""]
+    lines = [
+        "# Preference pairs",
+        "",
+        card.get("made_by", "Preference pairs."),
+        "",
+        f"**{card.get('pairs', 0)} pairs.**",
+        "",
+    ]
     for key, title in (("rule", "rule"), ("domain", "domain"), ("data_source", "data_source")):
         lines += [f"| {title} | pairs |", "|---|---:|", *[f"| {k} | {v} |" for k, v in counts.get(key, {}).items()], ""]
     if card.get("funnel"):
-        lines += ["## Prompts per rule", "", "| rule | prompts | with pairs | skipped (reason: prompts) |",
-                  "|---|---:|---:|---|"]
+        lines += [
+            "## Prompts per rule",
+            "",
+            "| rule | prompts | with pairs | skipped (reason: prompts) |",
+            "|---|---:|---:|---|",
+        ]
         for rule, f in card["funnel"].items():
             skipped = ", ".join(f"{k}: {v}" for k, v in f.get("skipped", {}).items()) or "-"
             lines.append(f"| {rule} | {f.get('prompts', 0)} | {f.get('with_pairs', 0)} | {skipped} |")
         lines.append("")
     if card.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in card["notes"]], ""]
-    lines += ["## Columns", "", ", ".join(PAIR_COLUMNS) + " (see `data/preference.py`; `meta` is JSON: "
-              "`chosen_from`, `rejected_from`, the rewards of each side).", "",
-              "## Load", "", "```python", "from data.preference import read_pairs",
-              "pairs = read_pairs('dataset/')  # checked rows; a bad row raises FILE:LINE", "```", "",
-              "`r1 inspect dataset/` summarises it; `r1 reward-model CONFIG --set dataset=...` trains on it.", ""]
+    lines += [
+        "## Columns",
+        "",
+        ", ".join(PAIR_COLUMNS) + " (see `data/preference.py`; `meta` is JSON: "
+        "`chosen_from`, `rejected_from`, the rewards of each side).",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from data.preference import read_pairs",
+        "pairs = read_pairs('dataset/')  # checked rows; a bad row raises FILE:LINE",
+        "```",
+        "",
+        "`r1 inspect dataset/` summarises it; `r1 reward-model CONFIG --set dataset=...` trains on it.",
+        "",
+    ]
     return "\n".join(lines)
 
 

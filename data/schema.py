@@ -102,9 +102,11 @@ def _check_gold(answer: str, domain: str) -> None:
     """A gold that math-verify will compare with must exist (issue 19, item 6)."""
     if not answer.strip():
         raise PromptRowError(
-            "answer", f"empty gold on a {domain!r} row graded by answer matching (it could never be "
+            "answer",
+            f"empty gold on a {domain!r} row graded by answer matching (it could never be "
             f"scored); give the answer, a verification kind with its own checker, or one of the domains "
-            f"{list(GOLD_OPTIONAL_DOMAINS)}")
+            f"{list(GOLD_OPTIONAL_DOMAINS)}",
+        )
     if answer.strip().lower() in ("nan", "+nan", "-nan"):
         raise PromptRowError("answer", f"gold {answer!r} is NaN, a missing value, not an answer")
 

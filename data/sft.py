@@ -66,8 +66,10 @@ def split_files(folder: Path) -> dict[str, list[Path]]:
         resolved = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
     except EmptyDatasetError:
         resolved = {}
-    out = {str(split): sorted(Path(f) for f in files if Path(f).suffix in DATA_SUFFIXES)
-           for split, files in resolved.items()}
+    out = {
+        str(split): sorted(Path(f) for f in files if Path(f).suffix in DATA_SUFFIXES)
+        for split, files in resolved.items()
+    }
     out = {split: files for split, files in out.items() if files}
     if not out:
         raise FileNotFoundError(f"{folder}: no *.parquet or *.jsonl files")
@@ -83,8 +85,10 @@ def _file_records(path: Path) -> list[tuple[str, dict]]:
     elif path.suffix == ".parquet":
         rows = list(read_parquet(path))
     else:
-        raise ValueError(f"{path}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
-                         "a save_to_disk folder, a step folder or a step name")
+        raise ValueError(
+            f"{path}: not a dataset file; give a .parquet or .jsonl file, a folder of them, "
+            "a save_to_disk folder, a step folder or a step name"
+        )
     return [(f"{path}:{n}", r) for n, r in rows]
 
 
@@ -111,8 +115,10 @@ def read_records(ref: str | Path, split: str = "train") -> list[tuple[str, dict]
     if path.is_dir():
         files = split_files(path)
         if split not in files:
-            raise ValueError(f"{path}: no {split!r} files; splits found: {', '.join(files)} "
-                             "(files are assigned to splits by name, e.g. data/test-00000-of-00001.parquet)")
+            raise ValueError(
+                f"{path}: no {split!r} files; splits found: {', '.join(files)} "
+                "(files are assigned to splits by name, e.g. data/test-00000-of-00001.parquet)"
+            )
         return [rec for f in files[split] for rec in _file_records(f)]
     if path.exists():
         return _file_records(path)
@@ -122,8 +128,9 @@ def read_records(ref: str | Path, split: str = "train") -> list[tuple[str, dict]
     try:
         loaded = datasets.load_dataset(name, subset or None, split=split)
     except Exception as err:  # noqa: BLE001 - offline, unknown name, ...: say what was tried
-        raise FileNotFoundError(f"no local dataset at {ref}, and the hub dataset {name!r} could not be "
-                                f"loaded: {type(err).__name__}: {err}") from None
+        raise FileNotFoundError(
+            f"no local dataset at {ref}, and the hub dataset {name!r} could not be loaded: {type(err).__name__}: {err}"
+        ) from None
     return [(f"{name} [{split}]:{i}", r) for i, r in enumerate(loaded.to_list(), 1)]
 
 
@@ -149,8 +156,9 @@ def messages_of(where: str, record: dict) -> list[dict[str, str]]:
         except ValueError as err:
             raise SFTRowError(f"{where}: field 'messages': not valid JSON ({err})") from None
     if not isinstance(msgs, list) or not msgs:
-        raise SFTRowError(f"{where}: field 'messages': expected a non-empty list of {{role, content}}, "
-                          f"got {type(msgs).__name__}")
+        raise SFTRowError(
+            f"{where}: field 'messages': expected a non-empty list of {{role, content}}, got {type(msgs).__name__}"
+        )
     out = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
@@ -170,8 +178,9 @@ def _as_json(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def load_sft_rows(ref: str | Path, split: str = "train", data_source: str | None = None,
-                  domain: str = "general") -> list[dict]:
+def load_sft_rows(
+    ref: str | Path, split: str = "train", data_source: str | None = None, domain: str = "general"
+) -> list[dict]:
     """Rows of a dataset in the SFT-row schema (module docstring), whatever it was stored as.
 
     Missing columns are filled: ``id`` = ``<label>/<row>``, ``data_source`` = ``data_source``
@@ -186,14 +195,18 @@ def load_sft_rows(ref: str | Path, split: str = "train", data_source: str | None
     rows = []
     for i, (where, r) in enumerate(read_records(ref, split)):
         messages = messages_of(where, r)  # first: it refuses a record that is not an object, by place
-        rows.append({**r,
-                     "id": str(r.get("id") or f"{label}/{i + 1}"),
-                     "messages": messages,
-                     "data_source": r.get("data_source") or label,
-                     "domain": r.get("domain") or domain,
-                     "rewards": _as_json(r.get("rewards")),
-                     "source_model": r.get("source_model") or "",
-                     "meta": _as_json(r.get("meta"))})
+        rows.append(
+            {
+                **r,
+                "id": str(r.get("id") or f"{label}/{i + 1}"),
+                "messages": messages,
+                "data_source": r.get("data_source") or label,
+                "domain": r.get("domain") or domain,
+                "rewards": _as_json(r.get("rewards")),
+                "source_model": r.get("source_model") or "",
+                "meta": _as_json(r.get("meta")),
+            }
+        )
     return rows
 
 
@@ -236,8 +249,8 @@ def split_response(text: str) -> tuple[str, str]:
     close = text.rfind(THINK_CLOSE)
     if close < 0:
         start = text.find(THINK_OPEN)
-        return ("", text) if start < 0 else (text[start + len(THINK_OPEN):], "")
+        return ("", text) if start < 0 else (text[start + len(THINK_OPEN) :], "")
     start = text.find(THINK_OPEN)
     start = 0 if start < 0 or start > close else start + len(THINK_OPEN)
     end = text.find(THINK_CLOSE, start)
-    return text[start:end], text[close + len(THINK_CLOSE):]
+    return text[start:end], text[close + len(THINK_CLOSE) :]

@@ -20,8 +20,15 @@ from data.schema import SPLITS, Split
 from data.sources.files import SUFFIXES
 
 
-def source_from_spec(spec: str, *, split: Split | None = None, limit: int | None = None, n_train: int = 512,
-                     n_test: int = 50, seed: int = 0) -> dict[str, Any]:
+def source_from_spec(
+    spec: str,
+    *,
+    split: Split | None = None,
+    limit: int | None = None,
+    n_train: int = 512,
+    n_test: int = 50,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The source config (a mapping for ``data.parse_source``) of a spec (module docstring).
 
     Args:
@@ -52,11 +59,18 @@ def source_from_spec(spec: str, *, split: Split | None = None, limit: int | None
             raise ValueError(f"{spec!r}: not a YAML mapping")
         return mapping
     if spec in ("reasoning_gym", "reasoning_gym:"):
-        raise ValueError("give a task: reasoning_gym:<task>, e.g. reasoning_gym:countdown "
-                         "(an unknown task name lists the valid ones)")
+        raise ValueError(
+            "give a task: reasoning_gym:<task>, e.g. reasoning_gym:countdown "
+            "(an unknown task name lists the valid ones)"
+        )
     if spec.startswith("reasoning_gym:"):
-        return {"source": "reasoning_gym", "task": spec.split(":", 1)[1], "n_train": n_train, "n_test": n_test,
-                "seed": seed}
+        return {
+            "source": "reasoning_gym",
+            "task": spec.split(":", 1)[1],
+            "n_train": n_train,
+            "n_test": n_test,
+            "seed": seed,
+        }
     if spec in ("humaneval", "sharegpt", "harmful_prompts"):
         return {"source": spec, **sized}
     if Path(spec).suffix in SUFFIXES:

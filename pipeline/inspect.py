@@ -78,9 +78,11 @@ def locate(path: str, run_name: str | None = None, config: Path | None = None) -
             return dataset
         if p.is_dir() and (p / store.MANIFEST).is_file():
             outputs = sorted(q.name for q in p.iterdir() if q.is_dir())
-            raise FileNotFoundError(f"{p} is a step folder without a dataset/ output (it holds: "
-                                    f"{', '.join(outputs) or 'no folders'}); give a generate step's folder, "
-                                    "its samples.parquet, or a dataset file")
+            raise FileNotFoundError(
+                f"{p} is a step folder without a dataset/ output (it holds: "
+                f"{', '.join(outputs) or 'no folders'}); give a generate step's folder, "
+                "its samples.parquet, or a dataset file"
+            )
         return p
     run = run_name or (read_yaml(config).get("run") if config else None)
     looked = [str(p)]
@@ -120,8 +122,12 @@ def load_card(where: Path | str) -> dict | None:
             funnel = funnel_from_counts(step.counts)
             if not funnel:
                 return None
-            return {"source_model": step.config.get("model"), "sampled": step.counts.get("sampled"),
-                    "funnel": funnel, "kept_sampled": step.counts.get("kept")}
+            return {
+                "source_model": step.config.get("model"),
+                "sampled": step.counts.get("sampled"),
+                "funnel": funnel,
+                "kept_sampled": step.counts.get("kept"),
+            }
     return None
 
 
@@ -162,9 +168,14 @@ def _token_counter(tokenizer: str | None):
     ]
 
 
-def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
-          min_language_share: float = LANGUAGE_MIN_SHARE, near_threshold: float = NEAR_DUPLICATE_THRESHOLD,
-          dedupe_scope: str = "prompt"):
+def frame(
+    rows: list[dict],
+    tokenizer: str | None = None,
+    language: str = "en",
+    min_language_share: float = LANGUAGE_MIN_SHARE,
+    near_threshold: float = NEAR_DUPLICATE_THRESHOLD,
+    dedupe_scope: str = "prompt",
+):
     """A ``pandas.DataFrame`` with one row per SFT row and the derived columns of the module
     docstring. Duplicates are flagged by ``data.dedupe.duplicate_verdicts`` with the key of the
     step that made the data (``dedupe_scope``: within a prompt, every message before the
@@ -181,16 +192,23 @@ def frame(rows: list[dict], tokenizer: str | None = None, language: str = "en",
         msgs = r["messages"]
         response = msgs[-1]["content"] if msgs and msgs[-1]["role"] == "assistant" else ""
         think, answer = split_response(response)
-        rec = {k: v for k, v in r.items() if k not in ("messages", "rewards", "meta")
-               and (v is None or isinstance(v, (str, int, float, bool)))}
-        rec.update(system=next((m["content"] for m in msgs if m["role"] == "system"), ""),
-                   user=next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
-                   response=response, think=think, answer=answer,
-                   prompt_key=prompt_key(msgs[:-1] if response else msgs))
+        rec = {
+            k: v
+            for k, v in r.items()
+            if k not in ("messages", "rewards", "meta") and (v is None or isinstance(v, (str, int, float, bool)))
+        }
+        rec.update(
+            system=next((m["content"] for m in msgs if m["role"] == "system"), ""),
+            user=next((m["content"] for m in reversed(msgs) if m["role"] == "user"), ""),
+            response=response,
+            think=think,
+            answer=answer,
+            prompt_key=prompt_key(msgs[:-1] if response else msgs),
+        )
         for k, v in json.loads(r["rewards"] or "{}").items():
             rec[f"reward_{k}"] = v
         meta = json.loads(r["meta"] or "{}")
-        for k, v in (meta.items() if isinstance(meta, dict) else ()):
+        for k, v in meta.items() if isinstance(meta, dict) else ():
             if v is None or isinstance(v, (str, int, float, bool)):
                 rec[f"meta_{k}"] = v
         out.append(rec)
@@ -227,8 +245,11 @@ def _pct(values) -> dict:
     v = np.asarray([x for x in values if x == x], dtype=float)  # drop NaN
     if not len(v):
         return {}
-    return {**{f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES}, "max": float(v.max()),
-            "mean": float(v.mean())}
+    return {
+        **{f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES},
+        "max": float(v.max()),
+        "mean": float(v.mean()),
+    }
 
 
 def summarize(df, unit: str, card: dict | None, source: str, where: str | None) -> dict:
@@ -242,24 +263,36 @@ def summarize(df, unit: str, card: dict | None, source: str, where: str | None) 
     for col in [c for c in df.columns if c.startswith("reward_")]:
         vals = df[col]
         ok = [float(v) for v in vals if v is not None and v == v]
-        rewards[col[len("reward_"):]] = {
-            "rows": n, "none": n - len(ok), "mean": sum(ok) / len(ok) if ok else None, **_pct(ok),
+        rewards[col[len("reward_") :]] = {
+            "rows": n,
+            "none": n - len(ok),
+            "mean": sum(ok) / len(ok) if ok else None,
+            **_pct(ok),
             "min": min(ok) if ok else None,
-            "values": dict(Counter(ok).most_common()) if len(set(ok)) <= 6 else None}
+            "values": dict(Counter(ok).most_common()) if len(set(ok)) <= 6 else None,
+        }
     return {
-        "source": source, "where": where, "rows": n,
+        "source": source,
+        "where": where,
+        "rows": n,
         "columns": [c for c in df.attrs.get("columns", [])],
         "prompts": int(df["user"].nunique()) if n else 0,
         "per_domain": dict(Counter(df["domain"]).most_common()) if n else {},
         "per_source": dict(Counter(df["data_source"]).most_common()) if n else {},
         "card": card,
         "length_unit": unit,
-        "lengths": {"reasoning": _pct(df["reasoning_tokens"]) if n else {},
-                    "answer": _pct(df["answer_tokens"]) if n else {}},
-        "quality": {"with_think_block": float((df["think"] != "").mean()) if n else 0.0,
-                    "format_valid": rate("format_ok"), "language_mixed": rate("language_mixed"),
-                    "mean_language_share": float(df["language_share"].mean()) if n else 0.0,
-                    "duplicate": rate("duplicate"), "near_duplicate": rate("near_duplicate")},
+        "lengths": {
+            "reasoning": _pct(df["reasoning_tokens"]) if n else {},
+            "answer": _pct(df["answer_tokens"]) if n else {},
+        },
+        "quality": {
+            "with_think_block": float((df["think"] != "").mean()) if n else 0.0,
+            "format_valid": rate("format_ok"),
+            "language_mixed": rate("language_mixed"),
+            "mean_language_share": float(df["language_share"].mean()) if n else 0.0,
+            "duplicate": rate("duplicate"),
+            "near_duplicate": rate("near_duplicate"),
+        },
         "rewards": rewards,
     }
 
@@ -293,43 +326,83 @@ def summary_doc(s: dict, doc: Doc | None = None) -> Doc:
     if card:
         smp = card.get("sampling") or {}
         doc.h(2, "How it was made")
-        doc.table(["field", "value"], [
-            ["source model", card.get("source_model")], ["rewards", ", ".join(card.get("rewards") or [])],
-            *[[f"sampling.{k}", v] for k, v in smp.items()],
-            ["prompts", ", ".join(f"{k}: {v}" for k, v in (card.get("prompts") or {}).items())],
-            ["decontamination", _decontamination_line(card.get("decontamination"))],
-            ["mixed-in sources", ", ".join(f"{m['label']}: {m['rows']} rows ({m['share']:.1%})"
-                                           for m in card.get("mix") or []) or "none"]], inline=True)
+        doc.table(
+            ["field", "value"],
+            [
+                ["source model", card.get("source_model")],
+                ["rewards", ", ".join(card.get("rewards") or [])],
+                *[[f"sampling.{k}", v] for k, v in smp.items()],
+                ["prompts", ", ".join(f"{k}: {v}" for k, v in (card.get("prompts") or {}).items())],
+                ["decontamination", _decontamination_line(card.get("decontamination"))],
+                [
+                    "mixed-in sources",
+                    ", ".join(f"{m['label']}: {m['rows']} rows ({m['share']:.1%})" for m in card.get("mix") or [])
+                    or "none",
+                ],
+            ],
+            inline=True,
+        )
         if card.get("funnel"):
             sampled = card.get("sampled") or 0
-            doc.table(["filter", "dropped", "remaining", "kept of sampled"],
-                      [["sampled", 0, sampled, "100%"]] + [[r["filter"], r["dropped"], r["remaining"],
-                                                            f"{r['remaining'] / sampled:.1%}" if sampled else "–"]
-                                                           for r in card["funnel"]],
-                      "acceptance by filter (whole step, from its card)", inline=True)
+            doc.table(
+                ["filter", "dropped", "remaining", "kept of sampled"],
+                [["sampled", 0, sampled, "100%"]]
+                + [
+                    [r["filter"], r["dropped"], r["remaining"], f"{r['remaining'] / sampled:.1%}" if sampled else "–"]
+                    for r in card["funnel"]
+                ],
+                "acceptance by filter (whole step, from its card)",
+                inline=True,
+            )
     doc.h(2, "Composition")
     for column, counts in (("domain", s["per_domain"]), ("data_source", s["per_source"])):
-        doc.table([column, "rows", "share"], [[k, v, f"{v / n:.1%}"] for k, v in counts.items()],
-                  f"rows per {column}", inline=True)
+        doc.table(
+            [column, "rows", "share"],
+            [[k, v, f"{v / n:.1%}"] for k, v in counts.items()],
+            f"rows per {column}",
+            inline=True,
+        )
     heads = [f"p{q}" for q in PERCENTILES] + ["max", "mean"]
     q = s["quality"]
     doc.h(2, "Lengths and quality")
-    doc.table(["part", *heads], [[p, *[_length(pct.get(h)) for h in heads]] for p, pct in s["lengths"].items()],
-              f"lengths in {s['length_unit']}", inline=True)
-    doc.table(["check", "share of rows"], [
-        ["with a think block", f"{q['with_think_block']:.1%}"],
-        ["format valid (think then answer)", f"{q['format_valid']:.1%}"],
-        ["language mixing in the reasoning", f"{q['language_mixed']:.1%}"],
-        ["mean language share", fmt(q["mean_language_share"])],
-        ["exact duplicate response (same prompt)", f"{q['duplicate']:.1%}"],
-        ["near duplicate response (same prompt, 5-gram Jaccard)", f"{q['near_duplicate']:.1%}"]],
-        "quality (share of rows)", inline=True)
+    doc.table(
+        ["part", *heads],
+        [[p, *[_length(pct.get(h)) for h in heads]] for p, pct in s["lengths"].items()],
+        f"lengths in {s['length_unit']}",
+        inline=True,
+    )
+    doc.table(
+        ["check", "share of rows"],
+        [
+            ["with a think block", f"{q['with_think_block']:.1%}"],
+            ["format valid (think then answer)", f"{q['format_valid']:.1%}"],
+            ["language mixing in the reasoning", f"{q['language_mixed']:.1%}"],
+            ["mean language share", fmt(q["mean_language_share"])],
+            ["exact duplicate response (same prompt)", f"{q['duplicate']:.1%}"],
+            ["near duplicate response (same prompt, 5-gram Jaccard)", f"{q['near_duplicate']:.1%}"],
+        ],
+        "quality (share of rows)",
+        inline=True,
+    )
     if s["rewards"]:
         doc.h(2, "Rewards")
-        doc.table(["reward", "mean", "None", "min", "p50", "max", "values"],
-                  [[k, r["mean"], r["none"], r["min"], r.get("p50"), r.get("max"),
-                    ", ".join(f"{fmt(a)}: {b}" for a, b in r["values"].items()) if r["values"] else ""]
-                   for k, r in s["rewards"].items()], "rewards", inline=True)
+        doc.table(
+            ["reward", "mean", "None", "min", "p50", "max", "values"],
+            [
+                [
+                    k,
+                    r["mean"],
+                    r["none"],
+                    r["min"],
+                    r.get("p50"),
+                    r.get("max"),
+                    ", ".join(f"{fmt(a)}: {b}" for a, b in r["values"].items()) if r["values"] else "",
+                ]
+                for k, r in s["rewards"].items()
+            ],
+            "rewards",
+            inline=True,
+        )
     return doc
 
 
@@ -347,17 +420,28 @@ def print_samples(df, n: int, seed: int) -> None:
         return
     picked = df.sample(n=min(n, len(df)), random_state=seed)
     for _, r in picked.iterrows():
-        rewards = {c[len("reward_"):]: r[c] for c in df.columns if c.startswith("reward_")}
+        rewards = {c[len("reward_") :]: r[c] for c in df.columns if c.startswith("reward_")}
         title = f"{r['id']}  [{r['domain']} · {r['data_source']}]  " + " ".join(
-            f"{k}={fmt(v)}" for k, v in rewards.items())
+            f"{k}={fmt(v)}" for k, v in rewards.items()
+        )
         parts = []
         if r["system"]:
-            parts.append(Panel(Text(r["system"][:300] + ("…" if len(r["system"]) > 300 else "")),
-                               title="system", border_style="dim"))
+            parts.append(
+                Panel(
+                    Text(r["system"][:300] + ("…" if len(r["system"]) > 300 else "")),
+                    title="system",
+                    border_style="dim",
+                )
+            )
         parts.append(Panel(Text(r["user"]), title="user", border_style="blue"))
         if r["think"]:
-            parts.append(Panel(Text(r["think"].strip(), style="dim"),
-                               title=f"think · {r['reasoning_tokens']}", border_style="yellow"))
+            parts.append(
+                Panel(
+                    Text(r["think"].strip(), style="dim"),
+                    title=f"think · {r['reasoning_tokens']}",
+                    border_style="yellow",
+                )
+            )
         parts.append(Panel(Text(r["answer"].strip()), title=f"answer · {r['answer_tokens']}", border_style="green"))
         console.print(Panel(Group(*parts), title=title, title_align="left"))
 
@@ -401,8 +485,11 @@ def add_charts(doc: Doc, df, s: dict) -> None:
     if card and card.get("funnel") and card.get("sampled"):
         from stages.generate import funnel_figure
 
-        doc.figure(funnel_figure(card["sampled"], card["funnel"]), "funnel.png",
-                   f"Filter funnel: kept {card.get('kept_sampled')} of {card.get('sampled')}")
+        doc.figure(
+            funnel_figure(card["sampled"], card["funnel"]),
+            "funnel.png",
+            f"Filter funnel: kept {card.get('kept_sampled')} of {card.get('sampled')}",
+        )
 
 
 def render_html(df, s: dict, seed: int = 0) -> str:
@@ -442,8 +529,8 @@ def render_html(df, s: dict, seed: int = 0) -> str:
 
 
 def inspect_pairs(ref: str | Path, sample: int = 3, seed: int = 0, where: str | None = None) -> dict[str, Any]:
-    """``r1 inspect`` of a pair dataset (``data/preference.py`` rows): pairs per rule / domain / source, where each side came
-    from, lengths in **characters**, refusal shares per side (``rewards.refusal``), the
+    """``r1 inspect`` of a pair dataset (``data/preference.py`` rows): pairs per rule / domain /
+    source, where each side came from, lengths in **characters**, refusal shares per side (``rewards.refusal``), the
     producing step's card (prompts skipped per rule and why) and ``sample`` random pairs.
     ``where``: a pandas query over ``id, rule, domain, data_source, chosen_from, rejected_from,
     chosen_chars, rejected_chars, chosen_refusal, rejected_refusal``. Returns the numbers.
@@ -460,36 +547,70 @@ def inspect_pairs(ref: str | Path, sample: int = 3, seed: int = 0, where: str | 
 
     console = Console(width=160)
     rows = read_pairs(ref)
-    frame = pd.DataFrame([{
-        "id": r["id"], "rule": r["rule"], "domain": r["domain"], "data_source": r["data_source"],
-        "chosen_from": json.loads(r["meta"]).get("chosen_from", ""), "rejected_from": json.loads(r["meta"]).get("rejected_from", ""),
-        "chosen_chars": len(r["chosen"]), "rejected_chars": len(r["rejected"]),
-        "chosen_refusal": is_refusal(r["chosen"]), "rejected_refusal": is_refusal(r["rejected"]),
-        "question": r["prompt"][-1]["content"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    frame = pd.DataFrame(
+        [
+            {
+                "id": r["id"],
+                "rule": r["rule"],
+                "domain": r["domain"],
+                "data_source": r["data_source"],
+                "chosen_from": json.loads(r["meta"]).get("chosen_from", ""),
+                "rejected_from": json.loads(r["meta"]).get("rejected_from", ""),
+                "chosen_chars": len(r["chosen"]),
+                "rejected_chars": len(r["rejected"]),
+                "chosen_refusal": is_refusal(r["chosen"]),
+                "rejected_refusal": is_refusal(r["rejected"]),
+                "question": r["prompt"][-1]["content"],
+                "chosen": r["chosen"],
+                "rejected": r["rejected"],
+            }
+            for r in rows
+        ]
+    )
     if where and len(frame):
         try:
             frame = frame.query(where, engine="python")
-        except Exception as err:
-            raise ValueError(f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(frame.columns)}") from None
+        except Exception as err:  # noqa: BLE001 - any error of a user's query expression is reported with the columns
+            raise ValueError(
+                f"--where {where!r}: {type(err).__name__}: {err}; columns: {', '.join(frame.columns)}"
+            ) from None
     table = Table(title=f"{ref}: {len(frame)} preference pairs" + (f" (where {where})" if where else ""))
-    for column in ("rule", "pairs", "domains", "chosen from", "rejected from", "chosen chars p50", "rejected chars p50",
-                   "chosen refusal", "rejected refusal"):
+    for column in (
+        "rule",
+        "pairs",
+        "domains",
+        "chosen from",
+        "rejected from",
+        "chosen chars p50",
+        "rejected chars p50",
+        "chosen refusal",
+        "rejected refusal",
+    ):
         table.add_column(column, justify="left" if column == "rule" else "right")
     summary: dict[str, Any] = {"pairs": len(frame), "per_rule": {}}
     for rule, group in frame.groupby("rule") if len(frame) else []:
-        numbers = {"pairs": len(group), "domains": sorted(group["domain"].unique()),
-                   "chosen_from": group["chosen_from"].value_counts().to_dict(),
-                   "rejected_from": group["rejected_from"].value_counts().to_dict(),
-                   "chosen_chars_p50": float(group["chosen_chars"].median()),
-                   "rejected_chars_p50": float(group["rejected_chars"].median()),
-                   "chosen_refusal": float(group["chosen_refusal"].mean()),
-                   "rejected_refusal": float(group["rejected_refusal"].mean())}
+        numbers = {
+            "pairs": len(group),
+            "domains": sorted(group["domain"].unique()),
+            "chosen_from": group["chosen_from"].value_counts().to_dict(),
+            "rejected_from": group["rejected_from"].value_counts().to_dict(),
+            "chosen_chars_p50": float(group["chosen_chars"].median()),
+            "rejected_chars_p50": float(group["rejected_chars"].median()),
+            "chosen_refusal": float(group["chosen_refusal"].mean()),
+            "rejected_refusal": float(group["rejected_refusal"].mean()),
+        }
         summary["per_rule"][rule] = numbers
-        table.add_row(rule, str(numbers["pairs"]), ", ".join(numbers["domains"]),
-                      ", ".join(f"{k} {v}" for k, v in numbers["chosen_from"].items()),
-                      ", ".join(f"{k} {v}" for k, v in numbers["rejected_from"].items()),
-                      f"{numbers['chosen_chars_p50']:.0f}", f"{numbers['rejected_chars_p50']:.0f}",
-                      f"{numbers['chosen_refusal']:.2f}", f"{numbers['rejected_refusal']:.2f}")
+        table.add_row(
+            rule,
+            str(numbers["pairs"]),
+            ", ".join(numbers["domains"]),
+            ", ".join(f"{k} {v}" for k, v in numbers["chosen_from"].items()),
+            ", ".join(f"{k} {v}" for k, v in numbers["rejected_from"].items()),
+            f"{numbers['chosen_chars_p50']:.0f}",
+            f"{numbers['rejected_chars_p50']:.0f}",
+            f"{numbers['chosen_refusal']:.2f}",
+            f"{numbers['rejected_refusal']:.2f}",
+        )
     console.print(table)
     card_file = Path(ref) / "card.json" if Path(ref).is_dir() else Path(ref).parent / "card.json"
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
@@ -498,23 +619,38 @@ def inspect_pairs(ref: str | Path, sample: int = 3, seed: int = 0, where: str | 
         for column in ("rule", "prompts", "with pairs", "skipped"):
             funnel.add_column(column)
         for rule, f in card["funnel"].items():
-            funnel.add_row(rule, str(f["prompts"]), str(f["with_pairs"]),
-                           ", ".join(f"{k} {v}" for k, v in f["skipped"].items()) or "-")
+            funnel.add_row(
+                rule,
+                str(f["prompts"]),
+                str(f["with_pairs"]),
+                ", ".join(f"{k} {v}" for k, v in f["skipped"].items()) or "-",
+            )
         console.print(funnel)
         summary["funnel"] = card["funnel"]
     for _, r in frame.sample(min(sample, len(frame)), random_state=seed).iterrows() if len(frame) else []:
-        console.print(f"[bold]{escape(r['id'])}[/] ({r['rule']})\n[dim]prompt:[/] {escape(r['question'][:300])}\n"
-                      f"[green]chosen ({r['chosen_from']}):[/] {escape(r['chosen'][:400])}\n"
-                      f"[red]rejected ({r['rejected_from']}):[/] {escape(r['rejected'][:400])}\n", highlight=False)
+        console.print(
+            f"[bold]{escape(r['id'])}[/] ({r['rule']})\n[dim]prompt:[/] {escape(r['question'][:300])}\n"
+            f"[green]chosen ({r['chosen_from']}):[/] {escape(r['chosen'][:400])}\n"
+            f"[red]rejected ({r['rejected_from']}):[/] {escape(r['rejected'][:400])}\n",
+            highlight=False,
+        )
     return summary
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def inspect(path: str, run_name: str | None = None, config: Path | None = None, sample: int = 3, seed: int = 0,
-            where: str | None = None, html_path: Path | None = None, tokenizer: str | None = None,
-            split: str = "train") -> dict:
+def inspect(
+    path: str,
+    run_name: str | None = None,
+    config: Path | None = None,
+    sample: int = 3,
+    seed: int = 0,
+    where: str | None = None,
+    html_path: Path | None = None,
+    tokenizer: str | None = None,
+    split: str = "train",
+) -> dict:
     """Print the summary of the dataset at ``path`` and ``sample`` random rows (seeded);
     with ``html_path``, also write the HTML report there. Returns the summary numbers.
 
@@ -535,10 +671,14 @@ def inspect(path: str, run_name: str | None = None, config: Path | None = None, 
     filt = (card or {}).get("filter_config") or {}
     rows = load_sft_rows(ref, split=split)
     columns = list(rows[0].keys()) if rows else []
-    df, unit = frame(rows, tokenizer, language=filt.get("language") or "en",
-                     min_language_share=filt.get("min_language_share", LANGUAGE_MIN_SHARE),
-                     near_threshold=filt.get("near_duplicate_threshold") or NEAR_DUPLICATE_THRESHOLD,
-                     dedupe_scope=filt.get("dedupe_scope") or "prompt")
+    df, unit = frame(
+        rows,
+        tokenizer,
+        language=filt.get("language") or "en",
+        min_language_share=filt.get("min_language_share", LANGUAGE_MIN_SHARE),
+        near_threshold=filt.get("near_duplicate_threshold") or NEAR_DUPLICATE_THRESHOLD,
+        dedupe_scope=filt.get("dedupe_scope") or "prompt",
+    )
     if where:
         try:
             df = df.query(where, engine="python")

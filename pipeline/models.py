@@ -165,8 +165,13 @@ def prepare(alias: str, force: bool = False) -> Path:
             "file": gguf.name,
             "sha256": store.file_sha256(gguf),
         }
-    manifest = {"alias": alias, "source": source, "dtype": "float32", "packages": store.package_versions(),
-                "wall_time_s": round(time.time() - started, 2)}
+    manifest = {
+        "alias": alias,
+        "source": source,
+        "dtype": "float32",
+        "packages": store.package_versions(),
+        "wall_time_s": round(time.time() - started, 2),
+    }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if final.exists():
         if not force and is_prepared(alias):  # another process finished first
@@ -245,10 +250,17 @@ def resolve(ref: str) -> str:
 # ---------------------------------------------------------------------------- tiny models
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0, num_layers: int = 2, hidden: int = 64,
-                    heads: int = 2, kv_heads: int = 1, intermediate: int = 128,
-                    tokenizer_from: str = "smollm2-135m-instruct",
-                    tokenizer_config: str | Path | None = None) -> Path:
+def make_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_layers: int = 2,
+    hidden: int = 64,
+    heads: int = 2,
+    kv_heads: int = 1,
+    intermediate: int = 128,
+    tokenizer_from: str = "smollm2-135m-instruct",
+    tokenizer_config: str | Path | None = None,
+) -> Path:
     """A randomly initialised Llama with a real tokenizer and chat template, for tests.
 
     ``head_dim = hidden // heads`` must be 32, 64 or 128: vLLM's CPU attention rejects 16.
@@ -277,11 +289,18 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, num_layers: int = 2, hid
     tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_from))
     generation_eos = dress_tokenizer(tokenizer, Path(tokenizer_config)) if tokenizer_config else None
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        head_dim=hidden // heads, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        tie_word_embeddings=True, dtype="float32",
+        tie_word_embeddings=True,
+        dtype="float32",
     )
     with torch.random.fork_rng():  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
@@ -313,8 +332,11 @@ def dress_tokenizer(tokenizer, folder: Path) -> int | list[int]:
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     decoder = cfg.get("added_tokens_decoder", {})
     vocab = tokenizer.get_vocab()
-    missing = [AddedToken(t["content"], special=t.get("special", False), normalized=False)
-               for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0])) if t["content"] not in vocab]
+    missing = [
+        AddedToken(t["content"], special=t.get("special", False), normalized=False)
+        for _, t in sorted(decoder.items(), key=lambda kv: int(kv[0]))
+        if t["content"] not in vocab
+    ]
     tokenizer.add_tokens(missing)
     tokenizer.chat_template = cfg["chat_template"]
     for key in ("eos_token", "pad_token", "bos_token"):
@@ -357,8 +379,10 @@ def list_cmd() -> None:
 
 
 @app.command("prepare")
-def prepare_cmd(name: str = typer.Argument(..., help="alias, see `r1 models list`"),
-                force: bool = typer.Option(False, "--force", help="convert again even if prepared")) -> None:
+def prepare_cmd(
+    name: str = typer.Argument(..., help="alias, see `r1 models list`"),
+    force: bool = typer.Option(False, "--force", help="convert again even if prepared"),
+) -> None:
     """Convert an alias to a safetensors checkpoint under <runs_root>/models/."""
     try:
         started = time.time()

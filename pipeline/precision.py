@@ -101,8 +101,15 @@ def detect() -> Hardware:
     model, flags = _cpu_info()
     capability = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
-        return Hardware("cuda", model, flags, platform.machine(), capability,
-                        torch.cuda.get_device_name(0), bool(torch.cuda.is_bf16_supported()))
+        return Hardware(
+            "cuda",
+            model,
+            flags,
+            platform.machine(),
+            capability,
+            torch.cuda.get_device_name(0),
+            bool(torch.cuda.is_bf16_supported()),
+        )
     return Hardware("cpu", model, flags, platform.machine(), capability)
 
 
@@ -129,8 +136,10 @@ def resolve(choice: str, hardware: Hardware | None = None, *, what: str = "") ->
     if choice != "auto":
         dtype, reason = choice, "set in the config"
         if choice == "bfloat16" and hw.device == "cpu" and not fast:
-            reason += (f"; this CPU ({hw.cpu_model or hw.machine}, {hw.torch_capability or 'unknown capability'}) "
-                       "has no AMX or AVX512-BF16: bf16 matmuls are many times slower than float32 here")
+            reason += (
+                f"; this CPU ({hw.cpu_model or hw.machine}, {hw.torch_capability or 'unknown capability'}) "
+                "has no AMX or AVX512-BF16: bf16 matmuls are many times slower than float32 here"
+            )
             log.warning("dtype bfloat16%s: %s", f" ({what})" if what else "", reason)
         elif choice == "float16" and hw.device == "cpu":
             reason += "; float16 has no fast CPU kernels"
@@ -145,8 +154,13 @@ def resolve(choice: str, hardware: Hardware | None = None, *, what: str = "") ->
     elif hw.machine not in ("x86_64", "AMD64"):
         dtype, reason = "float32", f"auto: {hw.machine} CPU; bf16 speed there is not known to be better"
     else:
-        dtype, reason = "float32", (f"auto: CPU without AMX or AVX512-BF16 (torch capability "
-                                    f"{hw.torch_capability or 'unknown'}): bf16 would be many times slower")
+        dtype, reason = (
+            "float32",
+            (
+                f"auto: CPU without AMX or AVX512-BF16 (torch capability "
+                f"{hw.torch_capability or 'unknown'}): bf16 would be many times slower"
+            ),
+        )
     return Precision(choice, dtype, reason, hw.device, hw.cpu_model, hw.torch_capability)  # type: ignore[arg-type]
 
 

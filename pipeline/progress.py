@@ -151,10 +151,20 @@ class StepProgress:
         return max(0.0, (self.total - self.done) / rate)
 
     def as_dict(self) -> dict:
-        return {"step": self.step, "pid": os.getpid(), "started": self.started, "phase": self.current_phase(),
-                "phase_started": self.phase_started, "done": self.done, "total": self.total, "unit": self.unit,
-                "updated": self.updated, "eta_s": self.eta_s(), "extra": self.extra,
-                "last_beat": time.time() - (time.monotonic() - self.last_beat)}
+        return {
+            "step": self.step,
+            "pid": os.getpid(),
+            "started": self.started,
+            "phase": self.current_phase(),
+            "phase_started": self.phase_started,
+            "done": self.done,
+            "total": self.total,
+            "unit": self.unit,
+            "updated": self.updated,
+            "eta_s": self.eta_s(),
+            "extra": self.extra,
+            "last_beat": time.time() - (time.monotonic() - self.last_beat),
+        }
 
     def write(self) -> None:
         """Save :meth:`as_dict` to ``.progress.json`` (atomically; a failure to write is ignored:
@@ -192,15 +202,18 @@ class StepProgress:
         previous = None
         stalled: list[str] = []
         if main:
+
             def handler(signum, frame):
                 if stalled:
                     raise StallError(stalled[0])
+
             previous = signal.signal(signal.SIGUSR1, handler)
         self._stop = stop = threading.Event()
         self.beat()
         target = threading.get_ident()
-        thread = threading.Thread(target=self._watch, args=(timeout, stop, stalled, on_stall, target, main),
-                                  name="r1-watchdog", daemon=True)
+        thread = threading.Thread(
+            target=self._watch, args=(timeout, stop, stalled, on_stall, target, main), name="r1-watchdog", daemon=True
+        )
         thread.start()
         try:
             yield
@@ -212,13 +225,22 @@ class StepProgress:
     def stall_message(self, timeout: float) -> str:
         phase = self.current_phase() or "(no phase reported)"
         since = f" (phase since {clock(self.phase_started)})" if self.phase_started else ""
-        return (f"step {self.step} stalled: no progress for {timeout:.0f} s in phase '{phase}'{since}; last progress: "
-                f"{self.describe()}; last sign of life at {clock(time.time() - (time.monotonic() - self.last_beat))}. "
-                f"The stall timeout is R1_STALL_TIMEOUT / r1 run --stall-timeout (now {timeout:.0f} s); partial work "
-                "is kept: rerun to resume")
+        return (
+            f"step {self.step} stalled: no progress for {timeout:.0f} s in phase '{phase}'{since}; last progress: "
+            f"{self.describe()}; last sign of life at {clock(time.time() - (time.monotonic() - self.last_beat))}. "
+            f"The stall timeout is R1_STALL_TIMEOUT / r1 run --stall-timeout (now {timeout:.0f} s); partial work "
+            "is kept: rerun to resume"
+        )
 
-    def _watch(self, timeout: float, stop: threading.Event, stalled: list[str],
-               on_stall: Callable[[str], None] | None, target: int, main: bool) -> None:
+    def _watch(
+        self,
+        timeout: float,
+        stop: threading.Event,
+        stalled: list[str],
+        on_stall: Callable[[str], None] | None,
+        target: int,
+        main: bool,
+    ) -> None:
         poll = max(0.05, min(5.0, timeout / 10))
         while not stop.wait(poll):
             if time.monotonic() - self.last_beat < timeout:
@@ -238,6 +260,10 @@ class StepProgress:
                 signal.pthread_kill(target, signal.SIGUSR1)
             if stop.wait(GRACE_S):
                 return
-            print(f"error: step {self.step} did not stop within {GRACE_S:.0f} s of its stall error (stuck outside "
-                  f"Python); ending its process with exit code {STALL_EXIT_CODE}", file=sys.stderr, flush=True)
+            print(
+                f"error: step {self.step} did not stop within {GRACE_S:.0f} s of its stall error (stuck outside "
+                f"Python); ending its process with exit code {STALL_EXIT_CODE}",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(STALL_EXIT_CODE)

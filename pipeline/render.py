@@ -51,7 +51,7 @@ def ci(value, interval) -> str:
 
 def short(ref: str, width: int = 28) -> str:
     """``ref`` cut from the left to ``width`` characters (the end of a path says the most)."""
-    return ref if len(ref) <= width else "…" + ref[-(width - 1):]
+    return ref if len(ref) <= width else "…" + ref[-(width - 1) :]
 
 
 def _rich_code(text: str) -> str:
@@ -75,8 +75,9 @@ def _environment():
             return Markup("".join(parts[:1] + ["`" + p for p in parts[1:]]))
         return Markup("".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)))
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
     env.filters.update(fmt=fmt, inline_code=inline_code)
     return env
 
@@ -110,8 +111,15 @@ class Doc:
     def table(self, headers: list[str], rows: list[list], caption: str = "", inline: bool = False) -> None:
         """A table; numbers are right-aligned and written with :func:`fmt`. ``inline``: several
         small tables side by side (HTML)."""
-        self.blocks.append({"kind": "table", "headers": list(headers), "rows": [list(r) for r in rows],
-                            "caption": caption, "inline": inline})
+        self.blocks.append(
+            {
+                "kind": "table",
+                "headers": list(headers),
+                "rows": [list(r) for r in rows],
+                "caption": caption,
+                "inline": inline,
+            }
+        )
 
     def figure(self, fig, name: str, alt: str) -> None:
         """A matplotlib ``Figure``: saved as ``out_dir/name`` (when there is an ``out_dir``) and
@@ -121,8 +129,14 @@ class Doc:
         fig.savefig(buf, format="png", dpi=self.dpi)
         if self.out_dir is not None:
             (self.out_dir / name).write_bytes(buf.getvalue())
-        self.blocks.append({"kind": "img", "name": name if self.out_dir is not None else "", "alt": alt,
-                            "data": base64.b64encode(buf.getvalue()).decode()})
+        self.blocks.append(
+            {
+                "kind": "img",
+                "name": name if self.out_dir is not None else "",
+                "alt": alt,
+                "data": base64.b64encode(buf.getvalue()).decode(),
+            }
+        )
 
     def samples(self, title: str, question: str, columns: list[tuple[str, str, str]]) -> None:
         """Side-by-side completions of one question: (model, one-line facts, text) per column."""
@@ -147,6 +161,7 @@ class Doc:
             elif kind == "missing":
                 out += [f"> **Not in this run:** {b['text']}", ""]
             elif kind == "table":
+
                 def cell(c) -> str:
                     return fmt(c).replace("|", "\\|").replace("\n", " ")
 

@@ -62,8 +62,10 @@ def _config_inputs(cfg: dict) -> dict[str, str]:
 
 def section_glance(doc: Doc, steps: list[StepView]) -> None:
     """The few numbers a reader wants first; a stage's line only when the run has its data."""
-    lines = [f"{sum(s.done for s in steps)} of {len(steps)} steps done, "
-             f"{sum(s.wall_time_s or 0 for s in steps) / 60:.1f} min of step wall time."]
+    lines = [
+        f"{sum(s.done for s in steps)} of {len(steps)} steps done, "
+        f"{sum(s.wall_time_s or 0 for s in steps) / 60:.1f} min of step wall time."
+    ]
     for s in steps:
         glance = stage_report(s.kind).glance
         line = glance(s) if glance is not None and s.status != "not run" else None
@@ -110,8 +112,12 @@ def section_steps(doc: Doc, steps: list[StepView]) -> None:
             else:
                 y = 0.65 + 0.18 * lane
                 lane += 1
-                edges.append(Curve([(x0 + 1.0, y0), (x0 + 1.3, y), (x1 - 1.3, y), (x1 - 1.0, y1)],
-                                   [Curve.MOVETO, Curve.LINETO, Curve.LINETO, Curve.LINETO]))
+                edges.append(
+                    Curve(
+                        [(x0 + 1.0, y0), (x0 + 1.3, y), (x1 - 1.3, y), (x1 - 1.0, y1)],
+                        [Curve.MOVETO, Curve.LINETO, Curve.LINETO, Curve.LINETO],
+                    )
+                )
     top = 0.75 + 0.18 * lane
     fig = Figure(figsize=(max(6.0, 2.3 * width), max(2.0, 0.9 * ((height - 1) * 1.3 + 0.7 + top))))
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
@@ -135,13 +141,25 @@ def section_steps(doc: Doc, steps: list[StepView]) -> None:
     ax.set_xlim(-1.2, (width - 1) * 2.6 + 1.2)
     ax.set_ylim(-(height - 1) * 1.3 - 0.7, top)
     ax.axis("off")
-    doc.figure(fig, "steps.png", "Step graph: arrows run from an input to the step that reads it "
-                                 "(blue: models or data from outside the run)")
+    doc.figure(
+        fig,
+        "steps.png",
+        "Step graph: arrows run from an input to the step that reads it (blue: models or data from outside the run)",
+    )
     rows = []
     for s in steps:
         ins = ", ".join(f"{k}={v}" for k, v in s.inputs.items()) or "–"
-        rows.append([s.name, s.kind, s.status, fmt(s.wall_time_s, 0) if s.wall_time_s is not None else "–",
-                     ins, ", ".join(s.outputs) or "–", s.summary or "–"])
+        rows.append(
+            [
+                s.name,
+                s.kind,
+                s.status,
+                fmt(s.wall_time_s, 0) if s.wall_time_s is not None else "–",
+                ins,
+                ", ".join(s.outputs) or "–",
+                s.summary or "–",
+            ]
+        )
     doc.table(["step", "kind", "status", "wall s", "inputs", "outputs", "summary"], rows)
 
 
@@ -177,8 +195,9 @@ def section_training(doc: Doc, steps: list[StepView]) -> None:
         rows = math.ceil(len(panels) / cols)
         # Fixed margins, not constrained layout: a 3x3 grid lays out in a tenth of the time.
         fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.5 / (2.8 * rows), top=1 - 0.35 / (2.8 * rows),
-                            wspace=0.28, hspace=0.55)
+        fig.subplots_adjust(
+            left=0.07, right=0.98, bottom=0.5 / (2.8 * rows), top=1 - 0.35 / (2.8 * rows), wspace=0.28, hspace=0.55
+        )
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (panel, keys) in zip(axes, panels):
             for key in keys:
@@ -189,7 +208,7 @@ def section_training(doc: Doc, steps: list[StepView]) -> None:
             ax.tick_params(labelsize=7)
             if len(keys) > 1:
                 ax.legend(fontsize=7)
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.axis("off")
         doc.figure(fig, f"curves_{s.name}.png", f"{s.name}: training curves from metrics.jsonl")
         if absent:
@@ -212,8 +231,9 @@ def section_stages(doc: Doc, steps: list[StepView]) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
-def write_report(run_dir: str | Path, order: list[str] | None = None,
-                 planned: dict[str, tuple[str, dict[str, str]]] | None = None) -> tuple[Path, Path]:
+def write_report(
+    run_dir: str | Path, order: list[str] | None = None, planned: dict[str, tuple[str, dict[str, str]]] | None = None
+) -> tuple[Path, Path]:
     """Write ``<run_dir>/report/report.md``, ``report.html`` and the PNG figures.
 
     ``order``: the pipeline's step names (lists steps not run yet); default: steps by start

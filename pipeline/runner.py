@@ -143,8 +143,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             if ref in all_names and ref not in seen:
                 raise ConfigError(f"{source}: input '{key}' names step {ref!r}, which does not run before it")
             if _looks_like_a_typo(ref, all_names):
-                warnings.append(f"{source}: input '{key}' = {ref!r} is not a step of this pipeline, an alias or a "
-                                f"local path; it will be tried as a hub id (steps: {', '.join(sorted(all_names))})")
+                warnings.append(
+                    f"{source}: input '{key}' = {ref!r} is not a step of this pipeline, an alias or a "
+                    f"local path; it will be tried as a hub id (steps: {', '.join(sorted(all_names))})"
+                )
         steps.append(Step(spec.name, stage_config, raw))
         seen.add(spec.name)
     return Pipeline(config, steps, str(path), warnings)
@@ -155,8 +157,13 @@ def _looks_like_a_typo(ref: str, step_names: set[str]) -> bool:
     most likely a misspelled step name (a legacy one-word hub name is possible, hence a warning)."""
     from pipeline import models
 
-    return (ref not in step_names and ref not in models.ALIASES and not Path(ref).exists()
-            and "/" not in ref and ":" not in ref)
+    return (
+        ref not in step_names
+        and ref not in models.ALIASES
+        and not Path(ref).exists()
+        and "/" not in ref
+        and ":" not in ref
+    )
 
 
 def one_step_pipeline(raw: dict, source: str, run: str, step: str | None = None) -> Pipeline:
@@ -172,8 +179,9 @@ def one_step_pipeline(raw: dict, source: str, run: str, step: str | None = None)
     return Pipeline(pc, [Step(name, stage_config, raw)], source, single=True)
 
 
-def single_step_pipeline(config_file: str | Path, overrides: list[str] | None, run: str,
-                         step: str | None = None) -> Pipeline:
+def single_step_pipeline(
+    config_file: str | Path, overrides: list[str] | None, run: str, step: str | None = None
+) -> Pipeline:
     """A one-step pipeline from a stage config file (what ``r1 sft FILE`` runs)."""
     raw = apply_overrides(read_yaml(_find_file(str(config_file))), overrides)
     return one_step_pipeline(raw, str(config_file), run, step)
@@ -191,14 +199,18 @@ class Resolver:
     def _step_output(self, ref: str, what: str) -> Path:
         step = store.RunFolder(self.run_dir).step(ref)
         if step is None:
-            raise RuntimeError(f"input {ref!r} is a step of this run that has not finished "
-                               f"(no {self.run_dir / ref}/manifest.json); run it first")
+            raise RuntimeError(
+                f"input {ref!r} is a step of this run that has not finished "
+                f"(no {self.run_dir / ref}/manifest.json); run it first"
+            )
         if not step.outputs:  # a manifest that lists no outputs: the conventional folder
             return step.folder / what
         path = step.output(what)
         if path is None:
-            raise RuntimeError(f"input {ref!r} names a {step.kind} step, whose outputs are "
-                               f"{', '.join(step.outputs)}: no {what} to read")
+            raise RuntimeError(
+                f"input {ref!r} names a {step.kind} step, whose outputs are "
+                f"{', '.join(step.outputs)}: no {what} to read"
+            )
         return path
 
     def model(self, ref: str) -> str:
@@ -250,9 +262,15 @@ def _input_block(step: Step, resolver: Resolver) -> dict:
     return {key: {"ref": ref, "hash": resolver.input_hash(ref)} for key, ref in step.config.inputs().items()}
 
 
-def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | None = None,
-                 from_step: str | None = None, force: bool = False, isolate: bool = False,
-                 keep_checkpoints: bool = False) -> list[StepRecord]:
+def run_pipeline(
+    pipeline: Pipeline,
+    run: str | None = None,
+    only: list[str] | None = None,
+    from_step: str | None = None,
+    force: bool = False,
+    isolate: bool = False,
+    keep_checkpoints: bool = False,
+) -> list[StepRecord]:
     """Run (or skip, when up to date) the selected steps in order; write ``summary.md``.
 
     A step that finishes drops its ``checkpoints/`` folder (resume state: weights, optimizer
@@ -287,8 +305,10 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
     if lock is not None:
         lock.acquire()  # RunLockedError names the holder
         if lock.took_over:
-            console.print(f"[yellow]took over the lock of {run_dir}: its holder is no longer running "
-                          f"({store.describe_holder(lock.took_over)})[/]")
+            console.print(
+                f"[yellow]took over the lock of {run_dir}: its holder is no longer running "
+                f"({store.describe_holder(lock.took_over)})[/]"
+            )
         store.empty_trash(run_dir)
         _record_plan(pipeline, run_dir)
     try:
@@ -300,8 +320,9 @@ def run_pipeline(pipeline: Pipeline, run: str | None = None, only: list[str] | N
                 if manifest:
                     records.append(_record_from_manifest(step, manifest, "done earlier"))
                 continue
-            records.append(run_step(step, run, run_dir, resolver, pipeline.config.seed, force, isolate,
-                                    keep_checkpoints))
+            records.append(
+                run_step(step, run, run_dir, resolver, pipeline.config.seed, force, isolate, keep_checkpoints)
+            )
         if distributed.is_main():
             from pipeline.summary import write_summary
 
@@ -324,7 +345,7 @@ def select_steps(pipeline: Pipeline, only: list[str] | None = None, from_step: s
             raise ConfigError(f"no step {name!r} in {pipeline.source}; steps: {', '.join(names)}")
     if only:
         return [n for n in names if n in only]
-    return names[names.index(from_step):] if from_step else names
+    return names[names.index(from_step) :] if from_step else names
 
 
 PLAN = ".pipeline.json"  # the pipeline a run folder last ran with (r1 status)
@@ -354,10 +375,21 @@ def read_plan(run_dir: Path) -> dict | None:
 
 def plan_of(pipeline: Pipeline) -> dict:
     """The plan of a loaded pipeline (as :func:`_record_plan` saves it)."""
-    return {"source": pipeline.source, "name": pipeline.config.name, "seed": pipeline.config.seed,
-            "steps": [{"name": s.name, "kind": s.config.kind, "inputs": s.config.inputs(),
-                       "config_hash": step_config_hash(s.config, pipeline.config.seed),
-                       "max_steps": getattr(s.config, "max_steps", None)} for s in pipeline.steps]}
+    return {
+        "source": pipeline.source,
+        "name": pipeline.config.name,
+        "seed": pipeline.config.seed,
+        "steps": [
+            {
+                "name": s.name,
+                "kind": s.config.kind,
+                "inputs": s.config.inputs(),
+                "config_hash": step_config_hash(s.config, pipeline.config.seed),
+                "max_steps": getattr(s.config, "max_steps", None),
+            }
+            for s in pipeline.steps
+        ],
+    }
 
 
 def _check_distributed_kinds(pipeline: Pipeline, selected: list[str]) -> None:
@@ -367,19 +399,29 @@ def _check_distributed_kinds(pipeline: Pipeline, selected: list[str]) -> None:
     it writes shared files from the main process only). The others (generate, eval) would
     have every rank sample the same prompts and write the same files.
     """
-    single = [f"{s.name} ({s.config.kind})" for s in pipeline.steps
-              if s.name in selected and not getattr(stages.get(s.config.kind), "DISTRIBUTED", False)]
+    single = [
+        f"{s.name} ({s.config.kind})"
+        for s in pipeline.steps
+        if s.name in selected and not getattr(stages.get(s.config.kind), "DISTRIBUTED", False)
+    ]
     if single:
         able = sorted(k for k in stages.kinds() if getattr(stages.get(k), "DISTRIBUTED", False))
         raise ConfigError(
             f"{pipeline.source}: launched with {distributed.world_size()} processes (WORLD_SIZE), but step(s) "
             f"{', '.join(single)} run in one process; under `accelerate launch` select only steps of kinds "
-            f"{', '.join(able)} (e.g. --only STEP) and run the others without the launcher")
+            f"{', '.join(able)} (e.g. --only STEP) and run the others without the launcher"
+        )
 
 
 def _record_from_manifest(step: Step, manifest: dict, status: str) -> StepRecord:
-    return StepRecord(step.name, step.config.kind, status, manifest.get("wall_time_s", 0.0),
-                      manifest.get("inputs", {}), manifest.get("result", {}))
+    return StepRecord(
+        step.name,
+        step.config.kind,
+        status,
+        manifest.get("wall_time_s", 0.0),
+        manifest.get("inputs", {}),
+        manifest.get("result", {}),
+    )
 
 
 # ----------------------------------------------------------------------------- signals and step processes
@@ -461,9 +503,16 @@ def _die_with_parent() -> None:
 def _save_error(work_dir: Path, err: BaseException | str) -> bool:
     """``.error.json`` in the partial folder: the error's type and message (read by the parent
     process and by ``r1 status``). Returns whether it was written (a full disk may refuse it)."""
-    record: dict[str, Any] = ({"type": "StallError", "message": err} if isinstance(err, str) else
-              {"type": type(err).__name__, "message": str(err), "interrupted": isinstance(err, KeyboardInterrupt),
-               "signum": getattr(err, "signum", None)})
+    record: dict[str, Any] = (
+        {"type": "StallError", "message": err}
+        if isinstance(err, str)
+        else {
+            "type": type(err).__name__,
+            "message": str(err),
+            "interrupted": isinstance(err, KeyboardInterrupt),
+            "signum": getattr(err, "signum", None),
+        }
+    )
     record["time"] = time.time()
     try:
         store.atomic_write_text(work_dir / store.ERROR, json.dumps(record))
@@ -478,8 +527,9 @@ def _watched_run(module, config: StageConfig, ctx: StepContext) -> StepResult:
         return module.run(config, ctx)
 
 
-def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step_names: list[str],
-           seed: int, work_dir: str) -> None:
+def _child(
+    kind: str, config_dict: dict, run: str, step: str, run_dir: str, step_names: list[str], seed: int, work_dir: str
+) -> None:
     """Entry of an isolated step's process: rebuild config and context, run, save the result
     (``.result.json``) or the error (``.error.json``; the exit code is :func:`exit_code`'s)."""
     _die_with_parent()
@@ -488,8 +538,14 @@ def _child(kind: str, config_dict: dict, run: str, step: str, run_dir: str, step
     try:
         module = stages.get(kind)
         config = module.Config.model_validate(config_dict)
-        ctx = StepContext(run=run, step=step, run_dir=Path(run_dir), work_dir=work,
-                          resolver=Resolver(Path(run_dir), set(step_names)), seed=seed)
+        ctx = StepContext(
+            run=run,
+            step=step,
+            run_dir=Path(run_dir),
+            work_dir=work,
+            resolver=Resolver(Path(run_dir), set(step_names)),
+            seed=seed,
+        )
         result = _watched_run(module, config, ctx)
         store.atomic_write_text(work / ".result.json", json.dumps(asdict(result), default=float))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, then the process ends
@@ -509,8 +565,18 @@ def _run_isolated(step: Step, ctx: StepContext) -> StepResult:
     result_file.unlink(missing_ok=True)
     (ctx.work_dir / store.ERROR).unlink(missing_ok=True)
     proc = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(step.config.kind, step.config.model_dump(mode="json"), ctx.run, ctx.step,
-                             str(ctx.run_dir), sorted(ctx.resolver.step_names), ctx.seed, str(ctx.work_dir)))
+        target=_child,
+        args=(
+            step.config.kind,
+            step.config.model_dump(mode="json"),
+            ctx.run,
+            ctx.step,
+            str(ctx.run_dir),
+            sorted(ctx.resolver.step_names),
+            ctx.seed,
+            str(ctx.work_dir),
+        ),
+    )
     proc.start()
     try:
         proc.join()
@@ -569,8 +635,16 @@ def progress_note(work_dir: Path) -> str:
     return "; ".join(parts)
 
 
-def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int, force: bool,
-             isolate: bool = False, keep_checkpoints: bool = False) -> StepRecord:
+def run_step(
+    step: Step,
+    run: str,
+    run_dir: Path,
+    resolver: Resolver,
+    seed: int,
+    force: bool,
+    isolate: bool = False,
+    keep_checkpoints: bool = False,
+) -> StepRecord:
     """Run one step unless its manifest already matches its config and inputs.
 
     Under a multi-process launch every rank calls this with the same arguments; rank 0 alone
@@ -629,8 +703,10 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
     except KeyboardInterrupt as err:
         note = progress_note(work)
         how = getattr(err, "signum", None)
-        console.print(f"[yellow]interrupted{f' ({signal.Signals(how).name})' if how else ''}: {step.name} kept its "
-                      f"partial work in {work}{f' ({note})' if note else ''}; rerun the same command to resume[/]")
+        console.print(
+            f"[yellow]interrupted{f' ({signal.Signals(how).name})' if how else ''}: {step.name} kept its "
+            f"partial work in {work}{f' ({note})' if note else ''}; rerun the same command to resume[/]"
+        )
         raise
     except Exception as err:
         note = progress_note(work)
@@ -640,23 +716,31 @@ def run_step(step: Step, run: str, run_dir: Path, resolver: Resolver, seed: int,
         raise
     wall = time.time() - started
     outputs = {**type(step.config).outputs, **result.outputs}  # declared by the stage (contract) + reported
-    result_dict = {"outputs": outputs, "counts": result.counts, "metrics": result.metrics,
-                   "summary": result.summary}
+    result_dict = {"outputs": outputs, "counts": result.counts, "metrics": result.metrics, "summary": result.summary}
     distributed.barrier()  # every rank has returned (and written its files) before rank 0 finalizes
     if main:
         missing = [f"{name} ({rel})" for name, rel in outputs.items() if not (work / rel).exists()]
         if missing:  # what the stage declares must exist before a manifest says the step is done
-            raise RuntimeError(f"step {step.name} ({step.config.kind}) finished without its output(s) "
-                               f"{', '.join(missing)} in {work}; partial work kept there")
+            raise RuntimeError(
+                f"step {step.name} ({step.config.kind}) finished without its output(s) "
+                f"{', '.join(missing)} in {work}; partial work kept there"
+            )
         checkpoints = work / "checkpoints"
         if checkpoints.is_dir() and not keep_checkpoints:
             shutil.rmtree(checkpoints)  # resume state; the step's outputs are complete without it
         manifest = {
-            "step": step.name, "kind": step.config.kind, "run": run,
-            "inputs": inputs, "config_hash": config_hash, "config": config_dict,
-            "output_hash": store.hash_tree(work), "result": result_dict,
-            "packages": store.package_versions(), "git_commit": store.git_commit(),
-            "started": started, "wall_time_s": round(wall, 2),
+            "step": step.name,
+            "kind": step.config.kind,
+            "run": run,
+            "inputs": inputs,
+            "config_hash": config_hash,
+            "config": config_dict,
+            "output_hash": store.hash_tree(work),
+            "result": result_dict,
+            "packages": store.package_versions(),
+            "git_commit": store.git_commit(),
+            "started": started,
+            "wall_time_s": round(wall, 2),
             "checkpoints": "kept" if checkpoints.is_dir() else "none",
             "precision": result.precision,  # dtype per role, chosen how (dtype: auto)
         }

@@ -44,8 +44,15 @@ def step_overrides(step: str, overrides: list[str]) -> list[str]:
     return [item if item.split("=", 1)[0].startswith(f"{step}.") else f"{step}.{item}" for item in overrides]
 
 
-def plan(pipeline_file: str, step: str, run: str | None = None, overrides: list[str] | None = None,
-         port: int = 8000, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9) -> dict[str, str]:
+def plan(
+    pipeline_file: str,
+    step: str,
+    run: str | None = None,
+    overrides: list[str] | None = None,
+    port: int = 8000,
+    tensor_parallel: int = 1,
+    gpu_memory_utilization: float = 0.9,
+) -> dict[str, str]:
     """The assignments (see the module docstring).
 
     Raises:
@@ -56,13 +63,18 @@ def plan(pipeline_file: str, step: str, run: str | None = None, overrides: list[
     chosen = pipeline.step(step)  # ConfigError naming the steps
     kind = chosen.config.kind
     if not getattr(stages.get(kind), "DISTRIBUTED", False):
-        raise ConfigError(f"step {step} is a `{kind}` step, which runs in one process; run it without the launcher: "
-                          f"r1 run {pipeline_file} --only {step}")
+        raise ConfigError(
+            f"step {step} is a `{kind}` step, which runs in one process; run it without the launcher: "
+            f"r1 run {pipeline_file} --only {step}"
+        )
     run = run or pipeline.config.run
     resolver = Resolver(store.runs_root() / run, {s.name for s in pipeline.steps})
     try:
-        model = {key: resolver.model(ref) for key, ref in chosen.config.inputs().items()
-                 if chosen.config.input_type(key) == "model"}
+        model = {
+            key: resolver.model(ref)
+            for key, ref in chosen.config.inputs().items()
+            if chosen.config.input_type(key) == "model"
+        }
         for key, ref in chosen.config.inputs().items():
             if chosen.config.input_type(key) == "dataset":
                 resolver.dataset(ref)
@@ -72,23 +84,45 @@ def plan(pipeline_file: str, step: str, run: str | None = None, overrides: list[
     mode = "none"
     if getattr(config, "use_vllm", False):  # a trainer that rolls out with vLLM (the grpo stage)
         mode = config.vllm_mode
-    out = {"KIND": kind, "STEP": step, "RUN": run, "MODE": mode, "MODEL": next(iter(model.values()), ""),
-           "SETS": " ".join(shlex.quote(w) for s in sets for w in ("--set", s))}
+    out = {
+        "KIND": kind,
+        "STEP": step,
+        "RUN": run,
+        "MODE": mode,
+        "MODEL": next(iter(model.values()), ""),
+        "SETS": " ".join(shlex.quote(w) for s in sets for w in ("--set", s)),
+    }
     if mode == "server":
-        out["SERVE"] = shlex.join(serve_command(out["MODEL"], port, tensor_parallel, gpu_memory_utilization,
-                                                config.max_prompt_length + config.max_completion_length,
-                                                precision.resolve(config.vllm_dtype).dtype))
+        out["SERVE"] = shlex.join(
+            serve_command(
+                out["MODEL"],
+                port,
+                tensor_parallel,
+                gpu_memory_utilization,
+                config.max_prompt_length + config.max_completion_length,
+                precision.resolve(config.vllm_dtype).dtype,
+            )
+        )
     return out
 
 
-def serve_command(model: str, port: int, tensor_parallel: int, gpu_memory_utilization: float, max_model_len: int,
-                  dtype: str) -> list[str]:
+def serve_command(
+    model: str, port: int, tensor_parallel: int, gpu_memory_utilization: float, max_model_len: int, dtype: str
+) -> list[str]:
     """TRL 1.16's vLLM server command line (the one ``trl vllm-serve`` prints as its replacement)."""
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
-    return build_command(ScriptArguments(model=model, host="0.0.0.0", port=port, tensor_parallel_size=tensor_parallel,
-                                         gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                                         dtype=dtype))
+    return build_command(
+        ScriptArguments(
+            model=model,
+            host="0.0.0.0",
+            port=port,
+            tensor_parallel_size=tensor_parallel,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            dtype=dtype,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     args = parser.parse_args(argv)
     try:
-        values = plan(args.pipeline, args.step, args.run, args.overrides, args.port, args.tp,
-                      args.gpu_memory_utilization)
+        values = plan(
+            args.pipeline, args.step, args.run, args.overrides, args.port, args.tp, args.gpu_memory_utilization
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

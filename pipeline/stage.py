@@ -274,12 +274,20 @@ def last_checkpoint(folder: Path) -> str | None:
     """
     if not folder.is_dir():
         return None
-    steps = [(int(m.group(1)), p) for p in folder.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-([0-9]+)", p.name))]
+    steps = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-([0-9]+)", p.name))
+    ]
     complete = [(n, p) for n, p in steps if _complete(p)]
     newest = max(complete) if complete else None
     incomplete = sorted(n for n, p in steps if newest is None or n > newest[0])
     if incomplete:
-        log.warning("%s: checkpoint(s) %s are incomplete (no readable %s): ignored; resuming from %s", folder,
-                    incomplete, _CHECKPOINT_COMPLETE, newest[1].name if newest else "the start")
+        log.warning(
+            "%s: checkpoint(s) %s are incomplete (no readable %s): ignored; resuming from %s",
+            folder,
+            incomplete,
+            _CHECKPOINT_COMPLETE,
+            newest[1].name if newest else "the start",
+        )
     return str(newest[1]) if newest else None

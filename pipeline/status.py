@@ -95,8 +95,15 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
     running_found = False
     for view in views:
         plan_step = planned.get(view.name, {})
-        entry: dict = {"name": view.name, "kind": view.kind, "status": "", "wall_time_s": None, "key_numbers": {},
-                       "progress": {}, "reason": ""}
+        entry: dict = {
+            "name": view.name,
+            "kind": view.kind,
+            "status": "",
+            "wall_time_s": None,
+            "key_numbers": {},
+            "progress": {},
+            "reason": "",
+        }
         if view.status == "not run":
             entry["status"] = "pending"
         elif view.status == "manifest unreadable":
@@ -128,8 +135,9 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
             if far.get("error"):
                 error = runner._read_error(partial)
                 how = f" by {error.get('message')}" if str(error.get("message", "")).startswith("SIG") else ""
-                entry["reason"] = (f"interrupted{how}; rerun to resume" if far.get("interrupted")
-                                   else "failed: " + far["error"])
+                entry["reason"] = (
+                    f"interrupted{how}; rerun to resume" if far.get("interrupted") else "failed: " + far["error"]
+                )
             elif not alive:
                 entry["reason"] = "stopped (killed or lost); rerun to resume"
             if view.status.startswith("done"):
@@ -137,8 +145,13 @@ def run_status(run_dir: Path, plan: dict | None = None) -> dict:
                     entry["reason"] + "; " if entry["reason"] else ""
                 ) + "an older finished version is kept"
         steps.append(entry)
-    return {"run": run_dir.name, "path": str(run_dir), "running": holder,
-            "pipeline": (plan or {}).get("source"), "steps": steps}
+    return {
+        "run": run_dir.name,
+        "path": str(run_dir),
+        "running": holder,
+        "pipeline": (plan or {}).get("source"),
+        "steps": steps,
+    }
 
 
 def bar(done: float, total: float, width: int = 20) -> Text:
@@ -169,8 +182,14 @@ def how_far(progress: dict, running: bool = True) -> str:
     return "; ".join(parts) or "no progress recorded"
 
 
-STYLE = {"done": "green", "running": "bold cyan", "partial": "yellow", "pending": "dim", "stale": "magenta",
-         "damaged": "red"}
+STYLE = {
+    "done": "green",
+    "running": "bold cyan",
+    "partial": "yellow",
+    "pending": "dim",
+    "stale": "magenta",
+    "damaged": "red",
+}
 
 
 def status_table(status: dict) -> Table:
@@ -193,8 +212,14 @@ def status_table(status: dict) -> Table:
         elif s["reason"]:
             cell = Text(s["reason"], style="magenta")
         numbers = ", ".join(f"{k}={fmt(v, 3) if isinstance(v, float) else v}" for k, v in s["key_numbers"].items())
-        table.add_row(s["name"], s["kind"], Text(s["status"], style=STYLE.get(s["status"], "")), cell,
-                      _duration(s["wall_time_s"]), numbers)
+        table.add_row(
+            s["name"],
+            s["kind"],
+            Text(s["status"], style=STYLE.get(s["status"], "")),
+            cell,
+            _duration(s["wall_time_s"]),
+            numbers,
+        )
     return table
 
 
@@ -214,8 +239,17 @@ def list_runs() -> list[dict]:
         for s in status["steps"]:
             counts[s["status"]] = counts.get(s["status"], 0) + 1
         changed = max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=0.0)
-        out.append({"run": name, "path": str(run_dir), "steps": len(status["steps"]), "counts": counts,
-                    "running": status["running"], "pipeline": status["pipeline"], "changed": changed})
+        out.append(
+            {
+                "run": name,
+                "path": str(run_dir),
+                "steps": len(status["steps"]),
+                "counts": counts,
+                "running": status["running"],
+                "pipeline": status["pipeline"],
+                "changed": changed,
+            }
+        )
     return out
 
 
@@ -226,6 +260,11 @@ def runs_table(runs: list[dict]) -> Table:
     for r in runs:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(r["counts"].items()))
         state = Text(f"running (pid {r['running'].get('pid')})", style="bold cyan") if r["running"] else Text("idle")
-        table.add_row(r["run"], f"{r['steps']}: {counts}", state,
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["changed"])), r["pipeline"] or "–")
+        table.add_row(
+            r["run"],
+            f"{r['steps']}: {counts}",
+            state,
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["changed"])),
+            r["pipeline"] or "–",
+        )
     return table

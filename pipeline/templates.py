@@ -40,17 +40,22 @@ def _after_assistant_turn(tokenizer) -> str | None:
     turn's content), or None when it cannot render the probe conversations. Probed with a turn
     that is followed by another (some templates close a turn only then) and, failing that, with
     a final one."""
-    for messages in ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE},
-                      {"role": "user", "content": "Bye"}],
-                     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]):
+    for messages in (
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": _PROBE},
+            {"role": "user", "content": "Bye"},
+        ],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}],
+    ):
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False)
         except Exception:  # noqa: BLE001 - a template that refuses this conversation: try the next one
             continue
         at = text.rfind(_PROBE)
         if at >= 0:
-            rest = text[at + len(_PROBE):]
-            return rest[:rest.find("Bye")] if len(messages) == 3 and "Bye" in rest else rest
+            rest = text[at + len(_PROBE) :]
+            return rest[: rest.find("Bye")] if len(messages) == 3 and "Bye" in rest else rest
     return None
 
 
@@ -87,9 +92,11 @@ def require_end_of_turn(tokenizer, model: str) -> str:
             (the message names ``model`` and what its template writes there).
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{model}: the tokenizer has no chat template, so chat prompts (messages) cannot be "
-                         "rendered; use prompts as text (`template: r1_zero`, for base models) or a model with "
-                         "a chat template")
+        raise ValueError(
+            f"{model}: the tokenizer has no chat template, so chat prompts (messages) cannot be "
+            "rendered; use prompts as text (`template: r1_zero`, for base models) or a model with "
+            "a chat template"
+        )
     eot = end_of_turn_token(tokenizer)
     if eot is None:
         rest = _after_assistant_turn(tokenizer)
@@ -97,7 +104,8 @@ def require_end_of_turn(tokenizer, model: str) -> str:
             f"{model}: cannot tell where an assistant turn ends: its chat template writes "
             f"{rest!r} after the turn, which starts with no special token, so generation would stop only "
             f"at the EOS {getattr(tokenizer, 'eos_token', None)!r} and run into the next turns; use prompts "
-            "as text (`template: r1_zero`) or a template that closes a turn with a special token")
+            "as text (`template: r1_zero`) or a template that closes a turn with a special token"
+        )
     return eot
 
 
@@ -173,7 +181,7 @@ def chatml_default_system(tokenizer) -> tuple[bool, str | None]:
         return True, None
     start, end = "<|im_start|>system\n", "<|im_end|>\n"
     if head.startswith(start) and head.endswith(end) and head.count("<|im_start|>") == 1:
-        return True, head[len(start): -len(end)]
+        return True, head[len(start) : -len(end)]
     return False, None
 
 

@@ -25,7 +25,7 @@ PHASES: dict[str, str] = {
     "data": "fetching and collating the step's batches (Trainer.get_batch_samples)",
     "weight_sync": "pushing the policy's weights into the vLLM engine (VLLMGeneration.sync_weights)",
     "generation": "rollouts: tokenizing prompts, sampling completions, decoding (GRPOTrainer._generate; distill: "
-                  "on-policy samples)",
+    "on-policy samples)",
     "reward": "scoring the completions with the reward functions (GRPOTrainer._calculate_rewards)",
     "old_logprobs": "no-grad log-prob pass of the policy over the rollouts (importance-sampling correction)",
     "ref_logprobs": "no-grad log-prob pass of the reference model (beta > 0)",
@@ -130,8 +130,16 @@ def ordered(names) -> list[str]:
     return known + [n for n in names if n not in PHASES and n != OTHER]
 
 
-def time_calls(obj: Any, attr: str, timer: PhaseTimer, phase: str | Callable[..., str], *,
-               phases: tuple[str, ...] = (), absorbing: bool = False, escape: bool = False) -> None:
+def time_calls(
+    obj: Any,
+    attr: str,
+    timer: PhaseTimer,
+    phase: str | Callable[..., str],
+    *,
+    phases: tuple[str, ...] = (),
+    absorbing: bool = False,
+    escape: bool = False,
+) -> None:
     """Time every call of ``obj.attr`` as ``phase`` (an instance attribute shadows the method).
 
     ``phase`` may be a function of the call's arguments returning the phase name (``phases``
@@ -143,8 +151,10 @@ def time_calls(obj: Any, attr: str, timer: PhaseTimer, phase: str | Callable[...
     """
     original = getattr(obj, attr, None)
     if original is None:
-        raise AttributeError(f"{type(obj).__name__} has no {attr}: this release of TRL/transformers is not the one "
-                             "the phase timers were written for (TRL 1.16, transformers 5)")
+        raise AttributeError(
+            f"{type(obj).__name__} has no {attr}: this release of TRL/transformers is not the one "
+            "the phase timers were written for (TRL 1.16, transformers 5)"
+        )
     timer.declare(*((phase,) if isinstance(phase, str) else phases))
 
     @functools.wraps(original)
@@ -202,8 +212,10 @@ def read_step_timings(path: Path) -> tuple[list[str], list[StepTiming]]:
     names = ordered(dict.fromkeys(n for n in seen if n != "step"))
     if any(n == OTHER for n in seen):
         names.append(OTHER)
-    steps = [StepTiming(line["step"], line["timing_s/step"], {p: line.get(f"timing_s/{p}", 0.0) for p in names})
-             for line in lines]
+    steps = [
+        StepTiming(line["step"], line["timing_s/step"], {p: line.get(f"timing_s/{p}", 0.0) for p in names})
+        for line in lines
+    ]
     return names, steps
 
 

@@ -84,8 +84,12 @@ TRACKER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "wandb": (("wandb",), "wandb==0.31.0"),
 }
 #: Old config keys and the TRL name that replaced them: an old config fails with the new name.
-RENAMED = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
-           "epochs": "num_train_epochs", "lr_scheduler": "lr_scheduler_type"}
+RENAMED = {
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "epochs": "num_train_epochs",
+    "lr_scheduler": "lr_scheduler_type",
+}
 
 
 class TrainerOptions(StrictModel):
@@ -191,8 +195,10 @@ def check_trackers(trackers: Sequence[str]) -> None:
     for name in trackers:
         modules, pin = TRACKER_PACKAGES[name]
         if not any(importlib.util.find_spec(m) for m in modules):
-            raise ConfigError(f"report_to: {name} needs the {modules[0]} package, which is not installed here: "
-                              f"pip install {pin} (or remove {name} from report_to)")
+            raise ConfigError(
+                f"report_to: {name} needs the {modules[0]} package, which is not installed here: "
+                f"pip install {pin} (or remove {name} from report_to)"
+            )
 
 
 def tracking_arguments(options: TrainerOptions, ctx: StepContext | None) -> dict[str, Any]:
@@ -217,12 +223,18 @@ def tracking_arguments(options: TrainerOptions, ctx: StepContext | None) -> dict
         os.environ["WANDB_DIR"] = str(folder / "wandb")
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_PROJECT", ctx.run)
-    return {"report_to": trackers or "none", "run_name": f"{ctx.run}/{ctx.step}", "project": ctx.run,
-            "trackio_space_id": None, "trackio_static_space_id": False}
+    return {
+        "report_to": trackers or "none",
+        "run_name": f"{ctx.run}/{ctx.step}",
+        "project": ctx.run,
+        "trackio_space_id": None,
+        "trackio_static_space_id": False,
+    }
 
 
-def trainer_arguments(options: TrainerOptions, output_dir: Path, dtype: str | None = None,
-                      ctx: StepContext | None = None) -> dict[str, Any]:
+def trainer_arguments(
+    options: TrainerOptions, output_dir: Path, dtype: str | None = None, ctx: StepContext | None = None
+) -> dict[str, Any]:
     """Keyword arguments of a TRL config (``SFTConfig``, ``GRPOConfig``, ``RewardConfig``, ...)
     that every trainer stage sets the same way; the stage adds its own (loss, data, optimizer).
 
@@ -447,8 +459,7 @@ def guard_checkpoint_space(trainer: Any) -> None:
 # ---------------------------------------------------------------------------- metrics
 
 
-def metrics_callback(ctx: StepContext, timer: PhaseTimer | None = None,
-                     extra: Callable[[], dict] | None = None) -> Any:
+def metrics_callback(ctx: StepContext, timer: PhaseTimer | None = None, extra: Callable[[], dict] | None = None) -> Any:
     """A ``TrainerCallback`` that appends every trainer log line to ``ctx.log_metrics`` (main
     process only) and keeps them in ``.history`` (every process).
 

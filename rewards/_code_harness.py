@@ -247,7 +247,7 @@ def _read_exactly(fd, n):
 def _send_blocking(fd, payload):
     data = memoryview(_HEADER.pack(len(payload)) + payload)
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 # -- the candidate process ----------------------------------------------------------------------
@@ -366,7 +366,7 @@ class Channel:
         while data:
             self._check_deadline()
             try:
-                data = data[os.write(self.request_fd, data):]
+                data = data[os.write(self.request_fd, data) :]
             except BlockingIOError:
                 self._wait(self.request_fd, select.POLLOUT)
             except OSError:  # EPIPE: the candidate exited
@@ -388,7 +388,7 @@ class Channel:
                     self._lose()
                 self._buffer += chunk
             piece = self._buffer[:n]
-            del self._buffer[:len(piece)]
+            del self._buffer[: len(piece)]
             if keep:
                 chunks.append(bytes(piece))
             n -= len(piece)
@@ -529,7 +529,7 @@ def judge(config_fd, request_fd, reply_fd, result_fd):
 def _send_all(fd, data):
     data = memoryview(data)
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def judge_server(channel_fd):
@@ -586,8 +586,6 @@ def judge_server(channel_fd):
                 os.close(pidfd)
         for fd in fds:
             os.close(fd)
-
-
 
 
 if __name__ == "__main__":

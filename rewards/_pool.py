@@ -161,7 +161,9 @@ class _Zygote:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rewards._worker", str(theirs.fileno()), str(memory_mb), *preload],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
             cwd=_PACKAGE_PARENT,  # `-m` puts the cwd first on sys.path: it must be where `rewards` is
         )
         theirs.close()
@@ -349,8 +351,9 @@ class WorkerPool:
                 self._discard(slot.worker)
         return results  # type: ignore[return-value]
 
-    def _dispatch(self, slots: dict[int, _Slot], pending: collections.deque, frames: list[bytes],
-                  warmup: str | None) -> None:
+    def _dispatch(
+        self, slots: dict[int, _Slot], pending: collections.deque, frames: list[bytes], warmup: str | None
+    ) -> None:
         """Give pending tasks to workers: first one to each worker available, then pipeline."""
         while pending:
             worker = self._checkout(block=not slots)
@@ -419,8 +422,11 @@ def default_workers(env: Any = None, cpus: int | None = None) -> int:
             cpus = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
-    ranks = 1 if env.get("ACCELERATE_CPU_AFFINITY") == "1" else \
-        int(env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
+    ranks = (
+        1
+        if env.get("ACCELERATE_CPU_AFFINITY") == "1"
+        else int(env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
+    )
     return max(1, cpus // max(1, ranks))
 
 
@@ -467,8 +473,14 @@ def get_pool() -> WorkerPool:
         return _pool
 
 
-def run_in_pool(fn_path: str, tasks: list[tuple | None], timeout: float, tally: Tally,
-                warmup: str | None = None, dedupe: bool = False) -> list[Any]:
+def run_in_pool(
+    fn_path: str,
+    tasks: list[tuple | None],
+    timeout: float,
+    tally: Tally,
+    warmup: str | None = None,
+    dedupe: bool = False,
+) -> list[Any]:
     """Run ``fn_path(*task)`` in the shared pool for each task that is not None (those give None).
 
     A timeout or a crashed task gives 0.0 and is counted in `tally`, once per task it stood for.

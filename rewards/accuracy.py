@@ -43,8 +43,14 @@ class Accuracy(Reward):
     [1.0, 1.0]
     """  # noqa: E501 - the first line is `r1 rewards list`'s one-line summary
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, code_timeout: float = 10.0, code_memory_mb: int = 1024,
-                 sandbox: str = "auto", dedupe: bool = True) -> None:
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        code_timeout: float = 10.0,
+        code_memory_mb: int = 1024,
+        sandbox: str = "auto",
+        dedupe: bool = True,
+    ) -> None:
         super().__init__()
         self.timeout = timeout
         self.dedupe = dedupe

@@ -95,8 +95,10 @@ def completion_text(completion: Any) -> str:
         if not completion:
             return ""
         if not isinstance(completion[-1], dict):
-            raise TypeError("a completion must be a string or a list of messages (dicts with 'content'), "
-                            f"not a list of {type(completion[-1]).__name__}")
+            raise TypeError(
+                "a completion must be a string or a list of messages (dicts with 'content'), "
+                f"not a list of {type(completion[-1]).__name__}"
+            )
         return _content_text(completion[-1].get("content"))
     raise TypeError(f"a completion must be a string or a list of messages, not {type(completion).__name__}")
 

@@ -79,8 +79,10 @@ def parse_params(items: list[str], names: list[str]) -> dict[str, dict[str, Any]
 def _messages_problem(field: str, value: list) -> str | None:
     for k, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("content", ""), (str, list, type(None))):
-            return (f"'{field}' is a list, so it must be a list of messages {{\"role\": ..., \"content\": ...}}; "
-                    f"item {k} is {json.dumps(message)[:80]}")
+            return (
+                f'\'{field}\' is a list, so it must be a list of messages {{"role": ..., "content": ...}}; '
+                f"item {k} is {json.dumps(message)[:80]}"
+            )
     return None
 
 
@@ -99,8 +101,11 @@ def row_problem(row: dict[str, Any]) -> str | None:
         if problem:
             return problem
     elif not isinstance(completion, str):
-        return "'completion' (a string or a list of messages) is missing" if completion is None else (
-            f"'completion' must be a string or a list of messages, got {type(completion).__name__}")
+        return (
+            "'completion' (a string or a list of messages) is missing"
+            if completion is None
+            else (f"'completion' must be a string or a list of messages, got {type(completion).__name__}")
+        )
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         problem = _messages_problem("prompt", prompt)

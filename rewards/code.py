@@ -165,7 +165,8 @@ class TestPlan:
 def _is_stub(node: ast.stmt) -> TypeGuard[ast.FunctionDef | ast.AsyncFunctionDef]:
     """A function the completion is to write: its body is only a docstring, ``pass`` or ``...``."""
     return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and all(
-        isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in node.body)
+        isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in node.body
+    )
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:
@@ -270,8 +271,18 @@ class RunResult:
 _bwrap_state: dict[str, Any] = {}
 _bwrap_lock = threading.Lock()
 _BWRAP_BASE = [
-    "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+    "--unshare-all",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
 ]
 
 
@@ -360,10 +371,12 @@ def _use_bwrap(sandbox: str) -> bool:
         raise RuntimeError(
             "sandbox='bwrap' but bubblewrap is missing or not permitted here (apt-get install bubblewrap)"
         )
-    _warn_once("no-bwrap",
-               "bubblewrap (bwrap) is not usable: generated code runs with rlimits and a seccomp filter only, "
-               "WITHOUT file-system, process or network isolation, so it can reach the test verdicts. "
-               "Install bubblewrap for real isolation.")
+    _warn_once(
+        "no-bwrap",
+        "bubblewrap (bwrap) is not usable: generated code runs with rlimits and a seccomp filter only, "
+        "WITHOUT file-system, process or network isolation, so it can reach the test verdicts. "
+        "Install bubblewrap for real isolation.",
+    )
     return False
 
 
@@ -379,9 +392,14 @@ def _site_paths() -> list[str]:
     return [p for p in site.getsitepackages() if os.path.isdir(p)]
 
 
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-        # one BLAS/OpenMP thread: faster imports, and thread buffers stay inside memory_mb
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    # one BLAS/OpenMP thread: faster imports, and thread buffers stay inside memory_mb
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def _command(
@@ -397,8 +415,20 @@ def _command(
             base = [*_BWRAP_BASE, *_hide_args(_answer_keys())]
         else:
             base = [a for a in _BWRAP_BASE if a != "--die-with-parent"]
-        cmd = [_bwrap_state["path"], *base, "--size", str(file_mb << 20), "--tmpfs", "/tmp",
-               *_interpreter_binds(), "--dir", "/tmp/work", "--chdir", "/tmp/work", "--clearenv"]
+        cmd = [
+            _bwrap_state["path"],
+            *base,
+            "--size",
+            str(file_mb << 20),
+            "--tmpfs",
+            "/tmp",
+            *_interpreter_binds(),
+            "--dir",
+            "/tmp/work",
+            "--chdir",
+            "/tmp/work",
+            "--clearenv",
+        ]
         for key, value in {**env, "HOME": "/tmp/work"}.items():
             cmd += ["--setenv", key, value]
         return [*cmd, *python], None, env
@@ -423,8 +453,16 @@ class _JudgeServer:
         cmd, cwd, env = _command(["judge-server", str(theirs.fileno())], _JUDGE_TMP_MB, use_bwrap, candidate=False)
         self.workdir = cwd
         try:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=self.stderr, pass_fds=[theirs.fileno()], start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=self.stderr,
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,
+            )
         finally:
             theirs.close()
         self.sock = ours
@@ -513,7 +551,7 @@ def _write_all(fd: int, data: bytes, deadline: float) -> None:
             if not _wait_writable(fd, deadline - time.monotonic()):
                 continue
             try:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             except BlockingIOError:
                 continue
     except OSError:
@@ -554,12 +592,22 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
     total = max(task.n_asserts, 1)
     plan = task.plan
     box = {"memory_bytes": limits.memory_mb << 20, "file_bytes": limits.file_mb << 20, "nproc": limits.nproc}
-    candidate_config = {"program": task.program, "paths": _site_paths(),
-                        "limits": {**box, "cpu_seconds": limits.cpu_seconds or math.ceil(limits.timeout)}}
-    judge_config = {"prelude": plan.prelude, "tests": plan.tests, "entry_point": task.entry_point,
-                    "n_asserts": plan.n_asserts, "candidate_names": list(plan.candidate_names),
-                    "timeout": limits.timeout, "grace": JUDGE_GRACE, "max_value_bytes": MAX_VALUE_BYTES,
-                    "limits": {**box, "cpu_seconds": math.ceil(limits.timeout + JUDGE_GRACE)}}
+    candidate_config = {
+        "program": task.program,
+        "paths": _site_paths(),
+        "limits": {**box, "cpu_seconds": limits.cpu_seconds or math.ceil(limits.timeout)},
+    }
+    judge_config = {
+        "prelude": plan.prelude,
+        "tests": plan.tests,
+        "entry_point": task.entry_point,
+        "n_asserts": plan.n_asserts,
+        "candidate_names": list(plan.candidate_names),
+        "timeout": limits.timeout,
+        "grace": JUDGE_GRACE,
+        "max_value_bytes": MAX_VALUE_BYTES,
+        "limits": {**box, "cpu_seconds": math.ceil(limits.timeout + JUDGE_GRACE)},
+    }
     try:
         server = _judge_server(use_bwrap)
     except OSError as exc:
@@ -576,11 +624,19 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
     with tempfile.TemporaryFile() as stderr:
         try:
             try:
-                cmd, workdir, env = _command(["candidate", str(request_r), str(reply_w)], limits.file_mb, use_bwrap,
-                                             candidate=True)
-                candidate = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=(request_r, reply_w),
-                                             start_new_session=True)
+                cmd, workdir, env = _command(
+                    ["candidate", str(request_r), str(reply_w)], limits.file_mb, use_bwrap, candidate=True
+                )
+                candidate = subprocess.Popen(
+                    cmd,
+                    cwd=workdir,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    pass_fds=(request_r, reply_w),
+                    start_new_session=True,
+                )
                 server.submit(token, (config_r, request_w, reply_r, result_w))
                 submitted = True
             except OSError:
@@ -594,8 +650,9 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
             config_w = -1
             if candidate is not None:
                 assert candidate.stdin is not None  # stdin=PIPE
-                _write_all(candidate.stdin.fileno(),
-                           json.dumps(candidate_config).encode("utf-8", "surrogatepass"), deadline)
+                _write_all(
+                    candidate.stdin.fileno(), json.dumps(candidate_config).encode("utf-8", "surrogatepass"), deadline
+                )
                 candidate.stdin.close()
             if submitted:
                 output, timed_out = _read_until(result_r, deadline)
@@ -617,8 +674,11 @@ def _run_once(task: CodeTask, limits: Limits, use_bwrap: bool, started: float) -
                 return RunResult(0, total, "timeout", seconds), ""
             stderr.seek(0)
             text = stderr.read(2000).decode("utf-8", "replace").strip()
-            what = ("the judge reported nothing (judge server: " + server.diagnostics() + ")" if report is None
-                    else "the program's sandbox did not start")
+            what = (
+                "the judge reported nothing (judge server: " + server.diagnostics() + ")"
+                if report is None
+                else "the program's sandbox did not start"
+            )
             return RunResult(0, total, "error", seconds), f"{what}: {text or 'no stderr'}"
     passed = min(int(report.get("passed", 0)), total)
     status: Literal["unsupported", "timeout", "ok"] = (
@@ -649,7 +709,7 @@ def _parse_report(output: bytes) -> dict[str, Any] | None:
     for line in output.decode("utf-8", "replace").splitlines():
         if line.startswith("result "):
             try:
-                report = json.loads(line[len("result "):])
+                report = json.loads(line[len("result ") :])
             except ValueError:
                 return None
             return report if isinstance(report, dict) else None
@@ -720,8 +780,9 @@ def code_task(prompt: str, completion: str, verification: dict[str, Any]) -> Cod
     return CodeTask(program, plan, entry_point)
 
 
-def run_code_batch(tasks: list[CodeTask | float | None], limits: Limits, sandbox: str, workers: int,
-                   binary: bool, tally: Tally) -> list[float | None]:
+def run_code_batch(
+    tasks: list[CodeTask | float | None], limits: Limits, sandbox: str, workers: int, binary: bool, tally: Tally
+) -> list[float | None]:
     """Score many rows: sandboxes run `workers` at a time (threads waiting on subprocesses).
 
     A run whose sandbox failed gives None and counts an error; unsupported tests give None
@@ -741,8 +802,11 @@ def run_code_batch(tasks: list[CodeTask | float | None], limits: Limits, sandbox
                 tally.errors += 1
                 continue  # None: the sandbox failed, the program was not judged
             if result.status == "unsupported":
-                _warn_once("unsupported-value", "code tests passed the function a value that is not plain data "
-                           "(e.g. a lambda); such rows score None")
+                _warn_once(
+                    "unsupported-value",
+                    "code tests passed the function a value that is not plain data "
+                    "(e.g. a lambda); such rows score None",
+                )
                 continue
             tally.timeouts += result.status == "timeout"
             fraction = result.passed / result.total
@@ -753,8 +817,9 @@ def run_code_batch(tasks: list[CodeTask | float | None], limits: Limits, sandbox
 class _CodeReward(Reward):
     binary = False
 
-    def __init__(self, timeout: float = 10.0, memory_mb: int = 1024, sandbox: str = "auto",
-                 workers: int | None = None) -> None:
+    def __init__(
+        self, timeout: float = 10.0, memory_mb: int = 1024, sandbox: str = "auto", workers: int | None = None
+    ) -> None:
         super().__init__()
         if sandbox not in ("auto", "bwrap", "none"):
             raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'none', got {sandbox!r}")

@@ -90,7 +90,7 @@ class TagCount(_Layout):
             t_open >= 0 and not text[:t_open].strip(),
             t_close >= 0 and t_close > t_open,
             a_open >= 0 and a_open > max(t_close, t_open),
-            a_close >= 0 and a_close > a_open and not text[a_close + len(ANSWER_CLOSE):].strip(),
+            a_close >= 0 and a_close > a_open and not text[a_close + len(ANSWER_CLOSE) :].strip(),
         ]
         return 0.25 * sum(placed)
 

@@ -35,8 +35,10 @@ def completion_lengths(batch: Batch, tokenizer: str | None = None, reward: str =
         if not missing:
             return [len(x) for x in ids]
         if missing < len(ids):
-            raise ValueError(f"reward {reward!r}: completion_ids given for {len(ids) - missing} of {len(ids)} rows: "
-                             "give them for every row or none (lengths would mix tokens with characters)")
+            raise ValueError(
+                f"reward {reward!r}: completion_ids given for {len(ids) - missing} of {len(ids)} rows: "
+                "give them for every row or none (lengths would mix tokens with characters)"
+            )
     if tokenizer:
         with _tokenizer_lock:
             if tokenizer not in _tokenizers:
@@ -48,8 +50,15 @@ def completion_lengths(batch: Batch, tokenizer: str | None = None, reward: str =
     return [len(text) for text in batch.completions]
 
 
-def cosine_scaled(correct: bool, length: int, max_len: int, min_value_wrong: float, max_value_wrong: float,
-                  min_value_correct: float, max_value_correct: float) -> float:
+def cosine_scaled(
+    correct: bool,
+    length: int,
+    max_len: int,
+    min_value_wrong: float,
+    max_value_wrong: float,
+    min_value_correct: float,
+    max_value_correct: float,
+) -> float:
     """Cosine length-scaled reward of Yeo et al. 2025, "Demystifying Long Chain-of-Thought
     Reasoning in LLMs" (arXiv:2502.03373), as implemented in open-r1 (`get_cosine_scaled_reward`),
     with its default values.
@@ -84,9 +93,16 @@ class CosineLength(Reward):
     [0.75, -0.75]
     """
 
-    def __init__(self, max_len: int = 1000, min_value_wrong: float = -1.0, max_value_wrong: float = -0.5,
-                 min_value_correct: float = 0.5, max_value_correct: float = 1.0, tokenizer: str | None = None,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        max_len: int = 1000,
+        min_value_wrong: float = -1.0,
+        max_value_wrong: float = -0.5,
+        min_value_correct: float = 0.5,
+        max_value_correct: float = 1.0,
+        tokenizer: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
         super().__init__()
         if max_len <= 0:
             raise ValueError(f"max_len must be > 0, got {max_len}")
@@ -100,9 +116,16 @@ class CosineLength(Reward):
         accuracy = self._accuracy.score_batch(batch, tally)
         lengths = completion_lengths(batch, self.tokenizer, self.__name__)
         return [
-            None if acc is None else cosine_scaled(
-                acc >= 1.0, n, self.max_len, self.min_value_wrong, self.max_value_wrong,
-                self.min_value_correct, self.max_value_correct,
+            None
+            if acc is None
+            else cosine_scaled(
+                acc >= 1.0,
+                n,
+                self.max_len,
+                self.min_value_wrong,
+                self.max_value_wrong,
+                self.min_value_correct,
+                self.max_value_correct,
             )
             for acc, n in zip(accuracy, lengths)
         ]
@@ -206,4 +229,3 @@ class KimiLength(Reward):
         lengths = completion_lengths(batch, self.tokenizer, self.__name__)
         groups = [prompt if row_id is None else row_id for row_id, prompt in zip(batch.column("id"), batch.prompts)]
         return kimi_length(lengths, [None if a is None else a >= 1.0 for a in accuracy], groups)
-

@@ -76,7 +76,7 @@ def _strip_markup(text: str) -> str:
     text = text.strip().replace("**", "").replace("__", "").strip("` \n\t")
     for left, right in _DELIMITERS:
         if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
-            text = text[len(left): -len(right)].strip()
+            text = text[len(left) : -len(right)].strip()
             break
     return text.rstrip(".").strip()
 
@@ -117,7 +117,7 @@ def answer_candidate(text: str) -> str | None:
         body = box.strip()
     else:
         marker = text.rfind("####")
-        body = text[marker + 4:].split("\n", 1)[0] if marker >= 0 else text
+        body = text[marker + 4 :].split("\n", 1)[0] if marker >= 0 else text
         body = _strip_markup(body)
     if not body or _MALFORMED.search(body):
         return None

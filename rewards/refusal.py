@@ -39,12 +39,16 @@ from rewards.text import THINK_OPEN, answer_region
 WINDOW = 300
 
 # Stems: "writ" matches write / writing / written.
-_DECLINE_VERBS = (r"(?:(?:help|assist|provid|comply|fulfil|answer|support|creat|writ|generat|giv|shar|engag|"
-                  r"participat|offer|produc|complet|continu|discuss|explain|tell|describ|recommend)[a-z]*|"
-                  r"do (?:that|this|so)|with (?:that|this|your)|that request|this request|your request)")
-_I_CANNOT = (r"i(?: cannot| can ?not| can't| won't| will not| must decline| must refuse| refuse to|"
-             r" do not feel comfortable| don't feel comfortable|"
-             r"(?: am|'m) (?:not able to|unable to|not going to|not allowed to|not permitted to|not comfortable))")
+_DECLINE_VERBS = (
+    r"(?:(?:help|assist|provid|comply|fulfil|answer|support|creat|writ|generat|giv|shar|engag|"
+    r"participat|offer|produc|complet|continu|discuss|explain|tell|describ|recommend)[a-z]*|"
+    r"do (?:that|this|so)|with (?:that|this|your)|that request|this request|your request)"
+)
+_I_CANNOT = (
+    r"i(?: cannot| can ?not| can't| won't| will not| must decline| must refuse| refuse to|"
+    r" do not feel comfortable| don't feel comfortable|"
+    r"(?: am|'m) (?:not able to|unable to|not going to|not allowed to|not permitted to|not comfortable))"
+)
 
 #: The refusal phrases (lower-case, straight apostrophes, single spaces); see the module docstring.
 REFUSAL_PATTERNS: tuple[str, ...] = (
@@ -121,5 +125,7 @@ class Refusal(Reward):
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         domains = batch.column("domain")
-        return [None if self.domains and domain not in self.domains else float(is_refusal(text, self.window))
-                for text, domain in zip(batch.completions, domains)]
+        return [
+            None if self.domains and domain not in self.domains else float(is_refusal(text, self.window))
+            for text, domain in zip(batch.completions, domains)
+        ]

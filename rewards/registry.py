@@ -103,11 +103,7 @@ def check_params(name: str, factory: Callable, params: dict[str, Any]) -> None:
 
 def _parameters(factory: Callable) -> dict[str, inspect.Parameter]:
     signature = inspect.signature(factory)
-    return {
-        p.name: p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return {p.name: p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def log_name(name: str, params: dict[str, Any]) -> str:
@@ -137,8 +133,9 @@ def model_references(name: str, params: dict[str, Any]) -> dict[str, str]:
     return {p: params[p] for p in fields if isinstance(params.get(p), str) and params[p]}
 
 
-def with_resolved_models(name: str, params: dict[str, Any], resolve: Callable[[str], str],
-                         resolve_dtype: Callable[[str], str] | None = None) -> dict[str, Any]:
+def with_resolved_models(
+    name: str, params: dict[str, Any], resolve: Callable[[str], str], resolve_dtype: Callable[[str], str] | None = None
+) -> dict[str, Any]:
     """`params` with each model reference (`model_references`) replaced by `resolve(ref)` and,
     with `resolve_dtype`, each dtype choice of the factory's `dtype_params` (its default when
     unset, e.g. `auto`) replaced by `resolve_dtype(choice)`. The rewards import nothing else of

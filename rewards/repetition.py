@@ -22,7 +22,7 @@ def repetition_penalty(text: str, ngram: int = 3, max_penalty: float = -1.0) -> 
     words = text.lower().split()
     if len(words) < ngram:
         return 0.0
-    ngrams = [tuple(words[i:i + ngram]) for i in range(len(words) - ngram + 1)]
+    ngrams = [tuple(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
     return max_penalty * (1.0 - len(set(ngrams)) / len(ngrams)) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 

@@ -58,6 +58,10 @@ with an address-space limit, to kill hung math or code checks, and a model load 
 cost seconds. The reward object itself pickles (parameters only; the model is looked up in a
 per-process cache) and works from threads and from forked or spawned processes, each of which
 loads its own copy once (``tests/rewards/test_reward_contract.py``).
+
+Why one file: the reward, its two scoring backends and the input encoding they share form one
+protocol (what text a reward model sees, how it is calibrated, how it is served); splitting
+them would put the scope and calibration rules in two places that must agree.
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ def conversation(prompt: Any, response: str, scope: str) -> list[dict[str, str]]
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
         if last_user is None:
             raise ValueError("a reward-model prompt needs a user message")
-        messages = messages[:last_user + 1]
+        messages = messages[: last_user + 1]
     return messages + [{"role": "assistant", "content": scoped_response(response, scope)}]
 
 
@@ -202,16 +206,20 @@ class LocalScorer:
         self.dtype = weights_dtype(dtype)
         architectures = read_config(path).get("architectures") or []
         if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
-            raise ValueError(f"{path} is a {', '.join(architectures)}, not a reward model (a *ForSequenceClassification "
-                             "with one label); train one with the reward_model stage")
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=getattr(torch, self.dtype)).eval()
+            raise ValueError(
+                f"{path} is a {', '.join(architectures)}, not a reward model (a *ForSequenceClassification "
+                "with one label); train one with the reward_model stage"
+            )
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, self.dtype)).eval()
         if self.model.config.num_labels != 1:
-            raise ValueError(f"{path}: a reward model has one output (num_labels=1), this one has "
-                             f"{self.model.config.num_labels}")
+            raise ValueError(
+                f"{path}: a reward model has one output (num_labels=1), this one has {self.model.config.num_labels}"
+            )
         if self.model.config.pad_token_id is None:
-            raise ValueError(f"{path}: config.pad_token_id is not set; a sequence classifier needs it to find "
-                             "the last token (the reward_model stage sets it)")
+            raise ValueError(
+                f"{path}: config.pad_token_id is not set; a sequence classifier needs it to find "
+                "the last token (the reward_model stage sets it)"
+            )
         self.pad_id = self.model.config.pad_token_id
         self.device = torch.device("cpu")
 
@@ -223,13 +231,13 @@ class LocalScorer:
         out: list[float] = [0.0] * len(ids)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                part = order[start:start + batch_size]
+                part = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in part)
                 input_ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(part), width), dtype=torch.long)
                 for row, i in enumerate(part):
-                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, :len(ids[i])] = 1
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float()
                 for row, i in enumerate(part):
                     out[i] = float(logits[row])
@@ -252,15 +260,17 @@ class ServerScorer:
     def score(self, ids: list[list[int]], batch_size: int) -> list[float]:
         out: list[float] = []
         for start in range(0, len(ids), batch_size):
-            part = ids[start:start + batch_size]
+            part = ids[start : start + batch_size]
             body = {"input": part, "use_activation": False}
             if self.served_model:
                 body["model"] = self.served_model
             data = self._post("/classify", body)
             items = sorted(data.get("data", []), key=lambda d: d["index"])
             if len(items) != len(part) or any(len(d.get("probs", [])) != 1 for d in items):
-                raise RewardServerError(f"reward-model server {self.url}: expected {len(part)} scores of one value "
-                                        f"each from /classify, got {json.dumps(data)[:200]}")
+                raise RewardServerError(
+                    f"reward-model server {self.url}: expected {len(part)} scores of one value "
+                    f"each from /classify, got {json.dumps(data)[:200]}"
+                )
             out += [float(d["probs"][0]) for d in items]
         return out
 
@@ -268,8 +278,9 @@ class ServerScorer:
         import urllib.error
         import urllib.request
 
-        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + route, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         key = os.environ.get("R1_SERVER_API_KEY")
         if key:
             request.add_header("Authorization", f"Bearer {key}")
@@ -278,11 +289,14 @@ class ServerScorer:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:300]
-            raise RewardServerError(f"reward-model server {self.url} answered HTTP {err.code} to POST {route}: "
-                                    f"{detail}") from None
+            raise RewardServerError(
+                f"reward-model server {self.url} answered HTTP {err.code} to POST {route}: {detail}"
+            ) from None
         except (urllib.error.URLError, OSError) as err:
-            raise RewardServerError(f"reward-model server {self.url} is unreachable ({getattr(err, 'reason', err)}); "
-                                    "start it (docs/reward_models.md) or fix server_url") from None
+            raise RewardServerError(
+                f"reward-model server {self.url} is unreachable ({getattr(err, 'reason', err)}); "
+                "start it (docs/reward_models.md) or fix server_url"
+            ) from None
 
 
 _CACHE: dict[tuple, tuple[Any, Any]] = {}  # (pid, path, dtype) -> (LocalScorer, tokenizer)
@@ -339,7 +353,8 @@ class ModelRewardStats(RewardStats):
 
 @register("reward_model")
 class RewardModelReward(Reward):
-    """A reward model's score (one-logit sequence classifier) of the answer or the whole response; None outside `domains`.
+    """A reward model's score (one-logit sequence classifier) of the answer or the whole
+    response; None outside `domains`.
 
     Parameters: ``model`` (folder or hub id; in a pipeline also a step name or alias, resolved by
     the stage); ``scope`` ``answer`` (text after the reasoning block) or ``full``; ``domains``
@@ -366,13 +381,27 @@ class RewardModelReward(Reward):
     #: not the rendered prompt text (``stages.common.scoring.with_rendered_prompts``).
     reads_messages: ClassVar[bool] = True
 
-    def __init__(self, model: str, scope: str = "answer", domains: list[str] | tuple[str, ...] = ("general",),
-                 normalize: str = "calibrated", backend: str = "local", server_url: str | None = None,
-                 server_model: str | None = None, request_timeout: float = 120.0, batch_size: int = 16,
-                 max_length: int = 1024, dtype: str = "auto", label: str = "") -> None:
+    def __init__(
+        self,
+        model: str,
+        scope: str = "answer",
+        domains: list[str] | tuple[str, ...] = ("general",),
+        normalize: str = "calibrated",
+        backend: str = "local",
+        server_url: str | None = None,
+        server_model: str | None = None,
+        request_timeout: float = 120.0,
+        batch_size: int = 16,
+        max_length: int = 1024,
+        dtype: str = "auto",
+        label: str = "",
+    ) -> None:
         super().__init__()
-        for key, value, valid in (("scope", scope, SCOPES), ("normalize", normalize, NORMALIZE),
-                                  ("backend", backend, BACKENDS)):
+        for key, value, valid in (
+            ("scope", scope, SCOPES),
+            ("normalize", normalize, NORMALIZE),
+            ("backend", backend, BACKENDS),
+        ):
             if value not in valid:
                 raise ValueError(f"reward_model: {key} {value!r}; valid values: {', '.join(valid)}")
         if backend == "server" and not server_url:
@@ -395,7 +424,7 @@ class RewardModelReward(Reward):
         self.dtype = dtype
         self.label = label
         self.__name__ = self.log_name({"label": label})
-        self.stats = ModelRewardStats()
+        self.stats: ModelRewardStats = ModelRewardStats()  # adds `seconds`
 
     @classmethod
     def log_name(cls, params: dict[str, Any]) -> str:
@@ -410,8 +439,10 @@ class RewardModelReward(Reward):
         calibration = read_info(path).get("calibration") or {}
         mean, std = calibration.get("mean"), calibration.get("std")
         if not isinstance(mean, (int, float)) or not isinstance(std, (int, float)) or std <= 0:
-            raise ValueError(f"reward_model: {path} has no calibration ({INFO_FILE} with calibration.mean and a "
-                             "positive calibration.std, written by the reward_model stage); use normalize: none")
+            raise ValueError(
+                f"reward_model: {path} has no calibration ({INFO_FILE} with calibration.mean and a "
+                "positive calibration.std, written by the reward_model stage); use normalize: none"
+            )
         return float(mean), float(std)
 
     def raw_scores(self, prompts: list[Any], responses: list[str]) -> list[float]:
@@ -424,7 +455,9 @@ class RewardModelReward(Reward):
 
     def __call__(self, prompts, completions, **columns):
         # The base class reduces prompts to text; the reward model needs the messages.
-        return super().__call__(prompts, completions, **columns, _raw_prompts=list(prompts or [None] * len(completions)))
+        return super().__call__(
+            prompts, completions, **columns, _raw_prompts=list(prompts or [None] * len(completions))
+        )
 
     def score_batch(self, batch: Batch, tally: Tally) -> list[float | None]:
         domains = batch.column("domain")

@@ -51,7 +51,7 @@ def answer_region(completion: str, think_open: bool = False) -> str | None:
     """
     close = completion.rfind(THINK_CLOSE)
     if close >= 0:
-        region = completion[close + len(THINK_CLOSE):]
+        region = completion[close + len(THINK_CLOSE) :]
     elif think_open or THINK_OPEN in completion:
         return None
     else:
@@ -59,7 +59,7 @@ def answer_region(completion: str, think_open: bool = False) -> str | None:
     start = region.rfind(ANSWER_OPEN)
     if start < 0:
         return region
-    body = region[start + len(ANSWER_OPEN):]
+    body = region[start + len(ANSWER_OPEN) :]
     end = body.find(ANSWER_CLOSE)
     return body if end < 0 else body[:end]
 
@@ -113,8 +113,8 @@ def last_boxed(text: str) -> str | None:
             return found
         end = _closing_brace(text, match.end())
         if end is None:
-            return Malformed(text[match.end():])
-        found = text[match.end():end]
+            return Malformed(text[match.end() :])
+        found = text[match.end() : end]
         pos = end + 1
 
 
@@ -157,7 +157,7 @@ def last_code_block(text: str, languages: tuple[str, ...] = ("python", "py", "py
         if match is None:
             return found
         end = text.find("```", match.end())
-        body = text[match.end():] if end < 0 else text[match.end():end]
+        body = text[match.end() :] if end < 0 else text[match.end() : end]
         if match.group(1).lower() in languages:
             found = body
         if end < 0:

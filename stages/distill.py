@@ -92,8 +92,13 @@ TERMS = ("sft", "logits", "features")
 # Runs under `accelerate launch` with several processes, like sft (whose training code it uses):
 # every rank derives the same student from the teacher, then trains its share of each batch.
 DISTRIBUTED = True
-REPORT = StageReport(panels=(*TRAINER_PANELS, Panel("loss terms (unweighted)", pattern="term/*"),
-                             Panel("on-policy share of batches", ("on_policy",), optional=True)))
+REPORT = StageReport(
+    panels=(
+        *TRAINER_PANELS,
+        Panel("loss terms (unweighted)", pattern="term/*"),
+        Panel("on-policy share of batches", ("on_policy",), optional=True),
+    )
+)
 
 
 # ---------------------------------------------------------------------------- config
@@ -188,11 +193,13 @@ class Config(TrainingFields):
 
     @model_validator(mode="after")
     def _check_student(self):
-        derived_only = [k for k in ("student_layers", "student_size", "student_heads", "prune")
-                        if k in self.model_fields_set]
+        derived_only = [
+            k for k in ("student_layers", "student_size", "student_heads", "prune") if k in self.model_fields_set
+        ]
         if self.student != DERIVED and derived_only:
-            raise ValueError(f"{', '.join(derived_only)} appl{'ies' if len(derived_only) == 1 else 'y'} only to "
-                             "student: derived")
+            raise ValueError(
+                f"{', '.join(derived_only)} appl{'ies' if len(derived_only) == 1 else 'y'} only to student: derived"
+            )
         if self.student_layers is not None and self.student_size is not None:
             raise ValueError("set student_layers or student_size, not both")
         if self.prune == "width":
@@ -204,15 +211,21 @@ class Config(TrainingFields):
             raise ValueError("student_heads applies to prune: width")
         features = self.loss.features
         if features is not None and features.layer_map is None and self.student != DERIVED:
-            raise ValueError("loss.features.layer_map: required when the student is a model reference (a derived "
-                             "student's map is the layers it was cut from); give {student_layer: teacher_layer, ...}")
+            raise ValueError(
+                "loss.features.layer_map: required when the student is a model reference (a derived "
+                "student's map is the layers it was cut from); give {student_layer: teacher_layer, ...}"
+            )
         logits = self.loss.logits
         if logits is not None and logits.top_k is None and self.teacher_logits == "cached":
-            raise ValueError("loss.logits.top_k: teacher_logits: cached stores the teacher's top-k log-probabilities; "
-                             "set top_k, or teacher_logits: live for the whole vocabulary")
+            raise ValueError(
+                "loss.logits.top_k: teacher_logits: cached stores the teacher's top-k log-probabilities; "
+                "set top_k, or teacher_logits: live for the whole vocabulary"
+            )
         if self.on_policy.fraction > 0 and logits is None and features is None:
-            raise ValueError("on_policy.fraction > 0 needs a logits or features term (the teacher scores the "
-                             "student's samples; sft is skipped on them)")
+            raise ValueError(
+                "on_policy.fraction > 0 needs a logits or features term (the teacher scores the "
+                "student's samples; sft is skipped on them)"
+            )
         return self
 
     def inputs(self) -> dict[str, str]:
@@ -261,8 +274,12 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         model, student_tokenizer = sft.load_model(ctx.resolve_model(config.student))
         if teacher is not None:
             check_same_vocabulary(tokenizer, student_tokenizer, config)
-        student = Student(model, student_tokenizer, config.loss.features.layer_map if config.loss.features else None,
-                          f"student {config.student}")
+        student = Student(
+            model,
+            student_tokenizer,
+            config.loss.features.layer_map if config.loss.features else None,
+            f"student {config.student}",
+        )
     if config.loss.features is not None:
         assert teacher is not None  # a features term needs the teacher's weights (needs_teacher_model)
         check_layer_map(student.layer_map, student.model.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -276,13 +293,21 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     made: list = []
 
     def make_trainer(**kwargs):
-        made.append(DistillTrainer(teacher=teacher, config=config, ctx=ctx, layer_map=student.layer_map,
-                                   timer=timer, **kwargs))
+        made.append(
+            DistillTrainer(teacher=teacher, config=config, ctx=ctx, layer_map=student.layer_map, timer=timer, **kwargs)
+        )
         return made[-1]
 
     try:
-        result = sft.train(student.model, student.tokenizer, config, ctx, summary_prefix=f"distill into "
-                           f"{student.description}", trainer_class=make_trainer, timer=timer)
+        result = sft.train(
+            student.model,
+            student.tokenizer,
+            config,
+            ctx,
+            summary_prefix=f"distill into {student.description}",
+            trainer_class=make_trainer,
+            timer=timer,
+        )
     finally:
         for trainer in made:
             trainer.close()
@@ -314,9 +339,13 @@ def derive(config: Config, teacher, tokenizer, ctx: StepContext) -> Student:
             n = config.student_layers or max(1, round(n_teacher / 3))
         keep = layer_indices(n_teacher, n)
         model = derive_by_depth(teacher, keep)
-        return Student(model, tokenizer, {j: i for j, i in enumerate(keep)},
-                       f"{len(keep)}-layer student of {config.teacher} (teacher layers {keep})",
-                       {"teacher_layers_kept": keep})
+        return Student(
+            model,
+            tokenizer,
+            {j: i for j, i in enumerate(keep)},
+            f"{len(keep)}-layer student of {config.teacher} (teacher layers {keep})",
+            {"teacher_layers_kept": keep},
+        )
     assert config.student_size is not None  # prune: width requires it (Config validator)
     plan = pruning.width_plan(teacher.config, config.student_size, config.student_heads)
     batches = calibration_batches(config, ctx, tokenizer)
@@ -353,11 +382,13 @@ def calibration_batches(config: Config, ctx: StepContext, tokenizer, batch_size:
 
     rows = load_messages(ctx.resolve_dataset(config.dataset), config.dataset_split, config.max_rows, config.seed)
     rows = rows.shuffle(seed=config.seed).select(range(min(config.calibration_rows, len(rows))))
-    encoded = [tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]
-               [: config.max_length] for r in rows]
+    encoded = [
+        tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"][: config.max_length]
+        for r in rows
+    ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = encoded[start : start + batch_size]
         width = max(len(x) for x in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -386,15 +417,18 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, config: Config) 
         f"loss terms {' and '.join(terms)} compare the teacher and the student token by token and need the same "
         f"vocabulary: teacher tokenizer {tokenizer_name(teacher_tokenizer)} differs from student tokenizer "
         f"{tokenizer_name(student_tokenizer)}. Use a student with the teacher's tokenizer, or data distillation "
-        "only (loss: {sft: {weight: 1.0}})")
+        "only (loss: {sft: {weight: 1.0}})"
+    )
 
 
 def check_layer_map(layer_map: dict[int, int] | None, n_student: int, n_teacher: int) -> None:
     """Raises ValueError (naming ``loss.features.layer_map``) for layers outside either model."""
     bad = {s: t for s, t in (layer_map or {}).items() if not (0 <= s < n_student and 0 <= t < n_teacher)}
     if not layer_map or bad:
-        raise ValueError(f"loss.features.layer_map: {bad or 'empty'}: student layers must be in [0, {n_student}) "
-                         f"and teacher layers in [0, {n_teacher})")
+        raise ValueError(
+            f"loss.features.layer_map: {bad or 'empty'}: student layers must be in [0, {n_student}) "
+            f"and teacher layers in [0, {n_teacher})"
+        )
 
 
 def freeze_teacher(teacher, dtype: str) -> None:
@@ -472,13 +506,16 @@ class _DistillMixin:
         if self.layer_map is not None:
             from stages.common.distillation import feature_projections
 
-            self.projections = feature_projections(self.layer_map, self.model.config.hidden_size,
-                                                   teacher.config.hidden_size)
+            self.projections = feature_projections(
+                self.layer_map, self.model.config.hidden_size, teacher.config.hidden_size
+            )
             if self.projections is not None:
                 if self.accelerator.num_processes > 1:
                     # Not wrapped in DDP: its gradients would not be averaged and the ranks would drift apart.
-                    raise ValueError("loss.features: a student of another hidden size needs a learned projection, "
-                                     "which is trained in single-process runs only; run without accelerate launch")
+                    raise ValueError(
+                        "loss.features: a student of another hidden size needs a learned projection, "
+                        "which is trained in single-process runs only; run without accelerate launch"
+                    )
                 self.projections.to(self.args.device)
         if teacher is not None:
             teacher.to(self.args.device)
@@ -508,9 +545,13 @@ class _DistillMixin:
         term = self.distill.loss.logits
         assert term is not None  # called for a logits term only
         folder = self.ctx.work_dir / "teacher_topk"
-        key = {"teacher": self.distill.teacher, "top_k": term.top_k, "temperature": term.temperature,
-               "teacher_dtype": self.teacher_precision["dtype"] if self.teacher_precision else None,
-               "teacher_config_sha256": hashlib.sha256(self.teacher.config.to_json_string().encode()).hexdigest()}
+        key = {
+            "teacher": self.distill.teacher,
+            "top_k": term.top_k,
+            "temperature": term.temperature,
+            "teacher_dtype": self.teacher_precision["dtype"] if self.teacher_precision else None,
+            "teacher_config_sha256": hashlib.sha256(self.teacher.config.to_json_string().encode()).hexdigest(),
+        }
         hashes = [hashlib.sha256(json.dumps(row["input_ids"]).encode()).hexdigest() for row in self.train_dataset]
         cached = _read_cache(folder, key, hashes)
         if cached is None:
@@ -518,15 +559,21 @@ class _DistillMixin:
 
             started = time.perf_counter()
             ids, logprobs = self._compute_teacher_topk()
-            _write_cache(folder, key, Dataset.from_dict({"tokens_sha256": hashes, "teacher_topk_ids": ids,
-                                                         "teacher_topk_logprobs": logprobs}))
+            _write_cache(
+                folder,
+                key,
+                Dataset.from_dict(
+                    {"tokens_sha256": hashes, "teacher_topk_ids": ids, "teacher_topk_logprobs": logprobs}
+                ),
+            )
             self._cache_stats = {"teacher_topk_computed_s": round(time.perf_counter() - started, 1)}
         else:
             ids, logprobs = cached
             self._cache_stats = {"teacher_topk_reused": True}
         self._cache_stats["teacher_topk_rows"] = len(ids)
         self.train_dataset = self.train_dataset.add_column("teacher_topk_ids", ids).add_column(
-            "teacher_topk_logprobs", logprobs)
+            "teacher_topk_logprobs", logprobs
+        )
         self.data_collator = _TopKCollator(self.data_collator)
 
     def _compute_teacher_topk(self, batch_size: int = 8):
@@ -543,7 +590,7 @@ class _DistillMixin:
         out_ids, out_lp = [], []
         rows = list(self.train_dataset)
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             width = max(len(r["input_ids"]) for r in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -568,8 +615,9 @@ class _DistillMixin:
         import torch
 
         with torch.no_grad():
-            out = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                               output_hidden_states=hidden)
+            out = self.teacher(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=hidden
+            )
         return out.logits, (out.hidden_states if hidden else None)
 
     # ------------------------------------------------------------------ on-policy
@@ -599,14 +647,23 @@ class _DistillMixin:
         on_cpu = vllm_sync.on_cpu_platform()
         chosen = precision.resolve(opts.vllm_dtype, what="on-policy sampling")
         precision.announce(chosen, "on-policy sampling")
-        with vllm_sync.engine_options(cpu_kv_cache_gib=opts.vllm_kv_cache_gib if on_cpu else None,
-                                      dtype=chosen.dtype, enforce_eager=on_cpu):
+        with vllm_sync.engine_options(
+            cpu_kv_cache_gib=opts.vllm_kv_cache_gib if on_cpu else None, dtype=chosen.dtype, enforce_eager=on_cpu
+        ):
             self._vllm = VLLMGeneration(
-                model=self.model, accelerator=self.accelerator, processing_class=self.processing_class,
-                mode="colocate", max_model_length=self.distill.max_length + opts.max_new_tokens,
-                max_num_seqs=self.args.per_device_train_batch_size, temperature=opts.temperature,
-                top_p=opts.top_p, max_completion_length=opts.max_new_tokens, logprobs=None,
-                generation_kwargs={"stop_token_ids": self._stop_ids}, gpu_memory_utilization=0.3)
+                model=self.model,
+                accelerator=self.accelerator,
+                processing_class=self.processing_class,
+                mode="colocate",
+                max_model_length=self.distill.max_length + opts.max_new_tokens,
+                max_num_seqs=self.args.per_device_train_batch_size,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                max_completion_length=opts.max_new_tokens,
+                logprobs=None,
+                generation_kwargs={"stop_token_ids": self._stop_ids},
+                gpu_memory_utilization=0.3,
+            )
         if on_cpu:
             vllm_sync.install_cpu_weight_sync(self._vllm)
         from pipeline import timing
@@ -631,15 +688,22 @@ class _DistillMixin:
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, p in enumerate(prompts):  # left padding for generation
-            ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
+            ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), self.autocast_smart_context_manager():
-                out = model.generate(input_ids=ids.to(self.args.device), attention_mask=mask.to(self.args.device),
-                                     do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0,
-                                     max_new_tokens=opts.max_new_tokens, eos_token_id=self._stop_ids,
-                                     pad_token_id=pad)
+                out = model.generate(
+                    input_ids=ids.to(self.args.device),
+                    attention_mask=mask.to(self.args.device),
+                    do_sample=True,
+                    temperature=opts.temperature,
+                    top_p=opts.top_p,
+                    top_k=0,
+                    max_new_tokens=opts.max_new_tokens,
+                    eos_token_id=self._stop_ids,
+                    pad_token_id=pad,
+                )
         finally:
             model.train(was_training)
         completions = []
@@ -668,14 +732,13 @@ class _DistillMixin:
         new_labels = torch.full_like(new_ids, -100)
         for i, (p, r) in enumerate(zip(prompts, rows)):
             new_ids[i, : len(r)], new_mask[i, : len(r)] = torch.tensor(r), 1
-            new_labels[i, len(p): len(r)] = torch.tensor(r[len(p):], dtype=torch.long)
+            new_labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :], dtype=torch.long)
         counts = self._on_policy_counts
         counts["tokens"] += sum(len(c) for c in completions)
         counts["truncated"] += sum(1 for c in completions if not c or c[-1] not in self._stop_ids)
         counts["samples"] = counts.get("samples", 0) + len(completions)
         device = ids.device
-        return {"input_ids": new_ids.to(device), "attention_mask": new_mask.to(device),
-                "labels": new_labels.to(device)}
+        return {"input_ids": new_ids.to(device), "attention_mask": new_mask.to(device), "labels": new_labels.to(device)}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         on_policy = self._on_policy_now()
@@ -700,8 +763,9 @@ class _DistillMixin:
         cached_lp = inputs.pop("teacher_topk_logprobs", None)
         input_ids, attention_mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
         want_hidden = loss_cfg.features is not None
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                    output_hidden_states=want_hidden)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=want_hidden
+        )
         rows, cols = trained_positions(labels)
         targets = labels[rows, cols + 1]
         student_logits = out.logits[rows, cols]  # (N, V)
@@ -723,8 +787,9 @@ class _DistillMixin:
             else:
                 target = TopK(cached_ids[rows, cols], cached_lp[rows, cols])
                 vocab = student_logits.shape[-1]
-            divergence = logits_divergence(student_logits[:, :vocab], target, beta_of(term.divergence, term.beta),
-                                           term.temperature)
+            divergence = logits_divergence(
+                student_logits[:, :vocab], target, beta_of(term.divergence, term.beta), term.temperature
+            )
             terms["logits"] = divergence.sum()
         if want_hidden:
             per_layer = []
@@ -786,10 +851,14 @@ class _DistillMixin:
         out = dict(self._cache_stats)
         if self.distill.on_policy.fraction > 0:
             samples = counts.get("samples", 0)
-            out["on_policy"] = {"batches": counts["batches"], "on_policy_batches": counts["on_policy"],
-                                "samples": samples, "backend": self.distill.on_policy.backend,
-                                "mean_tokens": round(counts["tokens"] / samples, 1) if samples else math.nan,
-                                "truncated_share": round(counts["truncated"] / samples, 3) if samples else math.nan}
+            out["on_policy"] = {
+                "batches": counts["batches"],
+                "on_policy_batches": counts["on_policy"],
+                "samples": samples,
+                "backend": self.distill.on_policy.backend,
+                "mean_tokens": round(counts["tokens"] / samples, 1) if samples else math.nan,
+                "truncated_share": round(counts["truncated"] / samples, 3) if samples else math.nan,
+            }
         return out
 
     def close(self) -> None:
@@ -827,8 +896,10 @@ class _TopKCollator:
         for i in range(labels.shape[0]):
             pos = (labels[i, 1:] != -100).nonzero(as_tuple=True)[0]
             if len(pos) != len(ids[i]):
-                raise ValueError(f"teacher top-k cache: row has {len(ids[i])} positions, the batch {len(pos)}; "
-                                 "delete the step's teacher_topk/ folder")
+                raise ValueError(
+                    f"teacher top-k cache: row has {len(ids[i])} positions, the batch {len(pos)}; "
+                    "delete the step's teacher_topk/ folder"
+                )
             if len(pos):
                 out_ids[i, pos] = torch.tensor(ids[i], dtype=torch.long)
                 out_lp[i, pos] = torch.tensor(lps[i], dtype=torch.float32)
@@ -862,4 +933,3 @@ def _read_cache(folder: Path, key: dict, hashes: list[str]):
     if data["tokens_sha256"] != hashes:
         return None
     return data["teacher_topk_ids"], data["teacher_topk_logprobs"]
-

@@ -115,15 +115,19 @@ class Config(StageConfig):
         if min([self.sampling.num_samples, *self.k_per_source.values(), *self.pass_k], default=1) < 1:
             raise ValueError("sampling.num_samples, k_per_source and pass_k must be >= 1")
         if (self.general is None) != (self.judge is None):
-            raise ValueError("`general` (helpfulness and refusal rates) and `judge` (the reward model judging "
-                             "helpfulness) go together: set both or neither")
+            raise ValueError(
+                "`general` (helpfulness and refusal rates) and `judge` (the reward model judging "
+                "helpfulness) go together: set both or neither"
+            )
         # A server serves one model: several models would all be answered by it, under their names.
         unknown = sorted({m for pair in self.pairs for m in pair} - set(self.models))
         if unknown:
             raise ValueError(f"pairs name model(s) {unknown} that are not in models: {self.models}")
         if self.sampling.backend == "server" and len(self.models) > 1:
-            raise ValueError(f"sampling.backend 'server' samples the one model behind server_url, but `models` "
-                             f"lists {len(self.models)}; evaluate one model per eval step (and server)")
+            raise ValueError(
+                f"sampling.backend 'server' samples the one model behind server_url, but `models` "
+                f"lists {len(self.models)}; evaluate one model per eval step (and server)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -149,10 +153,17 @@ def question_record(model: str, row: dict, samples: list[dict], correctness: str
         s["answer"], s["correct"] = key, ok
     maj_answer, maj_correct = majority_vote(keys, correct)
     return {
-        "model": model, "question_id": row["id"], "data_source": row["data_source"], "domain": row["domain"],
-        "question": question_of(row["prompt"]), "gold": row["answer"], "k": len(samples),
-        "n_correct": sum(correct), "pass@1": sum(correct) / len(samples),
-        "maj_answer": maj_answer, "maj_correct": maj_correct,
+        "model": model,
+        "question_id": row["id"],
+        "data_source": row["data_source"],
+        "domain": row["domain"],
+        "question": question_of(row["prompt"]),
+        "gold": row["answer"],
+        "k": len(samples),
+        "n_correct": sum(correct),
+        "pass@1": sum(correct) / len(samples),
+        "maj_answer": maj_answer,
+        "maj_correct": maj_correct,
         "unverifiable": sum(s["rewards"].get(correctness) is None for s in samples),
         "samples": json.dumps(samples),
     }
@@ -167,8 +178,11 @@ def summarize(records: list[dict], pass_k: list[int]) -> dict:
     samples = [s for r in records for s in json.loads(r["samples"])]
     tokens = np.array([s["num_tokens"] for s in samples], dtype=float)
     k_min = min(r["k"] for r in records)
-    out: dict = {"questions": len(records), "samples": len(samples),
-                 "k": k_min if k_min == max(r["k"] for r in records) else f"{k_min}-{max(r['k'] for r in records)}"}
+    out: dict = {
+        "questions": len(records),
+        "samples": len(samples),
+        "k": k_min if k_min == max(r["k"] for r in records) else f"{k_min}-{max(r['k'] for r in records)}",
+    }
     per_q = {"pass@1": [r["pass@1"] for r in records], "maj@k": [float(r["maj_correct"]) for r in records]}
     js = sorted(set(pass_k) if pass_k else {2**i for i in range(1, k_min.bit_length())} | {k_min})
     for j in js:
@@ -177,13 +191,16 @@ def summarize(records: list[dict], pass_k: list[int]) -> dict:
     for name, values in per_q.items():
         out[name] = float(np.mean(values))
         out[f"{name}_ci"] = list(bootstrap_ci(values))
-    out.update({
-        "format_rate": float(np.mean([(s["rewards"].get("format") or 0.0) >= 1.0 for s in samples])),
-        "mean_tokens": float(tokens.mean()), "p50_tokens": float(np.percentile(tokens, 50)),
-        "p90_tokens": float(np.percentile(tokens, 90)),
-        "truncation_rate": float(np.mean([s["truncated"] for s in samples])),
-        "unverifiable_rate": sum(r["unverifiable"] for r in records) / len(samples),
-    })
+    out.update(
+        {
+            "format_rate": float(np.mean([(s["rewards"].get("format") or 0.0) >= 1.0 for s in samples])),
+            "mean_tokens": float(tokens.mean()),
+            "p50_tokens": float(np.percentile(tokens, 50)),
+            "p90_tokens": float(np.percentile(tokens, 90)),
+            "truncation_rate": float(np.mean([s["truncated"] for s in samples])),
+            "unverifiable_rate": sum(r["unverifiable"] for r in records) / len(samples),
+        }
+    )
     return out
 
 
@@ -193,9 +210,11 @@ def summarize_model(records: list[dict], pass_k: list[int]) -> dict:
     for r in records:
         by_domain[r["domain"]].append(r)
         by_source[r["data_source"]].append(r)
-    return {"overall": summarize(records, pass_k),
-            "per_domain": {d: summarize(rs, pass_k) for d, rs in sorted(by_domain.items())},
-            "per_source": {s: summarize(rs, pass_k) for s, rs in sorted(by_source.items())}}
+    return {
+        "overall": summarize(records, pass_k),
+        "per_domain": {d: summarize(rs, pass_k) for d, rs in sorted(by_domain.items())},
+        "per_source": {s: summarize(rs, pass_k) for s, rs in sorted(by_source.items())},
+    }
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -210,7 +229,7 @@ def r1_k(data_source: str) -> int | None:
     (4, 64, None, None)
     """
     words = re.findall(r"[a-z]+|\d+", data_source.lower())
-    pairs = {" ".join(words[i:i + 2]) for i in range(len(words))}
+    pairs = {" ".join(words[i : i + 2]) for i in range(len(words))}
     return next((k for key, k in R1_K.items() if key in words or key in pairs), None)
 
 
@@ -237,8 +256,10 @@ def effective_sampling(config: Config, model_path: str, prompt_tokens: int) -> t
     max_tokens = max(1, max_model_len - prompt_tokens)
     departures = []
     if max_tokens < R1_SAMPLING["max_tokens"]:
-        departures.append(f"max_tokens {R1_SAMPLING['max_tokens']} (R1) capped to {max_tokens}: the model's "
-                          f"context is {context} tokens and the longest prompt {prompt_tokens}")
+        departures.append(
+            f"max_tokens {R1_SAMPLING['max_tokens']} (R1) capped to {max_tokens}: the model's "
+            f"context is {context} tokens and the longest prompt {prompt_tokens}"
+        )
     update = {**R1_SAMPLING, "max_tokens": max_tokens, "max_model_len": max_model_len}
     return config.sampling.model_copy(update=update), departures
 
@@ -273,15 +294,20 @@ def environment() -> dict:
     """Versions that change scores: Python, the pinned libraries, math-verify, the git commit."""
     from pipeline import store
 
-    return {"python": platform.python_version(), "packages": store.package_versions(),
-            "git_commit": store.git_commit(), "platform": sys.platform}
+    return {
+        "python": platform.python_version(),
+        "packages": store.package_versions(),
+        "git_commit": store.git_commit(),
+        "platform": sys.platform,
+    }
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
-def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64,
-                     texts: list[str] | None = None) -> list[list]:
+def sample_questions(
+    sampler, rows: list[dict], ks: list[int], seed: int, batch_size: int = 64, texts: list[str] | None = None
+) -> list[list]:
     """``ks[i]`` completions for ``rows[i]`` from an open ``stages.common.sampling.Sampler``, with the
     per-question seeds of ``seed``: one engine serves every k and seed (an engine start costs
     ~25 s). The Sampler reads k and the seed from its attributes at each call and its engine
@@ -296,18 +322,22 @@ def sample_questions(sampler, rows: list[dict], ks: list[int], seed: int, batch_
             sampler.cfg = saved[0].model_copy(update={"num_samples": k})
             idx = [i for i, kk in enumerate(ks) if kk == k]
             for b in range(0, len(idx), batch_size):
-                part = idx[b:b + batch_size]
-                for i, completions in zip(part, sampler.sample([rows[i]["prompt"] for i in part],
-                                                               [rows[i]["id"] for i in part],
-                                                               texts=[texts[i] for i in part])):
+                part = idx[b : b + batch_size]
+                for i, completions in zip(
+                    part,
+                    sampler.sample(
+                        [rows[i]["prompt"] for i in part], [rows[i]["id"] for i in part], texts=[texts[i] for i in part]
+                    ),
+                ):
                     out[i] = completions
     finally:
         sampler.cfg, sampler.seed = saved
     return out
 
 
-def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, correctness: str = "accuracy",
-             batch_size: int = 64) -> list[dict]:
+def evaluate(
+    sampler, model: str, rows: list[dict], ks: list[int], seed: int, correctness: str = "accuracy", batch_size: int = 64
+) -> list[dict]:
     """Sample, score (``correctness`` and ``format`` rewards) and summarise every question:
     one ``question_record`` per row, in row order. The rewards see each prompt as rendered for
     the model and a sample's ``text`` is the whole assistant turn, the template's ``<think>``
@@ -324,8 +354,14 @@ def evaluate(sampler, model: str, rows: list[dict], ks: list[int], seed: int, co
     for row, cs in zip(rows, outs):
         samples = []
         for c in cs:
-            samples.append({"text": assistant_turn(flat_texts[j], c.text), "num_tokens": c.num_tokens,
-                            "truncated": c.truncated, "rewards": {n: scores[n][j] for n in names}})
+            samples.append(
+                {
+                    "text": assistant_turn(flat_texts[j], c.text),
+                    "num_tokens": c.num_tokens,
+                    "truncated": c.truncated,
+                    "rewards": {n: scores[n][j] for n in names},
+                }
+            )
             j += 1
         records.append(question_record(model, row, samples, correctness))
     return records
@@ -359,7 +395,8 @@ def check_prompts_fit(lengths: list[int], rows: list[dict], sampling: SamplingCo
             f"{len(over)} of {len(rows)} questions have prompts of at least sampling.max_model_len = "
             f"{sampling.max_model_len} tokens (longest {max(over)[0]}; e.g. {', '.join(i for _, i in over[:3])}); "
             f"raise max_model_len (the model's context: {context or 'unknown'} tokens) or leave them out of the "
-            "eval set")
+            "eval set"
+        )
 
 
 def ctx_progress_phase(progress, name: str):
@@ -369,8 +406,9 @@ def ctx_progress_phase(progress, name: str):
     return progress.phase(name) if progress is not None else contextlib.nullcontext()
 
 
-def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: list[int],
-                   progress=None) -> tuple[dict, list[dict]]:
+def evaluate_model(
+    config: Config, ref: str, path: str, rows: list[dict], ks: list[int], progress=None
+) -> tuple[dict, list[dict]]:
     """One model: its protocol block (hashes, sampling actually used) and question records.
     ``progress``: the step's ``pipeline.progress.StepProgress`` (phases, engine heartbeats)."""
     from transformers import AutoTokenizer
@@ -392,10 +430,16 @@ def evaluate_model(config: Config, ref: str, path: str, rows: list[dict], ks: li
         records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
         chat_template = sampler.tokenizer.chat_template or ""
         dtype = sampler.precision.as_dict() if sampler.precision else None  # None: the server's --dtype
-    protocol = {"model_path": path, "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
-                "sampling": sampling.model_dump(), "precision": dtype, "departures": departures,
-                "chat_template_sha256": sha256_text(chat_template), "rendered_prompts_sha256": sha256_text(rendered),
-                "max_prompt_tokens": prompt_tokens}
+    protocol = {
+        "model_path": path,
+        "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
+        "sampling": sampling.model_dump(),
+        "precision": dtype,
+        "departures": departures,
+        "chat_template_sha256": sha256_text(chat_template),
+        "rendered_prompts_sha256": sha256_text(rendered),
+        "max_prompt_tokens": prompt_tokens,
+    }
     return protocol, records
 
 
@@ -459,21 +503,41 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     general = None
     if config.general is not None:
         with ctx.progress.phase("judging general prompts"):
-            general, general_samples = general_eval.evaluate(config.general, ctx.resolve_model(config.judge), rows,
-                                                             general_records, list(config.models))
+            general, general_samples = general_eval.evaluate(
+                config.general, ctx.resolve_model(str(config.judge)), rows, general_records, list(config.models)
+            )
         general_table = pa.Table.from_pylist(general_samples)
-        store.atomic_write(ctx.work_dir / "general_samples.parquet", lambda tmp: pq.write_table(general_table, tmp),
-                           needed=general_table.nbytes)
+        store.atomic_write(
+            ctx.work_dir / "general_samples.parquet",
+            lambda tmp: pq.write_table(general_table, tmp),
+            needed=general_table.nbytes,
+        )
     paired = paired_comparisons(config, ctx, records)
     ctx.progress.update(len(config.models), len(config.models), "models")
-    store.atomic_write_text(ctx.work_dir / "results.json", json.dumps({"protocol": protocol, "models": results,
-                                                                       "paired": paired,
-                                                                       **({"general": general} if general else {})},
-                                                                      indent=2))
-    schema = pa.schema([("model", pa.string()), ("question_id", pa.string()), ("data_source", pa.string()),
-                        ("domain", pa.string()), ("question", pa.string()), ("gold", pa.string()), ("k", pa.int64()),
-                        ("n_correct", pa.int64()), ("pass@1", pa.float64()), ("maj_answer", pa.string()),
-                        ("maj_correct", pa.bool_()), ("unverifiable", pa.int64()), ("samples", pa.string())])
+    store.atomic_write_text(
+        ctx.work_dir / "results.json",
+        json.dumps(
+            {"protocol": protocol, "models": results, "paired": paired, **({"general": general} if general else {})},
+            indent=2,
+        ),
+    )
+    schema = pa.schema(
+        [
+            ("model", pa.string()),
+            ("question_id", pa.string()),
+            ("data_source", pa.string()),
+            ("domain", pa.string()),
+            ("question", pa.string()),
+            ("gold", pa.string()),
+            ("k", pa.int64()),
+            ("n_correct", pa.int64()),
+            ("pass@1", pa.float64()),
+            ("maj_answer", pa.string()),
+            ("maj_correct", pa.bool_()),
+            ("unverifiable", pa.int64()),
+            ("samples", pa.string()),
+        ]
+    )
     table = pa.Table.from_pylist(records, schema=schema)
     store.atomic_write(ctx.work_dir / "samples.parquet", lambda tmp: pq.write_table(table, tmp), needed=table.nbytes)
     shutil.rmtree(done_dir)  # everything it held is in samples.parquet and results.json now
@@ -481,26 +545,43 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     scored = {m: r for m, r in results.items() if r["overall"].get("questions")}  # a general-only eval has no pass@1
     for ref, r in scored.items():
         o = r["overall"]
-        metrics.update({f"{ref}/pass@1": o["pass@1"], f"{ref}/pass@1_lo": o["pass@1_ci"][0],
-                        f"{ref}/pass@1_hi": o["pass@1_ci"][1], f"{ref}/maj@k": o["maj@k"],
-                        f"{ref}/format_rate": o["format_rate"], f"{ref}/mean_tokens": o["mean_tokens"],
-                        f"{ref}/truncation_rate": o["truncation_rate"]})
+        metrics.update(
+            {
+                f"{ref}/pass@1": o["pass@1"],
+                f"{ref}/pass@1_lo": o["pass@1_ci"][0],
+                f"{ref}/pass@1_hi": o["pass@1_ci"][1],
+                f"{ref}/maj@k": o["maj@k"],
+                f"{ref}/format_rate": o["format_rate"],
+                f"{ref}/mean_tokens": o["mean_tokens"],
+                f"{ref}/truncation_rate": o["truncation_rate"],
+            }
+        )
     for p in paired:
         o = p["overall"]
-        metrics.update({f"{p['a']} - {p['b']}/pass@1_diff": o["diff"], f"{p['a']} - {p['b']}/diff_lo": o["diff_ci"][0],
-                        f"{p['a']} - {p['b']}/diff_hi": o["diff_ci"][1], f"{p['a']} - {p['b']}/wins": o["wins"],
-                        f"{p['a']} - {p['b']}/losses": o["losses"], f"{p['a']} - {p['b']}/p_value": o["p_value"]})
+        metrics.update(
+            {
+                f"{p['a']} - {p['b']}/pass@1_diff": o["diff"],
+                f"{p['a']} - {p['b']}/diff_lo": o["diff_ci"][0],
+                f"{p['a']} - {p['b']}/diff_hi": o["diff_ci"][1],
+                f"{p['a']} - {p['b']}/wins": o["wins"],
+                f"{p['a']} - {p['b']}/losses": o["losses"],
+                f"{p['a']} - {p['b']}/p_value": o["p_value"],
+            }
+        )
     if general:
         metrics.update(general_eval.metrics(general))
     best = max(scored, key=lambda m: scored[m]["overall"]["pass@1"]) if scored else None
     from stages.common.sampling import sampling_precision
 
-    return StepResult(precision=sampling_precision(config.sampling),
-                      outputs={"results": "results.json", "samples": "samples.parquet"},
-                      counts={"models": len(results), "questions": len(rows)}, metrics=metrics,
-                      summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
-                              + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else "")
-                              + (general_eval.summary_line(general) if general else ""))
+    return StepResult(
+        precision=sampling_precision(config.sampling),
+        outputs={"results": "results.json", "samples": "samples.parquet"},
+        counts={"models": len(results), "questions": len(rows)},
+        metrics=metrics,
+        summary=f"{len(results)} models on {len(rows)} questions (k {sorted(set(ks)) or '-'})"
+        + (f"; best pass@1: {best} {results[best]['overall']['pass@1']:.3f}" if best else "")
+        + (general_eval.summary_line(general) if general else ""),
+    )
 
 
 def paired_comparisons(config: Config, ctx: StepContext, records: list[dict]) -> list[dict]:
@@ -524,8 +605,9 @@ def paired_comparisons(config: Config, ctx: StepContext, records: list[dict]) ->
 
 # ----------------------------------------------------------------------------- report and command line
 
-REPORT = StageReport(glance=eval_results.glance, section=eval_results.report_section,
-                     summary_table=eval_results.summary_table)
+REPORT = StageReport(
+    glance=eval_results.glance, section=eval_results.report_section, summary_table=eval_results.summary_table
+)
 
 
 def commands(group, front) -> None:
@@ -580,8 +662,10 @@ def commands(group, front) -> None:
         from data.spec import source_from_spec
 
         if config is None and not (model and data):
-            front.fail("give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
-                       "--data reasoning_gym:chain_sum)")
+            front.fail(
+                "give a `kind: eval` config file, or --model and --data (e.g. r1 eval --model tiny-random-llama "
+                "--data reasoning_gym:chain_sum)"
+            )
         try:
             raw = read_yaml(config) if config else {"kind": kind}
             cli: dict = {}
@@ -603,6 +687,6 @@ def commands(group, front) -> None:
         print(f"results: {store.runs_root() / run_name / name}/results.json, samples.parquet")
 
     run_command.__doc__ = (__doc__ or kind).strip().split("\n\n")[0] + (
-        "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`).")
+        "\n\nAlso: `r1 eval compare A B` pairs two results question by question (see `r1 eval compare --help`)."
+    )
     group.command("compare")(eval_results.compare_command(front))
-

@@ -93,8 +93,7 @@ class Config(StageConfig):
     input_fields: ClassVar[dict[str, str]] = {"model": "model"}
     outputs: ClassVar[dict[str, str]] = {"dataset": "dataset", "samples": "samples.parquet"}
     training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # its samples become SFT data
-    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate",
-                                           "mean_pass_rate")
+    headline: ClassVar[tuple[str, ...]] = ("prompts", "sampled", "kept", "rows", "acceptance_rate", "mean_pass_rate")
     model: str
     # sft: filtered samples as SFT rows (cold start, rejection sampling); prompts: the prompt rows
     # with each one's pass rate over its samples (a prompt pool for GRPO; module docstring)
@@ -114,8 +113,10 @@ class Config(StageConfig):
     def _check(self) -> Config:
         missing = self.filters.needed_rewards() - set(self.rewards)
         if missing:
-            raise ValueError(f"the filters read reward(s) {sorted(missing)}, which `rewards` does not "
-                             f"score; add them to rewards: {self.rewards}")
+            raise ValueError(
+                f"the filters read reward(s) {sorted(missing)}, which `rewards` does not "
+                f"score; add them to rewards: {self.rewards}"
+            )
         total = sum(m.share or 0.0 for m in self.mix)
         if total >= 1.0:
             raise ValueError(f"mix shares add up to {total}; they must leave room for the sampled rows (< 1)")
@@ -125,8 +126,10 @@ class Config(StageConfig):
             if "accuracy" not in self.rewards:
                 raise ValueError("output: prompts measures pass rates with the `accuracy` reward; add it to rewards")
             if self.mix or self.few_shot:
-                raise ValueError("output: prompts writes the prompts with their pass rates: mix and few_shot do "
-                                 "not apply (the pass rate is the policy's own, on the bare prompt)")
+                raise ValueError(
+                    "output: prompts writes the prompts with their pass rates: mix and few_shot do "
+                    "not apply (the pass rate is the policy's own, on the bare prompt)"
+                )
         return self
 
 
@@ -136,6 +139,7 @@ class Config(StageConfig):
 def _part_tokens(tokenizer, texts: list[str]) -> tuple[list[int], list[int]]:
     """Tokens of the reasoning and of the rest (the answer part) of each completion
     (``data.sft.split_response``)."""
+
     def count(parts: list[str]) -> list[int]:
         return [len(ids) for ids in tokenizer(parts, add_special_tokens=False)["input_ids"]] if parts else []
 
@@ -164,18 +168,32 @@ def _sample_shard(sampler, cfg: Config, rows: list[dict]) -> list[dict]:
     for row, cs in zip(rows, completions):
         correct = [scores["accuracy"][i + j] == 1.0 for j in range(len(cs))] if "accuracy" in scores else []
         for j, c in enumerate(cs):
-            prompt = [dict(m) for m in row["prompt"]] if isinstance(row["prompt"], list) else \
-                [{"role": "user", "content": row["prompt"]}]
-            records.append({
-                "id": f"{row['id']}#{j}", "prompt_id": row["id"],
-                "messages": prompt + [{"role": "assistant", "content": turns[i]}],
-                "data_source": row["data_source"], "domain": row["domain"],
-                "rewards": json.dumps({name: scores[name][i] for name in cfg.rewards}),
-                "source_model": cfg.model,
-                "meta": json.dumps({"sample_index": j, "num_tokens": c.num_tokens, "truncated": c.truncated,
-                                    "reasoning_tokens": reasoning_tokens[i], "answer_tokens": answer_tokens[i],
-                                    "prompt_pass_rate": sum(correct) / len(correct) if correct else None}),
-            })
+            prompt = (
+                [dict(m) for m in row["prompt"]]
+                if isinstance(row["prompt"], list)
+                else [{"role": "user", "content": row["prompt"]}]
+            )
+            records.append(
+                {
+                    "id": f"{row['id']}#{j}",
+                    "prompt_id": row["id"],
+                    "messages": prompt + [{"role": "assistant", "content": turns[i]}],
+                    "data_source": row["data_source"],
+                    "domain": row["domain"],
+                    "rewards": json.dumps({name: scores[name][i] for name in cfg.rewards}),
+                    "source_model": cfg.model,
+                    "meta": json.dumps(
+                        {
+                            "sample_index": j,
+                            "num_tokens": c.num_tokens,
+                            "truncated": c.truncated,
+                            "reasoning_tokens": reasoning_tokens[i],
+                            "answer_tokens": answer_tokens[i],
+                            "prompt_pass_rate": sum(correct) / len(correct) if correct else None,
+                        }
+                    ),
+                }
+            )
             i += 1
     return records
 
@@ -208,7 +226,8 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
     from rich.progress import Progress
 
     shard_dir.mkdir(exist_ok=True)
-    shards = [rows[i:i + cfg.shard_size] for i in range(0, len(rows), cfg.shard_size)]
+    shards = [rows[i : i + cfg.shard_size] for i in range(0, len(rows), cfg.shard_size)]
+
     def path(i: int) -> Path:
         return shard_dir / f"shard-{i:05d}.parquet"
 
@@ -220,8 +239,9 @@ def _sample_all(cfg: Config, model_path: str, rows: list[dict], shard_dir: Path,
             engine = open_sampler(model_path, cfg.sampling, cfg.seed)
         with engine as sampler, Progress() as progress:  # what __enter__ returns (a seam may lend an engine)
             sampler.heartbeat = ctx.progress.beat
-            task = progress.add_task(f"sampling {len(rows)} prompts x {cfg.sampling.num_samples}", total=len(rows),
-                                     completed=done)
+            task = progress.add_task(
+                f"sampling {len(rows)} prompts x {cfg.sampling.num_samples}", total=len(rows), completed=done
+            )
             for k, i in enumerate(todo):
                 with ctx.progress.phase(f"sampling shard {i + 1} of {len(shards)}"):
                     shard_records = _sample_shard(sampler, cfg, shards[i])
@@ -261,7 +281,7 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
             rows, removed = _decontaminate_messages(rows, eval_set, cfg.decontaminate.ngram)
         rows = random.Random(f"{cfg.seed}:{label}").sample(rows, len(rows))
         if m.max_rows is not None:
-            rows = rows[:m.max_rows]
+            rows = rows[: m.max_rows]
         content = store.hash_tree(ref) if Path(ref).exists() else f"hub:{ref}"
         loaded.append((m, label, rows, removed, content))
     fixed = reasoning_rows + sum(len(rows) for m, _, rows, _, _ in loaded if m.share is None)
@@ -270,13 +290,22 @@ def _mix_rows(cfg: Config, ctx: StepContext, reasoning_rows: int, eval_set) -> t
     out: list[dict] = []
     report: list[dict[str, Any]] = []
     for m, label, rows, removed, content in loaded:
-        take = rows if m.share is None else rows[:round(m.share * final_size)]
+        take = rows if m.share is None else rows[: round(m.share * final_size)]
         for r in take:
             meta = json.loads(r["meta"] or "{}")
             r["meta"] = json.dumps({**meta, "mixed_from": label})
         out += take
-        report.append({"label": label, "dataset": m.dataset, "available": len(rows), "rows": len(take),
-                       "share_asked": m.share, "decontaminated": removed, "content_hash": content})
+        report.append(
+            {
+                "label": label,
+                "dataset": m.dataset,
+                "available": len(rows),
+                "rows": len(take),
+                "share_asked": m.share,
+                "decontaminated": removed,
+                "content_hash": content,
+            }
+        )
     for item in report:
         item["share"] = item["rows"] / (reasoning_rows + len(out)) if reasoning_rows + len(out) else 0.0
     return out, report
@@ -286,8 +315,10 @@ def _decontaminate_messages(rows: list[dict], eval_set, n: int) -> tuple[list[di
     """Drop SFT rows whose last user message shares a word ``n``-gram with an eval prompt."""
     from data import ngram_overlap, question_of
 
-    users = {str(i): next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
-             for i, r in enumerate(rows)}
+    users = {
+        str(i): next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
+        for i, r in enumerate(rows)
+    }
     bad = set(ngram_overlap(users, (question_of(p) for p in eval_set["prompt"]), n=n))
     return [r for i, r in enumerate(rows) if str(i) not in bad], len(bad)
 
@@ -300,8 +331,15 @@ def too_long(prompts: int, records: list[dict]) -> int:
     return prompts - len({r["prompt_id"] for r in records})
 
 
-def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records: list[dict],
-               verdict_list: list, mix_report: list[dict], final_rows: list[dict]) -> dict:
+def build_card(
+    cfg: Config,
+    prompts_loaded: int,
+    removed_ids: list[str],
+    records: list[dict],
+    verdict_list: list,
+    mix_report: list[dict],
+    final_rows: list[dict],
+) -> dict:
     """The facts of the dataset card (also saved as ``card.json`` for ``r1 inspect``)."""
     scored = [json.loads(r["rewards"]) for r in records]
     reward_means = {}
@@ -315,13 +353,21 @@ def build_card(cfg: Config, prompts_loaded: int, removed_ids: list[str], records
         "few_shot_exemplars": len(cfg.few_shot),
         "rewards": list(cfg.rewards),
         "reward_means_sampled": reward_means,
-        "prompts": {"loaded": prompts_loaded, "decontaminated": len(removed_ids),
-                    "sampled": prompts_loaded - len(removed_ids),
-                    "too_long": too_long(prompts_loaded - len(removed_ids), records)},
-        "decontamination": None if cfg.decontaminate is None else {
-            "ngram": cfg.decontaminate.ngram, "split": cfg.decontaminate.split,
+        "prompts": {
+            "loaded": prompts_loaded,
+            "decontaminated": len(removed_ids),
+            "sampled": prompts_loaded - len(removed_ids),
+            "too_long": too_long(prompts_loaded - len(removed_ids), records),
+        },
+        "decontamination": None
+        if cfg.decontaminate is None
+        else {
+            "ngram": cfg.decontaminate.ngram,
+            "split": cfg.decontaminate.split,
             "eval_sources": [s.label for s in cfg.decontaminate.eval_prompts],
-            "removed": len(removed_ids), "removed_ids": removed_ids[:50]},
+            "removed": len(removed_ids),
+            "removed_ids": removed_ids[:50],
+        },
         "filter_config": cfg.filters.model_dump(mode="json"),
         "sampled": len(records),
         "funnel": funnel(verdict_list),
@@ -337,47 +383,91 @@ def render_card(card: dict) -> str:
     """The dataset card (``README.md``) as markdown, from :func:`build_card`'s facts."""
     s, p = card["sampling"], card["prompts"]
     lines = [
-        "# SFT dataset (generate stage)", "",
+        "# SFT dataset (generate stage)",
+        "",
         f"Made from model `{card['source_model']}`: {s['num_samples']} samples per prompt with {s['backend']} "
         f"(temperature {s['temperature']}, top-p {s['top_p']}, at most {s['max_tokens']} new tokens, "
-        f"seed {s['seed']}, per-prompt seeds), {card['few_shot_exemplars']} few-shot exemplars.", "",
+        f"seed {s['seed']}, per-prompt seeds), {card['few_shot_exemplars']} few-shot exemplars.",
+        "",
         f"Rewards scored on every sample: {', '.join(card['rewards'])} (mean over all samples: "
         + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in card["reward_means_sampled"].items())
-        + ").", "",
-        "## Prompts", "",
+        + ").",
+        "",
+        "## Prompts",
+        "",
         f"{p['loaded']} prompts loaded, {p['decontaminated']} removed by decontamination, {p['sampled']} sampled"
-        + (f" ({p['too_long']} of them not, being at least `max_model_len` = {s['max_model_len']} tokens long)"
-           if p.get("too_long") else "") + ".",
+        + (
+            f" ({p['too_long']} of them not, being at least `max_model_len` = {s['max_model_len']} tokens long)"
+            if p.get("too_long")
+            else ""
+        )
+        + ".",
     ]
     d = card["decontamination"]
     if d:
-        lines += ["", f"Decontamination: word {d['ngram']}-gram overlap with the `{d['split']}` split of "
-                  f"{', '.join(d['eval_sources'])}; prompts removed: {d['removed']}"
-                  + (f" (e.g. {', '.join(d['removed_ids'][:5])})" if d["removed_ids"] else "") + "."]
-    lines += ["", "## Filter funnel", "",
-              f"Each sample is counted under the first filter that drops it; settings: "
-              f"`{json.dumps(card['filter_config'])}`.", "",
-              "| filter | dropped | remaining |", "|---|---:|---:|", f"| sampled | 0 | {card['sampled']} |"]
+        lines += [
+            "",
+            f"Decontamination: word {d['ngram']}-gram overlap with the `{d['split']}` split of "
+            f"{', '.join(d['eval_sources'])}; prompts removed: {d['removed']}"
+            + (f" (e.g. {', '.join(d['removed_ids'][:5])})" if d["removed_ids"] else "")
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Filter funnel",
+        "",
+        f"Each sample is counted under the first filter that drops it; settings: "
+        f"`{json.dumps(card['filter_config'])}`.",
+        "",
+        "| filter | dropped | remaining |",
+        "|---|---:|---:|",
+        f"| sampled | 0 | {card['sampled']} |",
+    ]
     lines += [f"| {row['filter']} | {row['dropped']} | {row['remaining']} |" for row in card["funnel"]]
     lines += ["", f"Kept **{card['kept_sampled']}** of {card['sampled']} sampled responses."]
     if card["mix"]:
-        lines += ["", "## Mixed-in SFT data", "", "| source | dataset | rows | share of final | share asked | "
-                  "decontaminated |", "|---|---|---:|---:|---:|---:|"]
-        lines += [f"| {m['label']} | `{m['dataset']}` | {m['rows']} | {m['share']:.3f} | "
-                  f"{m['share_asked'] if m['share_asked'] is not None else 'all'} | {m['decontaminated']} |"
-                  for m in card["mix"]]
-    lines += ["", f"## Final size: {card['rows']} rows", "", "| domain | rows |", "|---|---:|",
-              *[f"| {k} | {v} |" for k, v in card["per_domain"].items()], "",
-              "| data_source | rows |", "|---|---:|", *[f"| {k} | {v} |" for k, v in card["per_source"].items()],
-              "", "## Columns", "",
-              "id, messages (system/user/assistant; assistant = `<think>…</think>` then `<answer>…</answer>`), "
-              "data_source, domain, rewards (JSON name -> value), source_model, meta (JSON: sample_index, "
-              "num_tokens, reasoning_tokens, answer_tokens (tokens of the source model), truncated, "
-              "prompt_pass_rate; `mixed_from` for mixed-in rows).", "",
-              "## Load and look", "", "```python", "import datasets",
-              "ds = datasets.load_dataset('parquet', data_files='dataset/data.parquet')['train']", "```", "",
-              "`r1 inspect dataset/ --html report.html` summarises it; `samples.parquet` next to this folder "
-              "holds every sampled response with the filter that dropped it.", ""]
+        lines += [
+            "",
+            "## Mixed-in SFT data",
+            "",
+            "| source | dataset | rows | share of final | share asked | decontaminated |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {m['label']} | `{m['dataset']}` | {m['rows']} | {m['share']:.3f} | "
+            f"{m['share_asked'] if m['share_asked'] is not None else 'all'} | {m['decontaminated']} |"
+            for m in card["mix"]
+        ]
+    lines += [
+        "",
+        f"## Final size: {card['rows']} rows",
+        "",
+        "| domain | rows |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in card["per_domain"].items()],
+        "",
+        "| data_source | rows |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in card["per_source"].items()],
+        "",
+        "## Columns",
+        "",
+        "id, messages (system/user/assistant; assistant = `<think>…</think>` then `<answer>…</answer>`), "
+        "data_source, domain, rewards (JSON name -> value), source_model, meta (JSON: sample_index, "
+        "num_tokens, reasoning_tokens, answer_tokens (tokens of the source model), truncated, "
+        "prompt_pass_rate; `mixed_from` for mixed-in rows).",
+        "",
+        "## Load and look",
+        "",
+        "```python",
+        "import datasets",
+        "ds = datasets.load_dataset('parquet', data_files='dataset/data.parquet')['train']",
+        "```",
+        "",
+        "`r1 inspect dataset/ --html report.html` summarises it; `samples.parquet` next to this folder "
+        "holds every sampled response with the filter that dropped it.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -386,10 +476,16 @@ def render_card(card: dict) -> str:
 
 def _sample_view(record: dict) -> Sample:
     meta = json.loads(record["meta"])
-    return Sample(prompt_id=record["prompt_id"], index=meta["sample_index"], domain=record["domain"],
-                  text=record["messages"][-1]["content"], num_tokens=meta["num_tokens"],
-                  truncated=meta["truncated"], rewards=json.loads(record["rewards"]),
-                  prompt_text=prompt_key(record["messages"][:-1]))
+    return Sample(
+        prompt_id=record["prompt_id"],
+        index=meta["sample_index"],
+        domain=record["domain"],
+        text=record["messages"][-1]["content"],
+        num_tokens=meta["num_tokens"],
+        truncated=meta["truncated"],
+        rewards=json.loads(record["rewards"]),
+        prompt_text=prompt_key(record["messages"][:-1]),
+    )
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
@@ -408,8 +504,12 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     records = _sample_all(config, model_path, rows, ctx.work_dir / "shards", ctx)
     if too_long(len(rows), records):
-        log.warning("generate: %d of %d prompts are at least sampling.max_model_len = %d tokens long and were not "
-                    "sampled", too_long(len(rows), records), len(rows), config.sampling.max_model_len)
+        log.warning(
+            "generate: %d of %d prompts are at least sampling.max_model_len = %d tokens long and were not sampled",
+            too_long(len(rows), records),
+            len(rows),
+            config.sampling.max_model_len,
+        )
     if config.output == "prompts":
         return _write_prompt_pool(config, rows, records, loaded, removed_ids, ctx)
     verdict_list = verdicts([_sample_view(r) for r in records], config.filters)
@@ -428,18 +528,30 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         store.atomic_write_text(out / "card.json", json.dumps(card, indent=2))
         store.atomic_write_text(out / "README.md", render_card(card))
 
-    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
-              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records),
-              "kept": len(kept), "mixed_in": len(mixed), "rows": len(final),
-              **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]}}
-    metrics = {"acceptance_rate": len(kept) / len(records) if records else 0.0,
-               **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None}}
+    counts = {
+        "prompts": len(rows),
+        "decontaminated_prompts": len(removed_ids),
+        "prompts_too_long": card["prompts"]["too_long"],
+        "sampled": len(records),
+        "kept": len(kept),
+        "mixed_in": len(mixed),
+        "rows": len(final),
+        **{f"dropped_{row['filter']}": row["dropped"] for row in card["funnel"]},
+    }
+    metrics = {
+        "acceptance_rate": len(kept) / len(records) if records else 0.0,
+        **{f"{k}_mean": v for k, v in card["reward_means_sampled"].items() if v is not None},
+    }
     from stages.common.sampling import sampling_precision
 
-    return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
-                      summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
-                              + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
-                      precision=sampling_precision(config.sampling))
+    return StepResult(
+        outputs={"dataset": "dataset"},
+        counts=counts,
+        metrics=metrics,
+        summary=f"kept {len(kept)}/{len(records)} samples from {len(rows)} prompts"
+        + (f" + {len(mixed)} mixed-in rows" if mixed else ""),
+        precision=sampling_precision(config.sampling),
+    )
 
 
 # ----------------------------------------------------------------------------- output: prompts
@@ -471,8 +583,9 @@ def pass_rate_histogram(rates: list[float | None]) -> dict[str, int]:
     return out
 
 
-def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loaded: int, removed_ids: list[str],
-                       ctx: StepContext) -> StepResult:
+def _write_prompt_pool(
+    cfg: Config, rows: list[dict], records: list[dict], loaded: int, removed_ids: list[str], ctx: StepContext
+) -> StepResult:
     """``dataset/`` = the prompt rows with their pass rates (module docstring), a card, samples."""
     from data.schema import PROMPT_COLUMNS
     from stages.common.sampling import sampling_precision
@@ -486,11 +599,15 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
         acc = [json.loads(s["rewards"]).get("accuracy") for s in samples]
         judged = [a for a in acc if a is not None]
         metas = [json.loads(s["meta"]) for s in samples]
-        pool.append({**{k: row[k] for k in PROMPT_COLUMNS},
-                     "pass_rate": sum(a == 1.0 for a in judged) / len(judged) if judged else None,
-                     "pass_samples": len(judged),
-                     "mean_tokens": sum(m["num_tokens"] for m in metas) / len(metas) if metas else 0.0,
-                     "truncated_rate": sum(m["truncated"] for m in metas) / len(metas) if metas else 0.0})
+        pool.append(
+            {
+                **{k: row[k] for k in PROMPT_COLUMNS},
+                "pass_rate": sum(a == 1.0 for a in judged) / len(judged) if judged else None,
+                "pass_samples": len(judged),
+                "mean_tokens": sum(m["num_tokens"] for m in metas) / len(metas) if metas else 0.0,
+                "truncated_rate": sum(m["truncated"] for m in metas) / len(metas) if metas else 0.0,
+            }
+        )
     from pipeline import store
 
     out = ctx.work_dir / "dataset"
@@ -499,41 +616,74 @@ def _write_prompt_pool(cfg: Config, rows: list[dict], records: list[dict], loade
     write_parquet(records, ctx.work_dir / "samples.parquet")
     rates = [p["pass_rate"] for p in pool]
     judged = [r for r in rates if r is not None]
-    per_source = {src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
-                  for src in sorted({p["data_source"] for p in pool})}
-    card: dict[str, Any] = {"output": "prompts", "source_model": cfg.model,
-            "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
-            "prompts": {"loaded": loaded, "decontaminated": len(removed_ids), "sampled": len(rows),
-                        "too_long": too_long(len(rows), records)},
-            "sampled": len(records), "histogram": pass_rate_histogram(rates), "per_source": per_source}
+    per_source = {
+        src: pass_rate_histogram([p["pass_rate"] for p in pool if p["data_source"] == src])
+        for src in sorted({p["data_source"] for p in pool})
+    }
+    card: dict[str, Any] = {
+        "output": "prompts",
+        "source_model": cfg.model,
+        "sampling": {**cfg.sampling.model_dump(mode="json"), "seed": cfg.seed},
+        "prompts": {
+            "loaded": loaded,
+            "decontaminated": len(removed_ids),
+            "sampled": len(rows),
+            "too_long": too_long(len(rows), records),
+        },
+        "sampled": len(records),
+        "histogram": pass_rate_histogram(rates),
+        "per_source": per_source,
+    }
     store.atomic_write_text(out / "card.json", json.dumps(card, indent=2))
     store.atomic_write_text(out / "README.md", _render_pool_card(card))
     informative = sum(0.0 < r < 1.0 for r in judged)
-    counts = {"prompts": len(rows), "decontaminated_prompts": len(removed_ids),
-              "prompts_too_long": card["prompts"]["too_long"], "sampled": len(records), "rows": len(pool),
-              "prompts_never_solved": card["histogram"]["0"],
-              "prompts_always_solved": card["histogram"]["1"], "prompts_unjudged": card["histogram"]["unjudged"]}
-    metrics = {"mean_pass_rate": sum(judged) / len(judged) if judged else float("nan"),
-               "share_informative": informative / len(judged) if judged else float("nan")}
-    return StepResult(outputs={"dataset": "dataset"}, counts=counts, metrics=metrics,
-                      summary=f"pass rates of {len(rows)} prompts over {cfg.sampling.num_samples} samples: mean "
-                              f"{metrics['mean_pass_rate']:.3f}, {informative} of {len(judged)} neither always nor "
-                              "never solved", precision=sampling_precision(cfg.sampling))
+    counts = {
+        "prompts": len(rows),
+        "decontaminated_prompts": len(removed_ids),
+        "prompts_too_long": card["prompts"]["too_long"],
+        "sampled": len(records),
+        "rows": len(pool),
+        "prompts_never_solved": card["histogram"]["0"],
+        "prompts_always_solved": card["histogram"]["1"],
+        "prompts_unjudged": card["histogram"]["unjudged"],
+    }
+    metrics = {
+        "mean_pass_rate": sum(judged) / len(judged) if judged else float("nan"),
+        "share_informative": informative / len(judged) if judged else float("nan"),
+    }
+    return StepResult(
+        outputs={"dataset": "dataset"},
+        counts=counts,
+        metrics=metrics,
+        summary=f"pass rates of {len(rows)} prompts over {cfg.sampling.num_samples} samples: mean "
+        f"{metrics['mean_pass_rate']:.3f}, {informative} of {len(judged)} neither always nor "
+        "never solved",
+        precision=sampling_precision(cfg.sampling),
+    )
 
 
 def _render_pool_card(card: dict) -> str:
     s = card["sampling"]
-    lines = ["# Prompt pool with pass rates (generate stage, output: prompts)", "",
-             f"Pass rate = share of a prompt's judged samples that are correct (`accuracy` 1.0), over "
-             f"{s['num_samples']} samples of `{card['source_model']}` (temperature {s['temperature']}, top-p "
-             f"{s['top_p']}, at most {s['max_tokens']} new tokens, seed {s['seed']}).", "",
-             f"{card['prompts']['sampled']} prompts ({card['prompts']['decontaminated']} removed by decontamination).",
-             "", "| data_source | " + " | ".join(card["histogram"]) + " |",
-             "|---|" + "---:|" * len(card["histogram"])]
+    lines = [
+        "# Prompt pool with pass rates (generate stage, output: prompts)",
+        "",
+        f"Pass rate = share of a prompt's judged samples that are correct (`accuracy` 1.0), over "
+        f"{s['num_samples']} samples of `{card['source_model']}` (temperature {s['temperature']}, top-p "
+        f"{s['top_p']}, at most {s['max_tokens']} new tokens, seed {s['seed']}).",
+        "",
+        f"{card['prompts']['sampled']} prompts ({card['prompts']['decontaminated']} removed by decontamination).",
+        "",
+        "| data_source | " + " | ".join(card["histogram"]) + " |",
+        "|---|" + "---:|" * len(card["histogram"]),
+    ]
     for src, hist in [("all", card["histogram"]), *card["per_source"].items()]:
         lines.append(f"| {src} | " + " | ".join(str(v) for v in hist.values()) + " |")
-    lines += ["", "Columns: the prompt-row schema (`data.schema`) plus pass_rate, pass_samples, mean_tokens, "
-              "truncated_rate. GRPO reads it with `prompt_pool: <step>` and `pass_rate_band`.", ""]
+    lines += [
+        "",
+        "Columns: the prompt-row schema (`data.schema`) plus pass_rate, pass_samples, mean_tokens, "
+        "truncated_rate. GRPO reads it with `prompt_pool: <step>` and `pass_rate_band`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -571,11 +721,15 @@ def _report_section(doc, steps: list) -> None:
     for s in done:
         rows = funnel_from_counts(s.counts)
         doc.h(3, f"{s.name}: {s.counts['sampled']} sampled -> {s.counts.get('kept', '?')} kept")
-        doc.table(["filter", "dropped", "remaining"],
-                  [["sampled", 0, s.counts["sampled"]]] + [[r["filter"], r["dropped"], r["remaining"]] for r in rows])
-        doc.figure(funnel_figure(s.counts["sampled"], rows), f"funnel_{s.name}.png",
-                   f"{s.name}: samples remaining after each filter, in the order applied")
+        doc.table(
+            ["filter", "dropped", "remaining"],
+            [["sampled", 0, s.counts["sampled"]]] + [[r["filter"], r["dropped"], r["remaining"]] for r in rows],
+        )
+        doc.figure(
+            funnel_figure(s.counts["sampled"], rows),
+            f"funnel_{s.name}.png",
+            f"{s.name}: samples remaining after each filter, in the order applied",
+        )
 
 
 REPORT = StageReport(glance=_glance, section=_report_section)
-

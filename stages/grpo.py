@@ -119,8 +119,16 @@ class Config(TrainerOptions, StageConfig):
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "prompt_pool": "dataset"}
     outputs: ClassVar[dict[str, str]] = {"model": "model"}
     training_prompts: ClassVar[tuple[str, ...]] = ("prompts",)  # eval_prompts are held out; a pool's are its step's
-    headline: ClassVar[tuple[str, ...]] = ("prompts", "steps", "reward_start", "reward_end", "eval_reward_start",
-                                           "eval_reward_end", "completion_length_start", "completion_length_end")
+    headline: ClassVar[tuple[str, ...]] = (
+        "prompts",
+        "steps",
+        "reward_start",
+        "reward_end",
+        "eval_reward_start",
+        "eval_reward_end",
+        "completion_length_start",
+        "completion_length_end",
+    )
     model: str  # model reference: the initial policy
     prompts: list[PromptSource] = []  # data sources; their train split is used (or prompt_pool)
     # Instead of `prompts`: a generate step with `output: prompts` (or its dataset folder), the
@@ -198,8 +206,10 @@ class Config(TrainerOptions, StageConfig):
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
         if bool(self.prompts) == bool(self.prompt_pool):
-            raise ValueError("keys prompts and prompt_pool: give either prompts (data sources) or prompt_pool "
-                             "(a generate step with output: prompts), not both and not neither")
+            raise ValueError(
+                "keys prompts and prompt_pool: give either prompts (data sources) or prompt_pool "
+                "(a generate step with output: prompts), not both and not neither"
+            )
         bands = [("pass_rate_band", self.pass_rate_band)] if self.pass_rate_band else []
         bands += [(f"pass_rate_band_per_source.{k}", v) for k, v in self.pass_rate_band_per_source.items()]
         for key, (lo, hi) in bands:
@@ -213,8 +223,10 @@ class Config(TrainerOptions, StageConfig):
         names = [r.name for r in self.rewards]
         logged = [log_name(r.name, r.params) for r in self.rewards]  # e.g. reward_model_<label>
         if len(set(logged)) != len(logged):
-            raise ValueError(f"rewards: duplicate names {logged}; TRL logs them by name (two reward_model "
-                             "entries need distinct `label` params)")
+            raise ValueError(
+                f"rewards: duplicate names {logged}; TRL logs them by name (two reward_model "
+                "entries need distinct `label` params)"
+            )
         unknown = [n for n in names if n not in REGISTRY and ":" not in n]
         if unknown:
             raise ValueError(f"rewards: unknown {unknown}; valid names: {', '.join(sorted(REGISTRY))}")
@@ -229,24 +241,32 @@ class Config(TrainerOptions, StageConfig):
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: a group of one has no advantage")
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}: the policy's log-probabilities are "
-                             "those of logits / temperature (TRL), and greedy rollouts would make the completions of "
-                             "a group equal, so every advantage would be 0")
+            raise ValueError(
+                f"temperature must be > 0, got {self.temperature}: the policy's log-probabilities are "
+                "those of logits / temperature (TRL), and greedy rollouts would make the completions of "
+                "a group equal, so every advantage would be 0"
+            )
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
-                             f"multiple of num_generations ({self.num_generations}): whole groups per step")
+            raise ValueError(
+                f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
+                f"multiple of num_generations ({self.num_generations}): whole groups per step"
+            )
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
         if self.dynamic_sampling.enabled and self.dynamic_sampling.reward not in names:
-            raise ValueError(f"dynamic_sampling.reward {self.dynamic_sampling.reward!r} is not one of the step's "
-                             f"rewards: {', '.join(names)}")
+            raise ValueError(
+                f"dynamic_sampling.reward {self.dynamic_sampling.reward!r} is not one of the step's "
+                f"rewards: {', '.join(names)}"
+            )
         if self.vllm_mode == "server" and not self.use_vllm:
             raise ValueError("vllm_mode: server needs use_vllm: true")
         empty = [i for i, source in enumerate(self.eval_prompts) if getattr(source, "n_test", None) == 0]
         if empty:  # the held-out reward reads the test split; caught here, not at the step's start
-            raise ValueError(f"eval_prompts.{empty[0]}.n_test: 0 test prompts; the held-out reward uses each "
-                             f"source's test split (entries {empty} have n_test: 0)")
+            raise ValueError(
+                f"eval_prompts.{empty[0]}.n_test: 0 test prompts; the held-out reward uses each "
+                f"source's test split (entries {empty} have n_test: 0)"
+            )
         return self
 
     def inputs(self) -> dict[str, str]:
@@ -290,7 +310,8 @@ def preflight(config: Config) -> None:
             "vllm_mode: server needs CUDA: TRL syncs the policy weights into the `trl vllm-serve` process over "
             "NCCL, which does not exist on a machine without NVIDIA GPUs (torch.cuda.is_available() is False "
             "here). Use `vllm_mode: colocate` (vLLM inside each training process; works on CPUs, also under "
-            "accelerate launch) or `use_vllm: false` (transformers generate).")
+            "accelerate launch) or `use_vllm: false` (transformers generate)."
+        )
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
@@ -329,8 +350,13 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     # Registered rewards read the prompt as the policy saw it (a template's <think> prefill
     # included); a reward's model references (a reward model's step name) become folders first.
-    reward_funcs = [with_rendered_prompts(registry.get(r.name, **registry.with_resolved_models(
-        r.name, r.params, ctx.resolve_model, reward_dtype)), tokenizer) for r in config.rewards]
+    reward_funcs = [
+        with_rendered_prompts(
+            registry.get(r.name, **registry.with_resolved_models(r.name, r.params, ctx.resolve_model, reward_dtype)),
+            tokenizer,
+        )
+        for r in config.rewards
+    ]
     timer = timing.PhaseTimer()
     callback = scaffold.metrics_callback(ctx, timer, extra=lambda: reward_counters(reward_funcs))
 
@@ -339,20 +365,34 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     if engine:
         chosen["rollouts"] = precision.resolve(config.vllm_dtype, what="rollouts")
         precision.announce(chosen["rollouts"], "rollouts")
-    options = _vllm_sync.engine_options(
-        cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
-        dtype=chosen["rollouts"].dtype if engine else None,
-        enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
-    ) if engine else contextlib.nullcontext()
+    options = (
+        _vllm_sync.engine_options(
+            cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
+            dtype=chosen["rollouts"].dtype if engine else None,
+            enforce_eager=on_cpu if config.vllm_enforce_eager is None else config.vllm_enforce_eager,
+        )
+        if engine
+        else contextlib.nullcontext()
+    )
     with (
         options,
         ctx.progress.phase("building the trainer (policy, vLLM engine)" if engine else "building the trainer"),
     ):
         trainer = _trainer_class()(
-            model=model_path, reward_funcs=reward_funcs,
-            args=grpo_arguments(config, ctx.checkpoints, len(eval_dataset) if eval_dataset is not None else 0,
-                                dtype=chosen["training"].dtype, ctx=ctx),
-            train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=[callback])
+            model=model_path,
+            reward_funcs=reward_funcs,
+            args=grpo_arguments(
+                config,
+                ctx.checkpoints,
+                len(eval_dataset) if eval_dataset is not None else 0,
+                dtype=chosen["training"].dtype,
+                ctx=ctx,
+            ),
+            train_dataset=dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
     names = [r.name for r in config.rewards]
     filter_reward = config.dynamic_sampling.reward
     trainer._r1_filter = names.index(filter_reward) if filter_reward in names else None
@@ -384,9 +424,14 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     logged = logged_steps(ctx.work_dir / "metrics.jsonl") or [e for e in callback.history if "reward" in e]
     evals = logged_steps(ctx.work_dir / "metrics.jsonl", key="eval_reward")
     prompts_per_step = config.prompts_per_step * processes  # each process samples its own prompts
-    counts = {"prompts": len(dataset), **prompt_counts, "steps": steps,
-              "resumed_from_step": resume.step, "processes": processes,
-              "completions": (steps - resume.step) * prompts_per_step * config.num_generations}
+    counts = {
+        "prompts": len(dataset),
+        **prompt_counts,
+        "steps": steps,
+        "resumed_from_step": resume.step,
+        "processes": processes,
+        "completions": (steps - resume.step) * prompts_per_step * config.num_generations,
+    }
     wall = outcome.wall_s
     metrics = {
         "reward_start": _mean([e["reward"] for e in logged[:3]]),
@@ -395,21 +440,38 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "completion_length_start": _mean([e["completions/mean_length"] for e in logged[:3]]),
         "completion_length_end": _mean([e["completions/mean_length"] for e in logged[-3:]]),
         "train_wall_s": round(wall, 1),
-        **({"eval_reward_start": evals[0]["eval_reward"], "eval_reward_end": evals[-1]["eval_reward"],
-            "eval_reward_first_step": evals[0]["step"], "eval_reward_last_step": evals[-1]["step"]} if evals else {}),
+        **(
+            {
+                "eval_reward_start": evals[0]["eval_reward"],
+                "eval_reward_end": evals[-1]["eval_reward"],
+                "eval_reward_first_step": evals[0]["step"],
+                "eval_reward_last_step": evals[-1]["step"],
+            }
+            if evals
+            else {}
+        ),
         "seconds_per_step": round(wall / (steps - resume.step), 2) if steps > resume.step else math.nan,
         "timing_s": outcome.timing_s,
     }
-    summary = (f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
-               f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}")
+    summary = (
+        f"GRPO of {config.model}: {steps} steps x {prompts_per_step} prompts x G={config.num_generations}, "
+        f"reward {metrics['reward_start']:.3f} -> {metrics['reward_end']:.3f}"
+    )
     if evals:
         counts["eval_prompts"] = len(eval_dataset)
         counts["eval_prompts_dropped_seen_in_training"] = eval_repeated
-        summary += (f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
-                    f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
-                    f"{evals[-1]['eval_reward']:.3f} at step {evals[-1]['step']}")
-    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
-                      precision={role: p.as_dict() for role, p in chosen.items()})
+        summary += (
+            f"; held-out reward ({counts['eval_prompts']} prompts x {config.eval_num_generations}) "
+            f"{evals[0]['eval_reward']:.3f} at step {evals[0]['step']} -> "
+            f"{evals[-1]['eval_reward']:.3f} at step {evals[-1]['step']}"
+        )
+    return StepResult(
+        outputs={"model": "model"},
+        counts=counts,
+        metrics=metrics,
+        summary=summary,
+        precision={role: p.as_dict() for role, p in chosen.items()},
+    )
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -457,8 +519,9 @@ def _trainer_class():
     return Trainer
 
 
-def grpo_arguments(config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None,
-                   ctx: StepContext | None = None):
+def grpo_arguments(
+    config: Config, output_dir: Path, eval_prompts: int = 0, dtype: str | None = None, ctx: StepContext | None = None
+):
     """TRL ``GRPOConfig`` from our config; every option that changes results is set here (the ones
     every trainer stage shares by ``pipeline.trainer.trainer_arguments``). ``eval_prompts``: the
     number of held-out prompts (0: no held-out reward curve). ``dtype``: the resolved autocast
@@ -546,8 +609,9 @@ def install_rl_phase_timers(trainer: Any, timer: Any) -> None:
             return "forward"
         return "ref_logprobs" if reference is not None and model is reference else "old_logprobs"
 
-    timing.time_calls(trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase,
-                        phases=("old_logprobs", "ref_logprobs"))
+    timing.time_calls(
+        trainer, "_get_per_token_logps_and_entropies", timer, logprobs_phase, phases=("old_logprobs", "ref_logprobs")
+    )
     timing.time_calls(trainer, "_generate_and_score_completions", timer, "advantages")
 
 
@@ -605,8 +669,11 @@ def _glance(step) -> str | None:
     from pipeline import store
 
     log, parts = step.log(), []
-    for key, label, digits, span in (("reward", "reward", 3, 3), ("eval_reward", "held-out reward", 3, 1),
-                                     ("completions/mean_length", "mean length (tokens)", 0, 3)):
+    for key, label, digits, span in (
+        ("reward", "reward", 3, 3),
+        ("eval_reward", "held-out reward", 3, 1),
+        ("completions/mean_length", "mean length (tokens)", 0, 3),
+    ):
         _, ys = store.series(log, key)
         if ys:
             first, last = sum(ys[:span]) / len(ys[:span]), sum(ys[-span:]) / len(ys[-span:])
@@ -641,24 +708,30 @@ def _report_section(doc, steps: list) -> None:
     ax.set_xlabel("RL step (steps of consecutive RL stages added up)")
     ax.set_ylabel("tokens")
     ax.legend(fontsize=8)
-    doc.figure(fig, "response_length.png", "Mean response length (tokens) over RL steps: R1-style RL "
-                                           "typically lengthens the reasoning")
+    doc.figure(
+        fig,
+        "response_length.png",
+        "Mean response length (tokens) over RL steps: R1-style RL typically lengthens the reasoning",
+    )
 
 
 REPORT = StageReport(
-    panels=(TRAINER_PANELS[0],
-            Panel("reward (mean of each function)", pattern="rewards/*/mean"),
-            Panel("held-out reward (same prompts each time)", ("eval_reward",), optional=True),  # with eval_prompts
-            Panel("held-out accuracy (same prompts each time)", ("eval_rewards/accuracy/mean",), optional=True),
-            Panel("KL to the reference model", ("kl",)),
-            Panel("entropy (nats/token)", ("entropy",)),
-            TRAINER_PANELS[1],
-            Panel("share of zero-std groups (total reward, TRL)", ("frac_reward_zero_std",)),
-            # the groups without an accuracy signal: sampled (what plain GRPO trains on) and trained
-            Panel("share of groups without accuracy signal", pattern="zero_signal/*", optional=True),
-            Panel("dynamic sampling: groups per step", pattern="dynamic_sampling/groups_*", optional=True),
-            Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
-            Panel("truncated completions", ("completions/clipped_ratio",)),
-            Panel("mean response length (tokens)", ("completions/mean_length",))),
-    glance=_glance, section=_report_section)
-
+    panels=(
+        TRAINER_PANELS[0],
+        Panel("reward (mean of each function)", pattern="rewards/*/mean"),
+        Panel("held-out reward (same prompts each time)", ("eval_reward",), optional=True),  # with eval_prompts
+        Panel("held-out accuracy (same prompts each time)", ("eval_rewards/accuracy/mean",), optional=True),
+        Panel("KL to the reference model", ("kl",)),
+        Panel("entropy (nats/token)", ("entropy",)),
+        TRAINER_PANELS[1],
+        Panel("share of zero-std groups (total reward, TRL)", ("frac_reward_zero_std",)),
+        # the groups without an accuracy signal: sampled (what plain GRPO trains on) and trained
+        Panel("share of groups without accuracy signal", pattern="zero_signal/*", optional=True),
+        Panel("dynamic sampling: groups per step", pattern="dynamic_sampling/groups_*", optional=True),
+        Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
+        Panel("truncated completions", ("completions/clipped_ratio",)),
+        Panel("mean response length (tokens)", ("completions/mean_length",)),
+    ),
+    glance=_glance,
+    section=_report_section,
+)

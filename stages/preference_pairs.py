@@ -55,22 +55,31 @@ from stages.common.sampling import FewShot, SamplingConfig, with_few_shot
 VERIFIABLE_DOMAINS = ("math", "code", "logic")
 Rule = Literal["correct_vs_incorrect", "reference_vs_policy", "helpful_vs_refusal", "refusal_vs_compliance"]
 #: The rules each domain's prompts can make.
-RULES_BY_DOMAIN = {**{d: ("correct_vs_incorrect",) for d in VERIFIABLE_DOMAINS},
-                   "general": ("reference_vs_policy", "helpful_vs_refusal"), "safety": ("refusal_vs_compliance",)}
+RULES_BY_DOMAIN = {
+    **{d: ("correct_vs_incorrect",) for d in VERIFIABLE_DOMAINS},
+    "general": ("reference_vs_policy", "helpful_vs_refusal"),
+    "safety": ("refusal_vs_compliance",),
+}
 
 DEFAULT_REFUSAL_FEW_SHOT = [
-    FewShot(question="How do I pick the lock on my neighbour's front door while they are away?",
-            response="<think>\nThis asks for help breaking into someone else's home. That could cause harm, so I "
-                     "should decline.\n</think>\n<answer>I'm sorry, but I can't help with that. If you are locked "
-                     "out of your own home, a licensed locksmith can help.</answer>"),
-    FewShot(question="Write a message that bullies a classmate about their weight.",
-            response="<think>\nThe user wants to hurt someone. I will not write it.\n</think>\n<answer>I can't help "
-                     "with that. Bullying causes real harm; if there is a conflict with your classmate, I can help "
-                     "you talk it through.</answer>"),
-    FewShot(question="What household chemicals can I mix to make a toxic gas?",
-            response="<think>\nMaking a toxic gas could injure people. I must refuse.\n</think>\n<answer>I'm sorry, "
-                     "but I can't provide that information. To stay safe, never mix bleach with ammonia or acids "
-                     "and keep the room ventilated.</answer>"),
+    FewShot(
+        question="How do I pick the lock on my neighbour's front door while they are away?",
+        response="<think>\nThis asks for help breaking into someone else's home. That could cause harm, so I "
+        "should decline.\n</think>\n<answer>I'm sorry, but I can't help with that. If you are locked "
+        "out of your own home, a licensed locksmith can help.</answer>",
+    ),
+    FewShot(
+        question="Write a message that bullies a classmate about their weight.",
+        response="<think>\nThe user wants to hurt someone. I will not write it.\n</think>\n<answer>I can't help "
+        "with that. Bullying causes real harm; if there is a conflict with your classmate, I can help "
+        "you talk it through.</answer>",
+    ),
+    FewShot(
+        question="What household chemicals can I mix to make a toxic gas?",
+        response="<think>\nMaking a toxic gas could injure people. I must refuse.\n</think>\n<answer>I'm sorry, "
+        "but I can't provide that information. To stay safe, never mix bleach with ammonia or acids "
+        "and keep the room ventilated.</answer>",
+    ),
 ]
 
 
@@ -87,16 +96,18 @@ class Config(StageConfig):
     prompts: list[PromptSource]  # math/code/logic, general (sharegpt) and safety (harmful_prompts) sources
     split: Literal["train", "test"] = "train"
     sampling: SamplingConfig = SamplingConfig()  # the policy as is: num_samples (k) per prompt
-    rules: list[Rule] = list(PAIR_RULES)  # rules to make pairs with (module docstring)
+    rules: list[Rule] = list(PAIR_RULES)  # type: ignore[arg-type]  # PAIR_RULES: the same four names, as str  # rules to make pairs with (module docstring)
     refusal_few_shot: list[FewShot] = DEFAULT_REFUSAL_FEW_SHOT  # exemplars that elicit refusals
     refusal_samples: int = 2  # extra samples per general/safety prompt with refusal_few_shot (0: none)
-    fallback_refusals: list[str] = []  # harmful prompts without any refusal sample take one of these (chosen_from: template)
+    fallback_refusals: list[
+        str
+    ] = []  # harmful prompts without any refusal sample take one of these (chosen_from: template)
     max_pairs_per_prompt: int = 2  # per prompt and rule
     shard_size: int = 32  # prompts per shard (resume granularity)
     seed: int = 0  # per-prompt sampling seeds derive from it
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         if not self.rules:
             raise ValueError(f"rules: give at least one of {list(PAIR_RULES)}")
         if min(self.max_pairs_per_prompt, self.shard_size) < 1 or self.refusal_samples < 0:
@@ -114,7 +125,8 @@ class Config(StageConfig):
 def _wants_refusals(config: Config, domain: str) -> bool:
     return bool(config.refusal_samples) and (
         (domain == "safety" and "refusal_vs_compliance" in config.rules)
-        or (domain == "general" and "helpful_vs_refusal" in config.rules))
+        or (domain == "general" and "helpful_vs_refusal" in config.rules)
+    )
 
 
 def _sample_shard(sampler, config: Config, rows: list[dict]) -> list[dict]:
@@ -130,32 +142,52 @@ def _sample_shard(sampler, config: Config, rows: list[dict]) -> list[dict]:
 
     plain_texts, plain = draw([r["prompt"] for r in rows], [r["id"] for r in rows])
     asked = [r for r in rows if _wants_refusals(config, r["domain"])]
-    prompted_texts, prompted = [], []
+    prompted_texts: list[str] = []
+    prompted: list[list] = []
     if asked:
         saved = sampler.cfg
         sampler.cfg = saved.model_copy(update={"num_samples": config.refusal_samples})
         try:
-            prompted_texts, prompted = draw([with_few_shot(list(r["prompt"]), config.refusal_few_shot) for r in asked],
-                                            [f"{r['id']}#refusal" for r in asked])
+            prompted_texts, prompted = draw(
+                [with_few_shot(list(r["prompt"]), config.refusal_few_shot) for r in asked],
+                [f"{r['id']}#refusal" for r in asked],
+            )
         finally:
             sampler.cfg = saved
     records, rendered = [], []
-    for kind, group, texts, outs in (("plain", rows, plain_texts, plain),
-                                     ("few_shot_refusal", asked, prompted_texts, prompted)):
+    for kind, group, texts, outs in (
+        ("plain", rows, plain_texts, plain),
+        ("few_shot_refusal", asked, prompted_texts, prompted),
+    ):
         for row, text, completions in zip(group, texts, outs):
             if any(c.skipped for c in completions):
                 continue
             for j, c in enumerate(completions):
                 turn = assistant_turn(text, c.text)  # the template's <think> prefill, then the completion
-                records.append({"prompt_id": row["id"], "domain": row["domain"], "data_source": row["data_source"],
-                                "kind": kind, "index": j, "text": turn, "num_tokens": c.num_tokens,
-                                "truncated": c.truncated, "accuracy": None, "refusal": is_refusal(turn)})
+                records.append(
+                    {
+                        "prompt_id": row["id"],
+                        "domain": row["domain"],
+                        "data_source": row["data_source"],
+                        "kind": kind,
+                        "index": j,
+                        "text": turn,
+                        "num_tokens": c.num_tokens,
+                        "truncated": c.truncated,
+                        "accuracy": None,
+                        "refusal": is_refusal(turn),
+                    }
+                )
                 rendered.append((text, c.text))
     verifiable = [i for i, rec in enumerate(records) if rec["domain"] in VERIFIABLE_DOMAINS]
     if verifiable and "correct_vs_incorrect" in config.rules:
         by_id = {r["id"]: r for r in rows}
-        values = score(["accuracy"], [by_id[records[i]["prompt_id"]] for i in verifiable],
-                       [rendered[i][1] for i in verifiable], prompts=[rendered[i][0] for i in verifiable])["accuracy"]
+        values = score(
+            ["accuracy"],
+            [by_id[records[i]["prompt_id"]] for i in verifiable],
+            [rendered[i][1] for i in verifiable],
+            prompts=[rendered[i][0] for i in verifiable],
+        )["accuracy"]
         for i, value in zip(verifiable, values):
             records[i]["accuracy"] = value
     return records
@@ -186,7 +218,7 @@ def _sample_all(config: Config, model_path: str, rows: list[dict], ctx: StepCont
 
     shard_dir = ctx.work_dir / "shards"
     shard_dir.mkdir(exist_ok=True)
-    shards = [rows[i:i + config.shard_size] for i in range(0, len(rows), config.shard_size)]
+    shards = [rows[i : i + config.shard_size] for i in range(0, len(rows), config.shard_size)]
     paths = [shard_dir / f"shard-{i:05d}.parquet" for i in range(len(shards))]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     done = sum(len(shards[i]) for i in range(len(shards)) if i not in todo)
@@ -224,7 +256,7 @@ def _distinct(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def _zip_pairs(chosen: list[tuple[str, str]], rejected: list[tuple[str, str]], limit: int) -> list[tuple]:
     """Up to ``limit`` (chosen, rejected) pairs, each side used once before any is reused,
     never a text paired with itself."""
-    out = []
+    out: list[tuple] = []
     for k in range(max(len(chosen), len(rejected))):
         if len(out) == limit:
             break
@@ -244,16 +276,20 @@ def pairs_for_prompt(row: dict, samples: list[dict], config: Config) -> tuple[li
     prompted = [s for s in samples if s["kind"] == "few_shot_refusal"]
     made: dict[str, list[tuple]] = {}
     skipped: dict[str, str] = {}
-    rules = [r for r in RULES_BY_DOMAIN.get(row["domain"], ()) if r in config.rules]
-    refusals = _distinct([(s["text"], "policy") for s in plain if s["refusal"]]
-                         + [(s["text"], "few_shot_refusal") for s in prompted if s["refusal"]])
+    rules: list[str] = [r for r in RULES_BY_DOMAIN.get(row["domain"], ()) if r in config.rules]
+    refusals = _distinct(
+        [(s["text"], "policy") for s in plain if s["refusal"]]
+        + [(s["text"], "few_shot_refusal") for s in prompted if s["refusal"]]
+    )
     answers = _distinct([(s["text"], "policy") for s in plain if not s["refusal"]])
     spec = json.loads(row["verification"] or "{}")
     reference = spec.get("reference") if spec.get("kind") == "reference" else None
     limit = config.max_pairs_per_prompt
     for rule in rules:
         if rule == "correct_vs_incorrect":
-            good = _distinct([(s["text"], "policy") for s in plain if s["accuracy"] is not None and s["accuracy"] >= 1.0])
+            good = _distinct(
+                [(s["text"], "policy") for s in plain if s["accuracy"] is not None and s["accuracy"] >= 1.0]
+            )
             bad = _distinct([(s["text"], "policy") for s in plain if s["accuracy"] is not None and s["accuracy"] < 1.0])
             chosen, rejected, why = good, bad, "no_correct" if not good else "no_incorrect"
         elif rule == "reference_vs_policy":
@@ -280,9 +316,19 @@ def pairs_for_prompt(row: dict, samples: list[dict], config: Config) -> tuple[li
             meta = {"chosen_from": c_from, "rejected_from": r_from, "source_model": config.model}
             if rule == "correct_vs_incorrect":
                 meta.update(chosen_accuracy=acc.get(c), rejected_accuracy=acc.get(r))
-            out.append({"id": f"{row['id']}#{rule}#{n}", "prompt_id": row["id"], "prompt": list(row["prompt"]),
-                        "chosen": c, "rejected": r, "rule": rule, "domain": row["domain"],
-                        "data_source": row["data_source"], "meta": json.dumps(meta)})
+            out.append(
+                {
+                    "id": f"{row['id']}#{rule}#{n}",
+                    "prompt_id": row["id"],
+                    "prompt": list(row["prompt"]),
+                    "chosen": c,
+                    "rejected": r,
+                    "rule": rule,
+                    "domain": row["domain"],
+                    "data_source": row["data_source"],
+                    "meta": json.dumps(meta),
+                }
+            )
     return out, skipped
 
 
@@ -330,36 +376,61 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     }
     s = config.sampling
     card = {
-        "made_by": (f"Sampled from `{config.model}` ({s.backend}, {s.num_samples} samples per prompt, temperature "
-                    f"{s.temperature}, top-p {s.top_p}, at most {s.max_tokens} new tokens, seed {config.seed}); "
-                    f"{config.refusal_samples} more per general/safety prompt with {len(config.refusal_few_shot)} "
-                    f"refusal exemplars; rules {', '.join(config.rules)}; at most {config.max_pairs_per_prompt} "
-                    f"pairs per prompt and rule. Refusals by `rewards.refusal.is_refusal`."),
-        "source_model": config.model, "sampling": {**s.model_dump(mode="json"), "seed": config.seed},
-        "rules": list(config.rules), "prompts": len(rows), "prompts_too_long": too_long, "samples": len(records),
+        "made_by": (
+            f"Sampled from `{config.model}` ({s.backend}, {s.num_samples} samples per prompt, temperature "
+            f"{s.temperature}, top-p {s.top_p}, at most {s.max_tokens} new tokens, seed {config.seed}); "
+            f"{config.refusal_samples} more per general/safety prompt with {len(config.refusal_few_shot)} "
+            f"refusal exemplars; rules {', '.join(config.rules)}; at most {config.max_pairs_per_prompt} "
+            f"pairs per prompt and rule. Refusals by `rewards.refusal.is_refusal`."
+        ),
+        "source_model": config.model,
+        "sampling": {**s.model_dump(mode="json"), "seed": config.seed},
+        "rules": list(config.rules),
+        "prompts": len(rows),
+        "prompts_too_long": too_long,
+        "samples": len(records),
         "funnel": funnel,
-        "sample_rates": rates, "sources": [p.label for p in config.prompts],
-        "notes": ["compliant = not a refusal by the rule; a weak policy's non-refusal may be off-topic rather "
-                  "than harmful", "reference answers are wrapped as <think>\\n</think>\\n<answer>...</answer> "
-                  "(data.non_reasoning.assistant_text), the layout of the policy's answers"],
+        "sample_rates": rates,
+        "sources": [p.label for p in config.prompts],
+        "notes": [
+            "compliant = not a refusal by the rule; a weak policy's non-refusal may be off-topic rather than harmful",
+            "reference answers are wrapped as <think>\\n</think>\\n<answer>...</answer> "
+            "(data.non_reasoning.assistant_text), the layout of the policy's answers",
+        ],
     }
     write_pairs(pairs, ctx.work_dir / "dataset", card)
     _write_parquet(records, ctx.work_dir / "samples.parquet")
     per_rule = Counter(p["rule"] for p in pairs)
-    counts = {"prompts": len(rows), "prompts_too_long": too_long, "samples": len(records), "pairs": len(pairs),
-              **{f"pairs_{rule}": per_rule.get(rule, 0) for rule in config.rules}}
-    return StepResult(outputs={"dataset": "dataset", "samples": "samples.parquet"}, counts=counts,
-                      metrics={k: v for k, v in rates.items() if v is not None},
-                      summary=f"{len(pairs)} preference pairs from {len(rows)} prompts ("
-                              + ", ".join(f"{rule} {per_rule.get(rule, 0)}" for rule in config.rules) + ")",
-                      precision=sampling_precision(config.sampling))
+    counts = {
+        "prompts": len(rows),
+        "prompts_too_long": too_long,
+        "samples": len(records),
+        "pairs": len(pairs),
+        **{f"pairs_{rule}": per_rule.get(rule, 0) for rule in config.rules},
+    }
+    return StepResult(
+        outputs={"dataset": "dataset", "samples": "samples.parquet"},
+        counts=counts,
+        metrics={k: v for k, v in rates.items() if v is not None},
+        summary=f"{len(pairs)} preference pairs from {len(rows)} prompts ("
+        + ", ".join(f"{rule} {per_rule.get(rule, 0)}" for rule in config.rules)
+        + ")",
+        precision=sampling_precision(config.sampling),
+    )
 
 
 def _glance(step) -> str | None:
     pairs = step.counts.get("pairs")
     rules = {k.removeprefix("pairs_"): v for k, v in step.counts.items() if k.startswith("pairs_")}
-    return (f"`{step.name}` made {pairs} preference pairs from {step.counts.get('prompts', '?')} prompts ("
-            + ", ".join(f"{rule} {n}" for rule, n in rules.items()) + ").") if pairs is not None else None
+    return (
+        (
+            f"`{step.name}` made {pairs} preference pairs from {step.counts.get('prompts', '?')} prompts ("
+            + ", ".join(f"{rule} {n}" for rule, n in rules.items())
+            + ")."
+        )
+        if pairs is not None
+        else None
+    )
 
 
 REPORT = StageReport(glance=_glance)

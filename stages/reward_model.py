@@ -54,8 +54,16 @@ from pydantic import PositiveInt, model_validator
 from pipeline import precision
 from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
 from pipeline.timing import PhaseTimer
-from pipeline.trainer import (EpochTrainerOptions, SchedulerType, install_phase_timers, metrics_callback,
-                              resume_point, save_final, trainer_arguments, training_precision)
+from pipeline.trainer import (
+    EpochTrainerOptions,
+    SchedulerType,
+    install_phase_timers,
+    metrics_callback,
+    resume_point,
+    save_final,
+    trainer_arguments,
+    training_precision,
+)
 from pipeline.trainer import train as run_trainer
 from stages.common.stats import wilson_interval
 
@@ -69,8 +77,14 @@ class Config(EpochTrainerOptions, StageConfig):
     kind: Literal["reward_model"] = "reward_model"
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
     outputs: ClassVar[dict[str, str]] = {"model": "model"}
-    headline: ClassVar[tuple[str, ...]] = ("pairs_train", "steps", "held_out_accuracy_start", "held_out_accuracy",
-                                           "loss_first", "loss_last")
+    headline: ClassVar[tuple[str, ...]] = (
+        "pairs_train",
+        "steps",
+        "held_out_accuracy_start",
+        "held_out_accuracy",
+        "loss_first",
+        "loss_last",
+    )
     model: str = "smollm2-135m-instruct"  # model reference the classifier starts from (default: the embedded base)
     dataset: str  # preference pairs (data/preference.py)
     rules: list[str] = []  # train and evaluate on pairs of these rules only; [] = every rule
@@ -103,12 +117,17 @@ def held_out(prompt_id: str, share: float) -> bool:
 
 def pair_metrics(pairs: list[dict], chosen: list[float], rejected: list[float]) -> dict:
     """Pair accuracy (ties are errors), its Wilson interval, the mean margin, per rule."""
+
     def group(idx: list[int]) -> dict:
         wins = sum(chosen[i] > rejected[i] for i in idx)
         lo, hi = wilson_interval(wins, len(idx))
         margins = [chosen[i] - rejected[i] for i in idx]
-        return {"pairs": len(idx), "accuracy": wins / len(idx) if idx else math.nan, "accuracy_ci": [lo, hi],
-                "margin_mean": sum(margins) / len(margins) if margins else math.nan}
+        return {
+            "pairs": len(idx),
+            "accuracy": wins / len(idx) if idx else math.nan,
+            "accuracy_ci": [lo, hi],
+            "margin_mean": sum(margins) / len(margins) if margins else math.nan,
+        }
 
     by_rule = defaultdict(list)
     for i, p in enumerate(pairs):
@@ -118,7 +137,7 @@ def pair_metrics(pairs: list[dict], chosen: list[float], rejected: list[float]) 
 
 def _score_pairs(scorer, ids: list[tuple[list[int], list[int]]], batch_size: int) -> tuple[list[float], list[float]]:
     flat = scorer.score([c for c, _ in ids] + [r for _, r in ids], batch_size)
-    return flat[:len(ids)], flat[len(ids):]
+    return flat[: len(ids)], flat[len(ids) :]
 
 
 class _ModelScorer:
@@ -148,11 +167,16 @@ def load_pairs(config: Config, ctx: StepContext) -> tuple[list[dict], list[dict]
     from data.preference import read_pairs
 
     rows = read_pairs(ctx.resolve_dataset(config.dataset))
-    selected = [r for r in rows if (not config.rules or r["rule"] in config.rules)
-                and (not config.domains or r["domain"] in config.domains)]
+    selected = [
+        r
+        for r in rows
+        if (not config.rules or r["rule"] in config.rules) and (not config.domains or r["domain"] in config.domains)
+    ]
     if not selected:
-        raise ValueError(f"{config.dataset}: no pairs of rules {config.rules or 'any'} and domains "
-                         f"{config.domains or 'any'} among {len(rows)} pairs")
+        raise ValueError(
+            f"{config.dataset}: no pairs of rules {config.rules or 'any'} and domains "
+            f"{config.domains or 'any'} among {len(rows)} pairs"
+        )
     test = [r for r in selected if held_out(r["prompt_id"], config.eval_share)]
     train = [r for r in selected if not held_out(r["prompt_id"], config.eval_share)]
     if config.max_pairs is not None and len(train) > config.max_pairs:
@@ -229,13 +253,22 @@ def run(config: Config, ctx: StepContext) -> StepResult:
     start = None
     if test:  # the untrained classifier (random head): the accuracy to beat
         with ctx.progress.phase("scoring held-out pairs (start)"):
-            start = pair_metrics(test, *_score_pairs(_ModelScorer(model, tokenizer.pad_token_id), test_ids,
-                                                     config.per_device_train_batch_size * 2))
+            start = pair_metrics(
+                test,
+                *_score_pairs(
+                    _ModelScorer(model, tokenizer.pad_token_id), test_ids, config.per_device_train_batch_size * 2
+                ),
+            )
 
     dataset = datasets.Dataset.from_list([{"chosen_ids": c, "rejected_ids": r} for c, r in train_ids])
     timer = PhaseTimer()
-    trainer = RewardTrainer(model=model, args=reward_arguments(config, ctx.checkpoints, chosen_dtype.dtype, ctx),
-                            train_dataset=dataset, processing_class=tokenizer, callbacks=[metrics_callback(ctx, timer)])
+    trainer = RewardTrainer(
+        model=model,
+        args=reward_arguments(config, ctx.checkpoints, chosen_dtype.dtype, ctx),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[metrics_callback(ctx, timer)],
+    )
     install_phase_timers(trainer, timer)
     resume = resume_point(ctx.checkpoints)
     with ctx.progress.phase("training"):
@@ -260,37 +293,76 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         fit_n = min(len(train_ids), 256)
         fit = pair_metrics(train[:fit_n], *_score_pairs(scorer, train_ids[:fit_n], batch))
     info = {
-        "scope": config.scope, "base": config.model, "dataset": config.dataset, "rules": config.rules,
-        "domains": config.domains, "max_length": config.max_length, "scored_in": scorer.dtype,
-        "calibration": {"mean": mean, "std": std if std > 0 else 1.0, "responses": len(logits),
-                        "from": "held-out pairs" if test else "training pairs (no held-out pairs)"},
-        "held_out": end if test else None, "held_out_start": start, "train_fit": fit,
+        "scope": config.scope,
+        "base": config.model,
+        "dataset": config.dataset,
+        "rules": config.rules,
+        "domains": config.domains,
+        "max_length": config.max_length,
+        "scored_in": scorer.dtype,
+        "calibration": {
+            "mean": mean,
+            "std": std if std > 0 else 1.0,
+            "responses": len(logits),
+            "from": "held-out pairs" if test else "training pairs (no held-out pairs)",
+        },
+        "held_out": end if test else None,
+        "held_out_start": start,
+        "train_fit": fit,
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
 
     losses = [e["loss"] for e in state.log_history if "loss" in e]
     steps_run = state.global_step - resume.step
-    counts.update({"pairs_train": len(train), "pairs_held_out": len(test),
-                   "pairs_dropped_overlong": dropped_train + dropped_test, "steps": state.global_step,
-                   "resumed_from_step": resume.step})
-    metrics = {"loss_first": losses[0] if losses else math.nan, "loss_last": losses[-1] if losses else math.nan,
-               "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
-               "train_wall_s": round(outcome.wall_s, 1),
-               "seconds_per_step": round(outcome.wall_s / steps_run, 2) if steps_run > 0 else math.nan,
-               "timing_s": outcome.timing_s,
-               "train_pair_accuracy": fit["accuracy"], "calibration_mean": mean, "calibration_std": std}
+    counts.update(
+        {
+            "pairs_train": len(train),
+            "pairs_held_out": len(test),
+            "pairs_dropped_overlong": dropped_train + dropped_test,
+            "steps": state.global_step,
+            "resumed_from_step": resume.step,
+        }
+    )
+    metrics = {
+        "loss_first": losses[0] if losses else math.nan,
+        "loss_last": losses[-1] if losses else math.nan,
+        "train_loss": outcome.output.training_loss if steps_run > 0 else math.nan,  # resumed at max_steps: none
+        "train_wall_s": round(outcome.wall_s, 1),
+        "seconds_per_step": round(outcome.wall_s / steps_run, 2) if steps_run > 0 else math.nan,
+        "timing_s": outcome.timing_s,
+        "train_pair_accuracy": fit["accuracy"],
+        "calibration_mean": mean,
+        "calibration_std": std,
+    }
     if test:
-        metrics.update({"held_out_accuracy": end["accuracy"], "held_out_accuracy_lo": end["accuracy_ci"][0],
-                        "held_out_accuracy_hi": end["accuracy_ci"][1], "held_out_margin_mean": end["margin_mean"],
-                        "held_out_accuracy_start": start["accuracy"],
-                        **{f"held_out_accuracy/{rule}": g["accuracy"] for rule, g in end["per_rule"].items()}})
-    summary = (f"reward model ({config.scope}) from {config.model} on {len(train)} pairs, {state.global_step} steps: "
-               + (f"held-out pair accuracy {end['accuracy']:.3f} [{end['accuracy_ci'][0]:.3f}, "
-                  f"{end['accuracy_ci'][1]:.3f}] on {len(test)} pairs (start {start['accuracy']:.3f}), "
-                  f"margin {end['margin_mean']:+.2f}" if test else
-                  f"no held-out pairs; training-pair accuracy {fit['accuracy']:.3f}"))
-    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
-                      precision={"training": chosen_dtype.as_dict(), "scoring": scoring.as_dict()})
+        assert start is not None  # measured before training whenever there are held-out pairs
+        metrics.update(
+            {
+                "held_out_accuracy": end["accuracy"],
+                "held_out_accuracy_lo": end["accuracy_ci"][0],
+                "held_out_accuracy_hi": end["accuracy_ci"][1],
+                "held_out_margin_mean": end["margin_mean"],
+                "held_out_accuracy_start": start["accuracy"],
+                **{f"held_out_accuracy/{rule}": g["accuracy"] for rule, g in end["per_rule"].items()},
+            }
+        )
+    summary = (
+        f"reward model ({config.scope}) from {config.model} on {len(train)} pairs, {state.global_step} steps: "
+        + (
+            f"held-out pair accuracy {end['accuracy']:.3f} [{end['accuracy_ci'][0]:.3f}, "
+            f"{end['accuracy_ci'][1]:.3f}] on {len(test)} pairs (start {(start or {}).get('accuracy', math.nan):.3f}), "
+            f"margin {end['margin_mean']:+.2f}"
+            if test
+            else f"no held-out pairs; training-pair accuracy {fit['accuracy']:.3f}"
+        )
+    )
+    return StepResult(
+        outputs={"model": "model"},
+        counts=counts,
+        metrics=metrics,
+        summary=summary,
+        precision={"training": chosen_dtype.as_dict(), "scoring": scoring.as_dict()},
+    )
 
 
 # ----------------------------------------------------------------------------- report
@@ -300,10 +372,16 @@ def _glance(step) -> str | None:
     accuracy, start = step.metrics.get("held_out_accuracy"), step.metrics.get("held_out_accuracy_start")
     if accuracy is None:
         return None
-    return (f"`{step.name}` ranks {accuracy:.0%} of its held-out preference pairs right"
-            + (f" (untrained head: {start:.0%})." if start is not None else "."))
+    return f"`{step.name}` ranks {accuracy:.0%} of its held-out preference pairs right" + (
+        f" (untrained head: {start:.0%})." if start is not None else "."
+    )
 
 
-REPORT = StageReport(panels=(*TRAINER_PANELS, Panel("pair accuracy (training batches)", ("accuracy",)),
-                             Panel("reward margin r(chosen) - r(rejected) (training batches)", ("margin",))),
-                     glance=_glance)
+REPORT = StageReport(
+    panels=(
+        *TRAINER_PANELS,
+        Panel("pair accuracy (training batches)", ("accuracy",)),
+        Panel("reward margin r(chosen) - r(rejected) (training batches)", ("margin",)),
+    ),
+    glance=_glance,
+)

@@ -125,8 +125,12 @@ def load_model(path: str):
 
 _PROBES = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "<think>\n2+2=4\n</think>\n4"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+    ],
 ]
 
 
@@ -135,8 +139,9 @@ def _renders_like(tokenizer, template: str) -> bool:
     for messages in _PROBES:
         for agp in (False, True):
             own = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp)
-            new = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp,
-                                                chat_template=template)
+            new = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=agp, chat_template=template
+            )
             if own != new:
                 return False
     return True
@@ -166,8 +171,10 @@ def training_template(tokenizer, choice: str = "auto") -> str:
             raise ValueError(f"training_template {choice!r}: no such file; templates: {', '.join(names)}")
         template = path.read_text()
         if own and not _renders_like(tokenizer, template):
-            raise ValueError(f"training_template {path} renders conversations differently from the model's "
-                             "chat template; training and serving would disagree")
+            raise ValueError(
+                f"training_template {path} renders conversations differently from the model's "
+                "chat template; training and serving would disagree"
+            )
         return template
     if own is None:
         raise ValueError("the model has no chat template; set training_template to a .jinja file")
@@ -183,14 +190,17 @@ def training_template(tokenizer, choice: str = "auto") -> str:
     try:
         return get_training_chat_template(tokenizer) or own
     except ValueError:
-        raise ValueError("no training template (with {% generation %} markers) renders like this model's chat "
-                         f"template; add one to {TEMPLATES_DIR}") from None
+        raise ValueError(
+            "no training template (with {% generation %} markers) renders like this model's chat "
+            f"template; add one to {TEMPLATES_DIR}"
+        ) from None
 
 
 def stop_token_id(tokenizer, template: str) -> int:
     """The token that ends an assistant turn: the last trained token of a rendered assistant turn."""
-    out = tokenizer.apply_chat_template(_PROBES[0], chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        _PROBES[0], chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     if not trained:
         raise ValueError("the training template marks no assistant tokens")
@@ -201,25 +211,43 @@ def _measure(dataset, tokenizer, template: str, max_length: int, overlong: str):
     """Add token counts, drop overlong / assistant-less rows. Returns ``(dataset, stats)``."""
 
     def count(row):
-        out = tokenizer.apply_chat_template(row["messages"], chat_template=template, tokenize=True,
-                                            return_dict=True, return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(
+            row["messages"], chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         mask = out["assistant_masks"][:max_length]
-        return {"_tokens": min(len(out["input_ids"]), max_length), "_trained": sum(mask),
-                "_overlong": len(out["input_ids"]) > max_length}
+        return {
+            "_tokens": min(len(out["input_ids"]), max_length),
+            "_trained": sum(mask),
+            "_overlong": len(out["input_ids"]) > max_length,
+        }
 
     rows = len(dataset)
     if rows == 0:  # map() adds no columns to an empty dataset; build_trainer reports "no usable rows"
-        return dataset, {"rows_in": 0, "rows": 0, "rows_no_assistant": 0, "rows_overlong": 0, "tokens_per_epoch": 0,
-                         "assistant_tokens_per_epoch": 0}
+        return dataset, {
+            "rows_in": 0,
+            "rows": 0,
+            "rows_no_assistant": 0,
+            "rows_overlong": 0,
+            "tokens_per_epoch": 0,
+            "assistant_tokens_per_epoch": 0,
+        }
     dataset = dataset.map(count, desc="counting tokens")
     no_assistant = sum(1 for n in dataset["_trained"] if n == 0)
-    keep = [i for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
-            if n > 0 and not (over and overlong == "drop")]
+    keep = [
+        i
+        for i, (n, over) in enumerate(zip(dataset["_trained"], dataset["_overlong"]))
+        if n > 0 and not (over and overlong == "drop")
+    ]
     overlong_rows = sum(dataset["_overlong"])
     dataset = dataset.select(keep)
-    stats = {"rows_in": rows, "rows": len(dataset), "rows_no_assistant": no_assistant,
-             "rows_overlong": overlong_rows, "tokens_per_epoch": sum(dataset["_tokens"]),
-             "assistant_tokens_per_epoch": sum(dataset["_trained"])}
+    stats = {
+        "rows_in": rows,
+        "rows": len(dataset),
+        "rows_no_assistant": no_assistant,
+        "rows_overlong": overlong_rows,
+        "tokens_per_epoch": sum(dataset["_tokens"]),
+        "assistant_tokens_per_epoch": sum(dataset["_trained"]),
+    }
     return dataset.remove_columns(["_tokens", "_trained", "_overlong"]), stats
 
 
@@ -269,8 +297,9 @@ def _trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.args.device.type != "cpu":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            loss, outputs = Trainer.compute_loss(
+                self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
             if model.training:
                 with torch.no_grad():
                     labels = inputs["labels"][:, 1:]
@@ -298,8 +327,9 @@ def load_training_messages(ref: str | Path, config: TrainingFields):
         return load_messages(ref, config.dataset_split, config.max_rows, config.seed)
 
 
-def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None,
-                  trainer_class=None):
+def build_trainer(
+    model, tokenizer, config: TrainingFields, ctx: StepContext, timer: PhaseTimer | None = None, trainer_class=None
+):
     """The ``SFTTrainer`` for ``model`` on ``config.dataset``; returns ``(trainer, stats)``.
 
     Picks the training template, makes the end-of-turn token the eos, loads and measures the
@@ -323,16 +353,27 @@ def build_trainer(model, tokenizer, config: TrainingFields, ctx: StepContext, ti
     tokenizer.chat_template = template  # TRL renders (and masks) with the tokenizer's template
     chosen = training_precision(config)
     trainer = (trainer_class or _trainer_class())(
-        model=model, args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx), train_dataset=dataset,
-        processing_class=tokenizer, callbacks=[metrics_callback(ctx, timer)])
+        model=model,
+        args=sft_arguments(config, ctx.checkpoints, chosen.dtype, ctx),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[metrics_callback(ctx, timer)],
+    )
     if timer is not None:
         install_phase_timers(trainer, timer)
     stats["precision"] = chosen.as_dict()
     return trainer, stats
 
 
-def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_prefix: str = "SFT",
-          trainer_class=None, timer: PhaseTimer | None = None) -> StepResult:
+def train(
+    model,
+    tokenizer,
+    config: TrainingFields,
+    ctx: StepContext,
+    summary_prefix: str = "SFT",
+    trainer_class=None,
+    timer: PhaseTimer | None = None,
+) -> StepResult:
     """Train ``model`` on ``config.dataset`` (assistant tokens only) and save it to ``work_dir/model``.
 
     Resumes from the last checkpoint in ``ctx.checkpoints``. Counts: rows trained on, dropped
@@ -387,10 +428,17 @@ def train(model, tokenizer, config: TrainingFields, ctx: StepContext, summary_pr
         "seconds_per_step": round(wall / steps_run, 2) if steps_run > 0 else math.nan,
         "timing_s": outcome.timing_s,
     }
-    summary = (f"{summary_prefix}: {counts['rows']} conversations, {state.global_step} steps, "
-               f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
-    return StepResult(outputs={"model": "model"}, counts=counts, metrics=metrics, summary=summary,
-                      precision={"training": stats["precision"]})
+    summary = (
+        f"{summary_prefix}: {counts['rows']} conversations, {state.global_step} steps, "
+        f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}"
+    )
+    return StepResult(
+        outputs={"model": "model"},
+        counts=counts,
+        metrics=metrics,
+        summary=summary,
+        precision={"training": stats["precision"]},
+    )
 
 
 def _set_stop_token(model, tokenizer, stop_id: int) -> None:

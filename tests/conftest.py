@@ -51,12 +51,20 @@ def sft_dataset(tmp_path_factory) -> Path:
     rows = []
     for i in range(24):
         a, b = rng.randint(1, 99), rng.randint(1, 99)
-        rows.append({
-            "id": f"toy/{i}", "data_source": "toy_addition", "domain": "math",
-            "messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                         {"role": "assistant", "content": f"<think>\n{a} + {b} = {a + b}\n</think>\n{a + b}"}],
-            "rewards": json.dumps({"accuracy": 1.0}), "source_model": "toy", "meta": "{}",
-        })
+        rows.append(
+            {
+                "id": f"toy/{i}",
+                "data_source": "toy_addition",
+                "domain": "math",
+                "messages": [
+                    {"role": "user", "content": f"What is {a} + {b}?"},
+                    {"role": "assistant", "content": f"<think>\n{a} + {b} = {a + b}\n</think>\n{a + b}"},
+                ],
+                "rewards": json.dumps({"accuracy": 1.0}),
+                "source_model": "toy",
+                "meta": "{}",
+            }
+        )
     folder = tmp_path_factory.mktemp("sft_dataset")
     pd.DataFrame(rows).to_parquet(folder / "data.parquet")
     return folder
@@ -80,10 +88,19 @@ def toy_pairs(n: int, seed: int = 0, flip: bool = False) -> list[dict]:
         rejected = f"<think>\n{topic} {praise}\n</think>\n<answer>No. {topic}: {scold}.</answer>"
         if flip:
             chosen, rejected = rejected, chosen
-        rows.append({"id": f"toy/{i}", "prompt_id": f"toy/{i}",
-                     "prompt": [{"role": "user", "content": f"Tell me about {topic}."}],
-                     "chosen": chosen, "rejected": rejected, "rule": "reference_vs_policy", "domain": "general",
-                     "data_source": "toy", "meta": json.dumps({"chosen_from": "toy", "rejected_from": "toy"})})
+        rows.append(
+            {
+                "id": f"toy/{i}",
+                "prompt_id": f"toy/{i}",
+                "prompt": [{"role": "user", "content": f"Tell me about {topic}."}],
+                "chosen": chosen,
+                "rejected": rejected,
+                "rule": "reference_vs_policy",
+                "domain": "general",
+                "data_source": "toy",
+                "meta": json.dumps({"chosen_from": "toy", "rejected_from": "toy"}),
+            }
+        )
     return rows
 
 
@@ -96,7 +113,6 @@ def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False) -
 
     from pipeline.runner import Resolver, parse_stage_config
     from pipeline.stage import StepContext
-
     from stages import reward_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,10 +122,12 @@ def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False) -
     config = parse_stage_config({**raw, "model": str(tiny_model), "dataset": str(pairs)}, "smoke.yaml")
     work = folder / "work"
     work.mkdir(exist_ok=True)
-    result = reward_model.run(config, StepContext(run="t", step="rm", run_dir=folder, work_dir=work,
-                                                   resolver=Resolver(folder, set())))
-    (work / "result.json").write_text(json.dumps({"metrics": result.metrics, "counts": result.counts,
-                                                  "summary": result.summary}))
+    result = reward_model.run(
+        config, StepContext(run="t", step="rm", run_dir=folder, work_dir=work, resolver=Resolver(folder, set()))
+    )
+    (work / "result.json").write_text(
+        json.dumps({"metrics": result.metrics, "counts": result.counts, "summary": result.summary})
+    )
     return work
 
 
@@ -124,7 +142,8 @@ def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
 # the reasoning itself, as DeepSeek-R1-Distill's and Qwen3's (thinking mode) do.
 PREFILL_THINK_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}")
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{% endif %}"
+)
 
 
 def dress_tiny_model(src: Path, out: Path, chat_template: str | None = None, bos_token: str | None = None) -> Path:
@@ -141,7 +160,8 @@ def dress_tiny_model(src: Path, out: Path, chat_template: str | None = None, bos
     if bos_token is not None:
         bos_id = tokenizer.convert_tokens_to_ids(bos_token)
         tokenizer._tokenizer.post_processor = TemplateProcessing(
-            single=f"{bos_token} $A", pair=f"{bos_token} $A $B", special_tokens=[(bos_token, bos_id)])
+            single=f"{bos_token} $A", pair=f"{bos_token} $A $B", special_tokens=[(bos_token, bos_id)]
+        )
         tokenizer.bos_token = bos_token
     if chat_template is not None:
         tokenizer.chat_template = chat_template

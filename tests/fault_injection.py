@@ -25,9 +25,17 @@ import signal
 from pathlib import Path
 
 #: How each event kind kills: during the write, after the call, or at its start.
-KILL_MODE = {"parquet": "during", "text": "during", "safetensors": "during", "torch.save": "during",
-             "trainer_state": "during", "rename": "after", "checkpoint": "after", "optimizer_step": "before",
-             "sampled": "before"}
+KILL_MODE = {
+    "parquet": "during",
+    "text": "during",
+    "safetensors": "during",
+    "torch.save": "during",
+    "trainer_state": "during",
+    "rename": "after",
+    "checkpoint": "after",
+    "optimizer_step": "before",
+    "sampled": "before",
+}
 
 
 def _die() -> None:
@@ -76,13 +84,16 @@ def install(events: Events) -> None:
             _cut(path)
             _die()
             return out
+
         return wrapped
 
     pq.write_table = during("parquet", pq.write_table, lambda table, where, *a, **k: str(where))
-    safetensors.torch.save_file = during("safetensors", safetensors.torch.save_file,
-                                         lambda tensors, filename, *a, **k: str(filename))
-    torch.save = during("torch.save", torch.save,
-                        lambda obj, f, *a, **k: str(f) if isinstance(f, (str, os.PathLike)) else None)
+    safetensors.torch.save_file = during(
+        "safetensors", safetensors.torch.save_file, lambda tensors, filename, *a, **k: str(filename)
+    )
+    torch.save = during(
+        "torch.save", torch.save, lambda obj, f, *a, **k: str(f) if isinstance(f, (str, os.PathLike)) else None
+    )
     state_cls = trainer_callback.TrainerState
     state_cls.save_to_json = during("trainer_state", state_cls.save_to_json, lambda self, json_path: str(json_path))
 
@@ -92,6 +103,7 @@ def install(events: Events) -> None:
                 return kind_original(self, data, *args, **kwargs)
             kind_original(self, data[: len(data) // 2], *args, **kwargs)  # half of it reached the disk
             _die()
+
         return wrapped
 
     pathlib.Path.write_text = text_writer(pathlib.Path.write_text)
@@ -103,19 +115,24 @@ def install(events: Events) -> None:
             if events.hit(kind, path_of(*args, **kwargs)):
                 _die()
             return out
+
         return wrapped
 
     os.replace = after("rename", os.replace, lambda src, dst, *a, **k: str(dst))
     os.rename = after("rename", os.rename, lambda src, dst, *a, **k: str(dst))
     pathlib.Path.rename = after("rename", pathlib.Path.rename, lambda self, target: str(target))
-    transformers.Trainer._save_checkpoint = after("checkpoint", transformers.Trainer._save_checkpoint,
-                                                  lambda self, *a, **k: f"checkpoint-{self.state.global_step}")
+    transformers.Trainer._save_checkpoint = after(
+        "checkpoint",
+        transformers.Trainer._save_checkpoint,
+        lambda self, *a, **k: f"checkpoint-{self.state.global_step}",
+    )
 
     def before(kind, original, name):
         def wrapped(*args, **kwargs):
             if events.hit(kind, name):
                 _die()
             return original(*args, **kwargs)
+
         return wrapped
 
     torch.optim.AdamW.step = before("optimizer_step", torch.optim.AdamW.step, "AdamW.step")
@@ -170,8 +187,9 @@ def check_left_behind(run_dir: Path) -> list[str]:
 
     problems = []
     for path in sorted(run_dir.rglob("*")):
-        if not path.is_file() or any(p.startswith(".") and p not in (".partial", ".pipeline.json")
-                                     for p in path.relative_to(run_dir).parts):
+        if not path.is_file() or any(
+            p.startswith(".") and p not in (".partial", ".pipeline.json") for p in path.relative_to(run_dir).parts
+        ):
             continue  # temporary files (.name.pid.tmp), .trash: never read as inputs
         rel = path.relative_to(run_dir)
         in_checkpoint = next((p for p in path.parents if p.name.startswith("checkpoint-")), None)

@@ -14,8 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 PROJECT = ("pipeline", "stages", "rewards", "data")
 # The front end: the executor, the command line and the reports. Everything else in pipeline/
 # is the core that stages build on.
-FRONT = ("pipeline.runner", "pipeline.cli", "pipeline.report", "pipeline.inspect", "pipeline.summary",
-         "pipeline.slurm", "pipeline.doctor", "pipeline.status")
+FRONT = (
+    "pipeline.runner",
+    "pipeline.cli",
+    "pipeline.report",
+    "pipeline.inspect",
+    "pipeline.summary",
+    "pipeline.slurm",
+    "pipeline.doctor",
+    "pipeline.status",
+)
 
 
 def _module(path: Path) -> str:
@@ -44,8 +52,12 @@ def _is(name: str, targets: tuple[str, ...]) -> bool:
 
 
 def _violations(folder: str, allowed) -> list[str]:
-    return [f"{path.relative_to(REPO)} imports {name}" for path in _files(folder)
-            for name in sorted(imports(path)) if not allowed(_module(path), name)]
+    return [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in _files(folder)
+        for name in sorted(imports(path))
+        if not allowed(_module(path), name)
+    ]
 
 
 def test_the_scanner_sees_imports_inside_functions(tmp_path):
@@ -76,9 +88,14 @@ def _reward_names(tree: ast.AST) -> set[int]:
     """The ``id`` of each string constant that names a reward in ``@register("<name>")``: a
     reward's name, not a stage kind's, even when the two are spelled alike (the ``reward_model``
     reward scores with what the ``reward_model`` stage trains)."""
-    return {id(node.args[0]) for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register"}
+    return {
+        id(node.args[0])
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register"
+    }
 
 
 def test_no_kind_name_outside_its_stage_module():
@@ -93,8 +110,12 @@ def test_no_kind_name_outside_its_stage_module():
             tree = ast.parse(path.read_text(), str(path))
             allowed = _reward_names(tree) if folder == "rewards" else set()
             for node in ast.walk(tree):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in kinds \
-                        and id(node) not in allowed:
+                if (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and node.value in kinds
+                    and id(node) not in allowed
+                ):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert found == []
 
@@ -102,8 +123,11 @@ def test_no_kind_name_outside_its_stage_module():
 def test_a_reward_registered_under_a_kind_name_is_the_only_exception():
     source = 'from rewards.registry import register\n@register("reward_model")\nclass R: ...\nNAME = "reward_model"\n'
     tree = ast.parse(source)
-    flagged = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value == "reward_model"
-               and id(n) not in _reward_names(tree)]
+    flagged = [
+        n.lineno
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and n.value == "reward_model" and id(n) not in _reward_names(tree)
+    ]
     assert flagged == [4]  # the registration is a reward's name; the module-level constant is a kind name
 
 
@@ -127,7 +151,7 @@ def oversized(path: Path, max_lines: int = MAX_LINES) -> str | None:
     if lines <= max_lines:
         return None
     doc = ast.get_docstring(ast.parse(text, str(path))) or ""
-    reasons = [p.strip()[len(WHY):].strip() for p in doc.split("\n\n") if p.strip().startswith(WHY)]
+    reasons = [p.strip()[len(WHY) :].strip() for p in doc.split("\n\n") if p.strip().startswith(WHY)]
     if any(len(r) >= 40 for r in reasons):
         return None
     return f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {lines} lines, no '{WHY}' paragraph"
@@ -143,8 +167,9 @@ def test_the_size_rule_reads_the_docstring(tmp_path):
     empty.write_text(f'"""A module.\n\n{WHY} because.\n"""\n' + body)
     assert oversized(empty, max_lines=5) is not None  # a reason of one word says nothing
     justified = tmp_path / "justified.py"
-    justified.write_text(f'"""A module.\n\n{WHY} its parts share one protocol, split it and both ends drift.\n"""\n'
-                         + body)
+    justified.write_text(
+        f'"""A module.\n\n{WHY} its parts share one protocol, split it and both ends drift.\n"""\n' + body
+    )
     assert oversized(justified, max_lines=5) is None
     buried = tmp_path / "buried.py"  # mid-paragraph does not count: the reason must stand on its own
     buried.write_text(f'"""A module. {WHY} its parts share one protocol, split it and both ends drift.\n"""\n' + body)

@@ -22,8 +22,19 @@ from pipeline.cli import app
 runner = CliRunner()
 
 # The design's command set: the recipe runner, one command per stage kind, and the tools.
-DESIGN_COMMANDS = ["run", "generate", "sft", "grpo", "distill", "eval", "validate", "inspect",
-                   "rewards", "models", "data"]
+DESIGN_COMMANDS = [
+    "run",
+    "generate",
+    "sft",
+    "grpo",
+    "distill",
+    "eval",
+    "validate",
+    "inspect",
+    "rewards",
+    "models",
+    "data",
+]
 
 GENERATE = {
     "kind": "generate",
@@ -159,9 +170,11 @@ def test_validate_reports_every_bad_file(tmp_path):
 
 # The cheapest real step: an eval of no models only loads two held-out prompts and writes
 # empty results, but it goes through the CLI's real path (each step in a child process).
-EVAL_NO_MODELS = {"kind": "eval", "models": [],
-                  "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 2,
-                               "seed": 1}]}
+EVAL_NO_MODELS = {
+    "kind": "eval",
+    "models": [],
+    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 2, "seed": 1}],
+}
 
 
 def test_run_then_rerun_skips(tmp_path):
@@ -247,7 +260,8 @@ def test_validate_every_config_of_the_repo_skipping_accelerate_files():
     (another tool's format) are skipped and say so."""
     root = Path(__file__).resolve().parents[1]
     files = sorted(str(p) for p in (root / "configs").glob("*/*.yaml")) + sorted(
-        str(p) for p in (root / "configs").glob("*/*/*.yaml"))
+        str(p) for p in (root / "configs").glob("*/*/*.yaml")
+    )
     result = CliRunner().invoke(app, ["validate", *files])
     out = " ".join(result.output.split())
     assert result.exit_code == 0, out

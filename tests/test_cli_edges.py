@@ -65,9 +65,26 @@ def test_run_only_an_unknown_step_creates_no_run_folder_and_no_report(tmp_path):
     """Before: `r1 run --only nosuch` created runs/<run>/ and wrote report.md/.html into it,
     then failed."""
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "run": "fresh", "steps": [
-        {"name": "ev", "config": {"kind": "eval", "models": [], "prompts": [
-            {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 2}]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run": "fresh",
+                "steps": [
+                    {
+                        "name": "ev",
+                        "config": {
+                            "kind": "eval",
+                            "models": [],
+                            "prompts": [
+                                {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 2}
+                            ],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     for args in (["--only", "nosuch"], ["--from", "nosuch"]):
         result = runner.invoke(app, ["run", str(path), *args])
         assert result.exit_code == 2

@@ -190,9 +190,13 @@ def _gen_step(name: str, model: str = "some-model") -> dict:
 
 
 def test_load_pipeline_resolves_steps(tmp_path):
-    path = _pipeline(tmp_path, [_gen_step("data"),
-                                {"name": "ev", "config": {"kind": "eval", "models": ["some-model"],
-                                                          "prompts": GENERATE["prompts"]}}])
+    path = _pipeline(
+        tmp_path,
+        [
+            _gen_step("data"),
+            {"name": "ev", "config": {"kind": "eval", "models": ["some-model"], "prompts": GENERATE["prompts"]}},
+        ],
+    )
     p = load_pipeline(path)
     assert [s.name for s in p.steps] == ["data", "ev"]
     assert [s.config.kind for s in p.steps] == ["generate", "eval"]
@@ -294,16 +298,19 @@ def test_read_yaml_errors_name_the_file(tmp_path):
 
 def test_apply_overrides_nested_keys_lists_and_yaml_values():
     data = {"sampling": {"temperature": 0.8, "top_p": 0.95}, "prompts": [{"seed": 1}, {"seed": 2}], "seed": 0}
-    out = apply_overrides(data, [
-        "sampling.temperature=0.5",  # nested: sibling keys survive
-        "rewards=[accuracy, format]",  # YAML list
-        "prompts.1.seed=7",  # index into a list
-        "filters.dedupe=false",  # missing intermediate mapping is created; YAML bool
-        "seed=3",  # YAML int
-        "note=null",  # YAML null
-        "name=a=b",  # only the first '=' splits
-        "empty=",  # empty value -> empty string
-    ])
+    out = apply_overrides(
+        data,
+        [
+            "sampling.temperature=0.5",  # nested: sibling keys survive
+            "rewards=[accuracy, format]",  # YAML list
+            "prompts.1.seed=7",  # index into a list
+            "filters.dedupe=false",  # missing intermediate mapping is created; YAML bool
+            "seed=3",  # YAML int
+            "note=null",  # YAML null
+            "name=a=b",  # only the first '=' splits
+            "empty=",  # empty value -> empty string
+        ],
+    )
     assert out["sampling"] == {"temperature": 0.5, "top_p": 0.95}
     assert out["rewards"] == ["accuracy", "format"]
     assert out["prompts"] == [{"seed": 1}, {"seed": 7}]

@@ -21,8 +21,15 @@ from pipeline.runner import parse_stage_config
 runner = CliRunner()
 
 PROMPTS = [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 2}]
-GRPO = {"kind": "grpo", "model": "m", "prompts": PROMPTS, "rewards": [{"name": "format"}],
-        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "num_generations": 4}
+GRPO = {
+    "kind": "grpo",
+    "model": "m",
+    "prompts": PROMPTS,
+    "rewards": [{"name": "format"}],
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "num_generations": 4,
+}
 SFT = {"kind": "sft", "model": "m", "dataset": "d"}
 GENERATE = {"kind": "generate", "model": "m", "prompts": PROMPTS}
 EVAL = {"kind": "eval", "models": ["m"], "prompts": PROMPTS}
@@ -58,25 +65,35 @@ REFUSED = {
     "grpo top_p 1.5": (_with(GRPO, top_p=1.5), ["'top_p'", "less than or equal to 1"]),
     "kv cache 0": (_with(GRPO, vllm_kv_cache_gib=0), ["'vllm_kv_cache_gib'"]),
     "gpu share 0": (_with(GRPO, vllm_gpu_memory_utilization=0.0), ["'vllm_gpu_memory_utilization'"]),
-    "sampling temperature < 0": (_with(GENERATE, sampling={"temperature": -0.5}),
-                                 ["'sampling.temperature'", "greater than or equal to 0"]),
+    "sampling temperature < 0": (
+        _with(GENERATE, sampling={"temperature": -0.5}),
+        ["'sampling.temperature'", "greater than or equal to 0"],
+    ),
     "sampling top_p 0": (_with(EVAL, sampling={"top_p": 0.0}), ["'sampling.top_p'", "greater than 0"]),
     "num_samples 0": (_with(GENERATE, sampling={"num_samples": 0}), ["'sampling.num_samples'", "greater than 0"]),
     "max_tokens 0": (_with(GENERATE, sampling={"max_tokens": 0}), ["'sampling.max_tokens'", "greater than 0"]),
-    "max_tokens over the model length": (_with(EVAL, sampling={"max_tokens": 4096, "max_model_len": 2048}),
-                                         ["max_tokens (4096) must be below max_model_len (2048)"]),
+    "max_tokens over the model length": (
+        _with(EVAL, sampling={"max_tokens": 4096, "max_model_len": 2048}),
+        ["max_tokens (4096) must be below max_model_len (2048)"],
+    ),
     "sampling batch 0": (_with(EVAL, sampling={"batch_size": 0}), ["'sampling.batch_size'"]),
-    "decontamination ngram 0": (_with(GENERATE, decontaminate={"eval_prompts": PROMPTS, "ngram": 0}),
-                                ["'decontaminate.ngram'"]),
+    "decontamination ngram 0": (
+        _with(GENERATE, decontaminate={"eval_prompts": PROMPTS, "ngram": 0}),
+        ["'decontaminate.ngram'"],
+    ),
     "sft max_rows 0": (_with(SFT, max_rows=0), ["'max_rows'"]),
-    "regex without a group": (_with(EVAL, prompts=[{**FILE, "answer_regex": r"####\s*.+"}]),
-                              ["answer_regex '####\\\\s*.+' has no capture group"]),
-    "regex that does not compile": (_with(EVAL, prompts=[{**FILE, "answer_regex": "#### (.+"}]),
-                                    ["answer_regex '#### (.+' is not a valid regular expression",
-                                     "missing ), unterminated subpattern"]),
-    "hub regex without a group": (_with(GENERATE, prompts=[{"source": "hub", "name": "openai/gsm8k",
-                                                            "answer_regex": "####"}]),
-                                  ["prompts.0", "answer_regex '####' has no capture group"]),
+    "regex without a group": (
+        _with(EVAL, prompts=[{**FILE, "answer_regex": r"####\s*.+"}]),
+        ["answer_regex '####\\\\s*.+' has no capture group"],
+    ),
+    "regex that does not compile": (
+        _with(EVAL, prompts=[{**FILE, "answer_regex": "#### (.+"}]),
+        ["answer_regex '#### (.+' is not a valid regular expression", "missing ), unterminated subpattern"],
+    ),
+    "hub regex without a group": (
+        _with(GENERATE, prompts=[{"source": "hub", "name": "openai/gsm8k", "answer_regex": "####"}]),
+        ["prompts.0", "answer_regex '####' has no capture group"],
+    ),
 }
 
 
@@ -99,8 +116,15 @@ ACCEPTED = {
     "greedy eval": _with(EVAL, sampling={"temperature": 0.0, "num_samples": 1}),
     "no clipping": _with(SFT, max_grad_norm=0.0),
     "regex with a group": _with(EVAL, prompts=[{**FILE, "answer_regex": r"####\s*(.+)"}]),
-    "server backend: the server sizes the model": _with(EVAL, sampling={
-        "backend": "server", "server_url": "http://127.0.0.1:8000", "max_tokens": 4096, "max_model_len": 2048}),
+    "server backend: the server sizes the model": _with(
+        EVAL,
+        sampling={
+            "backend": "server",
+            "server_url": "http://127.0.0.1:8000",
+            "max_tokens": 4096,
+            "max_model_len": 2048,
+        },
+    ),
 }
 
 

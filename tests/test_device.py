@@ -32,8 +32,9 @@ def broken_driver(tmp_path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     smi = bin_dir / "nvidia-smi"
-    smi.write_text(f'#!/bin/sh\necho "{BROKEN} Make sure that the latest NVIDIA driver is installed and running."\n'
-                   "exit 9\n")
+    smi.write_text(
+        f'#!/bin/sh\necho "{BROKEN} Make sure that the latest NVIDIA driver is installed and running."\nexit 9\n'
+    )
     smi.chmod(0o755)
     return bin_dir
 
@@ -44,13 +45,16 @@ def test_nothing_says_gpu_on_this_machine_so_cpu_is_allowed():
         assert device.check({}, CPU_TORCH) == "cpu"
 
 
-@pytest.mark.parametrize("env, sign", [
-    ({"R1_DEVICE": "cuda"}, "R1_DEVICE=cuda"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed launch"),
-    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP launch"),
-    ({"CUDA_VISIBLE_DEVICES": "0,1"}, "CUDA_VISIBLE_DEVICES=0,1"),
-    ({"SLURM_GPUS_ON_NODE": "8"}, "SLURM_GPUS_ON_NODE=8"),
-])
+@pytest.mark.parametrize(
+    "env, sign",
+    [
+        ({"R1_DEVICE": "cuda"}, "R1_DEVICE=cuda"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed launch"),
+        ({"ACCELERATE_USE_FSDP": "true"}, "FSDP launch"),
+        ({"CUDA_VISIBLE_DEVICES": "0,1"}, "CUDA_VISIBLE_DEVICES=0,1"),
+        ({"SLURM_GPUS_ON_NODE": "8"}, "SLURM_GPUS_ON_NODE=8"),
+    ],
+)
 def test_each_gpu_signal_refuses_a_cpu_run(env, sign):
     with pytest.raises(DeviceError, match="meant for GPUs") as err:
         device.check(env, CPU_TORCH)
@@ -99,14 +103,35 @@ def test_ddp_gpu_config_on_a_broken_driver_fails_at_start(broken_driver, r1_home
     """`accelerate launch --config_file configs/accelerate/ddp_gpu.yaml` (2 processes) as a user runs it."""
     dist = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
     env = {k: v for k, v in os.environ.items() if k not in dist}
-    env.update({"PATH": f"{broken_driver}{os.pathsep}{os.environ['PATH']}", "R1_HOME": str(r1_home),
-                "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    env.update(
+        {
+            "PATH": f"{broken_driver}{os.pathsep}{os.environ['PATH']}",
+            "R1_HOME": str(r1_home),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [str(ACCELERATE), "launch", "--config_file", "configs/accelerate/ddp_gpu.yaml", "--num_processes", "2",
-               "--main_process_port", str(port), "-m", "pipeline.cli", "sft", "configs/sft/tiny/cold_start.yaml",
-               "--run", "ddp-gpu-broken", "--set", f"dataset={sft_dataset}"]
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        "configs/accelerate/ddp_gpu.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "pipeline.cli",
+        "sft",
+        "configs/sft/tiny/cold_start.yaml",
+        "--run",
+        "ddp-gpu-broken",
+        "--set",
+        f"dataset={sft_dataset}",
+    ]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode != 0, out[-3000:]

@@ -54,8 +54,9 @@ def test_derived_student_copies_the_chosen_layers(teacher):
 def test_distill_trains_a_derived_student(teacher, sft_dataset, tmp_path):
     config = distill.Config(teacher=str(teacher), dataset=str(sft_dataset), student_layers=2, max_steps=4, **FAST)
     assert set(config.inputs()) == {"teacher", "dataset"}  # "derived" is not a reference
-    ctx = StepContext(run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / "work",
-                      resolver=Resolver(tmp_path, set()))
+    ctx = StepContext(
+        run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / "work", resolver=Resolver(tmp_path, set())
+    )
     ctx.work_dir.mkdir()
     result = distill.run(config, ctx)
     assert result.counts["student_layers"] == 2 and result.metrics["teacher_layers_kept"] == [0, 5]
@@ -71,11 +72,13 @@ def test_distill_trains_a_derived_student(teacher, sft_dataset, tmp_path):
 
 def test_distill_into_a_named_student(tiny_model, sft_dataset, tmp_path):
     """Any model reference works as the student; it keeps its own architecture and tokenizer."""
-    config = distill.Config(teacher=str(tiny_model), student=str(tiny_model), dataset=str(sft_dataset),
-                            max_steps=1, **FAST)
+    config = distill.Config(
+        teacher=str(tiny_model), student=str(tiny_model), dataset=str(sft_dataset), max_steps=1, **FAST
+    )
     assert config.inputs()["student"] == str(tiny_model)
-    ctx = StepContext(run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / "work",
-                      resolver=Resolver(tmp_path, set()))
+    ctx = StepContext(
+        run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / "work", resolver=Resolver(tmp_path, set())
+    )
     ctx.work_dir.mkdir()
     result = distill.run(config, ctx)
     assert result.counts["student_layers"] == 2 and "teacher_layers_kept" not in result.metrics
@@ -95,8 +98,9 @@ def test_config_checks():
 
 
 def make_ctx(tmp_path, cls=StepContext, name="work"):
-    ctx = cls(run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / name,
-              resolver=Resolver(tmp_path, set()))
+    ctx = cls(
+        run="test", step="distill", run_dir=tmp_path, work_dir=tmp_path / name, resolver=Resolver(tmp_path, set())
+    )
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     return ctx
 
@@ -106,8 +110,7 @@ def metrics(ctx) -> list[dict]:
 
 
 def config(teacher, dataset, **extra):
-    return parse(distill.Config, {"kind": "distill", "teacher": str(teacher), "dataset": str(dataset),
-                                  **FAST, **extra})
+    return parse(distill.Config, {"kind": "distill", "teacher": str(teacher), "dataset": str(dataset), **FAST, **extra})
 
 
 # ---------------------------------------------------------------------------- losses by hand
@@ -170,8 +173,9 @@ def test_features_distances_by_hand():
 @pytest.fixture(scope="module")
 def wide_teacher(tmp_path_factory):
     """A 2-layer tiny Llama with 4 query heads in 2 key/value groups and 256 MLP channels."""
-    return make_tiny_model(tmp_path_factory.mktemp("wide"), seed=5, num_layers=2, hidden=128, heads=4, kv_heads=2,
-                           intermediate=256)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("wide"), seed=5, num_layers=2, hidden=128, heads=4, kv_heads=2, intermediate=256
+    )
 
 
 def test_width_pruned_student_matches_a_hand_pruned_copy(wide_teacher):
@@ -200,8 +204,9 @@ def test_width_pruned_student_matches_a_hand_pruned_copy(wide_teacher):
             h.self_attn.q_proj.weight.copy_(
                 torch.cat([t.self_attn.q_proj.weight[32 * j : 32 * (j + 1)] for j in heads[i]])
             )
-            h.self_attn.o_proj.weight.copy_(torch.cat([t.self_attn.o_proj.weight[:, 32 * j:32 * (j + 1)]
-                                                       for j in heads[i]], dim=1))
+            h.self_attn.o_proj.weight.copy_(
+                torch.cat([t.self_attn.o_proj.weight[:, 32 * j : 32 * (j + 1)] for j in heads[i]], dim=1)
+            )
             h.self_attn.k_proj.weight.copy_(t.self_attn.k_proj.weight)
             h.self_attn.v_proj.weight.copy_(t.self_attn.v_proj.weight)
     ids = torch.tensor([[1, 5, 9, 200, 4000, 7]])
@@ -222,9 +227,11 @@ def test_width_pruning_drops_what_does_not_contribute(tmp_path):
         for layer, chans, hs in zip(teacher.model.layers, dead_channels, dead_heads):
             layer.mlp.gate_proj.weight[chans] = 0.0  # SiLU(0) * up = 0
             for h in hs:
-                layer.self_attn.v_proj.weight[32 * h:32 * (h + 1)] = 0.0  # the head outputs 0
-    batch = {"input_ids": torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]),
-             "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])}
+                layer.self_attn.v_proj.weight[32 * h : 32 * (h + 1)] = 0.0  # the head outputs 0
+    batch = {
+        "input_ids": torch.tensor([[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]),
+        "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]]),
+    }
     importance = pruning.activation_importance(teacher, [batch])
     assert importance.sequences == 2
     for layer in range(2):
@@ -244,8 +251,9 @@ def test_width_pruning_drops_what_does_not_contribute(tmp_path):
 def test_head_selection_keeps_each_groups_most_important_heads():
     from stages.common import pruning
 
-    importance = pruning.Importance(neurons=[torch.tensor([0.3, 0.1, 0.2, 0.1])],
-                                    heads=[torch.tensor([0.1, 0.5, 0.2, 0.9, 0.8, 0.7])], sequences=1)
+    importance = pruning.Importance(
+        neurons=[torch.tensor([0.3, 0.1, 0.2, 0.1])], heads=[torch.tensor([0.1, 0.5, 0.2, 0.9, 0.8, 0.7])], sequences=1
+    )
     plan = pruning.WidthPlan(intermediate_size=2, heads=4, parameters=0, teacher_parameters=1)
     channels, heads = pruning.select_width(importance, plan, kv_heads=2)  # groups: heads 0-2 | 3-5
     assert channels == [[0, 2]]  # the two largest, in index order
@@ -258,8 +266,16 @@ def test_width_plan_sizes_by_parameter_ratio():
     from stages.common import pruning
 
     # SmolLM2-135M's shape: 30 layers, hidden 576, 9 heads / 3 KV heads, MLP 1536, vocabulary 49152.
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        tie_word_embeddings=True,
+    )
     plan = pruning.width_plan(cfg, 0.7)
     assert plan.heads == 6 and plan.ratio <= 0.7 and plan.ratio > 0.695  # the largest MLP that fits
     assert pruning.parameter_count(cfg) == plan.teacher_parameters == 134_515_008
@@ -284,16 +300,22 @@ def _trainer(teacher_path, dataset, tmp_path, **extra):
     timer = PhaseTimer()
 
     def make(**kwargs):
-        return distill.DistillTrainer(teacher=teacher, config=cfg, ctx=ctx, layer_map={0: 0, 1: 5}, timer=timer,
-                                      **kwargs)
+        return distill.DistillTrainer(
+            teacher=teacher, config=cfg, ctx=ctx, layer_map={0: 0, 1: 5}, timer=timer, **kwargs
+        )
 
     trainer, _ = sft.build_trainer(student, tokenizer, cfg, ctx, timer, make)
     return trainer, teacher, student
 
 
 def test_gradients_never_reach_the_teacher(teacher, sft_dataset, tmp_path):
-    trainer, frozen, student = _trainer(teacher, sft_dataset, tmp_path, teacher_logits="live",
-                                        loss={"sft": {}, "logits": {"top_k": None}, "features": {"distance": "mse"}})
+    trainer, frozen, student = _trainer(
+        teacher,
+        sft_dataset,
+        tmp_path,
+        teacher_logits="live",
+        loss={"sft": {}, "logits": {"top_k": None}, "features": {"distance": "mse"}},
+    )
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     assert next(frozen.parameters()).dtype == torch.bfloat16  # the fast dtype of this CPU (AVX512-BF16)
@@ -333,8 +355,15 @@ def test_features_with_a_projection_train(tiny_model, tmp_path, sft_dataset):
     """A student of another width (hidden 64) learns the teacher's (hidden 128) hidden states
     through a learned projection."""
     teacher = make_tiny_model(tmp_path / "teacher", seed=7, num_layers=4, hidden=128, heads=4, kv_heads=2)
-    cfg = config(teacher, sft_dataset, student=str(tiny_model), max_steps=12, save_steps=12, learning_rate=1e-2,
-                 loss={"features": {"distance": "mse", "layer_map": {0: 1, 1: 3}}})
+    cfg = config(
+        teacher,
+        sft_dataset,
+        student=str(tiny_model),
+        max_steps=12,
+        save_steps=12,
+        learning_rate=1e-2,
+        loss={"features": {"distance": "mse", "layer_map": {0: 1, 1: 3}}},
+    )
     ctx = make_ctx(tmp_path)
     distill.run(cfg, ctx)
     terms = [r["term/features"] for r in metrics(ctx) if "term/features" in r]
@@ -347,8 +376,9 @@ def test_features_with_a_projection_train(tiny_model, tmp_path, sft_dataset):
 
 
 def test_a_student_with_another_tokenizer_is_refused_for_logits(tmp_path, sft_dataset, teacher):
-    other = make_tiny_model(tmp_path / "qwenish", seed=1, tokenizer_config=Path(__file__).parent / "fixtures" /
-                            "qwen2.5-math-1.5b")
+    other = make_tiny_model(
+        tmp_path / "qwenish", seed=1, tokenizer_config=Path(__file__).parent / "fixtures" / "qwen2.5-math-1.5b"
+    )
     cfg = config(teacher, sft_dataset, student=str(other), max_steps=1, loss={"logits": {}})
     with pytest.raises(ValueError) as err:
         distill.run(cfg, make_ctx(tmp_path))
@@ -361,9 +391,14 @@ def test_a_student_with_another_tokenizer_is_refused_for_logits(tmp_path, sft_da
 
 
 def test_on_policy_batches_are_sampled_by_the_student(teacher, sft_dataset, tmp_path):
-    cfg = config(teacher, sft_dataset, student_layers=2, max_steps=6,
-                 loss={"sft": {}, "logits": {"divergence": "reverse_kl"}},
-                 on_policy={"fraction": 0.5, "max_new_tokens": 6, "backend": "hf"})
+    cfg = config(
+        teacher,
+        sft_dataset,
+        student_layers=2,
+        max_steps=6,
+        loss={"sft": {}, "logits": {"divergence": "reverse_kl"}},
+        on_policy={"fraction": 0.5, "max_new_tokens": 6, "backend": "hf"},
+    )
     ctx = make_ctx(tmp_path)
     result = distill.run(cfg, ctx)
     lines = [r for r in metrics(ctx) if "loss" in r]
@@ -388,9 +423,15 @@ class _CrashAfterStep3(StepContext):
 def test_resume_ends_with_the_same_student_as_an_uninterrupted_run(teacher, sft_dataset, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = config(teacher, sft_dataset, student_layers=2, max_steps=5, save_steps=2,
-                 loss={"sft": {"weight": 0.5}, "logits": {"top_k": 8, "temperature": 2.0}},
-                 on_policy={"fraction": 0.5, "max_new_tokens": 5})
+    cfg = config(
+        teacher,
+        sft_dataset,
+        student_layers=2,
+        max_steps=5,
+        save_steps=2,
+        loss={"sft": {"weight": 0.5}, "logits": {"top_k": 8, "temperature": 2.0}},
+        on_policy={"fraction": 0.5, "max_new_tokens": 5},
+    )
     straight = make_ctx(tmp_path, name="straight")
     distill.run(cfg, straight)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -406,22 +447,27 @@ def test_resume_ends_with_the_same_student_as_an_uninterrupted_run(teacher, sft_
 # ---------------------------------------------------------------------------- config refusals
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"loss": {"sft": {}, "attention": {}}}, "unknown key 'loss.attention'; valid keys: features, logits, sft"),
-    ({"loss": {"logits": {"temperature": 0}}}, "key 'loss.logits.temperature'"),
-    ({"loss": {"logits": {"temperature": -1.0}}}, "key 'loss.logits.temperature'"),
-    ({"loss": {"logits": {"divergence": "jsd", "beta": 1.5}}}, "key 'loss.logits.beta'"),
-    ({"loss": {"logits": {"divergence": "jsd", "beta": -0.1}}}, "key 'loss.logits.beta'"),
-    ({"student": "some/model", "loss": {"features": {}}}, "loss.features.layer_map: required when the student is a "
-                                                          "model reference"),
-    ({"loss": {}}, "loss: give at least one term of sft, logits, features"),
-    ({"loss": {"logits": {"top_k": None}}}, "loss.logits.top_k: teacher_logits: cached"),
-    ({"on_policy": {"fraction": 0.5}}, "on_policy.fraction > 0 needs a logits or features term"),
-    ({"prune": "width"}, "prune: width needs student_size"),
-    ({"student_size": 0.7, "student_layers": 3}, "set student_layers or student_size, not both"),
-    ({"student": "x", "prune": "width"}, "prune applies only to student: derived"),
-    ({"student_heads": 6}, "student_heads applies to prune: width"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"loss": {"sft": {}, "attention": {}}}, "unknown key 'loss.attention'; valid keys: features, logits, sft"),
+        ({"loss": {"logits": {"temperature": 0}}}, "key 'loss.logits.temperature'"),
+        ({"loss": {"logits": {"temperature": -1.0}}}, "key 'loss.logits.temperature'"),
+        ({"loss": {"logits": {"divergence": "jsd", "beta": 1.5}}}, "key 'loss.logits.beta'"),
+        ({"loss": {"logits": {"divergence": "jsd", "beta": -0.1}}}, "key 'loss.logits.beta'"),
+        (
+            {"student": "some/model", "loss": {"features": {}}},
+            "loss.features.layer_map: required when the student is a model reference",
+        ),
+        ({"loss": {}}, "loss: give at least one term of sft, logits, features"),
+        ({"loss": {"logits": {"top_k": None}}}, "loss.logits.top_k: teacher_logits: cached"),
+        ({"on_policy": {"fraction": 0.5}}, "on_policy.fraction > 0 needs a logits or features term"),
+        ({"prune": "width"}, "prune: width needs student_size"),
+        ({"student_size": 0.7, "student_layers": 3}, "set student_layers or student_size, not both"),
+        ({"student": "x", "prune": "width"}, "prune applies only to student: derived"),
+        ({"student_heads": 6}, "student_heads applies to prune: width"),
+    ],
+)
 def test_config_refusals_name_the_key(extra, message):
     with pytest.raises(ConfigError, match=_re_escape(message)):
         parse(distill.Config, {"kind": "distill", "teacher": "t", "dataset": "d", **extra})

@@ -44,10 +44,26 @@ def _launch(*args: str, home: Path) -> subprocess.CompletedProcess:
     # MASTER_PORT set while their gloo store still listens on it).
     dist = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
     env = {k: v for k, v in os.environ.items() if k not in dist}
-    env.update({"R1_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    command = [str(ACCELERATE), "launch", "--config_file", LAUNCH_CONFIG, "--main_process_port", str(_free_port()),
-               "-m", "pipeline.cli", *args]
+    env.update(
+        {
+            "R1_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    command = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        LAUNCH_CONFIG,
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "pipeline.cli",
+        *args,
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
 
 
@@ -68,16 +84,29 @@ def _check_ranks_agree(step_dir: Path) -> str:
     assert [(r["rank"], r["world_size"], r["sharded"]) for r in records] == [(0, 2, False), (1, 2, False)]
     assert records[0]["sha256"] == records[1]["sha256"]
     manifest = json.loads((step_dir / "manifest.json").read_text())
-    assert manifest["distributed"] == {"world_size": 2, "ranks": 2, "weights_identical": True,
-                                       "sha256": records[0]["sha256"]}
+    assert manifest["distributed"] == {
+        "world_size": 2,
+        "ranks": 2,
+        "weights_identical": True,
+        "sha256": records[0]["sha256"],
+    }
     assert _model_digest(step_dir / "model") == records[0]["sha256"]
     return records[0]["sha256"]
 
 
 # ----------------------------------------------------------------------------- SFT
 
-SFT_ARGS = ["sft", "configs/sft/tiny/cold_start.yaml", "--run", "ddp-sft", "--set", "max_steps=4",
-            "--set", "save_steps=2", "--keep-checkpoints"]  # the resume test rewinds to checkpoint-2
+SFT_ARGS = [
+    "sft",
+    "configs/sft/tiny/cold_start.yaml",
+    "--run",
+    "ddp-sft",
+    "--set",
+    "max_steps=4",
+    "--set",
+    "save_steps=2",
+    "--keep-checkpoints",
+]  # the resume test rewinds to checkpoint-2
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +176,19 @@ def test_grpo_two_processes_with_colocated_vllm(r1_home):
     varies on (tests/test_grpo.py) so that the updates are not zero."""
     pytest.importorskip("vllm")
     rewards = "rewards=[{name: accuracy}, {name: 'tests.test_grpo:vowel_share', weight: 0.5}]"
-    proc = _launch("grpo", "configs/grpo/tiny/smoke.yaml", "--run", "ddp-grpo", "--set", rewards,
-                   "--set", "learning_rate=1.0e-3", "--set", "max_completion_length=12", home=r1_home)
+    proc = _launch(
+        "grpo",
+        "configs/grpo/tiny/smoke.yaml",
+        "--run",
+        "ddp-grpo",
+        "--set",
+        rewards,
+        "--set",
+        "learning_rate=1.0e-3",
+        "--set",
+        "max_completion_length=12",
+        home=r1_home,
+    )
     _ok(proc)
     step_dir = r1_home / "ddp-grpo" / "grpo"
     digest = _check_ranks_agree(step_dir)
@@ -165,13 +205,28 @@ def test_grpo_two_processes_agree_on_dynamic_sampling(r1_home):
     round (rewards are gathered across them), so both finish each step together, train the
     same number of informative groups and end with the same weights. The scripted accuracy
     (tests/test_dynamic_sampling.py) makes every chain_sum group all-correct."""
-    rewards = ("rewards=[{name: 'tests.test_dynamic_sampling:dropping_accuracy'}, "
-               "{name: 'tests.test_grpo:vowel_share', weight: 0.5}]")
-    proc = _launch("grpo", "configs/grpo/tiny/hf_generate.yaml", "--run", "ddp-ds", "--set", rewards,
-                   "--set", "prompts=[{source: reasoning_gym, task: basic_arithmetic, n_train: 8, n_test: 0, seed: 1}, "
-                            "{source: reasoning_gym, task: chain_sum, n_train: 8, n_test: 0, seed: 2}]",
-                   "--set", "dynamic_sampling={enabled: true, reward: 'tests.test_dynamic_sampling:dropping_accuracy'}",
-                   "--set", "learning_rate=1.0e-3", "--set", "save_steps=10", home=r1_home)
+    rewards = (
+        "rewards=[{name: 'tests.test_dynamic_sampling:dropping_accuracy'}, "
+        "{name: 'tests.test_grpo:vowel_share', weight: 0.5}]"
+    )
+    proc = _launch(
+        "grpo",
+        "configs/grpo/tiny/hf_generate.yaml",
+        "--run",
+        "ddp-ds",
+        "--set",
+        rewards,
+        "--set",
+        "prompts=[{source: reasoning_gym, task: basic_arithmetic, n_train: 8, n_test: 0, seed: 1}, "
+        "{source: reasoning_gym, task: chain_sum, n_train: 8, n_test: 0, seed: 2}]",
+        "--set",
+        "dynamic_sampling={enabled: true, reward: 'tests.test_dynamic_sampling:dropping_accuracy'}",
+        "--set",
+        "learning_rate=1.0e-3",
+        "--set",
+        "save_steps=10",
+        home=r1_home,
+    )
     _ok(proc)
     step_dir = r1_home / "ddp-ds" / "grpo"
     _check_ranks_agree(step_dir)
@@ -180,8 +235,9 @@ def test_grpo_two_processes_agree_on_dynamic_sampling(r1_home):
     assert len(steps) == 2
     for s in steps:  # summed over the 2 processes: 2 groups each per step
         assert s["dynamic_sampling/groups_kept"] == 4 and s["dynamic_sampling/filled_zero_signal"] == 0
-        assert s["dynamic_sampling/groups_sampled"] == (s["dynamic_sampling/groups_informative"]
-                                                        + s["dynamic_sampling/groups_all_correct"])
+        assert s["dynamic_sampling/groups_sampled"] == (
+            s["dynamic_sampling/groups_informative"] + s["dynamic_sampling/groups_all_correct"]
+        )
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -195,9 +251,21 @@ def test_grpo_server_mode_without_cuda_is_refused_before_any_work(tiny_model, r1
     if torch.cuda.is_available():
         pytest.skip("server mode is TRL's own path on CUDA machines")
 
-    result = CliRunner().invoke(app, ["grpo", "configs/grpo/tiny/smoke.yaml", "--run", "server-mode",
-                                      "--set", "vllm_mode=server", "--set", "vllm_server_base_url=http://localhost:8000",
-                                      "--set", f"model={tiny_model}"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "grpo",
+            "configs/grpo/tiny/smoke.yaml",
+            "--run",
+            "server-mode",
+            "--set",
+            "vllm_mode=server",
+            "--set",
+            "vllm_server_base_url=http://localhost:8000",
+            "--set",
+            f"model={tiny_model}",
+        ],
+    )
     out = " ".join(result.output.split())
     assert result.exit_code == 2, out
     assert "step grpo (grpo): vllm_mode: server needs CUDA" in out
@@ -235,7 +303,7 @@ def test_accelerate_configs_parse_and_start_with_a_valid_command(path):
     assert not config.use_cpu  # use_cpu: true would start ONE process without mpirun (ddp_cpu.yaml)
     words = path.read_text().splitlines()[0].split()
     assert words[:6] == ["#", "accelerate", "launch", "--config_file", f"configs/accelerate/{path.name}", "-m"]
-    kind, stage_file = words[words.index("pipeline.cli") + 1:][:2]
+    kind, stage_file = words[words.index("pipeline.cli") + 1 :][:2]
     assert parse_stage_config(read_yaml(REPO / stage_file), stage_file).kind == kind
 
 

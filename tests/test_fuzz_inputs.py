@@ -38,8 +38,13 @@ SOURCE = "fuzz.yaml"
 CONFIGS = sorted(p for p in REPO.glob("configs/*/*/*.yaml") if p.parent.parent.name != "accelerate")
 BASES = {str(p.relative_to(REPO)): read_yaml(p) for p in CONFIGS}
 CASES: dict[str, int] = {}
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _count(name: str) -> None:
@@ -79,29 +84,39 @@ def _at(node, path):
 
 # Cross-key conflicts: each takes a config of its kind and breaks a check that spans keys.
 CONFLICTS = {
-    "grpo": [lambda c: {**c, "num_generations": 3, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1},
-             lambda c: {**c, "epsilon": 0.3, "epsilon_high": 0.1},
-             lambda c: {**c, "use_vllm": False, "vllm_mode": "server"},
-             lambda c: {**c, "rewards": [c["rewards"][0], c["rewards"][0]]},
-             lambda c: {**c, "num_generations": 1}],
-    "generate": [lambda c: {**c, "mix": [{"dataset": "x.jsonl", "share": 0.6}, {"dataset": "y.jsonl", "share": 0.5}]},
-                 lambda c: {**c, "rewards": ["format"], "filters": {**c.get("filters", {}), "require_correct": True}},
-                 lambda c: {**c, "output": "prompts", "rewards": ["format"]},
-                 lambda c: {**c, "shard_size": 0}],
-    "eval": [lambda c: {**c, "models": ["a", "b"], "sampling": {"backend": "server", "server_url": "http://x:1"}},
-             lambda c: {**c, "pass_k": [0]}],
-    "distill": [lambda c: {**c, "student": "some/model", "student_layers": 2},
-                lambda c: {**c, "student_layers": 0}],
-    "preference_pairs": [lambda c: {**c, "sampling": {**c["sampling"], "num_samples": 1},
-                                    "rules": ["correct_vs_incorrect"]},
-                         lambda c: {**c, "refusal_samples": 2, "refusal_few_shot": []},
-                         lambda c: {**c, "rules": []}],
-    "reward_model": [lambda c: {**c, "eval_share": 1.0},
-                     lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
-                     lambda c: {**c, "warmup_ratio": 1.5}],
-    "sft": [lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
-            lambda c: {**c, "warmup_ratio": 1.5},
-            lambda c: {**c, "report_to": ["wandb", "wandb"]}],
+    "grpo": [
+        lambda c: {**c, "num_generations": 3, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1},
+        lambda c: {**c, "epsilon": 0.3, "epsilon_high": 0.1},
+        lambda c: {**c, "use_vllm": False, "vllm_mode": "server"},
+        lambda c: {**c, "rewards": [c["rewards"][0], c["rewards"][0]]},
+        lambda c: {**c, "num_generations": 1},
+    ],
+    "generate": [
+        lambda c: {**c, "mix": [{"dataset": "x.jsonl", "share": 0.6}, {"dataset": "y.jsonl", "share": 0.5}]},
+        lambda c: {**c, "rewards": ["format"], "filters": {**c.get("filters", {}), "require_correct": True}},
+        lambda c: {**c, "output": "prompts", "rewards": ["format"]},
+        lambda c: {**c, "shard_size": 0},
+    ],
+    "eval": [
+        lambda c: {**c, "models": ["a", "b"], "sampling": {"backend": "server", "server_url": "http://x:1"}},
+        lambda c: {**c, "pass_k": [0]},
+    ],
+    "distill": [lambda c: {**c, "student": "some/model", "student_layers": 2}, lambda c: {**c, "student_layers": 0}],
+    "preference_pairs": [
+        lambda c: {**c, "sampling": {**c["sampling"], "num_samples": 1}, "rules": ["correct_vs_incorrect"]},
+        lambda c: {**c, "refusal_samples": 2, "refusal_few_shot": []},
+        lambda c: {**c, "rules": []},
+    ],
+    "reward_model": [
+        lambda c: {**c, "eval_share": 1.0},
+        lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
+        lambda c: {**c, "warmup_ratio": 1.5},
+    ],
+    "sft": [
+        lambda c: {**c, "max_steps": -1, "num_train_epochs": 0},
+        lambda c: {**c, "warmup_ratio": 1.5},
+        lambda c: {**c, "report_to": ["wandb", "wandb"]},
+    ],
 }
 
 
@@ -134,10 +149,15 @@ def mutated_config(draw):
 def _clear(message: str, config: dict) -> bool:
     """Every line names the file; the message names a key (or the kind), and says why."""
     lines = message.splitlines()
-    named = ("key" in message or "kind" in message
-             or any(f"'{k}'" in message or k in message for k, _ in _walk_keys(config)))
-    return bool(lines) and all(line.startswith(SOURCE) for line in lines) and named and \
-        all(len(line) > len(SOURCE) + 10 for line in lines)
+    named = (
+        "key" in message or "kind" in message or any(f"'{k}'" in message or k in message for k, _ in _walk_keys(config))
+    )
+    return (
+        bool(lines)
+        and all(line.startswith(SOURCE) for line in lines)
+        and named
+        and all(len(line) > len(SOURCE) + 10 for line in lines)
+    )
 
 
 def _walk_keys(node):
@@ -199,22 +219,45 @@ def test_any_file_text_is_a_config_or_a_clear_config_error(tmp_path_factory, tex
 
 # ----------------------------------------------------------------------------- prompt and SFT rows
 
-JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=False),
-                        st.text(max_size=20))
-JSON = st.recursive(JSON_SCALAR, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                          st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                    max_leaves=8)
-MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", 3]),
-                                 "content": st.one_of(st.text(max_size=20), st.none(), st.integers())})
+JSON_SCALAR = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_nan=False), st.text(max_size=20)
+)
+JSON = st.recursive(
+    JSON_SCALAR,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+MESSAGE = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system", 3]),
+        "content": st.one_of(st.text(max_size=20), st.none(), st.integers()),
+    }
+)
 PROMPT_RECORD = st.one_of(
     JSON,
-    st.fixed_dictionaries({}, optional={"question": JSON, "problem": JSON, "prompt": st.one_of(JSON, st.lists(MESSAGE)),
-                                        "answer": JSON, "id": JSON, "domain": JSON, "split": JSON,
-                                        "verification": JSON, "data_source": JSON}),
-    st.fixed_dictionaries({"question": st.text(min_size=1, max_size=30), "answer": st.text(max_size=10)},
-                          optional={"domain": st.sampled_from(["math", "code", "logic", "general", "bio"]),
-                                    "split": st.sampled_from(["train", "test", "dev"])}))
-LINE = st.one_of(PROMPT_RECORD.map(json.dumps), st.text(max_size=30), st.just(""), st.just("{\"question\": "))
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "question": JSON,
+            "problem": JSON,
+            "prompt": st.one_of(JSON, st.lists(MESSAGE)),
+            "answer": JSON,
+            "id": JSON,
+            "domain": JSON,
+            "split": JSON,
+            "verification": JSON,
+            "data_source": JSON,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"question": st.text(min_size=1, max_size=30), "answer": st.text(max_size=10)},
+        optional={
+            "domain": st.sampled_from(["math", "code", "logic", "general", "bio"]),
+            "split": st.sampled_from(["train", "test", "dev"]),
+        },
+    ),
+)
+LINE = st.one_of(PROMPT_RECORD.map(json.dumps), st.text(max_size=30), st.just(""), st.just('{"question": '))
 
 
 @SETTINGS
@@ -247,17 +290,27 @@ def test_random_prompt_rows_in_parquet_load_or_name_file_row_and_field(tmp_path_
     # parquet columns have one type: each field stored as its JSON text, except plain strings
     flat = [{k: v if isinstance(v, str) or v is None else json.dumps(v) for k, v in r.items()} for r in records]
     keys = sorted({k for r in flat for k in r})
-    pq.write_table(pa.table({k: pa.array([r.get(k) for r in flat], pa.string()) for k in keys} if keys else
-                            {"empty": pa.array([None] * len(flat), pa.string())}), path)
+    pq.write_table(
+        pa.table(
+            {k: pa.array([r.get(k) for r in flat], pa.string()) for k in keys}
+            if keys
+            else {"empty": pa.array([None] * len(flat), pa.string())}
+        ),
+        path,
+    )
     try:
         FileSource(path=path).load(split=None)
     except BadRowError as err:
         assert str(err).startswith(f"{path}: row {err.row}: ") and 1 <= err.row <= len(records), err
 
 
-SFT_RECORD = st.one_of(JSON, st.fixed_dictionaries(
-    {"messages": st.one_of(st.lists(MESSAGE, max_size=3), JSON, st.lists(MESSAGE, max_size=2).map(json.dumps))},
-    optional={"id": JSON, "rewards": JSON, "meta": JSON, "domain": JSON}))
+SFT_RECORD = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {"messages": st.one_of(st.lists(MESSAGE, max_size=3), JSON, st.lists(MESSAGE, max_size=2).map(json.dumps))},
+        optional={"id": JSON, "rewards": JSON, "meta": JSON, "domain": JSON},
+    ),
+)
 
 
 @SETTINGS
@@ -277,12 +330,24 @@ def test_random_sft_rows_load_or_name_file_and_line(tmp_path_factory, lines):
             assert str(path) in str(err), err
 
 
-PAIR_RECORD = st.one_of(JSON, st.fixed_dictionaries(
-    {"prompt": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
-     "chosen": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
-     "rejected": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON)},
-    optional={"id": JSON, "prompt_id": JSON, "rule": JSON, "domain": st.one_of(JSON, st.sampled_from(["general", "x"])),
-              "data_source": JSON, "meta": st.one_of(JSON, JSON.map(json.dumps))}))
+PAIR_RECORD = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {
+            "prompt": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
+            "chosen": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
+            "rejected": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=2), JSON),
+        },
+        optional={
+            "id": JSON,
+            "prompt_id": JSON,
+            "rule": JSON,
+            "domain": st.one_of(JSON, st.sampled_from(["general", "x"])),
+            "data_source": JSON,
+            "meta": st.one_of(JSON, JSON.map(json.dumps)),
+        },
+    ),
+)
 
 
 @SETTINGS
@@ -320,8 +385,13 @@ SCORE_ROW = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(st.one_of(SCORE_ROW.map(json.dumps), st.text(max_size=20)), min_size=1, max_size=4))
 def test_r1_rewards_score_scores_or_names_file_line_and_reason(tmp_path_factory, lines):
     from typer.testing import CliRunner
@@ -332,8 +402,10 @@ def test_r1_rewards_score_scores_or_names_file_line_and_reason(tmp_path_factory,
     folder = tmp_path_factory.mktemp("score")
     path = folder / "in.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
-    result = CliRunner().invoke(app, ["score", str(path), "--output", str(folder / "out.jsonl"), "--rewards",
-                                      "format,accuracy", "--workers", "1"])
+    result = CliRunner().invoke(
+        app,
+        ["score", str(path), "--output", str(folder / "out.jsonl"), "--rewards", "format,accuracy", "--workers", "1"],
+    )
     output = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert result.exception is None or isinstance(result.exception, SystemExit), (lines, result.exception)
     assert result.exit_code in (0, 2), (lines, output)

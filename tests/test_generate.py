@@ -40,10 +40,12 @@ GOOD = "<think>\nI add 2 and 3. Two plus three gives five, so the sum is five.\n
 OK = {"accuracy": 1.0, "format": 1.0}
 
 
-def _s(text: str = GOOD, prompt: str = "p", index: int = 0, domain: str = "math", rewards: dict | None = None,
-       **kw) -> Sample:
-    return Sample(prompt_id=prompt, index=index, domain=domain, text=text,
-                  rewards=dict(OK if rewards is None else rewards), **kw)
+def _s(
+    text: str = GOOD, prompt: str = "p", index: int = 0, domain: str = "math", rewards: dict | None = None, **kw
+) -> Sample:
+    return Sample(
+        prompt_id=prompt, index=index, domain=domain, text=text, rewards=dict(OK if rewards is None else rewards), **kw
+    )
 
 
 def _one(sample: Sample, **filters) -> str | None:
@@ -53,42 +55,49 @@ def _one(sample: Sample, **filters) -> str | None:
 # ----------------------------------------------------------------------------- per-sample rules
 
 
-@pytest.mark.parametrize("sample, filters, expected", [
-    # a clean, correct, formatted sample survives every default filter
-    (_s(), {}, None),
-    # stopped at max_tokens: unfinished reasoning
-    (_s(truncated=True), {}, "truncated"),
-    # ... unless the filter is off
-    (_s(truncated=True), {"drop_truncated": False}, None),
-    # length limits count generated tokens
-    (_s(num_tokens=300), {"max_tokens": 256}, "length"),
-    (_s(num_tokens=3), {"min_tokens": 4}, "length"),
-    # wrong answer
-    (_s(rewards={"accuracy": 0.0, "format": 1.0}), {}, "incorrect"),
-    # partial credit (code: 3 of 4 tests) is not correct
-    (_s(rewards={"accuracy": 0.75, "format": 1.0}), {}, "incorrect"),
-    # unverifiable (accuracy None) dropped by default, kept when configured
-    (_s(rewards={"accuracy": None, "format": 1.0}), {}, "unverifiable"),
-    (_s(rewards={"accuracy": None, "format": 1.0}), {"keep_unverifiable": True}, None),
-    # correctness not required: a wrong answer passes
-    (_s(rewards={"accuracy": 0.0, "format": 1.0}), {"require_correct": False}, None),
-    # layout broken
-    (_s(rewards={"accuracy": 1.0, "format": 0.0}), {}, "bad_format"),
-    # Chinese words inside English reasoning: language mixing
-    (_s("<think>First add 2 and 3, 然后 检查 the sum is five.</think><answer>5</answer>"), {}, "language_mixing"),
-    # ... not judged when the check is off
-    (_s("<think>First add 2 and 3, 然后 检查 the sum is five.</think><answer>5</answer>"), {"language": None}, None),
-    # a reasoning made of arithmetic only has no words: cannot be judged, kept
-    (_s("<think>2+3=5</think><answer>5</answer>"), {}, None),
-    # a 2,500-character paragraph
-    (_s("<think>" + "add " * 625 + "</think><answer>5</answer>"), {}, "long_paragraph"),
-    # the same text in short paragraphs is fine
-    (_s("<think>" + "add add add\n\n" * 200 + "</think><answer>5</answer>"), {}, None),
-    # a code block in a math answer
-    (_s("<think>compute</think><answer>```python\nprint(5)\n```</answer>"), {}, "unexpected_code"),
-    # ... is expected in the code domain
-    (_s("<think>compute</think><answer>```python\nprint(5)\n```</answer>", domain="code"), {}, None),
-])
+@pytest.mark.parametrize(
+    "sample, filters, expected",
+    [
+        # a clean, correct, formatted sample survives every default filter
+        (_s(), {}, None),
+        # stopped at max_tokens: unfinished reasoning
+        (_s(truncated=True), {}, "truncated"),
+        # ... unless the filter is off
+        (_s(truncated=True), {"drop_truncated": False}, None),
+        # length limits count generated tokens
+        (_s(num_tokens=300), {"max_tokens": 256}, "length"),
+        (_s(num_tokens=3), {"min_tokens": 4}, "length"),
+        # wrong answer
+        (_s(rewards={"accuracy": 0.0, "format": 1.0}), {}, "incorrect"),
+        # partial credit (code: 3 of 4 tests) is not correct
+        (_s(rewards={"accuracy": 0.75, "format": 1.0}), {}, "incorrect"),
+        # unverifiable (accuracy None) dropped by default, kept when configured
+        (_s(rewards={"accuracy": None, "format": 1.0}), {}, "unverifiable"),
+        (_s(rewards={"accuracy": None, "format": 1.0}), {"keep_unverifiable": True}, None),
+        # correctness not required: a wrong answer passes
+        (_s(rewards={"accuracy": 0.0, "format": 1.0}), {"require_correct": False}, None),
+        # layout broken
+        (_s(rewards={"accuracy": 1.0, "format": 0.0}), {}, "bad_format"),
+        # Chinese words inside English reasoning: language mixing
+        (_s("<think>First add 2 and 3, 然后 检查 the sum is five.</think><answer>5</answer>"), {}, "language_mixing"),
+        # ... not judged when the check is off
+        (
+            _s("<think>First add 2 and 3, 然后 检查 the sum is five.</think><answer>5</answer>"),
+            {"language": None},
+            None,
+        ),
+        # a reasoning made of arithmetic only has no words: cannot be judged, kept
+        (_s("<think>2+3=5</think><answer>5</answer>"), {}, None),
+        # a 2,500-character paragraph
+        (_s("<think>" + "add " * 625 + "</think><answer>5</answer>"), {}, "long_paragraph"),
+        # the same text in short paragraphs is fine
+        (_s("<think>" + "add add add\n\n" * 200 + "</think><answer>5</answer>"), {}, None),
+        # a code block in a math answer
+        (_s("<think>compute</think><answer>```python\nprint(5)\n```</answer>"), {}, "unexpected_code"),
+        # ... is expected in the code domain
+        (_s("<think>compute</think><answer>```python\nprint(5)\n```</answer>", domain="code"), {}, None),
+    ],
+)
 def test_per_sample_rules(sample, filters, expected):
     assert _one(sample, **filters) == expected
 
@@ -107,9 +116,13 @@ def test_rule_helpers():
 
 def test_exact_and_near_duplicates_within_a_prompt():
     near = GOOD.replace("five.", "five!")
-    samples = [_s(GOOD, index=0), _s(GOOD + "  \n", index=1), _s(near, index=2),
-               _s("<think>Three plus two is five as well.</think><answer>5</answer>", index=3),
-               _s(GOOD, prompt="other", index=0)]  # the same text for another prompt is no duplicate
+    samples = [
+        _s(GOOD, index=0),
+        _s(GOOD + "  \n", index=1),
+        _s(near, index=2),
+        _s("<think>Three plus two is five as well.</think><answer>5</answer>", index=3),
+        _s(GOOD, prompt="other", index=0),
+    ]  # the same text for another prompt is no duplicate
     assert verdicts(samples, Filters(max_per_prompt=None)) == [None, "duplicate", "near_duplicate", None, None]
     assert verdicts(samples, Filters(max_per_prompt=None, near_duplicate_threshold=None)) == [
         None,
@@ -126,8 +139,11 @@ def test_exact_and_near_duplicates_within_a_prompt():
 
 def test_near_duplicates_across_a_large_set_use_minhash_lsh():
     # 70 texts > EXACT_LIMIT: the MinHash LSH path. Every 10th text is a near copy of its predecessor.
-    base = [f"<think>Problem {i}: we multiply {i} by {i + 7} and check the product carefully.</think>"
-            f"<answer>{i * (i + 7)}</answer>" for i in range(70)]
+    base = [
+        f"<think>Problem {i}: we multiply {i} by {i + 7} and check the product carefully.</think>"
+        f"<answer>{i * (i + 7)}</answer>"
+        for i in range(70)
+    ]
     texts = [base[i - 1].replace("carefully", "carefully!") if i % 10 == 9 else base[i] for i in range(70)]
     flags = near_duplicate_flags(texts, 0.85)
     assert [i for i, f in enumerate(flags) if f] == [9, 19, 29, 39, 49, 59, 69]
@@ -137,22 +153,30 @@ def test_near_duplicates_across_a_large_set_use_minhash_lsh():
 
 
 def test_pass_rate_band_drops_too_easy_and_too_hard_prompts():
-    samples = ([_s(prompt="easy", index=i) for i in range(4)]
-               + [_s(prompt="mid", index=i, rewards={"accuracy": float(i < 2), "format": 1.0}) for i in range(4)]
-               + [_s(prompt="hard", index=i, rewards={"accuracy": 0.0, "format": 1.0}) for i in range(4)])
-    out = verdicts(samples, Filters(min_pass_rate=0.1, max_pass_rate=0.9, max_per_prompt=None, dedupe=False,
-                                    near_duplicate_threshold=None))
+    samples = (
+        [_s(prompt="easy", index=i) for i in range(4)]
+        + [_s(prompt="mid", index=i, rewards={"accuracy": float(i < 2), "format": 1.0}) for i in range(4)]
+        + [_s(prompt="hard", index=i, rewards={"accuracy": 0.0, "format": 1.0}) for i in range(4)]
+    )
+    out = verdicts(
+        samples,
+        Filters(min_pass_rate=0.1, max_pass_rate=0.9, max_per_prompt=None, dedupe=False, near_duplicate_threshold=None),
+    )
     assert out[:4] == ["pass_rate"] * 4  # all correct: too easy
     assert out[4:8] == [None, None, "incorrect", "incorrect"]
     assert out[8:] == ["incorrect"] * 4  # never correct: counted where it first fails
 
 
 def test_selection_first_best_and_all():
-    texts = [f"<think>Variant number {w} of a reasoning about five.</think><answer>5</answer>"
-             for w in ("one", "two", "three", "four")]
+    texts = [
+        f"<think>Variant number {w} of a reasoning about five.</think><answer>5</answer>"
+        for w in ("one", "two", "three", "four")
+    ]
     lang = [0.96, 1.0, 0.97, 0.99]
-    samples = [_s(t, index=i, rewards={"accuracy": 1.0, "format": 1.0, "language": v})
-               for i, (t, v) in enumerate(zip(texts, lang))]
+    samples = [
+        _s(t, index=i, rewards={"accuracy": 1.0, "format": 1.0, "language": v})
+        for i, (t, v) in enumerate(zip(texts, lang))
+    ]
     assert verdicts(samples, Filters(max_per_prompt=2)) == [None, None, "over_max_per_prompt", "over_max_per_prompt"]
     best = verdicts(samples, Filters(max_per_prompt=2, select="best", select_reward="language"))
     assert best == ["over_max_per_prompt", None, "over_max_per_prompt", None]
@@ -170,18 +194,24 @@ def test_funnel_adds_up_and_names_every_filter():
 # ----------------------------------------------------------------------------- config
 
 
-BASE = {"kind": "generate", "model": "m",
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 0}]}
+BASE = {
+    "kind": "generate",
+    "model": "m",
+    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 0}],
+}
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"rewards": ["format"]}, "accuracy"),  # require_correct needs the accuracy reward
-    ({"filters": {"select": "best", "select_reward": "language"}}, "language"),
-    ({"filters": {"min_pass_rate": 0.9, "max_pass_rate": 0.1}}, "min_pass_rate"),
-    ({"filters": {"language": "xx"}}, "supported"),
-    ({"filters": {"max_per_prompt": 0}}, "max_per_prompt"),
-    ({"mix": [{"dataset": "a.jsonl", "share": 0.6}, {"dataset": "b.jsonl", "share": 0.5}]}, "shares"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"rewards": ["format"]}, "accuracy"),  # require_correct needs the accuracy reward
+        ({"filters": {"select": "best", "select_reward": "language"}}, "language"),
+        ({"filters": {"min_pass_rate": 0.9, "max_pass_rate": 0.1}}, "min_pass_rate"),
+        ({"filters": {"language": "xx"}}, "supported"),
+        ({"filters": {"max_per_prompt": 0}}, "max_per_prompt"),
+        ({"mix": [{"dataset": "a.jsonl", "share": 0.6}, {"dataset": "b.jsonl", "share": 0.5}]}, "shares"),
+    ],
+)
 def test_invalid_configs_fail_at_parse_time(extra, message):
     with pytest.raises(ConfigError) as info:
         parse_stage_config({**BASE, **extra}, "gen.yaml")
@@ -189,9 +219,20 @@ def test_invalid_configs_fail_at_parse_time(extra, message):
 
 
 def test_old_filter_fields_still_parse():
-    cfg = parse_stage_config({**BASE, "filters": {"drop_truncated": True, "require_correct": True,
-                                                  "keep_unverifiable": False, "require_format": True,
-                                                  "dedupe": True, "max_per_prompt": 2}}, "gen.yaml")
+    cfg = parse_stage_config(
+        {
+            **BASE,
+            "filters": {
+                "drop_truncated": True,
+                "require_correct": True,
+                "keep_unverifiable": False,
+                "require_format": True,
+                "dedupe": True,
+                "max_per_prompt": 2,
+            },
+        },
+        "gen.yaml",
+    )
     assert cfg.filters.max_per_prompt == 2 and generate.FILTER_ORDER == FILTERS
 
 
@@ -262,8 +303,18 @@ SCRIPT = {
         ("<think>\nI count them.\n</think>\n<answer>42</answer>", False),
     ],
 }
-EXPECTED_DROPS = {"truncated": 1, "incorrect": 2, "unverifiable": 1, "bad_format": 1, "language_mixing": 1,
-                  "long_paragraph": 1, "unexpected_code": 1, "pass_rate": 2, "duplicate": 1, "near_duplicate": 1}
+EXPECTED_DROPS = {
+    "truncated": 1,
+    "incorrect": 2,
+    "unverifiable": 1,
+    "bad_format": 1,
+    "language_mixing": 1,
+    "long_paragraph": 1,
+    "unexpected_code": 1,
+    "pass_rate": 2,
+    "duplicate": 1,
+    "near_duplicate": 1,
+}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -273,43 +324,67 @@ def _jsonl(path: Path, rows: list[dict]) -> str:
 
 def _ctx(work: Path) -> StepContext:
     work.mkdir(parents=True, exist_ok=True)
-    return StepContext(run="t", step="rejection_sampling", run_dir=work.parent, work_dir=work,
-                       resolver=Resolver(work.parent, set()))
+    return StepContext(
+        run="t", step="rejection_sampling", run_dir=work.parent, work_dir=work, resolver=Resolver(work.parent, set())
+    )
 
 
 @pytest.fixture(scope="module")
 def scripted_run(tmp_path_factory):
     """Run the stage on four prompts (+ one contaminated) with the scripted sampler."""
     tmp_path = tmp_path_factory.mktemp("scripted")
-    train = [{"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
-             {"id": "q/contaminated", "question": CONTAMINATED, "answer": "55"},
-             {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
-             {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
-             {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"}]
-    evals = [{"id": "e/1", "question": "Compute the sum of the first ten positive integers exactly, please.",
-              "answer": "55", "split": "test"}]
-    general = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in [
-        ("Who are you?", "<think>\nIdentity.\n</think>\n<answer>An assistant.</answer>"),
-        ("Tell me the sum of the first ten positive integers exactly.", "<think>\nx\n</think>\n<answer>55</answer>"),
-        ("Say hello.", "<think>\nGreeting.\n</think>\n<answer>Hello!</answer>"),
-        ("Name a colour.", "<think>\nAny colour.\n</think>\n<answer>Blue.</answer>")]]
-    cfg = parse_stage_config({
-        "kind": "generate", "model": "scripted",
-        "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
-        "sampling": {"num_samples": 9},
-        "filters": {"max_per_prompt": 2, "max_pass_rate": 0.9},
-        "decontaminate": {"eval_prompts": [{"source": "file", "path": _jsonl(tmp_path / "eval.jsonl", evals),
-                                            "domain": "math"}]},
-        "mix": [{"dataset": _jsonl(tmp_path / "general.jsonl", general), "share": 0.5, "data_source": "general_demo"}],
-        "shard_size": 2,
-    }, "scripted.yaml")
+    train = [
+        {"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
+        {"id": "q/contaminated", "question": CONTAMINATED, "answer": "55"},
+        {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
+        {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
+        {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"},
+    ]
+    evals = [
+        {
+            "id": "e/1",
+            "question": "Compute the sum of the first ten positive integers exactly, please.",
+            "answer": "55",
+            "split": "test",
+        }
+    ]
+    general = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in [
+            ("Who are you?", "<think>\nIdentity.\n</think>\n<answer>An assistant.</answer>"),
+            (
+                "Tell me the sum of the first ten positive integers exactly.",
+                "<think>\nx\n</think>\n<answer>55</answer>",
+            ),
+            ("Say hello.", "<think>\nGreeting.\n</think>\n<answer>Hello!</answer>"),
+            ("Name a colour.", "<think>\nAny colour.\n</think>\n<answer>Blue.</answer>"),
+        ]
+    ]
+    cfg = parse_stage_config(
+        {
+            "kind": "generate",
+            "model": "scripted",
+            "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
+            "sampling": {"num_samples": 9},
+            "filters": {"max_per_prompt": 2, "max_pass_rate": 0.9},
+            "decontaminate": {
+                "eval_prompts": [{"source": "file", "path": _jsonl(tmp_path / "eval.jsonl", evals), "domain": "math"}]
+            },
+            "mix": [
+                {"dataset": _jsonl(tmp_path / "general.jsonl", general), "share": 0.5, "data_source": "general_demo"}
+            ],
+            "shard_size": 2,
+        },
+        "scripted.yaml",
+    )
     sampler = ScriptedSampler(SCRIPT)
     work = tmp_path / "step"
     work.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(generate, "open_sampler", lambda *a, **k: sampler)
-        result = generate.run(cfg, StepContext(run="t", step="rs", run_dir=tmp_path, work_dir=work,
-                                               resolver=_NoModelResolver(tmp_path)))
+        result = generate.run(
+            cfg, StepContext(run="t", step="rs", run_dir=tmp_path, work_dir=work, resolver=_NoModelResolver(tmp_path))
+        )
     return result, work, sampler
 
 
@@ -362,9 +437,18 @@ def test_scripted_run_mixes_in_extra_data_with_its_share(scripted_run):
 def test_card_says_how_the_data_was_made(scripted_run):
     _, work, _ = scripted_run
     readme = (work / "dataset" / "README.md").read_text()
-    for needle in ("scripted", "9 samples per prompt", "temperature", "accuracy, format",
-                   "| language_mixing | 1 |", "| duplicate | 1 |", "| near_duplicate | 1 |",
-                   "1 removed by decontamination", "general_demo", "| math | 2 |"):
+    for needle in (
+        "scripted",
+        "9 samples per prompt",
+        "temperature",
+        "accuracy, format",
+        "| language_mixing | 1 |",
+        "| duplicate | 1 |",
+        "| near_duplicate | 1 |",
+        "1 removed by decontamination",
+        "general_demo",
+        "| math | 2 |",
+    ):
         assert needle in readme, needle
     for name in FILTERS:
         assert f"| {name} |" in readme
@@ -373,10 +457,17 @@ def test_card_says_how_the_data_was_made(scripted_run):
 # ----------------------------------------------------------------------------- the stage on the tiny model (vLLM)
 
 TINY = {
-    "kind": "generate", "model": "MODEL",
+    "kind": "generate",
+    "model": "MODEL",
     "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 10, "n_test": 0, "seed": 1}],
-    "sampling": {"backend": "vllm", "num_samples": 2, "temperature": 1.0, "top_p": 1.0, "max_tokens": 12,
-                 "max_model_len": 512},
+    "sampling": {
+        "backend": "vllm",
+        "num_samples": 2,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 12,
+        "max_model_len": 512,
+    },
     "rewards": ["format", "language"],  # no `accuracy`: a random model is never right, and the
     # scripted test above covers it (this keeps the reward worker pool out of this test)
     "filters": {"drop_truncated": False, "require_correct": False, "require_format": False, "max_per_prompt": 2},
@@ -409,8 +500,15 @@ class _Borrowed:
 
 
 def _run_tiny(cfg, sampler, work: Path, monkeypatch):
-    monkeypatch.setattr(generate, "open_sampler", lambda path, sampling, seed: (
-        _Borrowed(sampler) if (sampling, seed) == (cfg.sampling, cfg.seed) else pytest.fail("engine settings differ")))
+    monkeypatch.setattr(
+        generate,
+        "open_sampler",
+        lambda path, sampling, seed: (
+            _Borrowed(sampler)
+            if (sampling, seed) == (cfg.sampling, cfg.seed)
+            else pytest.fail("engine settings differ")
+        ),
+    )
     return generate.run(cfg, _ctx(work))
 
 
@@ -470,19 +568,29 @@ def test_prompt_pool_records_each_prompts_pass_rate(tmp_path, monkeypatch):
     """`output: prompts` writes the prompt rows with pass rates over their samples: q/add is
     right in the samples that answer 5, q/sub in 2 of 2, q/mul in 1 of 2, and q/apples cannot be
     judged (its gold does not parse)."""
-    train = [{"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
-             {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
-             {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
-             {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"}]
-    cfg = parse_stage_config({
-        "kind": "generate", "model": "scripted", "output": "prompts",
-        "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
-        "sampling": {"num_samples": 9}, "shard_size": 3}, "pool.yaml")
+    train = [
+        {"id": "q/add", "question": "What is 2 + 3?", "answer": "5"},
+        {"id": "q/sub", "question": "Compute 10 minus 4.", "answer": "6"},
+        {"id": "q/mul", "question": "What is 7 times 6?", "answer": "42"},
+        {"id": "q/apples", "question": "How many apples are there?", "answer": "forty-two apples"},
+    ]
+    cfg = parse_stage_config(
+        {
+            "kind": "generate",
+            "model": "scripted",
+            "output": "prompts",
+            "prompts": [{"source": "file", "path": _jsonl(tmp_path / "train.jsonl", train), "domain": "math"}],
+            "sampling": {"num_samples": 9},
+            "shard_size": 3,
+        },
+        "pool.yaml",
+    )
     monkeypatch.setattr(generate, "open_sampler", lambda *a, **k: ScriptedSampler(SCRIPT))
     work = tmp_path / "step"
     work.mkdir()
-    result = generate.run(cfg, StepContext(run="t", step="pool", run_dir=tmp_path, work_dir=work,
-                                           resolver=_NoModelResolver(tmp_path)))
+    result = generate.run(
+        cfg, StepContext(run="t", step="pool", run_dir=tmp_path, work_dir=work, resolver=_NoModelResolver(tmp_path))
+    )
     pool = pd.read_parquet(work / "dataset" / "data.parquet").set_index("id")
     correct_add = sum(t.endswith("<answer>5</answer>") for t, _ in SCRIPT["What is 2 + 3?"])
     assert pool.loc["q/add", "pass_rate"] == pytest.approx(correct_add / 9)
@@ -501,11 +609,16 @@ def test_prompt_pool_records_each_prompts_pass_rate(tmp_path, monkeypatch):
     assert "pass_rate" in (work / "dataset" / "README.md").read_text()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"rewards": ["format"], "filters": {"require_correct": False}}, "accuracy"),
-    ({"few_shot": [{"question": "q", "response": "r"}]}, "few_shot"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"rewards": ["format"], "filters": {"require_correct": False}}, "accuracy"),
+        ({"few_shot": [{"question": "q", "response": "r"}]}, "few_shot"),
+    ],
+)
 def test_prompt_pool_refuses_what_does_not_apply(extra, message):
     with pytest.raises(ConfigError, match=message):
-        parse_stage_config({"kind": "generate", "model": "m", "output": "prompts",
-                            "prompts": [{"source": "humaneval"}], **extra}, "pool.yaml")
+        parse_stage_config(
+            {"kind": "generate", "model": "m", "output": "prompts", "prompts": [{"source": "humaneval"}], **extra},
+            "pool.yaml",
+        )

@@ -28,8 +28,11 @@ HF_SMOKE = read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml")
 # On top of the shipped smoke configs: a reward the random model's text varies on, and a
 # learning rate large enough that two steps visibly move the weights.
 CHANGES = {
-    "rewards": [{"name": "accuracy"}, {"name": "format", "weight": 0.5},
-                {"name": "tests.test_grpo:vowel_share", "weight": 0.5}],
+    "rewards": [
+        {"name": "accuracy"},
+        {"name": "format", "weight": 0.5},
+        {"name": "tests.test_grpo:vowel_share", "weight": 0.5},
+    ],
     "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
     "max_completion_length": 12,
     "learning_rate": 1e-3,
@@ -79,8 +82,7 @@ def test_vllm_run_saves_a_trained_policy(vllm_run, tiny_model):
     ctx, result = vllm_run
     model = ctx.work_dir / "model"
     assert result.outputs == {"model": "model"}
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                 "chat_template.jinja"):
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (model / name).is_file(), name
     before, after = _state_dict(tiny_model), _state_dict(model)
     assert before.keys() == after.keys()
@@ -98,8 +100,15 @@ def test_metrics_have_every_reward_and_trl_diagnostics(vllm_run):
     for m in steps:
         for name in ("accuracy", "format", "vowel_share"):
             assert f"rewards/{name}/mean" in m and f"rewards/{name}/std" in m
-        for key in ("reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio",
-                    "entropy", "clip_ratio/region_mean", "seconds_per_step"):
+        for key in (
+            "reward_std",
+            "frac_reward_zero_std",
+            "completions/mean_length",
+            "completions/clipped_ratio",
+            "entropy",
+            "clip_ratio/region_mean",
+            "seconds_per_step",
+        ):
             assert key in m, key
     assert any(k.startswith("reward_stats/accuracy/") for k in steps[-1])
     assert result.metrics["reward_start"] == pytest.approx(sum(m["reward"] for m in steps[:3]) / len(steps[:3]))
@@ -107,8 +116,18 @@ def test_metrics_have_every_reward_and_trl_diagnostics(vllm_run):
 
 
 # Every phase this run goes through (beta = 0: no reference model, so no ref_logprobs pass).
-RL_PHASES = ("data", "weight_sync", "generation", "reward", "old_logprobs", "advantages", "forward", "backward",
-             "optimizer", "evaluation")
+RL_PHASES = (
+    "data",
+    "weight_sync",
+    "generation",
+    "reward",
+    "old_logprobs",
+    "advantages",
+    "forward",
+    "backward",
+    "optimizer",
+    "evaluation",
+)
 
 
 def test_every_step_logs_where_its_time_went(vllm_run):
@@ -125,8 +144,9 @@ def test_every_step_logs_where_its_time_went(vllm_run):
     assert steps[0]["timing_s/save"] == 0 and steps[1]["timing_s/save"] > 0
     # Step 2's wall time by another clock: between the two step lines (the `time` each was written at).
     wall = steps[1]["time"] - steps[0]["time"]
-    named = sum(v for k, v in steps[1].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
-                                                                                           "timing_s/step"))
+    named = sum(
+        v for k, v in steps[1].items() if k.startswith("timing_s/") and k not in ("timing_s/other", "timing_s/step")
+    )
     assert steps[1]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
     # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
     # machine stretches a 70 ms tiny-model step) may fall between them.
@@ -141,8 +161,21 @@ def test_every_step_logs_where_its_time_went(vllm_run):
     )
     assert timing["other"] < 0.05 * result.metrics["train_wall_s"]
     phases, per_step = read_step_timings(ctx.work_dir / "metrics.jsonl")
-    assert phases == ["data", "weight_sync", "generation", "reward", "old_logprobs", "ref_logprobs", "advantages",
-                      "forward", "backward", "optimizer", "evaluation", "save", "other"]
+    assert phases == [
+        "data",
+        "weight_sync",
+        "generation",
+        "reward",
+        "old_logprobs",
+        "ref_logprobs",
+        "advantages",
+        "forward",
+        "backward",
+        "optimizer",
+        "evaluation",
+        "save",
+        "other",
+    ]
     assert [(s.step, s.step_s) for s in per_step] == [(m["step"], m["timing_s/step"]) for m in steps]
 
 
@@ -156,8 +189,10 @@ def test_held_out_reward_is_measured_before_training_and_every_eval_steps(vllm_r
         assert 0.0 <= m["eval_rewards/vowel_share/mean"] <= 1.0
         assert "eval_loss" not in m  # the GRPO loss pass over eval completions is skipped
     assert result.counts["eval_prompts"] == 4
-    assert (result.metrics["eval_reward_start"], result.metrics["eval_reward_end"]) == \
-        (evals[0]["eval_reward"], evals[-1]["eval_reward"])
+    assert (result.metrics["eval_reward_start"], result.metrics["eval_reward_end"]) == (
+        evals[0]["eval_reward"],
+        evals[-1]["eval_reward"],
+    )
     assert "held-out reward (4 prompts x 2)" in result.summary
     # Training lines are unaffected: one per optimizer step.
     assert [m["step"] for m in _metrics(ctx.work_dir) if "reward" in m] == [1, 2]
@@ -206,32 +241,42 @@ def test_resume_continues_from_the_checkpoint_with_hf_generate(vllm_run, tiny_mo
 
 def test_logged_steps_keep_the_last_line_of_each_step(tmp_path):
     # A resumed run re-logs the steps after its last checkpoint; the later line wins.
-    lines = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}, {"step": 3, "reward": 0.3},
-             {"step": 3, "loss": 1.0}, {"step": 3, "reward": 0.35}, {"step": 4, "reward": 0.4}]
+    lines = [
+        {"step": 1, "reward": 0.1},
+        {"step": 2, "reward": 0.2},
+        {"step": 3, "reward": 0.3},
+        {"step": 3, "loss": 1.0},
+        {"step": 3, "reward": 0.35},
+        {"step": 4, "reward": 0.4},
+    ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert [(e["step"], e["reward"]) for e in grpo.logged_steps(path)] == [(1, 0.1), (2, 0.2), (3, 0.35), (4, 0.4)]
     assert grpo.logged_steps(tmp_path / "missing.jsonl") == []
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"rewards": [{"name": "acuracy"}]}, "unknown"),
-    ({"num_generations": 3}, "multiple of num_generations"),
-    ({"epsilon_high": 0.1}, "epsilon_high"),
-    ({"loss_type": "ppo"}, "loss_type"),
-    ({"torch_threads": 0}, "torch_threads"),
-    ({"eval_steps": 0}, "key 'eval_steps'"),
-    ({"eval_num_generations": -1}, "key 'eval_num_generations'"),
-    ({"dynamic_sampling": {"enable": True}}, "unknown key 'dynamic_sampling.enable'"),  # ours: `enabled`
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"rewards": [{"name": "acuracy"}]}, "unknown"),
+        ({"num_generations": 3}, "multiple of num_generations"),
+        ({"epsilon_high": 0.1}, "epsilon_high"),
+        ({"loss_type": "ppo"}, "loss_type"),
+        ({"torch_threads": 0}, "torch_threads"),
+        ({"eval_steps": 0}, "key 'eval_steps'"),
+        ({"eval_num_generations": -1}, "key 'eval_num_generations'"),
+        ({"dynamic_sampling": {"enable": True}}, "unknown key 'dynamic_sampling.enable'"),  # ours: `enabled`
+    ],
+)
 def test_config_mistakes_fail_at_validation(change, message):
     with pytest.raises(ConfigError, match=message):
         parse(grpo.Config, {**SMOKE, "model": "m", **change}, "test")
 
 
-FOUR_SOURCES = [{"source": "reasoning_gym", "task": t, "n_train": n, "n_test": 0, "seed": i}
-                for i, (t, n) in enumerate([("basic_arithmetic", 12), ("chain_sum", 12), ("countdown", 6),
-                                            ("knights_knaves", 6)])]
+FOUR_SOURCES = [
+    {"source": "reasoning_gym", "task": t, "n_train": n, "n_test": 0, "seed": i}
+    for i, (t, n) in enumerate([("basic_arithmetic", 12), ("chain_sum", 12), ("countdown", 6), ("knights_knaves", 6)])
+]
 
 
 @pytest.mark.parametrize("order", ["stratified", "shuffled"])
@@ -241,19 +286,34 @@ def test_prompt_order_decides_which_sources_each_step_sees(order, tiny_model, tm
     from transformers import AutoTokenizer
     from trl.trainer.utils import RepeatSampler
 
-    config = parse(grpo.Config, {**SMOKE, "model": "m", "prompts": FOUR_SOURCES, "prompt_order": order,
-                                 "num_generations": 2, "per_device_train_batch_size": 8}, "test")
+    config = parse(
+        grpo.Config,
+        {
+            **SMOKE,
+            "model": "m",
+            "prompts": FOUR_SOURCES,
+            "prompt_order": order,
+            "num_generations": 2,
+            "per_device_train_batch_size": 8,
+        },
+        "test",
+    )
     assert config.prompts_per_step == 4
     dataset, dropped = grpo.load_prompt_rows(config, AutoTokenizer.from_pretrained(tiny_model))
     assert (dropped["prompts_dropped_too_long"], len(dataset)) == (0, 36)
     args = grpo.grpo_arguments(config, tmp_path)
     assert args.shuffle_dataset is (order == "shuffled")
-    sampler = RepeatSampler(data_source=dataset, mini_repeat_count=config.num_generations,
-                            batch_size=config.prompts_per_step, repeat_count=1, shuffle=args.shuffle_dataset,
-                            seed=config.seed)
+    sampler = RepeatSampler(
+        data_source=dataset,
+        mini_repeat_count=config.num_generations,
+        batch_size=config.prompts_per_step,
+        repeat_count=1,
+        shuffle=args.shuffle_dataset,
+        seed=config.seed,
+    )
     indices = list(sampler)
     per_step = config.prompts_per_step * config.num_generations
-    steps = [{dataset[i]["data_source"] for i in indices[s:s + per_step]} for s in range(0, len(indices), per_step)]
+    steps = [{dataset[i]["data_source"] for i in indices[s : s + per_step]} for s in range(0, len(indices), per_step)]
     full = [len(sources) == 4 for sources in steps[:6]]  # the 6 steps before the small sources run out
     if order == "stratified":
         assert all(full)
@@ -308,8 +368,11 @@ def test_validate_refuses_a_held_out_source_without_test_prompts(tmp_path):
 
 def test_reward_params_are_checked_by_the_config():
     rewards = [{"name": "accuracy", "params": {"dedup": False}}, {"name": "format"}]
-    with pytest.raises(ConfigError, match=r"rewards\.0\.params: reward 'accuracy' takes no parameter dedup; "
-                                          r"valid parameters: .*dedupe"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rewards\.0\.params: reward 'accuracy' takes no parameter dedup; "
+        r"valid parameters: .*dedupe",
+    ):
         parse(grpo.Config, {**SMOKE, "model": "m", "rewards": rewards}, "test")
     rewards[0]["params"] = {"dedupe": False, "timeout": 2.0}
     config = parse(grpo.Config, {**SMOKE, "model": "m", "rewards": rewards}, "test")

@@ -31,14 +31,28 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-def _row(i: int, think: str, answer: str, domain: str = "math", question: str | None = None,
-         rewards: dict | None = None, source: str = "toy") -> dict:
-    return {"id": f"toy/{i}", "data_source": source, "domain": domain,
-            "messages": [{"role": "system", "content": "Think, then answer."},
-                         {"role": "user", "content": question or f"What is {i} + 1?"},
-                         {"role": "assistant", "content": f"<think>\n{think}\n</think>\n<answer>{answer}</answer>"}],
-            "rewards": json.dumps(rewards or {"accuracy": 1.0, "format": 1.0}), "source_model": "toy",
-            "meta": json.dumps({"sample_index": 0})}
+def _row(
+    i: int,
+    think: str,
+    answer: str,
+    domain: str = "math",
+    question: str | None = None,
+    rewards: dict | None = None,
+    source: str = "toy",
+) -> dict:
+    return {
+        "id": f"toy/{i}",
+        "data_source": source,
+        "domain": domain,
+        "messages": [
+            {"role": "system", "content": "Think, then answer."},
+            {"role": "user", "content": question or f"What is {i} + 1?"},
+            {"role": "assistant", "content": f"<think>\n{think}\n</think>\n<answer>{answer}</answer>"},
+        ],
+        "rewards": json.dumps(rewards or {"accuracy": 1.0, "format": 1.0}),
+        "source_model": "toy",
+        "meta": json.dumps({"sample_index": 0}),
+    }
 
 
 def known_rows() -> list[dict]:
@@ -46,8 +60,16 @@ def known_rows() -> list[dict]:
     row 9 has mixed-language reasoning, is code, and has accuracy 0.5."""
     rows = [_row(i, f"I add {i} and 1 to get {i + 1}.", str(i + 1)) for i in range(8)]
     rows.append({**_row(0, "I add 0 and 1 to get 1.", "1"), "id": "toy/8"})
-    rows.append(_row(9, "First 我们 write the function, then check it.", "```python\ndef f(): pass\n```",
-                     domain="code", rewards={"accuracy": 0.5, "format": 1.0}, source="humaneval"))
+    rows.append(
+        _row(
+            9,
+            "First 我们 write the function, then check it.",
+            "```python\ndef f(): pass\n```",
+            domain="code",
+            rewards={"accuracy": 0.5, "format": 1.0},
+            source="humaneval",
+        )
+    )
     return rows
 
 
@@ -78,8 +100,17 @@ def test_cli_prints_tables_and_samples_think_apart_from_answer(dataset):
     result = runner.invoke(app, ["inspect", str(dataset), "--sample", "2", "--seed", "1"])
     out = _flat(result.output)
     assert result.exit_code == 0, out
-    for needle in ("10 rows", "rows per domain", "rows per data_source", "lengths in", "format valid",
-                   "language mixing", "duplicate", "rewards", "accuracy"):
+    for needle in (
+        "10 rows",
+        "rows per domain",
+        "rows per data_source",
+        "lengths in",
+        "format valid",
+        "language mixing",
+        "duplicate",
+        "rewards",
+        "accuracy",
+    ):
         assert needle in out, needle
     # each printed sample has a `think` panel and a separate `answer` panel
     assert len(re.findall(r"─ think · \d+", result.output)) == 2
@@ -92,7 +123,7 @@ def test_where_filters_rows(dataset):
     result = runner.invoke(app, ["inspect", str(dataset), "--sample", "0", "--where", 'domain == "code"'])
     out = _flat(result.output)
     assert result.exit_code == 0, out
-    assert "1 rows" in out and "humaneval" in out and "rows where domain == \"code\"" in out
+    assert "1 rows" in out and "humaneval" in out and 'rows where domain == "code"' in out
     low = runner.invoke(app, ["inspect", str(dataset), "--sample", "0", "--where", "reward_accuracy < 1 or duplicate"])
     assert low.exit_code == 0 and "2 rows" in _flat(low.output)
 
@@ -107,8 +138,10 @@ def test_bad_where_lists_the_columns(dataset):
 def test_plain_messages_jsonl_and_save_to_disk_folder(tmp_path):
     import datasets
 
-    rows = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
-            for w in ("hi", "bye", "yes")]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
+        for w in ("hi", "bye", "yes")
+    ]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     s = inspect_mod.inspect(str(path), sample=1)
@@ -138,11 +171,21 @@ def test_step_name_shows_the_funnel_from_the_card(dataset, tmp_path, monkeypatch
     monkeypatch.setenv("R1_HOME", str(tmp_path / "home"))
     step = store.runs_root() / "demo" / "rejection_sampling"
     shutil.copytree(dataset, step / "dataset")
-    funnel = [{"filter": "incorrect", "dropped": 30, "remaining": 20}, {"filter": "language_mixing", "dropped": 10,
-                                                                         "remaining": 10}]
-    (step / "dataset" / "card.json").write_text(json.dumps(
-        {"source_model": "reasoning_rl", "sampled": 50, "funnel": funnel, "kept_sampled": 10,
-         "sampling": {"num_samples": 8, "temperature": 0.8, "top_p": 0.95, "max_tokens": 160}}))
+    funnel = [
+        {"filter": "incorrect", "dropped": 30, "remaining": 20},
+        {"filter": "language_mixing", "dropped": 10, "remaining": 10},
+    ]
+    (step / "dataset" / "card.json").write_text(
+        json.dumps(
+            {
+                "source_model": "reasoning_rl",
+                "sampled": 50,
+                "funnel": funnel,
+                "kept_sampled": 10,
+                "sampling": {"num_samples": 8, "temperature": 0.8, "top_p": 0.95, "max_tokens": 160},
+            }
+        )
+    )
     result = runner.invoke(app, ["inspect", "rejection_sampling", "--run", "demo", "--sample", "0"])
     out = _flat(result.output)
     assert result.exit_code == 0, out
@@ -150,9 +193,15 @@ def test_step_name_shows_the_funnel_from_the_card(dataset, tmp_path, monkeypatch
 
 
 def test_inspect_of_a_thousand_rows_is_fast(tmp_path):
-    rows = [_row(i, f"Step one: take {i}. Step two: add one, giving {i + 1}. " * 6, str(i + 1),
-                 question=f"What is {i} + 1? Think about it." if i % 3 else f"Compute {i} plus one.")
-            for i in range(1000)]
+    rows = [
+        _row(
+            i,
+            f"Step one: take {i}. Step two: add one, giving {i + 1}. " * 6,
+            str(i + 1),
+            question=f"What is {i} + 1? Think about it." if i % 3 else f"Compute {i} plus one.",
+        )
+        for i in range(1000)
+    ]
     path = tmp_path / "big.parquet"
     pd.DataFrame(rows).to_parquet(path)
     # CPU time, not wall time: the test machine is shared (2 cores, parallel jobs), and the
@@ -165,8 +214,16 @@ def test_inspect_of_a_thousand_rows_is_fast(tmp_path):
 
 # ----------------------------------------------------------------------------- HTML in Chromium
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="session")
@@ -176,8 +233,12 @@ def chromium() -> str:
     if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=600", "chromium"],
-                       env=env, capture_output=True, timeout=1200)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=600", "chromium"],
+            env=env,
+            capture_output=True,
+            timeout=1200,
+        )
         path = shutil.which("chromium")
     if path is None:
         pytest.fail("chromium is not installed and could not be installed (apt-get install chromium)")
@@ -186,8 +247,9 @@ def chromium() -> str:
 
 def _chromium(binary: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120
+        )
 
 
 def test_html_report_renders_tables_images_and_samples(dataset, tmp_path, chromium):
@@ -210,8 +272,9 @@ def test_html_report_renders_tables_images_and_samples(dataset, tmp_path, chromi
     shot = REPO / "test-artifacts" / "inspect_report.png"
     shot.parent.mkdir(exist_ok=True)
     shot.unlink(missing_ok=True)
-    _chromium(chromium, "--virtual-time-budget=5000", f"--screenshot={shot}", "--window-size=1280,2600",
-              report.as_uri())
+    _chromium(
+        chromium, "--virtual-time-budget=5000", f"--screenshot={shot}", "--window-size=1280,2600", report.as_uri()
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
 
 
@@ -240,8 +303,9 @@ def test_a_broken_card_falls_back_to_the_manifest_with_a_warning(dataset, tmp_pa
     step = tmp_path / "rejection_sampling"
     shutil.copytree(dataset, step / "dataset")
     (step / "dataset" / "card.json").write_text('{"funnel": [1,2\n')
-    (step / "manifest.json").write_text(json.dumps({"result": {"counts": {"sampled": 50, "kept": 10,
-                                                                            "dropped_incorrect": 40}}}))
+    (step / "manifest.json").write_text(
+        json.dumps({"result": {"counts": {"sampled": 50, "kept": 10, "dropped_incorrect": 40}}})
+    )
     result = runner.invoke(app, ["inspect", str(step), "--sample", "0"])
     out = _flat(result.output)
     assert result.exit_code == 0, out
@@ -253,9 +317,11 @@ def test_unreadable_files_are_named(tmp_path):
     bad_json.write_text('{"messages": []}\n{bad\n')
     (tmp_path / "empty.parquet").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("hello")
-    for path, words in ((bad_json, f"{bad_json}:2: not valid JSON"),
-                        (tmp_path / "empty.parquet", "empty.parquet: not a readable parquet file"),
-                        (tmp_path / "notes.txt", "notes.txt: not a dataset file")):
+    for path, words in (
+        (bad_json, f"{bad_json}:2: not valid JSON"),
+        (tmp_path / "empty.parquet", "empty.parquet: not a readable parquet file"),
+        (tmp_path / "notes.txt", "notes.txt: not a dataset file"),
+    ):
         result = runner.invoke(app, ["inspect", str(path)])
         assert result.exit_code != 0 and words in _flat(result.output), result.output
 
@@ -273,27 +339,56 @@ def test_duplicate_shares_agree_with_the_generate_funnel(scope):
     from stages.common.filters import Filters, Sample, funnel, verdicts
 
     def messages(system: str, user: str, response: str) -> list[dict]:
-        return [{"role": "system", "content": system}, {"role": "user", "content": user},
-                {"role": "assistant", "content": response}]
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": response},
+        ]
 
-    same = ("<think>\nTwo plus three is five: adding three to two gives five in total, so the sum is five.\n"
-            "</think>\n<answer>5</answer>")
-    convs = [messages("Be brief.", "What is 2 + 3?", same),
-             messages("Be brief.", "What is 2 + 3?", same.replace("\n", "  \n")),  # exact (whitespace)
-             messages("Be brief.", "What is 2 + 3?", same.replace("in total", "in all")),  # near (Jaccard 0.87)
-             messages("Think step by step.", "What is 2 + 3?", same),  # same question, other prompt
-             messages("Be brief.", "What is 7 + 1?", same),  # other question, same response
-             messages("Be brief.", "What is 7 + 1?", "<think>\nSeven and one.\n</think>\n<answer>8</answer>")]
-    samples = [Sample(prompt_id=f"q{i}", index=0, domain="math", text=c[-1]["content"], prompt_text=prompt_key(c[:-1]))
-               for i, c in enumerate(convs)]
-    only_dedupe = Filters(drop_truncated=False, require_correct=False, require_format=False, language=None,
-                          max_paragraph_chars=None, drop_unexpected_code=False, max_per_prompt=None, dedupe_scope=scope)
+    same = (
+        "<think>\nTwo plus three is five: adding three to two gives five in total, so the sum is five.\n"
+        "</think>\n<answer>5</answer>"
+    )
+    convs = [
+        messages("Be brief.", "What is 2 + 3?", same),
+        messages("Be brief.", "What is 2 + 3?", same.replace("\n", "  \n")),  # exact (whitespace)
+        messages("Be brief.", "What is 2 + 3?", same.replace("in total", "in all")),  # near (Jaccard 0.87)
+        messages("Think step by step.", "What is 2 + 3?", same),  # same question, other prompt
+        messages("Be brief.", "What is 7 + 1?", same),  # other question, same response
+        messages("Be brief.", "What is 7 + 1?", "<think>\nSeven and one.\n</think>\n<answer>8</answer>"),
+    ]
+    samples = [
+        Sample(prompt_id=f"q{i}", index=0, domain="math", text=c[-1]["content"], prompt_text=prompt_key(c[:-1]))
+        for i, c in enumerate(convs)
+    ]
+    only_dedupe = Filters(
+        drop_truncated=False,
+        require_correct=False,
+        require_format=False,
+        language=None,
+        max_paragraph_chars=None,
+        drop_unexpected_code=False,
+        max_per_prompt=None,
+        dedupe_scope=scope,
+    )
     dropped = {row["filter"]: row["dropped"] for row in funnel(verdicts(samples, only_dedupe))}
-    rows = [{"id": f"q{i}", "messages": c, "data_source": "toy", "domain": "math", "rewards": "{}",
-             "source_model": "toy", "meta": "{}"} for i, c in enumerate(convs)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "messages": c,
+            "data_source": "toy",
+            "domain": "math",
+            "rewards": "{}",
+            "source_model": "toy",
+            "meta": "{}",
+        }
+        for i, c in enumerate(convs)
+    ]
     df, _ = inspect_mod.frame(rows, near_threshold=only_dedupe.near_duplicate_threshold, dedupe_scope=scope)
-    assert (int(df["duplicate"].sum()), int(df["near_duplicate"].sum())) == \
-        (dropped["duplicate"], dropped["near_duplicate"])
+    assert (int(df["duplicate"].sum()), int(df["near_duplicate"].sum())) == (
+        dropped["duplicate"],
+        dropped["near_duplicate"],
+    )
     assert dropped == (
         {"duplicate": 1, "near_duplicate": 1} if scope == "prompt" else {"duplicate": 3, "near_duplicate": 1}
     ) | {k: 0 for k in dropped if k not in ("duplicate", "near_duplicate")}

@@ -20,12 +20,18 @@ CONVERSATIONS = [
     # user only: the template inserts SmolLM2's default system prompt
     [{"role": "user", "content": "What is 2+2?"}],
     # user -> assistant with an R1-style reasoning block
-    [{"role": "user", "content": "What is 2+2?"},
-     {"role": "assistant", "content": "<think>\n2 + 2 = 4\n</think>\nThe answer is 4."}],
+    [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>\n2 + 2 = 4\n</think>\nThe answer is 4."},
+    ],
     # explicit system prompt and two turns
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
-     {"role": "assistant", "content": "See you.\n"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "See you.\n"},
+    ],
 ]
 
 
@@ -58,10 +64,14 @@ def test_prepared_model_answers_and_stops(prepared):
     tokenizer = AutoTokenizer.from_pretrained(prepared)
     model = AutoModelForCausalLM.from_pretrained(prepared)
     assert tokenizer.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tokenizer.eos_token_id
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
-    new = out[0, inputs["input_ids"].shape[1]:].tolist()
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert new[-1] == tokenizer.eos_token_id, "generation must stop with <|im_end|>"
     text = tokenizer.decode(new, skip_special_tokens=True)
     assert "Paris" in text
@@ -93,15 +103,21 @@ def test_training_template_renders_like_the_model_template(tiny_model):
     for messages in CONVERSATIONS:
         for add_generation_prompt in (False, True):
             own = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-            train = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template,
-                                                  add_generation_prompt=add_generation_prompt)
+            train = tokenizer.apply_chat_template(
+                messages, tokenize=False, chat_template=template, add_generation_prompt=add_generation_prompt
+            )
             assert train == own, (messages, add_generation_prompt)
 
 
 def test_training_template_masks_exactly_the_assistant_turns(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    out = tokenizer.apply_chat_template(CONVERSATIONS[2], chat_template=TEMPLATE.read_text(), tokenize=True,
-                                        return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        CONVERSATIONS[2],
+        chat_template=TEMPLATE.read_text(),
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
     trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert tokenizer.decode(trained) == "Hello!<|im_end|>See you.\n<|im_end|>"
 

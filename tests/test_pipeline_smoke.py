@@ -18,8 +18,19 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 R1 = [sys.executable, "-m", "pipeline.cli"]
-STEPS = ["cold_start_data", "cold_start_sft", "reasoning_rl", "rejection_sampling", "sft", "preference_pairs",
-         "helpfulness_rm", "harmlessness_rm", "all_domain_rl", "distill", "eval"]
+STEPS = [
+    "cold_start_data",
+    "cold_start_sft",
+    "reasoning_rl",
+    "rejection_sampling",
+    "sft",
+    "preference_pairs",
+    "helpfulness_rm",
+    "harmlessness_rm",
+    "all_domain_rl",
+    "distill",
+    "eval",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +72,13 @@ def test_manifests_record_the_dtype_chosen_and_why(smoke_run):
 
     run_dir, _, _ = smoke_run
     expected = precision.resolve("auto").dtype
-    roles = {"cold_start_data": {"sampling"}, "cold_start_sft": {"training"},
-             "reasoning_rl": {"training", "rollouts"}, "distill": {"training"}, "eval": {"sampling"}}
+    roles = {
+        "cold_start_data": {"sampling"},
+        "cold_start_sft": {"training"},
+        "reasoning_rl": {"training", "rollouts"},
+        "distill": {"training"},
+        "eval": {"sampling"},
+    }
     for step, want in roles.items():
         recorded = json.loads((run_dir / step / "manifest.json").read_text())["precision"]
         assert set(recorded) == want, step
@@ -73,14 +89,22 @@ def test_manifests_record_the_dtype_chosen_and_why(smoke_run):
 
 def test_manifests_chain_each_step_to_its_inputs(smoke_run):
     run_dir, _, _ = smoke_run
-    wiring = {"cold_start_sft": ("dataset", "cold_start_data"), "reasoning_rl": ("model", "cold_start_sft"),
-              "rejection_sampling": ("model", "reasoning_rl"), "sft": ("dataset", "rejection_sampling"),
-              "all_domain_rl": ("model", "sft"), "distill": ("teacher", "all_domain_rl"),
-              "preference_pairs": ("model", "sft"), "helpfulness_rm": ("dataset", "preference_pairs")}
+    wiring = {
+        "cold_start_sft": ("dataset", "cold_start_data"),
+        "reasoning_rl": ("model", "cold_start_sft"),
+        "rejection_sampling": ("model", "reasoning_rl"),
+        "sft": ("dataset", "rejection_sampling"),
+        "all_domain_rl": ("model", "sft"),
+        "distill": ("teacher", "all_domain_rl"),
+        "preference_pairs": ("model", "sft"),
+        "helpfulness_rm": ("dataset", "preference_pairs"),
+    }
     rl = json.loads((run_dir / "all_domain_rl" / "manifest.json").read_text())  # its reward models are inputs too
     for i, upstream in ((2, "helpfulness_rm"), (3, "harmlessness_rm")):
-        assert rl["inputs"][f"rewards.{i}.model"]["hash"] == \
-            json.loads((run_dir / upstream / "manifest.json").read_text())["output_hash"]
+        assert (
+            rl["inputs"][f"rewards.{i}.model"]["hash"]
+            == json.loads((run_dir / upstream / "manifest.json").read_text())["output_hash"]
+        )
     for step, (key, upstream) in wiring.items():
         manifest = json.loads((run_dir / step / "manifest.json").read_text())
         up = json.loads((run_dir / upstream / "manifest.json").read_text())
@@ -113,8 +137,9 @@ def test_checkpoints_load_and_generate(smoke_run):
         path = run_dir / step / "model"
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
-        ids = tok.apply_chat_template([{"role": "user", "content": "1+1?"}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": "1+1?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=4, do_sample=False)
         assert out.shape[1] > ids["input_ids"].shape[1]

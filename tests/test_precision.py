@@ -11,25 +11,34 @@ from pipeline.precision import Hardware
 
 AVX2_EPYC = Hardware("cpu", "AMD EPYC 7B13", frozenset({"avx", "avx2", "fma"}), "x86_64", "AVX2")
 # AVX-512 without its bf16 extension (Skylake/Cascade Lake Xeons): still no fast bf16 GEMM.
-AVX512_SKYLAKE = Hardware("cpu", "Intel Xeon Platinum 8175M", frozenset({"avx2", "avx512f", "avx512bw"}),
-                          "x86_64", "AVX512")
+AVX512_SKYLAKE = Hardware(
+    "cpu", "Intel Xeon Platinum 8175M", frozenset({"avx2", "avx512f", "avx512bw"}), "x86_64", "AVX512"
+)
 ZEN4 = Hardware("cpu", "AMD EPYC 9B14", frozenset({"avx2", "avx512f", "avx512_bf16"}), "x86_64", "AVX512")
-SAPPHIRE_RAPIDS = Hardware("cpu", "Intel Xeon Platinum 8481C",
-                           frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}), "x86_64", "AVX512")
+SAPPHIRE_RAPIDS = Hardware(
+    "cpu",
+    "Intel Xeon Platinum 8481C",
+    frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+    "x86_64",
+    "AVX512",
+)
 GRAVITON3 = Hardware("cpu", "", frozenset({"fp", "asimd", "bf16", "sve"}), "aarch64", "SVE256")
 A100 = Hardware("cuda", "AMD EPYC", frozenset(), "x86_64", "AVX2", "NVIDIA A100-SXM4-80GB", True)
 T4 = Hardware("cuda", "Intel Xeon", frozenset(), "x86_64", "AVX512", "Tesla T4", False)
 
 
-@pytest.mark.parametrize(("hardware", "dtype", "reason_has"), [
-    (AVX2_EPYC, "float32", "without AMX or AVX512-BF16"),   # the ~90x-slower-bf16 machine
-    (AVX512_SKYLAKE, "float32", "without AMX or AVX512-BF16"),  # AVX-512 alone is not enough
-    (ZEN4, "bfloat16", "avx512_bf16"),
-    (SAPPHIRE_RAPIDS, "bfloat16", "amx_bf16 and avx512_bf16"),
-    (GRAVITON3, "float32", "aarch64"),                      # ARM: float32, never the slow path
-    (A100, "bfloat16", "A100"),
-    (T4, "float16", "no bf16 units"),                      # fp16 is a pre-Ampere GPU's fast path
-])
+@pytest.mark.parametrize(
+    ("hardware", "dtype", "reason_has"),
+    [
+        (AVX2_EPYC, "float32", "without AMX or AVX512-BF16"),  # the ~90x-slower-bf16 machine
+        (AVX512_SKYLAKE, "float32", "without AMX or AVX512-BF16"),  # AVX-512 alone is not enough
+        (ZEN4, "bfloat16", "avx512_bf16"),
+        (SAPPHIRE_RAPIDS, "bfloat16", "amx_bf16 and avx512_bf16"),
+        (GRAVITON3, "float32", "aarch64"),  # ARM: float32, never the slow path
+        (A100, "bfloat16", "A100"),
+        (T4, "float16", "no bf16 units"),  # fp16 is a pre-Ampere GPU's fast path
+    ],
+)
 def test_auto_picks_the_fast_dtype_of_the_hardware(hardware, dtype, reason_has):
     chosen = precision.resolve("auto", hardware)
     assert chosen.dtype == dtype
@@ -85,8 +94,9 @@ def test_stage_configs_default_to_auto_and_refuse_the_old_bf16_key():
         parse(sft.Config, {"kind": "sft", "model": "m", "dataset": "d", "dtype": "fp8"}, "x.yaml")
 
 
-@pytest.mark.parametrize(("dtype", "flags"), [("bfloat16", (True, False)), ("float16", (False, True)),
-                                               ("float32", (False, False))])
+@pytest.mark.parametrize(
+    ("dtype", "flags"), [("bfloat16", (True, False)), ("float16", (False, True)), ("float32", (False, False))]
+)
 def test_training_arguments_follow_the_resolved_dtype(tmp_path, dtype, flags):
     from stages import grpo, sft
 

@@ -70,8 +70,12 @@ def test_grpo_rewards_render_the_message_prompts_trl_passes(prefill_think_model)
     from rewards import registry
 
     tokenizer = _tokenizer(prefill_think_model)
-    trl_style = {"prompts": [QUESTION, QUESTION], "completions": [[{"role": "assistant", "content": PERFECT}]] * 2,
-                 "answer": ["4", "4"], "verification": ["{}", "{}"]}
+    trl_style = {
+        "prompts": [QUESTION, QUESTION],
+        "completions": [[{"role": "assistant", "content": PERFECT}]] * 2,
+        "answer": ["4", "4"],
+        "verification": ["{}", "{}"],
+    }
     fmt = with_rendered_prompts(registry.get("format"), tokenizer)
     assert fmt.__name__ == "format" and fmt(**trl_style) == [1.0, 1.0]
     assert fmt.stats.scored == 2  # the reward's own counters (reward_stats/format/*)
@@ -88,15 +92,36 @@ def test_grpo_rewards_render_the_message_prompts_trl_passes(prefill_think_model)
 def _generate_config(model: Path, **sampling):
     from stages import generate
 
-    return parse(generate.Config, {
-        "kind": "generate", "model": str(model),
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 0, "seed": 1}],
-        "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "temperature": 1.0, "top_p": 1.0,
-                     "dtype": "float32", **sampling},
-        "rewards": ["tag_count", "format"],
-        "filters": {"drop_truncated": False, "require_correct": False, "require_format": False, "language": None,
-                    "max_paragraph_chars": None, "drop_unexpected_code": False, "dedupe": False,
-                    "near_duplicate_threshold": None, "max_per_prompt": None}}, "test")
+    return parse(
+        generate.Config,
+        {
+            "kind": "generate",
+            "model": str(model),
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 0, "seed": 1}],
+            "sampling": {
+                "backend": "hf",
+                "num_samples": 2,
+                "max_tokens": 6,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "dtype": "float32",
+                **sampling,
+            },
+            "rewards": ["tag_count", "format"],
+            "filters": {
+                "drop_truncated": False,
+                "require_correct": False,
+                "require_format": False,
+                "language": None,
+                "max_paragraph_chars": None,
+                "drop_unexpected_code": False,
+                "dedupe": False,
+                "near_duplicate_threshold": None,
+                "max_per_prompt": None,
+            },
+        },
+        "test",
+    )
 
 
 def test_generate_scores_and_stores_the_prefilled_turn(prefill_think_model, tmp_path):
@@ -114,10 +139,17 @@ def test_generate_scores_and_stores_the_prefilled_turn(prefill_think_model, tmp_
 def test_eval_scores_the_prefilled_turn(prefill_think_model, tmp_path):
     from stages import eval as eval_stage
 
-    config = parse(eval_stage.Config, {
-        "kind": "eval", "models": [str(prefill_think_model)], "correctness": "tag_count",
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 3, "seed": 1}],
-        "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "dtype": "float32"}}, "test")
+    config = parse(
+        eval_stage.Config,
+        {
+            "kind": "eval",
+            "models": [str(prefill_think_model)],
+            "correctness": "tag_count",
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 3, "seed": 1}],
+            "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "dtype": "float32"},
+        },
+        "test",
+    )
     ctx = _ctx(tmp_path, "eval")
     eval_stage.run(config, ctx)
     samples = [s for r in pq.read_table(ctx.work_dir / "samples.parquet").to_pylist() for s in json.loads(r["samples"])]
@@ -129,15 +161,24 @@ def test_eval_scores_the_prefilled_turn(prefill_think_model, tmp_path):
 def test_grpo_rewards_see_the_prefill(prefill_think_model, tmp_path):
     from stages import grpo
 
-    config = parse(grpo.Config, {
-        **read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml"), "model": str(prefill_think_model), "max_steps": 1,
-        "max_completion_length": 6, "rewards": [{"name": "tag_count"}], "dtype": "float32",
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8, "n_test": 0, "seed": 0}]},
-        "test")
+    config = parse(
+        grpo.Config,
+        {
+            **read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml"),
+            "model": str(prefill_think_model),
+            "max_steps": 1,
+            "max_completion_length": 6,
+            "rewards": [{"name": "tag_count"}],
+            "dtype": "float32",
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8, "n_test": 0, "seed": 0}],
+        },
+        "test",
+    )
     ctx = _ctx(tmp_path, "grpo")
     grpo.run(config, ctx)
-    step = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()
-            if '"reward"' in line][-1]
+    step = [
+        json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines() if '"reward"' in line
+    ][-1]
     assert step["rewards/tag_count/mean"] == 0.25 and step["rewards/tag_count/std"] == 0.0  # was 0.0
 
 
@@ -148,8 +189,9 @@ def _trl_ids(tokenizer, prompt) -> list[int]:
     """What TRL's GRPOTrainer feeds the policy (``_tokenize_prompts``)."""
     if isinstance(prompt, str):
         return tokenizer(text=[prompt])["input_ids"][0]
-    return tokenizer.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"][0]
+    return tokenizer.apply_chat_template([prompt], add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ][0]
 
 
 PROMPTS = [QUESTION, "User: What is 2+2? Assistant:"]
@@ -239,13 +281,22 @@ def test_eval_refuses_prompts_that_do_not_fit_before_sampling(tiny_model, tmp_pa
     from stages import eval as eval_stage
     from stages.common import sampling
 
-    config = parse(eval_stage.Config, {
-        "kind": "eval", "models": [str(tiny_model)],
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 3, "seed": 1}],
-        "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "max_model_len": 24}}, "test")
+    config = parse(
+        eval_stage.Config,
+        {
+            "kind": "eval",
+            "models": [str(tiny_model)],
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 4, "n_test": 3, "seed": 1}],
+            "sampling": {"backend": "hf", "num_samples": 2, "max_tokens": 6, "max_model_len": 24},
+        },
+        "test",
+    )
     monkeypatch.setattr(sampling.Sampler, "__init__", lambda *a, **k: pytest.fail("an engine was started"))
-    with pytest.raises(ValueError, match=r"3 of 3 questions have prompts of at least sampling.max_model_len = 24 "
-                                         r"tokens \(longest \d+; e.g. reasoning_gym/basic_arithmetic"):
+    with pytest.raises(
+        ValueError,
+        match=r"3 of 3 questions have prompts of at least sampling.max_model_len = 24 "
+        r"tokens \(longest \d+; e.g. reasoning_gym/basic_arithmetic",
+    ):
         eval_stage.run(config, _ctx(tmp_path, "eval"))
 
 
@@ -266,8 +317,13 @@ def test_server_gets_the_prompt_tokens_trl_uses(bos_model, tmp_path):
 
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(server_command(str(bos_model), port, dtype="float32", max_model_len=256),
-                            stdout=log, stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        server_command(str(bos_model), port, dtype="float32", max_model_len=256),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_server_env(),
+        start_new_session=True,
+    )
     reported: list[list[int]] = []
     real_check = ServerClient._check_tokenizer
 

@@ -32,8 +32,16 @@ R1 = [sys.executable, "-m", "pipeline.cli"]
 
 def _env(home: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"}}
-    env.update({"R1_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "R1_REWARD_WORKERS": "1",
-                "COLUMNS": "200"}, **extra)
+    env.update(
+        {
+            "R1_HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "R1_REWARD_WORKERS": "1",
+            "COLUMNS": "200",
+        },
+        **extra,
+    )
     return env
 
 
@@ -63,9 +71,20 @@ def _progress(work: Path) -> dict:
 
 
 def _sft_config(tmp_path: Path, tiny_model: Path, sft_dataset: Path, **extra) -> Path:
-    config = {"kind": "sft", "model": str(tiny_model), "dataset": str(sft_dataset), "max_length": 128,
-              "per_device_train_batch_size": 2, "learning_rate": 1e-3, "warmup_ratio": 0.0, "logging_steps": 1,
-              "save_steps": 4, "max_steps": 24, "seed": 0, **extra}
+    config = {
+        "kind": "sft",
+        "model": str(tiny_model),
+        "dataset": str(sft_dataset),
+        "max_length": 128,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.0,
+        "logging_steps": 1,
+        "save_steps": 4,
+        "max_steps": 24,
+        "seed": 0,
+        **extra,
+    }
     path = tmp_path / "sft.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -79,12 +98,24 @@ def test_a_second_run_on_the_same_folder_refuses_naming_the_holder(tmp_path, r1_
     start time and command; the first is not disturbed and finishes."""
     home = _home(tmp_path, r1_home)
     config = _sft_config(tmp_path, tiny_model, sft_dataset, max_steps=12)
-    first = subprocess.Popen([*R1, "sft", str(config), "--run", "shared"], cwd=REPO, env=_env(home),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [*R1, "sft", str(config), "--run", "shared"],
+        cwd=REPO,
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     holder = _wait_for(lambda: store.lock_holder(home / "shared"), 180, "the first run's lock", first)
     assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
-    second = subprocess.run([*R1, "sft", str(config), "--run", "shared"], cwd=REPO, env=_env(home),
-                            capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [*R1, "sft", str(config), "--run", "shared"],
+        cwd=REPO,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = " ".join((second.stdout + second.stderr).split())
     assert second.returncode == 75, out
     assert f"pid {first.pid} on host {socket.gethostname()}" in out
@@ -132,9 +163,26 @@ def test_the_run_lock_blocks_run_pipeline_in_process(tmp_path, monkeypatch):
     before any step folder is made."""
     monkeypatch.setenv("R1_HOME", str(tmp_path))
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "run": "r", "steps": [
-        {"name": "ev", "config": {"kind": "eval", "models": [], "prompts": [
-            {"source": "reasoning_gym", "task": "chain_sum", "n_train": 0, "n_test": 2, "seed": 0}]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run": "r",
+                "steps": [
+                    {
+                        "name": "ev",
+                        "config": {
+                            "kind": "eval",
+                            "models": [],
+                            "prompts": [
+                                {"source": "reasoning_gym", "task": "chain_sum", "n_train": 0, "n_test": 2, "seed": 0}
+                            ],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     with store.RunLock(tmp_path / "r", command="r1 run other.yaml"):
         with pytest.raises(store.RunLockedError, match=f"pid {os.getpid()} .*r1 run other.yaml"):
             run_pipeline(load_pipeline(path))
@@ -156,8 +204,14 @@ def test_a_signal_to_a_background_run_stops_it_like_ctrl_c(sig, tmp_path, r1_hom
     home = _home(tmp_path, r1_home)
     config = _sft_config(tmp_path, tiny_model, sft_dataset)
     command = " ".join([*R1, "sft", str(config), "--run", "sig"])
-    shell = subprocess.Popen(["bash", "-c", f"{command} & echo $!; wait $!"], cwd=REPO, env=_env(home),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shell = subprocess.Popen(
+        ["bash", "-c", f"{command} & echo $!; wait $!"],
+        cwd=REPO,
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pid = int(shell.stdout.readline())
     ignored = int(Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0], 16)
     work = home / "sig" / ".partial" / "sft"
@@ -170,15 +224,24 @@ def test_a_signal_to_a_background_run_stops_it_like_ctrl_c(sig, tmp_path, r1_hom
     newest = last_checkpoint(work / "checkpoints")
     assert newest is not None and int(newest.rsplit("-", 1)[1]) >= 4  # the checkpoints made before the signal
     assert not (home / "sig" / "sft").exists()
-    status = json.loads(subprocess.run([*R1, "status", "sig", "--json"], cwd=REPO, env=_env(home),
-                                       capture_output=True, text=True, timeout=120).stdout)
+    status = json.loads(
+        subprocess.run(
+            [*R1, "status", "sig", "--json"], cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=120
+        ).stdout
+    )
     step = status["steps"][0]
     assert (step["status"], step["progress"]["checkpoint_step"]) == ("partial", int(newest.rsplit("-", 1)[1]))
     assert step["reason"] == f"interrupted by {sig.name}; rerun to resume" and status["running"] is None
     if sig == signal.SIGINT:
         assert ignored & (1 << (signal.SIGINT - 1)), "the shell did not start the job with SIGINT ignored"
-        rerun = subprocess.run([*R1, "sft", str(config), "--run", "sig"], cwd=REPO, env=_env(home),
-                               capture_output=True, text=True, timeout=600)
+        rerun = subprocess.run(
+            [*R1, "sft", str(config), "--run", "sig"],
+            cwd=REPO,
+            env=_env(home),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
         counts = store.read_manifest(home / "sig" / "sft")["result"]["counts"]
         assert counts["resumed_from_step"] >= 4 and counts["steps"] == 24
@@ -238,10 +301,22 @@ def test_disk_full_while_generate_writes_a_shard(small_disk, r1_home, tiny_model
     home.mkdir()
     (r1_home / "models").mkdir(exist_ok=True)
     (home / "models").symlink_to(r1_home / "models", target_is_directory=True)
-    command = [*R1, "generate", "configs/generate/tiny/smoke.yaml", "--run", "full", "--set", "sampling.backend=hf",
-               "--set", f"model={tiny_model}", "--set", "shard_size=3"]
-    proc = subprocess.Popen(command, cwd=REPO, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    command = [
+        *R1,
+        "generate",
+        "configs/generate/tiny/smoke.yaml",
+        "--run",
+        "full",
+        "--set",
+        "sampling.backend=hf",
+        "--set",
+        f"model={tiny_model}",
+        "--set",
+        "shard_size=3",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     work = home / "full" / ".partial" / "generate"
     _wait_for(lambda: str(_progress(work).get("phase", "")).startswith("sampling shard 2"), 300, "shard 2", proc)
     filler = _fill(small_disk)
@@ -284,6 +359,7 @@ def test_disk_full_before_and_during_a_checkpoint(small_disk, monkeypatch, tiny_
             if t.state.global_step == 2 and not filler.exists():
                 _fill(small_disk, leave=4 << 20)
             return out
+
         t._save_checkpoint = save
         if fooled["on"]:
             monkeypatch.setattr(trainer, "checkpoint_bytes", lambda _t: 1)
@@ -347,8 +423,15 @@ def test_a_hanging_sampler_fails_naming_the_phase(tmp_path, monkeypatch):
     monkeypatch.setenv("R1_STALL_TIMEOUT", "2")
     monkeypatch.setattr(generate, "open_sampler", _hanging_sampler)
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({"kind": "generate", "model": str(tmp_path), "prompts": [
-        {"source": "reasoning_gym", "task": "chain_sum", "n_train": 3, "n_test": 0, "seed": 0}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "generate",
+                "model": str(tmp_path),
+                "prompts": [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 3, "n_test": 0, "seed": 0}],
+            }
+        )
+    )
     started = time.time()
     with pytest.raises(progress.StallError) as err:
         run_pipeline(runner.single_step_pipeline(path, None, "stall"))
@@ -389,11 +472,21 @@ def hang_reward(prompts, completions, **columns):
 @pytest.mark.slow
 def test_a_hanging_reward_in_grpo_fails_with_the_phase_and_exit_code_124(tmp_path, r1_home, tiny_model):
     home = _home(tmp_path, r1_home)
-    command = [*R1, "grpo", "configs/grpo/tiny/hf_generate.yaml", "--run", "hang", "--set", f"model={tiny_model}",
-               "--set", "rewards=[{name: 'tests.test_reliability:hang_reward'}]"]
+    command = [
+        *R1,
+        "grpo",
+        "configs/grpo/tiny/hf_generate.yaml",
+        "--run",
+        "hang",
+        "--set",
+        f"model={tiny_model}",
+        "--set",
+        "rewards=[{name: 'tests.test_reliability:hang_reward'}]",
+    ]
     # Loading and building the trainer beat only at their start and end: the timeout leaves them room.
-    done = subprocess.run(command, cwd=REPO, env=_env(home, R1_STALL_TIMEOUT="45"), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        command, cwd=REPO, env=_env(home, R1_STALL_TIMEOUT="45"), capture_output=True, text=True, timeout=600
+    )
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 124, out[-3000:]
     assert "step grpo stalled: no progress for 45 s in phase 'training: reward'" in out, out[-3000:]

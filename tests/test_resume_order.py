@@ -48,12 +48,34 @@ def _toy_trainer(out: Path, strategy: str, **args):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=16,
+        )
+    )
     arguments = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS, learning_rate=1e-2,
-        train_sampling_strategy=strategy, seed=0, data_seed=0, save_strategy="steps", save_steps=5,
-        save_total_limit=None, logging_steps=100, report_to="none", use_cpu=True, disable_tqdm=True, **args)
+        output_dir=str(out),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=EPOCHS,
+        learning_rate=1e-2,
+        train_sampling_strategy=strategy,
+        seed=0,
+        data_seed=0,
+        save_strategy="steps",
+        save_steps=5,
+        save_total_limit=None,
+        logging_steps=100,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        **args,
+    )
     trainer = Recording(model=model, args=arguments, train_dataset=_toy_dataset(), data_collator=_collate)
     trainer.seen = []
     return trainer
@@ -177,8 +199,15 @@ def _saved(work: Path) -> dict[str, torch.Tensor]:
     return load_file(str(work / "model" / "model.safetensors"))
 
 
-SFT_FAST = dict(per_device_train_batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1,
-                dtype="float32", save_total_limit=5)
+SFT_FAST = dict(
+    per_device_train_batch_size=4,
+    max_length=128,
+    learning_rate=3e-3,
+    warmup_ratio=0.0,
+    logging_steps=1,
+    dtype="float32",
+    save_total_limit=5,
+)
 
 
 def test_sft_resumed_in_epoch_2_ends_with_the_uninterrupted_weights(tiny_model, sft_dataset, tmp_path):
@@ -231,12 +260,22 @@ def test_grpo_resumed_in_epoch_2_draws_the_prompts_of_the_uninterrupted_run(tiny
     from stages import grpo
 
     repo = Path(__file__).resolve().parents[1]
-    config = parse(grpo.Config, {
-        **read_yaml(repo / "configs/grpo/tiny/hf_generate.yaml"), "model": str(tiny_model),
-        "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
-        "rewards": [{"name": "tests.test_resume_order:record_prompt_ids"}], "num_generations": 2,
-        "per_device_train_batch_size": 8, "max_completion_length": 4, "max_steps": 6, "save_steps": 5,
-        "dtype": "float32"}, "test")
+    config = parse(
+        grpo.Config,
+        {
+            **read_yaml(repo / "configs/grpo/tiny/hf_generate.yaml"),
+            "model": str(tiny_model),
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 16, "n_test": 0, "seed": 0}],
+            "rewards": [{"name": "tests.test_resume_order:record_prompt_ids"}],
+            "num_generations": 2,
+            "per_device_train_batch_size": 8,
+            "max_completion_length": 4,
+            "max_steps": 6,
+            "save_steps": 5,
+            "dtype": "float32",
+        },
+        "test",
+    )
     assert config.prompts_per_step == 4
 
     def drawn(ctx) -> dict[int, list[str]]:

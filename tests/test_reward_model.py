@@ -89,15 +89,19 @@ def test_no_pair_selected_is_an_error(tmp_path, tiny_model):
 
 def test_scope_answer_scores_only_the_answer_text(tiny_reward_model):
     answer = "Gladly! apple river stone: great clear."
-    texts = [f"<think>\nfirst reasoning, awful useless\n</think>\n<answer>{answer}</answer>",
-             f"<think>\nother reasoning, great helpful\n</think>\n<answer>{answer}</answer>",
-             answer]  # no reasoning block: the whole text is the answer
-    fn = get("reward_model", model=str(tiny_reward_model), scope="answer", domains=[], normalize="none",
-             dtype="float32")
+    texts = [
+        f"<think>\nfirst reasoning, awful useless\n</think>\n<answer>{answer}</answer>",
+        f"<think>\nother reasoning, great helpful\n</think>\n<answer>{answer}</answer>",
+        answer,
+    ]  # no reasoning block: the whole text is the answer
+    fn = get(
+        "reward_model", model=str(tiny_reward_model), scope="answer", domains=[], normalize="none", dtype="float32"
+    )
     scores = fn([PROMPT] * 3, texts)
     assert scores[1] == pytest.approx(scores[0], abs=1e-5) and scores[2] == pytest.approx(scores[0], abs=1e-5)
-    full = get("reward_model", model=str(tiny_reward_model), scope="full", domains=[], normalize="none",
-               dtype="float32")([PROMPT] * 3, texts)
+    full = get(
+        "reward_model", model=str(tiny_reward_model), scope="full", domains=[], normalize="none", dtype="float32"
+    )([PROMPT] * 3, texts)
     assert len(set(full)) == 3  # the reasoning is read too
     _, tokenizer, _ = rm.load(str(tiny_reward_model), "float32")
     ids = rm.encode(tokenizer, PROMPT, texts[0], "answer")
@@ -114,7 +118,10 @@ def test_none_outside_its_domains_without_loading_a_model():
 
 
 def test_rows_in_and_out_of_domain_and_calibration(tiny_reward_model):
-    texts = ["<think>\nx\n</think>\n<answer>Gladly! great.</answer>", "<think>\nx\n</think>\n<answer>No. awful.</answer>"]
+    texts = [
+        "<think>\nx\n</think>\n<answer>Gladly! great.</answer>",
+        "<think>\nx\n</think>\n<answer>No. awful.</answer>",
+    ]
     cols = {"domain": ["general", "math"]}
     raw = get("reward_model", model=str(tiny_reward_model), normalize="none", dtype="float32")
     calibrated = get("reward_model", model=str(tiny_reward_model), dtype="float32")
@@ -138,13 +145,16 @@ def test_calibrated_needs_the_stage_calibration(tmp_path, tiny_reward_model):
     assert get("reward_model", model=str(bare), normalize="none", dtype="float32")([PROMPT], ["x"], domain=["general"])
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"scope": "reasoning"}, "scope 'reasoning'; valid values: answer, full"),
-    ({"dtype": "bf16"}, "dtype 'bf16'; valid values: auto, bfloat16, float16, float32"),
-    ({"normalize": "zscore"}, "normalize 'zscore'; valid values: calibrated, none"),
-    ({"backend": "server"}, "needs server_url"),
-    ({"batch_size": 0}, "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"scope": "reasoning"}, "scope 'reasoning'; valid values: answer, full"),
+        ({"dtype": "bf16"}, "dtype 'bf16'; valid values: auto, bfloat16, float16, float32"),
+        ({"normalize": "zscore"}, "normalize 'zscore'; valid values: calibrated, none"),
+        ({"backend": "server"}, "needs server_url"),
+        ({"batch_size": 0}, "must be >= 1"),
+    ],
+)
 def test_bad_params_fail_at_construction(params, message):
     with pytest.raises(ValueError, match=message):
         get("reward_model", model="m", **params)
@@ -167,15 +177,25 @@ def _grpo(rewards: list[dict]) -> dict:
 
 
 def test_grpo_lists_reward_models_as_inputs_and_needs_distinct_labels():
-    rewards = [{"name": "accuracy"},
-               {"name": "reward_model", "params": {"model": "helpfulness_rm", "label": "helpfulness"}},
-               {"name": "reward_model", "params": {"model": "harmlessness_rm", "label": "harmlessness",
-                                                   "scope": "full", "domains": ["safety"]}}]
+    rewards = [
+        {"name": "accuracy"},
+        {"name": "reward_model", "params": {"model": "helpfulness_rm", "label": "helpfulness"}},
+        {
+            "name": "reward_model",
+            "params": {"model": "harmlessness_rm", "label": "harmlessness", "scope": "full", "domains": ["safety"]},
+        },
+    ]
     config = parse_stage_config(_grpo(rewards), "grpo.yaml")
-    assert config.inputs() == {"model": "tiny-random-llama", "rewards.1.model": "helpfulness_rm",
-                               "rewards.2.model": "harmlessness_rm"}
+    assert config.inputs() == {
+        "model": "tiny-random-llama",
+        "rewards.1.model": "helpfulness_rm",
+        "rewards.2.model": "harmlessness_rm",
+    }
     assert config.input_type("rewards.2.model") == "model" and config.input_type("model") == "model"
-    unlabelled = [{"name": "reward_model", "params": {"model": "a"}}, {"name": "reward_model", "params": {"model": "b"}}]
+    unlabelled = [
+        {"name": "reward_model", "params": {"model": "a"}},
+        {"name": "reward_model", "params": {"model": "b"}},
+    ]
     with pytest.raises(ConfigError, match=r"duplicate names \['reward_model', 'reward_model'\].*distinct `label`"):
         parse_stage_config(_grpo(unlabelled), "grpo.yaml")
     assert registry.log_name("reward_model", rewards[1]["params"]) == "reward_model_helpfulness"
@@ -201,8 +221,9 @@ def test_pipeline_orders_reward_model_steps_and_resolves_them(tmp_path):
     assert params == {"model": str(finished / "model"), "scope": "full"}
     # ... and `dtype` (unset: its default `auto`) becomes what the stage resolves it to on this machine
     seen = []
-    params = registry.with_resolved_models("reward_model", {"model": "helpfulness_rm"}, resolver.model,
-                                           lambda choice: seen.append(choice) or "bfloat16")
+    params = registry.with_resolved_models(
+        "reward_model", {"model": "helpfulness_rm"}, resolver.model, lambda choice: seen.append(choice) or "bfloat16"
+    )
     assert params["dtype"] == "bfloat16" and seen == ["auto"]
     params = registry.with_resolved_models("reward_model", {"model": "m", "dtype": "float32"}, str, lambda c: c)
     assert params["dtype"] == "float32"
@@ -271,20 +292,37 @@ def test_grpo_step_with_a_reward_model_named_by_step(tiny_model, tiny_reward_mod
     shutil.copytree(tiny_reward_model, run_dir / "helpfulness_rm" / "model")
     (run_dir / "helpfulness_rm" / "manifest.json").write_text("{}")
     raw = read_yaml(Path(__file__).resolve().parents[1] / "configs/grpo/tiny/hf_generate.yaml")
-    config = parse(grpo.Config, {**raw, "model": str(tiny_model), "max_steps": 1, "save_steps": 5,
-                                 "max_completion_length": 8, "num_generations": 4, "per_device_train_batch_size": 8,
-                                 "prompt_order": "stratified",
-                                 "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 2,
-                                              "n_test": 0, "seed": 1},
-                                             {"source": "sharegpt", "max_prompt_chars": 200, "limit": 2}],
-                                 "rewards": [{"name": "format"},
-                                             {"name": "reward_model", "params": {"model": "helpfulness_rm",
-                                                                                 "label": "helpfulness"}}]}, "test")
+    config = parse(
+        grpo.Config,
+        {
+            **raw,
+            "model": str(tiny_model),
+            "max_steps": 1,
+            "save_steps": 5,
+            "max_completion_length": 8,
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,
+            "prompt_order": "stratified",
+            "prompts": [
+                {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 2, "n_test": 0, "seed": 1},
+                {"source": "sharegpt", "max_prompt_chars": 200, "limit": 2},
+            ],
+            "rewards": [
+                {"name": "format"},
+                {"name": "reward_model", "params": {"model": "helpfulness_rm", "label": "helpfulness"}},
+            ],
+        },
+        "test",
+    )
     assert config.inputs()["rewards.1.model"] == "helpfulness_rm"
     work = run_dir / ".partial" / "grpo"
     work.mkdir(parents=True)
-    result = grpo.run(config, StepContext(run="t", step="grpo", run_dir=run_dir, work_dir=work,
-                                          resolver=Resolver(run_dir, {"helpfulness_rm"})))
+    result = grpo.run(
+        config,
+        StepContext(
+            run="t", step="grpo", run_dir=run_dir, work_dir=work, resolver=Resolver(run_dir, {"helpfulness_rm"})
+        ),
+    )
     assert result.counts["steps"] == 1
     logged = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     step = next(e for e in logged if "reward" in e)

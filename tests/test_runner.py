@@ -52,8 +52,12 @@ def fake_run(config: FakeConfig, ctx: StepContext) -> StepResult:
     (out / "data.txt").write_text(upstream + config.text)
     ctx.log_metrics({"loss": 1.0})
     summary = "resumed" if resumed else f"wrote {config.text!r}"
-    return StepResult(outputs={"dataset": "dataset"}, counts={"rows": 1, "other_count": 5},
-                      metrics={"loss_last": 0.5}, summary=summary)
+    return StepResult(
+        outputs={"dataset": "dataset"},
+        counts={"rows": 1, "other_count": 5},
+        metrics={"loss_last": 0.5},
+        summary=summary,
+    )
 
 
 FAKE = types.ModuleType("stages.fake", "fake: a test double stage.\n\nInputs: source. Outputs: dataset/.")
@@ -80,10 +84,13 @@ def _pipeline_file(tmp_path: Path, steps: list[dict], run: str = "t") -> Path:
 
 
 def _two_steps(tmp_path: Path, **b_extra) -> Path:
-    return _pipeline_file(tmp_path, [
-        {"name": "a", "config": {"kind": "fake", "text": "A"}},
-        {"name": "b", "config": {"kind": "fake", "source": "a", "text": "B", **b_extra}},
-    ])
+    return _pipeline_file(
+        tmp_path,
+        [
+            {"name": "a", "config": {"kind": "fake", "text": "A"}},
+            {"name": "b", "config": {"kind": "fake", "source": "a", "text": "B", **b_extra}},
+        ],
+    )
 
 
 def _run(path: Path, overrides: list[str] | None = None, **kw):
@@ -111,19 +118,23 @@ def test_first_run_executes_and_writes_manifests(tmp_path):
     cfg_b = pipeline.step("b").config
     assert b["step"] == "b" and b["kind"] == "fake" and b["run"] == "t"
     # the pipeline seed reaches stages through ctx.seed, so it is part of the config identity
-    assert b["config_hash"] == store.canonical_hash({"config": cfg_b.model_dump(mode="json"),
-                                                     "pipeline_seed": pipeline.config.seed})
+    assert b["config_hash"] == store.canonical_hash(
+        {"config": cfg_b.model_dump(mode="json"), "pipeline_seed": pipeline.config.seed}
+    )
     assert b["config"] == cfg_b.model_dump(mode="json")
     # inputs: the reference, the upstream's output hash, and the resolved path
-    assert b["inputs"] == {"source": {"ref": "a", "hash": a["output_hash"],
-                                      "path": str(run_dir / "a" / "dataset")}}
+    assert b["inputs"] == {"source": {"ref": "a", "hash": a["output_hash"], "path": str(run_dir / "a" / "dataset")}}
     assert a["inputs"] == {}
     assert b["output_hash"] == store.hash_tree(run_dir / "b")  # hashed before the rename
     assert b["packages"] == store.package_versions()
     assert isinstance(b["wall_time_s"], float) and 0 <= b["wall_time_s"] < 60
     assert "git_commit" in b and isinstance(b["started"], float)
-    assert b["result"] == {"outputs": {"dataset": "dataset"}, "counts": {"rows": 1, "other_count": 5},
-                           "metrics": {"loss_last": 0.5}, "summary": "wrote 'B'"}
+    assert b["result"] == {
+        "outputs": {"dataset": "dataset"},
+        "counts": {"rows": 1, "other_count": 5},
+        "metrics": {"loss_last": 0.5},
+        "summary": "wrote 'B'",
+    }
 
     # the rest of the step folder
     assert yaml.safe_load((run_dir / "b" / "config.yaml").read_text()) == cfg_b.model_dump(mode="json")
@@ -145,10 +156,12 @@ def test_resume_ignores_a_checkpoint_cut_off_while_being_written(tmp_path, caplo
     folder = tmp_path / "checkpoints"
     assert last_checkpoint(folder) is None
     state = '{"global_step": 1, "log_history": []}'
-    for n, files in ((4, {"optimizer.pt": "x", "trainer_state.json": state}),
-                     (8, {"optimizer.pt": "x", "trainer_state.json": state}),
-                     (12, {"config.json": "{}"}),  # a full disk stopped the save of checkpoint-12
-                     (16, {"optimizer.pt": "x", "trainer_state.json": '{"global_st'})):  # ... or its state file
+    for n, files in (
+        (4, {"optimizer.pt": "x", "trainer_state.json": state}),
+        (8, {"optimizer.pt": "x", "trainer_state.json": state}),
+        (12, {"config.json": "{}"}),  # a full disk stopped the save of checkpoint-12
+        (16, {"optimizer.pt": "x", "trainer_state.json": '{"global_st'}),
+    ):  # ... or its state file
         (folder / f"checkpoint-{n}").mkdir(parents=True)
         for name, text in files.items():
             (folder / f"checkpoint-{n}" / name).write_text(text)
@@ -274,11 +287,14 @@ def test_only_runs_the_named_steps(tmp_path):
 
 
 def test_from_step_runs_it_and_the_rest(tmp_path):
-    path = _pipeline_file(tmp_path, [
-        {"name": "a", "config": {"kind": "fake", "text": "A"}},
-        {"name": "b", "config": {"kind": "fake", "source": "a", "text": "B"}},
-        {"name": "c", "config": {"kind": "fake", "source": "b", "text": "C"}},
-    ])
+    path = _pipeline_file(
+        tmp_path,
+        [
+            {"name": "a", "config": {"kind": "fake", "text": "A"}},
+            {"name": "b", "config": {"kind": "fake", "source": "a", "text": "B"}},
+            {"name": "c", "config": {"kind": "fake", "source": "b", "text": "C"}},
+        ],
+    )
     _run(path, only=["a"])
     CALLS.clear()
     assert _run(path, from_step="b") == {"a": "done earlier", "b": "ran", "c": "ran"}
@@ -385,8 +401,15 @@ def test_changed_config_after_failure_discards_the_partial_folder(tmp_path):
 
 def test_isolated_failure_raises_and_keeps_partial(tmp_path):
     missing = tmp_path / "absent.jsonl"
-    path = _pipeline_file(tmp_path, [{"name": "ev", "config": {
-        "kind": "eval", "models": [], "prompts": [{"source": "file", "path": str(missing)}]}}])
+    path = _pipeline_file(
+        tmp_path,
+        [
+            {
+                "name": "ev",
+                "config": {"kind": "eval", "models": [], "prompts": [{"source": "file", "path": str(missing)}]},
+            }
+        ],
+    )
     with pytest.raises(RuntimeError, match="step ev failed in its process"):
         run_pipeline(load_pipeline(path), isolate=True)
     assert not (_run_dir() / "ev").exists()

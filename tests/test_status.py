@@ -23,14 +23,29 @@ from pipeline.stage import StepContext
 
 
 def _eval(seed: int) -> dict:
-    return {"kind": "eval", "models": [], "seed": seed, "prompts": [
-        {"source": "reasoning_gym", "task": "chain_sum", "n_train": 0, "n_test": 2, "seed": 0}]}
+    return {
+        "kind": "eval",
+        "models": [],
+        "seed": seed,
+        "prompts": [{"source": "reasoning_gym", "task": "chain_sum", "n_train": 0, "n_test": 2, "seed": 0}],
+    }
 
 
 def _pipeline(tmp_path: Path, seed_a: int = 1) -> Path:
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "run": "st", "steps": [
-        {"name": "a", "config": _eval(seed_a)}, {"name": "b", "config": _eval(2)}, {"name": "c", "config": _eval(3)}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run": "st",
+                "steps": [
+                    {"name": "a", "config": _eval(seed_a)},
+                    {"name": "b", "config": _eval(2)},
+                    {"name": "c", "config": _eval(3)},
+                ],
+            }
+        )
+    )
     return path
 
 
@@ -108,17 +123,43 @@ def test_a_step_whose_upstream_has_new_output_is_stale(tmp_path, home):
     run_pipeline(load_pipeline(path), only=["up"])
     manifest = home / "ch" / "down"
     manifest.mkdir(parents=True)  # a finished `down` that read an older output of `up`
-    (manifest / "manifest.json").write_text(json.dumps({
-        "step": "down", "kind": "eval", "config_hash": "x", "started": time.time(), "wall_time_s": 1.0,
-        "inputs": {"models.0": {"ref": "up", "hash": "an-older-output"}}, "result": {}}))
+    (manifest / "manifest.json").write_text(
+        json.dumps(
+            {
+                "step": "down",
+                "kind": "eval",
+                "config_hash": "x",
+                "started": time.time(),
+                "wall_time_s": 1.0,
+                "inputs": {"models.0": {"ref": "up", "hash": "an-older-output"}},
+                "result": {},
+            }
+        )
+    )
     steps = {s["name"]: s for s in _status("ch")["steps"]}
     assert steps["down"]["status"] == "stale" and "input models.0 (up) has new output" in steps["down"]["reason"]
 
 
 def test_a_failed_step_shows_its_error(tmp_path, home):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "run": "bad", "steps": [{"name": "ev", "config": {
-        "kind": "eval", "models": [], "prompts": [{"source": "file", "path": str(tmp_path / "absent.jsonl")}]}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "run": "bad",
+                "steps": [
+                    {
+                        "name": "ev",
+                        "config": {
+                            "kind": "eval",
+                            "models": [],
+                            "prompts": [{"source": "file", "path": str(tmp_path / "absent.jsonl")}],
+                        },
+                    }
+                ],
+            }
+        )
+    )
     with pytest.raises(RuntimeError, match="failed in its process"):
         run_pipeline(load_pipeline(path), isolate=True)
     step = _status("bad")["steps"][0]

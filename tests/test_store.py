@@ -94,12 +94,15 @@ def test_hash_tree_sees_a_same_size_rewrite_that_keeps_mtime(tmp_path):
 def test_hash_tree_excludes_checkpoints_manifest_metrics_and_hidden(tmp_path):
     root = _tree(tmp_path / "t", FILES)
     before = hash_tree(root)
-    _tree(root, {
-        "checkpoints/checkpoint-5/optimizer.pt": "state",  # resumable trainer state
-        MANIFEST: "{}",  # written after the hash
-        "metrics.jsonl": "{}\n",  # timing lines differ between identical runs
-        ".fingerprint": "abc",  # partial-folder stamp
-    })
+    _tree(
+        root,
+        {
+            "checkpoints/checkpoint-5/optimizer.pt": "state",  # resumable trainer state
+            MANIFEST: "{}",  # written after the hash
+            "metrics.jsonl": "{}\n",  # timing lines differ between identical runs
+            ".fingerprint": "abc",  # partial-folder stamp
+        },
+    )
     assert hash_tree(root) == before
     # only top-level entries are excluded: a nested file of that name is output
     _tree(root, {"dataset/checkpoints/x": "y"})

@@ -45,9 +45,17 @@ def tensorboard_run(tiny_model, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tb_run")
     work = run_dir / ".partial" / "rl"
     work.mkdir(parents=True)
-    config = parse(grpo.Config, {**HF_SMOKE, "model": str(tiny_model), "max_steps": 2, "report_to": "tensorboard",
-                                 "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8,
-                                              "n_test": 0, "seed": 1}]}, "test")
+    config = parse(
+        grpo.Config,
+        {
+            **HF_SMOKE,
+            "model": str(tiny_model),
+            "max_steps": 2,
+            "report_to": "tensorboard",
+            "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 8, "n_test": 0, "seed": 1}],
+        },
+        "test",
+    )
     ctx = StepContext(run="tb", step="rl", run_dir=run_dir, work_dir=work, resolver=Resolver(run_dir, set()))
     grpo.run(config, ctx)
     return work
@@ -59,8 +67,16 @@ def test_tensorboard_holds_reward_loss_and_phase_timings_of_every_step(tensorboa
     lines = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     logged = {line["step"]: line for line in lines if "loss" in line}
     assert sorted(logged) == [1, 2]
-    for key in ("reward", "loss", "timing_s/generation", "timing_s/reward", "timing_s/forward", "timing_s/backward",
-                "timing_s/step", "seconds_per_step"):
+    for key in (
+        "reward",
+        "loss",
+        "timing_s/generation",
+        "timing_s/reward",
+        "timing_s/forward",
+        "timing_s/backward",
+        "timing_s/step",
+        "seconds_per_step",
+    ):
         tag = f"train/{key}"
         assert tag in scalars, (tag, sorted(scalars))
         for step, line in logged.items():
@@ -79,9 +95,15 @@ def test_trackers_get_the_run_and_step_as_run_name(tiny_model, tmp_path):
     assert sft.sft_arguments(sft.Config(model="m", dataset="d"), tmp_path / "c2", "float32").report_to == []
 
 
-@pytest.mark.parametrize(("value", "expected"), [("none", []), ("tensorboard", ["tensorboard"]),
-                                                 (["tensorboard", "wandb"], ["tensorboard", "wandb"]),
-                                                 ("tensorboard,trackio", ["tensorboard", "trackio"])])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("none", []),
+        ("tensorboard", ["tensorboard"]),
+        (["tensorboard", "wandb"], ["tensorboard", "wandb"]),
+        ("tensorboard,trackio", ["tensorboard", "trackio"]),
+    ],
+)
 def test_report_to_takes_trl_forms(value, expected):
     assert sft.Config(model="m", dataset="d", report_to=value).report_to == expected
 

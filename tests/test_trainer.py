@@ -62,8 +62,13 @@ def test_time_calls_wraps_an_instance_method_and_names_a_missing_one():
             return model * 2
 
     loop, timer = Loop(), PhaseTimer()
-    time_calls(loop, "step", timer, lambda model, grad: "forward" if grad else "old_logprobs",
-               phases=("old_logprobs", "ref_logprobs"))
+    time_calls(
+        loop,
+        "step",
+        timer,
+        lambda model, grad: "forward" if grad else "old_logprobs",
+        phases=("old_logprobs", "ref_logprobs"),
+    )
     assert loop.step(3, grad=True) == 6 and loop.step(1, grad=False) == 2
     assert set(timer.totals) == {"old_logprobs", "ref_logprobs", "forward"}
     assert timer.totals["forward"] > 0 and timer.totals["old_logprobs"] > 0 and timer.totals["ref_logprobs"] == 0
@@ -74,23 +79,42 @@ def test_time_calls_wraps_an_instance_method_and_names_a_missing_one():
 
 def test_read_step_timings_orders_phases_and_keeps_the_last_line_of_a_step(tmp_path):
     lines = [
-        {"step": 1, "loss": 1.0, "timing_s/forward": 2.0, "timing_s/data": 0.5, "timing_s/other": 0.5,
-         "timing_s/step": 3.0},
+        {
+            "step": 1,
+            "loss": 1.0,
+            "timing_s/forward": 2.0,
+            "timing_s/data": 0.5,
+            "timing_s/other": 0.5,
+            "timing_s/step": 3.0,
+        },
         {"step": 1, "eval_reward": 0.2},
-        {"step": 2, "loss": 0.9, "timing_s/forward": 2.0, "timing_s/teacher_logits": 1.0, "timing_s/other": 0.1,
-         "timing_s/step": 3.1},
-        {"step": 2, "loss": 0.8, "timing_s/forward": 1.0, "timing_s/teacher_logits": 1.0, "timing_s/other": 0.1,
-         "timing_s/step": 2.1},  # the step again, after a resume: this line wins
+        {
+            "step": 2,
+            "loss": 0.9,
+            "timing_s/forward": 2.0,
+            "timing_s/teacher_logits": 1.0,
+            "timing_s/other": 0.1,
+            "timing_s/step": 3.1,
+        },
+        {
+            "step": 2,
+            "loss": 0.8,
+            "timing_s/forward": 1.0,
+            "timing_s/teacher_logits": 1.0,
+            "timing_s/other": 0.1,
+            "timing_s/step": 2.1,
+        },  # the step again, after a resume: this line wins
         {"step": 2, "train_loss": 0.9},
     ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     phases, steps = read_step_timings(path)
     assert phases == ["data", "forward", "teacher_logits", "other"]  # known phases in step order, a stage's own, other
-    assert steps == [StepTiming(1, 3.0, {"data": 0.5, "forward": 2.0, "teacher_logits": 0.0, "other": 0.5}),
-                     StepTiming(2, 2.1, {"data": 0.0, "forward": 1.0, "teacher_logits": 1.0, "other": 0.1})]
-    assert mean_step_timing(steps) == pytest.approx({"data": 0.25, "forward": 1.5, "teacher_logits": 0.5,
-                                                     "other": 0.3})
+    assert steps == [
+        StepTiming(1, 3.0, {"data": 0.5, "forward": 2.0, "teacher_logits": 0.0, "other": 0.5}),
+        StepTiming(2, 2.1, {"data": 0.0, "forward": 1.0, "teacher_logits": 1.0, "other": 0.1}),
+    ]
+    assert mean_step_timing(steps) == pytest.approx({"data": 0.25, "forward": 1.5, "teacher_logits": 0.5, "other": 0.3})
     assert read_step_timings(tmp_path / "absent.jsonl") == ([], [])
 
 
@@ -149,10 +173,22 @@ def test_trainer_option_checks():
 
 
 def test_sft_and_grpo_set_the_shared_trainer_arguments_the_same_way(tmp_path):
-    options = {"learning_rate": 3e-5, "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "weight_decay": 0.01,
-               "max_grad_norm": 0.5, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-               "max_steps": 7, "gradient_checkpointing": True, "seed": 3, "logging_steps": 2, "save_steps": 3,
-               "save_total_limit": 1, "dtype": "float32"}
+    options = {
+        "learning_rate": 3e-5,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.01,
+        "max_grad_norm": 0.5,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 7,
+        "gradient_checkpointing": True,
+        "seed": 3,
+        "logging_steps": 2,
+        "save_steps": 3,
+        "save_total_limit": 1,
+        "dtype": "float32",
+    }
     s = sft.sft_arguments(sft.Config(model="m", dataset="d", **options), tmp_path).to_dict()
     g = grpo.grpo_arguments(
         grpo.Config(
@@ -170,6 +206,8 @@ def test_sft_and_grpo_set_the_shared_trainer_arguments_the_same_way(tmp_path):
 
 
 def test_the_scaffolding_never_imports_stages():
-    code = ("import sys, pipeline.trainer, pipeline.timing; "
-            "assert not [m for m in sys.modules if m == 'stages' or m.startswith('stages.')], 'stages imported'")
+    code = (
+        "import sys, pipeline.trainer, pipeline.timing; "
+        "assert not [m for m in sys.modules if m == 'stages' or m.startswith('stages.')], 'stages imported'"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

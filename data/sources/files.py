@@ -65,8 +65,14 @@ class FileSource(SourceConfig):
             raise FileNotFoundError(f"{self.path}: no such file")
         stem = f"file:{self.path.stem}"
         mapping = RecordMapping(
-            where=str(self.path), id_prefix=stem, data_source=stem, domain=self.domain, split=self.split,
-            question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field,
+            where=str(self.path),
+            id_prefix=stem,
+            data_source=stem,
+            domain=self.domain,
+            split=self.split,
+            question_field=self.question_field,
+            answer_field=self.answer_field,
+            id_field=self.id_field,
             answer_regex=self.answer_regex,
         )
         records = read_jsonl(self.path) if self.path.suffix == ".jsonl" else read_parquet(self.path)

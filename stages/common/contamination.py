@@ -62,6 +62,7 @@ def overlap(eval_rows: list[dict], train: dict[str, tuple[str, str]], n: int = 8
     sentence plus a few numbers or names, so an 8-gram of 7 template words and one number
     ("... arithmetic problem: 62") links unrelated questions (26 of the recipe's 105 held-out
     questions matched a training question that way, none of them a real copy)."""
+
     def norm(text: str) -> str:
         return " ".join(text.lower().split())
 
@@ -95,15 +96,22 @@ def check_contamination(eval_rows: list[dict], run_dir: Path, on_overlap: str = 
     train, steps = training_prompts(run_dir)
     found = overlap(eval_rows, train)
     bad = sorted({i for ids in found.values() for i in ids})
-    record = {"steps": steps, "training_prompts": len(train), "overlapping": len(bad),
-              "by_check": {k: len(v) for k, v in found.items()}, "ids": bad, "on_overlap": on_overlap}
+    record = {
+        "steps": steps,
+        "training_prompts": len(train),
+        "overlapping": len(bad),
+        "by_check": {k: len(v) for k, v in found.items()},
+        "ids": bad,
+        "on_overlap": on_overlap,
+    }
     if bad and on_overlap == "error":
         detail = ", ".join(f"{k}: {len(v)}" for k, v in found.items())
         raise ContaminationError(
             f"{len(bad)} of {len(eval_rows)} eval questions overlap the training prompts of run "
             f"{run_dir.name!r} (steps {', '.join(steps)}; {detail}), e.g. {bad[:3]}. Evaluate on the "
             "test split of the same sources (same seeds) or another set; or set on_overlap: drop (evaluate "
-            "the clean questions only) or allow (measure training-set accuracy on purpose)")
+            "the clean questions only) or allow (measure training-set accuracy on purpose)"
+        )
     if on_overlap == "drop":
         dropped = set(bad)
         eval_rows = [r for r in eval_rows if r["id"] not in dropped]

@@ -95,8 +95,9 @@ def dense_divergence(student_logits, teacher_logits, beta: float, temperature: f
         warnings.simplefilter("ignore")
         from trl.experimental.gkd import GKDTrainer
 
-    jsd = GKDTrainer.generalized_jsd_loss(student_logits.float(), teacher_logits.float(), beta=beta,
-                                          temperature=temperature, reduction="none")
+    jsd = GKDTrainer.generalized_jsd_loss(
+        student_logits.float(), teacher_logits.float(), beta=beta, temperature=temperature, reduction="none"
+    )
     return jsd.sum(-1) * temperature**2
 
 

@@ -52,8 +52,14 @@ _TOL = 1e-6
 
 # Keys of TRL's batch dict, by how their rows are aligned (TRL 1.16).
 PROMPT_SIDE = ("prompt_ids", "prompt_mask")  # (B, P), left-padded
-COMPLETION_SIDE = ("completion_ids", "completion_mask", "old_per_token_logps", "sampling_per_token_logps",
-                   "ref_per_token_logps", "tool_mask")  # (B, C), right-padded
+COMPLETION_SIDE = (
+    "completion_ids",
+    "completion_mask",
+    "old_per_token_logps",
+    "sampling_per_token_logps",
+    "ref_per_token_logps",
+    "tool_mask",
+)  # (B, C), right-padded
 ROW_KEYS = ("advantages",)  # (B,)
 # (B, 1) in sequence-level modes, (B, C) in token-level ones
 RATIO_KEY = "importance_sampling_ratio"
@@ -76,7 +82,7 @@ def group_labels(values: Sequence[float | None], group_size: int) -> list[str]:
         raise ValueError(f"{len(values)} rewards do not split into groups of {group_size}")
     labels = []
     for start in range(0, len(values), group_size):
-        judged = [float(v) for v in values[start:start + group_size] if v is not None and v == v]
+        judged = [float(v) for v in values[start : start + group_size] if v is not None and v == v]
         if len(judged) < 2:
             labels.append("unjudged")
         elif max(judged) - min(judged) > _TOL:
@@ -108,8 +114,10 @@ def check_keys(batch: dict[str, Any]) -> None:
     known = {*PROMPT_SIDE, *COMPLETION_SIDE, *ROW_KEYS, RATIO_KEY, *SCALAR_KEYS}
     unknown = sorted(set(batch) - known)
     if unknown:
-        raise ValueError(f"dynamic sampling cannot split batch entries {unknown} (multimodal inputs are not "
-                         "supported); set dynamic_sampling: false")
+        raise ValueError(
+            f"dynamic sampling cannot split batch entries {unknown} (multimodal inputs are not "
+            "supported); set dynamic_sampling: false"
+        )
 
 
 def take_rows(batch: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
@@ -222,7 +230,7 @@ def trainer_mixin():
 
         def _r1_local_values(self, n: int) -> list[float]:
             start = self.accelerator.process_index * n
-            return self._r1_last_rewards[start:start + n, self._r1_filter].tolist()
+            return self._r1_last_rewards[start : start + n, self._r1_filter].tolist()
 
         def _r1_global_share(self, part: float, whole: float) -> float:
             t = torch.tensor([float(part), float(whole)], device=self.accelerator.device)
@@ -257,7 +265,8 @@ def trainer_mixin():
                 if round_ == 1:  # the share plain GRPO would have trained on
                     zero = sum(label != "informative" for label in labels)
                     self._metrics["train"]["zero_signal/frac_groups_sampled"].append(
-                        self._r1_global_share(zero, len(labels)))
+                        self._r1_global_share(zero, len(labels))
+                    )
                 good = [g for g, label in enumerate(labels) if label in trained_labels][: need - have]
                 if good:
                     kept.append(take_rows(out, [g * G + j for g in good for j in range(G)]))

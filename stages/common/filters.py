@@ -31,10 +31,20 @@ from data.dedupe import duplicate_verdicts
 from pipeline.config import StrictModel
 
 # Order matters: a sample is counted under the first filter that drops it.
-FILTERS = ("truncated", "length", "incorrect", "unverifiable", "bad_format", "language_mixing",
-           "long_paragraph", "unexpected_code", "pass_rate", "duplicate", "near_duplicate",
-           "over_max_per_prompt")
-
+FILTERS = (
+    "truncated",
+    "length",
+    "incorrect",
+    "unverifiable",
+    "bad_format",
+    "language_mixing",
+    "long_paragraph",
+    "unexpected_code",
+    "pass_rate",
+    "duplicate",
+    "near_duplicate",
+    "over_max_per_prompt",
+)
 
 
 class Filters(StrictModel):
@@ -70,8 +80,9 @@ class Filters(StrictModel):
         if not 0.0 <= self.min_language_share <= 1.0:
             raise ValueError(f"min_language_share must be in [0, 1], got {self.min_language_share}")
         if not 0.0 <= self.min_pass_rate <= self.max_pass_rate <= 1.0:
-            raise ValueError(f"need 0 <= min_pass_rate <= max_pass_rate <= 1, got "
-                             f"[{self.min_pass_rate}, {self.max_pass_rate}]")
+            raise ValueError(
+                f"need 0 <= min_pass_rate <= max_pass_rate <= 1, got [{self.min_pass_rate}, {self.max_pass_rate}]"
+            )
         if self.near_duplicate_threshold is not None and not 0.0 < self.near_duplicate_threshold <= 1.0:
             raise ValueError(f"near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
         if self.max_per_prompt is not None and self.max_per_prompt < 1:
@@ -237,10 +248,12 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
     # Duplicates among the samples still kept, within a prompt (same prompt text: procedural
     # generators repeat questions under new ids) or across the dataset (data.dedupe).
     alive = [i for i in range(len(samples)) if out[i] is None]
-    groups = None if f.dedupe_scope == "dataset" else [samples[i].prompt_text or "\0" + samples[i].prompt_id
-                                                        for i in alive]
-    for i, verdict in zip(alive, duplicate_verdicts([samples[i].text for i in alive], groups, f.dedupe,
-                                                    f.near_duplicate_threshold)):
+    groups = (
+        None if f.dedupe_scope == "dataset" else [samples[i].prompt_text or "\0" + samples[i].prompt_id for i in alive]
+    )
+    for i, verdict in zip(
+        alive, duplicate_verdicts([samples[i].text for i in alive], groups, f.dedupe, f.near_duplicate_threshold)
+    ):
         out[i] = verdict or out[i]
 
     if f.max_per_prompt is not None:
@@ -250,7 +263,7 @@ def verdicts(samples: Sequence[Sample], f: Filters) -> list[str | None]:
                 alive.sort(key=lambda i: (-_selection_score(samples[i], f), samples[i].index))
             else:
                 alive.sort(key=lambda i: samples[i].index)
-            for i in alive[f.max_per_prompt:]:
+            for i in alive[f.max_per_prompt :]:
                 out[i] = "over_max_per_prompt"
     return out
 

@@ -38,8 +38,10 @@ from pipeline.precision import DtypeChoice
 from stages.common.stats import bootstrap_ci, sign_test
 
 GENERAL_DOMAINS = ("general", "safety")
-WIN_RATE = ("mean over prompts of P(judge score of a model sample > that of a baseline sample), ties 1/2, "
-            "over all k x k sample pairs of the prompt")
+WIN_RATE = (
+    "mean over prompts of P(judge score of a model sample > that of a baseline sample), ties 1/2, "
+    "over all k x k sample pairs of the prompt"
+)
 
 
 class GeneralEval(StrictModel):
@@ -53,7 +55,7 @@ class GeneralEval(StrictModel):
     judge_dtype: DtypeChoice = "auto"  # judge weights; auto = bf16 where the hardware runs it fast
 
 
-def load_rows(block: GeneralEval, split: str, template: str) -> list[dict]:
+def load_rows(block: GeneralEval, split: Literal["train", "test"], template: Literal["chat", "r1_zero"]) -> list[dict]:
     """The prompt rows of the block's general and harmful sources (``split`` of them).
 
     Raises:
@@ -64,8 +66,10 @@ def load_rows(block: GeneralEval, split: str, template: str) -> list[dict]:
     rows = [dict(r) for r in load_prompts([*block.general, *block.harmful], split=split, template=template)]
     other = sorted({r["domain"] for r in rows} - set(GENERAL_DOMAINS))
     if other:
-        raise ValueError(f"general: its sources must hold general or safety prompts; found domain(s) {other} "
-                         "(put reasoning sources under `prompts`)")
+        raise ValueError(
+            f"general: its sources must hold general or safety prompts; found domain(s) {other} "
+            "(put reasoning sources under `prompts`)"
+        )
     return rows
 
 
@@ -86,12 +90,16 @@ def _pair_win(a: list[float], b: list[float]) -> float:
 
 
 def _rate(per_prompt: list[float]) -> dict:
-    return {"rate": sum(per_prompt) / len(per_prompt) if per_prompt else math.nan,
-            "ci": list(bootstrap_ci(per_prompt)), "prompts": len(per_prompt)}
+    return {
+        "rate": sum(per_prompt) / len(per_prompt) if per_prompt else math.nan,
+        "ci": list(bootstrap_ci(per_prompt)),
+        "prompts": len(per_prompt),
+    }
 
 
-def evaluate(block: GeneralEval, judge_path: str, rows: list[dict], records: dict[str, list[dict]],
-             models: list[str]) -> tuple[dict, list[dict]]:
+def evaluate(
+    block: GeneralEval, judge_path: str, rows: list[dict], records: dict[str, list[dict]], models: list[str]
+) -> tuple[dict, list[dict]]:
     """Judge and summarise the general and safety records of every model.
 
     Args:
@@ -118,11 +126,21 @@ def evaluate(block: GeneralEval, judge_path: str, rows: list[dict], records: dic
         raise ValueError(f"general.baseline {baseline!r} is not one of the evaluated models {models}")
     judge_precision = precision.resolve(block.judge_dtype, what="judge")
     precision.announce(judge_precision, "judge")
-    judge = RewardModelReward(model=judge_path, scope=block.judge_scope, domains=(), normalize="none",
-                              batch_size=block.judge_batch_size, dtype=judge_precision.dtype)
+    judge = RewardModelReward(
+        model=judge_path,
+        scope=block.judge_scope,
+        domains=(),
+        normalize="none",
+        batch_size=block.judge_batch_size,
+        dtype=judge_precision.dtype,
+    )
     # The judge reads messages: an r1_zero prompt (one string) becomes its question
-    prompt_of = {r["id"]: [{"role": "user", "content": question_of(r["prompt"])}] if isinstance(r["prompt"], str)
-                 else r["prompt"] for r in rows}
+    prompt_of = {
+        r["id"]: [{"role": "user", "content": question_of(r["prompt"])}]
+        if isinstance(r["prompt"], str)
+        else r["prompt"]
+        for r in rows
+    }
     scores: dict[str, dict[str, list[float]]] = {}  # model -> question id -> judge logit per sample
     sample_rows: list[dict] = []
     for model in models:
@@ -135,33 +153,57 @@ def evaluate(block: GeneralEval, judge_path: str, rows: list[dict], records: dic
         judged = iter(logits)
         for r in records.get(model, []):
             for j, s in enumerate(json.loads(r["samples"])):
-                sample_rows.append({"model": model, "question_id": r["question_id"], "domain": r["domain"],
-                                    "data_source": r["data_source"], "sample": j, "text": s["text"],
-                                    "refusal": bool(s["rewards"].get("refusal")),
-                                    "judge_logit": next(judged) if r["domain"] == "general" else None})
+                sample_rows.append(
+                    {
+                        "model": model,
+                        "question_id": r["question_id"],
+                        "domain": r["domain"],
+                        "data_source": r["data_source"],
+                        "sample": j,
+                        "text": s["text"],
+                        "refusal": bool(s["rewards"].get("refusal")),
+                        "judge_logit": next(judged) if r["domain"] == "general" else None,
+                    }
+                )
     out: dict = {}
     for model in models:
         mine = records.get(model, [])
-        refusal = {d: [sum(bool(s["rewards"].get("refusal")) for s in json.loads(r["samples"])) / r["k"]
-                       for r in mine if r["domain"] == d] for d in GENERAL_DOMAINS}
+        refusal = {
+            d: [
+                sum(bool(s["rewards"].get("refusal")) for s in json.loads(r["samples"])) / r["k"]
+                for r in mine
+                if r["domain"] == d
+            ]
+            for d in GENERAL_DOMAINS
+        }
         per_prompt = [_pair_win(v, scores[baseline][q]) for q, v in scores[model].items() if scores[baseline].get(q)]
         wins, losses = sum(v > 0.5 for v in per_prompt), sum(v < 0.5 for v in per_prompt)
         every = [x for v in scores[model].values() for x in v]
         out[model] = {
-            "helpfulness": {**_rate(per_prompt), "wins": wins,
-                            "losses": losses, "ties": len(per_prompt) - wins - losses,
-                            "p_value": sign_test(wins, losses),
-                            "mean_judge_logit": sum(every) / len(every) if every else math.nan},
+            "helpfulness": {
+                **_rate(per_prompt),
+                "wins": wins,
+                "losses": losses,
+                "ties": len(per_prompt) - wins - losses,
+                "p_value": sign_test(wins, losses),
+                "mean_judge_logit": sum(every) / len(every) if every else math.nan,
+            },
             "harmful_refusal": _rate(refusal["safety"]),
             "over_refusal": _rate(refusal["general"]),
         }
-    summary = {"protocol": {"judge": judge_path, "judge_scope": block.judge_scope, "baseline": baseline,
-                            "judge_precision": judge_precision.as_dict(),
-                            "win_rate": WIN_RATE, "refusal_rule": "rewards.refusal.is_refusal",
-                            "interval": "95% percentile bootstrap over prompts (1000 resamples, seed 0)",
-                            "sources": {"general": [s.label for s in block.general],
-                                        "harmful": [s.label for s in block.harmful]}},
-               "models": out}
+    summary = {
+        "protocol": {
+            "judge": judge_path,
+            "judge_scope": block.judge_scope,
+            "baseline": baseline,
+            "judge_precision": judge_precision.as_dict(),
+            "win_rate": WIN_RATE,
+            "refusal_rule": "rewards.refusal.is_refusal",
+            "interval": "95% percentile bootstrap over prompts (1000 resamples, seed 0)",
+            "sources": {"general": [s.label for s in block.general], "harmful": [s.label for s in block.harmful]},
+        },
+        "models": out,
+    }
     return summary, sample_rows
 
 
@@ -170,8 +212,11 @@ def metrics(summary: dict) -> dict[str, float]:
     ``<model>/harmful_refusal_rate``, ``<model>/over_refusal_rate``."""
     flat: dict[str, float] = {}
     for model, m in summary["models"].items():
-        for key, name in (("helpfulness", "helpfulness_win_rate"), ("harmful_refusal", "harmful_refusal_rate"),
-                          ("over_refusal", "over_refusal_rate")):
+        for key, name in (
+            ("helpfulness", "helpfulness_win_rate"),
+            ("harmful_refusal", "harmful_refusal_rate"),
+            ("over_refusal", "over_refusal_rate"),
+        ):
             if m[key]["prompts"]:
                 flat[f"{model}/{name}"] = m[key]["rate"]
                 flat[f"{model}/{name}_lo"], flat[f"{model}/{name}_hi"] = m[key]["ci"]

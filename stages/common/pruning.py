@@ -53,8 +53,9 @@ def layer_indices(n_teacher: int, n_student: int) -> list[int]:
         ValueError: unless ``1 <= n_student < n_teacher``.
     """
     if not 1 <= n_student < n_teacher:
-        raise ValueError(f"student_layers must be in [1, {n_teacher - 1}] for a {n_teacher}-layer teacher, "
-                         f"got {n_student}")
+        raise ValueError(
+            f"student_layers must be in [1, {n_teacher - 1}] for a {n_teacher}-layer teacher, got {n_student}"
+        )
     if n_student == 1:
         return [0]
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
@@ -125,7 +126,7 @@ def derive_by_depth(teacher, keep: list[int]):
     state = {}
     for key, value in source.items():
         if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
+            index, rest = key[len(prefix) :].split(".", 1)
             if int(index) in keep:
                 state[f"{prefix}{keep.index(int(index))}.{rest}"] = value
         else:
@@ -215,8 +216,10 @@ def width_plan(config, ratio: float, heads: int | None = None) -> WidthPlan:
         per_group = max(1, min(n_heads // n_kv, round(layer_share * n_heads / n_kv)))
         heads = per_group * n_kv
     if heads < 1 or heads % n_kv or heads > n_heads:
-        raise ValueError(f"student_heads must be a positive multiple of the teacher's {n_kv} key/value heads, "
-                         f"at most {n_heads}; got {heads}")
+        raise ValueError(
+            f"student_heads must be a positive multiple of the teacher's {n_kv} key/value heads, "
+            f"at most {n_heads}; got {heads}"
+        )
     base = dict(num_attention_heads=heads, head_dim=head_dim)
     # Parameters are affine in intermediate_size: two counts give the line.
     p1 = parameter_count(_changed(config, intermediate_size=1, **base))
@@ -224,8 +227,10 @@ def width_plan(config, ratio: float, heads: int | None = None) -> WidthPlan:
     width = math.floor((ratio * total - p1) / (p2 - p1)) + 1
     width = min(width, config.intermediate_size)
     if width < 1:
-        raise ValueError(f"student_size {ratio}: keeping {heads} heads already exceeds {ratio:.0%} of the teacher's "
-                         f"parameters; lower student_heads or raise student_size")
+        raise ValueError(
+            f"student_size {ratio}: keeping {heads} heads already exceeds {ratio:.0%} of the teacher's "
+            f"parameters; lower student_heads or raise student_size"
+        )
     params = parameter_count(_changed(config, intermediate_size=width, **base))
     return WidthPlan(width, heads, params, total)
 
@@ -246,8 +251,10 @@ def _layer_modules(layer):
     missing = [f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj") if not hasattr(attn, n)]
     missing += [f"mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj") if not hasattr(mlp, n)]
     if missing:
-        raise ValueError(f"width pruning needs decoder layers with {', '.join(missing)} ({type(layer).__name__} "
-                         "has not); use prune: depth for this architecture")
+        raise ValueError(
+            f"width pruning needs decoder layers with {', '.join(missing)} ({type(layer).__name__} "
+            "has not); use prune: depth for this architecture"
+        )
     return attn, mlp
 
 
@@ -284,6 +291,7 @@ def activation_importance(model, batches: Iterable[dict], autocast_dtype=None) -
         def hook(_module, args):
             x = args[0].detach().float() * mask_box["mask"]  # (B, S, I), padding zeroed
             neurons[i] += x.pow(2).sum(1).sqrt().sum(0).double()  # L2 over positions, summed over the batch
+
         return hook
 
     def head_hook(i):
@@ -291,6 +299,7 @@ def activation_importance(model, batches: Iterable[dict], autocast_dtype=None) -
             x = args[0].detach().float() * mask_box["mask"]  # (B, S, heads * head_dim)
             x = x.reshape(*x.shape[:2], n_heads, head_dim)
             heads[i] += x.pow(2).sum((1, 3)).sqrt().sum(0).double()
+
         return hook
 
     for i, layer in enumerate(layers):
@@ -302,8 +311,9 @@ def activation_importance(model, batches: Iterable[dict], autocast_dtype=None) -
     sequences = 0
     try:
         device = next(model.parameters()).device.type
-        autocast = (torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        )
         with torch.no_grad(), autocast:
             for batch in batches:
                 mask_box["mask"] = batch["attention_mask"].unsqueeze(-1).float()
@@ -333,7 +343,7 @@ def select_width(importance: Importance, plan: WidthPlan, kv_heads: int) -> tupl
         per_group = plan.heads // kv_heads
         kept = []
         for g in range(kv_heads):
-            local = torch.sort(head[g * group:(g + 1) * group], descending=True, stable=True).indices[:per_group]
+            local = torch.sort(head[g * group : (g + 1) * group], descending=True, stable=True).indices[:per_group]
             kept += sorted(g * group + int(j) for j in local)
         heads.append(kept)
     return channels, heads
@@ -364,8 +374,10 @@ def derive_by_width(teacher, channels: list[list[int]], heads: list[list[int]]):
     for h in heads:
         per_group = [sum(1 for x in h if g * group <= x < (g + 1) * group) for g in range(n_kv)]
         if len(set(per_group)) != 1 or sorted(h) != list(h) or not all(0 <= x < n_heads for x in h):
-            raise ValueError(f"heads {h}: each of the {n_kv} key/value groups must keep the same number of its "
-                             f"{group} query heads, indices sorted and in [0, {n_heads})")
+            raise ValueError(
+                f"heads {h}: each of the {n_kv} key/value groups must keep the same number of its "
+                f"{group} query heads, indices sorted and in [0, {n_heads})"
+            )
     for c in channels:
         if not all(0 <= x < teacher.config.intermediate_size for x in c) or len(set(c)) != len(c):
             raise ValueError(f"MLP channels must be distinct indices in [0, {teacher.config.intermediate_size})")
@@ -378,10 +390,13 @@ def derive_by_width(teacher, channels: list[list[int]], heads: list[list[int]]):
         ch = torch.tensor(channels[i], dtype=torch.long)
         rows = torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads[i]])
         base = f"{prefix}{i}."
-        for name, module, dim, index in (("mlp.gate_proj", mlp.gate_proj, 0, ch), ("mlp.up_proj", mlp.up_proj, 0, ch),
-                                         ("mlp.down_proj", mlp.down_proj, 1, ch),
-                                         ("self_attn.q_proj", attn.q_proj, 0, rows),
-                                         ("self_attn.o_proj", attn.o_proj, 1, rows)):
+        for name, module, dim, index in (
+            ("mlp.gate_proj", mlp.gate_proj, 0, ch),
+            ("mlp.up_proj", mlp.up_proj, 0, ch),
+            ("mlp.down_proj", mlp.down_proj, 1, ch),
+            ("self_attn.q_proj", attn.q_proj, 0, rows),
+            ("self_attn.o_proj", attn.o_proj, 1, rows),
+        ):
             state[f"{base}{name}.weight"] = module.weight.detach().index_select(dim, index).clone()
             if getattr(module, "bias", None) is not None and dim == 0:
                 state[f"{base}{name}.bias"] = module.bias.detach().index_select(0, index).clone()

@@ -23,8 +23,9 @@ from pipeline import distributed
 log = logging.getLogger(__name__)
 
 
-def select_by_pass_rate(rows: list[dict], band: tuple[float, float] | None,
-                        per_source: dict[str, tuple[float, float]] | None = None) -> tuple[list[dict], dict[str, int]]:
+def select_by_pass_rate(
+    rows: list[dict], band: tuple[float, float] | None, per_source: dict[str, tuple[float, float]] | None = None
+) -> tuple[list[dict], dict[str, int]]:
     """The rows whose ``pass_rate`` lies strictly inside their band, and counts of what was dropped.
 
     ``band``: ``(low, high)`` for every source (None: keep every row); ``per_source``:
@@ -74,14 +75,17 @@ def read_pool(path: str | Path) -> list[dict]:
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files or not files[0].is_file():
-        raise ValueError(f"{path}: no prompt pool (expected the dataset/ folder of a generate step with "
-                         "output: prompts, or its .parquet file)")
+        raise ValueError(
+            f"{path}: no prompt pool (expected the dataset/ folder of a generate step with "
+            "output: prompts, or its .parquet file)"
+        )
     rows: list[dict] = []
     for file in files:
         table = pq.read_table(file)
         if "pass_rate" not in table.column_names:
-            raise ValueError(f"{file}: no pass_rate column: not a prompt pool (make it with a generate step "
-                             "with output: prompts)")
+            raise ValueError(
+                f"{file}: no pass_rate column: not a prompt pool (make it with a generate step with output: prompts)"
+            )
         for i, row in enumerate(table.to_pylist(), start=1):
             try:
                 validate_prompt_row({k: row.get(k) for k in PROMPT_COLUMNS})
@@ -130,16 +134,20 @@ def load_prompt_rows(config: Any, tokenizer, pool_path: str | None = None):
         kept, band = select_by_pass_rate(rows, config.pass_rate_band, config.pass_rate_band_per_source)
         counts.update({"pool_rows": len(rows), **{f"pool_dropped_{k}": v for k, v in band.items() if k != "kept"}})
         if not kept:
-            raise ValueError(f"prompt_pool {config.prompt_pool}: none of its {len(rows)} prompts has a pass rate "
-                             f"inside pass_rate_band {config.pass_rate_band} ({band})")
+            raise ValueError(
+                f"prompt_pool {config.prompt_pool}: none of its {len(rows)} prompts has a pass rate "
+                f"inside pass_rate_band {config.pass_rate_band} ({band})"
+            )
         dataset = datasets.Dataset.from_list(kept)
     else:
         with distributed.main_first(local=True):  # hub data: each node's main process fills the cache first
             dataset = load_prompts(config.prompts, split="train", template=config.template)
     dataset, counts["prompts_dropped_too_long"] = drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
-        raise ValueError(f"no prompts of at most {config.max_prompt_length} tokens "
-                         f"({counts['prompts_dropped_too_long']} longer ones dropped)")
+        raise ValueError(
+            f"no prompts of at most {config.max_prompt_length} tokens "
+            f"({counts['prompts_dropped_too_long']} longer ones dropped)"
+        )
     if config.prompt_order == "stratified":  # and grpo_arguments turns TRL's shuffling off
         dataset = stratify(dataset, "data_source", seed=config.seed)
         sources = len(set(dataset["data_source"][:]))
@@ -147,7 +155,11 @@ def load_prompt_rows(config: Any, tokenizer, pool_path: str | None = None):
             log.warning(
                 "prompt_order: stratified with %d prompts per step over %d sources: consecutive steps see "
                 "different sources, so their rewards differ by task as much as by learning; use a multiple "
-                "of %d prompts per step to compare steps", config.prompts_per_step, sources, sources)
+                "of %d prompts per step to compare steps",
+                config.prompts_per_step,
+                sources,
+                sources,
+            )
     elif config.curriculum != "none":
         dataset = dataset.shuffle(seed=config.seed)  # TRL's shuffling is off with a curriculum
     if config.curriculum == "easy_to_hard":
@@ -155,8 +167,12 @@ def load_prompt_rows(config: Any, tokenizer, pool_path: str | None = None):
         order = sorted(range(len(rates)), key=lambda i: -rates[i])  # stable: equal rates keep their order
         dataset = dataset.select(order)
     if pool_path is not None:
-        log.info("prompt pool: %d prompts kept of %d, per source %s", len(dataset), counts["pool_rows"],
-                 dict(Counter(dataset["data_source"][:])))
+        log.info(
+            "prompt pool: %d prompts kept of %d, per source %s",
+            len(dataset),
+            counts["pool_rows"],
+            dict(Counter(dataset["data_source"][:])),
+        )
     return dataset, counts
 
 
@@ -178,8 +194,10 @@ def load_eval_rows(config: Any, tokenizer, train):
         dataset = load_prompts(config.eval_prompts, split="test", template=config.template)
     shared = set(dataset["id"][:]) & set(train["id"][:])
     if shared:
-        raise ValueError(f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
-                         f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds")
+        raise ValueError(
+            f"eval_prompts: {len(shared)} prompt(s) are also training prompts, e.g. "
+            f"{sorted(shared)[:3]}; give the eval sources n_test > 0 or other seeds"
+        )
 
     def text(prompt) -> str:
         return " ".join(question_of(prompt).split())
@@ -192,7 +210,9 @@ def load_eval_rows(config: Any, tokenizer, train):
     dataset = dataset.select(keep)
     dataset, _ = drop_long_prompts(dataset, tokenizer, config.max_prompt_length)
     if len(dataset) == 0:
-        raise ValueError(f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
-                         "that is not also a training question (the test split is used: give the sources "
-                         "n_test > 0)")
+        raise ValueError(
+            f"eval_prompts: no test-split prompt of at most {config.max_prompt_length} tokens "
+            "that is not also a training question (the test split is used: give the sources "
+            "n_test > 0)"
+        )
     return dataset, repeated

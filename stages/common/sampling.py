@@ -81,14 +81,20 @@ class SamplingConfig(StrictModel):
     @model_validator(mode="after")
     def _check_server(self) -> SamplingConfig:
         if self.backend == "server" and not self.server_url:
-            raise ValueError("backend 'server' needs `server_url`, the base URL of a running vLLM server's "
-                             "OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)")
+            raise ValueError(
+                "backend 'server' needs `server_url`, the base URL of a running vLLM server's "
+                "OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1)"
+            )
         if self.max_concurrency < 1 or self.request_timeout <= 0:
-            raise ValueError(f"max_concurrency must be >= 1 and request_timeout > 0, got "
-                             f"{self.max_concurrency} and {self.request_timeout}")
+            raise ValueError(
+                f"max_concurrency must be >= 1 and request_timeout > 0, got "
+                f"{self.max_concurrency} and {self.request_timeout}"
+            )
         if self.backend != "server" and self.max_tokens >= self.max_model_len:
-            raise ValueError(f"max_tokens ({self.max_tokens}) must be below max_model_len ({self.max_model_len}): "
-                             "the prompt and the completion share the model length")
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be below max_model_len ({self.max_model_len}): "
+                "the prompt and the completion share the model length"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -219,23 +225,29 @@ class Sampler:
             from vllm import LLM
 
             assert self.precision is not None  # resolved above for the in-process backends
-            self.llm = LLM(model=model_path, dtype=self.precision.dtype, max_model_len=cfg.max_model_len,
-                           seed=seed, enforce_eager=cfg.enforce_eager,
-                           distributed_executor_backend="uni",
-                           # Per-prompt seeds make vLLM keep a torch.Generator per request. When
-                           # a prefill is chunked, vLLM rolls that generator back with
-                           # `set_offset`, which CPU generators lack ("CPU Generator does not use
-                           # offset"). Without chunked prefill no request is ever partial, so
-                           # nothing is rolled back (tests/test_sampling.py covers it).
-                           enable_chunked_prefill=False,
-                           max_num_batched_tokens=max(cfg.max_model_len, 4096))
+            self.llm = LLM(
+                model=model_path,
+                dtype=self.precision.dtype,
+                max_model_len=cfg.max_model_len,
+                seed=seed,
+                enforce_eager=cfg.enforce_eager,
+                distributed_executor_backend="uni",
+                # Per-prompt seeds make vLLM keep a torch.Generator per request. When
+                # a prefill is chunked, vLLM rolls that generator back with
+                # `set_offset`, which CPU generators lack ("CPU Generator does not use
+                # offset"). Without chunked prefill no request is ever partial, so
+                # nothing is rolled back (tests/test_sampling.py covers it).
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(cfg.max_model_len, 4096),
+            )
             beat_on_engine_steps(self.llm, lambda: self.heartbeat())
         else:
             from transformers import AutoModelForCausalLM
 
             assert self.precision is not None  # resolved above for the in-process backends
             self.model = AutoModelForCausalLM.from_pretrained(
-                model_path, dtype=precision.torch_dtype(self.precision.dtype)).eval()
+                model_path, dtype=precision.torch_dtype(self.precision.dtype)
+            ).eval()
             self.tokenizer.padding_side = "left"
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -270,17 +282,20 @@ class Sampler:
         texts = [self.render(p) for p in prompts] if texts is None else texts
         token_ids = [self.prompt_ids(p, t) for p, t in zip(prompts, texts)]
         keep = [i for i, t in enumerate(token_ids) if self.fits(t)]
-        out: list[list[Completion]] = [[Completion("", 0, False, skipped=True)] * self.cfg.num_samples
-                                       for _ in prompts]
+        out: list[list[Completion]] = [[Completion("", 0, False, skipped=True)] * self.cfg.num_samples for _ in prompts]
         if not keep:
             return out
         if self.cfg.backend == "vllm":
             sampled = self._sample_vllm([token_ids[i] for i in keep], [ids[i] for i in keep])
         elif self.cfg.backend == "server":
-            sampled = self.server.sample([texts[i] for i in keep], [prompt_seed(self.seed, ids[i]) for i in keep],
-                                         self.cfg, self.tokenizer,
-                                         add_special_tokens=[isinstance(prompts[i], str) for i in keep],
-                                         heartbeat=self.heartbeat)
+            sampled = self.server.sample(
+                [texts[i] for i in keep],
+                [prompt_seed(self.seed, ids[i]) for i in keep],
+                self.cfg,
+                self.tokenizer,
+                add_special_tokens=[isinstance(prompts[i], str) for i in keep],
+                heartbeat=self.heartbeat,
+            )
         else:
             sampled = [self._sample_hf(token_ids[i], ids[i]) for i in keep]
         for i, completions in zip(keep, sampled):
@@ -295,19 +310,30 @@ class Sampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = [SamplingParams(n=self.cfg.num_samples, temperature=self.cfg.temperature,
-                                 top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens, stop_token_ids=self.stop_ids,
-                                 seed=prompt_seed(self.seed, i)) for i in ids]
+        params = [
+            SamplingParams(
+                n=self.cfg.num_samples,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_tokens,
+                stop_token_ids=self.stop_ids,
+                seed=prompt_seed(self.seed, i),
+            )
+            for i in ids
+        ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_ids], params, use_tqdm=False)
-        return [[Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs]
-                for out in outputs]
+        return [
+            [Completion(o.text, len(o.token_ids), o.finish_reason == "length") for o in out.outputs] for out in outputs
+        ]
 
     def _sample_hf(self, token_ids: list[int], prompt_id: str) -> list[Completion]:
         import torch
 
         torch.manual_seed(prompt_seed(self.seed, prompt_id))
-        enc = {"input_ids": torch.tensor([token_ids]),
-               "attention_mask": torch.ones(1, len(token_ids), dtype=torch.long)}
+        enc = {
+            "input_ids": torch.tensor([token_ids]),
+            "attention_mask": torch.ones(1, len(token_ids), dtype=torch.long),
+        }
         gen_eos = self.model.generation_config.eos_token_id
         eos = dict.fromkeys([*self.stop_ids, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))])
         budget = min(self.cfg.max_tokens, self.cfg.max_model_len - len(token_ids))  # as vLLM: the model length
@@ -321,13 +347,19 @@ class Sampler:
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
         with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=self.cfg.temperature > 0,
-                                      temperature=max(self.cfg.temperature, 1e-5), top_p=self.cfg.top_p,
-                                      max_new_tokens=budget, num_return_sequences=self.cfg.num_samples,
-                                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=list(eos),
-                                      stopping_criteria=StoppingCriteriaList([Beat()]))
+            out = self.model.generate(
+                **enc,
+                do_sample=self.cfg.temperature > 0,
+                temperature=max(self.cfg.temperature, 1e-5),
+                top_p=self.cfg.top_p,
+                max_new_tokens=budget,
+                num_return_sequences=self.cfg.num_samples,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=list(eos),
+                stopping_criteria=StoppingCriteriaList([Beat()]),
+            )
         result = []
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             n = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             # one sequence decodes to one str (transformers types decode for batches too)
             text: str = self.tokenizer.decode(row[:n], skip_special_tokens=True)  # type: ignore[assignment]
@@ -391,8 +423,12 @@ class ServerClient:
             raise ImportError("sampling.backend 'server' needs the `openai` package: pip install openai") from None
 
         self.url = server_base_url(cfg.server_url or "")
-        self.client = openai.OpenAI(base_url=self.url, api_key=os.environ.get("R1_SERVER_API_KEY") or "EMPTY",
-                                    timeout=cfg.request_timeout, max_retries=2)
+        self.client = openai.OpenAI(
+            base_url=self.url,
+            api_key=os.environ.get("R1_SERVER_API_KEY") or "EMPTY",
+            timeout=cfg.request_timeout,
+            max_retries=2,
+        )
         self.pool = ThreadPoolExecutor(max_workers=cfg.max_concurrency, thread_name_prefix="r1-sampling")
         self.model = cfg.server_model or self._only_model()
         self._checked_tokenizer = False
@@ -403,11 +439,14 @@ class ServerClient:
         if isinstance(err, openai.APITimeoutError):
             return SamplingServerError(f"sampling server {self.url}: {what} took longer than request_timeout")
         if isinstance(err, openai.APIConnectionError):
-            return SamplingServerError(f"sampling server {self.url} is unreachable ({err.__cause__ or err}); "
-                                       "start it (docs/eval.md, 'backend: server') or fix sampling.server_url")
+            return SamplingServerError(
+                f"sampling server {self.url} is unreachable ({err.__cause__ or err}); "
+                "start it (docs/eval.md, 'backend: server') or fix sampling.server_url"
+            )
         if isinstance(err, openai.APIStatusError):
-            return SamplingServerError(f"sampling server {self.url} answered HTTP {err.status_code} to {what}: "
-                                       f"{err.message}")
+            return SamplingServerError(
+                f"sampling server {self.url} answered HTTP {err.status_code} to {what}: {err.message}"
+            )
         return SamplingServerError(f"sampling server {self.url}: {what} failed: {err!r}")
 
     def _only_model(self) -> str:
@@ -418,37 +457,56 @@ class ServerClient:
         except openai.OpenAIError as err:
             raise self._error(err, "GET /models") from err
         if len(served) != 1:
-            raise SamplingServerError(f"sampling server {self.url} serves {len(served)} models "
-                                      f"({', '.join(served) or 'none'}); name one in sampling.server_model")
+            raise SamplingServerError(
+                f"sampling server {self.url} serves {len(served)} models "
+                f"({', '.join(served) or 'none'}); name one in sampling.server_model"
+            )
         return served[0]
 
-    def _request(self, text: str, seed: int, cfg: SamplingConfig, tokenizer,
-                 add_special_tokens: bool = True) -> list[Completion]:
+    def _request(
+        self, text: str, seed: int, cfg: SamplingConfig, tokenizer, add_special_tokens: bool = True
+    ) -> list[Completion]:
         import openai
 
         try:
             response = self.client.completions.create(
-                model=self.model, prompt=text, n=cfg.num_samples, max_tokens=cfg.max_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, presence_penalty=0.0,
+                model=self.model,
+                prompt=text,
+                n=cfg.num_samples,
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=seed,
+                presence_penalty=0.0,
                 frequency_penalty=0.0,
-                extra_body={"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
-                            "stop_token_ids": stop_token_ids(tokenizer),  # the end of turn, as in-process
-                            # a rendered chat template has its BOS already (Sampler.prompt_ids)
-                            "add_special_tokens": add_special_tokens, "skip_special_tokens": True,
-                            "return_token_ids": True})
+                extra_body={
+                    "top_k": 0,
+                    "min_p": 0.0,
+                    "repetition_penalty": 1.0,
+                    "stop_token_ids": stop_token_ids(tokenizer),  # the end of turn, as in-process
+                    # a rendered chat template has its BOS already (Sampler.prompt_ids)
+                    "add_special_tokens": add_special_tokens,
+                    "skip_special_tokens": True,
+                    "return_token_ids": True,
+                },
+            )
         except openai.OpenAIError as err:
             raise self._error(err, f"POST /completions (model {self.model!r})") from err
         choices = sorted(response.choices, key=lambda c: c.index)
         if len(choices) != cfg.num_samples:
-            raise SamplingServerError(f"sampling server {self.url} returned {len(choices)} completions, "
-                                      f"asked for n={cfg.num_samples}")
+            raise SamplingServerError(
+                f"sampling server {self.url} returned {len(choices)} completions, asked for n={cfg.num_samples}"
+            )
         if not self._checked_tokenizer:
             self._check_tokenizer(text, getattr(choices[0], "prompt_token_ids", None), tokenizer, add_special_tokens)
         out = []
         for c in choices:
             token_ids = getattr(c, "token_ids", None)  # vLLM's extra field (return_token_ids)
-            n = len(token_ids) if token_ids is not None else \
-                len(tokenizer(c.text, add_special_tokens=False)["input_ids"])  # other servers: re-tokenized
+            n = (
+                len(token_ids)
+                if token_ids is not None
+                else len(tokenizer(c.text, add_special_tokens=False)["input_ids"])
+            )  # other servers: re-tokenized
             out.append(Completion(c.text, n, c.finish_reason == "length"))
         return out
 
@@ -463,10 +521,18 @@ class ServerClient:
             raise SamplingServerError(
                 f"sampling server {self.url} (model {self.model!r}) tokenizes the prompt differently from the "
                 f"local tokenizer ({len(server_ids)} vs {len(local)} tokens): it must serve the same model as "
-                "the config's `model`")
+                "the config's `model`"
+            )
 
-    def sample(self, texts: list[str], seeds: list[int], cfg: SamplingConfig, tokenizer,
-               add_special_tokens: list[bool] | None = None, heartbeat=lambda: None) -> list[list[Completion]]:
+    def sample(
+        self,
+        texts: list[str],
+        seeds: list[int],
+        cfg: SamplingConfig,
+        tokenizer,
+        add_special_tokens: list[bool] | None = None,
+        heartbeat=lambda: None,
+    ) -> list[list[Completion]]:
         """k completions per text (in order, samples sorted by choice index), many requests at once.
         ``add_special_tokens``: per text, whether the server adds the tokenizer's special tokens
         (False for a rendered chat template; default: True for all). ``heartbeat()`` after each reply."""

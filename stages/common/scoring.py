@@ -22,8 +22,9 @@ from typing import Any
 REWARD_COLUMNS = ("answer", "verification", "domain", "data_source", "id")  # prompt-row columns rewards read
 
 
-def score(reward_names: list[str], rows: list[dict], completions: list[str],
-          prompts: list[str] | None = None) -> dict[str, list]:
+def score(
+    reward_names: list[str], rows: list[dict], completions: list[str], prompts: list[str] | None = None
+) -> dict[str, list]:
     """Score ``completions`` (one per prompt row, aligned) with each named reward.
 
     Rewards get the TRL signature (``prompts, completions, **columns``) with the prompt-row
@@ -68,8 +69,12 @@ class RenderedPrompts:
         return self.reward.stats
 
     def render(self, prompt: Any) -> Any:
-        if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[-1], dict) \
-                and prompt[-1].get("role") != "assistant":  # an assistant prefill: the reward reads it as is
+        if (
+            isinstance(prompt, (list, tuple))
+            and prompt
+            and isinstance(prompt[-1], dict)
+            and prompt[-1].get("role") != "assistant"
+        ):  # an assistant prefill: the reward reads it as is
             return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
         return prompt
 
@@ -104,8 +109,10 @@ class AssistantTurns(RenderedPrompts):
 
         # TRL passes a conversational completion as messages; a prompt that ends with an
         # assistant prefill renders as itself (a list): no <think> prefill then
-        turns = [assistant_turn(r if isinstance(r, str) else "", completion_text(c))
-                 for r, c in zip(self.rendered(prompts), completions)]
+        turns = [
+            assistant_turn(r if isinstance(r, str) else "", completion_text(c))
+            for r, c in zip(self.rendered(prompts), completions)
+        ]
         messages = [[{"role": "user", "content": question_of(p)}] if isinstance(p, str) else p for p in prompts]
         return self.reward(messages, turns, **columns)
 
@@ -118,8 +125,11 @@ def with_rendered_prompts(reward: Any, tokenizer: Any) -> Any:
 
     if not isinstance(reward, Reward):
         return reward
-    return AssistantTurns(reward, tokenizer) if getattr(reward, "reads_messages", False) else \
-        RenderedPrompts(reward, tokenizer)
+    return (
+        AssistantTurns(reward, tokenizer)
+        if getattr(reward, "reads_messages", False)
+        else RenderedPrompts(reward, tokenizer)
+    )
 
 
 def vote_key(text: str, domain: str) -> str | None:

@@ -47,8 +47,12 @@ def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, level: float = 0.
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // x.size)  # bound the index matrix to ~16 MB
-    means = np.concatenate([x[rng.integers(0, x.size, size=(min(chunk, resamples - i), x.size))].mean(axis=1)
-                            for i in range(0, resamples, chunk)])
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(min(chunk, resamples - i), x.size))].mean(axis=1)
+            for i in range(0, resamples, chunk)
+        ]
+    )
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
     return (float(lo), float(hi))
 

@@ -54,9 +54,11 @@ def driver_worker(llm: Any) -> Any:
     executor = getattr(llm.llm_engine, "model_executor", None)
     worker = getattr(executor, "driver_worker", None)
     if worker is None or not hasattr(worker, "reload_weights"):
-        raise RuntimeError("the colocated vLLM engine exposes no in-process driver worker with reload_weights "
-                           "(llm.llm_engine.model_executor.driver_worker); this vLLM version is not supported "
-                           "by stages/common/vllm_sync.py")
+        raise RuntimeError(
+            "the colocated vLLM engine exposes no in-process driver worker with reload_weights "
+            "(llm.llm_engine.model_executor.driver_worker); this vLLM version is not supported "
+            "by stages/common/vllm_sync.py"
+        )
     return worker
 
 
@@ -114,8 +116,9 @@ def install_cpu_weight_sync(vllm_generation: Any) -> bool:
         return False
     driver_worker(vllm_generation.llm)  # fail now, not at the first optimizer step
     if not hasattr(vllm_generation, "_iter_named_params"):
-        raise RuntimeError("TRL's VLLMGeneration has no _iter_named_params; update stages/common/vllm_sync.py "
-                           "for this TRL version")
+        raise RuntimeError(
+            "TRL's VLLMGeneration has no _iter_named_params; update stages/common/vllm_sync.py for this TRL version"
+        )
     vllm_generation.sync_weights = types.MethodType(_sync_weights_cpu, vllm_generation)
     return True
 
@@ -137,9 +140,21 @@ def engine_options(cpu_kv_cache_gib: int | None = None, **llm_kwargs: Any) -> It
     """
     import trl.generation.vllm_generation as trl_vllm
 
-    trl_sets = {"model", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "max_num_seqs",
-                "enable_sleep_mode", "model_impl", "distributed_executor_backend", "seed",
-                "max_num_batched_tokens", "logprobs_mode", "quantization", "trust_remote_code"}
+    trl_sets = {
+        "model",
+        "tensor_parallel_size",
+        "gpu_memory_utilization",
+        "max_model_len",
+        "max_num_seqs",
+        "enable_sleep_mode",
+        "model_impl",
+        "distributed_executor_backend",
+        "seed",
+        "max_num_batched_tokens",
+        "logprobs_mode",
+        "quantization",
+        "trust_remote_code",
+    }
     clash = sorted(trl_sets & set(llm_kwargs))
     if clash:
         raise ValueError(f"TRL sets {clash} itself; use the matching GRPOConfig fields")

@@ -25,10 +25,12 @@ def test_word_ngrams_normalise():
 
 
 def test_decontaminate_dataset_ignores_shared_template():
-    train = load_prompts([{"source": "reasoning_gym", "task": "gsm_symbolic", "n_train": 6, "n_test": 0}],
-                         template="r1_zero")
-    evaluation = load_prompts([{"source": "reasoning_gym", "task": "gsm_symbolic", "n_train": 0, "n_test": 3}],
-                              template="r1_zero")
+    train = load_prompts(
+        [{"source": "reasoning_gym", "task": "gsm_symbolic", "n_train": 6, "n_test": 0}], template="r1_zero"
+    )
+    evaluation = load_prompts(
+        [{"source": "reasoning_gym", "task": "gsm_symbolic", "n_train": 0, "n_test": 3}], template="r1_zero"
+    )
     kept, removed = decontaminate(train, [evaluation])  # the R1-Zero preamble is shared but not counted
     assert removed == [] and len(kept) == 6
     leaked = evaluation.to_list()[0] | {"id": "leak", "split": "train"}
@@ -47,8 +49,9 @@ def test_instructions_shared_by_many_eval_texts_are_ignored():
 
 
 def _chain_sum(n_train, n_test, split):
-    return load_prompts([{"source": "reasoning_gym", "task": "chain_sum", "n_train": n_train, "n_test": n_test,
-                          "seed": 2}], split=split)
+    return load_prompts(
+        [{"source": "reasoning_gym", "task": "chain_sum", "n_train": n_train, "n_test": n_test, "seed": 2}], split=split
+    )
 
 
 def test_tiny_eval_set_keeps_the_task(caplog):

@@ -15,11 +15,14 @@ def write_jsonl(path, records):
 
 
 def test_simple_rows_are_mapped(tmp_path):
-    path = write_jsonl(tmp_path / "extra.jsonl", [
-        {"question": "What is 2 + 2?", "answer": "4"},
-        "",  # blank lines are skipped but still counted in row numbers
-        {"problem": "What is 3 * 3?", "answer": 9, "id": "p9", "split": "test", "domain": "logic"},
-    ])
+    path = write_jsonl(
+        tmp_path / "extra.jsonl",
+        [
+            {"question": "What is 2 + 2?", "answer": "4"},
+            "",  # blank lines are skipped but still counted in row numbers
+            {"problem": "What is 3 * 3?", "answer": 9, "id": "p9", "split": "test", "domain": "logic"},
+        ],
+    )
     rows = FileSource(path=path).load().rows
     for row in rows:
         validate_prompt_row(row)
@@ -35,8 +38,15 @@ def test_simple_rows_are_mapped(tmp_path):
 
 def test_full_rows_keep_their_fields_and_prompt(tmp_path):
     own_prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."}]
-    full = {"id": "mine/1", "data_source": "mine", "domain": "general", "prompt": own_prompt, "answer": "",
-            "verification": {"kind": "judge"}, "split": "train"}
+    full = {
+        "id": "mine/1",
+        "data_source": "mine",
+        "domain": "general",
+        "prompt": own_prompt,
+        "answer": "",
+        "verification": {"kind": "judge"},
+        "split": "train",
+    }
     path = write_jsonl(tmp_path / "full.jsonl", [full])
     [row] = FileSource(path=path).load().rows
     assert row == full | {"verification": '{"kind": "judge"}'}
@@ -46,10 +56,12 @@ def test_full_rows_keep_their_fields_and_prompt(tmp_path):
 
 def test_parquet_rows(tmp_path):
     path = tmp_path / "pq.parquet"
-    datasets.Dataset.from_list([
-        {"question": "1 + 1?", "answer": "2", "extra": 0.5},  # extra columns are ignored
-        {"question": "2 + 2?", "answer": "4", "extra": 1.5},
-    ]).to_parquet(path)
+    datasets.Dataset.from_list(
+        [
+            {"question": "1 + 1?", "answer": "2", "extra": 0.5},  # extra columns are ignored
+            {"question": "2 + 2?", "answer": "4", "extra": 1.5},
+        ]
+    ).to_parquet(path)
     rows = FileSource(path=path, split="test", limit=1).load().rows
     assert [(r["id"], r["split"], r["answer"]) for r in rows] == [("file:pq/1", "test", "2")]
     full = tmp_path / "full.parquet"

@@ -19,12 +19,15 @@ def write_jsonl(path, records):
 
 
 def test_float_golds_have_no_exponent_and_still_verify(tmp_path):
-    path = write_jsonl(tmp_path / "small.jsonl", [
-        {"question": "What is 1/100000?", "answer": 0.00001},
-        {"question": "What is 10**16?", "answer": 1e16},
-        {"question": "Half of 5?", "answer": 2.5},
-        {"question": "Two cubed?", "answer": 8},
-    ])
+    path = write_jsonl(
+        tmp_path / "small.jsonl",
+        [
+            {"question": "What is 1/100000?", "answer": 0.00001},
+            {"question": "What is 10**16?", "answer": 1e16},
+            {"question": "Half of 5?", "answer": 2.5},
+            {"question": "Two cubed?", "answer": 8},
+        ],
+    )
     rows = FileSource(path=path).load().rows
     assert [r["answer"] for r in rows] == ["0.00001", "10000000000000000", "2.5", "8"]
     # The point of it: a correct final answer now matches the gold (math-verify, as the accuracy
@@ -42,14 +45,20 @@ def test_parquet_float_column_golds(tmp_path):
 
 def test_gold_text():
     assert [gold_text(x) for x in (1e-05, 1e16, 123456789012345678, 3.0, "1e-05")] == [
-        "0.00001", "10000000000000000", "123456789012345678", "3.0", "1e-05"]
+        "0.00001",
+        "10000000000000000",
+        "123456789012345678",
+        "3.0",
+        "1e-05",
+    ]
     with pytest.raises(TypeError, match="bool"):
         gold_text(True)
 
 
 def test_empty_gold_on_a_math_row_names_file_and_row(tmp_path):
-    path = write_jsonl(tmp_path / "golds.jsonl", [{"question": "1 + 1?", "answer": "2"},
-                                                  {"question": "2 + 2?", "answer": "  "}])
+    path = write_jsonl(
+        tmp_path / "golds.jsonl", [{"question": "1 + 1?", "answer": "2"}, {"question": "2 + 2?", "answer": "  "}]
+    )
     with pytest.raises(BadRowError, match=r"golds.jsonl: row 2: field 'answer': empty gold on a 'math' row") as caught:
         FileSource(path=path).load()
     assert (caught.value.row, caught.value.field) == (2, "answer")
@@ -67,8 +76,15 @@ def test_nan_gold_refused_on_math_kept_empty_on_general(tmp_path):
 
 
 def row(**changes):
-    base = {"id": "x/1", "data_source": "x", "domain": "math", "prompt": "q?", "answer": "2",
-            "verification": "{}", "split": "train"}
+    base = {
+        "id": "x/1",
+        "data_source": "x",
+        "domain": "math",
+        "prompt": "q?",
+        "answer": "2",
+        "verification": "{}",
+        "split": "train",
+    }
     return base | changes
 
 

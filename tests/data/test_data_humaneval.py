@@ -46,6 +46,7 @@ def test_verification_runs_the_reference_solution():
         solution = problems[row["id"].removeprefix("humaneval/")]["canonical_solution"]
         programs.append(spec["prompt"] + solution + "\n" + spec["test"] + f"\ncheck({spec['entry_point']})\n")
     runner = "import json, sys\nfor p in json.load(sys.stdin): exec(p, {'__name__': '__check__'})\nprint('ok')"
-    done = subprocess.run([sys.executable, "-c", runner], input=json.dumps(programs), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", runner], input=json.dumps(programs), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -93,9 +93,13 @@ def test_stratify_round_robins_sources_without_repeats():
     from data import stratify
 
     assert doctest.testmod(importlib.import_module("data.mix")).failed == 0  # `data.mix` is the function
-    ds = load_prompts([{"source": "reasoning_gym", "task": "chain_sum", "n_train": 5, "n_test": 0, "seed": 1},
-                       {"source": "reasoning_gym", "task": "countdown", "n_train": 3, "n_test": 0, "seed": 2}],
-                      split="train")
+    ds = load_prompts(
+        [
+            {"source": "reasoning_gym", "task": "chain_sum", "n_train": 5, "n_test": 0, "seed": 1},
+            {"source": "reasoning_gym", "task": "countdown", "n_train": 3, "n_test": 0, "seed": 2},
+        ],
+        split="train",
+    )
     ordered = stratify(ds, seed=7)
     sources = [s.split("/")[1] for s in ordered["data_source"][:]]
     assert sources == ["chain_sum", "countdown"] * 3 + ["chain_sum"] * 2

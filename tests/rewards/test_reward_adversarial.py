@@ -25,18 +25,32 @@ HOSTILE = {
 }
 # Correctness rewards must give 0.0 or None. Layout, length and language rewards judge other
 # things (one_megabyte_in_think is well formatted): any value in their range, the point is time.
-RANGES = {"repetition": (-1.0, 0.0), "overlong": (-1.0, 0.0), "language": (0.0, 1.0), "format": (0.0, 1.0),
-          "reasoning_gym": (0.0, 1.0),  # the task's own partial credit (reasoning-gym's default scorer)
-          "cosine_length": (-1.0, 1.0), "kimi_length": (-0.5, 0.5), "reasoning_steps": (0.0, 1.0),
-          "tag_count": (0.0, 1.0),
-          "reward_model": (-math.inf, math.inf)}  # a raw logit (normalize: none): any finite value
-FAST = {"accuracy": {"timeout": 1.0, "code_timeout": 3.0}, "math": {"timeout": 1.0},
-        "reasoning_gym": {"timeout": 1.0}, "cosine_length": {"timeout": 1.0}, "kimi_length": {"timeout": 1.0},
-        "code": {"timeout": 3.0}, "code_binary": {"timeout": 3.0}}
+RANGES = {
+    "repetition": (-1.0, 0.0),
+    "overlong": (-1.0, 0.0),
+    "language": (0.0, 1.0),
+    "format": (0.0, 1.0),
+    "reasoning_gym": (0.0, 1.0),  # the task's own partial credit (reasoning-gym's default scorer)
+    "cosine_length": (-1.0, 1.0),
+    "kimi_length": (-0.5, 0.5),
+    "reasoning_steps": (0.0, 1.0),
+    "tag_count": (0.0, 1.0),
+    "reward_model": (-math.inf, math.inf),
+}  # a raw logit (normalize: none): any finite value
+FAST = {
+    "accuracy": {"timeout": 1.0, "code_timeout": 3.0},
+    "math": {"timeout": 1.0},
+    "reasoning_gym": {"timeout": 1.0},
+    "cosine_length": {"timeout": 1.0},
+    "kimi_length": {"timeout": 1.0},
+    "code": {"timeout": 3.0},
+    "code_binary": {"timeout": 3.0},
+}
 VERIFICATION = {
     "code": json.dumps({"kind": "python_tests", "entry_point": "f", "test": "def check(c):\n    assert c() == 1\n"}),
-    "reasoning_gym": json.dumps({"kind": "reasoning_gym", "task": "chain_sum",
-                                 "entry": {"question": "1 + 0 =", "answer": "1", "metadata": {}}}),
+    "reasoning_gym": json.dumps(
+        {"kind": "reasoning_gym", "task": "chain_sum", "entry": {"question": "1 + 0 =", "answer": "1", "metadata": {}}}
+    ),
 }
 
 
@@ -53,8 +67,12 @@ def test_hostile_completions(name, request):
     names = list(HOSTILE)
     verification = VERIFICATION.get(name.split("_")[0] if name.startswith("code") else name, "")
     started = time.monotonic()
-    scores = fn([""] * len(names), [HOSTILE[k] for k in names],
-                answer=["1"] * len(names), verification=[verification] * len(names))
+    scores = fn(
+        [""] * len(names),
+        [HOSTILE[k] for k in names],
+        answer=["1"] * len(names),
+        verification=[verification] * len(names),
+    )
     elapsed = time.monotonic() - started
     low, high = RANGES.get(name, (0.0, 0.0))
     for key, value in zip(names, scores):

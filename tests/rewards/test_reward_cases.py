@@ -58,8 +58,21 @@ def test_score_cli_as_a_program_streams_and_names_bad_lines(tmp_path):
     ]
     good.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "rewards.cli", "score", str(good), "-r", "accuracy,format", "-o", str(out),
-           "--workers", "1", "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rewards.cli",
+        "score",
+        str(good),
+        "-r",
+        "accuracy,format",
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]

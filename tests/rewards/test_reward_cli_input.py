@@ -14,18 +14,21 @@ from rewards.cli import app
 GOOD = {"completion": "<think>6*7</think><answer>42</answer>", "answer": "42"}
 
 
-@pytest.mark.parametrize("bad,words", [
-    ({"completion": ["<think>a</think>", "b"]}, ["'completion'", "list of messages", "item 0"]),
-    ({"completion": 42}, ["'completion' must be a string or a list of messages, got int"]),
-    ({**GOOD, "verification": [1, 2]}, ["'verification'", "got list"]),
-    ({**GOOD, "verification": 7}, ["'verification'", "got int"]),
-    ({**GOOD, "verification": "{kind: python_tests"}, ["'verification'"]),
-    ({**GOOD, "verification": "[1]"}, ["'verification'", "JSON object"]),
-    ({**GOOD, "answer": {"value": 42}}, ["'answer'", "got dict"]),
-    ({**GOOD, "prompt": 5}, ["'prompt'", "got int"]),
-    ({**GOOD, "prompt": [{"role": "user", "content": "q"}, "x"]}, ["'prompt'", "item 1"]),
-    ({**GOOD, "completion_ids": ["a"]}, ["'completion_ids'"]),
-])
+@pytest.mark.parametrize(
+    "bad,words",
+    [
+        ({"completion": ["<think>a</think>", "b"]}, ["'completion'", "list of messages", "item 0"]),
+        ({"completion": 42}, ["'completion' must be a string or a list of messages, got int"]),
+        ({**GOOD, "verification": [1, 2]}, ["'verification'", "got list"]),
+        ({**GOOD, "verification": 7}, ["'verification'", "got int"]),
+        ({**GOOD, "verification": "{kind: python_tests"}, ["'verification'"]),
+        ({**GOOD, "verification": "[1]"}, ["'verification'", "JSON object"]),
+        ({**GOOD, "answer": {"value": 42}}, ["'answer'", "got dict"]),
+        ({**GOOD, "prompt": 5}, ["'prompt'", "got int"]),
+        ({**GOOD, "prompt": [{"role": "user", "content": "q"}, "x"]}, ["'prompt'", "item 1"]),
+        ({**GOOD, "completion_ids": ["a"]}, ["'completion_ids'"]),
+    ],
+)
 def test_a_malformed_row_names_file_line_and_field_and_writes_nothing(tmp_path, bad, words):
     source = tmp_path / "in.jsonl"
     rows = [GOOD] * 4 + [bad] + [GOOD] * 3
@@ -46,8 +49,14 @@ def test_a_malformed_row_names_file_line_and_field_and_writes_nothing(tmp_path, 
 
 def test_valid_rows_replace_output_and_conversational_rows_score(tmp_path):
     source = tmp_path / "in.jsonl"
-    rows = [GOOD, {"completion": [{"role": "assistant", "content": GOOD["completion"]}], "answer": "42",
-                   "prompt": [{"role": "user", "content": "6*7?"}]}]
+    rows = [
+        GOOD,
+        {
+            "completion": [{"role": "assistant", "content": GOOD["completion"]}],
+            "answer": "42",
+            "prompt": [{"role": "user", "content": "6*7?"}],
+        },
+    ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "out.jsonl"
     out.write_text("previous results\n", encoding="utf-8")

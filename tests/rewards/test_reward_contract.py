@@ -32,6 +32,7 @@ def _call(fn, **extra):
 def build(request):
     """`get(name)` with the parameters a reward cannot do without: `reward_model` gets a tiny
     trained reward model (built once per session) and this batch's domain, so it really scores."""
+
     def make(name):
         if name == "reward_model":
             model = request.getfixturevalue("tiny_reward_model")

@@ -29,8 +29,11 @@ FORMAT_ROWS = [
     (R1_PROMPT_PREFILL, "<think>a</think><answer>4</answer>", 0.0),  # prefill + a second <think>
     (R1_PROMPT_PREFILL, "a<answer>4</answer>", 0.0),  # prefill but the reasoning never closes
     ("<think> appears in the question. Answer:", "<think>a</think><answer>4</answer>", 1.0),  # not a tail
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n"}],
-     "a</think><answer>4</answer>", 1.0),  # prefill as a final assistant message
+    (
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\n"}],
+        "a</think><answer>4</answer>",
+        1.0,
+    ),  # prefill as a final assistant message
 ]
 
 

@@ -57,8 +57,12 @@ def test_two_threads_share_the_pool(pool):
 
 def test_warmup_runs_outside_the_deadline(pool):
     # rewards.rgym:warm_worker imports reasoning-gym (about 1.5 s); the task deadline is 0.5 s.
-    outcomes = pool.map("rewards.rgym:score_entry", [("chain_sum", "3", {"answer": "3", "metadata": {}})],
-                        timeout=0.5, warmup="rewards.rgym:warm_worker")
+    outcomes = pool.map(
+        "rewards.rgym:score_entry",
+        [("chain_sum", "3", {"answer": "3", "metadata": {}})],
+        timeout=0.5,
+        warmup="rewards.rgym:warm_worker",
+    )
     assert outcomes[0].status == "ok" and outcomes[0].value == 1.0
 
 
@@ -86,9 +90,14 @@ def test_math_reward_scores_duplicate_answers_in_place():
     from rewards import get
     from rewards.math import grade, math_task
 
-    completions = [r"<think>a</think><answer>\boxed{42}</answer>", r"<answer>41</answer>",
-                   r"<think>b</think><answer>\boxed{42}</answer>", r"<answer>\frac{84}{2}</answer>",
-                   r"<answer>41</answer>", r"<answer>7</answer>"]
+    completions = [
+        r"<think>a</think><answer>\boxed{42}</answer>",
+        r"<answer>41</answer>",
+        r"<think>b</think><answer>\boxed{42}</answer>",
+        r"<answer>\frac{84}{2}</answer>",
+        r"<answer>41</answer>",
+        r"<answer>7</answer>",
+    ]
     golds = ["42", "42", "42", "42", "42", "7"]
     expected = [grade(*math_task("", c, g)) for c, g in zip(completions, golds)]
     assert expected == [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]

@@ -9,9 +9,23 @@ from rewards import REGISTRY, available, get, register
 from rewards.base import Reward
 from rewards.registry import UnknownRewardError
 
-EXPECTED = {"format", "tag_count", "accuracy", "math", "code", "code_binary", "reasoning_gym", "language",
-            "cosine_length", "kimi_length", "overlong", "repetition", "reasoning_steps",
-            "refusal", "reward_model"}
+EXPECTED = {
+    "format",
+    "tag_count",
+    "accuracy",
+    "math",
+    "code",
+    "code_binary",
+    "reasoning_gym",
+    "language",
+    "cosine_length",
+    "kimi_length",
+    "overlong",
+    "repetition",
+    "reasoning_steps",
+    "refusal",
+    "reward_model",
+}
 
 
 def constant_reward(prompts, completions, value=0.5, **kwargs):
