@@ -21,6 +21,7 @@ R1 = [sys.executable, "-m", "pipeline.cli"]
 STEPS = [
     "cold_start_data",
     "cold_start_sft",
+    "rl_prompt_pool",
     "reasoning_rl",
     "rejection_sampling",
     "sft",
@@ -92,6 +93,7 @@ def test_manifests_chain_each_step_to_its_inputs(smoke_run):
     wiring = {
         "cold_start_sft": ("dataset", "cold_start_data"),
         "reasoning_rl": ("model", "cold_start_sft"),
+        "rl_prompt_pool": ("model", "cold_start_sft"),
         "rejection_sampling": ("model", "reasoning_rl"),
         "sft": ("dataset", "rejection_sampling"),
         "all_domain_rl": ("model", "sft"),
@@ -110,6 +112,20 @@ def test_manifests_chain_each_step_to_its_inputs(smoke_run):
         up = json.loads((run_dir / upstream / "manifest.json").read_text())
         assert manifest["inputs"][key]["ref"] == upstream
         assert manifest["inputs"][key]["hash"] == up["output_hash"]
+
+
+def test_reasoning_rl_reads_the_pool_and_logs_dynamic_sampling(smoke_run):
+    run_dir, _, _ = smoke_run
+    manifest = json.loads((run_dir / "reasoning_rl" / "manifest.json").read_text())
+    pool = json.loads((run_dir / "rl_prompt_pool" / "manifest.json").read_text())
+    assert manifest["inputs"]["prompt_pool"]["hash"] == pool["output_hash"]
+    lines = [json.loads(x) for x in (run_dir / "reasoning_rl" / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "dynamic_sampling/groups_sampled" in x]
+    assert steps, "no dynamic sampling metrics"
+    for s in steps:  # groups kept + filled = the batch's groups; rounds within the cap
+        assert 1 <= s["dynamic_sampling/rounds"] <= 2
+        assert s["dynamic_sampling/groups_kept"] + s["dynamic_sampling/filled_zero_signal"] == 2
+        assert 0.0 <= s["zero_signal/frac_groups_sampled"] <= 1.0
 
 
 def test_datasets_are_non_empty_sft_rows(smoke_run):
