@@ -18,6 +18,10 @@ ARGS   ?=
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 
+# `--only STEP` when the pipeline file has that step (the demo has a prompt-pool and an eval
+# step around reasoning_rl; other pipelines may not).
+IF_STEP = $(if $(shell grep -Eq '^[[:space:]]*- name: $(1)([[:space:]]|$$)' $(CONFIG) && echo y),--only $(1))
+
 .PHONY: setup pipeline test test-fast lint doctor gpu-check cold-start reasoning-rl rejection-sampling sft preference-pairs reward-models all-domain-rl distill eval inspect report clean-venv help
 
 help:
@@ -58,7 +62,7 @@ lint: $(STAMP)
 cold-start: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only cold_start_data --only cold_start_sft $(ARGS)
 reasoning-rl: $(STAMP)
-	$(R1) run $(CONFIG) $(RUN_FLAG) --only reasoning_rl $(ARGS)
+	$(R1) run $(CONFIG) $(RUN_FLAG) $(call IF_STEP,rl_prompt_pool) --only reasoning_rl $(call IF_STEP,eval_rl) $(ARGS)
 rejection-sampling: $(STAMP)
 	$(R1) run $(CONFIG) $(RUN_FLAG) --only rejection_sampling $(ARGS)
 sft: $(STAMP)
