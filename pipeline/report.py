@@ -167,8 +167,22 @@ def _panel_keys(panel, records: list[dict]) -> list[str]:
     if panel.keys:
         return [k for k in panel.keys if store.series(records, k)[0]]
     prefix, _, suffix = panel.pattern.partition("*")
-    keys = sorted({k for r in records for k in r if k.startswith(prefix) and k.endswith(suffix)})
+    keys = sorted(
+        {k for r in records for k in r if k.startswith(prefix) and k.endswith(suffix) and k not in panel.exclude}
+    )
     return [k for k in keys if store.series(records, k)[0]]
+
+
+def stacked_series(records: list[dict], keys: list[str]) -> tuple[list[float], list[list[float]]]:
+    """``(steps, [values of each key])`` on the union of the keys' steps, a missing value as 0:
+    the input of a stacked plot (``Panel.stacked``).
+
+    >>> stacked_series([{"step": 1, "a": 2.0, "b": 1.0}, {"step": 2, "a": 3.0}], ["a", "b"])
+    ([1.0, 2.0], [[2.0, 3.0], [1.0, 0.0]])
+    """
+    by_key = {k: dict(zip(*store.series(records, k))) for k in keys}
+    xs = sorted({x for values in by_key.values() for x in values})
+    return xs, [[by_key[k].get(x, 0.0) for x in xs] for k in keys]
 
 
 def section_training(doc: Doc, steps: list[StepView]) -> None:
@@ -200,7 +214,10 @@ def section_training(doc: Doc, steps: list[StepView]) -> None:
         )
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (panel, keys) in zip(axes, panels):
-            for key in keys:
+            if panel.stacked:
+                xs, stack = stacked_series(records, keys)
+                ax.stackplot(xs, stack, labels=[k.removeprefix(panel.pattern.partition("*")[0]) for k in keys])
+            for key in keys if not panel.stacked else ():
                 xs, ys = store.series(records, key)
                 ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=key.removeprefix("rewards/"))
             ax.set_title(panel.title, fontsize=9)

@@ -127,16 +127,24 @@ def _holds_prompt_sources(annotation: Any) -> bool:
 class Panel:
     """One training-curve plot of the run report: metric keys of ``metrics.jsonl`` drawn
     against the step. ``keys``: exact keys; or ``pattern``: ``"prefix*suffix"`` (every logged
-    key that matches). ``optional``: logged only when configured, so not reported as missing."""
+    key that matches). ``optional``: logged only when configured, so not reported as missing.
+    ``exclude``: keys the pattern leaves out. ``stacked``: the series drawn as stacked areas
+    (parts of a whole, e.g. the seconds of a step by phase; a step missing a key counts 0)."""
 
     title: str
     keys: tuple[str, ...] = ()
     pattern: str = ""
     optional: bool = False
+    exclude: tuple[str, ...] = ()
+    stacked: bool = False
 
 
 #: The curves every trainer logs (``transformers.Trainer``): loss and learning rate.
 TRAINER_PANELS = (Panel("loss", ("loss",)), Panel("learning rate", ("learning_rate",)))
+#: Where each optimizer step's wall time went (``pipeline.timing``: ``timing_s/<phase>``), stacked.
+TIMING_PANEL = Panel(
+    "seconds per step, by phase", pattern="timing_s/*", exclude=("timing_s/step",), optional=True, stacked=True
+)
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ from pydantic import Field, PositiveInt, model_validator
 from pipeline import precision
 from pipeline.config import StrictModel
 from pipeline.precision import DtypeChoice
-from pipeline.stage import TRAINER_PANELS, Panel, StageReport, StepContext, StepResult
+from pipeline.stage import TIMING_PANEL, TRAINER_PANELS, Panel, StageReport, StepContext, StepResult
 from stages.common.pruning import derive_by_depth, layer_indices
 from stages.sft import TrainingFields
 
@@ -97,6 +97,7 @@ REPORT = StageReport(
         *TRAINER_PANELS,
         Panel("loss terms (unweighted)", pattern="term/*"),
         Panel("on-policy share of batches", ("on_policy",), optional=True),
+        TIMING_PANEL,
     )
 )
 

@@ -90,7 +90,7 @@ from pipeline import distributed, precision, templates, timing
 from pipeline import trainer as scaffold
 from pipeline.config import ConfigError, StrictModel
 from pipeline.precision import DtypeChoice
-from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
+from pipeline.stage import TIMING_PANEL, TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
 from pipeline.trainer import SchedulerType, TrainerOptions
 from stages.common.dynamic_sampling import DynamicSampling
 from stages.common.rl_prompts import load_eval_rows, load_prompt_rows
@@ -731,6 +731,7 @@ REPORT = StageReport(
         Panel("clip ratio (policy ratio clipped)", pattern="clip_ratio/*_mean"),
         Panel("truncated completions", ("completions/clipped_ratio",)),
         Panel("mean response length (tokens)", ("completions/mean_length",)),
+        TIMING_PANEL,
     ),
     glance=_glance,
     section=_report_section,

@@ -52,7 +52,7 @@ from typing import ClassVar, Literal
 from pydantic import PositiveInt, model_validator
 
 from pipeline import precision
-from pipeline.stage import TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
+from pipeline.stage import TIMING_PANEL, TRAINER_PANELS, Panel, StageConfig, StageReport, StepContext, StepResult
 from pipeline.timing import PhaseTimer
 from pipeline.trainer import (
     EpochTrainerOptions,
@@ -382,6 +382,7 @@ REPORT = StageReport(
         *TRAINER_PANELS,
         Panel("pair accuracy (training batches)", ("accuracy",)),
         Panel("reward margin r(chosen) - r(rejected) (training batches)", ("margin",)),
+        TIMING_PANEL,
     ),
     glance=_glance,
 )

@@ -58,7 +58,15 @@ from pydantic import PositiveInt
 
 from data.sft import load_messages
 from pipeline import distributed
-from pipeline.stage import TRAINER_PANELS, StageConfig, StageReport, StepContext, StepResult, last_checkpoint  # noqa: F401  (sft.last_checkpoint)
+from pipeline.stage import (
+    TIMING_PANEL,
+    TRAINER_PANELS,
+    StageConfig,
+    StageReport,
+    StepContext,
+    StepResult,
+    last_checkpoint,  # noqa: F401  (re-exported: sft.last_checkpoint)
+)
 from pipeline.timing import PhaseTimer
 from pipeline.trainer import (
     EpochTrainerOptions,
@@ -75,7 +83,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Runs under `accelerate launch` with several processes (pipeline.distributed): every rank
 # trains; shared files are written by the main process (TRL/transformers save on rank 0).
 DISTRIBUTED = True
-REPORT = StageReport(panels=TRAINER_PANELS)  # the run report draws its loss and learning rate
+REPORT = StageReport(panels=(*TRAINER_PANELS, TIMING_PANEL))  # the run report draws its loss and learning rate
 
 
 class TrainingFields(EpochTrainerOptions, StageConfig):

@@ -438,3 +438,22 @@ def test_a_resumed_runs_relogged_steps_are_plotted_once(tmp_path):
     assert xs == [1, 2, 3, 4, 5, 6, 7, 8] and ys[3:5] == pytest.approx([0.41, 0.51])  # the resumed lines win
     md = write_report(run_dir)[0].read_text()
     assert "RL `reasoning_rl` (8 logged steps): reward (first -> last 3 steps) 0.200 -> 0.710." in md
+
+
+def test_trainer_steps_get_a_stacked_panel_of_their_phase_timings():
+    """Every trainer kind draws `timing_s/<phase>` stacked (the total `timing_s/step` left out),
+    a step without a phase counting 0 in that phase."""
+    from pipeline.report import _panel_keys, stacked_series
+    from pipeline.stage import TIMING_PANEL
+    from stages import distill, grpo, reward_model, sft
+
+    for module in (sft, grpo, distill, reward_model):
+        assert TIMING_PANEL in module.REPORT.panels, module.__name__
+    records = [
+        {"step": 1, "timing_s/generation": 2.0, "timing_s/forward": 1.0, "timing_s/step": 3.5, "loss": 1.0},
+        {"step": 2, "timing_s/forward": 1.5, "timing_s/eval": 4.0, "timing_s/step": 5.5},
+    ]
+    keys = _panel_keys(TIMING_PANEL, records)
+    assert keys == ["timing_s/eval", "timing_s/forward", "timing_s/generation"]
+    xs, stack = stacked_series(records, keys)
+    assert xs == [1.0, 2.0] and stack == [[0.0, 4.0], [1.0, 1.5], [2.0, 0.0]]
