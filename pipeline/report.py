@@ -216,7 +216,13 @@ def section_training(doc: Doc, steps: list[StepView]) -> None:
         for ax, (panel, keys) in zip(axes, panels):
             if panel.stacked:
                 xs, stack = stacked_series(records, keys)
-                ax.stackplot(xs, stack, labels=[k.removeprefix(panel.pattern.partition("*")[0]) for k in keys])
+                # phases that never took time (e.g. ref_logprobs without a reference model) stay out
+                shown = [(k, ys) for k, ys in zip(keys, stack) if any(ys)]
+                ax.stackplot(
+                    xs,
+                    [ys for _, ys in shown],
+                    labels=[k.removeprefix(panel.pattern.partition("*")[0]) for k, _ in shown],
+                )
             for key in keys if not panel.stacked else ():
                 xs, ys = store.series(records, key)
                 ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=key.removeprefix("rewards/"))
@@ -224,7 +230,7 @@ def section_training(doc: Doc, steps: list[StepView]) -> None:
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             if len(keys) > 1:
-                ax.legend(fontsize=7)
+                ax.legend(fontsize=6 if panel.stacked else 7, ncol=2 if panel.stacked else 1)
         for ax in axes[len(panels) :]:
             ax.axis("off")
         doc.figure(fig, f"curves_{s.name}.png", f"{s.name}: training curves from metrics.jsonl")
