@@ -270,7 +270,11 @@ def test_kill_9_while_vllm_starts_then_rerun_finishes(tmp_path, r1_home):
     home.mkdir()
     (r1_home / "models").mkdir(exist_ok=True)  # model aliases prepared once per session, shared
     (home / "models").symlink_to(r1_home / "models", target_is_directory=True)
-    env = {k: v for k, v in os.environ.items() if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
+    }
     env.update({"R1_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "R1_REWARD_WORKERS": "1"})
     command = [sys.executable, "-m", "pipeline.cli", "generate", "configs/generate/tiny/smoke.yaml", "--run", "v"]
     proc = subprocess.Popen(

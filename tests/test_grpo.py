@@ -357,13 +357,13 @@ def test_validate_refuses_a_held_out_source_without_test_prompts(tmp_path):
     config = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "configs/grpo/smollm2-135m/reasoning.yaml").read_text()
     )
-    config["eval_prompts"][2]["n_test"] = 0
+    config["eval_prompts"][-1]["n_test"] = 0
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(app, ["validate", str(path)])
     text = " ".join(result.output.split())
     assert result.exit_code == 2
-    assert "eval_prompts.2.n_test: 0 test prompts" in text and "key ''" not in text and "got dict" not in text
+    assert "eval_prompts.1.n_test: 0 test prompts" in text and "key ''" not in text and "got dict" not in text
 
 
 def test_reward_params_are_checked_by_the_config():
