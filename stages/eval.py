@@ -557,15 +557,15 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             }
         )
     for p in paired:
-        o = p["overall"]
+        o, name = p["overall"], f"{p['a']} - {p['b']}"
         metrics.update(
             {
-                f"{p['a']} - {p['b']}/pass@1_diff": o["diff"],
-                f"{p['a']} - {p['b']}/diff_lo": o["diff_ci"][0],
-                f"{p['a']} - {p['b']}/diff_hi": o["diff_ci"][1],
-                f"{p['a']} - {p['b']}/wins": o["wins"],
-                f"{p['a']} - {p['b']}/losses": o["losses"],
-                f"{p['a']} - {p['b']}/p_value": o["p_value"],
+                f"{name}/pass@1_diff": o["diff"],
+                f"{name}/diff_lo": o["diff_ci"][0],
+                f"{name}/diff_hi": o["diff_ci"][1],
+                f"{name}/wins": o["wins"],
+                f"{name}/losses": o["losses"],
+                f"{name}/p_value": o["p_value"],
             }
         )
     if general:
