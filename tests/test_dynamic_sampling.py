@@ -86,6 +86,22 @@ def test_take_and_concat_keep_rows_aligned_and_repad():
         ds.take_rows({**a, "pixel_values": torch.zeros(2)}, [0])
 
 
+@pytest.mark.parametrize("first", ["num_items_in_batch", "advantages"])
+def test_concat_keeps_the_key_order_trl_shuffles_by(first):
+    """TRL's shuffle_sequence_dict sizes the batch by the first entry: concat must keep the
+    batch's key order (a set's order once put num_items_in_batch first: len() of a 0-d tensor)."""
+    from trl.trainer.utils import shuffle_sequence_dict
+
+    a = _batch([7, 8], prompt_len=3, completion_len=2)
+    a = {first: a[first], **{k: v for k, v in a.items() if k != first}}
+    out = ds.concat([a, _batch([9], prompt_len=3, completion_len=2)], pad_token_id=0)
+    assert list(out) == list(a)
+    if first == "num_items_in_batch":  # TRL's own layout never starts with a scalar
+        return
+    shuffled = shuffle_sequence_dict(out)
+    assert sorted(shuffled["prompt_ids"][:, 0].tolist()) == [7, 8, 9]
+
+
 # ----------------------------------------------------------------------------- the mixin, scripted
 
 

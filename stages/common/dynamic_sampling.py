@@ -158,7 +158,10 @@ def concat(batches: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, An
     p = max(b["prompt_ids"].shape[1] for b in batches)
     c = max(b["completion_ids"].shape[1] for b in batches)
     out: dict[str, Any] = {}
-    for k in keys:
+    # The first batch's key order, never a set's: TRL's shuffle_sequence_dict sizes the batch by
+    # the first entry, so a scalar (num_items_in_batch) first fails with "len() of a 0-d tensor";
+    # set order changes with PYTHONHASHSEED, so that failed in some processes only.
+    for k in batches[0]:
         if k in SCALAR_KEYS:
             out[k] = batches[0][k]
             continue
