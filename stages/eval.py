@@ -500,11 +500,17 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         "contamination": contamination,
         **environment(),
     }
+    paired = paired_comparisons(config, ctx, records)
     general = None
     if config.general is not None:
         with ctx.progress.phase("judging general prompts"):
             general, general_samples = general_eval.evaluate(
-                config.general, ctx.resolve_model(str(config.judge)), rows, general_records, list(config.models)
+                config.general,
+                ctx.resolve_model(str(config.judge)),
+                rows,
+                general_records,
+                list(config.models),
+                pairs=[(p["a"], p["b"]) for p in paired],
             )
         general_table = pa.Table.from_pylist(general_samples)
         store.atomic_write(
@@ -512,7 +518,6 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             lambda tmp: pq.write_table(general_table, tmp),
             needed=general_table.nbytes,
         )
-    paired = paired_comparisons(config, ctx, records)
     ctx.progress.update(len(config.models), len(config.models), "models")
     store.atomic_write_text(
         ctx.work_dir / "results.json",

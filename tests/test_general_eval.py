@@ -69,6 +69,22 @@ def test_win_rates_and_refusal_rates_with_a_real_judge(tiny_reward_model):
     assert len(samples) == 20 and sum(s["judge_logit"] is not None for s in samples) == 12
     flat = ge.metrics(summary)
     assert flat["tuned/harmful_refusal_rate"] == 1.0 and "base/helpfulness_win_rate_lo" in flat
+    # paired: tuned against the model it started from, prompt by prompt
+    summary, _ = ge.evaluate(block, str(tiny_reward_model), ROWS, records, ["base", "tuned"], pairs=[("tuned", "base")])
+    (pair,) = summary["pairs"]
+    assert pair["helpfulness"]["rate"] == pytest.approx(tuned["helpfulness"]["rate"])  # base is also the baseline
+    assert pair["harmful_refusal_diff"]["diff"] == 0.75 and pair["harmful_refusal_diff"]["prompts"] == 2  # 1.0 - 0.25
+    assert pair["over_refusal_diff"]["diff"] == pytest.approx(1 / 6)
+    flat = ge.metrics(summary)
+    assert flat["tuned - base/harmful_refusal_diff"] == 0.75 and "tuned - base/helpfulness_win_rate_hi" in flat
+    # the report's general block shows both tables
+    from pipeline.render import Doc
+    from stages.common.eval_results import _general
+
+    doc = Doc()
+    _general(doc, summary)
+    text = doc.markdown()
+    assert "harmful refusal rate" in text and "tuned vs base" in text and "+0.750 [" in text
     with pytest.raises(ValueError, match="baseline 'other' is not one of"):
         ge.evaluate(
             block.model_copy(update={"baseline": "other"}), str(tiny_reward_model), ROWS, records, ["base", "tuned"]
@@ -141,3 +157,10 @@ def test_eval_stage_reports_general_numbers(tiny_model, tiny_reward_model, tmp_p
     general = pq.read_table(work / "general_samples.parquet").to_pylist()
     assert len(general) == 2 * 4 * 2 and {r["domain"] for r in general} == {"general", "safety"}
     assert f"{twin}/helpfulness_win_rate" in result.metrics and "general (vs" in result.summary
+    # `r1 eval compare`'s general block: the twins tie on every judged pair and refuse alike
+    from stages.common.eval_results import general_compare
+
+    block, why = general_compare(str(work), str(twin), str(work / "samples.parquet"), str(tiny_model))
+    assert why == "" and block["helpfulness"]["rate"] == 0.5 and block["helpfulness"]["ties"] == 2
+    assert block["harmful_refusal_diff"]["diff"] == 0.0 and block["over_refusal_diff"]["prompts"] == 2
+    assert general_compare(str(work), "nobody", str(work), str(tiny_model))[0] is None

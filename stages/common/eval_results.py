@@ -310,6 +310,7 @@ def report_section(doc, steps: list) -> None:
         doc.figure(fig, f"eval_{s.name}.png", f"{s.name}: pass@1 per model and data source, bars = 95% intervals")
         _paired(doc, s, list(models))
         _configured_pairs(doc, res.get("paired", []))
+        _general(doc, res.get("general"))
         _samples(doc, s)
 
 
@@ -388,6 +389,89 @@ def _configured_pairs(doc, paired: list[dict]) -> None:
                 ]
             )
     doc.table(["pair", "set", "questions", "pass@1 A", "pass@1 B", "A - B [95% CI]", "A better", "B better", "p"], rows)
+
+
+def _general(doc, general: dict | None) -> None:
+    """The general and safety block of an eval step (``stages.common.general_eval``): per model,
+    the judge's win rate against the baseline and the refusal rates; then the step's pairs."""
+    if not general:
+        return
+    proto = general.get("protocol", {})
+    doc.p(
+        f"General and safety prompts: helpfulness = win rate against `{proto.get('baseline')}` judged by "
+        f"`{short(str(proto.get('judge')))}` on the {proto.get('judge_scope')} ({proto.get('win_rate', '')}); "
+        f"refusals by `{proto.get('refusal_rule')}`; {proto.get('interval', '')}."
+    )
+    rows = []
+    for model, m in general.get("models", {}).items():
+        h = m["helpfulness"]
+        rows.append(
+            [
+                model,
+                ci(h["rate"], h["ci"]) if h["prompts"] else "–",
+                f"{h['wins']}/{h['losses']}/{h['ties']}" if h["prompts"] else "–",
+                f"{h['p_value']:.3g}" if h["prompts"] else "–",
+                *[
+                    ci(m[k]["rate"], m[k]["ci"]) if m[k]["prompts"] else "–"
+                    for k in ("harmful_refusal", "over_refusal")
+                ],
+            ]
+        )
+    doc.table(
+        ["model", "helpfulness win rate", "won/lost/tied prompts", "p", "harmful refusal rate", "over-refusal rate"],
+        rows,
+    )
+    pairs = general.get("pairs", [])
+    if pairs:
+        doc.p("Paired on the same prompts (A against B; a refusal difference > 0: A refuses more):")
+        doc.table(
+            ["pair", "A's win rate over B", "won/lost/tied", "p", "harmful refusal A - B", "over-refusal A - B"],
+            [_general_pair_row(p) for p in pairs],
+        )
+
+
+def _signed(block: dict) -> str:
+    if not block["prompts"]:
+        return "–"
+    lo, hi = block["ci"]
+    return f"{block['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _general_pair_row(p: dict) -> list:
+    h = p["helpfulness"]
+    return [
+        f"{p['a']} vs {p['b']}",
+        ci(h["rate"], h["ci"]) if h["prompts"] else "–",
+        f"{h['wins']}/{h['losses']}/{h['ties']}" if h["prompts"] else "–",
+        f"{h['p_value']:.3g}" if h["prompts"] else "–",
+        _signed(p["harmful_refusal_diff"]),
+        _signed(p["over_refusal_diff"]),
+    ]
+
+
+def general_compare(where_a: str, model_a: str, where_b: str, model_b: str) -> tuple[dict | None, str]:
+    """The general/safety pair block of ``r1 eval compare`` (``general_eval.paired``) from the
+    ``general_samples.parquet`` beside each side's results: ``(block, "")``, or ``(None, why)``
+    when a side has no general samples or the two were judged by different judges."""
+    import pyarrow.parquet as pq
+
+    from stages.common.general_eval import paired
+
+    sides = []
+    for where, model in ((where_a, model_a), (where_b, model_b)):
+        folder = Path(where) if Path(where).is_dir() else Path(where).parent
+        try:
+            rows = [r for r in pq.read_table(folder / "general_samples.parquet").to_pylist() if r["model"] == model]
+            judge = json.loads((folder / "results.json").read_text())["general"]["protocol"]["judge"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, f"no general/safety samples for {model} in {folder}"
+        if not rows:
+            return None, f"no general/safety samples for {model} in {folder}"
+        sides.append((rows, judge))
+    if sides[0][1] != sides[1][1]:
+        return None, f"judged by different reward models ({sides[0][1]} and {sides[1][1]}): win rates not comparable"
+    rows = [{**r, "model": "A"} for r in sides[0][0]] + [{**r, "model": "B"} for r in sides[1][0]]
+    return paired(rows, [("A", "B")])[0], ""
 
 
 def _samples(doc, step) -> None:
@@ -470,6 +554,7 @@ def compare_command(front):
             front.fail(str(err.args[0] if isinstance(err, KeyError) else err))
         result = compare(ra, rb)
         differences = protocol_differences(pa, pb)
+        general, why = general_compare(wa, ma, wb, mb)
         if as_json:
             print(
                 json.dumps(
@@ -478,6 +563,7 @@ def compare_command(front):
                         "b": {"model": mb, "results": wb},
                         "protocol_differences": differences,
                         **result,
+                        "general": general,
                     },
                     indent=2,
                 )
@@ -518,5 +604,13 @@ def compare_command(front):
             )
         for d in differences:
             console.print(f"[yellow]protocol differs: {escape(d)}[/]")
+        if general is not None:
+            g = Table(title="general and safety prompts, paired (A against B)")
+            for h in ("A's win rate over B", "won/lost/tied", "p", "harmful refusal A - B", "over-refusal A - B"):
+                g.add_column(h, overflow="fold")
+            g.add_row(*[escape(str(x)) for x in _general_pair_row(general)[1:]])
+            console.print(g)
+        elif "different" in why:
+            console.print(f"[yellow]general prompts not compared: {escape(why)}[/]")
 
     return compare_cmd

@@ -98,7 +98,12 @@ def _rate(per_prompt: list[float]) -> dict:
 
 
 def evaluate(
-    block: GeneralEval, judge_path: str, rows: list[dict], records: dict[str, list[dict]], models: list[str]
+    block: GeneralEval,
+    judge_path: str,
+    rows: list[dict],
+    records: dict[str, list[dict]],
+    models: list[str],
+    pairs: list[tuple[str, str]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Judge and summarise the general and safety records of every model.
 
@@ -107,12 +112,15 @@ def evaluate(
         records: model -> its general/safety question records (``stages.eval.question_record``,
             with the ``refusal`` reward in each sample's rewards).
         models: the evaluated models, in config order.
+        pairs: ``(a, b)`` model pairs compared prompt by prompt (:func:`paired`), e.g. each RL
+            step against the model it started from.
 
     Returns:
         ``(summary, sample rows)``: ``summary["models"][model]`` has ``helpfulness`` (win rate,
         its interval, wins/losses/ties over prompts, sign-test p, mean judge logit),
         ``harmful_refusal`` and ``over_refusal`` (rate, interval, prompts); one sample row per
-        model, prompt and sample for ``general_samples.parquet``.
+        model, prompt and sample for ``general_samples.parquet``; ``summary["pairs"]``: the
+        :func:`paired` blocks of ``pairs``.
 
     Raises:
         ValueError: a ``baseline`` that is not among ``models``.
@@ -203,8 +211,71 @@ def evaluate(
             "sources": {"general": [s.label for s in block.general], "harmful": [s.label for s in block.harmful]},
         },
         "models": out,
+        "pairs": paired(sample_rows, list(pairs or [])),
     }
     return summary, sample_rows
+
+
+def paired(sample_rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Paired general/safety comparisons of model ``a`` against model ``b`` (e.g. an RL step
+    against the model it started from), prompt by prompt, from the sample rows of
+    :func:`evaluate` (``general_samples.parquet``: ``model``, ``question_id``, ``domain``,
+    ``refusal``, ``judge_logit``). Only prompts both models answered count.
+
+    Per pair: ``helpfulness`` = win rate of ``a`` over ``b`` (:data:`WIN_RATE`: per prompt,
+    P(judge(a) > judge(b)) + ties/2 over the pairs of their samples, averaged over prompts; 95%
+    percentile bootstrap over prompts; exact sign test over prompts won/lost);
+    ``harmful_refusal_diff`` / ``over_refusal_diff`` = mean over prompts of (a's refusal share -
+    b's), with its bootstrap interval (safety / general prompts). Pairs naming a model without
+    general samples are skipped.
+
+    >>> rows = [
+    ...     {"model": m, "question_id": q, "domain": "general", "refusal": r, "judge_logit": v}
+    ...     for m, q, r, v in [("a", "q1", False, 2.0), ("b", "q1", True, 1.0),
+    ...                        ("a", "q2", False, 0.0), ("b", "q2", False, 1.0)]
+    ... ]
+    >>> p = paired(rows, [("a", "b")])[0]
+    >>> p["helpfulness"]["rate"], p["helpfulness"]["wins"], p["over_refusal_diff"]["diff"]
+    (0.5, 1, -0.5)
+    """
+    logits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    refusals: dict[str, dict[str, dict[str, list[bool]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in sample_rows:
+        refusals[r["model"]][r["domain"]][r["question_id"]].append(bool(r["refusal"]))
+        if r["domain"] == "general" and r.get("judge_logit") is not None:
+            logits[r["model"]][r["question_id"]].append(float(r["judge_logit"]))
+
+    def diff(a: str, b: str, domain: str) -> dict:
+        ra, rb = refusals[a][domain], refusals[b][domain]
+        per_prompt = [sum(ra[q]) / len(ra[q]) - sum(rb[q]) / len(rb[q]) for q in ra if rb.get(q)]
+        return {
+            "diff": sum(per_prompt) / len(per_prompt) if per_prompt else math.nan,
+            "ci": list(bootstrap_ci(per_prompt)),
+            "prompts": len(per_prompt),
+        }
+
+    out = []
+    for a, b in pairs:
+        if a not in refusals or b not in refusals:
+            continue
+        per_prompt = [_pair_win(v, logits[b][q]) for q, v in logits[a].items() if logits[b].get(q)]
+        wins, losses = sum(v > 0.5 for v in per_prompt), sum(v < 0.5 for v in per_prompt)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "helpfulness": {
+                    **_rate(per_prompt),
+                    "wins": wins,
+                    "losses": losses,
+                    "ties": len(per_prompt) - wins - losses,
+                    "p_value": sign_test(wins, losses),
+                },
+                "harmful_refusal_diff": diff(a, b, "safety"),
+                "over_refusal_diff": diff(a, b, "general"),
+            }
+        )
+    return out
 
 
 def metrics(summary: dict) -> dict[str, float]:
@@ -220,6 +291,17 @@ def metrics(summary: dict) -> dict[str, float]:
             if m[key]["prompts"]:
                 flat[f"{model}/{name}"] = m[key]["rate"]
                 flat[f"{model}/{name}_lo"], flat[f"{model}/{name}_hi"] = m[key]["ci"]
+    for p in summary.get("pairs", []):
+        name = f"{p['a']} - {p['b']}"
+        for key, value in (
+            ("helpfulness_win_rate", p["helpfulness"]["rate"]),
+            ("harmful_refusal_diff", p["harmful_refusal_diff"]["diff"]),
+            ("over_refusal_diff", p["over_refusal_diff"]["diff"]),
+        ):
+            block = p["helpfulness"] if key == "helpfulness_win_rate" else p[key]
+            if block["prompts"]:
+                flat[f"{name}/{key}"] = value
+                flat[f"{name}/{key}_lo"], flat[f"{name}/{key}_hi"] = block["ci"]
     return flat
 
 
