@@ -271,3 +271,26 @@ def test_the_unset_key_leaves_a_steps_config_hash_as_before():
     unset, chunked = parse(grpo.Config, smoke, "x"), parse(grpo.Config, {**smoke, "logprob_chunk_tokens": 256}, "x")
     assert "logprob_chunk_tokens" not in unset.identity()  # hashes of finished steps do not change
     assert chunked.identity() == {**unset.identity(), "logprob_chunk_tokens": 256}  # setting it reruns the step
+
+
+def test_a_grpo_step_with_the_option_trains_through_the_chunked_head(tiny_model, tmp_path, monkeypatch):
+    """run() installs the head: one real optimizer step (HF generate, real rewards) whose loss
+    forward went through chunked_token_logps (counted, not replaced) and whose policy moved."""
+    import json
+
+    from pipeline.runner import Resolver
+    from pipeline.stage import StepContext
+    from stages.common import logprobs
+
+    calls = []
+    real = logprobs.chunked_token_logps
+    monkeypatch.setattr(logprobs, "chunked_token_logps", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    smoke = read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml")
+    config = parse(grpo.Config, {**smoke, "model": str(tiny_model), "max_steps": 1, "logprob_chunk_tokens": 16}, "x")
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = StepContext(run="t", step="grpo", run_dir=tmp_path, work_dir=work, resolver=Resolver(tmp_path, set()))
+    result = grpo.run(config, ctx)
+    assert result.counts["steps"] == 1 and calls and set(calls) == {16}
+    line = next(json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines() if '"entropy"' in x)
+    assert line["entropy"] > 0  # the chunked head's entropies reach TRL's metrics

@@ -18,6 +18,12 @@ Formulas (those of TRL's ``selective_log_softmax`` and ``entropy_from_logits``, 
 head): with ``z = (h @ W^T + b) / T`` (T the sampling temperature, as vLLM sampled from),
 ``log p(y) = z_y - logsumexp(z)`` and ``H = logsumexp(z) - sum_v softmax(z)_v z_v`` (nats).
 
+Precision: as the model's own head, the projection runs in the autocast dtype (bf16) and the
+softmax in float32. The head weight's gradient is summed over chunks in float32, each chunk's
+share rounded once to bf16 (unchunked: the whole sum rounded once); on the tiny test model the
+bf16 gradients' error against float32 is that of the unchunked head (largest relative error
+1.1e-2 either way; head gradient relative norm 4.3e-3 with 7-token chunks, 4.2e-3 unchunked).
+
 Used by the grpo stage when ``logprob_chunk_tokens`` is set (``stages/grpo.py``).
 """
 
