@@ -127,7 +127,7 @@ def weights_digest(state_dict: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _sharded(accelerator: Any) -> bool:
+def sharded(accelerator: Any) -> bool:
     """True when each rank holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
     from accelerate.utils import DistributedType
 
@@ -153,7 +153,7 @@ def write_weights_digest(work_dir: Path, trainer: Any) -> dict | None:
     if accelerator.num_processes <= 1:
         return None
     record: dict = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
-    if _sharded(accelerator):
+    if sharded(accelerator):
         record.update({"sharded": True, "sha256": None, "tensors": None})
     else:
         state = accelerator.unwrap_model(trainer.model).state_dict()

@@ -34,6 +34,10 @@ dynamic sampling (drop all-equal groups and refill): ``dynamic_sampling`` adds i
 on the weighted total. TRL's ``frac_reward_zero_std`` is computed on the total reward, whose
 format and language terms differ inside a group even when its accuracy does not: it hides the
 groups without an accuracy signal. ``zero_signal/frac_groups*`` counts those (always logged).
+``logprob_chunk_tokens`` (off by default) replaces TRL's fused LM head, which on a CPU projects
+every position of every sequence (prompt and padding included), by one that projects only the
+real completion tokens, that many at a time, each chunk recomputed in the backward
+(``stages/common/logprobs.py``; memory measured in ``docs/benchmarks.md``).
 A ``prompt_pool`` (a ``generate`` step with ``output: prompts``) replaces ``prompts`` with the
 starting policy's prompts inside a pass-rate band, optionally easy to hard
 (``stages/common/rl_prompts.py``).
@@ -166,6 +170,12 @@ class Config(TrainerOptions, StageConfig):
     epsilon_high: float = 0.28  # upper clip of the ratio: 1 + epsilon_high (clip-higher)
     num_iterations: PositiveInt = 1  # optimizer passes over each generation batch (mu in the GRPO paper)
     mask_truncated_completions: bool = False  # drop completions cut at max_completion_length from the loss
+    # Log-probs of the policy (and reference) from the LM head in chunks of this many completion
+    # tokens, each recomputed in the backward: only real completion tokens are projected and at
+    # most chunk x vocabulary logits exist at a time (stages/common/logprobs.py). None: TRL's
+    # fused head (every position of the sequence, prompt and padding included, in 4096-position
+    # tiles). Text-only causal LMs without logit scaling/soft-capping; refused under FSDP/ZeRO-3.
+    logprob_chunk_tokens: PositiveInt | None = None
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
     temperature: float = 1.0  # > 0: the policy's logits are divided by it (TRL), and a group needs varied samples
@@ -268,6 +278,14 @@ class Config(TrainerOptions, StageConfig):
                 f"source's test split (entries {empty} have n_test: 0)"
             )
         return self
+
+    def identity(self) -> dict:
+        """As ``StageConfig.identity``, without ``logprob_chunk_tokens`` while it is unset: the key
+        came later, and a step that leaves it at TRL's path keeps the hash it had before."""
+        data = super().identity()
+        if data.get("logprob_chunk_tokens") is None:
+            data.pop("logprob_chunk_tokens", None)
+        return data
 
     def inputs(self) -> dict[str, str]:
         """The model and, as ``rewards.<i>.<param>``, the models rewards read (``reward_model``'s
@@ -407,6 +425,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             beat_on_engine_steps(getattr(trainer.vllm_generation, "llm", None), ctx.progress.beat)
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
+        install_chunked_logprobs(trainer, config.logprob_chunk_tokens)  # inside try: the engine is shut down
         scaffold.install_phase_timers(trainer, timer)
         install_rl_phase_timers(trainer, timer)
         with ctx.progress.phase("training"):
@@ -512,11 +531,89 @@ def _trainer_class():
     from stages.common.dynamic_sampling import trainer_mixin
 
     class Trainer(trainer_mixin(), GRPOTrainer):
+        _r1_logprob_chunk_tokens = None  # chunk size (int) when install_chunked_logprobs set one
+
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             self._prepare_inputs(inputs)  # samples, scores, records the eval metrics
             return None, None, None
 
+        def _get_per_token_logps_and_entropies(
+            self,
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            batch_size=None,
+            compute_entropy=False,
+            compute_aux_loss=False,
+            **multimodal,
+        ):
+            """TRL's, or with ``logprob_chunk_tokens`` the chunked head's: (B, logits_to_keep) float32
+            log-probs of the completion tokens, entropies (same shape, or None) and no aux loss; 0
+            where the attention mask is 0; rows in groups of ``batch_size`` as TRL does."""
+            if self._r1_logprob_chunk_tokens is None:
+                return super()._get_per_token_logps_and_entropies(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    logits_to_keep,
+                    batch_size=batch_size,
+                    compute_entropy=compute_entropy,
+                    compute_aux_loss=compute_aux_loss,
+                    **multimodal,
+                )
+            images = sorted(k for k, v in multimodal.items() if v is not None)
+            if compute_aux_loss or images:
+                raise ConfigError(
+                    f"logprob_chunk_tokens: the chunked log-prob head takes text only, without an MoE "
+                    f"load-balancing loss (got {images or 'compute_aux_loss'}); set logprob_chunk_tokens: null"
+                )
+            import torch
+
+            batch_size = batch_size or input_ids.size(0)
+            logps, entropies = [], []
+            for start in range(0, input_ids.size(0), batch_size):
+                with self.accelerator.autocast():  # as TRL: the backbone and the head under autocast
+                    logp, entropy = model(
+                        input_ids=input_ids[start : start + batch_size],
+                        attention_mask=attention_mask[start : start + batch_size],
+                        completion_logps=(logits_to_keep, compute_entropy),
+                    )
+                logps.append(logp)
+                entropies.append(entropy)
+            return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
     return Trainer
+
+
+def install_chunked_logprobs(trainer: Any, chunk_tokens: int | None) -> None:
+    """Compute the policy's (and the reference model's) log-probs with the chunked LM head of
+    ``stages/common/logprobs.py``, ``chunk_tokens`` completion tokens at a time; None: leave TRL's
+    fused head. Call after building the trainer of :func:`_trainer_class`, before training.
+
+    Raises:
+        ConfigError: FSDP or DeepSpeed ZeRO-3 (the head's weight is sharded across ranks; TRL's
+            fused head gathers it), or a model the chunked head cannot score
+            (``stages.common.logprobs.check_chunkable``); each names ``logprob_chunk_tokens``.
+    """
+    if chunk_tokens is None:
+        return
+    from stages.common.logprobs import add_chunked_lm_head
+
+    if distributed.sharded(trainer.accelerator):
+        raise ConfigError(
+            "logprob_chunk_tokens: not available with FSDP or DeepSpeed ZeRO-3 (each rank holds a shard of "
+            "the LM head); set logprob_chunk_tokens: null (TRL's fused head gathers it)"
+        )
+    for model in (trainer.model, trainer.ref_model):
+        if model is not None:
+            add_chunked_lm_head(
+                trainer.accelerator.unwrap_model(model),
+                chunk_tokens,
+                temperature=trainer.temperature,
+                head_fp32=trainer.args.cast_lm_head_to_fp32,
+            )
+    trainer._r1_logprob_chunk_tokens = chunk_tokens
 
 
 def grpo_arguments(
