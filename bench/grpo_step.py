@@ -24,6 +24,11 @@ shuffling seed), reward functions and batch:
   so there is no "TRL alone" to time. Everything else is TRL's default; the JSON lists the resulting
   differences (``options_that_differ``): e.g. vLLM engine dtype/compile, IS-correction forward pass,
   gradient checkpointing, fused AdamW, reward weights, KV cache size.
+- *ours_chunked*, *ours_packed*: *ours* with the chunked log-prob head (``logprob_chunk_tokens: 512``)
+  and, for *ours_packed*, ``padding_free: true`` as well (``stages/common/logprobs.py``); not run
+  unless named in ``--sides``. The *ours* sides build the stage's log-prob override
+  (``stages.grpo.chunked_logps_mixin``) on ``GRPOTrainer``, without the stage's dynamic sampling
+  (which would change the work per step).
 - both: every completion is forced to exactly ``max_completion_length`` tokens
   (``generation_kwargs={"min_tokens": L}`` for vLLM, ``min_new_tokens`` for HF generate), so both do
   the same work whatever they sample. ``--no-force-length`` lets completions stop at EOS.
@@ -59,7 +64,12 @@ C.enter_repo()
 from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
-SIDES = ("ours", "trl_defaults")
+SIDES = ("ours", "trl_defaults", "ours_chunked", "ours_packed")
+# Config keys each extra side changes on top of --config (the lever it measures).
+VARIANTS = {
+    "ours_chunked": {"logprob_chunk_tokens": 512, "padding_free": False},
+    "ours_packed": {"logprob_chunk_tokens": 512, "padding_free": True},
+}
 PARTS = (
     "generation",
     "weight_sync",
@@ -76,7 +86,7 @@ PARTS = (
 # ---------------------------------------------------------------------------- worker (one side, one process)
 
 
-def _config(args):
+def _config(args, side: str = "ours"):
     from pipeline.config import parse, read_yaml
     from stages import grpo
 
@@ -90,6 +100,7 @@ def _config(args):
             "eval_prompts": [],
         }
     )
+    raw.update(VARIANTS.get(side, {}))
     if args.model:
         raw["model"] = args.model
     if args.max_completion_length:
@@ -146,8 +157,9 @@ def worker(args) -> None:
 
     monitor = C.TreeRssMonitor().__enter__()
     t_start = time.perf_counter()
-    config = _config(args)
     side = args.worker
+    ours = side.startswith("ours")
+    config = _config(args, side)
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)  # as stages.grpo.run: before vLLM starts
     model_path = __import__("pipeline.models", fromlist=["resolve"]).resolve(config.model)
@@ -166,7 +178,7 @@ def worker(args) -> None:
     if gen_kwargs:
         ours_args.generation_kwargs = gen_kwargs
     trl_args = _trl_defaults_args(config, out_dir, gen_kwargs)
-    targs = ours_args if side == "ours" else trl_args
+    targs = ours_args if ours else trl_args
 
     timers = C.Timers()
     records: list[dict] = []
@@ -203,7 +215,7 @@ def worker(args) -> None:
     counts = {"tokens": 0, "completions": 0}
     engine = config.use_vllm and config.vllm_mode == "colocate"
     on_cpu = engine and vllm_sync.on_cpu_platform()
-    if side == "ours" and engine:
+    if ours and engine:
         options = vllm_sync.engine_options(
             cpu_kv_cache_gib=config.vllm_kv_cache_gib if on_cpu else None,
             dtype=precision.resolve(config.vllm_dtype).dtype,
@@ -213,7 +225,8 @@ def worker(args) -> None:
         options = contextlib.nullcontext()
     t0 = time.perf_counter()
     with options:
-        trainer = GRPOTrainer(
+        trainer_class = type("Trainer", (grpo.chunked_logps_mixin(), GRPOTrainer), {}) if ours else GRPOTrainer
+        trainer = trainer_class(
             model=model_path,
             reward_funcs=reward_funcs,
             args=targs,
@@ -239,9 +252,11 @@ def worker(args) -> None:
             "kv_cache_gib": kv_bytes / 2**30 if kv_bytes else None,
             "kv_cache_tokens": blocks * block_size if blocks and block_size else None,
             "kv_cache_gib_asked": config.vllm_kv_cache_gib
-            if side == "ours"
+            if ours
             else "none (vLLM CPU default: gpu_memory_utilization x RAM minus used)",
         }
+    if ours:
+        grpo.install_chunked_logprobs(trainer, config.logprob_chunk_tokens, padding_free=config.padding_free)
     ref_model = getattr(trainer, "ref_model", None)
 
     def classify_logps(model, *a, **kw):
@@ -355,7 +370,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per process")
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps excluded at the start of a process")
     parser.add_argument("--reps", type=int, default=3, help="processes per side, alternating")
-    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument(
+        "--sides", default="ours,trl_defaults", help=f"comma-separated, from {', '.join(SIDES)}, run in this order"
+    )
     parser.add_argument(
         "--no-force-length",
         dest="force_length",
@@ -426,7 +443,7 @@ def main() -> None:
             "torch_threads": runs[side][0]["torch_threads"],
         }
     ratios = {}
-    if set(SIDES) <= set(sides):
+    if {"ours", "trl_defaults"} <= set(sides):
         ratios["step speed-up ours vs trl_defaults (trl step / our step)"] = C.ratio(
             results["trl_defaults"]["step_s"]["median"], results["ours"]["step_s"]["median"]
         )
@@ -437,6 +454,15 @@ def main() -> None:
         ratios["peak RSS ours / trl_defaults"] = C.ratio(
             results["ours"]["peak_rss_gib"]["median"], results["trl_defaults"]["peak_rss_gib"]["median"]
         )
+    for variant in VARIANTS:
+        for base in ("ours", "trl_defaults"):
+            if variant in results and base in results:
+                ratios[f"step speed-up {variant} vs {base}"] = C.ratio(
+                    results[base]["step_s"]["median"], results[variant]["step_s"]["median"]
+                )
+                ratios[f"peak RSS {variant} / {base}"] = C.ratio(
+                    results[variant]["peak_rss_gib"]["median"], results[base]["peak_rss_gib"]["median"]
+                )
 
     rows = []
     for side in sides:

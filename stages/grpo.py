@@ -37,7 +37,9 @@ groups without an accuracy signal. ``zero_signal/frac_groups*`` counts those (al
 ``logprob_chunk_tokens`` (off by default) replaces TRL's fused LM head, which on a CPU projects
 every position of every sequence (prompt and padding included), by one that projects only the
 real completion tokens, that many at a time, each chunk recomputed in the backward
-(``stages/common/logprobs.py``; memory measured in ``docs/benchmarks.md``).
+(``stages/common/logprobs.py``; memory measured in ``docs/benchmarks.md``); with it,
+``padding_free`` packs each micro-batch's real tokens into rows without padding (TRL 1.16's
+GRPOTrainer has no padding-free mode; its SFTTrainer has one).
 A ``prompt_pool`` (a ``generate`` step with ``output: prompts``) replaces ``prompts`` with the
 starting policy's prompts inside a pass-rate band, optionally easy to hard
 (``stages/common/rl_prompts.py``).
@@ -176,6 +178,10 @@ class Config(TrainerOptions, StageConfig):
     # fused head (every position of the sequence, prompt and padding included, in 4096-position
     # tiles). Text-only causal LMs without logit scaling/soft-capping; refused under FSDP/ZeRO-3.
     logprob_chunk_tokens: PositiveInt | None = None
+    # With logprob_chunk_tokens: run the backbone on the micro-batch's real tokens packed into as
+    # few rows as the longest holds (no padding; attention kept within each sequence by position
+    # ids), instead of prompts left-padded and completions right-padded to the longest.
+    padding_free: bool = False
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
     temperature: float = 1.0  # > 0: the policy's logits are divided by it (TRL), and a group needs varied samples
@@ -262,6 +268,11 @@ class Config(TrainerOptions, StageConfig):
                 f"per_device_train_batch_size * gradient_accumulation_steps ({batch}) must be a "
                 f"multiple of num_generations ({self.num_generations}): whole groups per step"
             )
+        if self.padding_free and self.logprob_chunk_tokens is None:
+            raise ValueError(
+                "padding_free needs logprob_chunk_tokens (the packed forward feeds the chunked log-prob "
+                "head); set logprob_chunk_tokens, e.g. 512"
+            )
         if self.epsilon_high < self.epsilon:
             raise ValueError("epsilon_high must be >= epsilon")
         if self.dynamic_sampling.enabled and self.dynamic_sampling.reward not in names:
@@ -280,11 +291,14 @@ class Config(TrainerOptions, StageConfig):
         return self
 
     def identity(self) -> dict:
-        """As ``StageConfig.identity``, without ``logprob_chunk_tokens`` while it is unset: the key
-        came later, and a step that leaves it at TRL's path keeps the hash it had before."""
+        """As ``StageConfig.identity``, without ``logprob_chunk_tokens`` while it is unset and
+        without ``padding_free`` while it is off: the keys came later, and a step that leaves them
+        at TRL's path keeps the hash it had before."""
         data = super().identity()
         if data.get("logprob_chunk_tokens") is None:
             data.pop("logprob_chunk_tokens", None)
+        if not data.get("padding_free"):
+            data.pop("padding_free", None)
         return data
 
     def inputs(self) -> dict[str, str]:
@@ -425,7 +439,8 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             beat_on_engine_steps(getattr(trainer.vllm_generation, "llm", None), ctx.progress.beat)
         if on_cpu:  # TRL's own policy -> engine sync fails on vLLM's CPU backend
             _vllm_sync.install_cpu_weight_sync(trainer.vllm_generation)
-        install_chunked_logprobs(trainer, config.logprob_chunk_tokens)  # inside try: the engine is shut down
+        # inside try: the engine is shut down
+        install_chunked_logprobs(trainer, config.logprob_chunk_tokens, padding_free=config.padding_free)
         scaffold.install_phase_timers(trainer, timer)
         install_rl_phase_timers(trainer, timer)
         with ctx.progress.phase("training"):
@@ -530,12 +545,21 @@ def _trainer_class():
 
     from stages.common.dynamic_sampling import trainer_mixin
 
-    class Trainer(trainer_mixin(), GRPOTrainer):
-        _r1_logprob_chunk_tokens = None  # chunk size (int) when install_chunked_logprobs set one
-
+    class Trainer(trainer_mixin(), chunked_logps_mixin(), GRPOTrainer):
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             self._prepare_inputs(inputs)  # samples, scores, records the eval metrics
             return None, None, None
+
+    return Trainer
+
+
+def chunked_logps_mixin() -> type:
+    """A mixin for TRL's ``GRPOTrainer`` whose ``_get_per_token_logps_and_entropies`` uses the
+    chunked LM head once :func:`install_chunked_logprobs` has set it up (TRL's own until then).
+    Used by the stage's trainer and by ``bench/grpo_step.py``."""
+
+    class ChunkedLogps:
+        _r1_logprob_chunk_tokens = None  # chunk size (int) when install_chunked_logprobs set one
 
         def _get_per_token_logps_and_entropies(
             self,
@@ -583,13 +607,14 @@ def _trainer_class():
                 entropies.append(entropy)
             return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
-    return Trainer
+    return ChunkedLogps
 
 
-def install_chunked_logprobs(trainer: Any, chunk_tokens: int | None) -> None:
+def install_chunked_logprobs(trainer: Any, chunk_tokens: int | None, padding_free: bool = False) -> None:
     """Compute the policy's (and the reference model's) log-probs with the chunked LM head of
     ``stages/common/logprobs.py``, ``chunk_tokens`` completion tokens at a time; None: leave TRL's
-    fused head. Call after building the trainer of :func:`_trainer_class`, before training.
+    fused head. ``padding_free``: the backbone runs on packed rows (``logprobs.pack_rows``).
+    Call after building the trainer of :func:`_trainer_class`, before training.
 
     Raises:
         ConfigError: FSDP or DeepSpeed ZeRO-3 (the head's weight is sharded across ranks; TRL's
@@ -612,6 +637,7 @@ def install_chunked_logprobs(trainer: Any, chunk_tokens: int | None) -> None:
                 chunk_tokens,
                 temperature=trainer.temperature,
                 head_fp32=trainer.args.cast_lm_head_to_fp32,
+                padding_free=padding_free,
             )
     trainer._r1_logprob_chunk_tokens = chunk_tokens
 

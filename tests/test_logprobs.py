@@ -294,3 +294,122 @@ def test_a_grpo_step_with_the_option_trains_through_the_chunked_head(tiny_model,
     assert result.counts["steps"] == 1 and calls and set(calls) == {16}
     line = next(json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines() if '"entropy"' in x)
     assert line["entropy"] > 0  # the chunked head's entropies reach TRL's metrics
+
+
+# ---------------------------------------------------------------- padding-free (packed) rows
+
+
+def ragged_batch(vocab: int = 1000, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, 30) ids and mask padded as TRL pads: prompts of 6-14 tokens on the left, completions of
+    3-10 of the last 10 columns on the right. Real lengths 24, 13, 9, 16, 20: they pack into 4
+    rows of 24 (13 + 9 share one), 96 positions instead of 150."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (5, 30), generator=g)
+    mask = torch.zeros(5, 30, dtype=torch.long)
+    for row, (prompt, completion) in enumerate([(14, 10), (10, 3), (6, 3), (12, 4), (10, 10)]):
+        mask[row, 20 - prompt : 20 + completion] = 1
+    return ids, mask
+
+
+def test_pack_rows_places_every_real_token_once_and_never_lengthens_a_row():
+    from stages.common.logprobs import pack_rows
+
+    ids, mask = ragged_batch()
+    packed, positions, index = pack_rows(ids, mask)
+    assert packed.shape == (4, 24)  # 82 real tokens, longest row 24: 4 rows instead of 5 x 30
+    real = mask.bool()
+    assert (index[~real] == -1).all() and sorted(index[real].tolist()) == sorted(set(index[real].tolist()))
+    assert torch.equal(packed.reshape(-1)[index[real]], ids[real])  # the same tokens, in order per row
+    for b in range(5):  # each row's positions restart at 0 and count up
+        assert positions.reshape(-1)[index[b][real[b]]].tolist() == list(range(int(mask[b].sum())))
+    with pytest.raises(ValueError, match=r"rows \[1\] have no real token"):
+        pack_rows(ids[:2], torch.stack([mask[0], torch.zeros_like(mask[1])]))
+
+
+@pytest.mark.parametrize("dtype, tol", [(None, FP32), (torch.bfloat16, BF16)], ids=["fp32", "bf16"])
+def test_padding_free_logps_and_grads_equal_the_padded_computation(dtype, tol):
+    ids, mask = ragged_batch()
+    padded_model, packed_model = tiny_llama(), tiny_llama()
+    add_chunked_lm_head(padded_model, 7, 0.9)
+    add_chunked_lm_head(packed_model, 7, 0.9, padding_free=True)
+    with autocast(dtype):
+        ref_logps, ref_entropy = padded_model(input_ids=ids, attention_mask=mask, completion_logps=(K, True))
+        logps, entropy = packed_model(input_ids=ids, attention_mask=mask, completion_logps=(K, True))
+    assert (logps[mask[:, -K:] == 0] == 0).all() and (logps[mask[:, -K:] == 1] < 0).all()
+    torch.testing.assert_close(logps, ref_logps, **tol)
+    torch.testing.assert_close(entropy, ref_entropy, **tol)
+    weights = torch.randn(5, K, generator=torch.Generator().manual_seed(4))
+    (ref_logps * weights).sum().add(0.1 * ref_entropy.sum()).backward()
+    (logps * weights).sum().add(0.1 * entropy.sum()).backward()
+    grads = dict(packed_model.named_parameters())
+    for name, p in padded_model.named_parameters():
+        scale = p.grad.abs().max()
+        assert scale > 0, name
+        torch.testing.assert_close(grads[name].grad, p.grad, atol=(1e-5 if dtype is None else 2e-2) * scale, rtol=0)
+
+
+def test_packed_sequences_do_not_attend_to_each_other():
+    """Rows 2 and 1 share a packed row (9 + 13 <= 24 tokens); changing every token of row 2
+    leaves row 1's log-probs bit for bit as they were, and changes row 2's."""
+    from stages.common.logprobs import pack_rows
+
+    ids, mask = ragged_batch()
+    packed, _, index = pack_rows(ids, mask)
+    row_of = {b: int(index[b][mask[b].bool()][0]) // packed.shape[1] for b in range(5)}
+    assert row_of[1] == row_of[2] != row_of[0]
+    model = tiny_llama()
+    add_chunked_lm_head(model, 64, 1.0, padding_free=True)
+    changed = ids.clone()
+    changed[2] = (ids[2] + 1) % 1000
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask, completion_logps=(K, False))[0]
+        after = model(input_ids=changed, attention_mask=mask, completion_logps=(K, False))[0]
+    assert torch.equal(after[[0, 1, 3, 4]], before[[0, 1, 3, 4]])
+    assert not torch.allclose(after[2], before[2])
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", FP32), ("bfloat16", BF16)])
+def test_grpo_loss_with_packing_equals_the_loss_without_on_a_fixed_batch(tiny_model, tmp_path, dtype, tol):
+    """TRL's own GRPO loss (dapo, clip-higher, entropy logged) of one fixed micro-batch: with the
+    chunked head and padding_free it equals TRL's path (fused head, padded rows), and so does
+    every parameter's gradient."""
+    trainer, config = grpo_trainer(tiny_model, tmp_path, dtype, logprob_chunk_tokens=7, padding_free=True)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, read by the loss
+    ids, mask = ragged_batch(model.config.vocab_size)
+    inputs = {
+        "prompt_ids": ids[:, :-K],
+        "prompt_mask": mask[:, :-K],
+        "completion_ids": ids[:, -K:],
+        "completion_mask": mask[:, -K:],
+        "advantages": torch.tensor([1.0, -0.5, 0.25, -1.0, 0.5]),
+        "num_items_in_batch": mask[:, -K:].sum(),
+    }
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    trl_loss, trl_grads = loss_and_grads()  # the option not installed yet: TRL's path
+    grpo.install_chunked_logprobs(trainer, config.logprob_chunk_tokens, padding_free=config.padding_free)
+    packed_loss, packed_grads = loss_and_grads()
+    assert trl_loss != 0
+    torch.testing.assert_close(packed_loss, trl_loss, **tol)
+    for name, grad in trl_grads.items():
+        scale = grad.abs().max()
+        assert scale > 0, name
+        torch.testing.assert_close(
+            packed_grads[name], grad, atol=(1e-5 if dtype == "float32" else 2e-2) * scale, rtol=0
+        )
+
+
+def test_padding_free_needs_the_chunked_head_and_leaves_hashes_alone():
+    smoke = read_yaml(REPO / "configs/grpo/tiny/hf_generate.yaml")
+    with pytest.raises(ConfigError, match="padding_free needs logprob_chunk_tokens"):
+        parse(grpo.Config, {**smoke, "padding_free": True}, "x")
+    off = parse(grpo.Config, {**smoke, "logprob_chunk_tokens": 64}, "x")
+    on = parse(grpo.Config, {**smoke, "logprob_chunk_tokens": 64, "padding_free": True}, "x")
+    assert "padding_free" not in off.identity() and on.identity() == {**off.identity(), "padding_free": True}

@@ -24,7 +24,19 @@ share rounded once to bf16 (unchunked: the whole sum rounded once); on the tiny 
 bf16 gradients' error against float32 is that of the unchunked head (largest relative error
 1.1e-2 either way; head gradient relative norm 4.3e-3 with 7-token chunks, 4.2e-3 unchunked).
 
-Used by the grpo stage when ``logprob_chunk_tokens`` is set (``stages/grpo.py``).
+Padding-free (``padding_free=True``): TRL pads prompts on the left and completions on the right
+to the longest of the micro-batch, and the backbone runs on every padding position. With it, the
+real tokens of the rows are packed into as few rows as fit the longest one (first-fit decreasing,
+:func:`pack_rows`), each sequence's positions restarting at 0; transformers then builds a
+block-diagonal causal mask from the position ids (``masking_utils.find_packed_sequence_indices``:
+SDPA and eager attention; flash-attention reads the same position ids), so no token attends
+across sequences. No packed row is longer than the longest input row: the attention of a row
+costs no more than before, and only the padding disappears. The positions are those vLLM sampled
+with (0 at the first real token), where the padded forward numbers the left padding too; RoPE
+scores depend only on relative positions, so the two agree to rounding.
+
+Used by the grpo stage when ``logprob_chunk_tokens`` is set (``stages/grpo.py``), padding-free
+when ``padding_free`` is also set.
 """
 
 from __future__ import annotations
@@ -193,7 +205,69 @@ def check_chunkable(model: Any) -> None:
         )
 
 
-def add_chunked_lm_head(model: Any, chunk_tokens: int, temperature: float, head_fp32: bool = False) -> None:
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack the real tokens of padded rows into as few rows as the longest one holds.
+
+    Rows are placed longest first into the first packed row with room (first-fit decreasing);
+    the capacity of a packed row is the longest input row's number of real tokens, so packing
+    never lengthens a row. Tails of packed rows hold token id 0 at positions that start a
+    sequence of their own (never read).
+
+    Args:
+        input_ids: (B, S) int64 token ids.
+        attention_mask: (B, S) 0/1; a row's real tokens are those with mask 1, kept in order.
+
+    Returns:
+        ``(packed_ids, position_ids, index)``: (R, C) int64 ids and positions (each sequence's
+        positions 0, 1, ...; R <= B rows of C = max real tokens per row), and (B, S) int64
+        ``index``: the flat position (``row * C + column``) of input token (b, s) in the packed
+        rows, -1 where its mask is 0.
+
+    Raises:
+        ValueError: shapes differ, or a row has no real token.
+
+    >>> import torch
+    >>> ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 0], [0, 0, 0, 4]])
+    >>> mask = (ids > 0).long()
+    >>> packed, pos, index = pack_rows(ids, mask)
+    >>> packed.tolist(), pos.tolist()
+    ([[7, 8, 9], [5, 6, 4]], [[0, 1, 2], [0, 1, 0]])
+    >>> index.tolist()
+    [[-1, -1, 3, 4], [0, 1, 2, -1], [-1, -1, -1, 5]]
+    """
+    import torch
+
+    if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
+        shapes = f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)}"
+        raise ValueError(f"{shapes}: need two (B, S) tensors")
+    real = attention_mask.bool()
+    lengths = real.sum(1).tolist()
+    if min(lengths, default=1) < 1:
+        empty = [b for b, n in enumerate(lengths) if n < 1]
+        raise ValueError(f"rows {empty} have no real token (attention mask all 0)")
+    capacity = max(lengths)
+    free: list[int] = []  # room left in each packed row
+    place = [(0, 0)] * len(lengths)  # input row -> (packed row, offset)
+    for b in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, room in enumerate(free) if room >= lengths[b]), len(free))
+        if row == len(free):
+            free.append(capacity)
+        place[b] = (row, capacity - free[row])
+        free[row] -= lengths[b]
+    packed = input_ids.new_zeros(len(free), capacity)
+    positions = torch.arange(capacity, device=input_ids.device).repeat(len(free), 1)
+    index = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
+    for b, (row, offset) in enumerate(place):
+        n = lengths[b]
+        packed[row, offset : offset + n] = input_ids[b][real[b]]
+        positions[row, offset : offset + n] = torch.arange(n, device=input_ids.device)
+        index[b][real[b]] = row * capacity + offset + torch.arange(n, device=input_ids.device)
+    return packed, positions, index
+
+
+def add_chunked_lm_head(
+    model: Any, chunk_tokens: int, temperature: float, head_fp32: bool = False, padding_free: bool = False
+) -> None:
     """Give ``model`` a forward that returns completion log-probs from chunks of the LM head.
 
     ``model(input_ids=..., attention_mask=..., completion_logps=(logits_to_keep, compute_entropy))``
@@ -201,7 +275,9 @@ def add_chunked_lm_head(model: Any, chunk_tokens: int, temperature: float, head_
     logits_to_keep) float32 (entropy None unless asked): position j scores token
     ``input_ids[:, -logits_to_keep + j]`` from the hidden state one position earlier; positions
     whose attention mask is 0 are 0 (as in TRL's fused head). Without ``completion_logps`` the
-    forward is the previous one (TRL's fused head, generation). Patched on the module itself
+    forward is the previous one (TRL's fused head, generation). With ``padding_free`` the
+    backbone runs on the rows packed by :func:`pack_rows` (same results to rounding, see the
+    module docstring). Patched on the module itself
     (as TRL's ``add_fused_lm_head`` is) so that a DDP wrapper's forward, which registers the
     gradient all-reduce, still runs.
 
@@ -214,7 +290,7 @@ def add_chunked_lm_head(model: Any, chunk_tokens: int, temperature: float, head_
     def forward(self, *args, completion_logps: tuple[int, bool] | None = None, **kwargs):
         if completion_logps is None:
             return previous(*args, **kwargs)
-        return _completion_logps(self, chunk_tokens, temperature, head_fp32, *completion_logps, **kwargs)
+        return _completion_logps(self, chunk_tokens, temperature, head_fp32, padding_free, *completion_logps, **kwargs)
 
     model.forward = types.MethodType(forward, model)
 
@@ -224,6 +300,7 @@ def _completion_logps(
     chunk_tokens: int,
     temperature: float,
     head_fp32: bool,
+    padding_free: bool,
     logits_to_keep: int,
     compute_entropy: bool,
     input_ids: torch.Tensor,
@@ -234,14 +311,25 @@ def _completion_logps(
     if not 0 < logits_to_keep < seq_len:
         raise ValueError(f"logits_to_keep must be in [1, {seq_len - 1}] (a prompt token first), got {logits_to_keep}")
     kwargs["use_cache"] = False  # a training forward: no KV cache to build
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
     head = model.get_output_embeddings()  # looked up per call: wrappers may replace it after patching
-    hidden = hidden[:, -logits_to_keep - 1 : -1].to(head.weight.device)  # the state before each scored token
     targets = input_ids[:, -logits_to_keep:].to(head.weight.device)
     mask = attention_mask[:, -logits_to_keep:].to(head.weight.device) == 1
+    if padding_free:
+        packed, positions, index = pack_rows(input_ids, attention_mask)
+        # attention_mask None + position ids: transformers masks across packed sequences
+        out = model.base_model(input_ids=packed, position_ids=positions, attention_mask=None, **kwargs)
+        flat = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+        before = index[:, -logits_to_keep - 1 : -1].to(head.weight.device)[mask]  # the state before each token
+        if (before < 0).any():
+            raise ValueError("padding_free: a completion token follows a padding position (no state to score it from)")
+        selected = flat.to(head.weight.device)[before]
+    else:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden = hidden[:, -logits_to_keep - 1 : -1].to(head.weight.device)  # the state before each scored token
+        selected = hidden[mask]
     # Only real completion tokens go through the head (completions end at different lengths).
     logps, entropy = chunked_token_logps(
-        hidden[mask],
+        selected,
         head.weight,
         targets[mask],
         chunk_tokens,
