@@ -43,6 +43,25 @@ ROOFLINE_SOURCE = (
 )
 
 
+def roofline() -> tuple[dict[str, float], str]:
+    """GFLOP/s per dtype to compare achieved FLOP/s with, and where they come from: this machine's
+    ``bench/results/roofline.json`` (``bench/roofline.py``) when it was measured on the same CPU
+    model, else the Intel AMX figures above (cited, not measured here)."""
+    path = RESULTS / "roofline.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if doc and not doc.get("quick") and doc.get("machine", {}).get("cpu") == cpu_model():
+        rates = {d: r["gflops"] for d, r in doc["results"].items()}
+        source = (
+            f"bench/results/roofline.json (this CPU, {doc['machine']['cpu']}, measured {doc['date']}): "
+            + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in rates.items())
+        )
+        return rates, source
+    return ROOFLINE_GFLOPS, ROOFLINE_SOURCE + " - no bench/results/roofline.json for this CPU model"
+
+
 def enter_repo() -> None:
     """Run from the repository root (relative paths in configs, ``runs/`` for model aliases)."""
     os.chdir(ROOT)
@@ -127,7 +146,7 @@ def machine() -> dict[str, Any]:
         "env": {
             k: os.environ[k]
             for k in sorted(os.environ)
-            if k.startswith(("OMP_", "VLLM_", "MKL_", "KMP_")) or k in ("R1_HOME",)
+            if k.startswith(("OMP_", "VLLM_", "MKL_", "KMP_")) or k in ("R1_HOME", "LD_PRELOAD")
         },
     }
 

@@ -19,9 +19,9 @@ exactly ``max_tokens`` new tokens on both sides (vLLM ``min_tokens = max_tokens`
 equal work. One warm-up call per side (2 prompts, 8 tokens) is excluded.
 
 Roofline: tokens/s x 2 x parameters (unique parameters of the HF model; the tied embedding counted
-once, as the LM-head matmul; attention-score FLOPs ignored) against the matmul roofline of
-environment.md (bf16 ~620 GFLOP/s, fp32 ~210 GFLOP/s on the two cores), for the dtype the side
-computes in.
+once, as the LM-head matmul; attention-score FLOPs ignored) against the matmul roofline of this
+machine for the dtype the side computes in (``bench/roofline.py``'s result for the same CPU model;
+without one, environment.md's Intel AMX figures: bf16 ~620 GFLOP/s, fp32 ~210 GFLOP/s).
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def main() -> None:
         enforce_eager=engine_opts["enforce_eager"],
         batch_size=len(prompts),
     )
+    DTYPE["vllm"] = engine_opts["dtype"]  # what the engine computes in (vllm_dtype: auto -> bf16 or fp32)
     startup = {}
     sampler = None
     if "vllm" in sides:
@@ -256,10 +257,11 @@ def main() -> None:
         sampler.close()
 
     results = {}
+    rooflines, roofline_source = C.roofline()
     for side in sides:
         tps = C.summary([r["tokens_per_s"] for r in per_rep[side]])
         gflops = 2 * params * tps["median"] / 1e9
-        roof = C.ROOFLINE_GFLOPS[DTYPE[side]]
+        roof = rooflines[DTYPE[side]]
         results[side] = {
             "tokens_per_s": tps,
             "seconds": C.summary([r["seconds"] for r in per_rep[side]]),
@@ -298,7 +300,7 @@ def main() -> None:
         f"{sum(prompt_tokens) / len(prompt_tokens):.0f}; {params / 1e6:.1f}M params; "
         f"median of {args.reps} reps. "
         + "; ".join(f"{k_}: {v:.2f}x" for k_, v in ratios.items() if not k_.endswith("per rep"))
-        + f". Roofline: {C.ROOFLINE_SOURCE}."
+        + f". Roofline: {roofline_source}."
     )
     C.print_table(
         f"rollout throughput, {model_ref}" + (" (QUICK: not a measurement)" if args.quick else ""),
@@ -329,7 +331,7 @@ def main() -> None:
             },
             "vllm_engine": {**engine_opts, "executor": "uni (in-process)", "enable_chunked_prefill": False},
             "torch_threads": {"before_engine": threads_before, "after_engine": threads_after},
-            "roofline_source": C.ROOFLINE_SOURCE,
+            "roofline_source": roofline_source,
             "results": results,
             "ratios": ratios,
         },
