@@ -108,6 +108,19 @@ class Config(TrainingFields):
     input_fields: ClassVar[dict[str, str]] = {"model": "model", "dataset": "dataset"}
     outputs: ClassVar[dict[str, str]] = {"model": "model"}
     model: str  # model reference: the model to fine-tune
+    # Cross-entropy from the LM head in chunks of this many trained (assistant) tokens, each
+    # recomputed in the backward: no (batch, length, vocabulary) logits, and prompt/padding
+    # positions never projected (stages/common/logprobs.py). None: the model's own loss on CPU
+    # (every position's logits), TRL's fused LM head on GPUs.
+    loss_chunk_tokens: PositiveInt | None = None
+
+    def identity(self) -> dict:
+        """As ``StageConfig.identity``, without ``loss_chunk_tokens`` while it is unset: the key
+        came later, and a step that leaves it unset keeps the hash it had before."""
+        data = super().identity()
+        if data.get("loss_chunk_tokens") is None:
+            data.pop("loss_chunk_tokens", None)
+        return data
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
@@ -296,25 +309,54 @@ def _trainer_class():
     same losses to 3 decimals). Same loss (summed token
     cross-entropy over the labels != -100, divided by the number of such tokens in the batch);
     TRL's ``num_tokens`` and ``mean_token_accuracy`` metrics are kept, ``entropy`` is dropped.
+
+    With ``loss_chunk_tokens`` (any device) the same loss comes from the chunked LM head
+    (``stages.common.logprobs.chunked_causal_lm_loss``): only trained positions are projected,
+    a chunk at a time.
     """
     import torch
     from transformers import Trainer
     from trl import SFTTrainer
 
     class PlainLossOnCPUSFTTrainer(SFTTrainer):
+        _r1_loss_chunk_tokens: int | None = None  # set by build_trainer from the config
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.args.device.type != "cpu":
+            if self._r1_loss_chunk_tokens is not None:
+                from stages.common.logprobs import chunked_causal_lm_loss
+
+                extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
+                # The backbone and head are called directly, not through the forward accelerate
+                # wraps in autocast: autocast here, as TRL's GRPO does around its model calls.
+                with self.accelerator.autocast():
+                    loss, correct, valid = chunked_causal_lm_loss(
+                        self.accelerator.unwrap_model(model),
+                        inputs["input_ids"],
+                        inputs.get("attention_mask"),
+                        inputs["labels"],
+                        self._r1_loss_chunk_tokens,
+                        # as Trainer.compute_loss: the model divides by the window's count only if it takes it
+                        num_items_in_batch if self.model_accepts_loss_kwargs else None,
+                        **extra,
+                    )
+                if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch:
+                    loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss
+                outputs = None
+            elif self.args.device.type != "cpu":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = Trainer.compute_loss(
-                self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-            )
-            if model.training:
+            else:
+                loss, outputs = Trainer.compute_loss(
+                    self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                )
                 with torch.no_grad():
                     labels = inputs["labels"][:, 1:]
                     mask = labels != -100
-                    correct = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
-                    valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
-                    correct = self.accelerator.gather_for_metrics(correct.sum()).sum()
+                    correct = ((outputs.logits[:, :-1].argmax(-1) == labels) & mask).sum()
+                    valid = mask.sum()
+            if model.training:
+                with torch.no_grad():
+                    valid = self.accelerator.gather_for_metrics(valid).sum()
+                    correct = self.accelerator.gather_for_metrics(correct).sum()
                     tokens = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
                 self._metrics["train"]["mean_token_accuracy"].append((correct / valid.clamp(min=1)).item())
                 self._total_train_tokens += tokens
@@ -367,6 +409,12 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=[metrics_callback(ctx, timer)],
     )
+    chunk = getattr(config, "loss_chunk_tokens", None)  # sft's key; distill computes its own loss
+    if chunk is not None:
+        from stages.common.logprobs import check_chunkable
+
+        check_chunkable(trainer.accelerator.unwrap_model(trainer.model), key="loss_chunk_tokens")
+        trainer._r1_loss_chunk_tokens = chunk
     if timer is not None:
         install_phase_timers(trainer, timer)
     stats["precision"] = chosen.as_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -193,3 +194,74 @@ def test_load_messages_reads_jsonl_and_json_strings(tmp_path):
     with pytest.raises(ValueError, match="no 'messages' column"):
         (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
         sft.load_messages(str(tmp_path / "bad.jsonl"))
+
+
+# ---------------------------------------------------------------- loss_chunk_tokens
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_loss_equals_the_plain_loss_through_the_trainer(tiny_model, sft_dataset, tmp_path, dtype):
+    """The trainer's loss, token accuracy and every gradient on one real collated batch (prompt
+    and padding masked): loss_chunk_tokens (chunks of 7 tokens) against the model's own loss,
+    with the gradient-accumulation token count the Trainer passes and without."""
+    import torch
+
+    def trainer_for(chunk, sub):
+        model, tokenizer = sft.load_model(str(tiny_model))
+        config = sft.Config(
+            model=str(tiny_model),
+            dataset=str(sft_dataset),
+            max_steps=1,
+            loss_chunk_tokens=chunk,
+            **{**FAST, "dtype": dtype},
+        )
+        (tmp_path / sub).mkdir()
+        trainer, _ = sft.build_trainer(model, tokenizer, config, make_ctx(tmp_path / sub))
+        assert trainer.args.bf16 == (dtype == "bfloat16")
+        trainer.model.train()
+        return trainer
+
+    plain, chunked = trainer_for(None, "plain"), trainer_for(7, "chunked")
+    assert plain._r1_loss_chunk_tokens is None and chunked._r1_loss_chunk_tokens == 7
+    batch = plain.data_collator([plain.train_dataset[i] for i in range(4)])
+    trained = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < trained < batch["labels"].numel() - 4  # some positions are masked
+
+    dtypes = []  # what the chunked path's decoder computed in
+    chunked.model.model.layers[0].mlp.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+
+    def run(trainer, count):
+        trainer.model.zero_grad()
+        # In training, accelerate wraps the model's forward in autocast: the plain path gets it
+        # from there (emulated here); the chunked path, which calls the backbone itself, must
+        # set it up on its own (called without).
+        autocast = trainer.accelerator.autocast() if trainer is plain else contextlib.nullcontext()
+        with autocast:
+            loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=count)
+        loss.backward()
+        accuracy = trainer._metrics["train"]["mean_token_accuracy"][-1]
+        return loss.detach(), accuracy, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == "float32" else {"atol": 2e-2, "rtol": 1e-2}
+    for count in (None, torch.tensor(3 * trained)):  # 3 x: a window of three micro-batches
+        ref_loss, ref_acc, ref_grads = run(plain, count)
+        loss, acc, grads = run(chunked, count)
+        assert ref_loss > 0
+        torch.testing.assert_close(loss, ref_loss, **tol)
+        assert acc == pytest.approx(ref_acc, abs=1.0 / trained + 1e-9)  # one near-tie may flip in bf16
+        for name, grad in ref_grads.items():
+            scale = grad.abs().max()
+            assert scale > 0, name
+            torch.testing.assert_close(grads[name], grad, atol=(1e-5 if dtype == "float32" else 2e-2) * scale, rtol=0)
+    assert set(dtypes) == {torch.bfloat16 if dtype == "bfloat16" else torch.float32}
+
+
+def test_chunked_loss_trains_and_keeps_hashes_of_unset_steps(tiny_model, sft_dataset, tmp_path):
+    base = dict(model=str(tiny_model), dataset=str(sft_dataset), **FAST)
+    assert "loss_chunk_tokens" not in sft.Config(**base).identity()
+    assert sft.Config(**base, loss_chunk_tokens=64).identity()["loss_chunk_tokens"] == 64
+    with pytest.raises(ConfigError, match="loss_chunk_tokens"):
+        parse(sft.Config, {**base, "loss_chunk_tokens": 0}, "x")
+    result = sft.run(sft.Config(**{**base, "max_steps": 4, "loss_chunk_tokens": 64}), make_ctx(tmp_path))
+    assert result.counts["steps"] == 4
+    assert result.metrics["loss_last"] < result.metrics["loss_first"]

@@ -72,6 +72,7 @@ def chunked_token_logps(
     lm_head_bias: torch.Tensor | None = None,
     compute_entropy: bool = False,
     head_fp32: bool = False,
+    hits: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of ``token_ids`` (and the entropy) under ``softmax((hidden @ W^T + b) / T)``,
     ``chunk_tokens`` positions at a time.
@@ -88,6 +89,8 @@ def chunked_token_logps(
         lm_head_bias: (V,) or None.
         compute_entropy: also return the entropy of each next-token distribution (differentiable).
         head_fp32: project in float32 outside autocast (TRL's ``cast_lm_head_to_fp32``).
+        hits: a list to append, per position, whether ``token_ids`` is the most likely token
+            (one (n,) bool tensor per chunk, in order; the SFT token accuracy), or None.
 
     Dtypes: the projection runs in the autocast dtype when autocast is on (bf16 logits, as the
     model's own head and TRL's fused head compute them), else in the inputs' dtype (float32 with
@@ -95,8 +98,8 @@ def chunked_token_logps(
 
     Returns:
         ``(logps, entropy)``: float32 tensors of shape ``token_ids.shape`` (nats; ``logps <= 0``);
-        ``entropy`` is None unless ``compute_entropy``. With gradients enabled each chunk is
-        checkpointed: its logits are recomputed in the backward instead of kept.
+        ``entropy`` is None unless ``compute_entropy``. With gradients enabled each chunk is checkpointed: its logits
+        are recomputed in the backward instead of kept.
 
     Raises:
         ValueError: ``chunk_tokens < 1``, ``temperature <= 0``, or shapes that do not match.
@@ -120,6 +123,7 @@ def chunked_token_logps(
     flat_ids = token_ids.reshape(-1)
     n = flat_ids.numel()
     logps, entropies = [], []
+    compute_hits = hits is not None
     # max(n, 1): an empty selection still runs one (empty) chunk, so the result stays connected
     # to the graph and a micro-batch without completion tokens back-propagates a zero.
     for start in range(0, max(n, 1), chunk_tokens):
@@ -132,13 +136,22 @@ def chunked_token_logps(
         if torch.is_grad_enabled():
             # No randomness in the head: no RNG state to save and restore.
             out = checkpoint(
-                _chunk, *args, temperature, compute_entropy, head_fp32, use_reentrant=False, preserve_rng_state=False
+                _chunk,
+                *args,
+                temperature,
+                compute_entropy,
+                head_fp32,
+                compute_hits,
+                use_reentrant=False,
+                preserve_rng_state=False,
             )
         else:
-            out = _chunk(*args, temperature, compute_entropy, head_fp32)
+            out = _chunk(*args, temperature, compute_entropy, head_fp32, compute_hits)
         logps.append(out[0])
         if compute_entropy:
             entropies.append(out[1])
+        if hits is not None:
+            hits.append(out[-1])
     logp = torch.cat(logps).reshape(shape)
     entropy = torch.cat(entropies).reshape(shape) if compute_entropy else None
     return logp, entropy
@@ -152,8 +165,10 @@ def _chunk(
     temperature: float,
     compute_entropy: bool,
     head_fp32: bool,
+    compute_hits: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """One chunk of :func:`chunked_token_logps`: (n, H) -> (n,) log-probs [, (n,) entropies]."""
+    """One chunk of :func:`chunked_token_logps`: (n, H) -> (n,) log-probs [, (n,) entropies]
+    [, (n,) bool hits]."""
     import torch
     import torch.nn.functional as F
 
@@ -165,13 +180,70 @@ def _chunk(
     z = logits.float() / temperature
     log_z = torch.logsumexp(z, dim=-1)
     logp = z.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - log_z
-    if not compute_entropy:
-        return (logp,)
-    # H = logsumexp(z) - E_p[z]; vecdot avoids another (n, V) temporary for p * z
-    return logp, log_z - torch.linalg.vecdot(torch.softmax(z, dim=-1), z)
+    out: tuple[torch.Tensor, ...] = (logp,)
+    if compute_entropy:
+        # H = logsumexp(z) - E_p[z]; vecdot avoids another (n, V) temporary for p * z
+        out += (log_z - torch.linalg.vecdot(torch.softmax(z, dim=-1), z),)
+    if compute_hits:
+        out += (z.detach().argmax(-1) == token_ids,)
+    return out
 
 
-def check_chunkable(model: Any) -> None:
+def chunked_causal_lm_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_tokens: int,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    **backbone_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The causal-LM cross-entropy of transformers' ``ForCausalLMLoss`` without the (B, S, V)
+    logits: only the positions whose next token is trained go through the LM head,
+    ``chunk_tokens`` at a time (:func:`chunked_token_logps`).
+
+    Args:
+        model: a causal LM :func:`check_chunkable` accepts (backbone ``model.base_model``).
+        input_ids, attention_mask: (B, S) as for the model's forward (call under autocast for
+            bf16, as the Trainer does).
+        labels: (B, S) int64, -100 where no loss (prompt, padding); position t is scored on
+            ``labels[:, t + 1]`` (the shift transformers applies).
+        num_items_in_batch: the token count to divide by (the Trainer's count over the whole
+            gradient-accumulation window); None: the trained tokens of this batch.
+        backbone_kwargs: more inputs for the backbone (e.g. ``position_ids`` of packed rows).
+
+    Returns:
+        ``(loss, hits, trained)``: the scalar float32 loss (sum of ``-log p`` over trained
+        tokens / the count, nats per token), and the number of trained tokens whose label is the
+        argmax (int64 scalar, no gradient) and of trained tokens (the token accuracy).
+
+    Formula: transformers ``loss_utils.ForCausalLMLoss`` (cross-entropy, ``ignore_index=-100``,
+    ``reduction="sum"`` then ``/ num_items_in_batch``, or the mean without it).
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    backbone_kwargs["use_cache"] = False
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs).last_hidden_state
+    targets = labels[:, 1:].to(head.weight.device)
+    trained = targets != -100
+    hits: list[torch.Tensor] = []
+    logps, _ = chunked_token_logps(
+        hidden[:, :-1].to(head.weight.device)[trained],
+        head.weight,
+        targets[trained],
+        chunk_tokens,
+        lm_head_bias=head.bias,
+        hits=hits,
+    )
+    count = trained.sum()
+    divisor = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+    if hasattr(divisor, "to"):
+        divisor = divisor.to(logps.device)
+    return -logps.sum() / divisor, torch.stack([h.sum() for h in hits]).sum(), count
+
+
+def check_chunkable(model: Any, key: str = KEY) -> None:
     """Refuse a model whose log-probs the chunked head would not compute exactly as TRL does.
 
     Needs a text-only causal LM with a separate backbone (``model.base_model``, e.g. LlamaModel)
@@ -179,8 +251,9 @@ def check_chunkable(model: Any) -> None:
     neither scaled nor soft-capped (:data:`LOGIT_TRANSFORMS`) and with no MoE load-balancing loss.
 
     Raises:
-        ConfigError: naming ``logprob_chunk_tokens`` and the reason; TRL's own fused head
-            (``logprob_chunk_tokens: null``) handles these models.
+        ConfigError: naming ``key`` (the config key that asked for it: grpo's
+            ``logprob_chunk_tokens``, sft's ``loss_chunk_tokens``) and the reason; setting it to
+            null uses the trainer's own head, which handles these models.
     """
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -200,8 +273,8 @@ def check_chunkable(model: Any) -> None:
         reason = "it is a mixture of experts with a load-balancing loss"
     if reason:
         raise ConfigError(
-            f"{KEY}: the chunked log-prob head cannot run on this model ({name}): {reason}. "
-            f"Set {KEY}: null to use TRL's fused LM head."
+            f"{key}: the chunked log-prob head cannot run on this model ({name}): {reason}. "
+            f"Set {key}: null to use the trainer's own LM head."
         )
 
 
