@@ -14,6 +14,8 @@ Sides, all on the same model and conversations:
   ``configs/sft/smollm2-135m/cold_start.yaml``: batch 8, max_length 512, bf16 autocast, group_by_length,
   plain-loss trainer on CPU); only change: no checkpoints;
 - *ours_fp32*: the same with ``bf16: false``;
+- *ours_chunked*: *ours_bf16* with ``loss_chunk_tokens: 512`` (the cross-entropy from the LM head in
+  chunks of 512 trained tokens, ``stages/common/logprobs.py``); not run unless named in ``--sides``;
 - *trl_defaults*: ``trl.SFTTrainer`` with ``SFTConfig`` defaults except what makes the work equal:
   ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``max_length``, ``max_steps``, ``seed``,
   ``assistant_only_loss=True`` with our training chat template (same objective), ``use_cpu``,
@@ -45,7 +47,7 @@ import _common as C
 C.enter_repo()
 
 NAME = "sft"
-SIDES = ("ours_bf16", "ours_fp32", "trl_defaults")
+SIDES = ("ours_bf16", "ours_fp32", "trl_defaults", "ours_chunked")
 FILLER = (
     "Let me work through this carefully. The first quantity is {a} and the second is {b}, so together "
     "they make {c}. Checking again: {c} minus {b} gives {a}, which matches. "
@@ -112,6 +114,8 @@ def worker(args) -> None:
             "dtype": "float32" if side == "ours_fp32" else "bfloat16",
         }
     )
+    if side == "ours_chunked":
+        raw["loss_chunk_tokens"] = 512
     if args.all_rows:
         raw.pop("max_rows", None)
     if args.model:
@@ -224,7 +228,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per process")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument(
+        "--sides",
+        default="ours_bf16,ours_fp32,trl_defaults",
+        help=f"comma-separated, from {', '.join(SIDES)}, run in this order",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, 1 warm-up + 2 steps, 1 rep")
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -288,7 +296,9 @@ def main() -> None:
         for s in sides
     }
     ratios = {}
-    for a, b in (("ours_bf16", "ours_fp32"), ("ours_bf16", "trl_defaults"), ("ours_fp32", "trl_defaults")):
+    pairs = [("ours_bf16", "ours_fp32"), ("ours_bf16", "trl_defaults"), ("ours_fp32", "trl_defaults")]
+    pairs += [("ours_chunked", "ours_bf16"), ("ours_chunked", "trl_defaults")]
+    for a, b in pairs:
         if a in results and b in results:
             ratios[f"tokens/s {a}/{b}"] = C.ratio(
                 results[a]["tokens_per_s"]["median"], results[b]["tokens_per_s"]["median"]
