@@ -25,10 +25,11 @@ shuffling seed), reward functions and batch:
   differences (``options_that_differ``): e.g. vLLM engine dtype/compile, IS-correction forward pass,
   gradient checkpointing, fused AdamW, reward weights, KV cache size.
 - *ours_chunked*, *ours_packed*: *ours* with the chunked log-prob head (``logprob_chunk_tokens: 512``)
-  and, for *ours_packed*, ``padding_free: true`` as well (``stages/common/logprobs.py``); not run
-  unless named in ``--sides``. The *ours* sides build the stage's log-prob override
-  (``stages.grpo.chunked_logps_mixin``) on ``GRPOTrainer``, without the stage's dynamic sampling
-  (which would change the work per step).
+  and, for *ours_packed*, ``padding_free: true`` as well (``stages/common/logprobs.py``);
+  *ours_compiled*: *ours* with TRL's ``torch_compile: true`` (the policy compiled by
+  ``torch.compile``, inductor on CPU); none is run unless named in ``--sides``. The *ours* sides
+  build the stage's log-prob override (``stages.grpo.chunked_logps_mixin``) on ``GRPOTrainer``,
+  without the stage's dynamic sampling (which would change the work per step).
 - both: every completion is forced to exactly ``max_completion_length`` tokens
   (``generation_kwargs={"min_tokens": L}`` for vLLM, ``min_new_tokens`` for HF generate), so both do
   the same work whatever they sample. ``--no-force-length`` lets completions stop at EOS.
@@ -64,12 +65,14 @@ C.enter_repo()
 from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
-SIDES = ("ours", "trl_defaults", "ours_chunked", "ours_packed")
+SIDES = ("ours", "trl_defaults", "ours_chunked", "ours_packed", "ours_compiled")
 # Config keys each extra side changes on top of --config (the lever it measures).
 VARIANTS = {
     "ours_chunked": {"logprob_chunk_tokens": 512, "padding_free": False},
     "ours_packed": {"logprob_chunk_tokens": 512, "padding_free": True},
 }
+# GRPOConfig fields each extra side changes on top of ours' (levers with no config key yet).
+VARIANT_ARGS = {"ours_compiled": {"torch_compile": True}}
 PARTS = (
     "generation",
     "weight_sync",
@@ -175,6 +178,8 @@ def worker(args) -> None:
         gen_kwargs = {"min_tokens": L} if config.use_vllm else {"min_new_tokens": L}
 
     ours_args = grpo.grpo_arguments(config, Path(out_dir))
+    for key, value in VARIANT_ARGS.get(side, {}).items():
+        setattr(ours_args, key, value)
     if gen_kwargs:
         ours_args.generation_kwargs = gen_kwargs
     trl_args = _trl_defaults_args(config, out_dir, gen_kwargs)
@@ -454,7 +459,7 @@ def main() -> None:
         ratios["peak RSS ours / trl_defaults"] = C.ratio(
             results["ours"]["peak_rss_gib"]["median"], results["trl_defaults"]["peak_rss_gib"]["median"]
         )
-    for variant in VARIANTS:
+    for variant in (*VARIANTS, *VARIANT_ARGS):
         for base in ("ours", "trl_defaults"):
             if variant in results and base in results:
                 ratios[f"step speed-up {variant} vs {base}"] = C.ratio(
