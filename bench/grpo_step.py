@@ -27,7 +27,8 @@ shuffling seed), reward functions and batch:
 - *ours_chunked*, *ours_packed*: *ours* with the chunked log-prob head (``logprob_chunk_tokens: 512``)
   and, for *ours_packed*, ``padding_free: true`` as well (``stages/common/logprobs.py``);
   *ours_compiled*: *ours* with TRL's ``torch_compile: true`` (the policy compiled by
-  ``torch.compile``, inductor on CPU); none is run unless named in ``--sides``. The *ours* sides
+  ``torch.compile``, inductor on CPU); *ours_chunked_compiled*: both; none is run unless named
+  in ``--sides``. The *ours* sides
   build the stage's log-prob override (``stages.grpo.chunked_logps_mixin``) on ``GRPOTrainer``,
   without the stage's dynamic sampling (which would change the work per step).
 - both: every completion is forced to exactly ``max_completion_length`` tokens
@@ -65,14 +66,15 @@ C.enter_repo()
 from pipeline import precision  # noqa: E402 - after C.enter_repo()
 
 NAME = "grpo_step"
-SIDES = ("ours", "trl_defaults", "ours_chunked", "ours_packed", "ours_compiled")
+SIDES = ("ours", "trl_defaults", "ours_chunked", "ours_packed", "ours_compiled", "ours_chunked_compiled")
 # Config keys each extra side changes on top of --config (the lever it measures).
 VARIANTS = {
     "ours_chunked": {"logprob_chunk_tokens": 512, "padding_free": False},
     "ours_packed": {"logprob_chunk_tokens": 512, "padding_free": True},
+    "ours_chunked_compiled": {"logprob_chunk_tokens": 512, "padding_free": False},
 }
 # GRPOConfig fields each extra side changes on top of ours' (levers with no config key yet).
-VARIANT_ARGS = {"ours_compiled": {"torch_compile": True}}
+VARIANT_ARGS = {"ours_compiled": {"torch_compile": True}, "ours_chunked_compiled": {"torch_compile": True}}
 PARTS = (
     "generation",
     "weight_sync",
@@ -459,7 +461,7 @@ def main() -> None:
         ratios["peak RSS ours / trl_defaults"] = C.ratio(
             results["ours"]["peak_rss_gib"]["median"], results["trl_defaults"]["peak_rss_gib"]["median"]
         )
-    for variant in (*VARIANTS, *VARIANT_ARGS):
+    for variant in dict.fromkeys((*VARIANTS, *VARIANT_ARGS)):
         for base in ("ours", "trl_defaults"):
             if variant in results and base in results:
                 ratios[f"step speed-up {variant} vs {base}"] = C.ratio(
