@@ -75,13 +75,21 @@ class StageConfig(StrictModel):
     #: ``report_to``): left out of :meth:`identity`, so changing them neither reruns a finished
     #: step nor discards an unfinished one's checkpoints.
     runtime_fields: ClassVar[tuple[str, ...]] = ()
+    #: Fields added after steps were already run with the stage, with their "off" value: left
+    #: out of :meth:`identity` while they hold it, so a finished step keeps its hash until a
+    #: config actually sets them.
+    late_fields: ClassVar[dict[str, Any]] = {}
 
     def identity(self) -> dict:
         """The config as hashed into the step's manifest (``config_hash``) and resume fingerprint:
-        ``model_dump(mode="json")`` without the :attr:`runtime_fields`."""
+        ``model_dump(mode="json")`` without the :attr:`runtime_fields`, nor the
+        :attr:`late_fields` at their off value."""
         data = self.model_dump(mode="json")
         for name in self.runtime_fields:
             data.pop(name, None)
+        for name, off in self.late_fields.items():
+            if name in data and data[name] == off:
+                del data[name]
         return data
 
     def inputs(self) -> dict[str, str]:

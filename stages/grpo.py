@@ -182,6 +182,7 @@ class Config(TrainerOptions, StageConfig):
     # few rows as the longest holds (no padding; attention kept within each sequence by position
     # ids), instead of prompts left-padded and completions right-padded to the longest.
     padding_free: bool = False
+    late_fields: ClassVar[dict[str, Any]] = {"logprob_chunk_tokens": None, "padding_free": False}
     # rollouts
     num_generations: int = 8  # G: completions per prompt (the group)
     temperature: float = 1.0  # > 0: the policy's logits are divided by it (TRL), and a group needs varied samples
@@ -289,17 +290,6 @@ class Config(TrainerOptions, StageConfig):
                 f"source's test split (entries {empty} have n_test: 0)"
             )
         return self
-
-    def identity(self) -> dict:
-        """As ``StageConfig.identity``, without ``logprob_chunk_tokens`` while it is unset and
-        without ``padding_free`` while it is off: the keys came later, and a step that leaves them
-        at TRL's path keeps the hash it had before."""
-        data = super().identity()
-        if data.get("logprob_chunk_tokens") is None:
-            data.pop("logprob_chunk_tokens", None)
-        if not data.get("padding_free"):
-            data.pop("padding_free", None)
-        return data
 
     def inputs(self) -> dict[str, str]:
         """The model and, as ``rewards.<i>.<param>``, the models rewards read (``reward_model``'s

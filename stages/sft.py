@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt
 
@@ -113,14 +113,7 @@ class Config(TrainingFields):
     # positions never projected (stages/common/logprobs.py). None: the model's own loss on CPU
     # (every position's logits), TRL's fused LM head on GPUs.
     loss_chunk_tokens: PositiveInt | None = None
-
-    def identity(self) -> dict:
-        """As ``StageConfig.identity``, without ``loss_chunk_tokens`` while it is unset: the key
-        came later, and a step that leaves it unset keeps the hash it had before."""
-        data = super().identity()
-        if data.get("loss_chunk_tokens") is None:
-            data.pop("loss_chunk_tokens", None)
-        return data
+    late_fields: ClassVar[dict[str, Any]] = {"loss_chunk_tokens": None}
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
