@@ -16,6 +16,10 @@ Sides, all on the same model and conversations:
 - *ours_fp32*: the same with ``bf16: false``;
 - *ours_chunked*: *ours_bf16* with ``loss_chunk_tokens: 512`` (the cross-entropy from the LM head in
   chunks of 512 trained tokens, ``stages/common/logprobs.py``); not run unless named in ``--sides``;
+- *ours_chunked_gc*: *ours_chunked* with ``gradient_checkpointing: true`` (each decoder layer's
+  activations recomputed in the backward); not run unless named;
+- *ours_chunked_mb4*: *ours_chunked* in micro-batches of half the size with twice the gradient
+  accumulation (the same sequences per optimizer step); not run unless named;
 - *trl_defaults*: ``trl.SFTTrainer`` with ``SFTConfig`` defaults except what makes the work equal:
   ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``max_length``, ``max_steps``, ``seed``,
   ``assistant_only_loss=True`` with our training chat template (same objective), ``use_cpu``,
@@ -47,7 +51,7 @@ import _common as C
 C.enter_repo()
 
 NAME = "sft"
-SIDES = ("ours_bf16", "ours_fp32", "trl_defaults", "ours_chunked")
+SIDES = ("ours_bf16", "ours_fp32", "trl_defaults", "ours_chunked", "ours_chunked_gc", "ours_chunked_mb4")
 FILLER = (
     "Let me work through this carefully. The first quantity is {a} and the second is {b}, so together "
     "they make {c}. Checking again: {c} minus {b} gives {a}, which matches. "
@@ -114,8 +118,13 @@ def worker(args) -> None:
             "dtype": "float32" if side == "ours_fp32" else "bfloat16",
         }
     )
-    if side == "ours_chunked":
+    if side.startswith("ours_chunked"):
         raw["loss_chunk_tokens"] = 512
+    if side == "ours_chunked_gc":  # activations recomputed in the backward: memory for compute
+        raw["gradient_checkpointing"] = True
+    if side == "ours_chunked_mb4":  # the same work per optimizer step in micro-batches of half the size
+        raw["per_device_train_batch_size"] = max(1, raw["per_device_train_batch_size"] // 2)
+        raw["gradient_accumulation_steps"] = 2 * raw.get("gradient_accumulation_steps", 1)
     if args.all_rows:
         raw.pop("max_rows", None)
     if args.model:
@@ -298,6 +307,7 @@ def main() -> None:
     ratios = {}
     pairs = [("ours_bf16", "ours_fp32"), ("ours_bf16", "trl_defaults"), ("ours_fp32", "trl_defaults")]
     pairs += [("ours_chunked", "ours_bf16"), ("ours_chunked", "trl_defaults")]
+    pairs += [("ours_chunked_gc", "ours_chunked"), ("ours_chunked_mb4", "ours_chunked")]
     for a, b in pairs:
         if a in results and b in results:
             ratios[f"tokens/s {a}/{b}"] = C.ratio(

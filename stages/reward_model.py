@@ -25,6 +25,10 @@ in logits. The same measure before training (random head, float32) is reported a
 and standard deviation of the held-out logits (chosen and rejected) are the reward's
 calibration (``normalize: calibrated``), stored in ``model/reward_model.json`` with the scope.
 
+``trainable_layers: N`` trains only the top N decoder layers, the final norm and the score head
+(``stages.common.freezing``): the backward stops at the lowest trained layer, a time lever on a
+CPU; the counts then say how many parameters were trained and frozen.
+
 Trainer options (batch, schedule, precision, checkpoints, ``report_to``) are those of every
 trainer stage, named as in TRL (``pipeline.trainer.EpochTrainerOptions``); checkpoints, resume,
 the metrics callback (``r1 status`` progress, ``timing_s/*`` per phase) and the final save are
@@ -47,7 +51,7 @@ import json
 import math
 import random
 from collections import defaultdict
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import PositiveInt, model_validator
 
@@ -65,6 +69,7 @@ from pipeline.trainer import (
     training_precision,
 )
 from pipeline.trainer import train as run_trainer
+from stages.common.freezing import freeze_lower_layers
 from stages.common.stats import wilson_interval
 
 
@@ -94,9 +99,15 @@ class Config(EpochTrainerOptions, StageConfig):
     max_pairs: PositiveInt | None = None  # train on a seeded sample of at most this many pairs (after holding out)
     max_length: PositiveInt = 1024  # tokens per input (prompt + response, template included); longer pairs are dropped
     center_rewards_coefficient: float | None = 0.01  # weight of mean((r_c + r_r)^2); None = off
+    # Train only the top N decoder layers, the final norm and the score head; the embeddings and
+    # the layers below stay frozen (no backward below, no optimizer state: stages/common/freezing.py).
+    # None = every parameter.
+    trainable_layers: PositiveInt | None = None
     lr_scheduler_type: SchedulerType = "linear"
     warmup_ratio: float = 0.05
     save_total_limit: int = 1
+
+    late_fields: ClassVar[dict[str, Any]] = {"trainable_layers": None}
 
     @model_validator(mode="after")
     def _check(self):
@@ -232,6 +243,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
         train, test, counts = load_pairs(config, ctx)
         base = ctx.resolve_model(config.model)
         model, tokenizer = load_classifier(base, config.seed)
+    frozen = freeze_lower_layers(model, config.trainable_layers) if config.trainable_layers else {}
 
     def tokenize(pairs: list[dict]) -> tuple[list[dict], list[tuple[list[int], list[int]]], int]:
         kept, ids, dropped = [], [], 0
@@ -321,6 +333,7 @@ def run(config: Config, ctx: StepContext) -> StepResult:
             "pairs_dropped_overlong": dropped_train + dropped_test,
             "steps": state.global_step,
             "resumed_from_step": resume.step,
+            **frozen,
         }
     )
     metrics = {

@@ -104,9 +104,9 @@ def toy_pairs(n: int, seed: int = 0, flip: bool = False) -> list[dict]:
     return rows
 
 
-def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False) -> Path:
-    """Run the reward_model stage (``configs/reward_model/tiny/smoke.yaml``) on 96 toy pairs;
-    returns the step's work folder (``model/`` inside)."""
+def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False, **overrides) -> Path:
+    """Run the reward_model stage (``configs/reward_model/tiny/smoke.yaml``, with ``overrides``)
+    on 96 toy pairs; returns the step's work folder (``model/`` inside)."""
     import json
 
     import yaml
@@ -119,7 +119,7 @@ def train_toy_reward_model(tiny_model: Path, folder: Path, flip: bool = False) -
     pairs = folder / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in toy_pairs(96, flip=flip)))
     raw = yaml.safe_load((REPO / "configs/reward_model/tiny/smoke.yaml").read_text())
-    config = parse_stage_config({**raw, "model": str(tiny_model), "dataset": str(pairs)}, "smoke.yaml")
+    config = parse_stage_config({**raw, "model": str(tiny_model), "dataset": str(pairs), **overrides}, "smoke.yaml")
     work = folder / "work"
     work.mkdir(exist_ok=True)
     result = reward_model.run(

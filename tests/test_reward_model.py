@@ -50,6 +50,43 @@ def test_tiny_reward_model_learns_to_rank_held_out_pairs(tiny_reward_model, tiny
     assert len(test) == result["counts"]["pairs_held_out"] and all(c < r for c, r in zip(chosen, rejected))
 
 
+def test_trainable_layers_trains_only_the_top_layer_norm_and_head(tiny_model, tmp_path):
+    """``trainable_layers: 1`` on the 2-layer tiny model: the embeddings and layer 0 come out
+    bit-identical to the base, layer 1, the final norm and the score head move, the counts add
+    up to the model's parameters, and the frozen model still learns to rank the toy pairs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    work = train_toy_reward_model(tiny_model, tmp_path, trainable_layers=1)
+    result = _result(work / "model")
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).named_parameters())
+    trained = dict(AutoModelForSequenceClassification.from_pretrained(work / "model").named_parameters())
+    same = {n for n, p in trained.items() if n in base and torch.equal(p, base[n])}
+    assert "model.embed_tokens.weight" in same
+    assert all(n in same for n in trained if n.startswith("model.layers.0."))
+    assert not any(n in same for n in trained if n.startswith("model.layers.1.") and n.endswith("proj.weight"))
+    assert "score.weight" in trained  # new head, trained (not in the causal LM)
+    counts = result["counts"]
+    assert counts["layers_trainable"] == 1
+    total = sum(p.numel() for p in trained.values())
+    assert counts["parameters_trainable"] + counts["parameters_frozen"] == total
+    layer_1 = sum(p.numel() for n, p in trained.items() if n.startswith("model.layers.1."))
+    head_and_norm = trained["score.weight"].numel() + trained["model.norm.weight"].numel()
+    assert counts["parameters_trainable"] == layer_1 + head_and_norm
+    assert result["metrics"]["held_out_accuracy"] > result["metrics"]["held_out_accuracy_start"]
+    assert result["metrics"]["loss_last"] < result["metrics"]["loss_first"]
+
+
+def test_trainable_layers_unset_keeps_the_config_hash():
+    """A key added after steps ran: unset, it leaves the step's identity (and hash) alone."""
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs/reward_model/tiny/smoke.yaml").read_text())
+    config = parse_stage_config(raw, "smoke.yaml")
+    assert "trainable_layers" not in config.identity()
+    assert parse_stage_config({**raw, "trainable_layers": 1}, "smoke.yaml").identity()["trainable_layers"] == 1
+    with pytest.raises(ConfigError, match="trainable_layers"):
+        parse_stage_config({**raw, "trainable_layers": 0}, "smoke.yaml")
+
+
 def test_model_folder_is_a_one_logit_sequence_classifier(tiny_reward_model):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
