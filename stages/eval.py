@@ -53,7 +53,7 @@ import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator, model_serializer, model_validator
 
@@ -407,10 +407,17 @@ def ctx_progress_phase(progress, name: str):
 
 
 def evaluate_model(
-    config: Config, ref: str, path: str, rows: list[dict], ks: list[int], progress=None
-) -> tuple[dict, list[dict]]:
-    """One model: its protocol block (hashes, sampling actually used) and question records.
-    ``progress``: the step's ``pipeline.progress.StepProgress`` (phases, engine heartbeats)."""
+    config: Config, ref: str, path: str, rows: list[dict], ks: list[int], progress=None, engine=None
+) -> tuple[dict, list[dict], Any]:
+    """One model: its protocol block (hashes, sampling actually used), question records and
+    the sampler, still open: the caller closes it or hands it to the next model as ``engine``.
+
+    ``engine``: the previous model's open ``Sampler``; when its sampling options equal this
+    model's and ``Sampler.swap_model`` accepts the model (same architecture, tokenizer and
+    generation config), its vLLM engine is reused with this model's weights loaded in place
+    (no ~35 s engine start; the samples are those of a fresh engine,
+    ``tests/test_eval.py``); otherwise it is closed first. ``progress``: the step's
+    ``pipeline.progress.StepProgress`` (phases, engine heartbeats)."""
     from transformers import AutoTokenizer
 
     from pipeline import store
@@ -421,15 +428,28 @@ def evaluate_model(
     sampling, departures = effective_sampling(config, path, prompt_tokens)
     check_prompts_fit(lengths, rows, sampling, _model_context(path))
     print(f"eval {ref}: {len(rows)} questions, k {sorted(set(ks))}, max {sampling.max_tokens} new tokens")
-    with ctx_progress_phase(progress, f"{sampling.backend} engine start for {ref}"):
-        sampler = Sampler(path, sampling, seed=config.seed)
-    with sampler, ctx_progress_phase(progress, f"sampling {ref}"):
-        if progress is not None:
-            sampler.heartbeat = progress.beat
-        rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
-        records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
-        chat_template = sampler.tokenizer.chat_template or ""
-        dtype = sampler.precision.as_dict() if sampler.precision else None  # None: the server's --dtype
+    sampler = None
+    if engine is not None:
+        with ctx_progress_phase(progress, f"loading {ref} into the running engine"):
+            if engine.cfg == sampling and engine.swap_model(path):
+                sampler = engine
+            else:
+                engine.close()
+    reused = sampler is not None
+    if sampler is None:
+        with ctx_progress_phase(progress, f"{sampling.backend} engine start for {ref}"):
+            sampler = Sampler(path, sampling, seed=config.seed)
+    try:
+        with ctx_progress_phase(progress, f"sampling {ref}"):
+            if progress is not None:
+                sampler.heartbeat = progress.beat
+            rendered = "\0".join(sampler.render(r["prompt"]) for r in rows)
+            records = evaluate(sampler, ref, rows, ks, config.seed, config.correctness, sampling.batch_size)
+            chat_template = sampler.tokenizer.chat_template or ""
+            dtype = sampler.precision.as_dict() if sampler.precision else None  # None: the server's --dtype
+    except BaseException:
+        sampler.close()
+        raise
     protocol = {
         "model_path": path,
         "model_sha256": store.hash_tree(path) if Path(path).exists() else f"hub:{path}",
@@ -439,8 +459,9 @@ def evaluate_model(
         "chat_template_sha256": sha256_text(chat_template),
         "rendered_prompts_sha256": sha256_text(rendered),
         "max_prompt_tokens": prompt_tokens,
+        "engine": "reused (weights swapped in)" if reused else "started",
     }
-    return protocol, records
+    return protocol, records, sampler
 
 
 def run(config: Config, ctx: StepContext) -> StepResult:
@@ -465,19 +486,28 @@ def run(config: Config, ctx: StepContext) -> StepResult:
 
     done_dir = ctx.work_dir / "per_model"  # resume: a model evaluated before an interruption is kept
     done_dir.mkdir(exist_ok=True)
-    for i, ref in enumerate(config.models):
-        ctx.progress.update(i, len(config.models), "models")
-        done = done_dir / f"{i}-{sha256_text(ref)[:12]}.json"
-        if done.is_file():
-            model_protocol, model_records = json.loads(done.read_text())
-        else:
-            model_protocol, model_records = evaluate_model(config, ref, ctx.resolve_model(ref), rows, ks, ctx.progress)
-            # whole or not at all: a rerun reads it back as this model's results
-            store.atomic_write_text(done, json.dumps([model_protocol, model_records]))
-        model_records, general_records[ref] = general_eval.split_records(model_records)
-        records += model_records
-        results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
-        ctx.log_metrics({"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}})
+    engine = None  # the last model's open sampler: the next model of the same architecture reuses its engine
+    try:
+        for i, ref in enumerate(config.models):
+            ctx.progress.update(i, len(config.models), "models")
+            done = done_dir / f"{i}-{sha256_text(ref)[:12]}.json"
+            if done.is_file():
+                model_protocol, model_records = json.loads(done.read_text())
+            else:
+                model_protocol, model_records, engine = evaluate_model(
+                    config, ref, ctx.resolve_model(ref), rows, ks, ctx.progress, engine=engine
+                )
+                # whole or not at all: a rerun reads it back as this model's results
+                store.atomic_write_text(done, json.dumps([model_protocol, model_records]))
+            model_records, general_records[ref] = general_eval.split_records(model_records)
+            records += model_records
+            results[ref] = {"protocol": model_protocol, **summarize_model(model_records, config.pass_k)}
+            ctx.log_metrics(
+                {"model": ref, **{k: v for k, v in results[ref]["overall"].items() if not k.endswith("_ci")}}
+            )
+    finally:
+        if engine is not None:
+            engine.close()  # before the judge loads: its memory is needed
     r1 = config.protocol == "r1"
     protocol = {
         "name": config.protocol,

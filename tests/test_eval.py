@@ -564,6 +564,48 @@ def test_other_seeds_agree_within_the_intervals_and_compare_prints_a_sign_test(s
     assert data["overall"]["wins"] + data["overall"]["losses"] + data["overall"]["ties"] == QUESTIONS
 
 
+def test_models_of_one_architecture_share_an_engine_and_get_fresh_engine_samples(
+    stage_run, tiny_model, tmp_path_factory
+):
+    """Two models of one architecture in one eval step: the second is loaded into the first's
+    running vLLM engine (no second start) and gets exactly the samples a fresh engine gives it;
+    the first model's samples equal the stage run's; the two models' samples differ (the
+    weights really changed); a model of another shape is never swapped in."""
+    from pipeline.models import make_tiny_model
+    from pipeline.runner import run_pipeline, single_step_pipeline
+    from stages.common.sampling import Sampler, SamplingConfig, engine_signature
+
+    other = make_tiny_model(tmp_path_factory.mktemp("tiny_seed1"), seed=1)  # same shapes, other weights
+    wider = make_tiny_model(tmp_path_factory.mktemp("tiny_wide"), intermediate=256)
+    assert engine_signature(str(other)) == engine_signature(str(tiny_model)) != engine_signature(str(wider))
+    config = tmp_path_factory.mktemp("eval_two") / "eval.yaml"
+    models = [str(tiny_model), str(other)]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "eval",
+                "models": models,
+                "prompts": EVAL_SET,
+                "sampling": SAMPLING,
+                "correctness": REWARD,
+                "seed": 11,
+            }
+        )
+    )
+    assert run_pipeline(single_step_pipeline(config, None, "eval-e2e", "two"), isolate=False)[0].status == "ran"
+    two = stage_run.parent / "two"
+    data = json.loads((two / "results.json").read_text())
+    assert [data["models"][m]["protocol"]["engine"] for m in models] == ["started", "reused (weights swapped in)"]
+    samples = {m: {r["question_id"]: r["samples"] for r in _stored(two) if r["model"] == m} for m in models}
+    assert samples[models[0]] == {r["question_id"]: r["samples"] for r in _stored(stage_run)}
+    with Sampler(str(other), SamplingConfig(**SAMPLING), seed=0) as fresh:
+        again = ev.evaluate(fresh, "fresh", _rows(), [4] * QUESTIONS, seed=11, correctness=REWARD)
+        assert not fresh.swap_model(str(wider)) and fresh.model_path == str(other)
+    assert {r["question_id"]: r["samples"] for r in again} == samples[models[1]]
+    differing = [q for q in samples[models[0]] if samples[models[0]][q] != samples[models[1]][q]]
+    assert len(differing) >= QUESTIONS - 1
+
+
 def test_compare_finds_a_model_by_name_in_the_run_and_fails_helpfully(stage_run):
     model = _stored(stage_run)[0]["model"]
     same = runner.invoke(app, ["eval", "compare", model, "seed11", "--run", "eval-e2e", "--json"])
