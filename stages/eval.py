@@ -318,6 +318,20 @@ def sample_questions(
     saved = sampler.cfg, sampler.seed
     try:
         sampler.seed = seed
+        if sampler.cfg.backend == "vllm":
+            # every k in the same engine calls: the long general answers and the reasoning
+            # samples decode together instead of one call's tail after the other's
+            for b in range(0, len(rows), batch_size):
+                part = list(range(b, min(b + batch_size, len(rows))))
+                sampled = sampler.sample(
+                    [rows[i]["prompt"] for i in part],
+                    [rows[i]["id"] for i in part],
+                    texts=[texts[i] for i in part],
+                    num_samples=[ks[i] for i in part],
+                )
+                for i, completions in zip(part, sampled):
+                    out[i] = completions
+            return out
         for k in sorted(set(ks)):
             sampler.cfg = saved[0].model_copy(update={"num_samples": k})
             idx = [i for i, kk in enumerate(ks) if kk == k]

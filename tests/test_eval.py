@@ -564,6 +564,26 @@ def test_other_seeds_agree_within_the_intervals_and_compare_prints_a_sign_test(s
     assert data["overall"]["wins"] + data["overall"]["losses"] + data["overall"]["ties"] == QUESTIONS
 
 
+def test_questions_of_different_k_in_one_engine_call_get_their_own_samples(sampler):
+    """sample_questions sends questions of every k in the same engine calls: each question's
+    k samples equal those of a call holding only questions of its k, and HF / server samplers
+    refuse mixed k instead of giving every prompt the same k."""
+    rows = _rows()
+    ks = [2 if i % 3 == 0 else 4 for i in range(len(rows))]
+    mixed = ev.sample_questions(sampler, rows, ks, seed=11, batch_size=5)  # batches straddle both k
+    for k in (2, 4):
+        idx = [i for i, kk in enumerate(ks) if kk == k]
+        alone = ev.sample_questions(sampler, [rows[i] for i in idx], [k] * len(idx), seed=11)
+        assert [mixed[i] for i in idx] == alone
+        assert all(len(mixed[i]) == k for i in idx)
+    from stages.common.sampling import Sampler
+
+    hf = Sampler.__new__(Sampler)
+    hf.cfg = sampler.cfg.model_copy(update={"backend": "hf"})
+    with pytest.raises(ValueError, match="per-prompt num_samples needs backend vllm, not hf"):
+        hf.sample(["a", "b"], ["1", "2"], num_samples=[2, 4])
+
+
 def test_models_of_one_architecture_share_an_engine_and_get_fresh_engine_samples(
     stage_run, tiny_model, tmp_path_factory
 ):

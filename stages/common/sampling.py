@@ -351,17 +351,30 @@ class Sampler:
         ``text``: the prompt already rendered (:meth:`render`)."""
         return prompt_token_ids(self.tokenizer, prompt, self.render(prompt) if text is None else text)
 
-    def sample(self, prompts: list, ids: list[str], texts: list[str] | None = None) -> list[list[Completion]]:
+    def sample(
+        self, prompts: list, ids: list[str], texts: list[str] | None = None, num_samples: list[int] | None = None
+    ) -> list[list[Completion]]:
         """``num_samples`` completions for each prompt (messages or text); one list per prompt.
-        ``texts``: the prompts already rendered (:meth:`render`), to render them once."""
+        ``texts``: the prompts already rendered (:meth:`render`), to render them once.
+        ``num_samples``: per prompt, instead of ``cfg.num_samples`` (vLLM backend only: prompts
+        of different k in one engine call; each prompt's samples depend on its seed only).
+
+        Raises:
+            ValueError: per-prompt ``num_samples`` of different values on another backend.
+        """
+        ks = list(num_samples) if num_samples is not None else [self.cfg.num_samples] * len(prompts)
+        if self.cfg.backend != "vllm" and len(set(ks)) > 1:
+            raise ValueError(f"per-prompt num_samples needs backend vllm, not {self.cfg.backend}")
+        if self.cfg.backend != "vllm" and ks and ks[0] != self.cfg.num_samples:
+            return self._with_num_samples(ks[0], prompts, ids, texts)
         texts = [self.render(p) for p in prompts] if texts is None else texts
         token_ids = [self.prompt_ids(p, t) for p, t in zip(prompts, texts)]
         keep = [i for i, t in enumerate(token_ids) if self.fits(t)]
-        out: list[list[Completion]] = [[Completion("", 0, False, skipped=True)] * self.cfg.num_samples for _ in prompts]
+        out: list[list[Completion]] = [[Completion("", 0, False, skipped=True)] * k for k in ks]
         if not keep:
             return out
         if self.cfg.backend == "vllm":
-            sampled = self._sample_vllm([token_ids[i] for i in keep], [ids[i] for i in keep])
+            sampled = self._sample_vllm([token_ids[i] for i in keep], [ids[i] for i in keep], [ks[i] for i in keep])
         elif self.cfg.backend == "server":
             sampled = self.server.sample(
                 [texts[i] for i in keep],
@@ -377,24 +390,32 @@ class Sampler:
             out[i] = completions
         return out
 
+    def _with_num_samples(self, k: int, prompts: list, ids: list[str], texts: list[str] | None):
+        saved = self.cfg
+        self.cfg = saved.model_copy(update={"num_samples": k})
+        try:
+            return self.sample(prompts, ids, texts)
+        finally:
+            self.cfg = saved
+
     def fits(self, token_ids: list[int]) -> bool:
         """Whether a prompt of these tokens leaves room for a completion (module docstring)."""
         return self.cfg.backend == "server" or len(token_ids) < self.cfg.max_model_len
 
-    def _sample_vllm(self, token_ids: list[list[int]], ids: list[str]) -> list[list[Completion]]:
+    def _sample_vllm(self, token_ids: list[list[int]], ids: list[str], ks: list[int]) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [
             SamplingParams(
-                n=self.cfg.num_samples,
+                n=k,
                 temperature=self.cfg.temperature,
                 top_p=self.cfg.top_p,
                 max_tokens=self.cfg.max_tokens,
                 stop_token_ids=self.stop_ids,
                 seed=prompt_seed(self.seed, i),
             )
-            for i in ids
+            for i, k in zip(ids, ks)
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_ids], params, use_tqdm=False)
         return [
