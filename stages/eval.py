@@ -319,8 +319,9 @@ def sample_questions(
     try:
         sampler.seed = seed
         if sampler.cfg.backend == "vllm":
-            # every k in the same engine calls: the long general answers and the reasoning
-            # samples decode together instead of one call's tail after the other's
+            # every k in the same engine calls (per-prompt n), so that long general answers and
+            # reasoning samples can share batches; on the demo's eval it measured no faster
+            # (681 vs 686 s, docs/benchmarks.md) and gives the same samples (tests/test_eval.py)
             for b in range(0, len(rows), batch_size):
                 part = list(range(b, min(b + batch_size, len(rows))))
                 sampled = sampler.sample(
