@@ -360,13 +360,11 @@ class Sampler:
         of different k in one engine call; each prompt's samples depend on its seed only).
 
         Raises:
-            ValueError: per-prompt ``num_samples`` of different values on another backend.
+            ValueError: per-prompt ``num_samples`` other than ``cfg.num_samples`` on another backend.
         """
         ks = list(num_samples) if num_samples is not None else [self.cfg.num_samples] * len(prompts)
-        if self.cfg.backend != "vllm" and len(set(ks)) > 1:
+        if self.cfg.backend != "vllm" and set(ks) - {self.cfg.num_samples}:
             raise ValueError(f"per-prompt num_samples needs backend vllm, not {self.cfg.backend}")
-        if self.cfg.backend != "vllm" and ks and ks[0] != self.cfg.num_samples:
-            return self._with_num_samples(ks[0], prompts, ids, texts)
         texts = [self.render(p) for p in prompts] if texts is None else texts
         token_ids = [self.prompt_ids(p, t) for p, t in zip(prompts, texts)]
         keep = [i for i, t in enumerate(token_ids) if self.fits(t)]
@@ -389,14 +387,6 @@ class Sampler:
         for i, completions in zip(keep, sampled):
             out[i] = completions
         return out
-
-    def _with_num_samples(self, k: int, prompts: list, ids: list[str], texts: list[str] | None):
-        saved = self.cfg
-        self.cfg = saved.model_copy(update={"num_samples": k})
-        try:
-            return self.sample(prompts, ids, texts)
-        finally:
-            self.cfg = saved
 
     def fits(self, token_ids: list[int]) -> bool:
         """Whether a prompt of these tokens leaves room for a completion (module docstring)."""
